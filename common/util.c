@@ -1,0 +1,194 @@
+/* Names, whole-file reads, encodings and the secure heap wrapper. */
+#include "common/util.h"
+#include "common/err.h"
+#include "common/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+int
+util_name_valid(const char *name)
+{
+	size_t n = 0;
+	if (name == NULL || name[0] == '\0' || name[0] == '.')
+		return 0;
+	for (const char *p = name; *p; p++, n++) {
+		char c = *p;
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+		    (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+			return 0;
+		if (n >= 255)
+			return 0;
+	}
+	return 1;
+}
+
+int
+util_read_file(const char *path, size_t max, char **out, size_t *len)
+{
+	int fd, r = HSMFS_ERR_IO;
+	char *buf = NULL;
+	size_t n = 0, cap = 4096;
+	ssize_t got;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		err_set("%s: %s", path, strerror(errno));
+		return errno == ENOENT ? HSMFS_ERR_NOTFOUND : HSMFS_ERR_IO;
+	}
+	if ((buf = malloc(cap + 1)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	for (;;) {
+		if (n == cap) {
+			char *nb;
+			if (cap >= max) {
+				err_set("%s: larger than %zu bytes", path, max);
+				r = HSMFS_ERR_TOOBIG;
+				goto out;
+			}
+			cap *= 2;
+			if ((nb = realloc(buf, cap + 1)) == NULL) {
+				r = HSMFS_ERR_NOMEM;
+				goto out;
+			}
+			buf = nb;
+		}
+		got = read(fd, buf + n, cap - n);
+		if (got < 0) {
+			if (errno == EINTR)
+				continue;
+			err_set("%s: %s", path, strerror(errno));
+			goto out;
+		}
+		if (got == 0)
+			break;
+		n += (size_t)got;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	buf = NULL;
+	if (len)
+		*len = n;
+	r = 0;
+out:
+	free(buf);
+	close(fd);
+	return r;
+}
+
+void
+util_hex(const uint8_t *in, size_t len, char *out)
+{
+	static const char d[] = "0123456789abcdef";
+	for (size_t i = 0; i < len; i++) {
+		out[2 * i] = d[in[i] >> 4];
+		out[2 * i + 1] = d[in[i] & 15];
+	}
+	out[2 * len] = '\0';
+}
+
+char *
+util_b64_encode(const uint8_t *in, size_t len)
+{
+	char *out = malloc(4 * ((len + 2) / 3) + 1);
+	if (out == NULL)
+		return NULL;
+	EVP_EncodeBlock((unsigned char *)out, in, (int)len);
+	return out;
+}
+
+int
+util_b64_decode(const char *in, size_t inlen, uint8_t **out, size_t *outlen)
+{
+	uint8_t *buf;
+	int n;
+	size_t pad = 0;
+
+	if (inlen % 4 != 0 || inlen > (size_t)1 << 30)
+		return HSMFS_ERR_INVALID;
+	for (size_t i = 0; i < inlen; i++) {
+		char c = in[i];
+		int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+		    (c >= '0' && c <= '9') || c == '+' || c == '/';
+		if (c == '=' && i >= inlen - 2) {
+			pad++;
+			continue;
+		}
+		if (!ok || pad)
+			return HSMFS_ERR_INVALID;
+	}
+	if ((buf = malloc(inlen / 4 * 3 + 1)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	n = EVP_DecodeBlock(buf, (const unsigned char *)in, (int)inlen);
+	if (n < 0 || (size_t)n < pad) {
+		free(buf);
+		return HSMFS_ERR_INVALID;
+	}
+	*out = buf;
+	*outlen = (size_t)n - pad;
+	return 0;
+}
+
+static int secure_heap;
+
+int
+secmem_init(size_t heap_size)
+{
+	if (CRYPTO_secure_malloc_initialized()) {
+		secure_heap = 1;
+		return 0;
+	}
+	if (CRYPTO_secure_malloc_init(heap_size, 32) == 1) {
+		secure_heap = 1;
+		return 0;
+	}
+	log_warn("secure heap (%zu bytes of locked memory) unavailable; "
+	    "secrets use ordinary memory (raise RLIMIT_MEMLOCK)", heap_size);
+	return HSMFS_ERR_NOMEM;
+}
+
+void *
+secmem_alloc(size_t n)
+{
+	if (n == 0)
+		n = 1;
+	if (secure_heap) {
+		void *p = OPENSSL_secure_zalloc(n);
+		if (p != NULL)
+			return p;
+		/* Heap exhausted: ordinary memory, still wiped on free. */
+	}
+	return OPENSSL_zalloc(n);
+}
+
+void *
+secmem_realloc(void *p, size_t oldn, size_t newn)
+{
+	void *np = secmem_alloc(newn);
+	if (np == NULL)
+		return NULL;
+	if (p != NULL) {
+		memcpy(np, p, oldn < newn ? oldn : newn);
+		secmem_free(p, oldn);
+	}
+	return np;
+}
+
+void
+secmem_free(void *p, size_t n)
+{
+	if (p == NULL)
+		return;
+	if (secure_heap && CRYPTO_secure_allocated(p)) {
+		OPENSSL_secure_clear_free(p, n);
+		return;
+	}
+	OPENSSL_clear_free(p, n);
+}

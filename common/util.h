@@ -1,0 +1,33 @@
+/* Small helpers every layer needs: names, whole-file reads, hex/base64
+ * through OpenSSL, and secure (locked, wiped) buffers for secrets. */
+#ifndef HSMFS_COMMON_UTIL_H
+#define HSMFS_COMMON_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* SPEC §1: 1..255 chars of [A-Za-z0-9._-], not starting with a dot. */
+int util_name_valid(const char *name);
+
+/* Read a whole (small) file; *out is NUL-terminated, caller frees.
+ * Returns 0 or a negative hsmfs_err with err_set(). */
+int util_read_file(const char *path, size_t max, char **out, size_t *len);
+
+/* Hex (lowercase) of len bytes into out (2*len+1 bytes). */
+void util_hex(const uint8_t *in, size_t len, char *out);
+
+/* Base64 without newlines (OpenSSL EVP_EncodeBlock). Caller frees. */
+char *util_b64_encode(const uint8_t *in, size_t len);
+/* Strict base64 decode (no whitespace, correct padding). Caller frees.
+ * Returns 0 or HSMFS_ERR_INVALID. */
+int util_b64_decode(const char *in, size_t inlen, uint8_t **out, size_t *outlen);
+
+/* Secure memory for plaintext secrets: OpenSSL's secure heap (mlocked,
+ * guard pages, excluded from core dumps) once secmem_init() succeeded,
+ * plain heap otherwise (with a warning at init). Always wiped on free. */
+int secmem_init(size_t heap_size);
+void *secmem_alloc(size_t n);
+void *secmem_realloc(void *p, size_t oldn, size_t newn);
+void secmem_free(void *p, size_t n);
+
+#endif

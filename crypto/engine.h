@@ -1,0 +1,96 @@
+/* engineSignEncrypt.xml: descriptors (what to do, with which algorithm and
+ * key) and keys (where the key lives). Parsed with libxml2, no network,
+ * no DTD, no entity expansion. Also resolves PINs and opens the keys
+ * (crypto/keyring.c) so that fs/ and tool/ never touch hsm/ specifics. */
+#ifndef HSMFS_CRYPTO_ENGINE_H
+#define HSMFS_CRYPTO_ENGINE_H
+
+#include <stddef.h>
+#include <openssl/evp.h>
+#include "hsm/hsm.h"
+
+#define ENGINE_ENCRYPTED_FIELDS "EncryptedFields"
+#define ENGINE_CONFIG_ZIP_SIGNER "ConfigZipSigner"
+#define ENGINE_OBJECT_HISTORY_SIGNER "ObjectHistorySigner"
+#define ENGINE_SIGN_EMAIL "SignEmailDescriptor"
+
+enum engine_key_type {
+	ENGINE_KEY_HSM = 1,
+	ENGINE_KEY_P12 = 2,
+};
+
+struct engine_key {
+	char *name;
+	int line;
+	enum engine_key_type type;
+	char *location;       /* locationValue */
+	char *alias;
+	int has_slot;
+	unsigned long slot;
+	char *token_label;    /* tokenLabel */
+	/* At most one PIN source is set. */
+	char *pin;            /* pin (plain) */
+	char *pin_encrypted;  /* pin.encrypted (scrambled) */
+	char *pin_file;       /* pin.file */
+	char *pin_env;        /* pin.env */
+	int no_raw_rsa;       /* rawRsaFallback="false" */
+};
+
+enum engine_alg {
+	ENGINE_ALG_AES_CBC_PKCS7 = 1, /* EncryptedFields: algorithm */
+	ENGINE_ALG_DIGEST,            /* SHA-256 / SHA-384 / SHA-512 */
+	ENGINE_ALG_RSA_SIGN,          /* SHA256withRSA ... */
+};
+
+struct engine_descriptor {
+	char *name;
+	int version;
+	int line;
+	char *algorithm;      /* normalised Java name */
+	enum engine_alg alg;
+	int size;             /* AES key bits (EncryptedFields) */
+	char *result;         /* envelope format, e.g. "NX02" */
+	char *key_name;
+	struct engine_key *key;   /* resolved, borrowed from engine */
+	char *asym_cipher;    /* normalised, e.g. RSA/ECB/OAEPWithSHA-384AndMGF1Padding */
+	const EVP_MD *md;     /* digest of the algorithm (sign/digest descriptors) */
+	const EVP_MD *oaep_md;/* OAEP and MGF1 hash (EncryptedFields) */
+};
+
+struct engine {
+	char *path;
+	struct engine_descriptor *descs;
+	size_t ndescs;
+	struct engine_key *keys;
+	size_t nkeys;
+};
+
+/* Parse and validate. On failure returns HSMFS_ERR_CONFIG with
+ * err_detail() = "FILE:LINE: message naming the attribute". Warnings
+ * (normalised spellings, config readable by group/others) are logged. */
+int engine_load(const char *path, struct engine **out);
+void engine_free(struct engine *e);
+
+/* Highest version of a descriptor, NULL when not configured. */
+const struct engine_descriptor *engine_newest(const struct engine *e,
+    const char *name);
+/* A given version, NULL when not configured. */
+const struct engine_descriptor *engine_version(const struct engine *e,
+    const char *name, int version);
+const struct engine_key *engine_key_by_name(const struct engine *e,
+    const char *name);
+
+/* The user PIN of a key from whichever source the config names; *pin is
+ * in secure memory, NUL-terminated; release with engine_pin_free(). */
+int engine_key_pin(const struct engine_key *k, char **pin);
+void engine_pin_free(char *pin);
+
+/* pin.encrypted: a reversible scramble (obfuscation, not encryption). */
+char *engine_pin_scramble(const char *pin);
+int engine_pin_unscramble(const char *scrambled, char **pin);
+
+/* Fill an hsm_key_spec for k (pointers borrow from k and pin). */
+void engine_key_spec(const struct engine_key *k, const char *pin,
+    struct hsm_key_spec *spec);
+
+#endif

@@ -1,0 +1,97 @@
+/* The daemon's shared state and the folder interface. Each top-level
+ * folder of the mount is one struct folder_ops in its own file (fs/<folder>.c);
+ * fs/main.c routes every FUSE call by the first path component. */
+#ifndef HSMFS_FS_H
+#define HSMFS_FS_H
+
+#include <fuse.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "crypto/engine.h"
+#include "crypto/keyring.h"
+
+struct hsmfs_opts {
+	char *config;
+	char *truststore;
+	char *smtp;
+	char *history_anchor;
+	long mail_retry;      /* seconds, default 300 */
+	long mail_max_age;    /* seconds, default 5 days */
+	int log_level;
+	int foreground;
+	int read_only;        /* -o ro */
+};
+
+struct hsmfs {
+	struct hsmfs_opts opt;
+	char *store;          /* absolute path of STORE */
+	int store_fd;         /* O_DIRECTORY fd of STORE */
+	struct engine *engine;
+	struct keyring *keys; /* opened in init, after daemonizing */
+	time_t started;
+	uid_t uid;            /* owner of the mount (files report it) */
+	gid_t gid;
+};
+
+/* The one daemon instance (set up in fs/main.c before any folder runs). */
+extern struct hsmfs *hsmfs_ctx;
+
+/* Every path given to a folder is relative to it: "" for the folder
+ * itself, "name", ".sealed/name", "sent/name". Return 0 or -errno.
+ * Missing callbacks: fs/main.c answers ENOENT for lookups, an empty
+ * listing for readdir, EOPNOTSUPP for writes, EPERM for changes. */
+struct folder_ops {
+	const char *name;     /* "sign-out", "fields", ... */
+	/* In FUSE init, after daemonizing and opening the keys: recover the
+	 * store, start threads. A failure is logged; the folder then refuses
+	 * writes with EOPNOTSUPP. */
+	int (*start)(void);
+	/* At unmount: finish or fail in-flight work, join threads. */
+	void (*stop)(void);
+	/* Lines "key: value\n" for MNT/.status, prefixed by the folder. */
+	void (*status)(FILE *out);
+
+	int (*getattr)(const char *path, struct stat *st, struct fuse_file_info *fi);
+	int (*readdir)(const char *path, void *buf, fuse_fill_dir_t fill);
+	int (*open)(const char *path, struct fuse_file_info *fi);
+	int (*create)(const char *path, mode_t mode, struct fuse_file_info *fi);
+	int (*read)(const char *path, char *buf, size_t size, off_t off,
+	    struct fuse_file_info *fi);
+	int (*write)(const char *path, const char *buf, size_t size, off_t off,
+	    struct fuse_file_info *fi);
+	int (*flush)(const char *path, struct fuse_file_info *fi);
+	int (*fsync)(const char *path, int datasync, struct fuse_file_info *fi);
+	int (*release)(const char *path, struct fuse_file_info *fi);
+	int (*truncate)(const char *path, off_t size, struct fuse_file_info *fi);
+	int (*unlink)(const char *path);
+	/* Both paths in this folder; across folders main answers EXDEV. */
+	int (*rename)(const char *from, const char *to, unsigned int flags);
+	int (*chmod)(const char *path, mode_t mode, struct fuse_file_info *fi);
+	int (*utimens)(const char *path, const struct timespec tv[2],
+	    struct fuse_file_info *fi);
+	int (*getxattr)(const char *path, const char *name, char *value, size_t size);
+	int (*setxattr)(const char *path, const char *name, const char *value,
+	    size_t size, int flags);
+	int (*listxattr)(const char *path, char *list, size_t size);
+	int (*removexattr)(const char *path, const char *name);
+};
+
+extern const struct folder_ops signout_folder;
+extern const struct folder_ops verifyin_folder;
+extern const struct folder_ops fields_folder;
+extern const struct folder_ops history_folder;
+extern const struct folder_ops mail_folder;
+
+/* Helpers for folders (fs/main.c). */
+/* Fill st for a directory / regular file owned by the mount's user. */
+void fs_stat_dir(struct stat *st);
+void fs_stat_file(struct stat *st, mode_t mode, off_t size, time_t mtime);
+/* Copy an attribute value for getxattr semantics (size 0 = query). */
+int fs_xattr_reply(const char *val, size_t len, char *buf, size_t size);
+/* Log one failure line: "folder/object: key K: what: detail". */
+void fs_log_fail(const char *folder, const char *object, const char *key,
+    const char *what, int r);
+
+#endif

@@ -1,0 +1,6 @@
+/* /mail: placeholder until its issue lands; refuses writes (EOPNOTSUPP). */
+#include "fs/fs.h"
+
+const struct folder_ops mail_folder = {
+	.name = "mail",
+};

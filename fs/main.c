@@ -1,0 +1,782 @@
+/* hsmfs daemon: options, start-up checks, mount, and the dispatch of FUSE
+ * calls to the folder that owns the path's first component.
+ *
+ * Start-up order matters: every check runs before mounting, and the key
+ * check runs in a short-lived child process, because a PKCS#11 module
+ * must not be initialised before libfuse daemonizes (fork) — the daemon
+ * opens its keys in the FUSE init callback, after the fork. */
+#include "fs/fs.h"
+#include "fs/store.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+
+struct hsmfs *hsmfs_ctx;
+static struct hsmfs the_fs;
+
+static const struct folder_ops *const folders[] = {
+	&signout_folder,
+	&verifyin_folder,
+	&fields_folder,
+	&history_folder,
+	&mail_folder,
+};
+#define NFOLDERS (sizeof(folders) / sizeof(folders[0]))
+static int folder_ok[NFOLDERS];    /* start() succeeded */
+
+#define STATUS_NAME ".status"
+
+/* ---- helpers for folders ---- */
+
+void
+fs_stat_dir(struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_mode = S_IFDIR | 0755;
+	st->st_nlink = 2;
+	st->st_uid = the_fs.uid;
+	st->st_gid = the_fs.gid;
+	st->st_mtime = st->st_ctime = st->st_atime = the_fs.started;
+}
+
+void
+fs_stat_file(struct stat *st, mode_t mode, off_t size, time_t mtime)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_mode = S_IFREG | (mode & 07777);
+	st->st_nlink = 1;
+	st->st_uid = the_fs.uid;
+	st->st_gid = the_fs.gid;
+	st->st_size = size;
+	st->st_blocks = (size + 511) / 512;
+	st->st_mtime = st->st_ctime = st->st_atime = mtime;
+}
+
+int
+fs_xattr_reply(const char *val, size_t len, char *buf, size_t size)
+{
+	if (size == 0)
+		return (int)len;
+	if (size < len)
+		return -ERANGE;
+	memcpy(buf, val, len);
+	return (int)len;
+}
+
+void
+fs_log_fail(const char *folder, const char *object, const char *key,
+    const char *what, int r)
+{
+	log_err("%s/%s: %s%s%s%s: %s (%s)", folder, object ? object : "",
+	    key ? "key " : "", key ? key : "", key ? ": " : "", what,
+	    err_detail(), hsmfs_strerror(r));
+}
+
+/* ---- routing ---- */
+
+/* Split "/top/rest" into the folder and "rest" ("" for the folder).
+ * Returns -1 for "/", -2 for an unknown top-level name. */
+static int
+route(const char *path, const char **rest)
+{
+	const char *p = path + 1, *slash;
+	size_t n;
+	if (*p == '\0')
+		return -1;
+	slash = strchr(p, '/');
+	n = slash ? (size_t)(slash - p) : strlen(p);
+	for (size_t i = 0; i < NFOLDERS; i++) {
+		if (strlen(folders[i]->name) == n &&
+		    memcmp(folders[i]->name, p, n) == 0) {
+			*rest = slash ? slash + 1 : "";
+			return (int)i;
+		}
+	}
+	return -2;
+}
+
+#define ROUTE(path, rest, f)                                   \
+	const char *rest;                                      \
+	int f##_i = route(path, &rest);                        \
+	const struct folder_ops *f = f##_i >= 0 ? folders[f##_i] : NULL
+
+/* ---- .status ---- */
+
+static char *
+status_text(size_t *len)
+{
+	char *buf = NULL;
+	size_t n = 0;
+	FILE *f = open_memstream(&buf, &n);
+	if (f == NULL)
+		return NULL;
+	fprintf(f, "version: %s\n", HSMFS_VERSION);
+	fprintf(f, "uptime: %lld\n", (long long)(time(NULL) - the_fs.started));
+	fprintf(f, "store: %s\n", the_fs.store);
+	for (size_t i = 0; the_fs.keys && i < keyring_count(the_fs.keys); i++) {
+		hsm_key *k = keyring_at(the_fs.keys, i);
+		struct hsm_stats s;
+		const char *nm = hsm_key_name(k);
+		hsm_key_get_stats(k, &s);
+		fprintf(f, "key.%s.backend: %s\n", nm,
+		    hsm_key_backend(k) == HSM_BACKEND_PKCS11 ? "pkcs11" : "pkcs12");
+		fprintf(f, "key.%s.token: %s\n", nm, hsm_key_where(k));
+		fprintf(f, "key.%s.ops: %lu\n", nm, s.ops);
+		fprintf(f, "key.%s.errors: %lu\n", nm, s.errors);
+		fprintf(f, "key.%s.mean_ms: %.3f\n", nm, s.ops ? s.total_ms / s.ops : 0.0);
+		fprintf(f, "key.%s.last_result: %s\n", nm,
+		    s.ops ? hsmfs_strerror(s.last_result) : "none");
+		fprintf(f, "key.%s.last_time: %lld\n", nm, s.last_time);
+		fprintf(f, "key.%s.pool: %u/%u\n", nm, s.pool_in_use, s.pool_size);
+	}
+	for (size_t i = 0; i < NFOLDERS; i++) {
+		fprintf(f, "folder.%s: %s\n", folders[i]->name,
+		    folder_ok[i] ? "ready" : "disabled");
+		if (folder_ok[i] && folders[i]->status)
+			folders[i]->status(f);
+	}
+	if (fclose(f) != 0) {
+		free(buf);
+		return NULL;
+	}
+	*len = n;
+	return buf;
+}
+
+/* ---- FUSE operations ---- */
+
+static int
+op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+	if (strcmp(path, "/") == 0) {
+		fs_stat_dir(st);
+		st->st_nlink = 2 + NFOLDERS;
+		return 0;
+	}
+	if (strcmp(path, "/" STATUS_NAME) == 0) {
+		size_t n = 0;
+		char *s = status_text(&n);
+		free(s);
+		fs_stat_file(st, 0444, (off_t)n, time(NULL));
+		return 0;
+	}
+	ROUTE(path, rest, f);
+	if (f == NULL)
+		return -ENOENT;
+	if (f->getattr) {
+		int r = f->getattr(rest, st, fi);
+		if (r != -ENOSYS)
+			return r;
+	}
+	if (*rest == '\0') {
+		fs_stat_dir(st);
+		return 0;
+	}
+	return -ENOENT;
+}
+
+static int
+op_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
+    struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+	if (strcmp(path, "/") == 0) {
+		fill(buf, ".", NULL, 0, 0);
+		fill(buf, "..", NULL, 0, 0);
+		fill(buf, STATUS_NAME, NULL, 0, 0);
+		for (size_t i = 0; i < NFOLDERS; i++)
+			fill(buf, folders[i]->name, NULL, 0, 0);
+		return 0;
+	}
+	ROUTE(path, rest, f);
+	if (f == NULL)
+		return -ENOENT;
+	if (f->readdir)
+		return f->readdir(rest, buf, fill);
+	if (*rest != '\0')
+		return -ENOENT;
+	fill(buf, ".", NULL, 0, 0);
+	fill(buf, "..", NULL, 0, 0);
+	return 0;
+}
+
+/* .status is rendered at open, kept in fh, freed at release. */
+struct status_fh {
+	char *text;
+	size_t len;
+};
+
+static int
+op_open(const char *path, struct fuse_file_info *fi)
+{
+	if (strcmp(path, "/" STATUS_NAME) == 0) {
+		struct status_fh *s;
+		if ((fi->flags & O_ACCMODE) != O_RDONLY)
+			return -EACCES;
+		if ((s = calloc(1, sizeof(*s))) == NULL)
+			return -ENOMEM;
+		if ((s->text = status_text(&s->len)) == NULL) {
+			free(s);
+			return -ENOMEM;
+		}
+		fi->fh = (uint64_t)(uintptr_t)s;
+		fi->direct_io = 1;
+		return 0;
+	}
+	ROUTE(path, rest, f);
+	if (f == NULL)
+		return -ENOENT;
+	if (f->open)
+		return f->open(rest, fi);
+	return *rest ? -ENOENT : -EISDIR;
+}
+
+static int
+op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL || *rest == '\0')
+		return f == NULL && f_i == -1 ? -EISDIR : -EACCES;
+	if (f->create == NULL || !folder_ok[f_i]) {
+		log_err("%s/%s: writes refused: folder not available (see "
+		    "earlier messages or configure its descriptor)", f->name, rest);
+		return -EOPNOTSUPP;
+	}
+	return f->create(rest, mode, fi);
+}
+
+static int
+op_read(const char *path, char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	if (strcmp(path, "/" STATUS_NAME) == 0) {
+		struct status_fh *s = (struct status_fh *)(uintptr_t)fi->fh;
+		if ((size_t)off >= s->len)
+			return 0;
+		if (size > s->len - (size_t)off)
+			size = s->len - (size_t)off;
+		memcpy(buf, s->text + off, size);
+		return (int)size;
+	}
+	ROUTE(path, rest, f);
+	if (f == NULL || f->read == NULL)
+		return -EIO;
+	return f->read(rest, buf, size, off, fi);
+}
+
+static int
+op_write(const char *path, const char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL || f->write == NULL)
+		return -EBADF;
+	return f->write(rest, buf, size, off, fi);
+}
+
+static int
+op_flush(const char *path, struct fuse_file_info *fi)
+{
+	if (strcmp(path, "/" STATUS_NAME) == 0)
+		return 0;
+	ROUTE(path, rest, f);
+	if (f == NULL || f->flush == NULL)
+		return 0;
+	return f->flush(rest, fi);
+}
+
+static int
+op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL || f->fsync == NULL)
+		return 0;
+	return f->fsync(rest, datasync, fi);
+}
+
+static int
+op_release(const char *path, struct fuse_file_info *fi)
+{
+	if (strcmp(path, "/" STATUS_NAME) == 0) {
+		struct status_fh *s = (struct status_fh *)(uintptr_t)fi->fh;
+		if (s) {
+			free(s->text);
+			free(s);
+		}
+		return 0;
+	}
+	ROUTE(path, rest, f);
+	if (f == NULL || f->release == NULL)
+		return 0;
+	return f->release(rest, fi);
+}
+
+static int
+op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL)
+		return -EPERM;
+	if (f->truncate == NULL)
+		return *rest ? -EOPNOTSUPP : -EISDIR;
+	return f->truncate(rest, size, fi);
+}
+
+static int
+op_unlink(const char *path)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL || *rest == '\0')
+		return -EPERM;
+	if (f->unlink == NULL)
+		return -EPERM;
+	return f->unlink(rest);
+}
+
+static int
+op_rename(const char *from, const char *to, unsigned int flags)
+{
+	const char *rf, *rt;
+	int fi_ = route(from, &rf), ti = route(to, &rt);
+	if (fi_ < 0 || ti < 0 || *rf == '\0' || *rt == '\0')
+		return -EPERM;
+	if (fi_ != ti)
+		return -EXDEV;
+	if (folders[fi_]->rename == NULL)
+		return -EPERM;
+	return folders[fi_]->rename(rf, rt, flags);
+}
+
+static int
+op_mkdir(const char *path, mode_t mode)
+{
+	return -EPERM;
+}
+
+static int
+op_rmdir(const char *path)
+{
+	return -EPERM;
+}
+
+static int
+op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL || f->chmod == NULL)
+		return -EPERM;
+	return f->chmod(rest, mode, fi);
+}
+
+static int
+op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
+{
+	return -EPERM;
+}
+
+static int
+op_utimens(const char *path, const struct timespec tv[2],
+    struct fuse_file_info *fi)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL || f->utimens == NULL)
+		return 0;   /* touch on a folder's file: timestamps are derived */
+	return f->utimens(rest, tv, fi);
+}
+
+static int
+op_getxattr(const char *path, const char *name, char *value, size_t size)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL || f->getxattr == NULL)
+		return -ENODATA;
+	return f->getxattr(rest, name, value, size);
+}
+
+static int
+op_setxattr(const char *path, const char *name, const char *value,
+    size_t size, int flags)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL || f->setxattr == NULL)
+		return -ENOTSUP;
+	return f->setxattr(rest, name, value, size, flags);
+}
+
+static int
+op_listxattr(const char *path, char *list, size_t size)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL || f->listxattr == NULL)
+		return 0;
+	return f->listxattr(rest, list, size);
+}
+
+static int
+op_removexattr(const char *path, const char *name)
+{
+	ROUTE(path, rest, f);
+	if (f == NULL || f->removexattr == NULL)
+		return -ENOTSUP;
+	return f->removexattr(rest, name);
+}
+
+static void *
+op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+	int r;
+
+	/* We are past daemonize: logging target, no core dumps of secrets,
+	 * locked memory for plaintext, then PKCS#11 and threads. */
+	if (!the_fs.opt.foreground)
+		log_set_syslog(1);
+	prctl(PR_SET_DUMPABLE, 0);
+	secmem_init(8 << 20);
+
+	cfg->kernel_cache = 0;
+	cfg->attr_timeout = 1.0;
+	cfg->entry_timeout = 1.0;
+	cfg->negative_timeout = 0;
+	cfg->hard_remove = 1;
+	cfg->use_ino = 0;
+
+	if ((r = keyring_open(the_fs.engine, &the_fs.keys)) != 0) {
+		log_err("cannot open keys after start: %s (%s); unmounting",
+		    err_detail(), hsmfs_strerror(r));
+		fuse_exit(fuse_get_context()->fuse);
+		return &the_fs;
+	}
+	for (size_t i = 0; i < NFOLDERS; i++) {
+		if (folders[i]->start == NULL)
+			continue;
+		err_clear();
+		if ((r = folders[i]->start()) != 0) {
+			log_err("%s: folder disabled: %s (%s)", folders[i]->name,
+			    err_detail(), hsmfs_strerror(r));
+			continue;
+		}
+		folder_ok[i] = 1;
+	}
+	log_info("mounted store %s", the_fs.store);
+	return &the_fs;
+}
+
+static void
+op_destroy(void *data)
+{
+	for (size_t i = NFOLDERS; i-- > 0;)
+		if (folder_ok[i] && folders[i]->stop)
+			folders[i]->stop();
+	keyring_free(the_fs.keys);
+	the_fs.keys = NULL;
+	log_info("unmounted store %s", the_fs.store);
+}
+
+static const struct fuse_operations hsmfs_ops = {
+	.init = op_init,
+	.destroy = op_destroy,
+	.getattr = op_getattr,
+	.readdir = op_readdir,
+	.open = op_open,
+	.create = op_create,
+	.read = op_read,
+	.write = op_write,
+	.flush = op_flush,
+	.fsync = op_fsync,
+	.release = op_release,
+	.truncate = op_truncate,
+	.unlink = op_unlink,
+	.rename = op_rename,
+	.mkdir = op_mkdir,
+	.rmdir = op_rmdir,
+	.chmod = op_chmod,
+	.chown = op_chown,
+	.utimens = op_utimens,
+	.getxattr = op_getxattr,
+	.setxattr = op_setxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+};
+
+/* ---- options ---- */
+
+enum { KEY_HELP, KEY_VERSION, KEY_RO, KEY_FG };
+
+struct cli {
+	char *store;
+	char *mountpoint;
+	char *log_level;
+	int nonopt;
+	int help;
+};
+static struct cli cli;
+
+#define OPT(t, p) { t, offsetof(struct hsmfs_opts, p), 1 }
+static const struct fuse_opt opt_spec[] = {
+	OPT("config=%s", config),
+	OPT("truststore=%s", truststore),
+	OPT("smtp=%s", smtp),
+	OPT("history_anchor=%s", history_anchor),
+	OPT("mail_retry=%ld", mail_retry),
+	OPT("mail_max_age=%ld", mail_max_age),
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	FUSE_OPT_KEY("ro", KEY_RO),
+	FUSE_OPT_KEY("-f", KEY_FG),
+	FUSE_OPT_KEY("-d", KEY_FG),
+	FUSE_OPT_KEY("debug", KEY_FG),
+	FUSE_OPT_END
+};
+
+static int
+opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	switch (key) {
+	case FUSE_OPT_KEY_NONOPT:
+		if (cli.nonopt++ == 0) {
+			cli.store = strdup(arg);
+			return 0;
+		}
+		if (cli.nonopt == 2)
+			cli.mountpoint = strdup(arg);
+		return 1;
+	case FUSE_OPT_KEY_OPT:
+		if (strncmp(arg, "log_level=", 10) == 0) {
+			cli.log_level = strdup(arg + 10);
+			return 0;
+		}
+		return 1;
+	case KEY_HELP:
+		cli.help = 1;
+		return 0;
+	case KEY_VERSION:
+		printf("hsmfs %s\n", HSMFS_VERSION);
+		exit(0);
+	case KEY_RO:
+		the_fs.opt.read_only = 1;
+		return 1;
+	case KEY_FG:
+		the_fs.opt.foreground = 1;
+		return 1;
+	}
+	return 1;
+}
+
+static void
+usage(const char *prog)
+{
+	printf("usage: %s STORE MOUNTPOINT -o config=FILE[,truststore=PEM]"
+	    "[,smtp=URL]\n"
+	    "       [,mail_retry=S][,mail_max_age=S][,history_anchor=FILE]"
+	    "[,log_level=LEVEL][,FUSE options]\n\n"
+	    "hsmfs options:\n"
+	    "    -o config=FILE          engineSignEncrypt.xml (required)\n"
+	    "    -o truststore=PEM       trusted CA certificates for verification\n"
+	    "    -o smtp=URL             mail relay (smtp://host:port, smtps://...)\n"
+	    "    -o mail_retry=S         first retry backoff in seconds (300)\n"
+	    "    -o mail_max_age=S       give up on a message after S seconds (432000)\n"
+	    "    -o history_anchor=FILE  copy of history checkpoints on another volume\n"
+	    "    -o log_level=LEVEL      error, warning, info (default), debug\n\n",
+	    prog);
+}
+
+/* ---- start-up checks (SPEC §1) ---- */
+
+static int
+check_store(void)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	int fd;
+
+	if (mkdir(cli.store, 0700) < 0 && errno != EEXIST) {
+		fprintf(stderr, "hsmfs: store %s: cannot create: %s\n", cli.store,
+		    strerror(errno));
+		return -1;
+	}
+	if (realpath(cli.store, path) == NULL || stat(path, &st) < 0 ||
+	    !S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "hsmfs: store %s: not a directory\n", cli.store);
+		return -1;
+	}
+	if (st.st_mode & 077)
+		fprintf(stderr, "hsmfs: warning: store %s is accessible by group "
+		    "or others (mode %03o); use chmod 700\n", path, st.st_mode & 0777);
+	the_fs.store = strdup(path);
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		fprintf(stderr, "hsmfs: store %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	if (!the_fs.opt.read_only) {
+		struct store_tmp t;
+		if (store_tmp_create(fd, &t) != 0) {
+			fprintf(stderr, "hsmfs: store %s is not writable: %s\n", path,
+			    err_detail());
+			close(fd);
+			return -1;
+		}
+		store_tmp_abort(&t);
+	}
+	the_fs.store_fd = fd;
+	return 0;
+}
+
+static int
+check_truststore(void)
+{
+	FILE *f;
+	X509 *x;
+	int n = 0;
+	if (the_fs.opt.truststore == NULL)
+		return 0;
+	if ((f = fopen(the_fs.opt.truststore, "r")) == NULL) {
+		fprintf(stderr, "hsmfs: truststore %s: %s\n", the_fs.opt.truststore,
+		    strerror(errno));
+		return -1;
+	}
+	while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+		n++;
+		X509_free(x);
+	}
+	fclose(f);
+	ERR_clear_error();
+	if (n == 0) {
+		fprintf(stderr, "hsmfs: truststore %s: no PEM certificate found\n",
+		    the_fs.opt.truststore);
+		return -1;
+	}
+	return 0;
+}
+
+/* Open every key in a child process and report the first failure through
+ * a pipe, so the parent never initialises a PKCS#11 module before the
+ * fork of daemonize. A wrong PIN is tried exactly once here. */
+static int
+check_keys(void)
+{
+	int pfd[2], status;
+	pid_t pid;
+	char msg[1200];
+	ssize_t n, got = 0;
+
+	if (pipe(pfd) < 0) {
+		perror("hsmfs: pipe");
+		return -1;
+	}
+	fflush(NULL);
+	if ((pid = fork()) < 0) {
+		perror("hsmfs: fork");
+		return -1;
+	}
+	if (pid == 0) {
+		struct keyring *kr = NULL;
+		int r;
+		close(pfd[0]);
+		if ((r = keyring_open(the_fs.engine, &kr)) != 0) {
+			snprintf(msg, sizeof(msg), "%s (%s)", err_detail(),
+			    hsmfs_strerror(r));
+			if (write(pfd[1], msg, strlen(msg)) < 0)
+				_exit(2);
+			_exit(1);
+		}
+		keyring_free(kr);
+		_exit(0);
+	}
+	close(pfd[1]);
+	while (got < (ssize_t)sizeof(msg) - 1 &&
+	    (n = read(pfd[0], msg + got, sizeof(msg) - 1 - (size_t)got)) > 0)
+		got += n;
+	msg[got > 0 ? got : 0] = '\0';
+	close(pfd[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return 0;
+	fprintf(stderr, "hsmfs: %s: %s\n", the_fs.opt.config,
+	    got > 0 ? msg : "key check failed (the check process died)");
+	return -1;
+}
+
+int
+main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	char fsname[PATH_MAX + 16];
+	int r;
+
+	umask(077);
+	the_fs.opt.mail_retry = 300;
+	the_fs.opt.mail_max_age = 5L * 24 * 3600;
+	the_fs.store_fd = -1;
+	the_fs.uid = getuid();
+	the_fs.gid = getgid();
+	the_fs.started = time(NULL);
+	hsmfs_ctx = &the_fs;
+
+	if (fuse_opt_parse(&args, &the_fs.opt, opt_spec, opt_proc) < 0)
+		return 2;
+	if (cli.help) {
+		usage(argv[0]);
+		fuse_opt_add_arg(&args, "--help");
+		fuse_main(args.argc, args.argv, &hsmfs_ops, NULL);
+		return 0;
+	}
+	the_fs.opt.log_level = LOG_INFO;
+	if (cli.log_level) {
+		if ((the_fs.opt.log_level = log_parse_level(cli.log_level)) < 0) {
+			fprintf(stderr, "hsmfs: log_level=%s: use error, warning, info "
+			    "or debug\n", cli.log_level);
+			return 2;
+		}
+	}
+	log_init("hsmfs", 0, the_fs.opt.log_level);
+	if (cli.store == NULL || cli.mountpoint == NULL) {
+		fprintf(stderr, "hsmfs: usage: hsmfs STORE MOUNTPOINT -o config=FILE"
+		    "[,...] (see --help)\n");
+		return 2;
+	}
+	if (the_fs.opt.config == NULL) {
+		fprintf(stderr, "hsmfs: missing -o config=FILE (the "
+		    "engineSignEncrypt.xml)\n");
+		return 2;
+	}
+	if (the_fs.opt.mail_retry <= 0 || the_fs.opt.mail_max_age <= 0) {
+		fprintf(stderr, "hsmfs: mail_retry and mail_max_age must be "
+		    "positive numbers of seconds\n");
+		return 2;
+	}
+	if ((r = engine_load(the_fs.opt.config, &the_fs.engine)) != 0) {
+		fprintf(stderr, "hsmfs: %s\n", err_detail());
+		return 1;
+	}
+	if (check_store() != 0 || check_truststore() != 0 || check_keys() != 0)
+		return 1;
+
+	/* default_permissions always: the kernel enforces the modes we show. */
+	fuse_opt_add_arg(&args, "-odefault_permissions");
+	snprintf(fsname, sizeof(fsname), "-ofsname=hsmfs:%s", the_fs.store);
+	/* A comma in the store path would split the option string. */
+	if (strchr(the_fs.store, ',') == NULL)
+		fuse_opt_insert_arg(&args, 1, fsname);
+	fuse_opt_insert_arg(&args, 1, "-osubtype=hsmfs");
+
+	r = fuse_main(args.argc, args.argv, &hsmfs_ops, &the_fs);
+	fuse_opt_free_args(&args);
+	engine_free(the_fs.engine);
+	return r == 0 ? 0 : 1;
+}

@@ -1,0 +1,50 @@
+/* Private to hsm/: the backend vtable behind hsm_key. */
+#ifndef HSMFS_HSM_INT_H
+#define HSMFS_HSM_INT_H
+
+#include "hsm/hsm.h"
+#include <pthread.h>
+
+struct hsm_backend_ops {
+	int (*sign)(hsm_key *k, const EVP_MD *md, const void *data, size_t len,
+	    uint8_t *sig, size_t *siglen);
+	int (*sign_digest)(hsm_key *k, const EVP_MD *md, const uint8_t *dgst,
+	    size_t dlen, uint8_t *sig, size_t *siglen);
+	int (*oaep_decrypt)(hsm_key *k, const EVP_MD *md, const uint8_t *in,
+	    size_t inlen, uint8_t *out, size_t *outlen);
+	int (*store_cert)(hsm_key *k, X509 *cert);
+	void (*pool)(hsm_key *k, unsigned *in_use, unsigned *size);
+	void (*free)(hsm_key *k);
+};
+
+struct hsm_key {
+	const struct hsm_backend_ops *ops;
+	enum hsm_backend backend;
+	char *name;
+	char *where;
+	X509 *cert;            /* owned, may be NULL */
+	EVP_PKEY *pub;         /* owned */
+	EVP_PKEY *pkey;        /* owned: private ops reach the backend */
+	int bits;
+	void *priv;            /* backend state */
+
+	pthread_mutex_t stats_lock;
+	struct hsm_stats stats;
+};
+
+/* Common constructor/destructor parts (hsm.c). */
+hsm_key *hsm_key_alloc(const struct hsm_backend_ops *ops, enum hsm_backend b,
+    const char *name, const char *where);
+/* Check that cert's public key equals pub (modulus and exponent). */
+int hsm_cert_matches(X509 *cert, EVP_PKEY *pub);
+
+/* Backends. */
+int hsm_p12_open(const struct hsm_key_spec *spec, hsm_key **out);
+int hsm_p11_open(const struct hsm_key_spec *spec, hsm_key **out);
+int hsm_p11_keygen(const struct hsm_key_spec *spec, int bits, hsm_key **out);
+
+/* EVP bridge for token keys (hsm/evp.c): an EVP_PKEY holding pub's RSA
+ * public part whose private operations call back into k. */
+EVP_PKEY *hsm_evp_bridge(hsm_key *k, EVP_PKEY *pub);
+
+#endif
