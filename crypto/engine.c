@@ -208,6 +208,22 @@ is_ws_only(const xmlChar *s)
 	return 1;
 }
 
+/* libxml2 stamps a text node with the line where it ends; the error
+ * should point at its first non-blank character. */
+static long
+text_line(xmlNodePtr t)
+{
+	long line = xmlGetLineNo(t);
+	const xmlChar *c = t->content;
+
+	while (c && *c && isspace(*c))
+		c++;
+	for (; c && *c; c++)
+		if (*c == '\n')
+			line--;
+	return line > 0 ? line : 1;
+}
+
 /* Element children of n, refusing stray text. *count gets how many. */
 static int
 check_content(const struct parse *p, xmlNodePtr n, size_t *count)
@@ -224,7 +240,7 @@ check_content(const struct parse *p, xmlNodePtr n, size_t *count)
 				break;
 			/* fallthrough */
 		case XML_CDATA_SECTION_NODE:
-			return cfg_err(p, xmlGetLineNo(ch), "unexpected text "
+			return cfg_err(p, text_line(ch), "unexpected text "
 			    "inside <%s>: only elements and attributes are used; "
 			    "remove it", (const char *)n->name);
 		case XML_ENTITY_REF_NODE:
@@ -785,6 +801,21 @@ parse_key_cb(const struct parse *p, xmlNodePtr n, void *k)
 	return parse_key(p, n, k);
 }
 
+/* Line of the key= attribute of the i-th descriptor under descs. */
+static long
+desc_key_line(const struct parse *p, xmlNodePtr descs, size_t i, long dflt)
+{
+	for (xmlNodePtr ch = descs->children; ch; ch = ch->next) {
+		if (ch->type != XML_ELEMENT_NODE || i-- > 0)
+			continue;
+		for (xmlNodePtr t = ch->children; t; t = t->next)
+			if (t->type == XML_ELEMENT_NODE)
+				return attr_line(p, t, "key");
+		break;
+	}
+	return dflt;
+}
+
 static int
 parse_root(const struct parse *p, xmlNodePtr root, struct engine *e)
 {
@@ -847,7 +878,8 @@ parse_root(const struct parse *p, xmlNodePtr root, struct engine *e)
 			if (strcmp(d->key_name, e->keys[j].name) == 0)
 				d->key = &e->keys[j];
 		if (d->key == NULL)
-			return cfg_err(p, d->line, "descriptor %s version %d names "
+			return cfg_err(p, desc_key_line(p, descs, i, d->line),
+			    "descriptor %s version %d names "
 			    "key=\"%s\", which is not in <keys>; add the key or fix "
 			    "the name", d->name, d->version, d->key_name);
 	}
@@ -961,6 +993,11 @@ engine_load(const char *path, struct engine **out)
 	if ((e = calloc(1, sizeof(*e))) == NULL || (e->path = strdup(path)) == NULL)
 		goto out;
 
+	if (len == 0) {
+		r = cfg_err(&p, 1, "malformed XML: the file is empty; write the "
+		    "<engineSignEncrypt> configuration into it");
+		goto out;
+	}
 	xmlInitParser();
 	if (len > INT_MAX ||
 	    (ctxt = xmlCreateMemoryParserCtxt(buf, (int)len)) == NULL)
