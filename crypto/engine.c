@@ -656,6 +656,21 @@ parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
 		return r;
 	if ((r = attr_required(p, t, "locationValue", what, &k->location)) != 0)
 		return r;
+	if (k->location[0] != '/' && strchr(k->location, '/') != NULL &&
+	    k->type == ENGINE_KEY_HSM)
+		/* dlopen would resolve it against whatever cwd hsmfs has. */
+		return cfg_err(p, attr_line(p, t, "locationValue"), "%s: "
+		    "locationValue=\"%s\" is a relative path; give the PKCS#11 "
+		    "module as an absolute path or a bare file name", what,
+		    k->location);
+	if (k->location[0] != '/' && k->type == ENGINE_KEY_P12) {
+		/* Like pin.file: relative to the config, as hsmfs runs in /. */
+		char *abs;
+		if (asprintf(&abs, "%s/%s", p->dir, k->location) < 0)
+			return HSMFS_ERR_NOMEM;
+		free(k->location);
+		k->location = abs;
+	}
 	if ((r = attr_get(t, "alias", &k->alias)) != 0)
 		return r;
 	if (k->type == ENGINE_KEY_HSM && k->alias == NULL)
@@ -826,8 +841,11 @@ parse_root(const struct parse *p, xmlNodePtr root, struct engine *e)
 	if (root == NULL)
 		return cfg_err(p, 1, "no root element; the file must hold "
 		    "<engineSignEncrypt>");
-	if (root->ns != NULL ||
-	    strcmp((const char *)root->name, "engineSignEncrypt") != 0)
+	if (root->ns != NULL)
+		return cfg_err(p, node_line(p, root), "root element <%s> is in "
+		    "namespace \"%s\"; remove the xmlns attribute",
+		    (const char *)root->name, (const char *)root->ns->href);
+	if (strcmp((const char *)root->name, "engineSignEncrypt") != 0)
 		return cfg_err(p, node_line(p, root), "root element is <%s>; "
 		    "expected <engineSignEncrypt>", (const char *)root->name);
 	if ((r = check_attrs(p, root, none, "")) != 0 ||

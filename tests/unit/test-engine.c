@@ -4,6 +4,7 @@
 #include "crypto/engine.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -284,6 +285,12 @@ case_spec_example(void)
 
 	k = engine_key_by_name(e, "objectHistorySignerCertificateV1");
 	CHECK(k && k->type == ENGINE_KEY_P12 && k->alias == NULL && !k->has_slot);
+	{
+		/* A relative P12 file is relative to the config's directory. */
+		char want[PATH_MAX + 32];
+		snprintf(want, sizeof(want), "%s/history.p12", tmpdir);
+		CHECK(k && strcmp(k->location, want) == 0);
+	}
 	if (k && engine_key_pin(k, &pin) == 0) {
 		CHECK(pin[0] == '\0');   /* empty P12 password is legitimate */
 		engine_key_spec(k, pin, &spec);
@@ -598,6 +605,14 @@ case_errors(void)
 	    "<key name=\"k1\">\n"
 	    "  <type name=\"P12\" pin=\"pw\"/>\n"
 	    "</key>\n"), "<type name=", "'locationValue'");
+	expect_err("hsm-relative-module", DOC(DESC_ZIP("k1"),
+	    "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" alias=\"a\" pin=\"1\"\n"
+	    "        locationValue=\"lib/libsofthsm2.so\"/>\n"
+	    "</key>\n"), "locationValue=", "locationValue=");
+	expect_err("namespaced-root", HEAD
+	    "<engineSignEncrypt xmlns=\"urn:x\">\n</engineSignEncrypt>\n",
+	    "<engineSignEncrypt", "xmlns");
 	expect_err("hsm-missing-alias", DOC(DESC_ZIP("k1"),
 	    "<key name=\"k1\">\n"
 	    "  <type name=\"HSM\" locationValue=\"libsofthsm2\" pin=\"1234\"/>\n"
@@ -776,6 +791,18 @@ case_scramble(void)
 	CHECK(r == 0 && strcmp(pin, "123456") == 0);
 	if (r == 0)
 		engine_pin_free(pin);
+
+	cur_case = "scramble-known-answer";
+	/* Made by an independent implementation of the format documented in
+	 * docs/engine.md (Python hashlib, salt 01..08, 36-byte PIN: two
+	 * keystream blocks). */
+	r = engine_pin_unscramble("S1:AQIDBAUGBwhneA+r9dHBcBk8BA/vDBG3EmmhUZ4r"
+	    "exO39r7TmWVMD5cEmp/vK6YV", &pin);
+	CHECK_DETAIL(r == 0);
+	if (r == 0) {
+		CHECK(strcmp(pin, "0123456789abcdef0123456789abcdef-kat") == 0);
+		engine_pin_free(pin);
+	}
 
 	cur_case = "scramble-lengths";
 	/* Across keystream block boundaries (32 bytes) and the limit. */
@@ -967,6 +994,8 @@ main(void)
 	const char *t = getenv("TMPDIR");
 
 	log_init("test-engine", 0, LOG_WARNING);
+	/* PINs then come from the locked secure heap, as in hsmfs. */
+	secmem_init(65536);
 	snprintf(tmpl, sizeof(tmpl), "%s/hsmfs-test-engine.XXXXXX",
 	    t && *t ? t : "/tmp");
 	if (mkdtemp(tmpl) == NULL) {
