@@ -71,6 +71,10 @@ xml_serror(void *data, xmlErrorPtr e)
 	p->xml_err_line = e->line > 0 ? e->line : 1;
 	snprintf(p->xml_err, sizeof(p->xml_err), "%s",
 	    e->message ? e->message : "parse error");
+	/* One line per failure: some messages carry a second line. */
+	for (char *c = p->xml_err; *c; c++)
+		if (*c == '\n' || *c == '\r')
+			*c = ' ';
 	n = strlen(p->xml_err);
 	while (n > 0 && isspace((unsigned char)p->xml_err[n - 1]))
 		p->xml_err[--n] = '\0';
@@ -199,6 +203,11 @@ attr_line(const struct parse *p, xmlNodePtr n, const char *name)
 
 /* ---- tree helpers ---- */
 
+/* "prefix", ":", "name" for messages about namespaced elements. */
+#define QNAME(n) ((n)->ns && (n)->ns->prefix ? \
+	(const char *)(n)->ns->prefix : ""), ((n)->ns && (n)->ns->prefix ? \
+	":" : ""), (const char *)(n)->name
+
 static int
 is_ws_only(const xmlChar *s)
 {
@@ -321,14 +330,14 @@ attr_required(const struct parse *p, xmlNodePtr n, const char *name,
 	if ((r = attr_get(n, name, v)) != 0)
 		return r;
 	if (*v == NULL)
-		return cfg_err(p, node_line(p, n), "<%s> of %s: missing "
-		    "attribute '%s'; add it", (const char *)n->name, what, name);
+		return cfg_err(p, node_line(p, n), "%s: missing attribute '%s' "
+		    "on <%s>; add it", what, name, (const char *)n->name);
 	if ((*v)[0] == '\0') {
 		free(*v);
 		*v = NULL;
-		return cfg_err(p, attr_line(p, n, name), "<%s> of %s: attribute "
-		    "'%s' is empty; give it a value", (const char *)n->name,
-		    what, name);
+		return cfg_err(p, attr_line(p, n, name), "%s: attribute '%s' "
+		    "on <%s> is empty; give it a value", what, name,
+		    (const char *)n->name);
 	}
 	return 0;
 }
@@ -349,22 +358,21 @@ only_type_child(const struct parse *p, xmlNodePtr n, const char *what,
 			continue;
 		if (ch->ns != NULL || strcmp((const char *)ch->name, "type") != 0)
 			return cfg_err(p, node_line(p, ch), "unknown element "
-			    "<%s> in <%s> %s; only <type> belongs here",
-			    (const char *)ch->name, (const char *)n->name, what);
+			    "<%s%s%s> in %s; only <type> belongs here", QNAME(ch),
+			    what);
 		if (found != NULL)
 			return cfg_err(p, node_line(p, ch), "second <type> in "
-			    "<%s> %s; keep exactly one", (const char *)n->name,
-			    what);
+			    "%s; keep exactly one", what);
 		found = ch;
 	}
 	if (found == NULL)
-		return cfg_err(p, node_line(p, n), "<%s> %s has no <type> "
-		    "element; add one", (const char *)n->name, what);
+		return cfg_err(p, node_line(p, n), "%s has no <type> element; "
+		    "add one", what);
 	if ((r = check_content(p, found, &c)) != 0)
 		return r;
 	if (c != 0)
-		return cfg_err(p, node_line(p, found), "<type> in <%s> %s must "
-		    "be empty", (const char *)n->name, what);
+		return cfg_err(p, node_line(p, found), "<type> in %s must be "
+		    "empty; move its content into attributes", what);
 	*type = found;
 	return 0;
 }
@@ -793,9 +801,9 @@ parse_section(const struct parse *p, xmlNodePtr sec, const char *child,
 		if (ch->type != XML_ELEMENT_NODE)
 			continue;
 		if (ch->ns != NULL || strcmp((const char *)ch->name, child) != 0)
-			return cfg_err(p, node_line(p, ch), "unknown element <%s> "
-			    "in <%s>; only <%s> belongs here",
-			    (const char *)ch->name, (const char *)sec->name, child);
+			return cfg_err(p, node_line(p, ch), "unknown element "
+			    "<%s%s%s> in <%s>; only <%s> belongs here", QNAME(ch),
+			    (const char *)sec->name, child);
 		*count = i + 1;   /* so that engine_free sees partial entries */
 		if ((r = parse_one(p, ch, (char *)*arr + i * elem_size)) != 0)
 			return r;
@@ -860,9 +868,9 @@ parse_root(const struct parse *p, xmlNodePtr root, struct engine *e)
 		else if (ch->ns == NULL && strcmp((const char *)ch->name, "keys") == 0)
 			slot = &keys;
 		else
-			return cfg_err(p, node_line(p, ch), "unknown element <%s> in "
-			    "<engineSignEncrypt>; only <descriptors> and <keys> "
-			    "belong here", (const char *)ch->name);
+			return cfg_err(p, node_line(p, ch), "unknown element "
+			    "<%s%s%s> in <engineSignEncrypt>; only <descriptors> "
+			    "and <keys> belong here", QNAME(ch));
 		if (*slot != NULL)
 			return cfg_err(p, node_line(p, ch), "second <%s> element; "
 			    "merge it into the one on line %ld",
@@ -1032,6 +1040,10 @@ engine_load(const char *path, struct engine **out)
 	ctxt->sax->initialized = XML_SAX2_MAGIC;
 	/* NONET; deliberately no NOENT, DTDLOAD, DTDATTR, DTDVALID, XINCLUDE. */
 	xmlCtxtUseOptions(ctxt, XML_PARSE_NONET | XML_PARSE_BIG_LINES);
+	/* Whatever libxml2's process-wide defaults say. */
+	ctxt->replaceEntities = 0;
+	ctxt->loadsubset = 0;
+	ctxt->validate = 0;
 	xmlParseDocument(ctxt);
 
 	if (p.doctype_line > 0) {

@@ -6,6 +6,7 @@
 #include "common/util.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
@@ -42,25 +43,52 @@ read_line(int fd, char *buf)
 	return toolong ? -2 : (ssize_t)n;
 }
 
-/* Prompt on stderr and read with echo off when stdin is a terminal. */
+/* Terminal state to put back if a signal arrives while echo is off. */
+static struct termios saved_tty;
+static volatile sig_atomic_t tty_quiet;
+
+static void
+restore_tty_and_die(int sig)
+{
+	if (tty_quiet)
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_tty);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+/* Prompt on stderr and read with echo off when stdin is a terminal. Echo
+ * goes off before the prompt appears, so nothing typed after the prompt
+ * is ever echoed. */
 static ssize_t
 ask(const char *prompt, char *buf)
 {
-	struct termios old, quiet;
+	static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP};
+	struct sigaction sa, old_sa[5];
+	struct termios quiet;
 	ssize_t n;
-	int tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &old) == 0;
+	int tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved_tty) == 0;
 
 	if (tty) {
-		fprintf(stderr, "%s", prompt);
-		fflush(stderr);
-		quiet = old;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = restore_tty_and_die;
+		sigemptyset(&sa.sa_mask);
+		for (size_t i = 0; i < 5; i++)
+			sigaction(sigs[i], &sa, &old_sa[i]);
+		quiet = saved_tty;
 		quiet.c_lflag &= ~(tcflag_t)ECHO;
 		quiet.c_lflag |= ECHONL;
+		tty_quiet = 1;
 		tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+		fprintf(stderr, "%s", prompt);
+		fflush(stderr);
 	}
 	n = read_line(STDIN_FILENO, buf);
-	if (tty)
-		tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+	if (tty) {
+		tcsetattr(STDIN_FILENO, TCSANOW, &saved_tty);
+		tty_quiet = 0;
+		for (size_t i = 0; i < 5; i++)
+			sigaction(sigs[i], &old_sa[i], NULL);
+	}
 	return n;
 }
 
