@@ -740,8 +740,7 @@ parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
 		    "one of pin, pin.encrypted (hsmfs-tool scramble-pin), "
 		    "pin.file or pin.env", what);
 	if ((r = attr_get(t, "pin", &k->pin)) != 0 ||
-	    (r = attr_get(t, "pin.encrypted", &k->pin_encrypted)) != 0 ||
-	    (r = attr_get(t, "pin.file", &v)) != 0)
+	    (r = attr_get(t, "pin.encrypted", &k->pin_encrypted)) != 0)
 		return r;
 	if (k->pin != NULL && k->pin[0] == '\0' && k->type == ENGINE_KEY_HSM)
 		return cfg_err(p, attr_line(p, t, "pin"), "%s: attribute 'pin' is "
@@ -753,6 +752,8 @@ parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
 			    "%s", what, err_detail());
 		engine_pin_free(pin);
 	}
+	if ((r = attr_get(t, "pin.file", &v)) != 0)
+		return r;
 	if (v != NULL) {
 		if (v[0] == '\0') {
 			free(v);
