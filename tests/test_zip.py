@@ -381,8 +381,9 @@ def _patch_sizes(path, name, usize):
         info = z.getinfo(name)
     off = info.header_offset
     n, x = struct.unpack("<HH", b[off + 26:off + 30])
-    b[off + 22:off + 26] = struct.pack("<I", usize)
-    if info.flag_bits & 8:
+    if not info.flag_bits & 8:
+        b[off + 22:off + 26] = struct.pack("<I", usize)
+    else:
         end = off + 30 + n + x + info.compress_size
         d = end + (4 if b[end:end + 4] == b"PK\x07\x08" else 0)
         b[d + 8:d + 12] = struct.pack("<I", usize)
