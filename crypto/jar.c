@@ -1213,6 +1213,37 @@ add_chain(CMS_ContentInfo *cms, STACK_OF(X509) *chain, X509 *leaf)
 	return 1;
 }
 
+/* One manifest section. An entry's section in an existing manifest keeps
+ * its attributes and order (only our digest line is set), so the section
+ * bytes of another signer using the same digest stay what it signed. */
+static int
+build_section(struct sbuf *mf, const struct mf *old, const char *name,
+    const char *attr, const char *b64)
+{
+	const struct mf_section *os = NULL;
+	int r, wrote = 0;
+	for (size_t k = 1; old && k < old->ns; k++)
+		if (strcmp(old->s[k].name, name) == 0)
+			os = &old->s[k];
+	if ((r = sb_header(mf, "Name", name)) != 0)
+		return r;
+	for (size_t i = 1; os && i < os->na && r == 0; i++) {
+		if (strcasecmp(os->a[i].name, attr) == 0) {
+			if (wrote)
+				continue;
+			r = sb_header(mf, attr, b64);
+			wrote = 1;
+		} else {
+			r = sb_header(mf, os->a[i].name, os->a[i].value);
+		}
+	}
+	if (r == 0 && !wrote)
+		r = sb_header(mf, attr, b64);
+	if (r == 0)
+		r = sb_put(mf, "\r\n", 2);
+	return r;
+}
+
 static int
 cms_sign_sf(const struct jar_sign_opts *o, const struct sbuf *sf,
     uint8_t **der, size_t *derlen)
@@ -1312,9 +1343,8 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 		if ((r = zent_digest(&z, e, &o->md, 1, d)) != 0)
 			goto out;
 		if ((r = b64_of(d[0], (size_t)EVP_MD_get_size(o->md), &b64)) != 0 ||
-		    (r = sb_header(&mf, "Name", e->name)) != 0 ||
-		    (r = sb_header(&mf, attr, b64)) != 0 ||
-		    (r = sb_put(&mf, "\r\n", 2)) != 0)
+		    (r = build_section(&mf, have_old ? &old : NULL, e->name, attr,
+		    b64)) != 0)
 			goto out;
 		free(b64);
 		b64 = NULL;

@@ -351,6 +351,25 @@ def test_verify_in_accepts_jarsigner_zips(zm, pki, tmp_path, digestalg):
     assert v == "valid signer=O=hsmfs tests,CN=jarsigner user", v
 
 
+def test_sign_out_keeps_an_existing_jarsigner_signature(zm, pki, tmp_path):
+    z = jarsign(pki["good"], make_zip(tmp_path / "pre.zip"))
+    dst = zm.path("sign-out", "pre.zip")
+    run(["cp", str(z), dst])
+    out = tmp_path / "both.zip"
+    out.write_bytes(Path(dst).read_bytes())
+    with zipfile.ZipFile(out) as zz:
+        names = zz.namelist()
+    assert names[:3] == ["META-INF/MANIFEST.MF", "META-INF/CONFIGZI.SF",
+                         "META-INF/CONFIGZI.RSA"]
+    assert "META-INF/SIGNER.SF" in names and "META-INF/SIGNER.RSA" in names
+    assert names.count("META-INF/MANIFEST.MF") == 1
+    p = jarsigner_verify(out, pki["trust"])
+    assert p.returncode == 0 and "jar verified." in p.stdout, p.stdout
+    back = zm.path("verify-in", "both.zip")
+    run(["cp", str(out), back])
+    assert Path(back).read_bytes() == out.read_bytes()
+
+
 def test_verify_in_accepts_hsmfs_signed_and_caches_verdict(zm, tmp_path):
     assert write_file(zm.path("sign-out", "a.zip"),
                       make_zip(tmp_path / "a.zip").read_bytes()) == 0

@@ -147,6 +147,15 @@ test_sign_verify(void)
 	CHECK(r == 0 && v.valid, "re-signed: %s", v.reason);
 	sh("unzip -p %s META-INF/MANIFEST.MF | grep -q SHA-384-Digest", P("resigned.zip"));
 	sh("test $(unzip -Z1 %s | grep -c CONFIGZI) = 2", P("resigned.zip"));
+	/* Another signer's signature survives ours (same digest). */
+	{
+		struct jar_sign_opts o = {key, EVP_sha256(), "other", NULL, NULL};
+		CHECK(jar_sign(P("in.zip"), P("other.zip"), &o) == 0, "%s", err_detail());
+		sign(P("other.zip"), P("two.zip"), EVP_sha256());
+		r = verify(P("two.zip"), 1, 0, &v);
+		CHECK(r == 0 && v.valid, "two signers: %s", v.reason);
+		sh("test $(unzip -Z1 %s | grep -c -e OTHER -e CONFIGZI) = 4", P("two.zip"));
+	}
 	ran++;
 }
 
