@@ -112,8 +112,15 @@ try_dlopen(const char *path, char *tried, size_t tsize)
 		const char *e = dlerror();
 		/* Only the first error line: loader messages repeat the path. */
 		/* Truncation of a very long list is fine. */
-		int n = snprintf(tried + used, tsize - used, "%s%.1024s (%.512s)",
-		    used ? ", " : "", path, e ? e : "not found");
+		int n;
+		/* "No such file" is implied by the list; anything else (wrong
+		 * architecture, missing dependency) is worth showing. */
+		if (e != NULL && strstr(e, "No such file") == NULL)
+			n = snprintf(tried + used, tsize - used, "%s%.1024s (%.512s)",
+			    used ? ", " : "", path, e);
+		else
+			n = snprintf(tried + used, tsize - used, "%s%.1024s",
+			    used ? ", " : "", path);
 		(void)n;
 	}
 	return dl;
@@ -266,13 +273,17 @@ describe_slots(struct p11_module *mod, CK_SLOT_ID *slots, CK_ULONG n,
 	if (n == 0)
 		snprintf(buf, size, "none");
 	for (CK_ULONG i = 0; i < n && used + 1 < size; i++) {
-		if (P11_CALL(mod->f->C_GetTokenInfo(slots[i], &ti)) != CKR_OK)
+		int init = 0;
+		if (P11_CALL(mod->f->C_GetTokenInfo(slots[i], &ti)) != CKR_OK) {
 			strcpy(label, "?");
-		else
+		} else {
 			trim_copy(label, ti.label, sizeof(ti.label));
-		used += (size_t)snprintf(buf + used, size - used, "%s%lu (0x%lx, label \"%s\")",
-		    i ? ", " : "", (unsigned long)slots[i], (unsigned long)slots[i],
-		    label);
+			init = (ti.flags & CKF_TOKEN_INITIALIZED) != 0;
+		}
+		used += (size_t)snprintf(buf + used, size - used,
+		    "%s%lu (0x%lx, %s\"%s\")", i ? ", " : "",
+		    (unsigned long)slots[i], (unsigned long)slots[i],
+		    init ? "label " : "not initialised, label ", label);
 	}
 }
 
@@ -379,7 +390,10 @@ p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
 			trim_copy(label, ti.label, sizeof(ti.label));
 			found = strcmp(label, spec->token_label) == 0;
 		} else {
-			found = 1;
+			/* "First slot with a token": an uninitialised token
+			 * (SoftHSM always offers one) holds no keys. */
+			found = P11_CALL(mod->f->C_GetTokenInfo(slots[i], &ti)) ==
+			    CKR_OK && (ti.flags & CKF_TOKEN_INITIALIZED);
 		}
 		if (found)
 			slot = slots[i];
