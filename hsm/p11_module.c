@@ -567,7 +567,8 @@ p11_checkin(struct p11_key *pk, struct p11_sess *s, int bad)
 		else
 			t->idle[t->nidle++] = s->h;
 	}
-	pthread_cond_signal(&t->cond);
+	/* Broadcast: both checkouts and a waiting recovery sleep on cond. */
+	pthread_cond_broadcast(&t->cond);
 	pthread_mutex_unlock(&t->lock);
 }
 
@@ -621,15 +622,21 @@ p11_recover(struct p11_key *pk, unsigned gen)
 	CK_RV rv;
 	int r;
 
-	/* The token lock is held for the whole recovery: other threads block
-	 * in checkout/checkin until it is done, then see the new generation
-	 * and do not recover a second time. */
+	/* One thread recovers: `recovering` stops new checkouts, and the
+	 * token lock is then held for the whole recovery; the others wait,
+	 * see the new generation and do not recover a second time. */
 	pthread_mutex_lock(&t->lock);
+	while (t->recovering)
+		pthread_cond_wait(&t->cond, &t->lock);
 	if (t->generation != gen) {
 		pthread_mutex_unlock(&t->lock);
 		return 0;
 	}
 	t->recovering = 1;
+	/* Let operations in flight finish first: closing a session under a
+	 * running C_Decrypt crashes some modules (SoftHSM frees the key). */
+	while (t->in_use > 0)
+		pthread_cond_wait(&t->cond, &t->lock);
 	t->generation++;
 	log_warn("key %s: token \"%s\" failed, reopening sessions and logging "
 	    "in again", name, t->label);

@@ -6,7 +6,9 @@
 #include "common/err.h"
 #include "common/log.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <p11-kit/pkcs11.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +32,8 @@ usage(void)
 	    "  | stress [--threads N] [--ops M] [--md MD]\n"
 	    "  | bench-sign [--threads N] [--seconds S]\n"
 	    "  | bench-unwrap [--threads N] [--seconds S] [--md MD]\n"
-	    "  | store-cert CERT.pem | pool\n");
+	    "  | store-cert CERT.pem | pool\n"
+	    "  | recover-test [--threads N] [--ops M] [--seconds ROUNDS]\n");
 	exit(2);
 }
 
@@ -207,6 +210,59 @@ run_jobs(hsm_key *k, int threads, struct job *tmpl, const char *label,
 	return fail ? 1 : 0;
 }
 
+/* ---- recovery test: pull the sessions from under the backend ---- */
+
+/* The same module handle as the backend's (dlopen refcounts), so
+ * C_CloseAllSessions drops the backend's sessions and its login, as a
+ * token reset or an HSM restart would. */
+static int
+close_all_sessions(const char *module)
+{
+	void *dl = dlopen(module, RTLD_NOW | RTLD_NOLOAD);
+	CK_C_GetFunctionList getfl;
+	CK_FUNCTION_LIST_PTR f = NULL;
+	CK_SLOT_ID slots[64];
+	CK_ULONG n = 64;
+	int done = 0;
+
+	if (dl == NULL || (getfl = (CK_C_GetFunctionList)dlsym(dl,
+	    "C_GetFunctionList")) == NULL || getfl(&f) != CKR_OK ||
+	    f->C_GetSlotList(CK_TRUE, slots, &n) != CKR_OK) {
+		fprintf(stderr, "hsmprobe: cannot reach module %s\n", module);
+		return 0;
+	}
+	for (CK_ULONG i = 0; i < n; i++)
+		if (f->C_CloseAllSessions(slots[i]) == CKR_OK)
+			done = 1;
+	dlclose(dl);
+	return done;
+}
+
+struct rjob {
+	struct job j;
+	pthread_barrier_t *bar;
+	const char *module;
+	int rounds, leader, disrupted;
+};
+
+/* Each round: all threads idle, the leader closes every session, then
+ * all threads hit the dead sessions at once (one must recover, the
+ * others wait). Sessions are never closed under a running operation:
+ * SoftHSM crashes when that happens. */
+static void *
+rjob_run(void *arg)
+{
+	struct rjob *r = arg;
+	for (int i = 0; i < r->rounds; i++) {
+		pthread_barrier_wait(r->bar);
+		if (r->leader)
+			r->disrupted += close_all_sessions(r->module);
+		pthread_barrier_wait(r->bar);
+		job_run(&r->j);
+	}
+	return NULL;
+}
+
 /* ---- main ---- */
 
 int
@@ -327,6 +383,38 @@ main(int argc, char **argv)
 		struct job t = { .k = k, .md = md_by_name(md_name), .do_sign = 1,
 		    .do_unwrap = 1, .ops = ops };
 		r = run_jobs(k, threads, &t, "stress", 2);
+	} else if (strcmp(cmd, "recover-test") == 0) {
+		/* --ops: operations per thread per round; --seconds: rounds. */
+		pthread_barrier_t bar;
+		pthread_t *th = calloc((size_t)threads, sizeof(*th));
+		struct rjob *rj = calloc((size_t)threads, sizeof(*rj));
+		long fail = 0, done = 0;
+		int disrupted = 0;
+		pthread_barrier_init(&bar, NULL, (unsigned)threads);
+		for (i = 0; i < threads; i++) {
+			rj[i].j = (struct job){ .k = k, .md = md_by_name(md_name),
+			    .do_sign = 1, .do_unwrap = 1, .ops = ops };
+			rj[i].bar = &bar;
+			rj[i].module = spec.location;
+			rj[i].rounds = (int)seconds;
+			rj[i].leader = i == 0;
+			pthread_create(&th[i], NULL, rjob_run, &rj[i]);
+		}
+		for (i = 0; i < threads; i++) {
+			pthread_join(th[i], NULL);
+			fail += rj[i].j.failures;
+			done += rj[i].j.done;
+			disrupted += rj[i].disrupted;
+			if (rj[i].j.failures)
+				fprintf(stderr, "hsmprobe: first failure: %s\n",
+				    rj[i].j.first_err);
+		}
+		printf("recover-test: threads=%d ops=%ld failures=%ld disrupted=%d\n",
+		    threads, done * 2, fail, disrupted);
+		r = fail == 0 && disrupted == (int)seconds ? 0 : 1;
+		pthread_barrier_destroy(&bar);
+		free(th);
+		free(rj);
 	} else if (strcmp(cmd, "bench-sign") == 0) {
 		struct job t = { .k = k, .do_sign = 1, .until = now_s() + seconds };
 		r = run_jobs(k, threads, &t, "bench-sign", 1);
