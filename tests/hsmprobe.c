@@ -26,7 +26,7 @@ usage(void)
 	fprintf(stderr,
 	    "usage: hsmprobe KEY-OPTIONS COMMAND [ARGS]\n"
 	    "key: --module M [--slot ID | --token-label L] --alias A [--pool N]\n"
-	    "     [--no-raw-rsa] [--no-cert] | --p12 FILE [--alias A]; PIN in $HSMFS_PIN\n"
+	    "     [--no-raw-rsa] [--no-cert] [--keygen BITS] | --p12 FILE [--alias A]; PIN in $HSMFS_PIN\n"
 	    "commands: info | sign [--md MD] IN OUT | sign-digest [--md MD] IN OUT\n"
 	    "  | oaep-decrypt [--md MD] IN OUT | cms-sign IN OUT.der\n"
 	    "  | stress [--threads N] [--ops M] [--md MD]\n"
@@ -278,7 +278,7 @@ main(int argc, char **argv)
 	unsigned char *in = NULL, out[1024];
 	size_t inlen = 0, outlen = sizeof(out);
 	char *args[4];
-	int nargs = 0;
+	int nargs = 0, keygen_bits = 0;
 
 	log_init("hsmprobe", 0, LOG_WARNING);
 	for (i = 1; i < argc; i++) {
@@ -293,6 +293,7 @@ main(int argc, char **argv)
 		} else if (strcmp(a, "--token-label") == 0) { TAKE(); spec.token_label = v; }
 		else if (strcmp(a, "--alias") == 0) { TAKE(); spec.alias = v; }
 		else if (strcmp(a, "--pool") == 0) { TAKE(); spec.pool_size = (unsigned)atoi(v); }
+		else if (strcmp(a, "--keygen") == 0) { TAKE(); keygen_bits = atoi(v); }
 		else if (strcmp(a, "--no-raw-rsa") == 0) spec.no_raw_rsa = 1;
 		else if (strcmp(a, "--no-cert") == 0) spec.require_cert = 0;
 		else if (strcmp(a, "--md") == 0) { TAKE(); md_name = v; }
@@ -308,7 +309,10 @@ main(int argc, char **argv)
 	if (cmd == NULL || spec.location == NULL || threads < 1)
 		usage();
 	spec.pin = getenv("HSMFS_PIN");
-	if ((r = hsm_key_open(&spec, &k)) != 0) {
+	if (keygen_bits)
+		spec.require_cert = 0;
+	if ((r = keygen_bits ? hsm_keygen(&spec, keygen_bits, &k) :
+	    hsm_key_open(&spec, &k)) != 0) {
 		fprintf(stderr, "hsmprobe: %s\n", err_detail());
 		return r == HSMFS_ERR_PIN_INCORRECT ? 3 : r == HSMFS_ERR_PIN_LOCKED ? 4 : 2;
 	}
