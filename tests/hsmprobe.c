@@ -29,6 +29,7 @@ usage(void)
 	    "     [--no-raw-rsa] [--no-cert] [--keygen BITS] | --p12 FILE [--alias A]; PIN in $HSMFS_PIN\n"
 	    "commands: info | sign [--md MD] IN OUT | sign-digest [--md MD] IN OUT\n"
 	    "  | oaep-decrypt [--md MD] IN OUT | cms-sign IN OUT.der\n"
+	    "  | evp-decrypt [--md MD] IN OUT | evp-sign-pss [--md MD] IN OUT\n"
 	    "  | stress [--threads N] [--ops M] [--md MD]\n"
 	    "  | bench-sign [--threads N] [--seconds S]\n"
 	    "  | bench-unwrap [--threads N] [--seconds S] [--md MD]\n"
@@ -345,6 +346,38 @@ main(int argc, char **argv)
 			fprintf(stderr, "hsmprobe: %s: %s (%s)\n", cmd, err_detail(),
 			    hsmfs_strerror(e));
 			r = e == HSMFS_ERR_BADMSG ? 5 : 1;
+			goto out;
+		}
+		r = write_all(args[1], out, outlen) == 0 ? 0 : 1;
+		OPENSSL_cleanse(out, sizeof(out));
+	} else if (strcmp(cmd, "evp-decrypt") == 0 || strcmp(cmd, "evp-sign-pss") == 0) {
+		/* Through hsm_key_pkey (the EVP bridge for token keys). */
+		const EVP_MD *md = md_by_name(md_name);
+		EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(hsm_key_pkey(k), NULL);
+		unsigned char d[EVP_MAX_MD_SIZE];
+		unsigned dl = 0;
+		int dec = cmd[4] == 'd', ok;
+		if (nargs != 2)
+			usage();
+		if (read_all(args[0], &in, &inlen) != 0)
+			goto out;
+		if (!dec && EVP_Digest(in, inlen, d, &dl, md, NULL) != 1)
+			goto out;
+		ok = ctx != NULL && (dec ? EVP_PKEY_decrypt_init(ctx) :
+		    EVP_PKEY_sign_init(ctx)) > 0 &&
+		    EVP_PKEY_CTX_set_rsa_padding(ctx, dec ? RSA_PKCS1_OAEP_PADDING :
+		    RSA_PKCS1_PSS_PADDING) > 0 &&
+		    (dec ? EVP_PKEY_CTX_set_rsa_oaep_md(ctx, md) > 0 &&
+		    EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md) > 0 :
+		    EVP_PKEY_CTX_set_signature_md(ctx, md) > 0 &&
+		    EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, RSA_PSS_SALTLEN_DIGEST) > 0) &&
+		    (dec ? EVP_PKEY_decrypt(ctx, out, &outlen, in, inlen) :
+		    EVP_PKEY_sign(ctx, out, &outlen, d, dl)) > 0;
+		EVP_PKEY_CTX_free(ctx);
+		if (!ok) {
+			fprintf(stderr, "hsmprobe: %s failed: %s\n", cmd, err_detail());
+			ERR_print_errors_fp(stderr);
+			r = 5;
 			goto out;
 		}
 		r = write_all(args[1], out, outlen) == 0 ? 0 : 1;

@@ -412,3 +412,28 @@ def test_recovery_after_sessions_vanish(p11_env, p11_key):
     assert "failures=0" in r.stdout and "disrupted=3" in r.stdout, \
         r.stdout + r.stderr
     assert r.stderr.count("reopening sessions and logging in again") == 3, r.stderr
+
+
+def test_bridge_evp_decrypt_and_pss(p11_env, p11_any, tmp_path):
+    """OpenSSL EVP code using hsm_key_pkey: OAEP-SHA384 decryption and a
+    PSS signature (raw private operations through the bridge)."""
+    plain = tmp_path / "key.bin"
+    plain.write_bytes(os.urandom(48))
+    ct = tmp_path / "ct.bin"
+    oaep_wrap(p11_any["pub"], plain, ct)
+    out = tmp_path / "out.bin"
+    p11_env.probe(p11_any["args"], "evp-decrypt", "--md", "sha384", str(ct),
+                  str(out))
+    assert out.read_bytes() == plain.read_bytes()
+    b = bytearray(ct.read_bytes())
+    b[5] ^= 0x80
+    ct.write_bytes(bytes(b))
+    r = p11_env.probe(p11_any["args"], "evp-decrypt", "--md", "sha384", str(ct),
+                      str(tmp_path / "bad.bin"), check=False)
+    assert r.returncode == 5
+    sig = tmp_path / "pss.bin"
+    p11_env.probe(p11_any["args"], "evp-sign-pss", "--md", "sha256", str(plain),
+                  str(sig))
+    run(["openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss",
+         "-sigopt", "rsa_pss_saltlen:digest", "-verify", p11_any["pub"],
+         "-signature", str(sig), str(plain)])
