@@ -171,7 +171,19 @@ struct p11_op {
 	uint8_t *out;
 	CK_ULONG outlen;           /* in: capacity, out: length */
 	const char *fn;            /* failing function, for messages */
+	char why[512];             /* why recovery failed, if it did */
 };
+
+/* err_set for a failed operation, with the recovery failure if any. */
+static int
+op_fail(hsm_key *k, const struct p11_op *op, CK_RV rv)
+{
+	int r = p11_fail(k->name, op->fn, rv);
+	if (op->why[0])
+		err_set("key %s: %s failed: %s (0x%lx); recovery failed: %s",
+		    k->name, op->fn, p11_ckr_name(rv), (unsigned long)rv, op->why);
+	return r;
+}
 
 static CK_RV
 op_once(struct p11_key *pk, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key,
@@ -231,6 +243,16 @@ p11_run(struct p11_key *pk, struct p11_op *op)
 			recovered = 1;
 			if (p11_recover(pk, s.generation) == 0)
 				continue;
+			{
+				/* Drop the repeated "key NAME: " prefix. */
+				const char *d = err_detail();
+				size_t nl = strlen(pk->k->name);
+				if (strncmp(d, "key ", 4) == 0 &&
+				    strncmp(d + 4, pk->k->name, nl) == 0 &&
+				    strncmp(d + 4 + nl, ": ", 2) == 0)
+					d += 6 + nl;
+				snprintf(op->why, sizeof(op->why), "%s", d);
+			}
 		}
 		return rv;
 	}
@@ -274,7 +296,7 @@ p11_sign(hsm_key *k, const EVP_MD *md, const void *data, size_t len,
 		return HSMFS_ERR_INVALID;
 	}
 	if ((rv = p11_run(pk, &op)) != CKR_OK)
-		return p11_fail(k->name, op.fn, rv);
+		return op_fail(k, &op, rv);
 	*siglen = op.outlen;
 	return 0;
 }
@@ -320,7 +342,7 @@ p11_sign_digest(hsm_key *k, const EVP_MD *md, const uint8_t *dgst, size_t dlen,
 	memcpy(di + plen, dgst, dlen);
 	op.inlen = plen + dlen;
 	if ((rv = p11_run(pk, &op)) != CKR_OK)
-		return p11_fail(k->name, op.fn, rv);
+		return op_fail(k, &op, rv);
 	*siglen = op.outlen;
 	return 0;
 }
@@ -351,7 +373,7 @@ hsm_p11_raw_priv(hsm_key *k, enum hsm_raw_op kind, const uint8_t *in,
 		return HSMFS_ERR_UNSUPPORTED;
 	}
 	if ((rv = p11_run(pk, &op)) != CKR_OK) {
-		int r = p11_fail(k->name, op.fn, rv);
+		int r = op_fail(k, &op, rv);
 		if (op.decrypt && (rv == CKR_ENCRYPTED_DATA_INVALID ||
 		    rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_DATA_INVALID ||
 		    rv == CKR_DATA_LEN_RANGE))
@@ -416,7 +438,7 @@ p11_oaep_decrypt(hsm_key *k, const EVP_MD *md, const uint8_t *in, size_t inlen,
 		}
 		if (rv != CKR_MECHANISM_INVALID && rv != CKR_MECHANISM_PARAM_INVALID &&
 		    rv != CKR_ARGUMENTS_BAD)
-			return p11_fail(k->name, op.fn, rv);
+			return op_fail(k, &op, rv);
 		if (pk->no_raw_rsa) {
 			err_set("key %s: token \"%s\" refuses OAEP with %s (%s: %s) "
 			    "and the raw RSA fallback is disabled", k->name,

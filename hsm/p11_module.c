@@ -620,7 +620,7 @@ p11_recover(struct p11_key *pk, unsigned gen)
 	CK_FUNCTION_LIST_PTR f = t->mod->f;
 	const char *name = pk->k->name;
 	CK_RV rv;
-	int r;
+	int r, was_dead;
 
 	/* One thread recovers: `recovering` stops new checkouts, and the
 	 * token lock is then held for the whole recovery; the others wait,
@@ -638,8 +638,12 @@ p11_recover(struct p11_key *pk, unsigned gen)
 	while (t->in_use > 0)
 		pthread_cond_wait(&t->cond, &t->lock);
 	t->generation++;
-	log_warn("key %s: token \"%s\" failed, reopening sessions and logging "
-	    "in again", name, t->label);
+	/* Once per outage: while the token stays away every operation tries
+	 * again, quietly. */
+	if (!t->dead)
+		log_warn("key %s: token \"%s\" failed, reopening sessions and "
+		    "logging in again", name, t->label);
+	was_dead = t->dead;
 	/* Drop every session of ours on the slot (the login goes with them);
 	 * sessions checked out now fail and are dropped at checkin. */
 	P11_CALL(f->C_CloseAllSessions(t->slot));
@@ -667,7 +671,8 @@ p11_recover(struct p11_key *pk, unsigned gen)
 		if ((r = p11_key_lookup_locked(q, t->anchor)) != 0)
 			goto out;
 	t->dead = 0;
-	log_info("key %s: token \"%s\" recovered", name, t->label);
+	if (was_dead)
+		log_warn("key %s: token \"%s\" is back", name, t->label);
 	r = 0;
 out:
 	if (r != 0 && r != HSMFS_ERR_PIN_INCORRECT && r != HSMFS_ERR_PIN_LOCKED)

@@ -33,7 +33,7 @@ usage(void)
 	    "  | stress [--threads N] [--ops M] [--md MD]\n"
 	    "  | bench-sign [--threads N] [--seconds S]\n"
 	    "  | bench-unwrap [--threads N] [--seconds S] [--md MD]\n"
-	    "  | store-cert CERT.pem | pool\n"
+	    "  | store-cert CERT.pem | pool | serve [--md MD]\n"
 	    "  | recover-test [--threads N] [--ops M] [--seconds ROUNDS]\n");
 	exit(2);
 }
@@ -452,6 +452,28 @@ main(int argc, char **argv)
 		pthread_barrier_destroy(&bar);
 		free(th);
 		free(rj);
+	} else if (strcmp(cmd, "serve") == 0) {
+		/* One operation per stdin line ("sign" or "unwrap"), answered
+		 * "ok" or "err CODE DETAIL": lets a test change the token's
+		 * state between operations of one long-lived process. */
+		char line[64];
+		const EVP_MD *md = md_by_name(md_name);
+		struct job t = { .k = k, .md = md, .ops = 1 };
+		setvbuf(stdout, NULL, _IOLBF, 0);
+		printf("ready\n");
+		while (fgets(line, sizeof(line), stdin) != NULL) {
+			t.do_sign = strncmp(line, "sign", 4) == 0;
+			t.do_unwrap = strncmp(line, "unwrap", 6) == 0;
+			if (!t.do_sign && !t.do_unwrap)
+				break;
+			t.failures = 0;
+			job_run(&t);
+			if (t.failures)
+				printf("err %s\n", t.first_err);
+			else
+				printf("ok\n");
+		}
+		r = 0;
 	} else if (strcmp(cmd, "bench-sign") == 0) {
 		struct job t = { .k = k, .do_sign = 1, .until = now_s() + seconds };
 		r = run_jobs(k, threads, &t, "bench-sign", 1);

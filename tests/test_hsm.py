@@ -437,3 +437,90 @@ def test_bridge_evp_decrypt_and_pss(p11_env, p11_any, tmp_path):
     run(["openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss",
          "-sigopt", "rsa_pss_saltlen:digest", "-verify", p11_any["pub"],
          "-signature", str(sig), str(plain)])
+
+
+# ---- faults injected by tests/p11shim (a module wrapping SoftHSM) ----
+
+SHIM = os.environ.get("HSMFS_P11SHIM", str(BUILD / "tests" / "p11shim.so"))
+
+
+@pytest.fixture
+def p11_shim(p11_env, p11_key, tmp_path):
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    env = dict(p11_env.env, P11SHIM_REAL=MODULE, P11SHIM_CTL=str(ctl),
+               HSMFS_PIN=PIN)
+    return {"ctl": ctl, "env": env,
+            "args": ["--module", SHIM, "--token-label", LABEL, "--alias", ALIAS]}
+
+
+def logins(shim):
+    f = shim["ctl"] / "logins"
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+@pytest.mark.parametrize("flags,code,msg", [
+    (0x40000, 4, "PIN locked, unblock with the SO PIN"),
+    (0x20000, 4, "one PIN attempt left"),
+])
+def test_pin_flags_checked_before_login(p11_shim, flags, code, msg):
+    (p11_shim["ctl"] / "flags").write_text(f"{flags:x}\n")
+    r = run([PROBE, *p11_shim["args"], "info"], check=False, env=p11_shim["env"])
+    assert r.returncode == code, r.stderr
+    assert msg in r.stderr and LABEL in r.stderr
+    assert logins(p11_shim) == 0        # C_Login was never tried
+    (p11_shim["ctl"] / "flags").unlink()
+    r = run([PROBE, *p11_shim["args"], "info"], env=p11_shim["env"])
+    assert "cert=yes" in r.stdout and logins(p11_shim) == 1
+
+
+class Served:
+    """A long-lived hsmprobe: one operation per request."""
+
+    def __init__(self, shim):
+        self.p = subprocess.Popen([PROBE, *shim["args"], "--md", "sha384", "serve"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env=shim["env"])
+        assert self.p.stdout.readline().strip() == "ready"
+
+    def op(self, what):
+        self.p.stdin.write(what + "\n")
+        self.p.stdin.flush()
+        return self.p.stdout.readline().strip()
+
+    def close(self):
+        self.p.stdin.close()
+        rc = self.p.wait(timeout=30)
+        err = self.p.stderr.read()
+        assert rc == 0, err
+        return err
+
+
+def test_device_error_fails_then_recovers(p11_shim):
+    s = Served(p11_shim)
+    assert s.op("sign") == "ok" and s.op("unwrap") == "ok"
+    (p11_shim["ctl"] / "fail_ops").touch()
+    r = s.op("sign")
+    assert r.startswith("err") and "C_SignInit failed: CKR_DEVICE_ERROR (0x30)" in r
+    (p11_shim["ctl"] / "fail_ops").unlink()
+    assert s.op("sign") == "ok" and s.op("unwrap") == "ok"
+    err = s.close()
+    # The failure made it log in again once (same PIN, kept for this).
+    assert logins(p11_shim) == 2
+    assert err.count("reopening sessions and logging in again") == 1, err
+
+
+def test_token_removed_fails_then_comes_back(p11_shim):
+    s = Served(p11_shim)
+    assert s.op("sign") == "ok"
+    (p11_shim["ctl"] / "removed").touch()
+    for what in ("sign", "unwrap", "sign"):
+        r = s.op(what)
+        assert r.startswith("err") and "is not present in module" in r, r
+    assert logins(p11_shim) == 1        # no login attempts while it is away
+    (p11_shim["ctl"] / "removed").unlink()
+    assert s.op("unwrap") == "ok" and s.op("sign") == "ok"
+    err = s.close()
+    assert logins(p11_shim) == 2
+    assert err.count("reopening sessions") == 1 and "is back" in err, err
