@@ -524,3 +524,111 @@ def test_token_removed_fails_then_comes_back(p11_shim):
     err = s.close()
     assert logins(p11_shim) == 2
     assert err.count("reopening sessions") == 1 and "is back" in err, err
+
+
+# ---- hsmfs-tool keygen / import-cert ----
+
+def tool_config(p11_env, path, keys):
+    """keys: {name: alias} on the test token; one descriptor uses the first."""
+    first = next(iter(keys))
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<engineSignEncrypt>",
+             "  <descriptors>",
+             '    <descriptor name="ConfigZipSigner" version="1">',
+             f'      <type algorithm="SHA-256" key="{first}"/>',
+             "    </descriptor>", "  </descriptors>", "  <keys>"]
+    for name, alias in keys.items():
+        if alias.endswith(".p12"):
+            typ = f'name="P12" locationValue="{alias}" pin="{PIN}"'
+        else:
+            typ = (f'name="HSM" locationValue="libsofthsm2" pin="{PIN}" '
+                   f'alias="{alias}" tokenLabel="{LABEL}"')
+        lines += [f'    <key name="{name}">', f"      <type {typ}/>", "    </key>"]
+    lines += ["  </keys>", "</engineSignEncrypt>"]
+    Path(path).write_text("\n".join(lines) + "\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def test_tool_keygen_csr_and_self_signed(p11_env, p11_p12, tmp_path):
+    cfg = tool_config(p11_env, tmp_path / "c.xml",
+                      {"kgKey": "kgAlias", "kgKey2": "kgAlias2",
+                       "softKey": p11_p12["args"][1]})
+    csr = tmp_path / "req.pem"
+    r = p11_env.run([TOOL, "keygen", "-o", f"config={cfg}", "--key", "kgKey",
+                     "--bits", "3072", "--subject", "CN=Tool Key,O=Example,C=DE",
+                     "--csr", str(csr), "--self-signed"])
+    assert 'under label "kgAlias"' in r.stdout
+    # The CSR was signed by the token key (through the EVP bridge).
+    r = run(["openssl", "req", "-in", str(csr), "-verify", "-noout", "-subject",
+             "-pubkey"])
+    assert "verify OK" in r.stdout + r.stderr
+    assert "C = DE, O = Example, CN = Tool Key" in r.stdout
+    # The self-signed certificate is on the token under label and ID, and
+    # the key opens with it (certificate and key match).
+    certs = cert_objects(p11_env, "kgAlias")
+    assert len(certs) == 1
+    priv = p11_env.pkcs11("--list-objects", "--type", "privkey").stdout
+    block = [b for b in priv.split("Private Key Object")
+             if "label:      kgAlias\n" in b][0]
+    assert "sensitive" in block and "never extractable" in block
+    key_id = block.split("ID:")[1].split()[0]
+    assert f"ID:         {key_id}" in certs[0]
+    p11_env.pkcs11("--read-object", "--type", "cert", "--label", "kgAlias",
+                   "-o", str(tmp_path / "c.der"), login=False)
+    r = run(["openssl", "x509", "-inform", "DER", "-in", str(tmp_path / "c.der"),
+             "-noout", "-text"])
+    assert "CA:FALSE" in r.stdout and "Digital Signature, Key Encipherment" in r.stdout
+    assert "Public-Key: (3072 bit)" in r.stdout
+    run(["openssl", "x509", "-inform", "DER", "-in", str(tmp_path / "c.der"),
+         "-out", str(tmp_path / "c.pem")])
+    run(["openssl", "verify", "-CAfile", str(tmp_path / "c.pem"),
+         str(tmp_path / "c.pem")])
+    r = p11_env.probe(tok_args(p11_env, "kgAlias"), "info")
+    assert "cert=yes" in r.stdout and "bits=3072" in r.stdout
+    # Refusals: existing alias, bad size, P12 key, unknown key.
+    r = p11_env.run([TOOL, "keygen", "-o", f"config={cfg}", "--key", "kgKey"],
+                    check=False)
+    assert r.returncode == 2 and "already exists" in r.stderr
+    r = p11_env.run([TOOL, "keygen", "-o", f"config={cfg}", "--key", "kgKey2",
+                     "--bits", "1024"], check=False)
+    assert r.returncode == 2 and "--bits" in r.stderr
+    r = p11_env.run([TOOL, "keygen", "-o", f"config={cfg}", "--key", "softKey"],
+                    check=False)
+    assert r.returncode == 2 and "not an HSM key" in r.stderr
+    r = p11_env.run([TOOL, "keygen", "-o", f"config={cfg}", "--key", "nope"],
+                    check=False)
+    assert r.returncode == 2 and 'no key named "nope"' in r.stderr
+
+
+def test_tool_import_cert(p11_env, p11_key, tmp_path):
+    cfg = tool_config(p11_env, tmp_path / "c.xml", {"impKey": "impAlias"})
+    csr = tmp_path / "req.pem"
+    p11_env.run([TOOL, "keygen", "-o", f"config={cfg}", "--key", "impKey",
+                 "--subject", "/CN=impAlias/O=hsmfs", "--csr", str(csr)])
+    assert cert_objects(p11_env, "impAlias") == []
+    # Without a certificate the key does not open for normal use.
+    r = p11_env.probe(tok_args(p11_env, "impAlias"), "info", check=False)
+    assert r.returncode == 2 and "no certificate" in r.stderr
+    # A certificate of another key is refused (exit 1), nothing stored.
+    r = p11_env.run([TOOL, "import-cert", "-o", f"config={cfg}", "--key",
+                     "impKey", p11_key["cert"]], check=False)
+    assert r.returncode == 1 and "does not match" in r.stderr
+    assert cert_objects(p11_env, "impAlias") == []
+    # The CA-issued certificate for its CSR is stored and used.
+    cert = tmp_path / "cert.pem"
+    run(["openssl", "x509", "-req", "-in", str(csr), "-CA", p11_env.ca_cert,
+         "-CAkey", p11_env.ca_key, "-set_serial", "4711", "-days", "30",
+         "-out", str(cert)])
+    p11_env.run([TOOL, "import-cert", "-o", f"config={cfg}", "--key", "impKey",
+                 str(cert)])
+    assert len(cert_objects(p11_env, "impAlias")) == 1
+    data = tmp_path / "m"
+    data.write_bytes(b"imported")
+    p11_env.probe(tok_args(p11_env, "impAlias"), "cms-sign", str(data),
+                  str(tmp_path / "s.der"))
+    run(["openssl", "cms", "-verify", "-inform", "DER", "-in",
+         str(tmp_path / "s.der"), "-binary", "-content", str(data), "-CAfile",
+         p11_env.ca_cert, "-purpose", "any", "-out", os.devnull])
+    r = p11_env.run([TOOL, "import-cert", "-o", f"config={cfg}", "--key",
+                     "impKey", str(tmp_path / "missing.pem")], check=False)
+    assert r.returncode == 2
