@@ -28,15 +28,18 @@ find_objects(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl,
 	return rv != CKR_OK ? rv : rv2;
 }
 
-/* First object of a class by label, else by CKA_ID. */
+/* First object of a class by label, else by CKA_ID; *n (optional) says
+ * how many matched, up to 2, to catch ambiguous labels. */
 static CK_RV
-find_one(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
-    const char *label, const CK_BYTE *id, CK_ULONG idlen, CK_OBJECT_HANDLE *h)
+find_one_n(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+    const char *label, const CK_BYTE *id, CK_ULONG idlen, CK_OBJECT_HANDLE *h,
+    CK_ULONG *n)
 {
 	CK_ATTRIBUTE t[2] = {
 		{ CKA_CLASS, &cls, sizeof(cls) },
 		{ CKA_LABEL, NULL, 0 },
 	};
+	CK_OBJECT_HANDLE found[2];
 	CK_ULONG cnt = 0;
 	CK_RV rv = CKR_OK;
 
@@ -44,19 +47,28 @@ find_one(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
 	if (label != NULL) {
 		t[1].pValue = (void *)label;
 		t[1].ulValueLen = strlen(label);
-		if ((rv = find_objects(f, s, t, 2, h, 1, &cnt)) != CKR_OK || cnt == 1)
+		if ((rv = find_objects(f, s, t, 2, found, 2, &cnt)) != CKR_OK)
 			return rv;
 	}
-	if (id != NULL && idlen > 0) {
+	if (cnt == 0 && id != NULL && idlen > 0) {
 		t[1].type = CKA_ID;
 		t[1].pValue = (void *)id;
 		t[1].ulValueLen = idlen;
-		if ((rv = find_objects(f, s, t, 2, h, 1, &cnt)) != CKR_OK)
+		if ((rv = find_objects(f, s, t, 2, found, 2, &cnt)) != CKR_OK)
 			return rv;
 	}
-	if (cnt != 1)
-		*h = CK_INVALID_HANDLE;
+	if (cnt > 0)
+		*h = found[0];
+	if (n != NULL)
+		*n = cnt;
 	return rv;
+}
+
+static CK_RV
+find_one(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+    const char *label, const CK_BYTE *id, CK_ULONG idlen, CK_OBJECT_HANDLE *h)
+{
+	return find_one_n(f, s, cls, label, id, idlen, h, NULL);
 }
 
 /* Attribute value in a fresh buffer (freed by the caller). */
@@ -89,14 +101,21 @@ p11_key_lookup_locked(struct p11_key *pk, CK_SESSION_HANDLE s)
 	CK_FUNCTION_LIST_PTR f = pk->tok->mod->f;
 	const char *name = pk->k->name;
 	CK_BYTE *id = NULL;
-	CK_ULONG idlen = 0;
+	CK_ULONG idlen = 0, n = 0;
 	CK_RV rv;
 
 	/* Label first; an alias that is really a CKA_ID (as bytes) second. */
-	rv = find_one(f, s, CKO_PRIVATE_KEY, pk->alias, (const CK_BYTE *)pk->alias,
-	    strlen(pk->alias), &pk->priv);
+	rv = find_one_n(f, s, CKO_PRIVATE_KEY, pk->alias, (const CK_BYTE *)pk->alias,
+	    strlen(pk->alias), &pk->priv, &n);
 	if (rv != CKR_OK)
 		return p11_fail(name, "C_FindObjects", rv);
+	if (n > 1) {
+		pk->priv = CK_INVALID_HANDLE;
+		err_set("key %s: several private keys labelled \"%s\" on token "
+		    "\"%s\"; give each key its own label", name, pk->alias,
+		    pk->tok->label);
+		return HSMFS_ERR_CONFIG;
+	}
 	if (pk->priv == CK_INVALID_HANDLE) {
 		err_set("key %s: no private key with label (or ID) \"%s\" on token "
 		    "\"%s\" (module %s)", name, pk->alias, pk->tok->label,
@@ -227,6 +246,13 @@ p11_run(struct p11_key *pk, struct p11_op *op)
 	for (;;) {
 		op->outlen = cap;
 		rv = (CK_RV)p11_checkout(pk, &s);
+		if (rv == CKR_OK && s.priv == CK_INVALID_HANDLE) {
+			/* A recovery did not find this key again: fail it
+			 * alone, without disturbing the token's other keys. */
+			p11_checkin(pk, &s, 0);
+			op->fn = "C_FindObjects (key not found after recovery)";
+			return CKR_KEY_HANDLE_INVALID;
+		}
 		if (rv == CKR_OK) {
 			rv = op_once(pk, s.h, s.priv, op);
 			/* Any failure may leave an operation half-active on the

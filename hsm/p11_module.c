@@ -667,9 +667,17 @@ p11_recover(struct p11_key *pk, unsigned gen)
 		goto out;
 	}
 	/* Object handles are per login/session state on many tokens. */
-	for (struct p11_key *q = t->keys; q; q = q->next)
-		if ((r = p11_key_lookup_locked(q, t->anchor)) != 0)
+	for (struct p11_key *q = t->keys; q; q = q->next) {
+		r = p11_key_lookup_locked(q, t->anchor);
+		if (r == HSMFS_ERR_NOTFOUND || r == HSMFS_ERR_CONFIG) {
+			/* That key is gone (or ambiguous) on the token that
+			 * came back: it fails, the token's other keys work. */
+			log_err("%s", err_detail());
+			q->priv = CK_INVALID_HANDLE;
+		} else if (r != 0) {
 			goto out;
+		}
+	}
 	t->dead = 0;
 	if (was_dead)
 		log_warn("key %s: token \"%s\" is back", name, t->label);

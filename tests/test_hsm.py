@@ -632,3 +632,13 @@ def test_tool_import_cert(p11_env, p11_key, tmp_path):
     r = p11_env.run([TOOL, "import-cert", "-o", f"config={cfg}", "--key",
                      "impKey", str(tmp_path / "missing.pem")], check=False)
     assert r.returncode == 2
+
+
+def test_ambiguous_label_refused(p11_env):
+    for _ in range(2):
+        p11_env.pkcs11("--keypairgen", "--key-type", "rsa:2048", "--label",
+                       "twinKey", "--id", secrets.token_hex(8), "--sensitive")
+    r = p11_env.probe(tok_args(p11_env, "twinKey") + ["--no-cert"], "info",
+                      check=False)
+    assert r.returncode == 2
+    assert 'several private keys labelled "twinKey"' in r.stderr
