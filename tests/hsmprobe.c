@@ -26,7 +26,7 @@ usage(void)
 	fprintf(stderr,
 	    "usage: hsmprobe KEY-OPTIONS COMMAND [ARGS]\n"
 	    "key: --module M [--slot ID | --token-label L] --alias A [--pool N]\n"
-	    "     [--no-raw-rsa] [--no-cert] [--keygen BITS] | --p12 FILE [--alias A]; PIN in $HSMFS_PIN\n"
+	    "     [--no-raw-rsa] [--no-cert] [--keygen BITS] [--also ALIAS2] | --p12 FILE [--alias A]; PIN in $HSMFS_PIN\n"
 	    "commands: info | sign [--md MD] IN OUT | sign-digest [--md MD] IN OUT\n"
 	    "  | oaep-decrypt [--md MD] IN OUT | cms-sign IN OUT.der\n"
 	    "  | evp-decrypt [--md MD] IN OUT | evp-sign-pss [--md MD] IN OUT\n"
@@ -280,6 +280,8 @@ main(int argc, char **argv)
 	size_t inlen = 0, outlen = sizeof(out);
 	char *args[4];
 	int nargs = 0, keygen_bits = 0;
+	const char *also = NULL;     /* a second key on the same token */
+	hsm_key *k2 = NULL;
 
 	log_init("hsmprobe", 0, LOG_WARNING);
 	for (i = 1; i < argc; i++) {
@@ -294,6 +296,7 @@ main(int argc, char **argv)
 		} else if (strcmp(a, "--token-label") == 0) { TAKE(); spec.token_label = v; }
 		else if (strcmp(a, "--alias") == 0) { TAKE(); spec.alias = v; }
 		else if (strcmp(a, "--pool") == 0) { TAKE(); spec.pool_size = (unsigned)atoi(v); }
+		else if (strcmp(a, "--also") == 0) { TAKE(); also = v; }
 		else if (strcmp(a, "--keygen") == 0) { TAKE(); keygen_bits = atoi(v); }
 		else if (strcmp(a, "--no-raw-rsa") == 0) spec.no_raw_rsa = 1;
 		else if (strcmp(a, "--no-cert") == 0) spec.require_cert = 0;
@@ -317,10 +320,28 @@ main(int argc, char **argv)
 		fprintf(stderr, "hsmprobe: %s\n", err_detail());
 		return r == HSMFS_ERR_PIN_INCORRECT ? 3 : r == HSMFS_ERR_PIN_LOCKED ? 4 : 2;
 	}
+	if (also != NULL) {
+		struct hsm_key_spec s2 = spec;
+		s2.alias = also;
+		s2.name = "probe2";
+		if (hsm_key_open(&s2, &k2) != 0) {
+			fprintf(stderr, "hsmprobe: %s\n", err_detail());
+			hsm_key_free(k);
+			return 2;
+		}
+	}
 	r = 1;
 	if (strcmp(cmd, "info") == 0) {
 		printf("name=%s where=%s bits=%d cert=%s\n", hsm_key_name(k),
 		    hsm_key_where(k), hsm_key_bits(k), hsm_key_cert(k) ? "yes" : "no");
+		if (k2 != NULL) {
+			unsigned char m[8] = "probe2", sg[1024];
+			size_t sl = sizeof(sg);
+			int e = hsm_key_sign(k2, EVP_sha256(), m, sizeof(m), sg, &sl);
+			printf("name=%s where=%s bits=%d cert=%s sign=%s\n",
+			    hsm_key_name(k2), hsm_key_where(k2), hsm_key_bits(k2),
+			    hsm_key_cert(k2) ? "yes" : "no", e ? "failed" : "ok");
+		}
 		r = 0;
 	} else if (strcmp(cmd, "sign") == 0 || strcmp(cmd, "sign-digest") == 0 ||
 	    strcmp(cmd, "oaep-decrypt") == 0) {
@@ -500,6 +521,7 @@ main(int argc, char **argv)
 	}
 out:
 	free(in);
+	hsm_key_free(k2);
 	hsm_key_free(k);
 	return r;
 }

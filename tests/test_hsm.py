@@ -642,3 +642,11 @@ def test_ambiguous_label_refused(p11_env):
                       check=False)
     assert r.returncode == 2
     assert 'several private keys labelled "twinKey"' in r.stderr
+
+
+def test_two_keys_share_one_login(p11_shim, p11_env):
+    p11_env.token_key("secondKey")
+    r = run([PROBE, *p11_shim["args"], "--also", "secondKey", "info"],
+            env=p11_shim["env"])
+    assert "name=probe2" in r.stdout and "sign=ok" in r.stdout, r.stdout
+    assert logins(p11_shim) == 1
