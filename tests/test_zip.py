@@ -199,6 +199,11 @@ def test_sign_out_jarsigner_and_openssl_accept(hsm, zm, pki, tmp_path):
     run(["openssl", "cms", "-verify", "-inform", "DER", "-in",
          str(tmp_path / "x.RSA"), "-content", str(tmp_path / "x.SF"), "-binary",
          "-purpose", "any", "-CAfile", hsm.ca_cert, "-out", "/dev/null"])
+    cms = run(["openssl", "cms", "-cmsout", "-print", "-inform", "DER", "-in",
+               str(tmp_path / "x.RSA")]).stdout
+    assert "d.issuerAndSerialNumber" in cms      # not subjectKeyIdentifier
+    assert re.search(r"signedAttrs:\s*<ABSENT>", cms), cms   # as jarsigner
+    assert "eContent: <ABSENT>" in cms           # detached
     certs = run(["openssl", "pkcs7", "-inform", "DER", "-in",
                  str(tmp_path / "x.RSA"), "-print_certs"]).stdout
     ours = Path(hsm.keys[SIGNER_KEY].cert_pem).read_text().strip()
