@@ -424,6 +424,12 @@ zarc_open(const char *path, struct zarc *z)
 		}
 		if ((r = name_check(e->name, nlen)) != 0)
 			goto out;
+		/* Readers skip directories when checking digests: a directory
+		 * entry must not carry bytes the signature does not cover. */
+		if (nlen > 0 && e->name[nlen - 1] == '/' && e->usize != 0) {
+			r = bad("directory entry with data: %s", e->name);
+			goto out;
+		}
 		if (e->flags & 0x0041) {
 			r = bad("encrypted entry: %s", e->name);
 			goto out;

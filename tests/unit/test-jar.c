@@ -263,6 +263,7 @@ test_hostile(void)
 	    "b = bytearray(open('crc.zip','rb').read()); i = b.index(b'hello'); b[i] = ord('j')\n"
 	    "open('crc.zip','wb').write(bytes(b))\n"
 	    "open('notzip.zip','wb').write(b'just some text\\n' * 10)\n"
+	    "mk('dirdata.zip', [('dir/', b'hidden bytes')])\n"
 	    "EOF", dir);
 	expect_invalid(P("dup.zip"), "duplicate entry name", __func__);
 	expect_invalid(P("trav.zip"), "'..'", __func__);
@@ -271,6 +272,7 @@ test_hostile(void)
 	expect_invalid(P("lcm.zip"), "local and central header names differ", __func__);
 	expect_invalid(P("ratio.zip"), "compression ratio", __func__);
 	expect_invalid(P("notzip.zip"), "not a zip", __func__);
+	expect_invalid(P("dirdata.zip"), "directory entry with data", __func__);
 	/* Signing refuses the same input with EINVAL and a reason. */
 	r = jar_sign(P("bomb.zip"), P("out.zip"), &o);
 	CHECK(r == HSMFS_ERR_INVALID && strstr(err_detail(), "beyond its declared size"),
