@@ -76,7 +76,10 @@ spool_open(struct spool_list *l, int dirfd, const char *name, int from_fd,
 	s->dirfd = dirfd;
 	s->fd = -1;
 	s->writable = 1;
-	s->dirty = 1;           /* an open for writing always yields content */
+	/* A new or truncated file is content to act on even if never written;
+	 * reopening an existing one (touch, O_APPEND with nothing appended)
+	 * is not. */
+	s->dirty = from_fd < 0;
 	if ((r = new_tmp(s, from_fd)) != 0) {
 		EVP_MD_CTX_free(s->hash);
 		free(s);

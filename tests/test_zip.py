@@ -316,6 +316,13 @@ def test_sign_out_names_rm_mv_and_flush_once(zm, tmp_path):
     os.close(fd)
     assert int(status(zm)["sign-out.signed"]) == before + 1
     signed = Path(d, "one.zip").read_bytes()
+    # Reopening for writing without writing (touch, append nothing) does
+    # not sign again.
+    run(["touch", os.path.join(d, "one.zip")])
+    with open(os.path.join(d, "one.zip"), "ab"):
+        pass
+    assert Path(d, "one.zip").read_bytes() == signed
+    assert int(status(zm)["sign-out.signed"]) == before + 1
     os.rename(os.path.join(d, "one.zip"), os.path.join(d, "two.zip"))
     assert sorted(os.listdir(d)) == ["two.zip"]
     assert Path(d, "two.zip").read_bytes() == signed
