@@ -8,6 +8,7 @@
 #include "common/util.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <fcntl.h>
@@ -27,6 +28,8 @@
 
 #define CHUNK (64 * 1024)
 #define MAX_META (16u << 20)    /* manifest / .SF / block size cap */
+#define JAR_THREADS 4           /* entry digests in parallel, at most */
+#define PAR_MIN_BYTES (8u << 20)
 
 /* ---------------------------------------------------------------- */
 /* Zip structure                                                     */
@@ -48,6 +51,7 @@ struct zarc {
 	struct zent *e;
 	size_t n;
 	uint64_t cd_off;
+	struct zent **byname;    /* sorted by name, for lookups */
 };
 
 static int
@@ -190,6 +194,7 @@ zarc_close(struct zarc *z)
 			free(z->e[i].name);
 		free(z->e);
 	}
+	free(z->byname);
 	if (z->fd >= 0)
 		close(z->fd);
 	memset(z, 0, sizeof(*z));
@@ -571,6 +576,8 @@ zarc_open(const char *path, struct zarc *z)
 			r = bad("duplicate entry name: %s", v[i]->name);
 			goto out;
 		}
+	z->byname = v;
+	v = NULL;
 	r = 0;
 out:
 	free(v);
@@ -726,6 +733,118 @@ out:
 	return r;
 }
 
+/* ---------------------------------------------------------------- */
+/* Entry digests in parallel                                         */
+
+/* fn(ctx, i) for every i < n on up to JAR_THREADS threads (the caller is
+ * one of them). The failure of the lowest i wins, with its err detail, so
+ * the reason does not depend on scheduling: once something failed no new
+ * i is started, and every lower i had already started. */
+struct par {
+	size_t n, next, fail_i;
+	int (*fn)(void *ctx, size_t i);
+	void *ctx;
+	pthread_mutex_t lock;
+	int fail_r;
+	char reason[480];
+};
+
+static void *
+par_worker(void *arg)
+{
+	struct par *p = arg;
+	for (;;) {
+		size_t i;
+		int r;
+		pthread_mutex_lock(&p->lock);
+		if (p->next >= p->n || p->fail_i != SIZE_MAX) {
+			pthread_mutex_unlock(&p->lock);
+			return NULL;
+		}
+		i = p->next++;
+		pthread_mutex_unlock(&p->lock);
+		err_clear();
+		if ((r = p->fn(p->ctx, i)) != 0) {
+			pthread_mutex_lock(&p->lock);
+			if (i < p->fail_i) {
+				p->fail_i = i;
+				p->fail_r = r;
+				snprintf(p->reason, sizeof(p->reason), "%s", err_detail());
+			}
+			pthread_mutex_unlock(&p->lock);
+		}
+	}
+}
+
+static int
+par_for(size_t n, uint64_t bytes, int (*fn)(void *, size_t), void *ctx)
+{
+	struct par p;
+	pthread_t th[JAR_THREADS];
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	size_t want = 1, nt = 0;
+
+	memset(&p, 0, sizeof(p));
+	p.n = n;
+	p.fn = fn;
+	p.ctx = ctx;
+	p.fail_i = SIZE_MAX;
+	pthread_mutex_init(&p.lock, NULL);
+	if (bytes >= PAR_MIN_BYTES && n > 1 && cpus > 1)
+		want = (size_t)cpus < JAR_THREADS ? (size_t)cpus : JAR_THREADS;
+	if (want > n)
+		want = n;
+	for (size_t k = 1; k < want; k++)
+		if (pthread_create(&th[nt], NULL, par_worker, &p) == 0)
+			nt++;
+	par_worker(&p);
+	for (size_t k = 0; k < nt; k++)
+		pthread_join(th[k], NULL);
+	pthread_mutex_destroy(&p.lock);
+	if (p.fail_i != SIZE_MAX) {
+		err_set("%s", p.reason);
+		return p.fail_r;
+	}
+	return 0;
+}
+
+static int
+is_dir(const struct zent *e);
+static int
+is_sig_related(const char *name);
+
+/* Signing: one digest per covered entry, into digests[i * mdlen]. */
+struct sign_dig {
+	const struct zarc *z;
+	const EVP_MD *md;
+	size_t mdlen;
+	uint8_t *digests;
+};
+
+static int
+sign_dig_one(void *ctx, size_t i)
+{
+	struct sign_dig *c = ctx;
+	const struct zent *e = &c->z->e[i];
+	uint8_t d[1][EVP_MAX_MD_SIZE];
+	int r;
+	if (is_dir(e) || is_sig_related(e->name))
+		return 0;
+	if ((r = zent_digest(c->z, e, &c->md, 1, d)) != 0)
+		return r;
+	memcpy(c->digests + i * c->mdlen, d[0], c->mdlen);
+	return 0;
+}
+
+static uint64_t
+total_csize(const struct zarc *z)
+{
+	uint64_t t = 0;
+	for (size_t i = 0; i < z->n; i++)
+		t += z->e[i].csize;
+	return t;
+}
+
 /* Read a whole small entry (manifest, .SF, block). */
 static int
 zent_slurp(const struct zarc *z, const struct zent *e, uint8_t **out,
@@ -801,6 +920,8 @@ struct mf_section {
 struct mf {
 	struct mf_section *s;    /* s[0] is the main section */
 	size_t ns;
+	struct mf_section **idx; /* s[1..] sorted by name */
+	const char *dup;         /* a name with two sections, if any */
 };
 
 static void
@@ -814,6 +935,7 @@ mf_free(struct mf *m)
 		free(m->s[i].a);
 	}
 	free(m->s);
+	free(m->idx);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -862,6 +984,40 @@ mf_add_attr(struct mf_section *s, const char *line, size_t len)
 	}
 	s->na++;
 	return 0;
+}
+
+static int
+cmp_sec(const void *a, const void *b)
+{
+	return strcmp((*(struct mf_section *const *)a)->name,
+	    (*(struct mf_section *const *)b)->name);
+}
+
+/* Lookups by name stay O(log n): zips may have 200,000 entries. */
+static int
+mf_index(struct mf *m)
+{
+	size_t n = m->ns ? m->ns - 1 : 0;
+	if ((m->idx = calloc(n ? n : 1, sizeof(*m->idx))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (size_t i = 0; i < n; i++)
+		m->idx[i] = &m->s[i + 1];
+	qsort(m->idx, n, sizeof(*m->idx), cmp_sec);
+	for (size_t i = 1; i < n && m->dup == NULL; i++)
+		if (strcmp(m->idx[i - 1]->name, m->idx[i]->name) == 0)
+			m->dup = m->idx[i]->name;
+	return 0;
+}
+
+static const struct mf_section *
+mf_find(const struct mf *m, const char *name)
+{
+	struct mf_section key, *kp = &key, **p;
+	if (m == NULL || m->ns < 2)
+		return NULL;
+	key.name = name;
+	p = bsearch(&kp, m->idx, m->ns - 1, sizeof(*m->idx), cmp_sec);
+	return p ? *p : NULL;
 }
 
 /* Parse manifest-format text into sections with their raw byte ranges;
@@ -946,7 +1102,7 @@ mf_parse(const char *b, size_t n, struct mf *m, const char *what)
 			}
 		}
 	}
-	r = 0;
+	r = mf_index(m);
 out:
 	free(line);
 	if (r != 0)
@@ -1226,11 +1382,8 @@ static int
 build_section(struct sbuf *mf, const struct mf *old, const char *name,
     const char *attr, const char *b64)
 {
-	const struct mf_section *os = NULL;
+	const struct mf_section *os = mf_find(old, name);
 	int r, wrote = 0;
-	for (size_t k = 1; old && k < old->ns; k++)
-		if (strcmp(old->s[k].name, name) == 0)
-			os = &old->s[k];
 	if ((r = sb_header(mf, "Name", name)) != 0)
 		return r;
 	for (size_t i = 1; os && i < os->na && r == 0; i++) {
@@ -1304,6 +1457,7 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	char *b64 = NULL;
 	const char *alg = o->md ? md_java_name(o->md) : NULL;
 	long mf_index = -1;
+	struct sign_dig dig = {0};
 	time_t now = time(NULL);
 	int r, have_old = 0;
 
@@ -1340,15 +1494,21 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 		r = HSMFS_ERR_NOMEM;
 		goto out;
 	}
+	dig.z = &z;
+	dig.md = o->md;
+	dig.mdlen = (size_t)EVP_MD_get_size(o->md);
+	if ((dig.digests = calloc(z.n ? z.n : 1, dig.mdlen)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	if ((r = par_for(z.n, total_csize(&z), sign_dig_one, &dig)) != 0)
+		goto out;
 	for (size_t i = 0; i < z.n; i++) {
 		const struct zent *e = &z.e[i];
-		uint8_t d[1][EVP_MAX_MD_SIZE];
 		size_t start = mf.n;
 		if (is_dir(e) || is_sig_related(e->name))
 			continue;
-		if ((r = zent_digest(&z, e, &o->md, 1, d)) != 0)
-			goto out;
-		if ((r = b64_of(d[0], (size_t)EVP_MD_get_size(o->md), &b64)) != 0 ||
+		if ((r = b64_of(dig.digests + i * dig.mdlen, dig.mdlen, &b64)) != 0 ||
 		    (r = build_section(&mf, have_old ? &old : NULL, e->name, attr,
 		    b64)) != 0)
 			goto out;
@@ -1444,6 +1604,7 @@ out:
 	for (size_t i = 0; sections && i < z.n; i++)
 		free(sections[i]);
 	free(sections);
+	free(dig.digests);
 	free(b64);
 	free(mf.b);
 	free(sf.b);
@@ -1460,10 +1621,11 @@ out:
 static int
 find_entry(const struct zarc *z, const char *name)
 {
-	for (size_t i = 0; i < z->n; i++)
-		if (strcmp(z->e[i].name, name) == 0)
-			return (int)i;
-	return -1;
+	struct zent key, *kp = &key, **p;
+	key.name = (char *)name;
+	key.nlen = strlen(name);
+	p = bsearch(&kp, z->byname, z->n, sizeof(*z->byname), cmp_name);
+	return p ? (int)(*p - z->e) : -1;
 }
 
 /* Strong digest attributes of a section ("<ALG>-Digest<suffix>"), at
@@ -1655,6 +1817,10 @@ verify_signer(const struct zarc *z, int sf_i, int blk_i, const char *mfb,
 
 	if ((r = mf_parse((char *)sfb, sfl, sfm, z->e[sf_i].name)) != 0)
 		goto out;
+	if (sfm->dup != NULL) {
+		r = bad("%s has two sections for %s", z->e[sf_i].name, sfm->dup);
+		goto out;
+	}
 	/* Main attributes: whole-manifest digest (strong only). */
 	nd = section_digests(&sfm->s[0], "-Digest-Manifest", d, &weak);
 	if (nd == 0) {
@@ -1679,13 +1845,8 @@ verify_signer(const struct zarc *z, int sf_i, int blk_i, const char *mfb,
 	/* Every .SF section must match its manifest section byte for byte. */
 	for (size_t s = 1; s < sfm->ns; s++) {
 		const struct mf_section *ss = &sfm->s[s];
-		const struct mf_section *ms = NULL;
+		const struct mf_section *ms = mf_find(m, ss->name);
 		weak = 0;
-		for (size_t k = 1; k < m->ns; k++)
-			if (strcmp(m->s[k].name, ss->name) == 0) {
-				ms = &m->s[k];
-				break;
-			}
 		if (ms == NULL) {
 			r = bad("%s names %s, which is not in the manifest",
 			    z->e[sf_i].name, ss->name);
@@ -1724,9 +1885,41 @@ out:
 static int
 sf_has(const struct mf *sfm, const char *name)
 {
-	for (size_t s = 1; s < sfm->ns; s++)
-		if (strcmp(sfm->s[s].name, name) == 0)
-			return 1;
+	return mf_find(sfm, name) != NULL;
+}
+
+/* Verification: entry i against the digests of its manifest section. */
+struct verify_dig {
+	const struct zarc *z;
+	const struct mf_section **ms;   /* per entry, NULL: not covered */
+};
+
+static int
+verify_dig_one(void *ctx, size_t i)
+{
+	struct verify_dig *c = ctx;
+	const struct zent *e = &c->z->e[i];
+	struct dattr d[3];
+	const EVP_MD *mds[3] = {NULL, NULL, NULL};
+	uint8_t got[3][EVP_MAX_MD_SIZE];
+	int weak = 0, r;
+	size_t nd;
+	if (c->ms[i] == NULL)
+		return 0;
+	nd = section_digests(c->ms[i], "-Digest", d, &weak);
+	for (size_t k = 0; k < nd; k++)
+		mds[k] = d[k].md;
+	if ((r = zent_digest(c->z, e, mds, nd, got)) != 0)
+		return r;
+	for (size_t k = 0; k < nd; k++) {
+		char *b = NULL;
+		if ((r = b64_of(got[k], (size_t)EVP_MD_get_size(mds[k]), &b)) != 0)
+			return r;
+		r = strcmp(b, d[k].b64) != 0;
+		free(b);
+		if (r)
+			return bad("entry %s was modified (digest mismatch)", e->name);
+	}
 	return 0;
 }
 
@@ -1735,6 +1928,7 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 {
 	struct zarc z;
 	struct mf m, *sfm = NULL;
+	struct verify_dig vd = {0};
 	uint8_t *mfb = NULL;
 	size_t mfl = 0, nsig = 0;
 	int mf_i = -1, r;
@@ -1756,6 +1950,10 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 	if ((r = zent_slurp(&z, &z.e[mf_i], &mfb, &mfl)) != 0 ||
 	    (r = mf_parse((char *)mfb, mfl, &m, "META-INF/MANIFEST.MF")) != 0)
 		goto out;
+	if (m.dup != NULL) {
+		r = bad("manifest has two sections for %s", m.dup);
+		goto out;
+	}
 	if ((sfm = calloc(z.n, sizeof(*sfm))) == NULL) {
 		r = HSMFS_ERR_NOMEM;
 		goto out;
@@ -1809,27 +2007,19 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 			goto out;
 		}
 	}
-	/* ... and every entry must be in the manifest, in every .SF, and
-	 * match its digests. */
+	/* ... and every entry must be in the manifest and in every .SF (cheap
+	 * checks first), then match its digests (in parallel). */
+	if ((vd.ms = calloc(z.n, sizeof(*vd.ms))) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
 	for (size_t i = 0; i < z.n; i++) {
 		const struct zent *e = &z.e[i];
-		const struct mf_section *ms = NULL;
 		struct dattr d[3];
-		const EVP_MD *mds[3];
-		uint8_t got[3][EVP_MAX_MD_SIZE];
 		int weak = 0;
-		size_t nd;
 		if (is_dir(e) || is_sig_related(e->name))
 			continue;
-		for (size_t s = 1; s < m.ns; s++)
-			if (strcmp(m.s[s].name, e->name) == 0) {
-				if (ms != NULL) {
-					r = bad("entry %s has two manifest sections", e->name);
-					goto out;
-				}
-				ms = &m.s[s];
-			}
-		if (ms == NULL) {
+		if ((vd.ms[i] = mf_find(&m, e->name)) == NULL) {
 			r = bad("entry %s is not signed (not in the manifest)", e->name);
 			goto out;
 		}
@@ -1839,35 +2029,23 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 				    e->name);
 				goto out;
 			}
-		nd = section_digests(ms, "-Digest", d, &weak);
-		if (nd == 0) {
+		if (section_digests(vd.ms[i], "-Digest", d, &weak) == 0) {
 			r = weak ? bad("SHA-1 digests are not accepted (entry %s)",
 			    e->name) : bad("entry %s has no digest in the manifest",
 			    e->name);
 			goto out;
 		}
-		for (size_t k = 0; k < nd; k++)
-			mds[k] = d[k].md;
-		if ((r = zent_digest(&z, e, mds, nd, got)) != 0)
-			goto out;
-		for (size_t k = 0; k < nd; k++) {
-			char *b = NULL;
-			if ((r = b64_of(got[k], (size_t)EVP_MD_get_size(mds[k]), &b)) != 0)
-				goto out;
-			if (strcmp(b, d[k].b64) != 0) {
-				free(b);
-				r = bad("entry %s was modified (digest mismatch)", e->name);
-				goto out;
-			}
-			free(b);
-		}
 	}
+	vd.z = &z;
+	if ((r = par_for(z.n, total_csize(&z), verify_dig_one, &vd)) != 0)
+		goto out;
 	v->valid = 1;
 	r = 0;
 out:
 	for (size_t k = 0; sfm && k < nsig; k++)
 		mf_free(&sfm[k]);
 	free(sfm);
+	free(vd.ms);
 	mf_free(&m);
 	free(mfb);
 	zarc_close(&z);
