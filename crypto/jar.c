@@ -43,6 +43,9 @@ struct zent {
 	uint64_t loff;           /* local header */
 	uint64_t doff;           /* compressed data */
 	uint64_t end;            /* after data (and data descriptor) */
+	uint64_t cdoff;          /* its central directory record ... */
+	uint32_t cdlen;          /* ... and that record's length */
+	int cd64;                /* the record uses zip64 fields */
 };
 
 struct zarc {
@@ -52,6 +55,9 @@ struct zarc {
 	size_t n;
 	uint64_t cd_off;
 	struct zent **byname;    /* sorted by name, for lookups */
+	int zip64;               /* zip64 end record */
+	uint64_t comment_off;    /* archive comment */
+	uint16_t comment_len;
 };
 
 static int
@@ -295,6 +301,8 @@ zarc_find_end(struct zarc *z, uint64_t *cd_off, uint64_t *cd_size,
 		uint64_t n1 = le16(e + 8), n2 = le16(e + 10);
 		uint64_t sz = le32(e + 12), off = le32(e + 16);
 		*cd_end_expect = (uint64_t)pos;
+		z->comment_off = (uint64_t)pos + 22;
+		z->comment_len = le16(e + 20);
 		if (n1 == 0xffff || n2 == 0xffff || sz == 0xffffffffu ||
 		    off == 0xffffffffu) {
 			uint8_t loc[20], rec[56];
@@ -322,6 +330,7 @@ zarc_find_end(struct zarc *z, uint64_t *cd_off, uint64_t *cd_size,
 			sz = le64(rec + 40);
 			off = le64(rec + 48);
 			*cd_end_expect = roff;
+			z->zip64 = 1;
 		} else if (disk != 0 || cddisk != 0) {
 			r = bad("multi-disk zips are not supported");
 			goto out;
@@ -398,6 +407,10 @@ zarc_open(const char *path, struct zarc *z)
 		xlen = le16(h + 30);
 		clen = le16(h + 32);
 		e->loff = le32(h + 42);
+		e->cdoff = p;
+		e->cdlen = 46u + nlen + xlen + clen;
+		e->cd64 = e->csize == 0xffffffffu || e->usize == 0xffffffffu ||
+		    e->loff == 0xffffffffu;
 		if (le16(h + 34) != 0 && le16(h + 34) != 0xffff) {
 			r = bad("multi-disk zips are not supported");
 			goto out;
@@ -1250,6 +1263,285 @@ digest_b64(const EVP_MD *md, const void *p, size_t n, char **out)
 }
 
 /* ---------------------------------------------------------------- */
+/* Output                                                            */
+
+static void
+put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static void
+put32(uint8_t *p, uint32_t v)
+{
+	put16(p, (uint16_t)v);
+	put16(p + 2, (uint16_t)(v >> 16));
+}
+
+static int
+write_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			err_set("write: %s", strerror(errno));
+			return hsmfs_errno_err(errno);
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Copy [off, off+len) of the input to the output's position, in the
+ * kernel when it can (copy_file_range), else through a buffer. */
+static int
+copy_range(int in, uint64_t off, int out, uint64_t len)
+{
+	static const size_t bufsz = 1 << 20;
+	uint8_t *buf = NULL;
+	loff_t o = (loff_t)off;
+	int r = 0;
+	while (len > 0) {
+		ssize_t n = copy_file_range(in, &o, out, NULL,
+		    len > (1u << 30) ? (1u << 30) : (size_t)len, 0);
+		if (n > 0) {
+			len -= (uint64_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0 || errno == EXDEV || errno == ENOSYS || errno == EINVAL ||
+		    errno == EOPNOTSUPP)
+			break;
+		err_set("copy: %s", strerror(errno));
+		return hsmfs_errno_err(errno);
+	}
+	if (len > 0 && (buf = malloc(bufsz)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	while (len > 0 && r == 0) {
+		ssize_t n = pread(in, buf, len > bufsz ? bufsz : (size_t)len, (off_t)o);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			err_set("read: %s", n < 0 ? strerror(errno) : "short file");
+			r = HSMFS_ERR_IO;
+			break;
+		}
+		r = write_all(out, buf, (size_t)n);
+		o += n;
+		len -= (uint64_t)n;
+	}
+	free(buf);
+	return r;
+}
+
+struct new_entry {
+	const char *name;
+	const uint8_t *data;
+	size_t len;
+	uint8_t *comp;           /* raw deflate of data */
+	size_t clen;
+	uint32_t crc;
+	uint64_t off;
+};
+
+static int
+deflate_buf(struct new_entry *ne)
+{
+	z_stream zs;
+	size_t cap;
+	int zr;
+	memset(&zs, 0, sizeof(zs));
+	if (deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, -MAX_WBITS, 8,
+	    Z_DEFAULT_STRATEGY) != Z_OK)
+		return HSMFS_ERR_NOMEM;
+	cap = deflateBound(&zs, (uLong)ne->len);
+	if ((ne->comp = malloc(cap)) == NULL) {
+		deflateEnd(&zs);
+		return HSMFS_ERR_NOMEM;
+	}
+	zs.next_in = (Bytef *)(uintptr_t)ne->data;
+	zs.avail_in = (uInt)ne->len;
+	zs.next_out = ne->comp;
+	zs.avail_out = (uInt)cap;
+	zr = deflate(&zs, Z_FINISH);
+	ne->clen = zs.total_out;
+	deflateEnd(&zs);
+	if (zr != Z_STREAM_END)
+		return HSMFS_ERR_CRYPTO;
+	ne->crc = (uint32_t)crc32(crc32(0L, Z_NULL, 0), ne->data, (uInt)ne->len);
+	return 0;
+}
+
+static void
+dos_time(time_t t, uint16_t *dtime, uint16_t *ddate)
+{
+	struct tm tm;
+	localtime_r(&t, &tm);
+	if (tm.tm_year < 80) {
+		*dtime = 0;
+		*ddate = (1 << 5) | 1;
+		return;
+	}
+	*dtime = (uint16_t)(tm.tm_hour << 11 | tm.tm_min << 5 | tm.tm_sec / 2);
+	*ddate = (uint16_t)((tm.tm_year - 80) << 9 | (tm.tm_mon + 1) << 5 | tm.tm_mday);
+}
+
+/* The signed zip without libzip: the three signature entries, then every
+ * kept entry's local header, data and descriptor copied byte for byte
+ * (copy_file_range), then the central directory records copied byte for
+ * byte with only their local header offset changed. Used when no zip64
+ * field is needed in the central directory or end record (the libzip
+ * writer handles those). */
+static int
+write_raw(const struct zarc *z, const char *out_path, struct new_entry *ne,
+    const uint8_t *keep, time_t now)
+{
+	uint8_t h[46], *cd = NULL;
+	uint16_t dtime, ddate;
+	uint64_t off = 0, cd_start, nout = 3;
+	int fd = -1, r;
+	size_t cdcap = 1 << 16;
+
+	dos_time(now, &dtime, &ddate);
+	if ((fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
+		err_set("%s: %s", out_path, strerror(errno));
+		return hsmfs_errno_err(errno);
+	}
+	for (int k = 0; k < 3; k++) {
+		size_t nl = strlen(ne[k].name);
+		memset(h, 0, 30);
+		put32(h, 0x04034b50);
+		put16(h + 4, 20);
+		put16(h + 8, 8);
+		put16(h + 10, dtime);
+		put16(h + 12, ddate);
+		put32(h + 14, ne[k].crc);
+		put32(h + 18, (uint32_t)ne[k].clen);
+		put32(h + 22, (uint32_t)ne[k].len);
+		put16(h + 26, (uint16_t)nl);
+		ne[k].off = off;
+		if ((r = write_all(fd, h, 30)) != 0 ||
+		    (r = write_all(fd, ne[k].name, nl)) != 0 ||
+		    (r = write_all(fd, ne[k].comp, ne[k].clen)) != 0)
+			goto out;
+		off += 30 + nl + ne[k].clen;
+	}
+	/* Runs of consecutive kept entries are one copy. */
+	for (size_t i = 0; i < z->n;) {
+		size_t j = i;
+		uint64_t len = 0;
+		if (!keep[i]) {
+			i++;
+			continue;
+		}
+		while (j < z->n && keep[j] && (j == i || z->e[j].loff == z->e[j - 1].end))
+			len += z->e[j].end - z->e[j].loff, j++;
+		if ((r = copy_range(z->fd, z->e[i].loff, fd, len)) != 0)
+			goto out;
+		off += len;
+		i = j;
+	}
+	cd_start = off;
+	for (int k = 0; k < 3; k++) {
+		size_t nl = strlen(ne[k].name);
+		memset(h, 0, 46);
+		put32(h, 0x02014b50);
+		put16(h + 4, 0x0314);            /* made by: Unix, 2.0 */
+		put16(h + 6, 20);
+		put16(h + 10, 8);
+		put16(h + 12, dtime);
+		put16(h + 14, ddate);
+		put32(h + 16, ne[k].crc);
+		put32(h + 20, (uint32_t)ne[k].clen);
+		put32(h + 24, (uint32_t)ne[k].len);
+		put16(h + 28, (uint16_t)nl);
+		put32(h + 38, 0100644u << 16);   /* -rw-r--r-- */
+		put32(h + 42, (uint32_t)ne[k].off);
+		if ((r = write_all(fd, h, 46)) != 0 || (r = write_all(fd, ne[k].name, nl)) != 0)
+			goto out;
+		off += 46 + nl;
+	}
+	if ((cd = malloc(cdcap)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	{
+		uint64_t data_off = 0;
+		/* New local offsets follow from the copy order above. */
+		for (int k = 0; k < 3; k++)
+			data_off += 30 + strlen(ne[k].name) + ne[k].clen;
+		for (size_t i = 0; i < z->n; i++) {
+			const struct zent *e = &z->e[i];
+			if (!keep[i])
+				continue;
+			if (e->cdlen > cdcap) {
+				r = bad("central directory record too long");
+				goto out;
+			}
+			if ((r = zread(z, e->cdoff, cd, e->cdlen)) != 0)
+				goto out;
+			put32(cd + 42, (uint32_t)data_off);
+			if ((r = write_all(fd, cd, e->cdlen)) != 0)
+				goto out;
+			data_off += e->end - e->loff;
+			off += e->cdlen;
+			nout++;
+		}
+	}
+	memset(h, 0, 22);
+	put32(h, 0x06054b50);
+	put16(h + 8, (uint16_t)nout);
+	put16(h + 10, (uint16_t)nout);
+	put32(h + 12, (uint32_t)(off - cd_start));
+	put32(h + 16, (uint32_t)cd_start);
+	put16(h + 20, z->comment_len);
+	if ((r = write_all(fd, h, 22)) != 0)
+		goto out;
+	if (z->comment_len > 0 &&
+	    (r = copy_range(z->fd, z->comment_off, fd, z->comment_len)) != 0)
+		goto out;
+	if (close(fd) < 0) {
+		fd = -1;
+		err_set("%s: %s", out_path, strerror(errno));
+		r = hsmfs_errno_err(errno);
+		goto out;
+	}
+	fd = -1;
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(cd);
+	return r;
+}
+
+/* The raw writer needs no zip64 structure anywhere in the output. */
+static int
+raw_possible(const struct zarc *z, const struct new_entry *ne, const uint8_t *keep)
+{
+	uint64_t size = 22 + (uint64_t)z->comment_len, n = 3;
+	if (z->zip64)
+		return 0;
+	for (int k = 0; k < 3; k++)
+		size += 76 + 2 * strlen(ne[k].name) + ne[k].clen;
+	for (size_t i = 0; i < z->n; i++) {
+		if (!keep[i])
+			continue;
+		if (z->e[i].cd64)
+			return 0;
+		size += z->e[i].end - z->e[i].loff + z->e[i].cdlen;
+		n++;
+	}
+	return n < 0xffff && size < 0xffffffffu;
+}
+
+/* ---------------------------------------------------------------- */
 /* Signing                                                           */
 
 void
@@ -1458,10 +1750,13 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	const char *alg = o->md ? md_java_name(o->md) : NULL;
 	long mf_index = -1;
 	struct sign_dig dig = {0};
+	struct new_entry ne[3];
+	uint8_t *keep = NULL;
 	time_t now = time(NULL);
 	int r, have_old = 0;
 
 	memset(&old, 0, sizeof(old));
+	memset(ne, 0, sizeof(ne));
 	z.fd = -1;
 	z.e = NULL;
 	if (alg == NULL) {
@@ -1551,6 +1846,37 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	if ((r = cms_sign_sf(o, &sf, &block, &blocklen)) != 0)
 		goto out;
 
+	if ((keep = calloc(z.n ? z.n : 1, 1)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < z.n; i++) {
+		const char *nm = z.e[i].name, *dot;
+		if ((long)i == mf_index)
+			continue;
+		/* Our own earlier signature is replaced; other signers stay. */
+		if (is_sig_related(nm) && (dot = strrchr(nm, '.')) != NULL &&
+		    (size_t)(dot - (nm + 9)) == strlen(signer) &&
+		    strncasecmp(nm + 9, signer, strlen(signer)) == 0)
+			continue;
+		keep[i] = 1;
+	}
+	ne[0].name = "META-INF/MANIFEST.MF";
+	ne[0].data = (uint8_t *)mf.b;
+	ne[0].len = mf.n;
+	ne[1].name = path_sf;
+	ne[1].data = (uint8_t *)sf.b;
+	ne[1].len = sf.n;
+	ne[2].name = path_blk;
+	ne[2].data = block;
+	ne[2].len = blocklen;
+	for (int k = 0; k < 3; k++)
+		if ((r = deflate_buf(&ne[k])) != 0)
+			goto out;
+	if (raw_possible(&z, ne, keep)) {
+		r = write_raw(&z, out_path, ne, keep, now);
+		goto out;
+	}
 	{
 		int ze = 0;
 		if ((out = zip_open(out_path, ZIP_CREATE | ZIP_TRUNCATE, &ze)) == NULL) {
@@ -1567,18 +1893,9 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	    (r = add_buffer(out, path_sf, sf.b, sf.n, now)) != 0 ||
 	    (r = add_buffer(out, path_blk, block, blocklen, now)) != 0)
 		goto out;
-	for (size_t i = 0; i < z.n; i++) {
-		const char *nm = z.e[i].name, *dot;
-		if ((long)i == mf_index)
-			continue;
-		/* Our own earlier signature is replaced; other signers stay. */
-		if (is_sig_related(nm) && (dot = strrchr(nm, '.')) != NULL &&
-		    (size_t)(dot - (nm + 9)) == strlen(signer) &&
-		    strncasecmp(nm + 9, signer, strlen(signer)) == 0)
-			continue;
-		if ((r = copy_entry(out, in, &z.e[i], i)) != 0)
+	for (size_t i = 0; i < z.n; i++)
+		if (keep[i] && (r = copy_entry(out, in, &z.e[i], i)) != 0)
 			goto out;
-	}
 	{
 		int clen = 0;
 		const char *c = zip_get_archive_comment(in, &clen, ZIP_FL_ENC_RAW);
@@ -1605,6 +1922,9 @@ out:
 		free(sections[i]);
 	free(sections);
 	free(dig.digests);
+	free(keep);
+	for (int k = 0; k < 3; k++)
+		free(ne[k].comp);
 	free(b64);
 	free(mf.b);
 	free(sf.b);

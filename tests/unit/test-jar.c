@@ -289,6 +289,32 @@ test_hostile(void)
 	ran++;
 }
 
+/* 66,000 entries: more than a plain end record can count, so the libzip
+ * writer (zip64) is used instead of the raw one; also checks that name
+ * lookups do not go quadratic. */
+static void
+test_many_entries(void)
+{
+	struct jar_verdict v;
+	int r;
+	sh("cd %s && /usr/bin/python3 -c \"\n"
+	    "import zipfile\n"
+	    "with zipfile.ZipFile('many.zip', 'w') as z:\n"
+	    "    for i in range(66000): z.writestr('d%%d/f%%d.txt' %% (i %% 100, i), str(i))\n"
+	    "\"", dir);
+	sign(P("many.zip"), P("many-signed.zip"), EVP_sha256());
+	r = verify(P("many-signed.zip"), 1, 0, &v);
+	CHECK(r == 0 && v.valid, "many: %s", v.reason);
+	sh("/usr/bin/python3 -c \"\n"
+	    "import zipfile, sys\n"
+	    "z = zipfile.ZipFile(sys.argv[1])\n"
+	    "n = z.namelist()\n"
+	    "assert len(n) == 66003 and n[0] == 'META-INF/MANIFEST.MF', len(n)\n"
+	    "assert z.read('d5/f105.txt') == b'105'\n"
+	    "\" %s", P("many-signed.zip"));
+	ran++;
+}
+
 static void
 test_signer_name(void)
 {
@@ -342,6 +368,7 @@ main(void)
 	test_sign_verify();
 	test_tamper();
 	test_hostile();
+	test_many_entries();
 	hsm_key_free(key);
 	X509_STORE_free(store);
 	X509_free(ca_cert);
