@@ -2,7 +2,8 @@
  * (our own parse of the end record, central directory and local headers,
  * plus libzip's ZIP_CHECKCONS), streamed entry digests (zlib inflate with
  * exact size and CRC checks), the manifest/.SF text format and the CMS
- * signature block. Output zips are written with libzip, copying entries raw. */
+ * signature block. Signed zips copy the entries' bytes raw (our writer;
+ * libzip's when zip64 structures are needed). */
 #include "crypto/jar.h"
 #include "common/err.h"
 #include "common/util.h"
