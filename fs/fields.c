@@ -400,8 +400,9 @@ fields_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 	want = kind == K_ROOT ? K_FIELD : K_SEALED;
 	fill(buf, ".", NULL, 0, 0);
 	fill(buf, "..", NULL, 0, 0);
-	if (kind == K_ROOT)
-		fill(buf, SEALED, NULL, 0, 0);
+	/* .sealed is reachable by name but not listed (like a .snapshot
+	 * directory): find, backups and scripts iterating over the fields
+	 * see each field once, as plaintext. */
 	if (dirfd_ < 0)
 		return 0;
 	if ((fd = dup(dirfd_)) < 0 || (d = fdopendir(fd)) == NULL) {
