@@ -82,7 +82,9 @@ def write(path, data, flags=os.O_WRONLY | os.O_CREAT | os.O_TRUNC):
     except OSError as e:
         return e.errno
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     except OSError as e:
         os.close(fd)
         return e.errno
