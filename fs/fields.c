@@ -468,13 +468,14 @@ fields_open(const char *path, struct fuse_file_info *fi)
 		return refuse_write(name);
 	if ((r = fh_new(kind, name, fi, &f)) != 0)
 		return r;
-	if (f->writable && (fi->flags & O_TRUNC)) {
-		/* Truncation is a change even if nothing is written. */
-		if (faccessat(dirfd_, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0) {
-			fh_free(f);
-			return -ENOENT;
-		}
+	if (f->writable && (fi->flags & O_TRUNC ||
+	    faccessat(dirfd_, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)) {
+		/* Truncation is a change even if nothing is written. A
+		 * name missing from the store here was created (the kernel
+		 * strips O_CREAT from open) or its create failed at close
+		 * while the kernel still caches the entry: start empty. */
 		f->dirty = 1;
+		f->created = faccessat(dirfd_, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0;
 	} else {
 		r = kind == K_FIELD ? load_plain(f) : load_sealed(f);
 		if (r != 0) {

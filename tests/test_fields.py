@@ -331,7 +331,8 @@ def test_every_byte_flip_is_ebadmsg(mount):
         c[i] ^= 0x80
         forged[i] = write(target, encode(with_check(bytes(c))),
                           os.O_WRONLY | os.O_TRUNC)
-    assert all(r in (errno.EBADMSG, errno.EINVAL) for r in forged.values()), forged
+    odd = {i: r for i, r in forged.items() if r not in (errno.EBADMSG, errno.EINVAL)}
+    assert not odd, odd
     assert all(r == errno.EBADMSG for i, r in forged.items() if i >= 68), forged
     # IV, plaintext length and other authenticated header bytes: EBADMSG.
     assert all(forged[i] == errno.EBADMSG for i in range(50, 66))
@@ -397,7 +398,8 @@ def test_rotation_with_rekey_while_mounted(mount_factory, hsm, v2key, tmp_path):
         h["key_id"] == spki_id(v2key.cert_pem)
     p = run([TOOL, "rekey-fields", "-o", f"config={m.config}", m.store])
     assert "12 rewrapped to EncryptedFields version 2" in p.stdout
-    assert "1 already current" in p.stdout and p.stderr == ""
+    assert "1 already current, 0 failed" in p.stdout
+    assert "rekey-fields:" not in p.stderr
     assert set(versions(m).values()) == {2}
     for n, v in vals.items():
         assert read(m.path("fields", n)) == v
