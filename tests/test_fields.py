@@ -565,3 +565,22 @@ print("ok", len(vals))
     assert len(os.listdir(base)) == 400
     for n in os.listdir(base):
         assert decode(read(os.path.join(base, ".sealed", n)))[1]["version"] == 1
+
+
+def test_unlink_and_rename_while_open(mount):
+    f = mount.path("fields")
+    assert write(os.path.join(f, "gone"), b"still readable") == 0
+    with open(os.path.join(f, "gone"), "rb") as r:
+        os.unlink(os.path.join(f, "gone"))
+        assert r.read() == b"still readable"
+    assert "gone" not in os.listdir(f)
+    fd = os.open(os.path.join(f, "moving"), os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"written before mv")
+    os.close(fd)
+    fd = os.open(os.path.join(f, "moving"), os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"new")
+    os.rename(os.path.join(f, "moving"), os.path.join(f, "moved"))
+    os.close(fd)
+    # The open file follows its name, like a regular file.
+    assert read(os.path.join(f, "moved")) == b"new"
+    assert sorted(os.listdir(f)) == ["moved"]
