@@ -10,6 +10,7 @@
 #include <string.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
@@ -531,6 +532,31 @@ envelope_find_key(const struct engine *e, struct keyring *kr,
 	return 0;
 }
 
+/* 0 when the wrapped key has the modulus length and is below the
+ * modulus, HSMFS_ERR_BADMSG when not. */
+static int
+wrap_fits(const struct envelope *env, hsm_key *key)
+{
+	EVP_PKEY *pub = hsm_key_pubkey(key);
+	BIGNUM *n = NULL, *c = NULL;
+	int r = HSMFS_ERR_BADMSG;
+
+	if (pub == NULL || (size_t)EVP_PKEY_get_size(pub) != env->h.wrapped_len)
+		return HSMFS_ERR_BADMSG;
+	if (EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_RSA_N, &n) != 1 ||
+	    (c = BN_bin2bn(env->wrapped, env->h.wrapped_len, NULL)) == NULL) {
+		err_set_ossl("cannot read the RSA modulus");
+		r = HSMFS_ERR_CRYPTO;
+		goto out;
+	}
+	if (BN_cmp(c, n) < 0)
+		r = 0;
+out:
+	BN_free(n);
+	BN_free(c);
+	return r;
+}
+
 /* Unwrap aes_key || mac_key and verify the MAC. *keys is secure memory
  * of *klen bytes on success. */
 static int
@@ -544,6 +570,11 @@ unwrap_verify(const struct envelope *env, hsm_key *key, uint8_t **keys,
 
 	if (bufn < env->h.wrapped_len)
 		bufn = env->h.wrapped_len;
+	/* Public checks first: a wrap that cannot be an RSA ciphertext for
+	 * this key (wrong length, not below the modulus) is the input's
+	 * fault, and some tokens report it as a device error. */
+	if ((r = wrap_fits(env, key)) != 0)
+		goto bad_early;
 	if ((buf = secmem_alloc(bufn)) == NULL)
 		return HSMFS_ERR_NOMEM;
 	r = hsm_key_oaep_decrypt(key, oaep_md(env->h.oaep), env->wrapped,
@@ -566,6 +597,9 @@ unwrap_verify(const struct envelope *env, hsm_key *key, uint8_t **keys,
 	buf = NULL;
 	r = 0;
 	goto out;
+bad_early:
+	if (r != HSMFS_ERR_BADMSG)
+		return r;
 bad:
 	err_set(BADMSG_TEXT);
 out:

@@ -572,6 +572,21 @@ fields_write(const char *path, const char *buf, size_t size, off_t off,
 	return (int)size;
 }
 
+/* An open file follows its name (mv while open): libfuse passes the
+ * current path; commit under it. */
+static void
+follow_rename(struct fh *f, const char *path)
+{
+	enum kind kind;
+	const char *name;
+	if (path == NULL || parse_path(path, &kind, &name) != 0 ||
+	    (kind != K_FIELD && kind != K_SEALED) || strcmp(name, f->name) == 0)
+		return;
+	pthread_mutex_lock(&writers_lock);
+	snprintf(f->name, sizeof(f->name), "%s", name);
+	pthread_mutex_unlock(&writers_lock);
+}
+
 static int
 fields_flush(const char *path, struct fuse_file_info *fi)
 {
@@ -580,6 +595,7 @@ fields_flush(const char *path, struct fuse_file_info *fi)
 	if (f == NULL)
 		return 0;
 	pthread_mutex_lock(&f->lock);
+	follow_rename(f, path);
 	r = commit_locked(f);
 	pthread_mutex_unlock(&f->lock);
 	return r;
