@@ -1,0 +1,91 @@
+#!/bin/sh
+# Field reads per second through a real mount (1 and 2 reader processes,
+# each read = open + HSM unwrap + MAC + decrypt + close) beside the raw
+# HSM unwrap rate of the same key through the same hsm layer (hsmprobe
+# bench-unwrap, 1 and 2 threads), measured in the same run on a private
+# SoftHSM token. Prints the figures and the ratios (issue 4: reads >= 0.8x
+# raw, 2 readers >= 1.6x one).
+#   usage: bench/fields.sh [BUILD_DIR] [SECONDS]
+set -eu
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=$(realpath "${1:-$SRC/build}")
+SECS=${2:-5}
+HSMFS=$BUILD/fs/hsmfs
+TOOL=$BUILD/tool/hsmfs-tool
+PROBE=$BUILD/tests/hsmprobe
+PY=/usr/bin/python3
+for b in "$HSMFS" "$TOOL" "$PROBE"; do
+	[ -x "$b" ] || { echo "bench/fields.sh: $b not built (ninja -C $BUILD)" >&2; exit 2; }
+done
+
+T=$(mktemp -d /tmp/hsmfs-bench-fields.XXXXXX)
+MNT=$T/mnt
+PID=
+cleanup() {
+	if [ -n "$PID" ]; then
+		fusermount3 -u "$MNT" 2>/dev/null || true
+		wait "$PID" 2>/dev/null || true
+	fi
+	rm -rf "$T"
+}
+trap cleanup EXIT INT TERM
+
+"$SRC/examples/softhsm-setup.sh" "$T/demo" "$TOOL" >/dev/null
+export SOFTHSM2_CONF=$T/demo/softhsm2.conf
+CFG=$T/demo/engineSignEncrypt.xml
+SLOT=$(sed -n 's/.*slot="\([0-9]*\)".*/\1/p' "$CFG" | head -1)
+mkdir -p "$MNT"
+"$HSMFS" "$T/store" "$MNT" -f -o "config=$CFG" 2>"$T/hsmfs.log" &
+PID=$!
+i=0
+until grep -qs " $MNT fuse" /proc/mounts; do
+	i=$((i + 1))
+	[ $i -lt 200 ] || { cat "$T/hsmfs.log" >&2; exit 1; }
+	sleep 0.05
+done
+
+for n in $(seq 1 16); do
+	printf 'secret-value-%02d-%s' "$n" "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+		> "$MNT/fields/f$n"
+done
+
+# One reader process: open, read, close fields in turn for SECS seconds.
+reader() {
+	"$PY" - "$MNT/fields" "$SECS" <<'PYEOF'
+import os, sys, time
+d, secs = sys.argv[1], float(sys.argv[2])
+names = sorted(os.listdir(d))
+n, end = 0, time.monotonic() + secs
+t0 = time.monotonic()
+while time.monotonic() < end:
+    with open(os.path.join(d, names[n % len(names)]), "rb") as f:
+        assert f.read().startswith(b"secret-value-")
+    n += 1
+print(f"{n / (time.monotonic() - t0):.1f}")
+PYEOF
+}
+
+raw() {
+	HSMFS_PIN=1234 "$PROBE" --module /usr/lib/softhsm/libsofthsm2.so \
+		--slot "$SLOT" --alias encryptedFieldsCertificateV1 \
+		bench-unwrap --threads "$1" --seconds "$SECS" --md SHA384 |
+		sed -n 's/.*ops_per_s=\([0-9.]*\).*/\1/p'
+}
+
+raw1=$(raw 1)
+raw2=$(raw 2)
+r1=$(reader)
+reader > "$T/a" &
+ra=$!
+reader > "$T/b" &
+rb=$!
+wait $ra $rb
+r2=$(awk '{s += $1} END {printf "%.1f", s}' "$T/a" "$T/b")
+
+awk -v raw1="$raw1" -v raw2="$raw2" -v r1="$r1" -v r2="$r2" -v s="$SECS" 'BEGIN {
+	printf "fields bench (SoftHSM 2, RSA-2048, OAEP SHA-384, AES-256; %s s each)\n", s
+	printf "  raw HSM unwrap, 1 thread     %9.1f /s\n", raw1
+	printf "  raw HSM unwrap, 2 threads    %9.1f /s\n", raw2
+	printf "  field reads, 1 reader        %9.1f /s   %.2fx raw (goal >= 0.8)\n", r1, r1 / raw1
+	printf "  field reads, 2 readers       %9.1f /s   %.2fx one reader (goal >= 1.6), %.2fx raw 2 threads\n", r2, r2 / r1, r2 / raw2
+}'
