@@ -6,6 +6,7 @@
 #include "common/err.h"
 #include "common/util.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/core_names.h>
@@ -27,6 +28,37 @@
  * padding failure from a MAC failure or a wrong unwrap. */
 #define BADMSG_TEXT "envelope failed authentication (tampered, damaged, or " \
 	"sealed for another key)"
+
+/* Algorithms fetched once: an implicit fetch per call (EVP_sha256(),
+ * EVP_MAC_fetch) costs name lookups under global locks on every open. */
+static struct {
+	EVP_MAC *hmac;
+	EVP_MD *sha256;
+	EVP_CIPHER *aes[3];   /* 128, 192, 256 CBC */
+	int ok;
+} algs;
+static pthread_once_t algs_once = PTHREAD_ONCE_INIT;
+
+static void
+algs_fetch(void)
+{
+	algs.hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	algs.sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	algs.aes[0] = EVP_CIPHER_fetch(NULL, "AES-128-CBC", NULL);
+	algs.aes[1] = EVP_CIPHER_fetch(NULL, "AES-192-CBC", NULL);
+	algs.aes[2] = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+	algs.ok = algs.hmac && algs.sha256 && algs.aes[0] && algs.aes[1] &&
+	    algs.aes[2];
+}
+
+static int
+algs_ready(void)
+{
+	pthread_once(&algs_once, algs_fetch);
+	if (!algs.ok)
+		err_set_ossl("OpenSSL lacks HMAC, SHA-256 or AES-CBC");
+	return algs.ok ? 0 : HSMFS_ERR_CRYPTO;
+}
 
 static void
 put32(uint8_t *p, uint32_t v)
@@ -72,9 +104,9 @@ static const EVP_CIPHER *
 aes_cbc(int len)
 {
 	switch (len) {
-	case 16: return EVP_aes_128_cbc();
-	case 24: return EVP_aes_192_cbc();
-	case 32: return EVP_aes_256_cbc();
+	case 16: return algs.aes[0];
+	case 24: return algs.aes[1];
+	case 32: return algs.aes[2];
 	}
 	return NULL;
 }
@@ -116,17 +148,22 @@ envelope_descriptor_check(const struct engine_descriptor *d)
 }
 
 int
-envelope_key_id(EVP_PKEY *pub, uint8_t id[ENVELOPE_KEY_ID_LEN])
+envelope_key_id(X509 *cert, uint8_t id[ENVELOPE_KEY_ID_LEN])
 {
 	unsigned char *der = NULL;
-	unsigned int n = 0;
-	int len, r = HSMFS_ERR_CRYPTO;
+	X509_PUBKEY *xp = cert ? X509_get_X509_PUBKEY(cert) : NULL;
+	int len, r;
 
-	if ((len = i2d_PUBKEY(pub, &der)) <= 0) {
-		err_set_ossl("cannot encode the public key");
+	if ((r = algs_ready()) != 0)
+		return r;
+	r = HSMFS_ERR_CRYPTO;
+	/* The certificate's own SPKI (a plain ASN.1 re-encoding, cheap
+	 * enough for every open), not an EVP_PKEY export. */
+	if (xp == NULL || (len = i2d_X509_PUBKEY(xp, &der)) <= 0) {
+		err_set_ossl("cannot encode the certificate's public key");
 		goto out;
 	}
-	if (EVP_Digest(der, (size_t)len, id, &n, EVP_sha256(), NULL) != 1) {
+	if (EVP_Digest(der, (size_t)len, id, NULL, algs.sha256, NULL) != 1) {
 		err_set_ossl("SHA-256 failed");
 		goto out;
 	}
@@ -139,7 +176,6 @@ out:
 static int
 hmac(const uint8_t *key, const uint8_t *data, size_t len, uint8_t out[MAC_LEN])
 {
-	EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
 	EVP_MAC_CTX *ctx = NULL;
 	OSSL_PARAM params[2];
 	size_t n = 0;
@@ -148,7 +184,7 @@ hmac(const uint8_t *key, const uint8_t *data, size_t len, uint8_t out[MAC_LEN])
 	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
 	    (char *)"SHA256", 0);
 	params[1] = OSSL_PARAM_construct_end();
-	if (mac == NULL || (ctx = EVP_MAC_CTX_new(mac)) == NULL ||
+	if ((ctx = EVP_MAC_CTX_new(algs.hmac)) == NULL ||
 	    EVP_MAC_init(ctx, key, ENVELOPE_MAC_KEY_LEN, params) != 1 ||
 	    EVP_MAC_update(ctx, data, len) != 1 ||
 	    EVP_MAC_final(ctx, out, &n, MAC_LEN) != 1 || n != MAC_LEN) {
@@ -158,14 +194,13 @@ hmac(const uint8_t *key, const uint8_t *data, size_t len, uint8_t out[MAC_LEN])
 	r = 0;
 out:
 	EVP_MAC_CTX_free(ctx);   /* cleanses the key schedule */
-	EVP_MAC_free(mac);
 	return r;
 }
 
 static int
 sha256(const uint8_t *data, size_t len, uint8_t out[CHECK_LEN])
 {
-	if (EVP_Digest(data, len, out, NULL, EVP_sha256(), NULL) != 1) {
+	if (EVP_Digest(data, len, out, NULL, algs.sha256, NULL) != 1) {
 		err_set_ossl("SHA-256 failed");
 		return HSMFS_ERR_CRYPTO;
 	}
@@ -268,13 +303,14 @@ assemble(const struct envelope_header *h, const uint8_t *mac_key,
 
 /* Seal with given AES and MAC keys (keys = aes_key || mac_key) and IV. */
 static int
-seal_with(const struct engine_descriptor *d, EVP_PKEY *pub, const uint8_t *keys,
+seal_with(const struct engine_descriptor *d, X509 *cert, const uint8_t *keys,
     const uint8_t *iv, const uint8_t *pt, size_t len, uint8_t **bin,
     size_t *bin_len)
 {
 	struct envelope_header h;
 	uint8_t wrapped[MAX_WRAPPED], *ct = NULL;
 	size_t wlen = sizeof(wrapped), ctl = 0;
+	EVP_PKEY *pub = X509_get0_pubkey(cert);
 	int r;
 
 	memset(&h, 0, sizeof(h));
@@ -283,9 +319,9 @@ seal_with(const struct engine_descriptor *d, EVP_PKEY *pub, const uint8_t *keys,
 	h.oaep = (uint8_t)oaep_id(d->oaep_md);
 	h.plain_len = len;
 	memcpy(h.iv, iv, ENVELOPE_IV_LEN);
-	if ((r = envelope_key_id(pub, h.key_id)) != 0)
+	if ((r = envelope_key_id(cert, h.key_id)) != 0)
 		return r;
-	if (EVP_PKEY_get_size(pub) > MAX_WRAPPED) {
+	if (pub == NULL || EVP_PKEY_get_size(pub) > MAX_WRAPPED) {
 		err_set("RSA key larger than %d bits", MAX_WRAPPED * 8);
 		return HSMFS_ERR_CONFIG;
 	}
@@ -304,14 +340,14 @@ out:
 }
 
 int
-envelope_seal(const struct engine_descriptor *d, EVP_PKEY *pub,
+envelope_seal(const struct engine_descriptor *d, X509 *cert,
     const uint8_t *pt, size_t len, uint8_t **bin, size_t *bin_len)
 {
 	uint8_t *keys = NULL, iv[ENVELOPE_IV_LEN];
 	size_t klen = 0;
 	int r;
 
-	if ((r = envelope_descriptor_check(d)) != 0)
+	if ((r = envelope_descriptor_check(d)) != 0 || (r = algs_ready()) != 0)
 		return r;
 	if (len > ENVELOPE_MAX_PLAINTEXT) {
 		err_set("field value larger than %zu bytes", ENVELOPE_MAX_PLAINTEXT);
@@ -326,7 +362,7 @@ envelope_seal(const struct engine_descriptor *d, EVP_PKEY *pub,
 		r = HSMFS_ERR_CRYPTO;
 		goto out;
 	}
-	r = seal_with(d, pub, keys, iv, pt, len, bin, bin_len);
+	r = seal_with(d, cert, keys, iv, pt, len, bin, bin_len);
 out:
 	secmem_free(keys, klen);
 	return r;
@@ -416,6 +452,8 @@ envelope_parse(uint8_t *bin, size_t bin_len, struct envelope *env)
 	int r;
 
 	memset(env, 0, sizeof(*env));
+	if ((r = algs_ready()) != 0)
+		goto fail;
 	if (bin_len < ENVELOPE_HEADER_LEN + MIN_WRAPPED + AES_BLOCK +
 	    ENVELOPE_TRAILER_LEN) {
 		err_set("not an NX02 envelope (%zu bytes, too short)", bin_len);
@@ -517,7 +555,7 @@ envelope_find_key(const struct engine *e, struct keyring *kr,
 		    h->version, d->key_name);
 		return HSMFS_ERR_INVALID;
 	}
-	if ((r = envelope_key_id(X509_get0_pubkey(hsm_key_cert(k)), id)) != 0)
+	if ((r = envelope_key_id(hsm_key_cert(k), id)) != 0)
 		return r;
 	if (memcmp(id, h->key_id, sizeof(id)) != 0) {
 		char want[2 * ENVELOPE_KEY_ID_LEN + 1];
@@ -568,6 +606,8 @@ unwrap_verify(const struct envelope *env, hsm_key *key, uint8_t **keys,
 	uint8_t *buf = NULL, tag[MAC_LEN];
 	int r;
 
+	if ((r = algs_ready()) != 0)
+		return r;
 	if (bufn < env->h.wrapped_len)
 		bufn = env->h.wrapped_len;
 	/* Public checks first: a wrap that cannot be an RSA ciphertext for
@@ -659,9 +699,10 @@ envelope_is_current(const struct envelope_header *h,
 
 int
 envelope_rewrap(const struct envelope *env, hsm_key *key,
-    const struct engine_descriptor *d, EVP_PKEY *pub, uint8_t **bin,
+    const struct engine_descriptor *d, X509 *cert, uint8_t **bin,
     size_t *bin_len)
 {
+	EVP_PKEY *pub = X509_get0_pubkey(cert);
 	uint8_t *keys = NULL, *pt = NULL;
 	size_t klen = 0, ptl = 0;
 	int r;
@@ -672,7 +713,7 @@ envelope_rewrap(const struct envelope *env, hsm_key *key,
 		/* New AES size: the content must be encrypted again. */
 		if ((r = envelope_open(env, key, &pt, &ptl)) != 0)
 			return r;
-		r = envelope_seal(d, pub, pt, ptl, bin, bin_len);
+		r = envelope_seal(d, cert, pt, ptl, bin, bin_len);
 		envelope_free_plain(pt, ptl);
 		return r;
 	}
@@ -688,9 +729,9 @@ envelope_rewrap(const struct envelope *env, hsm_key *key,
 		size_t wlen = sizeof(wrapped);
 		h.version = (uint32_t)d->version;
 		h.oaep = (uint8_t)oaep_id(d->oaep_md);
-		if ((r = envelope_key_id(pub, h.key_id)) != 0)
+		if ((r = envelope_key_id(cert, h.key_id)) != 0)
 			goto out;
-		if (EVP_PKEY_get_size(pub) > MAX_WRAPPED) {
+		if (pub == NULL || EVP_PKEY_get_size(pub) > MAX_WRAPPED) {
 			err_set("RSA key larger than %d bits", MAX_WRAPPED * 8);
 			r = HSMFS_ERR_CONFIG;
 			goto out;

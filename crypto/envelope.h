@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include "crypto/engine.h"
 #include "crypto/keyring.h"
@@ -61,13 +62,14 @@ struct envelope {
  * HSMFS_ERR_CONFIG with err_set() naming the descriptor and attribute. */
 int envelope_descriptor_check(const struct engine_descriptor *d);
 
-/* SHA-256 of the DER SubjectPublicKeyInfo: the key id stored in headers. */
-int envelope_key_id(EVP_PKEY *pub, uint8_t id[ENVELOPE_KEY_ID_LEN]);
+/* SHA-256 of the certificate's DER SubjectPublicKeyInfo: the key id
+ * stored in headers (survives certificate renewal on the same key). */
+int envelope_key_id(X509 *cert, uint8_t id[ENVELOPE_KEY_ID_LEN]);
 
-/* Seal len bytes under d (version, AES size, OAEP hash) and pub (the
- * certificate's public key; no HSM involved). *bin is a binary envelope
- * (plain heap: it holds no secret); free with free(). */
-int envelope_seal(const struct engine_descriptor *d, EVP_PKEY *pub,
+/* Seal len bytes under d (version, AES size, OAEP hash) and the public
+ * key of cert (no HSM involved). *bin is a binary envelope (plain heap:
+ * it holds no secret); free with free(). */
+int envelope_seal(const struct engine_descriptor *d, X509 *cert,
     const uint8_t *pt, size_t len, uint8_t **bin, size_t *bin_len);
 
 /* Binary <-> text ("NX02:" + base64, no newline). envelope_to_text
@@ -111,11 +113,11 @@ int envelope_open(const struct envelope *env, hsm_key *key, uint8_t **pt,
     size_t *pt_len);
 void envelope_free_plain(uint8_t *pt, size_t len);
 
-/* Move an envelope to descriptor d / public key pub: unwrap with key,
+/* Move an envelope to descriptor d / certificate cert: unwrap with key,
  * check the MAC, then rewrap the same AES and MAC keys (ciphertext kept)
  * or, when d's AES size differs, decrypt and seal afresh. */
 int envelope_rewrap(const struct envelope *env, hsm_key *key,
-    const struct engine_descriptor *d, EVP_PKEY *pub, uint8_t **bin,
+    const struct engine_descriptor *d, X509 *cert, uint8_t **bin,
     size_t *bin_len);
 
 /* Does the envelope already use descriptor d with key id? */

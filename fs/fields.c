@@ -28,7 +28,7 @@
 static int dirfd_ = -1;
 static const struct engine_descriptor *newest;  /* NULL: writes refused */
 static hsm_key *newest_key;
-static EVP_PKEY *newest_pub;                     /* borrowed from the cert */
+static X509 *newest_cert;                        /* borrowed from the key */
 
 enum kind { K_ROOT, K_SEALED_DIR, K_FIELD, K_SEALED };
 
@@ -220,7 +220,7 @@ commit_plain_locked(struct fh *f)
 	char *text = NULL;
 	int r;
 
-	if ((r = envelope_seal(newest, newest_pub, f->buf, f->len, &bin, &bl)) != 0)
+	if ((r = envelope_seal(newest, newest_cert, f->buf, f->len, &bin, &bl)) != 0)
 		return fail(f->name, "seal", r);
 	text = envelope_to_text(bin, bl, &tl);
 	free(bin);
@@ -307,7 +307,7 @@ fields_start(void)
 		newest = NULL;
 		return HSMFS_ERR_CONFIG;
 	}
-	newest_pub = X509_get0_pubkey(hsm_key_cert(newest_key));
+	newest_cert = hsm_key_cert(newest_key);
 	log_info("fields: new values use EncryptedFields version %d (key %s)",
 	    newest->version, newest->key_name);
 	return 0;

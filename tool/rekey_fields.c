@@ -99,7 +99,7 @@ enum outcome { DONE_CURRENT, DONE_REWRAPPED, DONE_GONE, DONE_FAILED };
 /* One field, under its lock: read, skip if current, rewrap, replace. */
 static enum outcome
 rekey_one(int dirfd, struct fieldtool *t, const uint8_t *new_id,
-    EVP_PKEY *new_pub, const char *name)
+    X509 *new_cert, const char *name)
 {
 	const struct engine_descriptor *d;
 	struct envelope env;
@@ -129,7 +129,7 @@ rekey_one(int dirfd, struct fieldtool *t, const uint8_t *new_id,
 		goto out;
 	}
 	if ((r = envelope_find_key(t->engine, t->keys, &env.h, &d, &k)) != 0 ||
-	    (r = envelope_rewrap(&env, k, t->newest, new_pub, &bin, &bl)) != 0)
+	    (r = envelope_rewrap(&env, k, t->newest, new_cert, &bin, &bl)) != 0)
 		goto fail;
 	if ((nt = envelope_to_text(bin, bl, &ntl)) == NULL) {
 		r = HSMFS_ERR_NOMEM;
@@ -160,7 +160,7 @@ cmd_rekey_fields(int argc, char **argv)
 	const char *config;
 	char *pos[1], path[4096];
 	uint8_t new_id[ENVELOPE_KEY_ID_LEN];
-	EVP_PKEY *new_pub;
+	X509 *new_cert;
 	unsigned long rewrapped = 0, current = 0, first_current = 0, failed = 0;
 	int npos, rc, dirfd = -1, lockfd = -1, progress = tool_progress_enabled();
 	hsm_key *k;
@@ -198,8 +198,8 @@ cmd_rekey_fields(int argc, char **argv)
 		rc = TOOL_USAGE;
 		goto out;
 	}
-	new_pub = X509_get0_pubkey(hsm_key_cert(k));
-	if (envelope_key_id(new_pub, new_id) != 0) {
+	new_cert = hsm_key_cert(k);
+	if (envelope_key_id(new_cert, new_id) != 0) {
 		fprintf(stderr, "hsmfs-tool rekey-fields: %s\n", err_detail());
 		rc = TOOL_USAGE;
 		goto out;
@@ -218,7 +218,7 @@ cmd_rekey_fields(int argc, char **argv)
 		}
 		current = failed = 0;
 		for (size_t i = 0; i < ns.n; i++) {
-			switch (rekey_one(dirfd, &t, new_id, new_pub, ns.v[i])) {
+			switch (rekey_one(dirfd, &t, new_id, new_cert, ns.v[i])) {
 			case DONE_CURRENT: current++; break;
 			case DONE_REWRAPPED: pass_rewrapped++; break;
 			case DONE_GONE: break;

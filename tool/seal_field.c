@@ -36,7 +36,7 @@ cmd_seal_field(int argc, char **argv)
 		rc = TOOL_USAGE;
 		goto out;
 	}
-	if ((r = envelope_seal(t.newest, X509_get0_pubkey(hsm_key_cert(k)), pt,
+	if ((r = envelope_seal(t.newest, hsm_key_cert(k), pt,
 	    ptl, &bin, &bl)) != 0 || (text = envelope_to_text(bin, bl, &tl)) == NULL) {
 		fprintf(stderr, "hsmfs-tool seal-field: %s\n", err_detail());
 		rc = TOOL_USAGE;

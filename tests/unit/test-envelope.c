@@ -93,10 +93,10 @@ desc(int version, int size, const EVP_MD *md, const char *key_name)
 	return d;
 }
 
-static EVP_PKEY *
+static X509 *
 cert_pub(hsm_key *k)
 {
-	return X509_get0_pubkey(hsm_key_cert(k));
+	return hsm_key_cert(k);
 }
 
 /* Seal, go through the text form, parse, open: the same bytes back. */
