@@ -314,7 +314,9 @@ test_truncate_extend(hsm_key *k)
 		for (size_t i = 0; i < 2; i++) {
 			char *t = malloc(tl + 8);
 			struct envelope env;
-			sprintf(t, "%s%s", text, suffix[i]);
+			if (t == NULL)
+				abort();
+			snprintf(t, tl + 8, "%s%s", text, suffix[i]);
 			CHECK(envelope_parse_text(t, strlen(t), &env) == 0,
 			    "line ending %zu accepted", i);
 			envelope_clear(&env);
@@ -323,7 +325,9 @@ test_truncate_extend(hsm_key *k)
 		for (size_t i = 0; i < 6; i++) {
 			char *t = malloc(tl + 8);
 			struct envelope env;
-			sprintf(t, "%s%s", text, bad_suffix[i]);
+			if (t == NULL)
+				abort();
+			snprintf(t, tl + 8, "%s%s", text, bad_suffix[i]);
 			CHECK(envelope_parse_text(t, strlen(t), &env) != 0,
 			    "suffix %zu rejected", i);
 			free(t);
