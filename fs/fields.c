@@ -189,7 +189,8 @@ load_plain(struct fh *f)
 		envelope_free_plain(pt, ptl);
 		return -ENOMEM;
 	}
-	memcpy(f->buf, pt, ptl);
+	if (ptl > 0)
+		memcpy(f->buf, pt, ptl);
 	f->len = ptl;
 	envelope_free_plain(pt, ptl);
 	return 0;
@@ -203,7 +204,7 @@ load_sealed(struct fh *f)
 	int r;
 	if ((r = fieldstore_read(dirfd_, f->name, &text, &tl)) != 0)
 		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, "read", r);
-	if ((r = fh_reserve(f, tl)) == 0) {
+	if ((r = fh_reserve(f, tl)) == 0 && tl > 0) {
 		memcpy(f->buf, text, tl);
 		f->len = tl;
 	}
@@ -220,7 +221,8 @@ commit_plain_locked(struct fh *f)
 	char *text = NULL;
 	int r;
 
-	if ((r = envelope_seal(newest, newest_cert, f->buf, f->len, &bin, &bl)) != 0)
+	if ((r = envelope_seal(newest, newest_cert,
+	    f->buf ? f->buf : (const uint8_t *)"", f->len, &bin, &bl)) != 0)
 		return fail(f->name, "seal", r);
 	text = envelope_to_text(bin, bl, &tl);
 	free(bin);
@@ -548,6 +550,8 @@ fields_write(const char *path, const char *buf, size_t size, off_t off,
 		return -EBADF;
 	if (off < 0)
 		return -EINVAL;
+	if (size == 0)
+		return 0;
 	pthread_mutex_lock(&f->lock);
 	if (f->append)
 		off = (off_t)f->len;
@@ -634,7 +638,7 @@ resize_locked(struct fh *f, off_t size)
 		return r;
 	if ((size_t)size < f->len)
 		OPENSSL_cleanse(f->buf + size, f->len - (size_t)size);
-	else
+	else if ((size_t)size > f->len)
 		memset(f->buf + f->len, 0, (size_t)size - f->len);
 	__atomic_store_n(&f->len, (size_t)size, __ATOMIC_RELAXED);
 	f->dirty = 1;
