@@ -590,3 +590,33 @@ def test_rename_while_open(mount):
     # The open file follows its name, like a regular file.
     assert read(os.path.join(f, "moved")) == b"new"
     assert sorted(os.listdir(f)) == ["moved"]
+
+
+def test_documented_format_independent_decoder(mount_factory, hsm, tmp_path):
+    """docs/fields.md is enough to decode: examples/nx02-decode.sh (openssl
+    CLI only) opens what the mount sealed with a software (P12) key."""
+    key, cert, p12 = tmp_path / "k.pem", tmp_path / "c.pem", tmp_path / "k.p12"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:3072", "-nodes", "-keyout",
+         str(key), "-out", str(cert), "-subj", "/CN=fields p12", "-days", "30"])
+    run(["openssl", "pkcs12", "-export", "-inkey", str(key), "-in", str(cert),
+         "-name", "fieldsP12", "-out", str(p12), "-passout", "pass:pw"])
+    cfg = hsm.config(tmp_path / "p12.xml", key_attrs={V1: {
+        "name": "P12", "locationValue": str(p12), "pin": "pw",
+        "alias": "fieldsP12", "slot": None}})
+    m = mount_factory(config=cfg)
+    decoder = os.path.join(os.environ.get("HSMFS_SRC", "."), "examples",
+                           "nx02-decode.sh")
+    for name, v in VALUES.items():
+        assert write(m.path("fields", name), v) == 0
+        env = read(m.path("fields", ".sealed", name))
+        assert decode(env)[1]["key_id"] == spki_id(str(cert))
+        p = run([decoder, str(key)], input=env)
+        assert p.stdout == v, name
+    b, _ = decode(read(m.path("fields", ".sealed", "one")))
+    for i in (5, 60, 70, len(b) - 40):   # header, IV, wrap, MAC
+        c = bytearray(b)
+        c[i] ^= 1
+        p = run([decoder, str(key)], input=encode(with_check(bytes(c))), check=False)
+        assert p.returncode == 1 and p.stdout == b"", i
+        p = run([decoder, str(key)], input=encode(bytes(c)), check=False)
+        assert p.returncode == 1 and b"damaged" in p.stderr
