@@ -39,10 +39,14 @@ struct fh {
 	int writable, append;
 	int dirty;                /* changed since the last commit */
 	int created;              /* not in the store until the first commit */
+	int orphan;               /* its name was removed or replaced: the
+	                             value dies with the file, as on disk */
 	uint8_t *buf;             /* secure memory: plaintext or envelope text */
 	size_t len, cap;
 	struct fh *next;          /* open writers, under writers_lock */
 };
+/* name and orphan of a writer change under writers_lock (rm, mv while
+ * open); everything else of a fh under its own lock. */
 
 /* Open writers, for stat sizes and listings of values not yet committed
  * (regular-file semantics until close). */
@@ -116,6 +120,29 @@ writer_remove(struct fh *f)
 			*p = f->next;
 			break;
 		}
+	pthread_mutex_unlock(&writers_lock);
+}
+
+/* Open writers follow their name like open files on disk: after mv
+ * from -> to they commit under to, a writer of a replaced or removed
+ * name (to == NULL: rm) becomes an orphan whose value is dropped. */
+static void
+writers_renamed(const char *from, const char *to, int exchange)
+{
+	pthread_mutex_lock(&writers_lock);
+	for (struct fh *f = writers; f; f = f->next) {
+		if (strcmp(f->name, from) == 0) {
+			if (to == NULL)
+				f->orphan = 1;
+			else
+				snprintf(f->name, sizeof(f->name), "%s", to);
+		} else if (to != NULL && strcmp(f->name, to) == 0) {
+			if (exchange)
+				snprintf(f->name, sizeof(f->name), "%s", from);
+			else
+				f->orphan = 1;
+		}
+	}
 	pthread_mutex_unlock(&writers_lock);
 }
 
@@ -214,7 +241,7 @@ load_sealed(struct fh *f)
 
 /* Seal the plaintext buffer with the newest descriptor and replace. */
 static int
-commit_plain_locked(struct fh *f)
+commit_plain_locked(struct fh *f, const char *name)
 {
 	uint8_t *bin = NULL;
 	size_t bl = 0, tl = 0;
@@ -223,22 +250,22 @@ commit_plain_locked(struct fh *f)
 
 	if ((r = envelope_seal(newest, newest_cert,
 	    f->buf ? f->buf : (const uint8_t *)"", f->len, &bin, &bl)) != 0)
-		return fail(f->name, "seal", r);
+		return fail(name, "seal", r);
 	text = envelope_to_text(bin, bl, &tl);
 	free(bin);
 	if (text == NULL)
 		return -ENOMEM;
-	r = fieldstore_replace(dirfd_, f->name, text, tl);
+	r = fieldstore_replace(dirfd_, name, text, tl);
 	free(text);
 	if (r != 0)
-		return fail(f->name, "store", r);
+		return fail(name, "store", r);
 	return 0;
 }
 
 /* Import an envelope: it must parse, name a configured key version and,
  * since every configured key is open, authenticate (opened and wiped). */
 static int
-commit_sealed_locked(struct fh *f)
+commit_sealed_locked(struct fh *f, const char *name)
 {
 	struct envelope env;
 	const struct engine_descriptor *d;
@@ -249,11 +276,11 @@ commit_sealed_locked(struct fh *f)
 	int r;
 
 	if ((r = envelope_parse_text((const char *)f->buf, f->len, &env)) != 0)
-		return fail(f->name, "import", r);
+		return fail(name, "import", r);
 	if ((r = envelope_find_key(hsmfs_ctx->engine, hsmfs_ctx->keys, &env.h,
 	    &d, &k)) != 0 || (r = envelope_open(&env, k, &pt, &ptl)) != 0) {
 		envelope_clear(&env);
-		return fail(f->name, "import", r);
+		return fail(name, "import", r);
 	}
 	envelope_free_plain(pt, ptl);
 	/* Store the canonical line (the input may end in CRLF). */
@@ -261,20 +288,30 @@ commit_sealed_locked(struct fh *f)
 	envelope_clear(&env);
 	if (text == NULL)
 		return -ENOMEM;
-	r = fieldstore_replace(dirfd_, f->name, text, tl);
+	r = fieldstore_replace(dirfd_, name, text, tl);
 	free(text);
 	if (r != 0)
-		return fail(f->name, "store", r);
+		return fail(name, "store", r);
 	return 0;
 }
 
 static int
 commit_locked(struct fh *f)
 {
-	int r;
+	char name[sizeof(f->name)];
+	int r, orphan;
 	if (!f->writable || !f->dirty)
 		return 0;
-	r = f->kind == K_FIELD ? commit_plain_locked(f) : commit_sealed_locked(f);
+	pthread_mutex_lock(&writers_lock);
+	memcpy(name, f->name, sizeof(name));
+	orphan = f->orphan;
+	pthread_mutex_unlock(&writers_lock);
+	if (orphan) {
+		f->dirty = 0;
+		return 0;
+	}
+	r = f->kind == K_FIELD ? commit_plain_locked(f, name) :
+	    commit_sealed_locked(f, name);
 	if (r == 0) {
 		f->dirty = 0;
 		f->created = 0;
@@ -576,21 +613,6 @@ fields_write(const char *path, const char *buf, size_t size, off_t off,
 	return (int)size;
 }
 
-/* An open file follows its name (mv while open): libfuse passes the
- * current path; commit under it. */
-static void
-follow_rename(struct fh *f, const char *path)
-{
-	enum kind kind;
-	const char *name;
-	if (path == NULL || parse_path(path, &kind, &name) != 0 ||
-	    (kind != K_FIELD && kind != K_SEALED) || strcmp(name, f->name) == 0)
-		return;
-	pthread_mutex_lock(&writers_lock);
-	snprintf(f->name, sizeof(f->name), "%s", name);
-	pthread_mutex_unlock(&writers_lock);
-}
-
 static int
 fields_flush(const char *path, struct fuse_file_info *fi)
 {
@@ -599,7 +621,6 @@ fields_flush(const char *path, struct fuse_file_info *fi)
 	if (f == NULL)
 		return 0;
 	pthread_mutex_lock(&f->lock);
-	follow_rename(f, path);
 	r = commit_locked(f);
 	pthread_mutex_unlock(&f->lock);
 	return r;
@@ -696,6 +717,8 @@ fields_unlink(const char *path)
 	if ((h = fieldstore_lock(dirfd_, name)) < 0)
 		return fail(name, "lock", h);
 	r = unlinkat(dirfd_, name, 0) < 0 ? -errno : 0;
+	if (r == 0)
+		writers_renamed(name, NULL, 0);
 	fieldstore_unlock(h);
 	if (r == 0 && (h = store_fsync_dir(dirfd_)) != 0)
 		r = fail(name, "unlink", h);
@@ -722,6 +745,8 @@ fields_rename(const char *from, const char *to, unsigned int flags)
 	if ((r = fieldstore_lock2(dirfd_, nf, nt, &h1, &h2)) != 0)
 		return fail(nf, "lock", r);
 	r = renameat2(dirfd_, nf, dirfd_, nt, flags) < 0 ? -errno : 0;
+	if (r == 0)
+		writers_renamed(nf, nt, flags & RENAME_EXCHANGE);
 	fieldstore_unlock(h2);
 	fieldstore_unlock(h1);
 	if (r == 0 && (h1 = store_fsync_dir(dirfd_)) != 0)

@@ -568,9 +568,6 @@ print("ok", len(vals))
 
 
 
-@pytest.mark.xfail(run=False, reason="fs/main.c routes every call by path; "
-                   "with hard_remove=1 libfuse passes path NULL for an unlinked "
-                   "open file and op_read crashes (strcmp(NULL)) -- integrator")
 def test_unlink_while_open(mount):
     f = mount.path("fields")
     assert write(os.path.join(f, "gone"), b"still readable") == 0
@@ -578,6 +575,15 @@ def test_unlink_while_open(mount):
         os.unlink(os.path.join(f, "gone"))
         assert r.read() == b"still readable"
     assert "gone" not in os.listdir(f)
+    # A writer of a removed name: its value dies with it (no resurrection).
+    fd = os.open(os.path.join(f, "doomed"), os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"v1")
+    os.fsync(fd)
+    assert read(os.path.join(f, "doomed")) == b"v1"
+    os.write(fd, b"v2")
+    os.unlink(os.path.join(f, "doomed"))
+    os.close(fd)
+    assert os.listdir(f) == []
 
 
 def test_rename_while_open(mount):
@@ -590,6 +596,13 @@ def test_rename_while_open(mount):
     # The open file follows its name, like a regular file.
     assert read(os.path.join(f, "moved")) == b"new"
     assert sorted(os.listdir(f)) == ["moved"]
+    # A writer whose name is replaced by mv: the replaced file's value dies.
+    assert write(os.path.join(f, "other"), b"other") == 0
+    fd = os.open(os.path.join(f, "moved"), os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"lost")
+    os.rename(os.path.join(f, "other"), os.path.join(f, "moved"))
+    os.close(fd)
+    assert read(os.path.join(f, "moved")) == b"other"
 
 
 def test_documented_format_independent_decoder(mount_factory, hsm, tmp_path):
