@@ -106,8 +106,9 @@ int envelope_find_key(const struct engine *e, struct keyring *kr,
     hsm_key **key);
 
 /* Unwrap the keys in the HSM, check the MAC in constant time, then
- * decrypt. *pt is secure memory (secmem_free(*pt, *pt_len) or
- * envelope_free_plain). Any failure of the unwrap, MAC or padding gives
+ * decrypt. *pt is secure memory, possibly longer than *pt_len but holding
+ * nothing secret past it: release with envelope_free_plain(*pt, *pt_len)
+ * (or secmem_free with the same length). Any failure of the unwrap, MAC or padding gives
  * HSMFS_ERR_BADMSG with the same message; HSM faults give their code. */
 int envelope_open(const struct envelope *env, hsm_key *key, uint8_t **pt,
     size_t *pt_len);

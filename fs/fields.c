@@ -212,14 +212,12 @@ load_plain(struct fh *f)
 		return fail(f->name, "open envelope", r);
 	}
 	envelope_clear(&env);
-	if (fh_reserve(f, ptl) != 0) {
-		envelope_free_plain(pt, ptl);
-		return -ENOMEM;
-	}
-	if (ptl > 0)
-		memcpy(f->buf, pt, ptl);
-	f->len = ptl;
-	envelope_free_plain(pt, ptl);
+	/* Adopt the secure buffer rather than copy it: one plaintext copy,
+	 * and half the secure heap for large values. Past ptl it holds only
+	 * padding, so cap = ptl wipes everything secret at release. */
+	secmem_free(f->buf, f->cap);
+	f->buf = pt;
+	f->len = f->cap = ptl;
 	return 0;
 }
 

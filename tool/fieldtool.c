@@ -100,7 +100,7 @@ fieldtool_read_stdin(const char *cmd, size_t max, uint8_t **buf, size_t *len,
 				fprintf(stderr, "hsmfs-tool %s: input larger than %zu "
 				    "bytes\n", cmd, max);
 				secmem_free(b, c);
-				return TOOL_FAIL;
+				return TOOL_USAGE;
 			}
 			if ((nb = secmem_realloc(b, c, c * 2)) == NULL) {
 				secmem_free(b, c);
@@ -126,7 +126,7 @@ fieldtool_read_stdin(const char *cmd, size_t max, uint8_t **buf, size_t *len,
 		fprintf(stderr, "hsmfs-tool %s: input larger than %zu bytes\n", cmd,
 		    max);
 		secmem_free(b, c);
-		return TOOL_FAIL;
+		return TOOL_USAGE;
 	}
 	*buf = b;
 	*len = n;
