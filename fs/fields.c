@@ -80,9 +80,9 @@ parse_path(const char *path, enum kind *kind, const char **name)
 }
 
 static int
-fail(const char *name, const char *what, int r)
+fail(const char *name, const char *key, const char *what, int r)
 {
-	fs_log_fail(FOLDER, name, newest ? newest->key_name : NULL, what, r);
+	fs_log_fail(FOLDER, name, key, what, r);
 	return -hsmfs_err_errno(r);
 }
 
@@ -193,7 +193,7 @@ static int
 load_plain(struct fh *f)
 {
 	struct envelope env;
-	const struct engine_descriptor *d;
+	const struct engine_descriptor *d = NULL;
 	hsm_key *k;
 	char *text = NULL;
 	uint8_t *pt = NULL;
@@ -201,15 +201,15 @@ load_plain(struct fh *f)
 	int r;
 
 	if ((r = fieldstore_read(dirfd_, f->name, &text, &tl)) != 0)
-		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, "read", r);
+		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, NULL, "read", r);
 	r = envelope_parse_text(text, tl, &env);
 	free(text);
 	if (r != 0)
-		return fail(f->name, "stored envelope", r);
+		return fail(f->name, NULL, "stored envelope", r);
 	if ((r = envelope_find_key(hsmfs_ctx->engine, hsmfs_ctx->keys, &env.h,
 	    &d, &k)) != 0 || (r = envelope_open(&env, k, &pt, &ptl)) != 0) {
 		envelope_clear(&env);
-		return fail(f->name, "open envelope", r);
+		return fail(f->name, d ? d->key_name : NULL, "open envelope", r);
 	}
 	envelope_clear(&env);
 	/* Adopt the secure buffer rather than copy it: one plaintext copy,
@@ -228,7 +228,7 @@ load_sealed(struct fh *f)
 	size_t tl = 0;
 	int r;
 	if ((r = fieldstore_read(dirfd_, f->name, &text, &tl)) != 0)
-		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, "read", r);
+		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, NULL, "read", r);
 	if ((r = fh_reserve(f, tl)) == 0 && tl > 0) {
 		memcpy(f->buf, text, tl);
 		f->len = tl;
@@ -237,84 +237,110 @@ load_sealed(struct fh *f)
 	return r;
 }
 
-/* Seal the plaintext buffer with the newest descriptor and replace. */
+/* The envelope line for a plaintext buffer: sealed with the newest
+ * descriptor. */
 static int
-commit_plain_locked(struct fh *f, const char *name)
+text_plain_locked(struct fh *f, const char *name, char **text, size_t *tl)
 {
 	uint8_t *bin = NULL;
-	size_t bl = 0, tl = 0;
-	char *text = NULL;
+	size_t bl = 0;
 	int r;
 
 	if ((r = envelope_seal(newest, newest_cert,
 	    f->buf ? f->buf : (const uint8_t *)"", f->len, &bin, &bl)) != 0)
-		return fail(name, "seal", r);
-	text = envelope_to_text(bin, bl, &tl);
+		return fail(name, newest->key_name, "seal", r);
+	*text = envelope_to_text(bin, bl, tl);
 	free(bin);
-	if (text == NULL)
-		return -ENOMEM;
-	r = fieldstore_replace(dirfd_, name, text, tl);
-	free(text);
-	if (r != 0)
-		return fail(name, "store", r);
-	return 0;
+	return *text ? 0 : -ENOMEM;
 }
 
-/* Import an envelope: it must parse, name a configured key version and,
- * since every configured key is open, authenticate (opened and wiped). */
+/* The envelope line for an import: it must parse, name a configured key
+ * version and, since every configured key is open, authenticate (opened
+ * and wiped). Stored canonical (the input may end in CRLF). */
 static int
-commit_sealed_locked(struct fh *f, const char *name)
+text_sealed_locked(struct fh *f, const char *name, char **text, size_t *tl)
 {
 	struct envelope env;
-	const struct engine_descriptor *d;
+	const struct engine_descriptor *d = NULL;
 	hsm_key *k;
 	uint8_t *pt = NULL;
-	size_t ptl = 0, tl = 0;
-	char *text = NULL;
+	size_t ptl = 0;
 	int r;
 
 	if ((r = envelope_parse_text((const char *)f->buf, f->len, &env)) != 0)
-		return fail(name, "import", r);
+		return fail(name, NULL, "import", r);
 	if ((r = envelope_find_key(hsmfs_ctx->engine, hsmfs_ctx->keys, &env.h,
 	    &d, &k)) != 0 || (r = envelope_open(&env, k, &pt, &ptl)) != 0) {
 		envelope_clear(&env);
-		return fail(name, "import", r);
+		return fail(name, d ? d->key_name : NULL, "import", r);
 	}
 	envelope_free_plain(pt, ptl);
-	/* Store the canonical line (the input may end in CRLF). */
-	text = envelope_to_text(env.bin, env.bin_len, &tl);
+	*text = envelope_to_text(env.bin, env.bin_len, tl);
 	envelope_clear(&env);
-	if (text == NULL)
-		return -ENOMEM;
-	r = fieldstore_replace(dirfd_, name, text, tl);
-	free(text);
-	if (r != 0)
-		return fail(name, "store", r);
-	return 0;
+	return *text ? 0 : -ENOMEM;
 }
 
+/* The writer's current name, or 0 when it is an orphan. */
+static int
+writer_name(struct fh *f, char name[256])
+{
+	int alive;
+	pthread_mutex_lock(&writers_lock);
+	memcpy(name, f->name, sizeof(f->name));
+	alive = !f->orphan;
+	pthread_mutex_unlock(&writers_lock);
+	return alive;
+}
+
+/* Seal or check, write the temp file, then rename it onto the writer's
+ * name under that name's lock. The name is read again under the lock: a
+ * mv or rm of the open file (which take the same lock) either happened
+ * before, and we follow it, or waits until the value is in place. */
 static int
 commit_locked(struct fh *f)
 {
-	char name[sizeof(f->name)];
-	int r, orphan;
+	char name[256], again[256], *text = NULL;
+	struct store_tmp t;
+	size_t tl = 0;
+	int r, h;
+
 	if (!f->writable || !f->dirty)
 		return 0;
-	pthread_mutex_lock(&writers_lock);
-	memcpy(name, f->name, sizeof(name));
-	orphan = f->orphan;
-	pthread_mutex_unlock(&writers_lock);
-	if (orphan) {
-		f->dirty = 0;
-		return 0;
+	if (!writer_name(f, name))
+		goto orphan;
+	r = f->kind == K_FIELD ? text_plain_locked(f, name, &text, &tl) :
+	    text_sealed_locked(f, name, &text, &tl);
+	if (r != 0)
+		return r;
+	r = fieldstore_write_tmp(dirfd_, text, tl, &t);
+	free(text);
+	if (r != 0)
+		return fail(name, NULL, "store", r);
+	for (;;) {
+		if ((h = fieldstore_lock(dirfd_, name)) < 0) {
+			store_tmp_abort(&t);
+			return fail(name, NULL, "lock", h);
+		}
+		if (!writer_name(f, again)) {
+			fieldstore_unlock(h);
+			store_tmp_abort(&t);
+			goto orphan;
+		}
+		if (strcmp(again, name) == 0)
+			break;
+		fieldstore_unlock(h);
+		memcpy(name, again, sizeof(name));
 	}
-	r = f->kind == K_FIELD ? commit_plain_locked(f, name) :
-	    commit_sealed_locked(f, name);
-	if (r == 0) {
-		f->dirty = 0;
-		f->created = 0;
-	}
-	return r;
+	r = store_tmp_commit(&t, name);
+	fieldstore_unlock(h);
+	if (r != 0)
+		return fail(name, NULL, "store", r);
+	f->dirty = 0;
+	f->created = 0;
+	return 0;
+orphan:
+	f->dirty = 0;
+	return 0;
 }
 
 /* ---- folder operations ---- */
@@ -713,13 +739,13 @@ fields_unlink(const char *path)
 	if (dirfd_ < 0)
 		return -ENOENT;
 	if ((h = fieldstore_lock(dirfd_, name)) < 0)
-		return fail(name, "lock", h);
+		return fail(name, NULL, "lock", h);
 	r = unlinkat(dirfd_, name, 0) < 0 ? -errno : 0;
 	if (r == 0)
 		writers_renamed(name, NULL, 0);
 	fieldstore_unlock(h);
 	if (r == 0 && (h = store_fsync_dir(dirfd_)) != 0)
-		r = fail(name, "unlink", h);
+		r = fail(name, NULL, "unlink", h);
 	return r;
 }
 
@@ -741,14 +767,14 @@ fields_rename(const char *from, const char *to, unsigned int flags)
 	/* Both views name the same store file: mv works within and
 	 * across them. */
 	if ((r = fieldstore_lock2(dirfd_, nf, nt, &h1, &h2)) != 0)
-		return fail(nf, "lock", r);
+		return fail(nf, NULL, "lock", r);
 	r = renameat2(dirfd_, nf, dirfd_, nt, flags) < 0 ? -errno : 0;
 	if (r == 0)
 		writers_renamed(nf, nt, flags & RENAME_EXCHANGE);
 	fieldstore_unlock(h2);
 	fieldstore_unlock(h1);
 	if (r == 0 && (h1 = store_fsync_dir(dirfd_)) != 0)
-		r = fail(nt, "rename", h1);
+		r = fail(nt, NULL, "rename", h1);
 	return r;
 }
 

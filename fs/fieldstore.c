@@ -80,8 +80,9 @@ fieldstore_unlock(int handle)
 		close(handle);   /* releases the OFD lock */
 }
 
-static int
-write_tmp(int dirfd, const char *text, size_t len, struct store_tmp *t)
+int
+fieldstore_write_tmp(int dirfd, const char *text, size_t len,
+    struct store_tmp *t)
 {
 	int r;
 	if ((r = store_tmp_create(dirfd, t)) != 0)
@@ -101,27 +102,9 @@ fieldstore_replace_locked(int dirfd, const char *name, const char *text,
 {
 	struct store_tmp t;
 	int r;
-	if ((r = write_tmp(dirfd, text, len, &t)) != 0)
+	if ((r = fieldstore_write_tmp(dirfd, text, len, &t)) != 0)
 		return r;
 	return store_tmp_commit(&t, name);
-}
-
-int
-fieldstore_replace(int dirfd, const char *name, const char *text, size_t len)
-{
-	struct store_tmp t;
-	int r, h;
-	/* The slow part (write, fsync) outside the lock; only the rename
-	 * (and the directory fsync that makes it durable) inside. */
-	if ((r = write_tmp(dirfd, text, len, &t)) != 0)
-		return r;
-	if ((h = fieldstore_lock(dirfd, name)) < 0) {
-		store_tmp_abort(&t);
-		return h;
-	}
-	r = store_tmp_commit(&t, name);
-	fieldstore_unlock(h);
-	return r;
 }
 
 int

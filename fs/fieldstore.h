@@ -22,11 +22,14 @@ int fieldstore_lock(int dirfd, const char *name);
 int fieldstore_lock2(int dirfd, const char *a, const char *b, int *h1, int *h2);
 void fieldstore_unlock(int handle);
 
-/* Write text + "\n" to a temp file, fsync, then under the name's lock
- * rename it onto NAME and fsync the directory. */
-int fieldstore_replace(int dirfd, const char *name, const char *text,
-    size_t len);
-/* Same with the lock already held by the caller. */
+struct store_tmp;
+/* Write text + "\n" to a fresh temp file and fsync it; the caller commits
+ * it (store_tmp_commit) under the name's lock, or aborts it. */
+int fieldstore_write_tmp(int dirfd, const char *text, size_t len,
+    struct store_tmp *t);
+
+/* Replace NAME with text + "\n" atomically and durably (temp, fsync,
+ * rename, fsync dir); the caller holds NAME's lock. */
 int fieldstore_replace_locked(int dirfd, const char *name, const char *text,
     size_t len);
 
