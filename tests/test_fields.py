@@ -633,3 +633,34 @@ def test_documented_format_independent_decoder(mount_factory, hsm, tmp_path):
         assert p.returncode == 1 and p.stdout == b"", i
         p = run([decoder, str(key)], input=encode(bytes(c)), check=False)
         assert p.returncode == 1 and b"damaged" in p.stderr
+
+
+def test_hsm_failure_is_eio_then_recovers(mount_factory, hsm, tmp_path,
+                                          monkeypatch):
+    """SPEC §8: an HSM failing mid-operation fails the read with EIO, the
+    mount keeps serving, and reads work again when the HSM is back."""
+    from conftest import BUILD
+    shim = os.environ.get("HSMFS_P11SHIM", str(BUILD / "tests" / "p11shim.so"))
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    monkeypatch.setenv("P11SHIM_REAL", hsm.module)
+    monkeypatch.setenv("P11SHIM_CTL", str(ctl))
+    aliases = [V1, "configZipSignerCertificateV1",
+               "objectHistorySignerCertificateV1", "signEmailCertificateV1"]
+    cfg = hsm.config(tmp_path / "shim.xml",
+                     key_attrs={a: {"locationValue": shim} for a in aliases})
+    m = mount_factory(config=cfg)
+    p = m.path("fields", "f")
+    assert write(p, b"value") == 0
+    assert read(p) == b"value"
+    (ctl / "fail_ops").touch()
+    with pytest.raises(OSError) as e:
+        read(p)
+    assert e.value.errno == errno.EIO
+    assert os.stat(p).st_size == 5                  # no HSM needed
+    assert read(m.path("fields", ".sealed", "f")).startswith(b"NX02:")
+    assert write(m.path("fields", "g"), b"sealed without the HSM") == 0
+    assert "CKR_DEVICE_ERROR" in m.log()
+    (ctl / "fail_ops").unlink()
+    assert read(p) == b"value"
+    assert read(m.path("fields", "g")) == b"sealed without the HSM"
