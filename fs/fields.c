@@ -41,7 +41,7 @@ struct fh {
 	int created;              /* not in the store until the first commit */
 	int orphan;               /* its name was removed or replaced: the
 	                             value dies with the file, as on disk */
-	uint8_t *buf;             /* secure memory: plaintext or envelope text */
+	uint8_t *buf;             /* plaintext (secure memory) or envelope text */
 	size_t len, cap;
 	struct fh *next;          /* open writers, under writers_lock */
 };
@@ -97,7 +97,10 @@ fh_free(struct fh *f)
 {
 	if (f == NULL)
 		return;
-	secmem_free(f->buf, f->cap);
+	if (f->kind == K_FIELD)
+		secmem_free(f->buf, f->cap);
+	else
+		free(f->buf);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
 }
@@ -174,7 +177,10 @@ fh_reserve(struct fh *f, size_t n)
 	cap = f->cap ? f->cap : 4096;
 	while (cap < n)
 		cap *= 2;
-	if ((nb = secmem_realloc(f->buf, f->cap, cap)) == NULL)
+	/* Envelopes are not secret: the locked heap is kept for plaintext. */
+	nb = f->kind == K_FIELD ? secmem_realloc(f->buf, f->cap, cap) :
+	    realloc(f->buf, cap);
+	if (nb == NULL)
 		return -ENOMEM;
 	memset(nb + f->cap, 0, cap - f->cap);
 	f->buf = nb;
