@@ -664,3 +664,31 @@ def test_hsm_failure_is_eio_then_recovers(mount_factory, hsm, tmp_path,
     (ctl / "fail_ops").unlink()
     assert read(p) == b"value"
     assert read(m.path("fields", "g")) == b"sealed without the HSM"
+
+
+def test_rekey_leaves_damaged_field_alone(mount_factory, hsm, v2key, tmp_path):
+    m = mount_factory()
+    for n in ("good1", "bad", "good2"):
+        assert write(m.path("fields", n), n.encode()) == 0
+    m.unmount()
+    bad = os.path.join(m.store, "fields", "bad")
+    b, _ = decode(read(bad))
+    c = bytearray(b)
+    c[200] ^= 1                       # inside the wrapped key
+    forged = encode(with_check(bytes(c)))
+    with open(bad, "wb") as f:
+        f.write(forged)
+    cfg = rotate_config(hsm, tmp_path)
+    p = run([TOOL, "rekey-fields", "-o", f"config={cfg}", m.store], check=False)
+    assert p.returncode == 1
+    assert "2 rewrapped" in p.stdout and "1 failed" in p.stdout
+    assert "field bad" in p.stderr and "authentication" in p.stderr
+    assert p.stderr.count("field bad") == 1
+    assert read(bad) == forged        # left alone, not laundered
+    m.config = cfg
+    m.start()
+    assert versions(m) == {"good1": 2, "good2": 2, "bad": 1}
+    assert read(m.path("fields", "good1")) == b"good1"
+    with pytest.raises(OSError) as e:
+        read(m.path("fields", "bad"))
+    assert e.value.errno == errno.EBADMSG

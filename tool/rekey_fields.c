@@ -174,9 +174,10 @@ cmd_rekey_fields(int argc, char **argv)
 	}
 	snprintf(path, sizeof(path), "%s/%s", pos[0], FIELDSTORE_DIR);
 	if ((dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		int e = errno;
 		fprintf(stderr, "hsmfs-tool rekey-fields: %s: %s\n", path,
-		    errno == ENOENT ? "no fields in this store" : strerror(errno));
-		return errno == ENOENT ? TOOL_OK : TOOL_USAGE;
+		    e == ENOENT ? "no fields in this store" : strerror(e));
+		return e == ENOENT ? TOOL_OK : TOOL_USAGE;
 	}
 	/* One rekey at a time (flock is independent of the per-name OFD
 	 * locks on the same file, which the daemon uses). */
@@ -232,7 +233,8 @@ cmd_rekey_fields(int argc, char **argv)
 		rewrapped += pass_rewrapped;
 		if (pass == 0)
 			first_current = current;
-		if (pass_rewrapped == 0)
+		/* A failed field would fail again: report it once. */
+		if (pass_rewrapped == 0 || failed > 0)
 			break;
 	}
 	printf("rekey-fields: %lu rewrapped to EncryptedFields version %d, "
