@@ -880,11 +880,19 @@ static int
 read_store_id(void)
 {
 	char *s = NULL;
-	size_t n;
-	int r = store_read_file(H.dirfd, HSTORE_ID, 64, &s, &n);
-	if (r == HSMFS_ERR_NOTFOUND || (r != 0 && errno == ENOENT)) {
+	int r = hstore_read_id(H.dirfd, &s);
+	if (r == HSMFS_ERR_NOTFOUND) {
+		/* A new store: a random id keeps origins of different stores
+		 * apart (one anchor file may serve several). */
 		uint8_t rnd[8];
 		char buf[18];
+		if (faccessat(H.dirfd, HSTORE_CHECKPOINTS, F_OK, 0) == 0) {
+			/* A fresh id would orphan every checkpoint, and recovery
+			 * would then cut every object: refuse instead. */
+			err_set("history/%s is missing but the store has "
+			    "checkpoints: restore it from a backup", HSTORE_ID);
+			return HSMFS_ERR_BADMSG;
+		}
 		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
 			return HSMFS_ERR_CRYPTO;
 		util_hex(rnd, sizeof(rnd), buf);
@@ -896,15 +904,11 @@ read_store_id(void)
 		H.store_id[16] = '\0';
 		return 0;
 	}
-	if (r != 0)
+	if (r != 0) {
+		err_prefix("history/");
 		return r;
-	if (n != 17 || s[16] != '\n' || strspn(s, "0123456789abcdef") != 16) {
-		free(s);
-		err_set("history/%s: malformed (16 hex digits expected)", HSTORE_ID);
-		return HSMFS_ERR_INVALID;
 	}
-	memcpy(H.store_id, s, 16);
-	H.store_id[16] = '\0';
+	memcpy(H.store_id, s, 17);
 	free(s);
 	return 0;
 }

@@ -2,14 +2,38 @@
  * offline tool so that both judge a history by exactly the same rules. */
 #include "fs/history_store.h"
 #include "common/err.h"
+#include "fs/store.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+int
+hstore_read_id(int dirfd, char **out)
+{
+	char *s = NULL;
+	size_t n;
+	int r;
+	if (faccessat(dirfd, HSTORE_ID, F_OK, 0) < 0 && errno == ENOENT) {
+		err_set("%s: missing", HSTORE_ID);
+		return HSMFS_ERR_NOTFOUND;
+	}
+	if ((r = store_read_file(dirfd, HSTORE_ID, 64, &s, &n)) != 0)
+		return r;
+	if (n != 17 || s[16] != '\n' || strspn(s, "0123456789abcdef") != 16) {
+		free(s);
+		err_set("%s: malformed (16 hex digits expected)", HSTORE_ID);
+		return HSMFS_ERR_INVALID;
+	}
+	s[16] = '\0';
+	*out = s;
+	return 0;
+}
 
 int
 hstore_origin_prefix(const char *store_id, char *out, size_t outlen)

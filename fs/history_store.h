@@ -21,6 +21,10 @@
 #define HSTORE_ID "store-id"
 #define HSTORE_SUFFIX ".log"
 
+/* Read STORE/history/store-id (16 lowercase hex digits and a newline)
+ * into *out (malloc'd, 16 chars). HSMFS_ERR_NOTFOUND when missing. */
+int hstore_read_id(int dirfd, char **out);
+
 /* "hsmfs/<store id>/history/" */
 int hstore_origin_prefix(const char *store_id, char *out, size_t outlen);
 
