@@ -432,7 +432,8 @@ struct touched {
 	uint64_t content_len, last_time;
 	struct hrec *recs;        /* the batch's new records */
 	size_t nnew, cap;
-	int err;
+	int err;                  /* frames or index failed */
+	int sync_err, sign_err;   /* set by the sign pool, read after it */
 	char *cp;
 	size_t cp_len;
 	int created;
@@ -444,26 +445,101 @@ struct sign_job {
 	atomic_size_t next;
 };
 
-static void *
-sign_worker(void *arg)
+/* Persistent signing threads: a batch touching k objects needs k
+ * signatures, made in parallel (the PKCS#11 backend pools sessions), and
+ * even one signature overlaps the committer's fdatasync. The job lives
+ * on the committer's stack; `active` keeps it alive while a worker
+ * holds it. */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv, idle_cv;
+	struct sign_job *job;
+	unsigned gen;
+	int active, quit, nth;
+	pthread_t th[SIGN_THREADS];
+} SP = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
+	.idle_cv = PTHREAD_COND_INITIALIZER };
+
+/* Items 0..n-1 fdatasync the touched objects' files, n..2n-1 sign their
+ * new roots: the fsyncs of different objects and the signatures all run
+ * in parallel. A signature is published only if its object's sync
+ * succeeded too. */
+static void
+sign_items(struct sign_job *j)
 {
-	struct sign_job *j = arg;
 	size_t i;
-	while ((i = atomic_fetch_add(&j->next, 1)) < j->n) {
-		struct touched *t = &j->t[i];
+	while ((i = atomic_fetch_add(&j->next, 1)) < 2 * j->n) {
+		struct touched *t = &j->t[i % j->n];
 		uint8_t root[TLOG_HASH_LEN];
 		char origin[TLOG_ORIGIN_MAX];
 		if (t->err)
 			continue;
+		if (i < j->n) {
+			if (fdatasync(t->o->fd) < 0) {
+				int e = errno;
+				err_set("fdatasync: %s", strerror(e));
+				t->sync_err = hsmfs_errno_err(e);
+				fs_log_fail("history", t->o->name, NULL, "syncing records",
+				    t->sync_err);
+			}
+			continue;
+		}
 		tlog_tree_root(&t->tree, root);
 		origin_of(t->o->name, origin, sizeof(origin));
-		t->err = tlog_checkpoint_sign(origin, t->nrec, root, &H.signer, 1,
-		    &t->cp, &t->cp_len);
-		if (t->err)
+		t->sign_err = tlog_checkpoint_sign(origin, t->nrec, root, &H.signer,
+		    1, &t->cp, &t->cp_len);
+		if (t->sign_err)
 			fs_log_fail("history", t->o->name, hsm_key_name(H.signer),
-			    "signing the checkpoint", t->err);
+			    "signing the checkpoint", t->sign_err);
 	}
+}
+
+static void *
+sign_thread(void *arg)
+{
+	unsigned seen = 0;
+	pthread_mutex_lock(&SP.mu);
+	for (;;) {
+		struct sign_job *j;
+		while (!SP.quit && (SP.job == NULL || SP.gen == seen))
+			pthread_cond_wait(&SP.cv, &SP.mu);
+		if (SP.quit)
+			break;
+		seen = SP.gen;
+		j = SP.job;
+		SP.active++;
+		pthread_mutex_unlock(&SP.mu);
+		sign_items(j);
+		pthread_mutex_lock(&SP.mu);
+		if (--SP.active == 0)
+			pthread_cond_broadcast(&SP.idle_cv);
+	}
+	pthread_mutex_unlock(&SP.mu);
 	return NULL;
+}
+
+static void
+sign_post(struct sign_job *j)
+{
+	pthread_mutex_lock(&SP.mu);
+	SP.job = j;
+	SP.gen++;
+	/* Wake as many workers as there are items, not all of them. */
+	for (size_t k = 0; k < 2 * j->n && k < (size_t)SP.nth; k++)
+		pthread_cond_signal(&SP.cv);
+	pthread_mutex_unlock(&SP.mu);
+}
+
+/* Help with what is left, then wait until no worker holds the job. */
+static void
+sign_finish(struct sign_job *j)
+{
+	sign_items(j);
+	pthread_mutex_lock(&SP.mu);
+	SP.job = NULL;
+	while (SP.active > 0)
+		pthread_cond_wait(&SP.idle_cv, &SP.mu);
+	pthread_mutex_unlock(&SP.mu);
 }
 
 static int
@@ -604,8 +680,7 @@ commit_batch(struct hreq *batch)
 	size_t nt = 0, cap = 0, nreq = 0;
 	char *all = NULL;
 	size_t all_len = 0;
-	pthread_t th[SIGN_THREADS];
-	int nth = 0, r, new_dirent = 0;
+	int r, new_dirent = 0;
 	struct sign_job job;
 
 	/* 1. Frames, object by object, in arrival order. */
@@ -662,29 +737,13 @@ commit_batch(struct hreq *batch)
 	job.t = t;
 	job.n = nt;
 	atomic_init(&job.next, 0);
-	for (size_t i = 0; i < nt; i++) {
-		if (t[i].err)
-			continue;
-		if (fdatasync(t[i].o->fd) < 0) {
-			int e = errno;
-			err_set("fdatasync: %s", strerror(e));
-			t[i].err = hsmfs_errno_err(e);
-			fs_log_fail("history", t[i].o->name, NULL, "syncing records",
-			    t[i].err);
-		}
-		/* Start signing after the first sync has been issued: on a
-		 * single object the signature overlaps nothing anyway. */
-		if (i == 0) {
-			size_t want = nt < SIGN_THREADS ? nt : SIGN_THREADS;
-			for (size_t k = 0; k < want; k++)
-				if (pthread_create(&th[nth], NULL, sign_worker, &job) == 0)
-					nth++;
-		}
-	}
-	if (nth == 0)
-		sign_worker(&job);
-	for (int k = 0; k < nth; k++)
-		pthread_join(th[k], NULL);
+	if (nt > 0)
+		sign_post(&job);
+	if (nt > 0)
+		sign_finish(&job);
+	for (size_t i = 0; i < nt; i++)
+		if (!t[i].err)
+			t[i].err = t[i].sync_err ? t[i].sync_err : t[i].sign_err;
 	if (new_dirent && fsync(H.objfd) < 0) {
 		for (size_t i = 0; i < nt; i++)
 			if (t[i].created && !t[i].err)
@@ -1085,6 +1144,9 @@ history_start(void)
 	}
 
 	H.queue_tail = &H.queue;
+	for (SP.nth = 0; SP.nth < SIGN_THREADS; SP.nth++)
+		if (pthread_create(&SP.th[SP.nth], NULL, sign_thread, NULL) != 0)
+			break;
 	if (pthread_create(&H.committer, NULL, committer_main, NULL) != 0) {
 		err_set("cannot start the committer thread");
 		return HSMFS_ERR_NOMEM;
@@ -1109,6 +1171,12 @@ history_stop(void)
 	pthread_cond_signal(&H.queue_cv);
 	pthread_mutex_unlock(&H.lock);
 	pthread_join(H.committer, NULL);
+	pthread_mutex_lock(&SP.mu);
+	SP.quit = 1;
+	pthread_cond_broadcast(&SP.cv);
+	pthread_mutex_unlock(&SP.mu);
+	for (int i = 0; i < SP.nth; i++)
+		pthread_join(SP.th[i], NULL);
 	pthread_mutex_lock(&H.lock);
 	H.running = 0;
 	pthread_mutex_unlock(&H.lock);
@@ -1313,10 +1381,14 @@ open_object(const char *name, struct fuse_file_info *fi, int creating)
 	}
 	pthread_mutex_unlock(&H.lock);
 
-	/* Any reader sees only a verified history. */
-	if (o->nrec > 0 || o->bad) {
+	/* Any reader sees only a verified history. A write-only open needs
+	 * no rescan: the committer appends from the state verified at mount
+	 * and kept since, and a history known bad takes no more records. */
+	if (acc != O_WRONLY && (o->nrec > 0 || o->bad)) {
 		if ((r = verify_errno(o)) != 0)
 			return r;
+	} else if (o->bad) {
+		return -EBADMSG;
 	}
 	if ((h = fh_new(acc == O_RDONLY ? FH_READ : FH_WRITE, o)) == NULL)
 		return -ENOMEM;
