@@ -93,6 +93,7 @@ struct hfh {
 	int spool_fd;
 	uint64_t pending;         /* bytes since the last commit */
 	uint64_t next_off;        /* non-O_APPEND: where the next write must be */
+	int werr;                 /* a write failed: the record is void (-errno) */
 	uint32_t uid;
 	/* FH_READ: the verified snapshot */
 	uint64_t content_len;
@@ -120,6 +121,7 @@ static struct {
 	pthread_t committer;
 	int running, stopping;
 	off_t cp_len;
+	off_t compact_at;                 /* rewrite the index past this size */
 	struct hobj *buckets[NBUCKETS];
 	uint64_t nobjects;
 	/* stats */
@@ -845,6 +847,52 @@ commit_batch(struct hreq *batch)
 	free(all);
 }
 
+/* The index only needs the newest checkpoint of each object; once it has
+ * grown past H.compact_at it is rewritten with just those (temp + fsync +
+ * rename + fsync dir, so a crash leaves the old or the new index, both
+ * complete). Runs in the committer, the index's only writer. */
+static void
+index_compact(void)
+{
+	struct store_tmp tmp;
+	off_t len = 0;
+	int r, fd;
+
+	if ((r = store_tmp_create(H.dirfd, &tmp)) != 0)
+		goto fail;
+	pthread_mutex_lock(&H.lock);
+	for (unsigned b = 0; b < NBUCKETS && r == 0; b++)
+		for (struct hobj *o = H.buckets[b]; o && r == 0; o = o->next)
+			if (o->cp_text) {
+				r = store_write_all(tmp.fd, o->cp_text, o->cp_len);
+				len += (off_t)o->cp_len;
+			}
+	pthread_mutex_unlock(&H.lock);
+	if (r != 0) {
+		store_tmp_abort(&tmp);
+		goto fail;
+	}
+	if ((r = store_tmp_commit(&tmp, HSTORE_CHECKPOINTS)) != 0)
+		goto fail;
+	if ((fd = openat(H.dirfd, HSTORE_CHECKPOINTS, O_RDWR | O_CLOEXEC)) < 0) {
+		/* The new index is in place; without a handle on it no batch
+		 * can be acknowledged, so say so loudly. */
+		log_err("history: cannot reopen the compacted index: %s",
+		    strerror(errno));
+		return;
+	}
+	close(H.cpfd);
+	H.cpfd = fd;
+	log_info("history: checkpoint index compacted from %lld to %lld bytes",
+	    (long long)H.cp_len, (long long)len);
+	pthread_mutex_lock(&H.lock);
+	H.cp_len = len;
+	pthread_mutex_unlock(&H.lock);
+	return;
+fail:
+	fs_log_fail("history", HSTORE_CHECKPOINTS, NULL, "compacting the index", r);
+}
+
 static void *
 committer_main(void *arg)
 {
@@ -862,6 +910,8 @@ committer_main(void *arg)
 		H.queue_tail = &H.queue;
 		pthread_mutex_unlock(&H.lock);
 		commit_batch(batch);
+		if (H.cp_len > H.compact_at)
+			index_compact();
 		pthread_mutex_lock(&H.lock);
 	}
 	pthread_mutex_unlock(&H.lock);
@@ -1143,6 +1193,15 @@ history_start(void)
 		}
 	}
 
+	H.compact_at = 64 << 20;
+	{
+		/* Tests shrink the threshold to exercise compaction. */
+		const char *c = getenv("HSMFS_HISTORY_COMPACT_BYTES");
+		if (c && atol(c) > 0)
+			H.compact_at = atol(c);
+	}
+	if (H.cp_len > H.compact_at)
+		index_compact();
 	H.queue_tail = &H.queue;
 	for (SP.nth = 0; SP.nth < SIGN_THREADS; SP.nth++)
 		if (pthread_create(&SP.th[SP.nth], NULL, sign_thread, NULL) != 0)
@@ -1507,10 +1566,18 @@ history_read(const char *path, char *buf, size_t size, off_t off,
 	return (int)done;
 }
 
+/* An unlinked temp file in the store for a large record. */
 static int
 spool_open(void)
 {
-	return openat(H.dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	struct store_tmp t;
+	int fd = openat(H.dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR))
+		return fd >= 0 ? fd : -errno;
+	if (store_tmp_create(H.dirfd, &t) != 0)
+		return -EIO;
+	unlinkat(H.dirfd, t.name, 0);
+	return t.fd;
 }
 
 static int
@@ -1538,11 +1605,15 @@ history_write(const char *path, const char *buf, size_t size, off_t off,
 		goto out;
 	}
 	if (h->spool_fd < 0 && h->len + size > SPOOL_AFTER) {
-		if ((h->spool_fd = spool_open()) < 0 ||
-		    store_write_all(h->spool_fd, h->buf, h->len) != 0) {
-			r = -errno ? -errno : -EIO;
-			if (h->spool_fd >= 0)
-				close(h->spool_fd);
+		int e;
+		if ((h->spool_fd = spool_open()) < 0) {
+			r = h->spool_fd;
+			h->spool_fd = -1;
+			goto out;
+		}
+		if ((e = store_write_all(h->spool_fd, h->buf, h->len)) != 0) {
+			r = -hsmfs_err_errno(e);
+			close(h->spool_fd);
 			h->spool_fd = -1;
 			goto out;
 		}
@@ -1574,6 +1645,11 @@ history_write(const char *path, const char *buf, size_t size, off_t off,
 	}
 	h->pending += size;
 out:
+	/* A record missing a part that failed is not what was written:
+	 * remember, so close() drops it and reports the error. EPERM for a
+	 * misplaced write leaves the record as it was. */
+	if (r < 0 && r != -EPERM && h->pending > 0)
+		h->werr = r;
 	pthread_mutex_unlock(&h->mu);
 	return r;
 }
@@ -1584,12 +1660,18 @@ fh_commit(struct hfh *h)
 {
 	int r;
 	pthread_mutex_lock(&h->mu);
-	if (h->pending == 0) {
+	if (h->pending == 0 && h->werr == 0) {
 		pthread_mutex_unlock(&h->mu);
 		return 0;
 	}
 	err_clear();
-	r = commit_record(h->o, h->buf, h->spool_fd, h->pending, h->uid);
+	if (h->werr != 0) {
+		err_set("a write of this record failed; record dropped");
+		r = hsmfs_errno_err(-h->werr);
+		h->werr = 0;
+	} else {
+		r = commit_record(h->o, h->buf, h->spool_fd, h->pending, h->uid);
+	}
 	/* Committed or not, this data is done with: a failed record was
 	 * never acknowledged, and close() reports the failure. */
 	free(h->buf);

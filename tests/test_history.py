@@ -521,3 +521,52 @@ def test_kill9_while_appending(mount, tmp_path):
         assert not missing, f"round {rnd}: {len(missing)} acknowledged appends lost"
         assert tool_verify(mount, "crash").returncode == 0
     assert len(acked_total) > 4 * CRASH_ROUNDS
+
+
+# ---- store limits -------------------------------------------------------------
+
+def test_index_compaction_keeps_newest_checkpoints(mount_factory, monkeypatch):
+    monkeypatch.setenv("HSMFS_HISTORY_COMPACT_BYTES", "4000")
+    m = mount_factory()
+    for i in range(30):
+        append(m, f"k{i % 3}", f"{i}\n".encode())
+    assert "index compacted" in m.log()
+    size = cp_index(m).stat().st_size
+    assert size < 4000 + 3 * 1000, size
+    m.unmount()
+    for k in range(3):
+        assert tool_verify(m, f"k{k}").returncode == 0
+    # Rollback detection survives compaction.
+    data = obj_log(m, "k0").read_bytes()
+    obj_log(m, "k0").write_bytes(data[:frames(data)[-1][0]])
+    m.start()
+    assert read(m, "k1") == b"".join(f"{i}\n".encode() for i in range(1, 30, 3))
+    assert_ebadmsg(m, "k0")
+
+
+@pytest.fixture
+def small_store(tmp_path):
+    d = tmp_path / "small"
+    d.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=700", "tmpfs",
+                        str(d)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {p.stderr}")
+    yield d
+    subprocess.run(["umount", "-l", str(d)])
+
+
+def test_full_disk_fails_the_record_and_keeps_the_history(mount_factory, small_store):
+    m = mount_factory(store=str(small_store / "store"))
+    append(m, "f", b"before\n")
+    with pytest.raises(OSError) as e:
+        with open(hpath(m, "f"), "ab") as f:
+            for _ in range(64):
+                f.write(os.urandom(65536))           # 4 MiB > 3 MiB disk
+    assert e.value.errno == errno.ENOSPC
+    append(m, "f", b"after\n")
+    assert read(m, "f") == b"before\nafter\n"
+    m.unmount()
+    assert tool_verify(m, "f").returncode == 0
+    m.start()
+    assert read(m, "f") == b"before\nafter\n"
