@@ -415,7 +415,8 @@ obj_check(struct hobj *o)
 	}
 	pthread_mutex_lock(&H.lock);
 	ok = o->stamp_ok && stamp_same(&st, &o->stamp);
-	if (!ok && (st.st_ino != o->stamp.st_ino || st.st_dev != o->stamp.st_dev))
+	if (!ok && o->stamp_ok &&
+	    (st.st_ino != o->stamp.st_ino || st.st_dev != o->stamp.st_dev))
 		obj_set_bad_locked(o, "history file was replaced while mounted");
 	pthread_mutex_unlock(&H.lock);
 	if (ok)
@@ -721,7 +722,9 @@ commit_batch(struct hreq *batch)
 				if (fd < 0) {
 					x->err = fd;
 				} else {
+					pthread_mutex_lock(&H.lock);
 					x->o->fd = fd;
+					pthread_mutex_unlock(&H.lock);
 					x->created = 1;
 					new_dirent = 1;
 				}
@@ -1135,6 +1138,12 @@ history_start(void)
 	if ((r = load_notes_file(H.cpfd, anchor_flag, "checkpoint index")) != 0)
 		return r;
 	if (hsmfs_ctx->opt.history_anchor) {
+		if (hsmfs_ctx->opt.history_anchor[0] != '/') {
+			/* The daemon runs from "/" after daemonizing. */
+			err_set("history_anchor=%s: give an absolute path",
+			    hsmfs_ctx->opt.history_anchor);
+			return HSMFS_ERR_CONFIG;
+		}
 		H.anchorfd = open(hsmfs_ctx->opt.history_anchor,
 		    O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 		if (H.anchorfd < 0) {
@@ -1145,6 +1154,20 @@ history_start(void)
 		anchor_flag = 1;
 		if ((r = load_notes_file(H.anchorfd, anchor_flag, "anchor")) != 0)
 			return r;
+		/* The anchor's own directory entry must survive a crash too. */
+		{
+			char *dir = strdup(hsmfs_ctx->opt.history_anchor), *sl;
+			int dfd;
+			if (dir && (sl = strrchr(dir, '/')) != NULL) {
+				*sl = '\0';
+				if ((dfd = open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY |
+				    O_CLOEXEC)) >= 0) {
+					fsync(dfd);
+					close(dfd);
+				}
+			}
+			free(dir);
+		}
 	}
 
 	/* Open every object file; objects named by the index but without a
