@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,15 +44,37 @@ get_be(const uint8_t *p, int n)
 /* SHA-256 streams through a per-thread context fetched once: the tree
  * code hashes millions of 65-byte nodes and EVP_MD_CTX_new each time
  * would dominate. OpenSSL failures here are allocation failures at
- * start, so abort() is the honest answer (a wrong hash is worse). */
+ * start, so abort() is the honest answer (a wrong hash is worse).
+ * The context is per thread, freed when the thread exits. */
 typedef EVP_MD_CTX sha_ctx;
+
+static pthread_key_t sha_key;
+static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
+
+static void
+sha_key_free(void *c)
+{
+	EVP_MD_CTX_free(c);
+}
+
+static void
+sha_key_init(void)
+{
+	if (pthread_key_create(&sha_key, sha_key_free) != 0)
+		abort();
+}
 
 static sha_ctx *
 sha_begin(void)
 {
-	static __thread EVP_MD_CTX *c;
-	if (c == NULL && (c = EVP_MD_CTX_new()) == NULL)
-		abort();
+	EVP_MD_CTX *c;
+	pthread_once(&sha_once, sha_key_init);
+	if ((c = pthread_getspecific(sha_key)) == NULL) {
+		/* Freed by the key's destructor when the thread exits. */
+		if ((c = EVP_MD_CTX_new()) == NULL ||
+		    pthread_setspecific(sha_key, c) != 0)
+			abort();
+	}
 	if (EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1)
 		abort();
 	return c;
