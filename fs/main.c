@@ -6,6 +6,8 @@
  * must not be initialised before libfuse daemonizes (fork) — the daemon
  * opens its keys in the FUSE init callback, after the fork. */
 #include "fs/fs.h"
+
+#include <fuse_lowlevel.h>
 #include "fs/store.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -14,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -869,6 +872,58 @@ check_keys(void)
 	return -1;
 }
 
+/* fuse_main() without its one flaw for us: it reports an unmount by
+ * SIGTERM as a failure, and the SPEC wants exit status 0 then. */
+static int
+run_fuse(struct fuse_args *args)
+{
+	struct fuse_cmdline_opts o;
+	struct fuse_loop_config *lc = NULL;
+	struct fuse_session *se;
+	struct fuse *fuse;
+	int r = 1, res;
+
+	memset(&o, 0, sizeof(o));
+	if (fuse_parse_cmdline(args, &o) != 0)
+		return 2;
+	if (o.mountpoint == NULL) {
+		fprintf(stderr, "hsmfs: no mount point\n");
+		return 2;
+	}
+	if ((fuse = fuse_new(args, &hsmfs_ops, sizeof(hsmfs_ops), &the_fs)) == NULL)
+		goto out;
+	if (fuse_mount(fuse, o.mountpoint) != 0)
+		goto out_destroy;
+	if (fuse_daemonize(o.foreground) != 0)
+		goto out_unmount;
+	se = fuse_get_session(fuse);
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out_unmount;
+	if (o.singlethread) {
+		res = fuse_loop(fuse);
+	} else {
+		if ((lc = fuse_loop_cfg_create()) == NULL)
+			goto out_signals;
+		fuse_loop_cfg_set_clone_fd(lc, (unsigned)o.clone_fd);
+		fuse_loop_cfg_set_max_threads(lc, o.max_threads ? o.max_threads : 10);
+		fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads ?
+		    o.max_idle_threads : 4);
+		res = fuse_loop_mt(fuse, lc);
+		fuse_loop_cfg_destroy(lc);
+	}
+	/* The loop returns the signal number after SIGTERM/SIGINT/SIGHUP. */
+	r = (res == 0 || res == SIGTERM || res == SIGINT || res == SIGHUP) ? 0 : 1;
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_unmount:
+	fuse_unmount(fuse);
+out_destroy:
+	fuse_destroy(fuse);
+out:
+	free(o.mountpoint);
+	return r;
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -932,8 +987,8 @@ main(int argc, char *argv[])
 		fuse_opt_insert_arg(&args, 1, fsname);
 	fuse_opt_insert_arg(&args, 1, "-osubtype=hsmfs");
 
-	r = fuse_main(args.argc, args.argv, &hsmfs_ops, &the_fs);
+	r = run_fuse(&args);
 	fuse_opt_free_args(&args);
 	engine_free(the_fs.engine);
-	return r == 0 ? 0 : 1;
+	return r;
 }
