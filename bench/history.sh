@@ -27,7 +27,8 @@ cc -O2 -D_GNU_SOURCE -I. -o "$W/histbench" bench/histbench.c \
 	$(pkg-config --cflags --libs libcrypto libxml-2.0 libzip) -lpthread -ldl
 
 mkdir -p "$W/store" "$MNT"
-"$BUILD/fs/hsmfs" "$W/store" "$MNT" -o "config=$CFG"
+# More FUSE threads than writers, so every waiting close() can join a batch.
+"$BUILD/fs/hsmfs" "$W/store" "$MNT" -o "config=$CFG,max_threads=64"
 i=0
 until grep -q " $MNT " /proc/self/mounts; do
 	i=$((i + 1)); [ $i -gt 200 ] && { echo "mount failed" >&2; exit 1; }
@@ -39,6 +40,15 @@ echo "# hsmfs /history benchmark, $(date -u +%FT%TZ), ${SECS}s per step"
 echo "# $(nproc) CPUs; store on $(df -T "$W/store" | awk 'NR==2 {print $2, $1}')"
 sign=$("$W/histbench" sign "$CFG" "$SECS")
 echo "$sign"
+if [ -x "$BUILD/tests/hsmprobe" ]; then
+	# The same key through tests/hsmprobe, 1 and 8 threads (PKCS#11 pool).
+	slot=$(sed -n 's/.*slot="\([0-9]*\)".*/\1/p' "$CFG" | head -n 1)
+	for t in 1 8; do
+		HSMFS_PIN=1234 "$BUILD/tests/hsmprobe" --module /usr/lib/softhsm/libsofthsm2.so \
+			--slot "$slot" --alias objectHistorySignerCertificateV1 \
+			bench-sign --threads $t --seconds "$SECS" || true
+	done
+fi
 fsync=$("$W/histbench" fsync "$W/store" "$SECS")
 echo "$fsync"
 out=""
