@@ -259,6 +259,35 @@ def test_journal_openssl_recipe_and_script(hsm, mount, tmp_path):
     assert x.startswith("valid records=5 signer=") and "objectHistorySignerCertificateV1" in x
 
 
+FIXTURES = SRC / "tests" / "data" / "history"
+FIXTURE_ROOT = "bYA5eK3ku9MoUtRIXcpGzxllQfzLmK/eoSxRgeEofFc="
+
+
+def test_committed_fixtures_known_good_and_forged(tmp_path):
+    """A journal, object file and signer certificate from a real mount
+    (throwaway key, private half discarded), and two forgeries."""
+    pub = tmp_path / "pub.pem"
+    run(["openssl", "x509", "-in", str(FIXTURES / "signer.pem"), "-pubkey",
+         "-noout", "-out", str(pub)])
+    p = run([PY, VERIFY_PY, str(FIXTURES / "journal"), "--pubkey", str(pub),
+             "--log", str(FIXTURES / "user-42.log")])
+    assert f"size=4 root={FIXTURE_ROOT} signature=ok" in p.stdout
+    # Shorter history with a recomputed root: only the signature catches it.
+    forged = str(FIXTURES / "journal-forged-size")
+    assert run([PY, VERIFY_PY, forged], check=False).returncode == 0
+    assert run([PY, VERIFY_PY, forged, "--pubkey", str(pub)],
+               check=False).returncode == 1
+    # A changed leaf hash: the root no longer matches.
+    assert run([PY, VERIFY_PY, str(FIXTURES / "journal-forged-leaf")],
+               check=False).returncode == 1
+    for name, ok in (("journal", True), ("journal-forged-size", False)):
+        shutil.copy(FIXTURES / name, tmp_path / "journal")
+        shutil.copy(FIXTURES / "signer.pem", tmp_path / "signer.pem")
+        r = subprocess.run(["sh", "-c", OPENSSL_RECIPE], cwd=tmp_path,
+                           capture_output=True, text=True)
+        assert (r.returncode == 0 and "Verified OK" in r.stdout) == ok, name
+
+
 # ---- tampering after unmount --------------------------------------------------
 
 @pytest.fixture

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <openssl/bio.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
 #include <openssl/rsa.h>
@@ -387,6 +388,106 @@ test_checkpoints(void)
 	rmdir(dir);
 }
 
+/* ---- committed fixtures (tests/data/history, made by a real mount with a
+ * throwaway key whose private half was discarded) ---- */
+
+/* $HSMFS_SRC/tests/data/history/NAME, else relative to this source file
+ * as the compiler saw it (meson runs tests from the build directory). */
+static void
+fixture_path(const char *name, char *path, size_t n)
+{
+	const char *root = getenv("HSMFS_SRC");
+	const char *src = __FILE__, *cut = strstr(src, "unit/test-tlog.c");
+	if (root)
+		snprintf(path, n, "%s/tests/data/history/%s", root, name);
+	else
+		snprintf(path, n, "%.*sdata/history/%s", cut ? (int)(cut - src) : 0,
+		    src, name);
+}
+
+static char *
+fixture(const char *name, size_t *len)
+{
+	char path[1024], *text = NULL;
+	fixture_path(name, path, sizeof(path));
+	if (util_read_file(path, 1 << 20, &text, len) != 0) {
+		fprintf(stderr, "fixture %s: %s\n", path, err_detail());
+		failures++;
+		return NULL;
+	}
+	return text;
+}
+
+static void
+test_fixtures(void)
+{
+	size_t jl, pl, fl, used;
+	char *j = fixture("journal", &jl), *pem = fixture("signer.pem", &pl);
+	char *forged = fixture("journal-forged-size", &fl);
+	struct collect c = { 0 };
+	struct tlog_checkpoint cp;
+	struct tlog_tree t;
+	uint8_t root[TLOG_HASH_LEN];
+	char hex[65], *b64;
+	const char *why;
+	off_t bad;
+	X509 *x = NULL;
+	BIO *b;
+	int fd;
+
+	if (j == NULL || pem == NULL || forged == NULL)
+		goto out;
+	b = BIO_new_mem_buf(pem, (int)pl);
+	x = PEM_read_bio_X509(b, NULL, NULL, NULL);
+	BIO_free(b);
+	CHECK(x != NULL);
+	if (x == NULL)
+		goto out;
+	EVP_PKEY *pub = X509_get0_pubkey(x);
+
+	/* The object file: 4 frames whose leaf hashes are the journal's. */
+	{
+		char path[1024];
+		fixture_path("user-42.log", path, sizeof(path));
+		fd = open(path, O_RDONLY);
+		CHECK(fd >= 0);
+		CHECK(tlog_scan(fd, 0, 0, collect_cb, &c, &bad, &why) == 0);
+		CHECK(c.n == 4 && why == NULL);
+		close(fd);
+	}
+	tlog_tree_init(&t);
+	for (size_t i = 0; i < c.n && i < 16; i++) {
+		util_hex(c.f[i].leaf_hash, TLOG_HASH_LEN, hex);
+		CHECK(strstr(j, hex) != NULL);
+		tlog_tree_append(&t, c.f[i].leaf_hash);
+	}
+	tlog_tree_root(&t, root);
+	b64 = util_b64_encode(root, TLOG_HASH_LEN);
+	/* Known answer, also in the committed journal's checkpoint. */
+	CHECK(b64 && strcmp(b64, "bYA5eK3ku9MoUtRIXcpGzxllQfzLmK/eoSxRgeEofFc=") == 0);
+	free(b64);
+
+	memset(&cp, 0, sizeof(cp));
+	CHECK(tlog_checkpoint_parse(strstr(j, "\n\n") + 2,
+	    jl - (size_t)(strstr(j, "\n\n") + 2 - j), &cp, &used) == 0);
+	CHECK(cp.size == 4 && memcmp(cp.root, root, TLOG_HASH_LEN) == 0);
+	CHECK(tlog_checkpoint_verify(&cp, &pub, 1, NULL) == 0);
+	tlog_checkpoint_clear(&cp);
+
+	/* Forged: shorter history with a matching root, the old signature. */
+	memset(&cp, 0, sizeof(cp));
+	CHECK(tlog_checkpoint_parse(strstr(forged, "\n\n") + 2,
+	    fl - (size_t)(strstr(forged, "\n\n") + 2 - forged), &cp, &used) == 0);
+	CHECK(cp.size == 3);
+	CHECK(tlog_checkpoint_verify(&cp, &pub, 1, NULL) == HSMFS_ERR_BADMSG);
+	tlog_checkpoint_clear(&cp);
+out:
+	X509_free(x);
+	free(j);
+	free(pem);
+	free(forged);
+}
+
 int
 main(void)
 {
@@ -394,6 +495,7 @@ main(void)
 	test_tree_vs_naive();
 	test_frames();
 	test_checkpoints();
+	test_fixtures();
 	if (failures) {
 		fprintf(stderr, "test-tlog: %d failure(s)\n", failures);
 		return 1;
