@@ -599,3 +599,31 @@ def test_full_disk_fails_the_record_and_keeps_the_history(mount_factory, small_s
     assert tool_verify(m, "f").returncode == 0
     m.start()
     assert read(m, "f") == b"before\nafter\n"
+
+
+def test_hsm_failure_fails_the_append_then_recovers(hsm, mount_factory, tmp_path,
+                                                    monkeypatch):
+    """SPEC §8: an HSM failing mid-operation fails that close() with EIO,
+    nothing of the record stays, and appends work again once it is back
+    (tests/p11shim injects CKR_DEVICE_ERROR in front of SoftHSM)."""
+    from conftest import BUILD
+    shim = os.environ.get("HSMFS_P11SHIM", str(BUILD / "tests" / "p11shim.so"))
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    monkeypatch.setenv("P11SHIM_REAL", hsm.module)
+    monkeypatch.setenv("P11SHIM_CTL", str(ctl))
+    cfg = hsm.config(tmp_path / "shim.xml", key_attrs={
+        "objectHistorySignerCertificateV1": {"locationValue": shim}})
+    m = mount_factory(config=cfg)
+    append(m, "h", b"one\n")
+    (ctl / "fail_ops").touch()
+    with pytest.raises(OSError) as e:
+        append(m, "h", b"lost\n")
+    assert e.value.errno == errno.EIO
+    (ctl / "fail_ops").unlink()
+    append(m, "h", b"two\n")
+    assert read(m, "h") == b"one\ntwo\n"
+    assert "signing the checkpoint" in m.log()
+    m.unmount()
+    assert b"lost" not in obj_log(m, "h").read_bytes()
+    assert tool_verify(m, "h").returncode == 0
