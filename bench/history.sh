@@ -52,9 +52,12 @@ fi
 fsync=$("$W/histbench" fsync "$W/store" "$SECS")
 echo "$fsync"
 out=""
+batches() { sed -n 's/^history\.batches: //p' "$MNT/.status"; }
 for n in 1 4 16; do
+	b0=$(batches)
 	r=$("$W/histbench" append "$MNT/history/bench-$n" "$n" "$SECS")
-	echo "$r"
+	b1=$(batches)
+	echo "$r batches=$((b1 - b0)) records_per_batch=$(echo "$r" | awk -v b=$((b1 - b0)) '{printf "%.1f", b ? $2 / b : 0}')"
 	out="$out$r
 "
 done
