@@ -1104,6 +1104,10 @@ history_start(void)
 	if ((r = store_dir(H.dirfd, HSTORE_OBJECTS)) < 0)
 		return r;
 	H.objfd = r;
+	/* New directories must survive a power loss before the first record
+	 * is acknowledged in them (once per mount, cheap). */
+	store_fsync_dir(H.dirfd);
+	store_fsync_dir(hsmfs_ctx->store_fd);
 	store_cleanup_tmp(H.dirfd);
 	if ((r = read_store_id()) != 0)
 		return r;

@@ -520,6 +520,25 @@ def test_concurrent_writers(mount, tmp_path):
     assert "history.objects: 9" in status
 
 
+def test_reads_during_appends_see_verified_whole_records(mount, tmp_path):
+    """Readers re-verify while the committer appends: never a false
+    EBADMSG, never a partial record."""
+    append(mount, "busy", b"start\n")
+    procs = start_writers([(hpath(mount, "busy"), f"b{w}") for w in range(4)],
+                          150, tmp_path)
+    seen = 0
+    while any(p.poll() is None for p, _ in procs):
+        data = read(mount, "busy")
+        assert data.startswith(b"start\n") and data.endswith(b"\n")
+        assert len(data) >= seen
+        seen = len(data)
+        assert os.getxattr(hpath(mount, "busy"), "user.hsmfs.verify").startswith(b"valid")
+    for p, _ in procs:
+        assert p.wait() == 0, p.stderr.read()
+    lines = read(mount, "busy").decode().splitlines()
+    assert len(lines) == 1 + 4 * 150 and len(set(lines)) == len(lines)
+
+
 CRASH_ROUNDS = int(os.environ.get("HSMFS_CRASH_ROUNDS", "5"))
 
 
