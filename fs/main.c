@@ -37,6 +37,7 @@ static const struct folder_ops *const folders[] = {
 };
 #define NFOLDERS (sizeof(folders) / sizeof(folders[0]))
 static int folder_ok[NFOLDERS];    /* start() succeeded */
+static int folder_err[NFOLDERS];   /* start()'s error when not ok */
 
 #define STATUS_NAME ".status"
 
@@ -145,7 +146,9 @@ status_text(size_t *len)
 	}
 	for (size_t i = 0; i < NFOLDERS; i++) {
 		fprintf(f, "folder.%s: %s\n", folders[i]->name,
-		    folder_ok[i] ? "ready" : "disabled");
+		    folder_ok[i] ? "ready" :
+		    folder_err[i] == HSMFS_ERR_UNSUPPORTED ? "not configured" :
+		    "failed");
 		if (folder_ok[i] && folders[i]->status)
 			folders[i]->status(f);
 	}
@@ -251,8 +254,10 @@ op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	if (f == NULL || *rest == '\0')
 		return f == NULL && f_i == -1 ? -EISDIR : -EACCES;
 	if (f->create == NULL || !folder_ok[f_i]) {
-		log_err("%s/%s: writes refused: folder not available (see "
-		    "earlier messages or configure its descriptor)", f->name, rest);
+		log_err("%s/%s: write refused: folder %s", f->name, rest,
+		    folder_err[f_i] == HSMFS_ERR_UNSUPPORTED ?
+		    "not configured (no descriptor for it in the config)" :
+		    "not available (see the start-up messages)");
 		return -EOPNOTSUPP;
 	}
 	return f->create(rest, mode, fi);
@@ -460,12 +465,19 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		return &the_fs;
 	}
 	for (size_t i = 0; i < NFOLDERS; i++) {
-		if (folders[i]->start == NULL)
+		if (folders[i]->start == NULL) {
+			folder_err[i] = HSMFS_ERR_UNSUPPORTED;
 			continue;
+		}
 		err_clear();
 		if ((r = folders[i]->start()) != 0) {
-			log_err("%s: folder disabled: %s (%s)", folders[i]->name,
-			    err_detail(), hsmfs_strerror(r));
+			folder_err[i] = r;
+			if (r == HSMFS_ERR_UNSUPPORTED)
+				log_info("%s: not configured, writes are refused: %s",
+				    folders[i]->name, err_detail());
+			else
+				log_err("%s: folder disabled: %s (%s)", folders[i]->name,
+				    err_detail(), hsmfs_strerror(r));
 			continue;
 		}
 		folder_ok[i] = 1;

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Install the Debian 12 packages hsmfs needs to build, run and test.
+# Only calls apt-get when something is missing (or with --force, as CI does).
+set -eu
+PKGS="gcc pkg-config meson ninja-build libfuse3-dev fuse3 libzip-dev libxml2-dev
+libssl-dev openssl libcurl4-openssl-dev libp11-kit-dev softhsm2 opensc python3 python3-pytest
+python3-aiosmtpd python3-asn1crypto default-jdk-headless attr unzip zip
+procps curl psmisc"
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+		missing="$missing $p"
+done
+if [ "${1:-}" = "--force" ] || [ -n "$missing" ]; then
+	SUDO=""
+	[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+	echo "installing:${missing:- (all, forced)}" >&2
+	$SUDO apt-get update -qq
+	# shellcheck disable=SC2086
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $PKGS >/dev/null
+fi
