@@ -381,18 +381,28 @@ read_cb(char *buf, size_t size, size_t n, void *arg)
 	return want;
 }
 
-/* Keep the relay's last reply line for the .error file and the log. */
+/* The relay's replies: the last line, and the last 4xx/5xx line (curl
+ * sends QUIT after a rejection, so the last line alone would be "221"). */
+struct replies {
+	char last[384];
+	char err[384];
+};
+
 static int
 debug_cb(CURL *h, curl_infotype type, char *data, size_t size, void *arg)
 {
-	char *last = arg;
+	struct replies *rp = arg;
+	char line[384];
 	if (type != CURLINFO_HEADER_IN || size == 0)
 		return 0;
-	if (size > 383)
-		size = 383;
-	memcpy(last, data, size);
-	last[size] = '\0';
-	clean_line(last);
+	if (size > sizeof(line) - 1)
+		size = sizeof(line) - 1;
+	memcpy(line, data, size);
+	line[size] = '\0';
+	clean_line(line);
+	memcpy(rp->last, line, sizeof(line));
+	if ((line[0] == '4' || line[0] == '5') && size >= 3)
+		memcpy(rp->err, line, sizeof(line));
 	return 0;
 }
 
@@ -410,7 +420,9 @@ smtp_send(CURL *h, const struct smime_msg *m, const uint8_t *data, size_t len,
 {
 	struct curl_slist *rcpt = NULL;
 	struct upload u = { data, len, 0 };
-	char errbuf[CURL_ERROR_SIZE] = "", last[384] = "", from[300];
+	char errbuf[CURL_ERROR_SIZE] = "", from[300];
+	struct replies rp = { "", "" };
+	const char *last = rp.last;
 	long code = 0;
 	CURLcode rc;
 	enum outcome o;
@@ -440,7 +452,7 @@ smtp_send(CURL *h, const struct smime_msg *m, const uint8_t *data, size_t len,
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(h, CURLOPT_VERBOSE, 1L);
 	curl_easy_setopt(h, CURLOPT_DEBUGFUNCTION, debug_cb);
-	curl_easy_setopt(h, CURLOPT_DEBUGDATA, (void *)last);
+	curl_easy_setopt(h, CURLOPT_DEBUGDATA, (void *)&rp);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 15L);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT, 300L);
@@ -458,10 +470,10 @@ smtp_send(CURL *h, const struct smime_msg *m, const uint8_t *data, size_t len,
 	}
 	if (code >= 500 && code < 600) {
 		o = PERMFAIL;
-		snprintf(reason, rsize, "%s", last[0] ? last : errbuf);
+		snprintf(reason, rsize, "%s", rp.err[0] ? rp.err : errbuf);
 	} else if (code >= 400 && code < 500) {
 		o = TEMPFAIL;
-		snprintf(reason, rsize, "%s", last[0] ? last : errbuf);
+		snprintf(reason, rsize, "%s", rp.err[0] ? rp.err : errbuf);
 	} else {
 		/* No SMTP reply to judge by: connection, TLS or timeout. */
 		o = TEMPFAIL;
@@ -719,7 +731,7 @@ recover_queue(void)
 {
 	DIR *d;
 	struct dirent *de;
-	int fd = dup(mail.qfd), r = 0;
+	int fd = openat(mail.qfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
 	long long now = now_s();
 
 	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
@@ -900,7 +912,7 @@ mail_stop(void)
 static size_t
 count_failed(void)
 {
-	int fd = dup(mail.failfd);
+	int fd = openat(mail.failfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d;
 	struct dirent *de;
 	size_t n = 0;
@@ -1054,7 +1066,7 @@ mail_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 static void
 fill_dir(int dirfd, void *buf, fuse_fill_dir_t fill, int with_error)
 {
-	int fd = dup(dirfd);
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d;
 	struct dirent *de;
 	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
