@@ -347,6 +347,64 @@ def test_sign_out_without_descriptor_refuses_writes(hsm, mount_factory, tmp_path
     assert "sign-out" in m.log() and "not configured" in m.log()
 
 
+@pytest.fixture
+def small_store(tmp_path):
+    d = tmp_path / "small"
+    d.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=700", "tmpfs",
+                        str(d)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {p.stderr}")
+    yield d
+    subprocess.run(["umount", "-l", str(d)])
+
+
+def test_sign_out_full_disk(mount_factory, small_store, tmp_path):
+    """SPEC §8: ENOSPC at close, the previous signed zip intact, no temp
+    files left behind, and signing works again once there is room."""
+    m = mount_factory(store=str(small_store / "store"))
+    small = make_zip(tmp_path / "small.zip").read_bytes()
+    dst = m.path("sign-out", "a.zip")
+    assert write_file(dst, small) == 0
+    before = Path(dst).read_bytes()
+    big = zipfile_bytes(tmp_path, [("big.bin", os.urandom(2 << 20))])
+    assert write_file(dst, big) == errno.ENOSPC
+    assert Path(dst).read_bytes() == before
+    assert xattr(dst, "user.hsmfs.sign").startswith("failed: ")
+    spool = Path(m.store) / "sign-out" / ".spool"
+    assert list(spool.iterdir()) == []
+    assert write_file(m.path("sign-out", "b.zip"), small) == 0
+    assert xattr(m.path("sign-out", "b.zip"), "user.hsmfs.sign").startswith("signed")
+
+
+def test_sign_out_hsm_failure_then_recovery(hsm, mount_factory, tmp_path, monkeypatch):
+    """SPEC §8: the HSM failing mid-operation fails close() with EIO,
+    nothing is stored, and signing works again once it is back
+    (tests/p11shim injects CKR_DEVICE_ERROR in front of SoftHSM)."""
+    from conftest import BUILD
+    shim = os.environ.get("HSMFS_P11SHIM", str(BUILD / "tests" / "p11shim.so"))
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    monkeypatch.setenv("P11SHIM_REAL", hsm.module)
+    monkeypatch.setenv("P11SHIM_CTL", str(ctl))
+    cfg = hsm.config(tmp_path / "shim.xml", key_attrs={
+        SIGNER_KEY: {"locationValue": shim}})
+    m = mount_factory(config=cfg)
+    data = make_zip(tmp_path / "a.zip").read_bytes()
+    (ctl / "fail_ops").touch()
+    dst = m.path("sign-out", "a.zip")
+    assert write_file(dst, data) == errno.EIO
+    assert xattr(dst, "user.hsmfs.sign").startswith("failed: ")
+    assert os.stat(dst).st_size == 0
+    assert "sign-out/a.zip" in m.log()
+    (ctl / "fail_ops").unlink()
+    assert write_file(dst, data) == 0
+    with zipfile.ZipFile(dst) as z:
+        assert z.namelist()[:3] == ["META-INF/MANIFEST.MF", "META-INF/CONFIGZI.SF",
+                                    "META-INF/CONFIGZI.RSA"]
+    assert xattr(dst, "user.hsmfs.sign").startswith("signed")
+
+
 # ---------------------------------------------------------------- /verify-in
 
 @pytest.mark.parametrize("digestalg", [None, "SHA-512"])
