@@ -617,6 +617,59 @@ def test_verify_zip_tool_usage(hsm, tmp_path):
     assert run([TOOL, "verify-zip", "--help"]).returncode == 0
 
 
+FIXTURES = Path(__file__).resolve().parent / "data" / "jar"
+
+
+@pytest.mark.parametrize("name,valid", [("signed-by-jarsigner.zip", True),
+                                        ("signed-by-hsmfs.zip", True),
+                                        ("forged-content.zip", False)])
+def test_committed_fixtures(hsm, mount_factory, name, valid):
+    """Known-good and forged zips kept in the tree (tests/data/jar/README)."""
+    trust = str(FIXTURES / "fixture-signer.pem")
+    data = (FIXTURES / name).read_bytes()
+    p = run([TOOL, "verify-zip", "--truststore", trust, str(FIXTURES / name)],
+            check=False)
+    if valid:
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert p.stdout == "valid signer=CN=hsmfs fixture signer,O=hsmfs tests\n"
+    else:
+        assert p.returncode == 1
+        assert p.stdout == "invalid: entry README.txt was modified (digest mismatch)\n"
+    m = mount_factory(opts={"truststore": trust})
+    dst = m.path("verify-in", name)
+    assert write_file(dst, data) == 0
+    if valid:
+        assert Path(dst).read_bytes() == data
+    else:
+        with pytest.raises(OSError) as e:
+            open(dst, "rb")
+        assert e.value.errno == errno.EBADMSG
+
+
+def test_kill9_keeps_acknowledged_zips(hsm, mount_factory, tmp_path):
+    """SPEC §8: what close() acknowledged survives kill -9 and verifies."""
+    m = mount_factory(opts={"truststore": hsm.ca_cert})
+    data = make_zip(tmp_path / "a.zip").read_bytes()
+    assert write_file(m.path("sign-out", "a.zip"), data) == 0
+    signed = Path(m.path("sign-out", "a.zip")).read_bytes()
+    assert write_file(m.path("verify-in", "a.zip"), signed) == 0
+    # An open writer that never closes: its bytes are not acknowledged.
+    f = open(m.path("sign-out", "partial.zip"), "wb")
+    f.write(data[:1000])
+    f.flush()
+    m.kill9()
+    try:
+        f.close()                   # the daemon is gone: ENOTCONN
+    except OSError:
+        pass
+    m.start()
+    assert Path(m.path("sign-out", "a.zip")).read_bytes() == signed
+    assert Path(m.path("verify-in", "a.zip")).read_bytes() == signed
+    assert sorted(os.listdir(m.path("sign-out"))) == ["a.zip"]
+    leftovers = [p for p in Path(m.store).rglob(".tmp.*")]
+    assert leftovers == []
+
+
 # ---------------------------------------------------------------- memory
 
 def vm_hwm_kib(pid):
