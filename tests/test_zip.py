@@ -461,6 +461,33 @@ def test_verify_in_accepts_hsmfs_signed_and_caches_verdict(zm, tmp_path):
     assert status(zm)["verify-in.valid"] == s2["verify-in.valid"]
 
 
+def test_verify_in_names_rm_mv(zm, pki, tmp_path, signed_by_jarsigner):
+    d = zm.path("verify-in")
+    data = signed_by_jarsigner.read_bytes()
+    with pytest.raises(OSError) as e:
+        open(os.path.join(d, "bad name.zip"), "wb")
+    assert e.value.errno == errno.EINVAL
+    assert write_file(os.path.join(d, "a.zip"), data) == 0
+    assert os.listdir(d) == ["a.zip"]
+    st = os.stat(os.path.join(d, "a.zip"))
+    assert st.st_mode & 0o777 == 0o644 and st.st_size == len(data)
+    os.rename(os.path.join(d, "a.zip"), os.path.join(d, "b.zip"))
+    assert os.listdir(d) == ["b.zip"]
+    assert Path(d, "b.zip").read_bytes() == data
+    assert xattr(os.path.join(d, "b.zip"), "user.hsmfs.verify").startswith("valid")
+    assert "user.hsmfs.verify" in os.listxattr(os.path.join(d, "b.zip"))
+    os.unlink(os.path.join(d, "b.zip"))
+    assert os.listdir(d) == []
+    assert list((Path(zm.store) / "verify-in" / ".meta").iterdir()) == []
+    # Replacing the bytes under a name replaces the verdict too.
+    assert write_file(os.path.join(d, "c.zip"), data) == 0
+    assert Path(d, "c.zip").read_bytes() == data
+    assert write_file(os.path.join(d, "c.zip"), data + b"junk") == 0
+    with pytest.raises(OSError) as e:
+        open(os.path.join(d, "c.zip"), "rb")
+    assert e.value.errno == errno.EBADMSG
+
+
 def _patch_sizes(path, name, usize):
     """Declare `usize` as the uncompressed size of `name` everywhere it is
     recorded: local header, data descriptor (jarsigner writes them) and
