@@ -1263,6 +1263,22 @@ digest_b64(const EVP_MD *md, const void *p, size_t n, char **out)
 	return b64_of(d, dl, out);
 }
 
+/* The manifest entry, matched case-insensitively as Java does; two
+ * spellings of it would let readers disagree on which one counts. */
+static int
+find_manifest(const struct zarc *z, long *idx)
+{
+	*idx = -1;
+	for (size_t i = 0; i < z->n; i++) {
+		if (strcasecmp(z->e[i].name, "META-INF/MANIFEST.MF") != 0)
+			continue;
+		if (*idx >= 0)
+			return bad("two manifests (names differing in case)");
+		*idx = (long)i;
+	}
+	return 0;
+}
+
 /* ---------------------------------------------------------------- */
 /* Output                                                            */
 
@@ -1774,9 +1790,8 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	if ((r = zarc_open(in_path, &z)) != 0 ||
 	    (r = zarc_libzip_check(in_path, &z, &in)) != 0)
 		goto out;
-	for (size_t i = 0; i < z.n; i++)
-		if (strcasecmp(z.e[i].name, "META-INF/MANIFEST.MF") == 0)
-			mf_index = (long)i;
+	if ((r = find_manifest(&z, &mf_index)) != 0)
+		goto out;
 	if (mf_index >= 0) {
 		if ((r = zent_slurp(&z, &z.e[mf_index], &oldmf, &oldmflen)) != 0 ||
 		    (r = mf_parse((char *)oldmf, oldmflen, &old, "META-INF/MANIFEST.MF")) != 0)
@@ -2252,6 +2267,7 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 	struct verify_dig vd = {0};
 	uint8_t *mfb = NULL;
 	size_t mfl = 0, nsig = 0;
+	long mf_l = -1;
 	int mf_i = -1, r;
 
 	memset(v, 0, sizeof(*v));
@@ -2261,9 +2277,9 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 		goto out_noz;
 	if ((r = zarc_libzip_check(path, &z, NULL)) != 0)
 		goto out;
-	for (size_t i = 0; i < z.n; i++)
-		if (strcasecmp(z.e[i].name, "META-INF/MANIFEST.MF") == 0)
-			mf_i = (int)i;
+	if ((r = find_manifest(&z, &mf_l)) != 0)
+		goto out;
+	mf_i = (int)mf_l;
 	if (mf_i < 0) {
 		r = bad("unsigned zip (no META-INF/MANIFEST.MF)");
 		goto out;

@@ -530,7 +530,8 @@ def _rezip(src, dst, drop=(), replace=None, add=None):
 HOSTILE = ["unsigned", "modified", "added", "removed", "sf-modified",
            "rsa-removed", "self-signed", "expired", "sha1", "duplicate",
            "local-central-mismatch", "prepended", "appended", "traversal",
-           "absolute", "bomb-declared-small", "bomb-ratio"]
+           "absolute", "bomb-declared-small", "bomb-ratio", "two-manifests",
+           "dir-with-data"]
 
 
 @pytest.fixture(scope="module")
@@ -605,6 +606,13 @@ def test_verify_in_rejects(zm, pki, tmp_path, signed_by_jarsigner, case, request
     elif case == "absolute":
         data = _rezip(good, out, add={"/etc/cron.d/evil": b"x"}).read_bytes()
         why = "absolute"
+    elif case == "two-manifests":
+        data = _rezip(good, out, add={"meta-inf/manifest.mf":
+                                      b"Manifest-Version: 1.0\r\n\r\n"}).read_bytes()
+        why = "two manifests"
+    elif case == "dir-with-data":
+        data = _rezip(good, out, add={"hidden/": b"bytes no digest covers"}).read_bytes()
+        why = "directory entry with data"
     elif case == "bomb-declared-small":
         data = _patch_sizes(request.getfixturevalue("bomb"), "zeros.bin", 1000)
         why = "beyond its declared size"
