@@ -1538,6 +1538,135 @@ out:
 	return r;
 }
 
+/* Sign in place, without copying any entry: insert a block-aligned gap at
+ * the start of the file (FALLOC_FL_INSERT_RANGE moves extents, not bytes),
+ * write the three signature entries into it (the last one's local extra
+ * field pads to the gap's exact size, as zipalign does), then rewrite the
+ * central directory with shifted offsets. Only for files nothing is
+ * dropped from, on filesystems that support it (ext4, XFS); *done = 0
+ * otherwise, with the file untouched. After the insertion a failure
+ * leaves the file unusable (it is the caller's spool, never user data). */
+#define PAD_EXTRA_ID 0xd935      /* zipalign's alignment padding field */
+#define INPLACE_MAX_CD (16u << 20)
+
+static int
+write_in_place(const struct zarc *z, const char *path, struct new_entry *ne,
+    time_t now, int *done)
+{
+	struct stat st;
+	uint8_t h[46], *cd = NULL, *pre = NULL;
+	uint16_t dtime, ddate;
+	uint64_t cd_size = 0, p = 0, gap, pad, off;
+	int fd = -1, r = 0;
+
+	*done = 0;
+	for (size_t i = 0; i < z->n; i++)
+		cd_size += z->e[i].cdlen;
+	for (int k = 0; k < 3; k++)
+		p += 30 + strlen(ne[k].name) + ne[k].clen;
+	if (cd_size > INPLACE_MAX_CD || z->comment_len > 0)
+		return 0;
+	if ((fd = open(path, O_RDWR | O_CLOEXEC)) < 0 || fstat(fd, &st) < 0 ||
+	    st.st_blksize <= 0 || st.st_blksize > 32768) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	gap = (p + 4 + (uint64_t)st.st_blksize - 1) / (uint64_t)st.st_blksize *
+	    (uint64_t)st.st_blksize;
+	pad = gap - p;                   /* >= 4: room for the field header */
+	if ((cd = malloc(cd_size ? cd_size : 1)) == NULL ||
+	    (pre = calloc(1, gap)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	if (cd_size > 0 && (r = zread(z, z->cd_off, cd, cd_size)) != 0)
+		goto out;
+	dos_time(now, &dtime, &ddate);
+	off = 0;
+	for (int k = 0; k < 3; k++) {
+		size_t nl = strlen(ne[k].name);
+		uint8_t *l = pre + off;
+		put32(l, 0x04034b50);
+		put16(l + 4, 20);
+		put16(l + 8, 8);
+		put16(l + 10, dtime);
+		put16(l + 12, ddate);
+		put32(l + 14, ne[k].crc);
+		put32(l + 18, (uint32_t)ne[k].clen);
+		put32(l + 22, (uint32_t)ne[k].len);
+		put16(l + 26, (uint16_t)nl);
+		put16(l + 28, k == 2 ? (uint16_t)pad : 0);
+		memcpy(l + 30, ne[k].name, nl);
+		ne[k].off = off;
+		off += 30 + nl;
+		if (k == 2) {
+			put16(pre + off, PAD_EXTRA_ID);
+			put16(pre + off + 2, (uint16_t)(pad - 4));
+			off += pad;
+		}
+		memcpy(pre + off, ne[k].comp, ne[k].clen);
+		off += ne[k].clen;
+	}
+	if (fallocate(fd, FALLOC_FL_INSERT_RANGE, 0, (off_t)gap) < 0) {
+		r = 0;                       /* unsupported here: copy instead */
+		goto out;
+	}
+	*done = 1;
+	if (pwrite(fd, pre, gap, 0) != (ssize_t)gap ||
+	    ftruncate(fd, (off_t)(gap + z->cd_off)) < 0 ||
+	    lseek(fd, (off_t)(gap + z->cd_off), SEEK_SET) < 0) {
+		err_set("%s: %s", path, strerror(errno));
+		r = hsmfs_errno_err(errno);
+		goto out;
+	}
+	off = 0;
+	for (int k = 0; k < 3; k++) {
+		size_t nl = strlen(ne[k].name);
+		memset(h, 0, 46);
+		put32(h, 0x02014b50);
+		put16(h + 4, 0x0314);
+		put16(h + 6, 20);
+		put16(h + 10, 8);
+		put16(h + 12, dtime);
+		put16(h + 14, ddate);
+		put32(h + 16, ne[k].crc);
+		put32(h + 20, (uint32_t)ne[k].clen);
+		put32(h + 24, (uint32_t)ne[k].len);
+		put16(h + 28, (uint16_t)nl);
+		put32(h + 38, 0100644u << 16);
+		put32(h + 42, (uint32_t)ne[k].off);
+		if ((r = write_all(fd, h, 46)) != 0 || (r = write_all(fd, ne[k].name, nl)) != 0)
+			goto out;
+		off += 46 + nl;
+	}
+	/* The old records, in their order, each pointing gap bytes further. */
+	for (size_t i = 0; i < z->n; i++) {
+		uint8_t *rec = cd + (z->e[i].cdoff - z->cd_off);
+		put32(rec + 42, (uint32_t)(z->e[i].loff + gap));
+	}
+	if ((r = write_all(fd, cd, cd_size)) != 0)
+		goto out;
+	off += cd_size;
+	memset(h, 0, 22);
+	put32(h, 0x06054b50);
+	put16(h + 8, (uint16_t)(z->n + 3));
+	put16(h + 10, (uint16_t)(z->n + 3));
+	put32(h + 12, (uint32_t)off);
+	put32(h + 16, (uint32_t)(gap + z->cd_off));
+	if ((r = write_all(fd, h, 22)) != 0)
+		goto out;
+	r = 0;
+out:
+	if (fd >= 0 && close(fd) < 0 && r == 0 && *done) {
+		err_set("%s: %s", path, strerror(errno));
+		r = hsmfs_errno_err(errno);
+	}
+	free(cd);
+	free(pre);
+	return r;
+}
+
 /* The raw writer needs no zip64 structure anywhere in the output. */
 static int
 raw_possible(const struct zarc *z, const struct new_entry *ne, const uint8_t *keep)
@@ -1755,6 +1884,13 @@ out:
 int
 jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *o)
 {
+	return jar_sign_ex(in_path, out_path, o, NULL);
+}
+
+int
+jar_sign_ex(const char *in_path, const char *out_path,
+    const struct jar_sign_opts *o, int *in_place)
+{
 	struct zarc z;
 	zip_t *in = NULL, *out = NULL;
 	struct mf old;
@@ -1772,6 +1908,8 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	time_t now = time(NULL);
 	int r, have_old = 0;
 
+	if (in_place)
+		*in_place = 0;
 	memset(&old, 0, sizeof(old));
 	memset(ne, 0, sizeof(ne));
 	z.fd = -1;
@@ -1890,6 +2028,14 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 		if ((r = deflate_buf(&ne[k])) != 0)
 			goto out;
 	if (raw_possible(&z, ne, keep)) {
+		int all_kept = 1;
+		for (size_t i = 0; i < z.n; i++)
+			all_kept &= keep[i];
+		if (in_place && all_kept) {
+			if ((r = write_in_place(&z, in_path, ne, now, in_place)) != 0 ||
+			    *in_place)
+				goto out;
+		}
 		r = write_raw(&z, out_path, ne, keep, now);
 		goto out;
 	}
