@@ -418,3 +418,22 @@ def test_starttls_required_never_plaintext(mount_factory, relay):
     assert "tls" in os.listdir(m.path("mail"))
     assert "STARTTLS" in status(m)["mail.last_error"] or \
         "SSL" in status(m)["mail.last_error"]
+
+
+def test_damaged_queue_entry_not_sent(mount_factory, relay):
+    m = mail_mount(mount_factory, relay)
+    put(m, "ok", message())
+    wait_for(lambda: relay.count() == 1, timeout=30, what="delivery")
+    m.unmount()
+    with open(os.path.join(m.store, "mail", "queue", "junk"), "wb") as f:
+        f.write(b"not an entry\n")
+    m.start()
+    wait_for(lambda: "junk.error" in os.listdir(m.path("mail", "failed")),
+             timeout=20, what="damaged entry in failed/")
+    assert "damaged" in open(m.path("mail", "failed", "junk.error")).read()
+    time.sleep(1)
+    assert relay.data_calls == 1
+    # sent/ survives the restart and can be cleaned up.
+    assert sent_names(m) == ["ok"]
+    os.unlink(m.path("mail", "sent", "ok"))
+    assert sent_names(m) == []
