@@ -940,6 +940,13 @@ mail_start(void)
 		log_warn("mail: no smtp= relay configured: messages are signed and "
 		    "queued, and wait until hsmfs runs with -o smtp=URL");
 	}
+	if (hsmfs_ctx->opt.read_only) {
+		/* -o ro: the store must not change, so nothing is sent. */
+		log_warn("mail: read-only mount: %zu queued message(s) are not sent",
+		    mail.nq);
+		mail.started = 1;
+		return 0;
+	}
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		err_set("curl_global_init failed");
 		r = HSMFS_ERR_IO;
@@ -974,10 +981,11 @@ mail_stop(void)
 	__atomic_store_n(&mail.stopping, 1, __ATOMIC_RELAXED);
 	pthread_cond_broadcast(&mail.cond);
 	pthread_mutex_unlock(&mail.lock);
-	if (mail.thread_running)
+	if (mail.thread_running) {
 		pthread_join(mail.thread, NULL);
+		curl_global_cleanup();
+	}
 	mail.thread_running = 0;
-	curl_global_cleanup();
 	mail.started = 0;
 	free(mail.url);
 	mail.url = NULL;
@@ -1020,7 +1028,9 @@ mail_status(FILE *out)
 		if (next < 0 || mail.q[i].st.next < next)
 			next = mail.q[i].st.next;
 	}
-	fprintf(out, "mail.relay: %s\n", mail.url ? hsmfs_ctx->opt.smtp :
+	fprintf(out, "mail.relay: %s\n", !mail.thread_running ?
+	    "none (read-only mount: messages wait in the queue)" :
+	    mail.url ? hsmfs_ctx->opt.smtp :
 	    "none (no smtp= option: messages wait in the queue)");
 	fprintf(out, "mail.key: %s\n", mail.key_name);
 	fprintf(out, "mail.queued: %zu\n", nq);

@@ -284,6 +284,10 @@ def test_relay_down_then_up(mount_factory, hsm):
     st = status(m)
     assert st["mail.queued"] == "1"
     assert "later" in os.listdir(m.path("mail"))
+    assert open(m.path("mail", "later"), "rb").read() == message()
+    with pytest.raises(OSError) as e:
+        open(m.path("mail", "later"), "r+b")
+    assert e.value.errno == errno.EACCES
     x = os.getxattr(m.path("mail", "later"), "user.hsmfs.mail").decode()
     assert "state=queued" in x and "attempts=" in x and "next=" in x
     with pytest.raises(OSError) as e:
@@ -437,3 +441,29 @@ def test_damaged_queue_entry_not_sent(mount_factory, relay):
     assert sent_names(m) == ["ok"]
     os.unlink(m.path("mail", "sent", "ok"))
     assert sent_names(m) == []
+
+
+def test_hsm_failure_at_close_queues_unsigned_then_signs(hsm, mount_factory, relay,
+                                                        tmp_path, monkeypatch):
+    """SPEC §8: a failing HSM loses no mail. close() still queues the
+    message (unsigned); the sender signs it once the token works again
+    (tests/p11shim injects CKR_DEVICE_ERROR in front of SoftHSM)."""
+    from conftest import BUILD
+    shim = os.environ.get("HSMFS_P11SHIM", str(BUILD / "tests" / "p11shim.so"))
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    monkeypatch.setenv("P11SHIM_REAL", hsm.module)
+    monkeypatch.setenv("P11SHIM_CTL", str(ctl))
+    cfg = hsm.config(tmp_path / "shim.xml", key_attrs={
+        "signEmailCertificateV1": {"locationValue": shim}})
+    m = mount_factory(config=cfg, opts={"mail_retry": 1, "smtp": relay.url})
+    (ctl / "fail_ops").touch()
+    put(m, "hsmdown", message(body="while the HSM was down\n"))
+    assert "signing failed, queued unsigned" in m.log()
+    wait_for(lambda: "signing with key signEmailCertificateV1 failed" in m.log(),
+             timeout=20, what="a failed signing attempt by the sender")
+    assert relay.data_calls == 0 and "hsmdown" in os.listdir(m.path("mail"))
+    (ctl / "fail_ops").unlink()
+    wait_for(lambda: sent_names(m) == ["hsmdown"], timeout=30, what="delivery")
+    content = verify(hsm, relay.messages[0][2], tmp_path)
+    assert b"while the HSM was down" in content
