@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <openssl/x509v3.h>
 
 #define MAIL_MAX_BACKOFF 3600        /* RFC 5321 4.5.4.1 doubling cap */
 #define MAIL_XATTR "user.hsmfs.mail"
@@ -380,6 +381,12 @@ mail_commit(struct writer *w)
 	err_clear();
 	if ((r = smime_check(w->buf, w->len, &m)) != 0)
 		goto out;
+	/* Receivers compare From with the certificate; sign anyway (the
+	 * relay may rewrite), but say why clients will flag it. */
+	if (X509_check_email(hsm_key_cert(mail.key), m.from, 0, 0) != 1)
+		log_warn("mail/%s: From %s is not an address of key %s's "
+		    "certificate; receivers will flag the signature", w->name,
+		    m.from, mail.key_name);
 	h.queued = h.date = now_s();
 	if (m.msgid)
 		snprintf(h.msgid, sizeof(h.msgid), "%s", m.msgid);

@@ -363,14 +363,24 @@ def test_100_messages_from_4_writers(mount_factory, relay):
 
 def test_existing_headers_kept_and_names(mount_factory, relay, tmp_path, hsm):
     m = mail_mount(mount_factory, relay)
+    body = "7-bit text\n.\n..leading dots survive dot-stuffing\n.\n"
     msg = message(extra="Date: Mon, 01 Jan 2024 10:00:00 +0000\n"
-                  "Message-ID: <fixed-1@example.org>\n")
+                  "Message-ID: <fixed-1@example.org>\n", body=body)
     put(m, "keep", msg)
     wait_for(lambda: relay.count() == 1, timeout=30, what="delivery")
-    parsed = email.message_from_bytes(relay.messages[0][2])
+    data = relay.messages[0][2]
+    parsed = email.message_from_bytes(data)
     assert parsed["Message-ID"] == "<fixed-1@example.org>"
     assert parsed["Date"] == "Mon, 01 Jan 2024 10:00:00 +0000"
-    verify(hsm, relay.messages[0][2], tmp_path)
+    content = verify(hsm, data, tmp_path)
+    assert content.endswith(body.replace("\n", "\r\n").encode())
+    wait_for(lambda: sent_names(m) == ["keep"], timeout=10, what="sent/")
+    assert open(m.path("mail", "sent", "keep"), "rb").read() == data
+    assert "is not an address of key" not in m.log()
+    # A From the certificate does not name is signed, with a warning.
+    put(m, "other", message().replace(SENDER.encode(), b"other@example.org"))
+    wait_for(lambda: relay.count() == 2, timeout=30, what="delivery")
+    assert "From other@example.org is not an address of key" in m.log()
     for bad in (".hidden", "a b", "x" * 256):
         with pytest.raises(OSError) as e:
             put(m, bad, msg)
