@@ -203,6 +203,9 @@ BAD = {
                    + b"x" * 1200 + b"\n\nbody\n",
     "bad-address": b"From: sender@example.org\nTo: alice at example\n\nx\n",
     "empty": b"",
+    "8bit-multipart": b"From: sender@example.org\nTo: alice@example.org\n"
+                      b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\n"
+                      b"caf\xc3\xa9\n--b--\n",
 }
 
 
