@@ -480,3 +480,28 @@ def test_hsm_failure_at_close_queues_unsigned_then_signs(hsm, mount_factory, rel
     wait_for(lambda: sent_names(m) == ["hsmdown"], timeout=30, what="delivery")
     content = verify(hsm, relay.messages[0][2], tmp_path)
     assert b"while the HSM was down" in content
+
+
+def test_restart_keeps_the_schedule(mount_factory):
+    relay = Relay()
+    m = mail_mount(mount_factory, port=relay.port, mail_retry=60)
+    put(m, "sched", message())
+    wait_for(lambda: status(m).get("mail.last_error"), timeout=20,
+             what="a failed attempt")
+    before = os.getxattr(m.path("mail", "sched"), "user.hsmfs.mail").decode()
+    assert "attempts=1" in before
+    left = int(re.search(r"\(in (\d+) s\)", status(m)["mail.next_retry"]).group(1))
+    assert 45 <= left <= 60, left                    # mail_retry after attempt 1
+    m.unmount()
+    relay.start()
+    try:
+        m.start()
+        after = os.getxattr(m.path("mail", "sched"), "user.hsmfs.mail").decode()
+        # Same next attempt time and count: the backoff survives restarts
+        # (RFC 5321 4.5.4.1), the relay is not hit at once.
+        assert after.split("next=")[1].split()[0] == before.split("next=")[1].split()[0]
+        assert "attempts=1" in after
+        time.sleep(1.5)
+        assert relay.data_calls == 0 and "sched" in os.listdir(m.path("mail"))
+    finally:
+        relay.stop()
