@@ -604,7 +604,7 @@ unwrap_verify(const struct envelope *env, hsm_key *key, uint8_t **keys,
 	size_t bufn = (size_t)hsm_key_bits(key) / 8 + 1, n = 0;
 	size_t want = (size_t)env->h.aes_len + ENVELOPE_MAC_KEY_LEN;
 	uint8_t *buf = NULL, tag[MAC_LEN];
-	int r;
+	int r, reject = 0;
 
 	if ((r = algs_ready()) != 0)
 		return r;
@@ -620,15 +620,19 @@ unwrap_verify(const struct envelope *env, hsm_key *key, uint8_t **keys,
 	r = hsm_key_oaep_decrypt(key, oaep_md(env->h.oaep), env->wrapped,
 	    env->h.wrapped_len, buf, &n);
 	if (r == HSMFS_ERR_BADMSG || (r == 0 && n != want)) {
-		r = HSMFS_ERR_BADMSG;
-		goto bad;
-	}
-	if (r != 0)
+		/* Implicit rejection: go on with random keys so that a bad
+		 * wrap costs the same MAC computation as a bad tag, and no
+		 * timing tells an OAEP failure from a MAC failure. */
+		if (RAND_bytes(buf, (int)want) != 1)
+			OPENSSL_cleanse(buf, want);
+		reject = 1;
+	} else if (r != 0) {
 		goto out;
+	}
 	if ((r = hmac(buf + env->h.aes_len, env->bin,
 	    (size_t)(env->mac - env->bin), tag)) != 0)
 		goto out;
-	if (CRYPTO_memcmp(tag, env->mac, MAC_LEN) != 0) {
+	if ((CRYPTO_memcmp(tag, env->mac, MAC_LEN) != 0) | reject) {
 		r = HSMFS_ERR_BADMSG;
 		goto bad;
 	}
