@@ -531,6 +531,8 @@ smtp_send(CURL *h, const struct smime_msg *m, const uint8_t *data, size_t len,
 	curl_easy_setopt(h, CURLOPT_URL, mail.url);
 	curl_easy_setopt(h, CURLOPT_USE_SSL, mail.starttls ? (long)CURLUSESSL_ALL :
 	    (long)CURLUSESSL_NONE);
+	if (hsmfs_ctx->opt.smtp_ca)
+		curl_easy_setopt(h, CURLOPT_CAINFO, hsmfs_ctx->opt.smtp_ca);
 	curl_easy_setopt(h, CURLOPT_MAIL_FROM, from);
 	curl_easy_setopt(h, CURLOPT_MAIL_RCPT, rcpt);
 	curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);

@@ -8,6 +8,7 @@ import errno
 import os
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -39,6 +40,7 @@ class Relay:
         self.rcpt_replies = {}
         self.data_calls = 0
         self.ehlo = 0
+        self.tls = []
         self.lock = threading.Lock()
         self.controller = None
 
@@ -63,11 +65,13 @@ class Relay:
                     return r
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
                                   bytes(envelope.original_content)))
+            self.tls.append(server.transport.get_extra_info("ssl_object")
+                            is not None)
         return "250 2.0.0 Ok: queued"
 
-    def start(self):
+    def start(self, **tls):
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port,
-                                     ready_timeout=10)
+                                     ready_timeout=10, **tls)
         self.controller.start()
         return self
 
@@ -503,5 +507,51 @@ def test_restart_keeps_the_schedule(mount_factory):
         assert "attempts=1" in after
         time.sleep(1.5)
         assert relay.data_calls == 0 and "sched" in os.listdir(m.path("mail"))
+    finally:
+        relay.stop()
+
+
+def server_tls(hsm, tmp_path):
+    """A relay certificate for 127.0.0.1 issued by the test CA."""
+    key, csr, crt, ext = (tmp_path / n for n in ("srv.key", "srv.csr", "srv.pem",
+                                                  "srv.ext"))
+    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+                   "basicConstraints=CA:FALSE\n")
+    run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout",
+         str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1"])
+    run(["openssl", "x509", "-req", "-in", str(csr), "-CA", hsm.ca_cert, "-CAkey",
+         hsm.ca_key, "-set_serial", "77", "-days", "2", "-extfile", str(ext),
+         "-out", str(crt)])
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(crt), str(key))
+    return ctx
+
+
+@pytest.mark.parametrize("mode", ["starttls", "smtps"])
+def test_tls_delivery(hsm, mount_factory, tmp_path, mode):
+    ctx = server_tls(hsm, tmp_path)
+    relay = Relay()
+    if mode == "starttls":
+        relay.start(tls_context=ctx, require_starttls=True)
+        url = f"smtp+starttls://127.0.0.1:{relay.port}"
+    else:
+        relay.start(ssl_context=ctx)
+        url = f"smtps://127.0.0.1:{relay.port}"
+    try:
+        m = mount_factory(opts={"mail_retry": 1, "smtp": url,
+                                "smtp_ca": hsm.ca_cert})
+        put(m, "tls", message())
+        wait_for(lambda: sent_names(m) == ["tls"], timeout=30, what="delivery")
+        assert relay.count() == 1 and relay.tls == [True]
+        verify(hsm, relay.messages[0][2], tmp_path)
+        m.unmount()
+        # Without the relay's CA the certificate is not trusted: nothing
+        # is sent, the message waits.
+        m2 = mount_factory(opts={"mail_retry": 1, "smtp": url})
+        put(m2, "untrusted", message())
+        wait_for(lambda: status(m2).get("mail.last_error"), timeout=20,
+                 what="a failed attempt")
+        assert "certificate" in status(m2)["mail.last_error"].lower()
+        assert relay.count() == 1 and "untrusted" in os.listdir(m2.path("mail"))
     finally:
         relay.stop()
