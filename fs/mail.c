@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <openssl/crypto.h>
 #include <openssl/x509v3.h>
 
 #define MAIL_MAX_BACKOFF 3600        /* RFC 5321 4.5.4.1 doubling cap */
@@ -98,6 +99,9 @@ static struct {
 	const char *key_name;
 	char *url;            /* libcurl URL (smtp+starttls:// rewritten) */
 	int starttls;
+	char *auth_user;      /* SMTP AUTH, from -o smtp_auth=FILE */
+	char *auth_pass;      /* secure heap, wiped at stop */
+	size_t auth_pass_size;
 	struct qent *q;
 	size_t nq, capq;
 	struct writer *writers;
@@ -533,6 +537,10 @@ smtp_send(CURL *h, const struct smime_msg *m, const uint8_t *data, size_t len,
 	    (long)CURLUSESSL_NONE);
 	if (hsmfs_ctx->opt.smtp_ca)
 		curl_easy_setopt(h, CURLOPT_CAINFO, hsmfs_ctx->opt.smtp_ca);
+	if (mail.auth_user) {
+		curl_easy_setopt(h, CURLOPT_USERNAME, mail.auth_user);
+		curl_easy_setopt(h, CURLOPT_PASSWORD, mail.auth_pass);
+	}
 	curl_easy_setopt(h, CURLOPT_MAIL_FROM, from);
 	curl_easy_setopt(h, CURLOPT_MAIL_RCPT, rcpt);
 	curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
@@ -558,7 +566,12 @@ smtp_send(CURL *h, const struct smime_msg *m, const uint8_t *data, size_t len,
 		snprintf(reason, rsize, "%s", last[0] ? last : "250");
 		return SENT;
 	}
-	if (code >= 500 && code < 600) {
+	if (rc == CURLE_LOGIN_DENIED) {
+		/* A configuration problem, not the message's: keep it queued. */
+		o = TEMPFAIL;
+		snprintf(reason, rsize, "SMTP AUTH refused (check -o smtp_auth): %.200s",
+		    rp.err[0] ? rp.err : errbuf);
+	} else if (code >= 500 && code < 600) {
 		o = PERMFAIL;
 		snprintf(reason, rsize, "%s", rp.err[0] ? rp.err : errbuf);
 	} else if (code >= 400 && code < 500) {
@@ -811,6 +824,65 @@ sender_main(void *arg)
 
 /* ---- start / stop / status ---- */
 
+static void
+auth_clear(void)
+{
+	free(mail.auth_user);
+	mail.auth_user = NULL;
+	if (mail.auth_pass)
+		secmem_free(mail.auth_pass, mail.auth_pass_size);
+	mail.auth_pass = NULL;
+	mail.auth_pass_size = 0;
+}
+
+/* -o smtp_auth=FILE: user name on the first line, password on the
+ * second. Only over TLS: a password never crosses the wire in clear. */
+static int
+auth_load(const char *path)
+{
+	char *txt = NULL, *nl, *pw;
+	size_t len = 0, pwlen;
+	struct stat st;
+	int r;
+
+	if (!mail.starttls && strncmp(hsmfs_ctx->opt.smtp, "smtps://", 8) != 0) {
+		err_set("smtp_auth=%s needs TLS: use smtp+starttls:// or smtps://",
+		    path);
+		return HSMFS_ERR_CONFIG;
+	}
+	if ((r = util_read_file(path, 4096, &txt, &len)) != 0)
+		return r;
+	if (stat(path, &st) == 0 && (st.st_mode & 077))
+		log_warn("mail: %s is readable by group or others; chmod 600 it", path);
+	r = HSMFS_ERR_CONFIG;
+	if ((nl = strchr(txt, '\n')) == NULL || nl == txt) {
+		err_set("%s: expected a user name line and a password line", path);
+		goto out;
+	}
+	*nl = '\0';
+	pw = nl + 1;
+	pwlen = strcspn(pw, "\r\n");
+	if (pwlen == 0 || strchr(txt, '\r') != NULL) {
+		err_set("%s: expected a user name line and a password line", path);
+		goto out;
+	}
+	if ((mail.auth_user = strdup(txt)) == NULL ||
+	    (mail.auth_pass = secmem_alloc(pwlen + 1)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	mail.auth_pass_size = pwlen + 1;
+	memcpy(mail.auth_pass, pw, pwlen);
+	mail.auth_pass[pwlen] = '\0';
+	r = 0;
+out:
+	OPENSSL_cleanse(txt, len);
+	free(txt);
+	if (r != 0)
+		auth_clear();
+	return r;
+}
+
 /* Remove temp files and schedules or reasons whose entry is gone. */
 static void
 prune_orphans(int dirfd, int ownerfd)
@@ -945,6 +1017,9 @@ mail_start(void)
 			r = HSMFS_ERR_NOMEM;
 			goto fail;
 		}
+		if (hsmfs_ctx->opt.smtp_auth &&
+		    (r = auth_load(hsmfs_ctx->opt.smtp_auth)) != 0)
+			goto fail;
 	} else {
 		log_warn("mail: no smtp= relay configured: messages are signed and "
 		    "queued, and wait until hsmfs runs with -o smtp=URL");
@@ -972,6 +1047,7 @@ mail_start(void)
 	mail.started = 1;
 	return 0;
 fail:
+	auth_clear();
 	free(mail.url);
 	mail.url = NULL;
 	free(mail.q);
@@ -996,6 +1072,7 @@ mail_stop(void)
 	}
 	mail.thread_running = 0;
 	mail.started = 0;
+	auth_clear();
 	free(mail.url);
 	mail.url = NULL;
 	free(mail.q);

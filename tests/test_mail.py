@@ -555,3 +555,56 @@ def test_tls_delivery(hsm, mount_factory, tmp_path, mode):
         assert relay.count() == 1 and "untrusted" in os.listdir(m2.path("mail"))
     finally:
         relay.stop()
+
+
+def test_smtp_auth_over_starttls(hsm, mount_factory, tmp_path):
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+    seen = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (isinstance(auth_data, LoginPassword) and auth_data.login == b"idm"
+              and auth_data.password == b"s3cret pass")
+        seen.append((mechanism, auth_data.login, ok))
+        return AuthResult(success=ok, handled=False)
+
+    ctx = server_tls(hsm, tmp_path)
+    relay = Relay()
+    relay.start(tls_context=ctx, require_starttls=True, auth_required=True,
+                authenticator=authenticator)
+    url = f"smtp+starttls://127.0.0.1:{relay.port}"
+    good = tmp_path / "auth"
+    good.write_text("idm\ns3cret pass\n")
+    good.chmod(0o600)
+    bad = tmp_path / "badauth"
+    bad.write_text("idm\nwrong\n")
+    bad.chmod(0o600)
+    try:
+        m = mount_factory(opts={"mail_retry": 1, "smtp": url,
+                                "smtp_ca": hsm.ca_cert, "smtp_auth": str(good)})
+        put(m, "authed", message())
+        wait_for(lambda: sent_names(m) == ["authed"], timeout=30, what="delivery")
+        assert seen and seen[-1][1:] == (b"idm", True)
+        assert "s3cret" not in m.log()
+        m.unmount()
+        # A refused login keeps the mail queued: it is not the message's fault.
+        m2 = mount_factory(opts={"mail_retry": 1, "smtp": url,
+                                 "smtp_ca": hsm.ca_cert, "smtp_auth": str(bad)})
+        put(m2, "waits", message())
+        wait_for(lambda: "SMTP AUTH refused" in status(m2).get("mail.last_error", ""),
+                 timeout=20, what="refused login")
+        assert "waits" in os.listdir(m2.path("mail"))
+        assert os.listdir(m2.path("mail", "failed")) == []
+        assert relay.count() == 1
+    finally:
+        relay.stop()
+
+
+def test_smtp_auth_refused_without_tls(hsm, mount_factory, relay, tmp_path):
+    auth = tmp_path / "auth"
+    auth.write_text("idm\npw\n")
+    auth.chmod(0o600)
+    m = mount_factory(opts={"smtp": relay.url, "smtp_auth": str(auth)})
+    with pytest.raises(OSError) as e:
+        put(m, "x", message())
+    assert e.value.errno == errno.EOPNOTSUPP
+    assert "needs TLS" in m.log()
