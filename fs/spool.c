@@ -263,3 +263,29 @@ spool_rename(struct spool_list *l, const char *from, const char *to)
 			snprintf(s->name, sizeof(s->name), "%s", to);
 	pthread_mutex_unlock(&l->lock);
 }
+
+int
+spool_handle_read(struct spool *s, int fd, char *buf, size_t size, off_t off)
+{
+	ssize_t n;
+	if (s)
+		pthread_mutex_lock(&s->lock);
+	do
+		n = pread(s ? s->fd : fd, buf, size, off);
+	while (n < 0 && errno == EINTR);
+	if (s)
+		pthread_mutex_unlock(&s->lock);
+	return n < 0 ? -errno : (int)n;
+}
+
+int
+spool_handle_write(struct spool *s, const char *buf, size_t size, off_t off)
+{
+	int r;
+	if (s == NULL)
+		return -EBADF;
+	pthread_mutex_lock(&s->lock);
+	r = spool_write(s, buf, size, off);
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}

@@ -40,6 +40,10 @@ struct spool_list {
 int spool_open(struct spool_list *l, int dirfd, const char *name, int from_fd,
     struct spool **out);
 int spool_write(struct spool *s, const char *buf, size_t size, off_t off);
+/* FUSE read/write of a handle that is either a spool (s) or a plain read
+ * fd (s NULL): take s->lock around the I/O. Return bytes or -errno. */
+int spool_handle_read(struct spool *s, int fd, char *buf, size_t size, off_t off);
+int spool_handle_write(struct spool *s, const char *buf, size_t size, off_t off);
 int spool_truncate(struct spool *s, off_t size);
 /* SHA-256 of the whole content (from the running hash when writes were
  * sequential, else by reading the temp back). */

@@ -404,15 +404,7 @@ vi_read(const char *path, char *buf, size_t size, off_t off,
     struct fuse_file_info *fi)
 {
 	struct vi_fh *h = (struct vi_fh *)(uintptr_t)fi->fh;
-	ssize_t n;
-	if (h->s)
-		pthread_mutex_lock(&h->s->lock);
-	do
-		n = pread(h->s ? h->s->fd : h->fd, buf, size, off);
-	while (n < 0 && errno == EINTR);
-	if (h->s)
-		pthread_mutex_unlock(&h->s->lock);
-	return n < 0 ? -errno : (int)n;
+	return spool_handle_read(h->s, h->fd, buf, size, off);
 }
 
 static int
@@ -420,13 +412,7 @@ vi_write(const char *path, const char *buf, size_t size, off_t off,
     struct fuse_file_info *fi)
 {
 	struct vi_fh *h = (struct vi_fh *)(uintptr_t)fi->fh;
-	int r;
-	if (h->s == NULL)
-		return -EBADF;
-	pthread_mutex_lock(&h->s->lock);
-	r = spool_write(h->s, buf, size, off);
-	pthread_mutex_unlock(&h->s->lock);
-	return r;
+	return spool_handle_write(h->s, buf, size, off);
 }
 
 /* Store the bytes as copied, durably, with their content hash. */
