@@ -21,14 +21,16 @@
  * FUNC is a PKCS#11 function name ("C_Sign") or "*" for every function.
  * Counters (calls and injected faults per function) go to env
  * HSMFS_SHIM_STATS ("%p" is replaced by the pid) as "KEY VALUE" lines,
- * rewritten atomically after each injection and at most every 100 ms. */
+ * updated in place on every call (a shared mapping, see below). */
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -106,7 +108,6 @@ static int removed;
 static unsigned long calls[FN_COUNT];
 static unsigned long injected[FN_COUNT];
 static unsigned long injected_total, delayed_total, removals, closealls;
-static struct timespec stats_last;
 static unsigned int rng_state = 0x2545f491;
 
 static double
@@ -290,33 +291,69 @@ shim_reload_locked(void)
 	}
 }
 
-static void
-shim_write_stats_locked(int force)
-{
-	struct timespec now;
-	char tmp[4200];
-	FILE *f;
+/* The stats file is a shared mapping of fixed 64-byte lines "NAME VALUE\n"
+ * (value zero-padded), updated in place: figures stay exact even when
+ * the process ends with _exit() or SIGKILL, at the cost of no syscall. */
+#define STAT_LINE 64
+enum { ST_PID, ST_INJECTED, ST_DELAYED, ST_REMOVALS, ST_CLOSEALL, ST_FIXED };
+static char *stats_map;
+static size_t stats_len;
 
-	if (stats_path[0] == '\0')
+static void
+shim_stat_line_locked(size_t idx, const char *name, unsigned long v)
+{
+	char line[STAT_LINE + 1];
+
+	if (stats_map == NULL)
 		return;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (!force && (now.tv_sec - stats_last.tv_sec) * 1000L +
-	    (now.tv_nsec - stats_last.tv_nsec) / 1000000L < 100)
+	snprintf(line, sizeof(line), "%-42.42s %020lu\n", name, v);
+	memcpy(stats_map + idx * STAT_LINE, line, STAT_LINE);
+}
+
+static void
+shim_stats_open_locked(void)
+{
+	char name[64];
+	int fd;
+
+	stats_len = (size_t)(ST_FIXED + 2 * FN_COUNT) * STAT_LINE;
+	if ((fd = open(stats_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
 		return;
-	stats_last = now;
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", stats_path, (int)getpid());
-	if ((f = fopen(tmp, "w")) == NULL)
-		return;
-	fprintf(f, "pid %d\ninjected %lu\ndelayed %lu\nremovals %lu\ncloseall %lu\n",
-	    (int)getpid(), injected_total, delayed_total, removals, closealls);
-	for (int i = 0; i < FN_COUNT; i++) {
-		if (calls[i])
-			fprintf(f, "calls.%s %lu\n", shim_fn_names[i], calls[i]);
-		if (injected[i])
-			fprintf(f, "injected.%s %lu\n", shim_fn_names[i], injected[i]);
+	if (ftruncate(fd, (off_t)stats_len) == 0) {
+		stats_map = mmap(NULL, stats_len, PROT_READ | PROT_WRITE, MAP_SHARED,
+		    fd, 0);
+		if (stats_map == MAP_FAILED)
+			stats_map = NULL;
 	}
-	if (fclose(f) != 0 || rename(tmp, stats_path) != 0)
-		unlink(tmp);
+	close(fd);
+	shim_stat_line_locked(ST_PID, "pid", (unsigned long)getpid());
+	shim_stat_line_locked(ST_INJECTED, "injected", 0);
+	shim_stat_line_locked(ST_DELAYED, "delayed", 0);
+	shim_stat_line_locked(ST_REMOVALS, "removals", 0);
+	shim_stat_line_locked(ST_CLOSEALL, "closeall", 0);
+	for (int i = 0; i < FN_COUNT; i++) {
+		snprintf(name, sizeof(name), "calls.%s", shim_fn_names[i]);
+		shim_stat_line_locked(ST_FIXED + 2 * (size_t)i, name, 0);
+		snprintf(name, sizeof(name), "injected.%s", shim_fn_names[i]);
+		shim_stat_line_locked(ST_FIXED + 2 * (size_t)i + 1, name, 0);
+	}
+}
+
+static void
+shim_write_stats_locked(enum shim_fn fn)
+{
+	char name[64];
+
+	if (stats_map == NULL)
+		return;
+	shim_stat_line_locked(ST_INJECTED, "injected", injected_total);
+	shim_stat_line_locked(ST_DELAYED, "delayed", delayed_total);
+	shim_stat_line_locked(ST_REMOVALS, "removals", removals);
+	shim_stat_line_locked(ST_CLOSEALL, "closeall", closealls);
+	snprintf(name, sizeof(name), "calls.%s", shim_fn_names[fn]);
+	shim_stat_line_locked(ST_FIXED + 2 * (size_t)fn, name, calls[fn]);
+	snprintf(name, sizeof(name), "injected.%s", shim_fn_names[fn]);
+	shim_stat_line_locked(ST_FIXED + 2 * (size_t)fn + 1, name, injected[fn]);
 }
 
 /* Before forwarding fn: count it, apply the control file. Returns the
@@ -357,7 +394,7 @@ shim_pre(enum shim_fn fn, long *delay_ms)
 	}
 	if (*delay_ms > 0)
 		delayed_total++;
-	shim_write_stats_locked(rv != CKR_OK);
+	shim_write_stats_locked(fn);
 	pthread_mutex_unlock(&shim_lock);
 	if (rv != CKR_OK)
 		fprintf(stderr, "p11shim: %s -> %s (injected)\n", shim_fn_names[fn],
@@ -522,16 +559,12 @@ SHIM_FWD(C_GenerateRandom, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c), (a,
 SHIM_FWD(C_GetFunctionStatus, (CK_SESSION_HANDLE a), (a))
 SHIM_FWD(C_CancelFunction, (CK_SESSION_HANDLE a), (a))
 
-/* Finalize flushes the counters: a clean unmount leaves exact figures. */
 static CK_RV
 shim_C_Finalize(void *a)
 {
 	long ms;
 	CK_RV rv = shim_pre(FN_C_Finalize, &ms);
 
-	pthread_mutex_lock(&shim_lock);
-	shim_write_stats_locked(1);
-	pthread_mutex_unlock(&shim_lock);
 	if (rv != CKR_OK)
 		return rv;
 	return real->C_Finalize(a);
@@ -608,6 +641,7 @@ shim_load(void)
 			    (int)(p - st), st, (int)getpid(), p + 2);
 		else
 			snprintf(stats_path, sizeof(stats_path), "%s", st);
+		shim_stats_open_locked();
 	}
 	rng_state ^= (unsigned int)getpid();
 	shim_list = *real;
@@ -637,3 +671,4 @@ C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out)
 {
 	return shim_C_GetFunctionList(out);
 }
+
