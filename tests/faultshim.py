@@ -59,7 +59,7 @@ class Shim:
                 continue
             for line in text.splitlines():
                 k, _, v = line.strip().partition(" ")
-                if v and k != "pid":
+                if v and k != "pid" and int(v):
                     out[k] = out.get(k, 0) + int(v)
         return out
 

@@ -10,7 +10,9 @@ import pytest
 
 from conftest import HSMFS, TOOL
 from faultshim import Shim
-from helpers import run
+from folderops import (Relay, append, errname, mail_message, make_zip, read,
+                       smime_verify, verify_zip, write)
+from helpers import run, wait_for
 
 
 @pytest.fixture
@@ -78,3 +80,201 @@ def test_wrong_pin_tried_once(shim, tmp_path):
     assert shim.stats().get("calls.C_Login") == 1, (shim.stats(), d.stderr)
     # The token still accepts the right PIN (not locked by retries).
     run([TOOL, "check", "-o", f"config={shim.config(tmp_path / 'ok.xml')}"])
+
+
+# ---- the mounted folders ----
+
+@pytest.fixture
+def fmount(shim, mount_factory, tmp_path):
+    """A mount whose every key goes through the shim."""
+    def make(**opts):
+        cfg = shim.config(tmp_path / "shim-config.xml")
+        return mount_factory(config=cfg, opts=opts or None)
+    return make
+
+
+HSM_FAULTS = ["CKR_DEVICE_ERROR", "CKR_GENERAL_ERROR", "CKR_DEVICE_REMOVED",
+              "CKR_TOKEN_NOT_PRESENT", "CKR_USER_NOT_LOGGED_IN"]
+
+
+def logins(shim):
+    return shim.stats().get("calls.C_Login", 0)
+
+
+@pytest.mark.parametrize("ckr", HSM_FAULTS)
+def test_fields_read_fails_with_eio_and_recovers(shim, fmount, ckr):
+    m = fmount()
+    p = m.path("fields", "db-password")
+    assert write(p, b"s3cret") is None
+    shim.set(f"fail C_Decrypt {ckr}")
+    data, e = read(p)
+    assert e == errno.EIO, (errname(e), data)
+    # Still serving: stat and the sealed view need no HSM; writes seal
+    # with the certificate; other folders sign.
+    assert os.stat(p).st_size == 6
+    sealed, e = read(m.path("fields", ".sealed", "db-password"))
+    assert e is None and sealed.startswith(b"NX02:")
+    assert write(m.path("fields", "other"), b"v2") is None
+    assert append(m.path("history", "obj"), b"during decrypt fault\n") is None
+    data, e = read(p)
+    assert e == errno.EIO, errname(e)
+    shim.clear()
+    assert read(p) == (b"s3cret", None)
+    assert read(m.path("fields", "other")) == (b"v2", None)
+    assert shim.stats().get("injected.C_Decrypt", 0) >= 2
+    m.unmount()
+
+
+@pytest.mark.parametrize("ckr", HSM_FAULTS)
+def test_history_append_fails_at_close_and_recovers(shim, fmount, ckr):
+    m = fmount()
+    p = m.path("history", "user-42")
+    assert append(p, b"status=active\n") is None
+    shim.set(f"fail C_Sign {ckr}")
+    e = append(p, b"status=failed-while-hsm-down\n")
+    assert e == errno.EIO, errname(e)
+    # Nothing half-visible: the failed record is not part of the history,
+    # which still verifies (verification needs no HSM).
+    assert read(p) == (b"status=active\n", None)
+    # Decryption is unaffected.
+    assert write(m.path("fields", "f"), b"x") is None
+    assert read(m.path("fields", "f")) == (b"x", None)
+    shim.clear()
+    assert append(p, b"status=locked\n") is None
+    assert read(p) == (b"status=active\nstatus=locked\n", None)
+    # An object whose first append failed can be appended to (created on
+    # first append), also right away (the kernel may still cache its name).
+    q = m.path("history", "fresh")
+    shim.set(f"fail C_Sign {ckr}")
+    assert append(q, b"first try\n") == errno.EIO
+    shim.clear()
+    assert append(q, b"second try\n") is None
+    assert read(q) == (b"second try\n", None)
+    m.unmount()
+    # And after a restart: the failed records never resurface.
+    m.remount()
+    assert read(p) == (b"status=active\nstatus=locked\n", None)
+    assert read(q) == (b"second try\n", None)
+
+
+@pytest.mark.parametrize("ckr", ["CKR_DEVICE_ERROR", "CKR_DEVICE_REMOVED"])
+def test_signout_fails_at_close_and_recovers(shim, fmount, hsm, ckr):
+    m = fmount()
+    z = make_zip()
+    shim.set(f"fail C_Sign {ckr}")
+    p = m.path("sign-out", "export.zip")
+    e = write(p, z)
+    assert e == errno.EIO, errname(e)
+    assert "export.zip" not in os.listdir(m.path("sign-out"))
+    assert read(m.path("history", "nothing"))[1] == errno.ENOENT
+    shim.clear()
+    assert write(p, z) is None
+    signed, e = read(p)
+    assert e is None
+    ok, out = verify_zip(hsm, signed)
+    assert ok, out
+    m.unmount()
+
+
+def test_mail_stays_queued_while_signing_fails(shim, fmount, hsm):
+    relay = Relay().start()
+    try:
+        shim.set("fail C_Sign CKR_DEVICE_ERROR")
+        m = fmount(smtp=relay.url, mail_retry=1)
+        name = "m-fault"
+        # Durably queued even though it cannot be signed now.
+        assert write(m.path("mail", name), mail_message(name)) is None
+        assert name in os.listdir(m.path("mail"))
+        wait_for(lambda: shim.stats().get("injected.C_Sign", 0) >= 2, timeout=30,
+                 what="the sender to retry signing")
+        assert relay.messages == []
+        shim.clear()
+        wait_for(lambda: name in os.listdir(m.path("mail", "sent")), timeout=60,
+                 what="delivery after the HSM came back")
+        assert relay.subjects() == [name]
+        ok, out = smime_verify(hsm, relay.messages[0][2])
+        assert ok, out
+        m.unmount()
+    finally:
+        relay.stop()
+
+
+def test_session_handle_invalid_once_is_transparent(shim, fmount):
+    m = fmount()
+    f = m.path("fields", "pw")
+    h = m.path("history", "obj")
+    assert write(f, b"s3cret") is None
+    assert append(h, b"one\n") is None
+    shim.set("fail C_Decrypt CKR_SESSION_HANDLE_INVALID count=1",
+             "fail C_Sign CKR_SESSION_HANDLE_INVALID count=1")
+    assert read(f) == (b"s3cret", None)
+    assert append(h, b"two\n") is None
+    st = shim.stats()
+    assert st.get("injected.C_Decrypt") == 1 and st.get("injected.C_Sign") == 1, st
+    assert read(h) == (b"one\ntwo\n", None)
+    m.unmount()
+
+
+def test_hsm_restart_behind_our_back_relogs_once(shim, fmount):
+    """closeall: every real session closed, the login gone (an HSM restart).
+    The next operations succeed after one transparent re-login."""
+    m = fmount()
+    f = m.path("fields", "pw")
+    assert write(f, b"s3cret") is None
+    assert read(f) == (b"s3cret", None)
+    before = logins(shim)
+    shim.set("closeall")
+    assert read(f) == (b"s3cret", None)
+    assert append(m.path("history", "obj"), b"after restart\n") is None
+    for _ in range(5):
+        assert read(f) == (b"s3cret", None)
+    after = logins(shim)
+    assert after == before + 1, (before, after)
+    m.unmount()
+
+
+def test_token_removed_then_back_recovers_with_relogin(shim, fmount):
+    m = fmount()
+    f = m.path("fields", "pw")
+    h = m.path("history", "obj")
+    assert write(f, b"s3cret") is None
+    assert append(h, b"before\n") is None
+    before = logins(shim)
+    shim.set("removed")
+    assert read(f)[1] == errno.EIO
+    assert append(h, b"while removed\n") == errno.EIO
+    # Serving everything that needs no token.
+    assert os.stat(f).st_size == 6
+    assert read(h) == (b"before\n", None)
+    assert write(m.path("fields", "new"), b"sealed without the token") is None
+    assert "pw" in os.listdir(m.path("fields"))
+    shim.clear()
+    assert read(f) == (b"s3cret", None)
+    assert read(m.path("fields", "new")) == (b"sealed without the token", None)
+    assert append(h, b"after\n") is None
+    assert read(h) == (b"before\nafter\n", None)
+    assert logins(shim) > before
+    assert shim.stats().get("removals") == 1
+    m.unmount()
+
+
+def test_wrong_pin_at_relogin_is_not_retried(shim, fmount):
+    """The token comes back but refuses the PIN (changed meanwhile): one
+    C_Login, then operations fail with EIO without touching the PIN again."""
+    m = fmount()
+    f = m.path("fields", "pw")
+    assert write(f, b"s3cret") is None
+    assert append(m.path("history", "o"), b"first\n") is None
+    before = logins(shim)
+    shim.set("closeall", "fail C_Login CKR_PIN_INCORRECT")
+    for _ in range(5):
+        assert read(f)[1] == errno.EIO
+        assert append(m.path("history", "o"), b"x\n") == errno.EIO
+    shim.clear()
+    for _ in range(3):
+        assert read(f)[1] == errno.EIO
+    assert logins(shim) == before + 1, (before, logins(shim))
+    assert "PIN" in m.log()
+    # Serving what needs no login.
+    assert write(m.path("fields", "x"), b"y") is None
+    m.unmount()
