@@ -5,10 +5,12 @@ the same operations succeed once the faults clear, without a remount."""
 import errno
 import os
 import subprocess
+import time
 
 import pytest
 
 from conftest import HSMFS, TOOL
+import load
 from faultshim import Shim
 from folderops import (Relay, append, errname, mail_message, make_zip, read,
                        smime_verify, verify_zip, write)
@@ -278,3 +280,55 @@ def test_wrong_pin_at_relogin_is_not_retried(shim, fmount):
     # Serving what needs no login.
     assert write(m.path("fields", "x"), b"y") is None
     m.unmount()
+
+
+# ---- soak: random faults under mixed load ----
+
+def test_soak_random_faults_under_load(shim, fmount, hsm):
+    """HSMFS_SOAK_SECONDS (default 8) of C_Sign/C_Decrypt failing with
+    probability HSMFS_SOAK_PROB (default 0.05; tests/soak.sh: 120 s at
+    0.01) under writers and readers on every folder. Every operation
+    succeeds or fails with EIO; afterwards every acknowledged item is
+    there and verifies, mail is delivered, the daemon never died."""
+    secs = float(os.environ.get("HSMFS_SOAK_SECONDS", "8"))
+    prob = float(os.environ.get("HSMFS_SOAK_PROB", "0.05"))
+    relay = Relay().start()
+    try:
+        m = fmount(smtp=relay.url, mail_retry=1)
+        shim.set(f"fail C_Sign,C_Decrypt CKR_DEVICE_ERROR prob={prob}")
+        stop, ws = load.start(m, hsm, load.folders(), threads=2)
+        time.sleep(secs)
+        load.join(stop, ws)
+        st = shim.stats()
+        shim.clear()
+        assert m.proc.poll() is None, "daemon died:\n" + m.log()
+        acked = lost = 0
+        for w in ws:
+            a, l = w.verify(m)
+            acked += a
+            lost += l
+        mails = [n for w in ws if w.folder == "mail" for n in w.msgs]
+        if mails:
+            wait_for(lambda: set(mails) <= set(relay.subjects()), timeout=120,
+                     what="every queued message delivered")
+            for _, _, data in relay.messages[:5]:
+                ok, out = smime_verify(hsm, data)
+                assert ok, out
+        t = load.totals(ws)
+        load.figure(f"soak: {secs:g} s, p={prob:g}, folders "
+                    f"{','.join(load.folders())}: faults injected "
+                    f"{st.get('injected', 0)} (C_Sign {st.get('injected.C_Sign', 0)}/"
+                    f"{st.get('calls.C_Sign', 0)}, C_Decrypt "
+                    f"{st.get('injected.C_Decrypt', 0)}/{st.get('calls.C_Decrypt', 0)}) "
+                    f"/ operations {t['ops']} / ok {t['ok']} / clean failures "
+                    f"{t['clean']} / wrong results {t['wrong']}; acknowledged "
+                    f"{acked}, lost {lost}; mail delivered {len(relay.messages)}; "
+                    f"daemon alive")
+        wrong = [x for w in ws for x in w.wrong]
+        assert not wrong, "\n".join(wrong[:30])
+        assert t["ok"] > 0 and acked > 0
+        if st.get("calls.C_Sign", 0) + st.get("calls.C_Decrypt", 0) >= 300:
+            assert st.get("injected", 0) > 0
+        m.unmount()
+    finally:
+        relay.stop()
