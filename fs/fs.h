@@ -40,7 +40,10 @@ extern struct hsmfs *hsmfs_ctx;
 
 /* Every path given to a folder is relative to it: "" for the folder
  * itself, "name", ".sealed/name", "sent/name". Return 0 or -errno.
- * Missing callbacks: fs/main.c answers ENOENT for lookups, an empty
+ * fi->fh belongs to the folder (set it in open/create); fs/main.c keeps it
+ * in its own per-open record and hands the folder a copy of fi with that
+ * fh, and a non-NULL path even for a file unlinked while open (the name it
+ * had at open). Missing callbacks: fs/main.c answers ENOENT for lookups, an empty
  * listing for readdir, EOPNOTSUPP for writes, EPERM for changes. */
 struct folder_ops {
 	const char *name;     /* "sign-out", "fields", ... */

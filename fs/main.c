@@ -6,6 +6,8 @@
  * must not be initialised before libfuse daemonizes (fork) — the daemon
  * opens its keys in the FUSE init callback, after the fork. */
 #include "fs/fs.h"
+
+#include <fuse_lowlevel.h>
 #include "fs/store.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -14,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +40,7 @@ static const struct folder_ops *const folders[] = {
 };
 #define NFOLDERS (sizeof(folders) / sizeof(folders[0]))
 static int folder_ok[NFOLDERS];    /* start() succeeded */
+static int folder_err[NFOLDERS];   /* start()'s error when not ok */
 
 #define STATUS_NAME ".status"
 
@@ -145,7 +149,9 @@ status_text(size_t *len)
 	}
 	for (size_t i = 0; i < NFOLDERS; i++) {
 		fprintf(f, "folder.%s: %s\n", folders[i]->name,
-		    folder_ok[i] ? "ready" : "disabled");
+		    folder_ok[i] ? "ready" :
+		    folder_err[i] == HSMFS_ERR_UNSUPPORTED ? "not configured" :
+		    "failed");
 		if (folder_ok[i] && folders[i]->status)
 			folders[i]->status(f);
 	}
@@ -157,28 +163,108 @@ status_text(size_t *len)
 	return buf;
 }
 
+/* ---- open files ----
+ * fs/main.c owns fi->fh: it points at an open_ref that remembers the
+ * folder, the folder's own fh and the name at open. With hard_remove,
+ * libfuse passes a NULL path for a file unlinked while open; the ref
+ * still routes such calls (with the name it had at open). Folders see
+ * their own fh in a copy of fi and never a NULL path. */
+struct open_ref {
+	int folder;            /* index, or -1 for /.status */
+	uint64_t fh;           /* the folder's fh */
+	char *status;          /* /.status text rendered at open */
+	size_t status_len;
+	char rest[];           /* path relative to the folder, at open */
+};
+
+static struct open_ref *
+ref_of(struct fuse_file_info *fi)
+{
+	return fi ? (struct open_ref *)(uintptr_t)fi->fh : NULL;
+}
+
+static struct open_ref *
+ref_new(int folder, const char *rest)
+{
+	size_t n = strlen(rest) + 1;
+	struct open_ref *r = calloc(1, sizeof(*r) + n);
+	if (r != NULL) {
+		r->folder = folder;
+		memcpy(r->rest, rest, n);
+	}
+	return r;
+}
+
+/* Resolve (path, fi) to a folder, the relative path, and the folder's view
+ * of fi (copy with its own fh). Returns the folder or NULL. */
+static const struct folder_ops *
+resolve(const char *path, struct fuse_file_info *fi, const char **rest,
+    struct fuse_file_info *copy, struct fuse_file_info **ffi)
+{
+	struct open_ref *ref = ref_of(fi);
+	int i = -2;
+
+	*ffi = NULL;
+	if (path != NULL)
+		i = route(path, rest);
+	else if (ref != NULL && ref->folder >= 0) {
+		i = ref->folder;
+		*rest = ref->rest;
+	}
+	if (i < 0)
+		return NULL;
+	if (ref != NULL) {
+		*copy = *fi;
+		copy->fh = ref->fh;
+		*ffi = copy;
+	}
+	return folders[i];
+}
+
+/* After a folder call, keep a fh it may have changed. */
+static void
+ref_sync(struct fuse_file_info *fi, struct fuse_file_info *ffi)
+{
+	struct open_ref *ref = ref_of(fi);
+	if (ref != NULL && ffi != NULL)
+		ref->fh = ffi->fh;
+}
+
+static int
+is_status(const char *path, struct fuse_file_info *fi)
+{
+	struct open_ref *ref = ref_of(fi);
+	if (path == NULL)
+		return ref != NULL && ref->folder == -1;
+	return strcmp(path, "/" STATUS_NAME) == 0;
+}
+
 /* ---- FUSE operations ---- */
 
 static int
 op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
-	if (strcmp(path, "/") == 0) {
+	struct fuse_file_info copy, *ffi;
+	const struct folder_ops *f;
+	const char *rest = "";
+	int r;
+
+	if (path != NULL && strcmp(path, "/") == 0) {
 		fs_stat_dir(st);
 		st->st_nlink = 2 + NFOLDERS;
 		return 0;
 	}
-	if (strcmp(path, "/" STATUS_NAME) == 0) {
+	if (is_status(path, fi)) {
 		size_t n = 0;
 		char *s = status_text(&n);
 		free(s);
 		fs_stat_file(st, 0444, (off_t)n, time(NULL));
 		return 0;
 	}
-	ROUTE(path, rest, f);
-	if (f == NULL)
+	if ((f = resolve(path, fi, &rest, &copy, &ffi)) == NULL)
 		return -ENOENT;
 	if (f->getattr) {
-		int r = f->getattr(rest, st, fi);
+		r = f->getattr(rest, st, ffi);
 		if (r != -ENOSYS)
 			return r;
 	}
@@ -193,19 +279,21 @@ static int
 op_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
     struct fuse_file_info *fi, enum fuse_readdir_flags flags)
 {
+	const char *rest;
+	int i;
+
 	if (strcmp(path, "/") == 0) {
 		fill(buf, ".", NULL, 0, 0);
 		fill(buf, "..", NULL, 0, 0);
 		fill(buf, STATUS_NAME, NULL, 0, 0);
-		for (size_t i = 0; i < NFOLDERS; i++)
-			fill(buf, folders[i]->name, NULL, 0, 0);
+		for (size_t j = 0; j < NFOLDERS; j++)
+			fill(buf, folders[j]->name, NULL, 0, 0);
 		return 0;
 	}
-	ROUTE(path, rest, f);
-	if (f == NULL)
+	if ((i = route(path, &rest)) < 0)
 		return -ENOENT;
-	if (f->readdir)
-		return f->readdir(rest, buf, fill);
+	if (folders[i]->readdir)
+		return folders[i]->readdir(rest, buf, fill);
 	if (*rest != '\0')
 		return -ENOENT;
 	fill(buf, ".", NULL, 0, 0);
@@ -213,137 +301,194 @@ op_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
 	return 0;
 }
 
-/* .status is rendered at open, kept in fh, freed at release. */
-struct status_fh {
-	char *text;
-	size_t len;
-};
+/* open and create: the folder fills fi (fh, direct_io...), then its fh
+ * moves into a ref. */
+static int
+wrap_open(int i, const char *rest, struct fuse_file_info *fi, int r)
+{
+	struct open_ref *ref;
+	if (r != 0)
+		return r;
+	if ((ref = ref_new(i, rest)) == NULL) {
+		if (folders[i]->release)
+			folders[i]->release(rest, fi);
+		return -ENOMEM;
+	}
+	ref->fh = fi->fh;
+	fi->fh = (uint64_t)(uintptr_t)ref;
+	return 0;
+}
 
 static int
 op_open(const char *path, struct fuse_file_info *fi)
 {
+	const char *rest;
+	int i;
+
 	if (strcmp(path, "/" STATUS_NAME) == 0) {
-		struct status_fh *s;
+		struct open_ref *ref;
 		if ((fi->flags & O_ACCMODE) != O_RDONLY)
 			return -EACCES;
-		if ((s = calloc(1, sizeof(*s))) == NULL)
+		if ((ref = ref_new(-1, "")) == NULL)
 			return -ENOMEM;
-		if ((s->text = status_text(&s->len)) == NULL) {
-			free(s);
+		if ((ref->status = status_text(&ref->status_len)) == NULL) {
+			free(ref);
 			return -ENOMEM;
 		}
-		fi->fh = (uint64_t)(uintptr_t)s;
+		fi->fh = (uint64_t)(uintptr_t)ref;
 		fi->direct_io = 1;
 		return 0;
 	}
-	ROUTE(path, rest, f);
-	if (f == NULL)
+	if ((i = route(path, &rest)) < 0)
 		return -ENOENT;
-	if (f->open)
-		return f->open(rest, fi);
-	return *rest ? -ENOENT : -EISDIR;
+	if (folders[i]->open == NULL)
+		return *rest ? -ENOENT : -EISDIR;
+	return wrap_open(i, rest, fi, folders[i]->open(rest, fi));
 }
 
 static int
 op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-	ROUTE(path, rest, f);
-	if (f == NULL || *rest == '\0')
-		return f == NULL && f_i == -1 ? -EISDIR : -EACCES;
-	if (f->create == NULL || !folder_ok[f_i]) {
-		log_err("%s/%s: writes refused: folder not available (see "
-		    "earlier messages or configure its descriptor)", f->name, rest);
+	const char *rest;
+	int i = route(path, &rest);
+	const struct folder_ops *f;
+
+	if (i < 0)
+		return -EACCES;
+	f = folders[i];
+	if (*rest == '\0')
+		return -EISDIR;
+	if (f->create == NULL || !folder_ok[i]) {
+		log_err("%s/%s: write refused: folder %s", f->name, rest,
+		    folder_err[i] == HSMFS_ERR_UNSUPPORTED ?
+		    "not configured (no descriptor for it in the config)" :
+		    "not available (see the start-up messages)");
 		return -EOPNOTSUPP;
 	}
-	return f->create(rest, mode, fi);
+	return wrap_open(i, rest, fi, f->create(rest, mode, fi));
 }
 
 static int
 op_read(const char *path, char *buf, size_t size, off_t off,
     struct fuse_file_info *fi)
 {
-	if (strcmp(path, "/" STATUS_NAME) == 0) {
-		struct status_fh *s = (struct status_fh *)(uintptr_t)fi->fh;
-		if ((size_t)off >= s->len)
+	struct fuse_file_info copy, *ffi;
+	const struct folder_ops *f;
+	const char *rest;
+	int r;
+
+	if (is_status(path, fi)) {
+		struct open_ref *s = ref_of(fi);
+		if ((size_t)off >= s->status_len)
 			return 0;
-		if (size > s->len - (size_t)off)
-			size = s->len - (size_t)off;
-		memcpy(buf, s->text + off, size);
+		if (size > s->status_len - (size_t)off)
+			size = s->status_len - (size_t)off;
+		memcpy(buf, s->status + off, size);
 		return (int)size;
 	}
-	ROUTE(path, rest, f);
-	if (f == NULL || f->read == NULL)
+	if ((f = resolve(path, fi, &rest, &copy, &ffi)) == NULL || f->read == NULL)
 		return -EIO;
-	return f->read(rest, buf, size, off, fi);
+	r = f->read(rest, buf, size, off, ffi);
+	ref_sync(fi, ffi);
+	return r;
 }
 
 static int
 op_write(const char *path, const char *buf, size_t size, off_t off,
     struct fuse_file_info *fi)
 {
-	ROUTE(path, rest, f);
-	if (f == NULL || f->write == NULL)
+	struct fuse_file_info copy, *ffi;
+	const struct folder_ops *f;
+	const char *rest;
+	int r;
+
+	if ((f = resolve(path, fi, &rest, &copy, &ffi)) == NULL || f->write == NULL)
 		return -EBADF;
-	return f->write(rest, buf, size, off, fi);
+	r = f->write(rest, buf, size, off, ffi);
+	ref_sync(fi, ffi);
+	return r;
 }
 
 static int
 op_flush(const char *path, struct fuse_file_info *fi)
 {
-	if (strcmp(path, "/" STATUS_NAME) == 0)
+	struct fuse_file_info copy, *ffi;
+	const struct folder_ops *f;
+	const char *rest;
+	int r;
+
+	if (is_status(path, fi))
 		return 0;
-	ROUTE(path, rest, f);
-	if (f == NULL || f->flush == NULL)
+	if ((f = resolve(path, fi, &rest, &copy, &ffi)) == NULL || f->flush == NULL)
 		return 0;
-	return f->flush(rest, fi);
+	r = f->flush(rest, ffi);
+	ref_sync(fi, ffi);
+	return r;
 }
 
 static int
 op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
-	ROUTE(path, rest, f);
-	if (f == NULL || f->fsync == NULL)
+	struct fuse_file_info copy, *ffi;
+	const struct folder_ops *f;
+	const char *rest;
+	int r;
+
+	if (is_status(path, fi))
 		return 0;
-	return f->fsync(rest, datasync, fi);
+	if ((f = resolve(path, fi, &rest, &copy, &ffi)) == NULL || f->fsync == NULL)
+		return 0;
+	r = f->fsync(rest, datasync, ffi);
+	ref_sync(fi, ffi);
+	return r;
 }
 
 static int
 op_release(const char *path, struct fuse_file_info *fi)
 {
-	if (strcmp(path, "/" STATUS_NAME) == 0) {
-		struct status_fh *s = (struct status_fh *)(uintptr_t)fi->fh;
-		if (s) {
-			free(s->text);
-			free(s);
-		}
+	struct fuse_file_info copy, *ffi;
+	struct open_ref *ref = ref_of(fi);
+	const struct folder_ops *f;
+	const char *rest;
+
+	if (ref == NULL)
 		return 0;
-	}
-	ROUTE(path, rest, f);
-	if (f == NULL || f->release == NULL)
-		return 0;
-	return f->release(rest, fi);
+	if (ref->folder >= 0 &&
+	    (f = resolve(path, fi, &rest, &copy, &ffi)) != NULL && f->release)
+		f->release(rest, ffi);
+	free(ref->status);
+	free(ref);
+	fi->fh = 0;
+	return 0;
 }
 
 static int
 op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 {
-	ROUTE(path, rest, f);
-	if (f == NULL)
+	struct fuse_file_info copy, *ffi;
+	const struct folder_ops *f;
+	const char *rest;
+	int r;
+
+	if (is_status(path, fi))
+		return -EACCES;
+	if ((f = resolve(path, fi, &rest, &copy, &ffi)) == NULL)
 		return -EPERM;
 	if (f->truncate == NULL)
 		return *rest ? -EOPNOTSUPP : -EISDIR;
-	return f->truncate(rest, size, fi);
+	r = f->truncate(rest, size, ffi);
+	ref_sync(fi, ffi);
+	return r;
 }
 
 static int
 op_unlink(const char *path)
 {
-	ROUTE(path, rest, f);
-	if (f == NULL || *rest == '\0')
+	const char *rest;
+	int i = route(path, &rest);
+	if (i < 0 || *rest == '\0' || folders[i]->unlink == NULL)
 		return -EPERM;
-	if (f->unlink == NULL)
-		return -EPERM;
-	return f->unlink(rest);
+	return folders[i]->unlink(rest);
 }
 
 static int
@@ -375,10 +520,14 @@ op_rmdir(const char *path)
 static int
 op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-	ROUTE(path, rest, f);
-	if (f == NULL || f->chmod == NULL)
+	struct fuse_file_info copy, *ffi;
+	const struct folder_ops *f;
+	const char *rest;
+
+	if (is_status(path, fi) ||
+	    (f = resolve(path, fi, &rest, &copy, &ffi)) == NULL || f->chmod == NULL)
 		return -EPERM;
-	return f->chmod(rest, mode, fi);
+	return f->chmod(rest, mode, ffi);
 }
 
 static int
@@ -391,10 +540,14 @@ static int
 op_utimens(const char *path, const struct timespec tv[2],
     struct fuse_file_info *fi)
 {
-	ROUTE(path, rest, f);
-	if (f == NULL || f->utimens == NULL)
+	struct fuse_file_info copy, *ffi;
+	const struct folder_ops *f;
+	const char *rest;
+
+	if (is_status(path, fi) ||
+	    (f = resolve(path, fi, &rest, &copy, &ffi)) == NULL || f->utimens == NULL)
 		return 0;   /* touch on a folder's file: timestamps are derived */
-	return f->utimens(rest, tv, fi);
+	return f->utimens(rest, tv, ffi);
 }
 
 static int
@@ -460,12 +613,19 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		return &the_fs;
 	}
 	for (size_t i = 0; i < NFOLDERS; i++) {
-		if (folders[i]->start == NULL)
+		if (folders[i]->start == NULL) {
+			folder_err[i] = HSMFS_ERR_UNSUPPORTED;
 			continue;
+		}
 		err_clear();
 		if ((r = folders[i]->start()) != 0) {
-			log_err("%s: folder disabled: %s (%s)", folders[i]->name,
-			    err_detail(), hsmfs_strerror(r));
+			folder_err[i] = r;
+			if (r == HSMFS_ERR_UNSUPPORTED)
+				log_info("%s: not configured, writes are refused: %s",
+				    folders[i]->name, err_detail());
+			else
+				log_err("%s: folder disabled: %s (%s)", folders[i]->name,
+				    err_detail(), hsmfs_strerror(r));
 			continue;
 		}
 		folder_ok[i] = 1;
@@ -712,6 +872,58 @@ check_keys(void)
 	return -1;
 }
 
+/* fuse_main() without its one flaw for us: it reports an unmount by
+ * SIGTERM as a failure, and the SPEC wants exit status 0 then. */
+static int
+run_fuse(struct fuse_args *args)
+{
+	struct fuse_cmdline_opts o;
+	struct fuse_loop_config *lc = NULL;
+	struct fuse_session *se;
+	struct fuse *fuse;
+	int r = 1, res;
+
+	memset(&o, 0, sizeof(o));
+	if (fuse_parse_cmdline(args, &o) != 0)
+		return 2;
+	if (o.mountpoint == NULL) {
+		fprintf(stderr, "hsmfs: no mount point\n");
+		return 2;
+	}
+	if ((fuse = fuse_new(args, &hsmfs_ops, sizeof(hsmfs_ops), &the_fs)) == NULL)
+		goto out;
+	if (fuse_mount(fuse, o.mountpoint) != 0)
+		goto out_destroy;
+	if (fuse_daemonize(o.foreground) != 0)
+		goto out_unmount;
+	se = fuse_get_session(fuse);
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out_unmount;
+	if (o.singlethread) {
+		res = fuse_loop(fuse);
+	} else {
+		if ((lc = fuse_loop_cfg_create()) == NULL)
+			goto out_signals;
+		fuse_loop_cfg_set_clone_fd(lc, (unsigned)o.clone_fd);
+		fuse_loop_cfg_set_max_threads(lc, o.max_threads ? o.max_threads : 10);
+		fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads ?
+		    o.max_idle_threads : 4);
+		res = fuse_loop_mt(fuse, lc);
+		fuse_loop_cfg_destroy(lc);
+	}
+	/* The loop returns the signal number after SIGTERM/SIGINT/SIGHUP. */
+	r = (res == 0 || res == SIGTERM || res == SIGINT || res == SIGHUP) ? 0 : 1;
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_unmount:
+	fuse_unmount(fuse);
+out_destroy:
+	fuse_destroy(fuse);
+out:
+	free(o.mountpoint);
+	return r;
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -775,8 +987,8 @@ main(int argc, char *argv[])
 		fuse_opt_insert_arg(&args, 1, fsname);
 	fuse_opt_insert_arg(&args, 1, "-osubtype=hsmfs");
 
-	r = fuse_main(args.argc, args.argv, &hsmfs_ops, &the_fs);
+	r = run_fuse(&args);
 	fuse_opt_free_args(&args);
 	engine_free(the_fs.engine);
-	return r == 0 ? 0 : 1;
+	return r;
 }

@@ -47,4 +47,21 @@ int hsm_p11_keygen(const struct hsm_key_spec *spec, int bits, hsm_key **out);
  * public part whose private operations call back into k. */
 EVP_PKEY *hsm_evp_bridge(hsm_key *k, EVP_PKEY *pub);
 
+/* Raw private-key operations of a PKCS#11 key, for the EVP bridge and the
+ * OAEP fallback (hsm/p11.c). Outputs of the raw (X.509) kinds are
+ * left-padded to the modulus length; out holds bits/8 bytes. */
+enum hsm_raw_op {
+	HSM_RAW_SIGN_PKCS1 = 1,    /* CKM_RSA_PKCS sign (input: DigestInfo) */
+	HSM_RAW_SIGN_X509,         /* CKM_RSA_X_509 sign */
+	HSM_RAW_DECRYPT_PKCS1,     /* CKM_RSA_PKCS decrypt */
+	HSM_RAW_DECRYPT_X509,      /* CKM_RSA_X_509 decrypt */
+};
+int hsm_p11_raw_priv(hsm_key *k, enum hsm_raw_op kind, const uint8_t *in,
+    size_t inlen, uint8_t *out, size_t *outlen);
+/* OpenSSL's constant-time OAEP decoding (md for OAEP and MGF1, empty
+ * label) of a raw RSA result of exactly the modulus length (hsm/evp.c).
+ * HSMFS_ERR_BADMSG when the padding is wrong. */
+int hsm_oaep_decode(hsm_key *k, const EVP_MD *md, const uint8_t *raw,
+    size_t rawlen, uint8_t *out, size_t outcap, size_t *outlen);
+
 #endif

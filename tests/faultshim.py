@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import BUILD, DEFAULT_DESCRIPTORS
 
-SHIM = os.environ.get("HSMFS_P11SHIM", str(BUILD / "tests" / "libp11shim.so"))
+SHIM = os.environ.get("HSMFS_P11SHIM", str(BUILD / "tests" / "p11shim.so"))
 
 
 class Shim:

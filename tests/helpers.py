@@ -37,3 +37,8 @@ def pkcs11(hsm, *args, login=True, check=True):
     if login:
         cmd += ["--login", "--pin", hsm.pin]
     return run(cmd + list(args), check=check)
+
+
+def visible(path):
+    """Directory listing without dot names (like plain `ls`)."""
+    return sorted(n for n in os.listdir(path) if not n.startswith("."))

@@ -19,6 +19,11 @@
  *       close every real session (handles go stale, login lost), like an
  *       HSM restart behind the application's back.
  * FUNC is a PKCS#11 function name ("C_Sign") or "*" for every function.
+ * The older control directory of tests/test_hsm.py (env P11SHIM_CTL, real
+ * module in P11SHIM_REAL) works too, checked on every call: files
+ * "flags" (hex, OR-ed into CK_TOKEN_INFO.flags: PIN locked/final try),
+ * "fail_ops" (C_SignInit/C_DecryptInit fail with CKR_DEVICE_ERROR),
+ * "removed" (as above) and "logins" (a line appended per C_Login call).
  * Counters (calls and injected faults per function) go to env
  * HSMFS_SHIM_STATS ("%p" is replaced by the pid) as "KEY VALUE" lines,
  * updated in place on every call (a shared mapping, see below). */
@@ -415,7 +420,54 @@ shim_removed(void)
 	pthread_mutex_lock(&shim_lock);
 	r = removed;
 	pthread_mutex_unlock(&shim_lock);
-	return r;
+	return r || legacy_exists("removed");
+}
+
+/* ---- the control directory of tests/test_hsm.py (P11SHIM_CTL) ---- */
+static const char *legacy_dir;
+
+static int
+legacy_exists(const char *name)
+{
+	char path[4096];
+
+	if (legacy_dir == NULL)
+		return 0;
+	snprintf(path, sizeof(path), "%s/%s", legacy_dir, name);
+	return access(path, F_OK) == 0;
+}
+
+static CK_FLAGS
+legacy_flags(void)
+{
+	char path[4096];
+	unsigned long v = 0;
+	FILE *f;
+
+	if (legacy_dir == NULL)
+		return 0;
+	snprintf(path, sizeof(path), "%s/flags", legacy_dir);
+	if ((f = fopen(path, "r")) != NULL) {
+		if (fscanf(f, "%lx", &v) != 1)
+			v = 0;
+		fclose(f);
+	}
+	return v;
+}
+
+static void
+legacy_note_login(void)
+{
+	char path[4096];
+	FILE *f;
+
+	if (legacy_dir == NULL)
+		return;
+	snprintf(path, sizeof(path), "%s/logins", legacy_dir);
+	if ((f = fopen(path, "a")) != NULL) {
+		fputs("login\n", f);
+		fclose(f);
+	}
 }
 
 /* Calls that reach a token: what they return while it is removed. Slot
@@ -484,7 +536,6 @@ shim_removed_rv(enum shim_fn fn)
 
 SHIM_FWD(C_Initialize, (void *a), (a))
 SHIM_FWD(C_GetInfo, (CK_INFO_PTR a), (a))
-SHIM_FWD(C_GetTokenInfo, (CK_SLOT_ID a, CK_TOKEN_INFO_PTR b), (a, b))
 SHIM_FWD(C_WaitForSlotEvent, (CK_FLAGS a, CK_SLOT_ID_PTR b, void *c), (a, b, c))
 SHIM_FWD(C_GetMechanismList, (CK_SLOT_ID a, CK_MECHANISM_TYPE_PTR b, CK_ULONG_PTR c), (a, b, c))
 SHIM_FWD(C_GetMechanismInfo, (CK_SLOT_ID a, CK_MECHANISM_TYPE b, CK_MECHANISM_INFO_PTR c), (a, b, c))
@@ -497,7 +548,6 @@ SHIM_FWD(C_CloseAllSessions, (CK_SLOT_ID a), (a))
 SHIM_FWD(C_GetSessionInfo, (CK_SESSION_HANDLE a, CK_SESSION_INFO_PTR b), (a, b))
 SHIM_FWD(C_GetOperationState, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c), (a, b, c))
 SHIM_FWD(C_SetOperationState, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE d, CK_OBJECT_HANDLE e), (a, b, c, d, e))
-SHIM_FWD(C_Login, (CK_SESSION_HANDLE a, CK_USER_TYPE b, CK_UTF8CHAR_PTR c, CK_ULONG d), (a, b, c, d))
 SHIM_FWD(C_Logout, (CK_SESSION_HANDLE a), (a))
 SHIM_FWD(C_CreateObject, (CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c, CK_OBJECT_HANDLE_PTR d), (a, b, c, d))
 SHIM_FWD(C_CopyObject, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c, CK_ULONG d, CK_OBJECT_HANDLE_PTR e), (a, b, c, d, e))
@@ -514,7 +564,6 @@ SHIM_FWD_X(C_Encrypt, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_P
 SHIM_FWD(C_EncryptUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e), (a, b, c, d, e))
 SHIM_FWD_X(C_EncryptFinal, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c), (a, b, c),
     SHIM_TERM_FINAL(C_EncryptFinal, a))
-SHIM_FWD(C_DecryptInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c), (a, b, c))
 SHIM_FWD_X(C_Decrypt, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e), (a, b, c, d, e),
     SHIM_TERM_OUT(C_Decrypt, a, b, c))
 SHIM_FWD(C_DecryptUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e), (a, b, c, d, e))
@@ -527,7 +576,6 @@ SHIM_FWD(C_DigestUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c), (a, b
 SHIM_FWD(C_DigestKey, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b), (a, b))
 SHIM_FWD_X(C_DigestFinal, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c), (a, b, c),
     SHIM_TERM_FINAL(C_DigestFinal, a))
-SHIM_FWD(C_SignInit, (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c), (a, b, c))
 SHIM_FWD_X(C_Sign, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d, CK_ULONG_PTR e), (a, b, c, d, e),
     SHIM_TERM_OUT(C_Sign, a, b, c))
 SHIM_FWD(C_SignUpdate, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c), (a, b, c))
@@ -569,6 +617,55 @@ shim_C_Finalize(void *a)
 		return rv;
 	return real->C_Finalize(a);
 }
+
+/* Token info with the PIN flags a test asks for. */
+static CK_RV
+shim_C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
+{
+	long ms;
+	CK_RV rv = shim_pre(FN_C_GetTokenInfo, &ms);
+
+	if (rv != CKR_OK)
+		return rv;
+	if (shim_removed())
+		return CKR_TOKEN_NOT_PRESENT;
+	if ((rv = real->C_GetTokenInfo(slot, info)) == CKR_OK)
+		info->flags |= legacy_flags();
+	return rv;
+}
+
+/* Every login attempt is counted, even those that cannot reach a token. */
+static CK_RV
+shim_C_Login(CK_SESSION_HANDLE h, CK_USER_TYPE type, CK_UTF8CHAR_PTR pin,
+    CK_ULONG len)
+{
+	long ms;
+	CK_RV rv;
+
+	legacy_note_login();
+	if ((rv = shim_pre(FN_C_Login, &ms)) != CKR_OK)
+		return rv;
+	if (shim_removed())
+		return CKR_DEVICE_REMOVED;
+	return real->C_Login(h, type, pin, len);
+}
+
+#define SHIM_OP_INIT(name)                                                 \
+	static CK_RV shim_##name(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m,    \
+	    CK_OBJECT_HANDLE k)                                            \
+	{                                                                  \
+		long ms;                                                   \
+		CK_RV rv = shim_pre(FN_##name, &ms);                       \
+		if (rv != CKR_OK)                                          \
+			return rv;                                         \
+		if (shim_removed())                                        \
+			return CKR_DEVICE_REMOVED;                         \
+		if (legacy_exists("fail_ops"))                             \
+			return CKR_DEVICE_ERROR;                           \
+		return real->name(h, m, k);                                \
+	}
+SHIM_OP_INIT(C_SignInit)
+SHIM_OP_INIT(C_DecryptInit)
 
 /* No token in any slot while removed. */
 static CK_RV
@@ -617,6 +714,8 @@ shim_load(void)
 	if (real != NULL)
 		goto out;
 	if (mod == NULL || *mod == '\0')
+		mod = getenv("P11SHIM_REAL");
+	if (mod == NULL || *mod == '\0')
 		mod = "/usr/lib/softhsm/libsofthsm2.so";
 	if ((real_handle = dlopen(mod, RTLD_NOW | RTLD_LOCAL)) == NULL) {
 		fprintf(stderr, "p11shim: cannot load %s: %s\n", mod, dlerror());
@@ -633,6 +732,7 @@ shim_load(void)
 		goto out;
 	}
 	ctl_path = getenv("HSMFS_SHIM_CONTROL");
+	legacy_dir = getenv("P11SHIM_CTL");
 	if (st != NULL) {
 		/* "%p" -> pid, so the daemon and a tool keep separate figures. */
 		const char *p = strstr(st, "%p");

@@ -51,8 +51,8 @@ tool_progress_enabled(void)
 int
 tool_common_opt(int argc, char **argv, int *i, struct tool_opts *o)
 {
-	const char *a = argv[*i], *val;
-	char *copy, *tok, *save;
+	char *a = argv[*i], *val;
+	char *tok, *save;
 
 	if (strcmp(a, "-o") == 0) {
 		if (*i + 1 >= argc) {
@@ -73,10 +73,9 @@ tool_common_opt(int argc, char **argv, int *i, struct tool_opts *o)
 	} else {
 		return 0;
 	}
-	/* Values point into argv-lifetime copies (never freed). */
-	if ((copy = strdup(val)) == NULL)
-		return -1;
-	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+	/* Split in place, like getsubopt(3): argv is ours and lives as long
+	 * as the command, so the values need no copies. */
+	for (tok = strtok_r(val, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		if (strncmp(tok, "config=", 7) == 0)
 			o->config = tok + 7;
 		else if (strncmp(tok, "truststore=", 11) == 0)
