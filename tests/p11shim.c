@@ -412,17 +412,6 @@ shim_pre(enum shim_fn fn, long *delay_ms)
 	return rv;
 }
 
-static int
-shim_removed(void)
-{
-	int r;
-
-	pthread_mutex_lock(&shim_lock);
-	r = removed;
-	pthread_mutex_unlock(&shim_lock);
-	return r || legacy_exists("removed");
-}
-
 /* ---- the control directory of tests/test_hsm.py (P11SHIM_CTL) ---- */
 static const char *legacy_dir;
 
@@ -468,6 +457,17 @@ legacy_note_login(void)
 		fputs("login\n", f);
 		fclose(f);
 	}
+}
+
+static int
+shim_removed(void)
+{
+	int r;
+
+	pthread_mutex_lock(&shim_lock);
+	r = removed;
+	pthread_mutex_unlock(&shim_lock);
+	return r || legacy_exists("removed");
 }
 
 /* Calls that reach a token: what they return while it is removed. Slot
