@@ -38,12 +38,18 @@ class Worker(threading.Thread):
     def fail(self, what):
         self.wrong.append(f"{self.folder}[{self.tid}]: {what}")
 
+    def gone(self):
+        """The daemon was killed (Mount.kill9 clears .proc): after the lazy
+        unmount, paths fall through to the empty mountpoint directory."""
+        p = self.m.proc
+        return p is None or p.poll() is not None
+
     def outcome(self, e, what):
         """Classify one errno; True when the daemon is gone (kill -9)."""
         self.ops += 1
         if e is None:
             self.ok += 1
-        elif e in DEAD:
+        elif e in DEAD or self.gone():
             self.ops -= 1
             self.dead = True
         elif e == errno.EIO and self.faults_expected:
@@ -57,7 +63,7 @@ class Worker(threading.Thread):
             while not self.stop.is_set() and not self.dead:
                 self.step()
         except OSError as ex:
-            if ex.errno in DEAD:
+            if ex.errno in DEAD or self.gone():
                 self.dead = True
             else:
                 self.fail(f"{ex!r}")
@@ -180,6 +186,23 @@ class HistoryWorker(Worker):
         return len(self.records), 0
 
 
+def refusal_only(m, name):
+    """A zip whose close() failed may leave its name behind only as a
+    refusal record (SPEC §3): empty, unreadable (EINVAL), the reason in
+    user.hsmfs.sign. Anything else (a partial or unsigned zip) is not."""
+    p = m.path("sign-out", name)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return True
+    data, e = read(p)
+    try:
+        reason = os.getxattr(p, "user.hsmfs.sign")
+    except OSError:
+        reason = b""
+    return st.st_size == 0 and e == errno.EINVAL and len(reason) > 0
+
+
 class SignoutWorker(Worker):
     folder = "sign-out"
 
@@ -200,16 +223,18 @@ class SignoutWorker(Worker):
         self.inflight = None
         if e is None:
             self.zips[name] = z
-        elif name in os.listdir(self.m.path("sign-out")):
-            self.fail(f"{name}: close failed but the name is visible")
+        elif not refusal_only(self.m, name):
+            self.fail(f"{name}: close failed but more than a refusal record is visible")
 
     def verify(self, m):
         names = {n for n in os.listdir(m.path("sign-out")) if n.startswith(f"z{self.tid}-")}
         allowed = set(self.zips) | ({self.inflight} if self.inflight else set())
         for n in names - allowed:
-            self.fail(f"unacknowledged {n} visible")
+            if not refusal_only(m, n):
+                self.fail(f"unacknowledged {n} visible")
         lost = 0
-        check = set(self.zips) | (names & ({self.inflight} if self.inflight else set()))
+        check = set(self.zips) | {n for n in names & ({self.inflight} if self.inflight else set())
+                                  if not refusal_only(m, n)}
         for n in sorted(check):
             data, e = read(m.path("sign-out", n))
             if e is not None:
@@ -238,7 +263,7 @@ class MailWorker(Worker):
         self.inflight = name
         e = write(self.m.path("mail", name), msg)
         # Queuing needs no HSM: EIO is not a clean failure here.
-        if e == errno.EIO:
+        if e == errno.EIO and not self.gone():
             self.ops += 1
             self.fail(f"queue {name}: EIO")
             return
