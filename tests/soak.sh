@@ -5,10 +5,11 @@
 # Prints the figures: faults injected / operations / clean failures /
 # wrong results, kill rounds / acknowledged / lost. CI runs the same tests
 # short (tests/test_faults.py, tests/test_kill.py defaults).
-# Usage: tests/soak.sh [BUILD_DIR]
+# Usage: tests/soak.sh [BUILD_DIR] [pytest args...]
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
+[ $# -gt 0 ] && shift
 if [ ! -d "$BUILD" ]; then
 	meson setup "$BUILD" >/dev/null
 fi
@@ -22,7 +23,7 @@ export HSMFS_BIN="$PWD/$BUILD/fs/hsmfs" HSMFS_TOOL="$PWD/$BUILD/tool/hsmfs-tool"
 start=$(date +%s)
 rc=0
 /usr/bin/python3 -m pytest -p no:cacheprovider -q -rf \
-	tests/test_faults.py::test_soak_random_faults_under_load tests/test_kill.py || rc=$?
+	"$@" tests/test_faults.py::test_soak_random_faults_under_load tests/test_kill.py || rc=$?
 echo "== soak figures ($(( $(date +%s) - start )) s, exit $rc)"
 cat "$FIG"
 rm -f "$FIG"
