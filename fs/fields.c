@@ -1,6 +1,812 @@
-/* /fields: placeholder until its issue lands; refuses writes (EOPNOTSUPP). */
+/* /fields: secret fields as plaintext files (NAME) and as their NX02
+ * envelopes (.sealed/NAME). Owns the open-file state of both views; the
+ * store layout is fs/fieldstore.c. A plaintext exists only in the secure
+ * buffer of an open file (filled by an HSM unwrap at open, or by writes),
+ * and is wiped at release and on every error path; only envelopes reach
+ * STORE/fields/. */
 #include "fs/fs.h"
+#include "fs/fieldstore.h"
+#include "fs/store.h"
+#include "crypto/envelope.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <openssl/x509.h>
+
+#define FOLDER "fields"
+#define SEALED ".sealed"
+
+/* Set in start(), read-only afterwards. */
+static int dirfd_ = -1;
+static const struct engine_descriptor *newest;  /* NULL: writes refused */
+static hsm_key *newest_key;
+static X509 *newest_cert;                        /* borrowed from the key */
+
+enum kind { K_ROOT, K_SEALED_DIR, K_FIELD, K_SEALED };
+
+struct fh {
+	pthread_mutex_t lock;     /* one writer/reader of buf at a time */
+	enum kind kind;
+	char name[256];
+	int writable, append;
+	int dirty;                /* changed since the last commit */
+	int created;              /* not in the store until the first commit */
+	int orphan;               /* its name was removed or replaced: the
+	                             value dies with the file, as on disk */
+	uint8_t *buf;             /* plaintext (secure memory) or envelope text */
+	size_t len, cap;
+	struct fh *next;          /* open writers, under writers_lock */
+};
+/* name and orphan of a writer change under writers_lock (rm, mv while
+ * open); everything else of a fh under its own lock. */
+
+/* Open writers, for stat sizes and listings of values not yet committed
+ * (regular-file semantics until close). */
+static pthread_mutex_t writers_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct fh *writers;
+
+/* Split a folder-relative path. Returns 0, -EINVAL for a bad name,
+ * -ENOENT for anything else. */
+static int
+parse_path(const char *path, enum kind *kind, const char **name)
+{
+	*name = NULL;
+	if (*path == '\0') {
+		*kind = K_ROOT;
+		return 0;
+	}
+	if (strcmp(path, SEALED) == 0) {
+		*kind = K_SEALED_DIR;
+		return 0;
+	}
+	if (strncmp(path, SEALED "/", sizeof(SEALED)) == 0) {
+		*kind = K_SEALED;
+		*name = path + sizeof(SEALED);
+	} else {
+		*kind = K_FIELD;
+		*name = path;
+	}
+	if (strchr(*name, '/') != NULL)
+		return -ENOENT;
+	return util_name_valid(*name) ? 0 : -EINVAL;
+}
+
+static int
+fail(const char *name, const char *key, const char *what, int r)
+{
+	fs_log_fail(FOLDER, name, key, what, r);
+	return -hsmfs_err_errno(r);
+}
+
+static struct fh *
+fh_of(struct fuse_file_info *fi)
+{
+	return fi ? (struct fh *)(uintptr_t)fi->fh : NULL;
+}
+
+static void
+fh_free(struct fh *f)
+{
+	if (f == NULL)
+		return;
+	if (f->kind == K_FIELD)
+		secmem_free(f->buf, f->cap);
+	else
+		free(f->buf);
+	pthread_mutex_destroy(&f->lock);
+	free(f);
+}
+
+static void
+writer_add(struct fh *f)
+{
+	pthread_mutex_lock(&writers_lock);
+	f->next = writers;
+	writers = f;
+	pthread_mutex_unlock(&writers_lock);
+}
+
+static void
+writer_remove(struct fh *f)
+{
+	pthread_mutex_lock(&writers_lock);
+	for (struct fh **p = &writers; *p; p = &(*p)->next)
+		if (*p == f) {
+			*p = f->next;
+			break;
+		}
+	pthread_mutex_unlock(&writers_lock);
+}
+
+/* Open writers follow their name like open files on disk: after mv
+ * from -> to they commit under to, a writer of a replaced or removed
+ * name (to == NULL: rm) becomes an orphan whose value is dropped. */
+static void
+writers_renamed(const char *from, const char *to, int exchange)
+{
+	pthread_mutex_lock(&writers_lock);
+	for (struct fh *f = writers; f; f = f->next) {
+		if (strcmp(f->name, from) == 0) {
+			if (to == NULL)
+				f->orphan = 1;
+			else
+				snprintf(f->name, sizeof(f->name), "%s", to);
+		} else if (to != NULL && strcmp(f->name, to) == 0) {
+			if (exchange)
+				snprintf(f->name, sizeof(f->name), "%s", from);
+			else
+				f->orphan = 1;
+		}
+	}
+	pthread_mutex_unlock(&writers_lock);
+}
+
+/* Size a pending writer shows for name in a view, or -1. Reading len
+ * without the fh lock is a benign race for a stat size. */
+static off_t
+writer_size(const char *name, enum kind kind, int need_created)
+{
+	off_t sz = -1;
+	pthread_mutex_lock(&writers_lock);
+	for (struct fh *f = writers; f; f = f->next)
+		if (f->kind == kind && strcmp(f->name, name) == 0 &&
+		    (f->dirty || f->created) && (!need_created || f->created)) {
+			sz = (off_t)__atomic_load_n(&f->len, __ATOMIC_RELAXED);
+			break;
+		}
+	pthread_mutex_unlock(&writers_lock);
+	return sz;
+}
+
+/* Grow f->buf to hold n bytes (new bytes zero). */
+static int
+fh_reserve(struct fh *f, size_t n)
+{
+	size_t cap;
+	uint8_t *nb;
+	if (n <= f->cap)
+		return 0;
+	cap = f->cap ? f->cap : 4096;
+	while (cap < n)
+		cap *= 2;
+	/* Envelopes are not secret: the locked heap is kept for plaintext. */
+	nb = f->kind == K_FIELD ? secmem_realloc(f->buf, f->cap, cap) :
+	    realloc(f->buf, cap);
+	if (nb == NULL)
+		return -ENOMEM;
+	memset(nb + f->cap, 0, cap - f->cap);
+	f->buf = nb;
+	f->cap = cap;
+	return 0;
+}
+
+static size_t
+view_max(enum kind k)
+{
+	return k == K_FIELD ? ENVELOPE_MAX_PLAINTEXT : FIELDSTORE_TEXT_MAX;
+}
+
+/* Decrypt the stored field into f->buf (HSM unwrap). */
+static int
+load_plain(struct fh *f)
+{
+	struct envelope env;
+	const struct engine_descriptor *d = NULL;
+	hsm_key *k;
+	char *text = NULL;
+	uint8_t *pt = NULL;
+	size_t tl = 0, ptl = 0;
+	int r;
+
+	if ((r = fieldstore_read(dirfd_, f->name, &text, &tl)) != 0)
+		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, NULL, "read", r);
+	r = envelope_parse_text(text, tl, &env);
+	free(text);
+	if (r != 0)
+		return fail(f->name, NULL, "stored envelope", r);
+	if ((r = envelope_find_key(hsmfs_ctx->engine, hsmfs_ctx->keys, &env.h,
+	    &d, &k)) != 0 || (r = envelope_open(&env, k, &pt, &ptl)) != 0) {
+		envelope_clear(&env);
+		return fail(f->name, d ? d->key_name : NULL, "open envelope", r);
+	}
+	envelope_clear(&env);
+	/* Adopt the secure buffer rather than copy it: one plaintext copy,
+	 * and half the secure heap for large values. Past ptl it holds only
+	 * padding, so cap = ptl wipes everything secret at release. */
+	secmem_free(f->buf, f->cap);
+	f->buf = pt;
+	f->len = f->cap = ptl;
+	return 0;
+}
+
+static int
+load_sealed(struct fh *f)
+{
+	char *text = NULL;
+	size_t tl = 0;
+	int r;
+	if ((r = fieldstore_read(dirfd_, f->name, &text, &tl)) != 0)
+		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, NULL, "read", r);
+	if ((r = fh_reserve(f, tl)) == 0 && tl > 0) {
+		memcpy(f->buf, text, tl);
+		f->len = tl;
+	}
+	free(text);
+	return r;
+}
+
+/* The envelope line for a plaintext buffer: sealed with the newest
+ * descriptor. */
+static int
+text_plain_locked(struct fh *f, const char *name, char **text, size_t *tl)
+{
+	uint8_t *bin = NULL;
+	size_t bl = 0;
+	int r;
+
+	if ((r = envelope_seal(newest, newest_cert,
+	    f->buf ? f->buf : (const uint8_t *)"", f->len, &bin, &bl)) != 0)
+		return fail(name, newest->key_name, "seal", r);
+	*text = envelope_to_text(bin, bl, tl);
+	free(bin);
+	return *text ? 0 : -ENOMEM;
+}
+
+/* The envelope line for an import: it must parse, name a configured key
+ * version and, since every configured key is open, authenticate (opened
+ * and wiped). Stored canonical (the input may end in CRLF). */
+static int
+text_sealed_locked(struct fh *f, const char *name, char **text, size_t *tl)
+{
+	struct envelope env;
+	const struct engine_descriptor *d = NULL;
+	hsm_key *k;
+	uint8_t *pt = NULL;
+	size_t ptl = 0;
+	int r;
+
+	if ((r = envelope_parse_text((const char *)f->buf, f->len, &env)) != 0)
+		return fail(name, NULL, "import", r);
+	if ((r = envelope_find_key(hsmfs_ctx->engine, hsmfs_ctx->keys, &env.h,
+	    &d, &k)) != 0 || (r = envelope_open(&env, k, &pt, &ptl)) != 0) {
+		envelope_clear(&env);
+		return fail(name, d ? d->key_name : NULL, "import", r);
+	}
+	envelope_free_plain(pt, ptl);
+	*text = envelope_to_text(env.bin, env.bin_len, tl);
+	envelope_clear(&env);
+	return *text ? 0 : -ENOMEM;
+}
+
+/* The writer's current name, or 0 when it is an orphan. */
+static int
+writer_name(struct fh *f, char name[256])
+{
+	int alive;
+	pthread_mutex_lock(&writers_lock);
+	memcpy(name, f->name, sizeof(f->name));
+	alive = !f->orphan;
+	pthread_mutex_unlock(&writers_lock);
+	return alive;
+}
+
+/* Seal or check, write the temp file, then rename it onto the writer's
+ * name under that name's lock. The name is read again under the lock: a
+ * mv or rm of the open file (which take the same lock) either happened
+ * before, and we follow it, or waits until the value is in place. */
+static int
+commit_locked(struct fh *f)
+{
+	char name[256], again[256], *text = NULL;
+	struct store_tmp t;
+	size_t tl = 0;
+	int r, h;
+
+	if (!f->writable || !f->dirty)
+		return 0;
+	if (!writer_name(f, name))
+		goto orphan;
+	r = f->kind == K_FIELD ? text_plain_locked(f, name, &text, &tl) :
+	    text_sealed_locked(f, name, &text, &tl);
+	if (r != 0)
+		return r;
+	r = fieldstore_write_tmp(dirfd_, text, tl, &t);
+	free(text);
+	if (r != 0)
+		return fail(name, NULL, "store", r);
+	for (;;) {
+		if ((h = fieldstore_lock(dirfd_, name)) < 0) {
+			store_tmp_abort(&t);
+			return fail(name, NULL, "lock", h);
+		}
+		if (!writer_name(f, again)) {
+			fieldstore_unlock(h);
+			store_tmp_abort(&t);
+			goto orphan;
+		}
+		if (strcmp(again, name) == 0)
+			break;
+		fieldstore_unlock(h);
+		memcpy(name, again, sizeof(name));
+	}
+	r = store_tmp_commit(&t, name);
+	fieldstore_unlock(h);
+	if (r != 0)
+		return fail(name, NULL, "store", r);
+	f->dirty = 0;
+	f->created = 0;
+	return 0;
+orphan:
+	f->dirty = 0;
+	return 0;
+}
+
+/* ---- folder operations ---- */
+
+static int
+fields_start(void)
+{
+	const struct engine *e = hsmfs_ctx->engine;
+	int fd, r;
+
+	if ((fd = store_dir(hsmfs_ctx->store_fd, FIELDSTORE_DIR)) < 0)
+		return fd;
+	dirfd_ = fd;
+	store_cleanup_tmp(dirfd_);
+	for (size_t i = 0; i < e->ndescs; i++)
+		if (strcmp(e->descs[i].name, ENGINE_ENCRYPTED_FIELDS) == 0 &&
+		    (r = envelope_descriptor_check(&e->descs[i])) != 0)
+			return r;
+	if ((newest = engine_newest(e, ENGINE_ENCRYPTED_FIELDS)) == NULL) {
+		err_set("no EncryptedFields descriptor in %s", e->path);
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	if ((newest_key = keyring_key(hsmfs_ctx->keys, newest)) == NULL ||
+	    hsm_key_cert(newest_key) == NULL) {
+		err_set("EncryptedFields version %d: key %s is not open",
+		    newest->version, newest->key_name);
+		newest = NULL;
+		return HSMFS_ERR_CONFIG;
+	}
+	newest_cert = hsm_key_cert(newest_key);
+	log_info("fields: new values use EncryptedFields version %d (key %s)",
+	    newest->version, newest->key_name);
+	return 0;
+}
+
+static void
+fields_stop(void)
+{
+	if (dirfd_ >= 0)
+		close(dirfd_);
+	dirfd_ = -1;
+}
+
+static void
+fields_status(FILE *out)
+{
+	if (newest)
+		fprintf(out, "fields.version: %d\nfields.key: %s\n", newest->version,
+		    newest->key_name);
+}
+
+static int
+fields_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+	enum kind kind;
+	const char *name;
+	struct stat sst;
+	struct fh *f = fh_of(fi);
+	off_t sz;
+	int r;
+
+	if ((r = parse_path(path, &kind, &name)) != 0)
+		return r;
+	if (kind == K_ROOT || kind == K_SEALED_DIR) {
+		fs_stat_dir(st);
+		return 0;
+	}
+	if (dirfd_ < 0)
+		return -ENOENT;
+	if (f != NULL && f->writable) {
+		fs_stat_file(st, 0600, (off_t)f->len, time(NULL));
+		return 0;
+	}
+	if (fstatat(dirfd_, name, &sst, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (errno != ENOENT)
+			return -errno;
+		if ((sz = writer_size(name, kind, 1)) < 0)
+			return -ENOENT;
+		fs_stat_file(st, 0600, sz, time(NULL));
+		return 0;
+	}
+	if (!S_ISREG(sst.st_mode))
+		return -ENOENT;
+	if ((sz = writer_size(name, kind, 0)) < 0) {
+		if (kind == K_SEALED) {
+			sz = sst.st_size;
+		} else {
+			/* Plaintext size from the header: no HSM. A damaged
+			 * file shows 0 and fails at open, where it is logged. */
+			char head[ENVELOPE_TEXT_HEADER_LEN];
+			struct envelope_header h;
+			int fd = openat(dirfd_, name, O_RDONLY | O_CLOEXEC);
+			ssize_t n = fd < 0 ? -1 : pread(fd, head, sizeof(head), 0);
+			if (fd >= 0)
+				close(fd);
+			sz = 0;
+			if (n == (ssize_t)sizeof(head) &&
+			    envelope_peek_text_header(head, sizeof(head), &h) == 0 &&
+			    h.plain_len <= ENVELOPE_MAX_PLAINTEXT)
+				sz = (off_t)h.plain_len;
+		}
+	}
+	fs_stat_file(st, 0600, sz, sst.st_mtime);
+	return 0;
+}
+
+static int
+fields_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
+{
+	enum kind kind, want;
+	const char *name;
+	struct dirent *de;
+	DIR *d;
+	int fd, r;
+
+	if ((r = parse_path(path, &kind, &name)) != 0)
+		return r;
+	if (kind != K_ROOT && kind != K_SEALED_DIR)
+		return -ENOTDIR;
+	want = kind == K_ROOT ? K_FIELD : K_SEALED;
+	fill(buf, ".", NULL, 0, 0);
+	fill(buf, "..", NULL, 0, 0);
+	/* .sealed is reachable by name but not listed (like a .snapshot
+	 * directory): find, backups and scripts iterating over the fields
+	 * see each field once, as plaintext. */
+	if (dirfd_ < 0)
+		return 0;
+	if ((fd = dup(dirfd_)) < 0 || (d = fdopendir(fd)) == NULL) {
+		r = -errno;
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	rewinddir(d);
+	while ((de = readdir(d)) != NULL)
+		if (util_name_valid(de->d_name))
+			fill(buf, de->d_name, NULL, 0, 0);
+	closedir(d);
+	/* Created but not yet closed: visible like a new regular file. */
+	pthread_mutex_lock(&writers_lock);
+	for (struct fh *f = writers; f; f = f->next)
+		if (f->kind == want && f->created &&
+		    faccessat(dirfd_, f->name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
+			fill(buf, f->name, NULL, 0, 0);
+	pthread_mutex_unlock(&writers_lock);
+	return 0;
+}
+
+static int
+fh_new(enum kind kind, const char *name, struct fuse_file_info *fi,
+    struct fh **out)
+{
+	struct fh *f = calloc(1, sizeof(*f));
+	if (f == NULL)
+		return -ENOMEM;
+	pthread_mutex_init(&f->lock, NULL);
+	f->kind = kind;
+	snprintf(f->name, sizeof(f->name), "%s", name);
+	f->writable = (fi->flags & O_ACCMODE) != O_RDONLY;
+	f->append = (fi->flags & O_APPEND) != 0;
+	*out = f;
+	return 0;
+}
+
+static int
+refuse_write(const char *name)
+{
+	log_err("%s/%s: write refused: EncryptedFields is not configured "
+	    "(add the descriptor and its key to the config)", FOLDER, name);
+	return -EOPNOTSUPP;
+}
+
+static int
+fields_open(const char *path, struct fuse_file_info *fi)
+{
+	enum kind kind;
+	const char *name;
+	struct fh *f = NULL;
+	int r;
+
+	if ((r = parse_path(path, &kind, &name)) != 0)
+		return r;
+	if (kind == K_ROOT || kind == K_SEALED_DIR)
+		return -EISDIR;
+	if (dirfd_ < 0)
+		return -ENOENT;
+	if ((fi->flags & O_ACCMODE) != O_RDONLY && newest == NULL)
+		return refuse_write(name);
+	if ((r = fh_new(kind, name, fi, &f)) != 0)
+		return r;
+	if (f->writable && (fi->flags & O_TRUNC ||
+	    faccessat(dirfd_, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)) {
+		/* Truncation is a change even if nothing is written. A
+		 * name missing from the store here was created (the kernel
+		 * strips O_CREAT from open) or its create failed at close
+		 * while the kernel still caches the entry: start empty. */
+		f->dirty = 1;
+		f->created = faccessat(dirfd_, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0;
+	} else {
+		r = kind == K_FIELD ? load_plain(f) : load_sealed(f);
+		if (r != 0) {
+			fh_free(f);
+			return r;
+		}
+	}
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
+	fi->fh = (uint64_t)(uintptr_t)f;
+	if (f->writable)
+		writer_add(f);
+	return 0;
+}
+
+static int
+fields_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	enum kind kind;
+	const char *name;
+	struct fh *f = NULL;
+	int r;
+
+	if ((r = parse_path(path, &kind, &name)) != 0)
+		return r;
+	if (kind == K_ROOT || kind == K_SEALED_DIR)
+		return -EEXIST;
+	if (newest == NULL || dirfd_ < 0)
+		return refuse_write(name);
+	if ((r = fh_new(kind, name, fi, &f)) != 0)
+		return r;
+	f->writable = 1;
+	f->dirty = 1;
+	f->created = faccessat(dirfd_, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0;
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
+	fi->fh = (uint64_t)(uintptr_t)f;
+	writer_add(f);
+	return 0;
+}
+
+static int
+fields_read(const char *path, char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	struct fh *f = fh_of(fi);
+	size_t n = 0;
+	if (f == NULL)
+		return -EBADF;
+	pthread_mutex_lock(&f->lock);
+	if (off >= 0 && (size_t)off < f->len) {
+		n = f->len - (size_t)off;
+		if (n > size)
+			n = size;
+		memcpy(buf, f->buf + off, n);
+	}
+	pthread_mutex_unlock(&f->lock);
+	return (int)n;
+}
+
+static int
+fields_write(const char *path, const char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	struct fh *f = fh_of(fi);
+	size_t end;
+	int r;
+
+	if (f == NULL || !f->writable)
+		return -EBADF;
+	if (off < 0)
+		return -EINVAL;
+	if (size == 0)
+		return 0;
+	pthread_mutex_lock(&f->lock);
+	if (f->append)
+		off = (off_t)f->len;
+	end = (size_t)off + size;
+	if (end > view_max(f->kind) || end < size) {
+		pthread_mutex_unlock(&f->lock);
+		log_err("%s/%s: value larger than %zu bytes refused", FOLDER,
+		    f->name, view_max(f->kind));
+		return -EFBIG;
+	}
+	if ((r = fh_reserve(f, end)) != 0) {
+		pthread_mutex_unlock(&f->lock);
+		return r;
+	}
+	if ((size_t)off > f->len)
+		memset(f->buf + f->len, 0, (size_t)off - f->len);
+	memcpy(f->buf + off, buf, size);
+	if (end > f->len)
+		__atomic_store_n(&f->len, end, __ATOMIC_RELAXED);
+	f->dirty = 1;
+	pthread_mutex_unlock(&f->lock);
+	return (int)size;
+}
+
+static int
+fields_flush(const char *path, struct fuse_file_info *fi)
+{
+	struct fh *f = fh_of(fi);
+	int r;
+	if (f == NULL)
+		return 0;
+	pthread_mutex_lock(&f->lock);
+	r = commit_locked(f);
+	pthread_mutex_unlock(&f->lock);
+	return r;
+}
+
+static int
+fields_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+	return fields_flush(path, fi);
+}
+
+static int
+fields_release(const char *path, struct fuse_file_info *fi)
+{
+	struct fh *f = fh_of(fi);
+	if (f == NULL)
+		return 0;
+	/* A value still dirty here failed at flush (close reported it):
+	 * dropped, and wiped with the buffer. */
+	if (f->writable)
+		writer_remove(f);
+	fh_free(f);
+	fi->fh = 0;
+	return 0;
+}
+
+static int
+resize_locked(struct fh *f, off_t size)
+{
+	int r;
+	if (size < 0)
+		return -EINVAL;
+	if ((size_t)size > view_max(f->kind))
+		return -EFBIG;
+	if ((r = fh_reserve(f, (size_t)size)) != 0)
+		return r;
+	if ((size_t)size < f->len)
+		OPENSSL_cleanse(f->buf + size, f->len - (size_t)size);
+	else if ((size_t)size > f->len)
+		memset(f->buf + f->len, 0, (size_t)size - f->len);
+	__atomic_store_n(&f->len, (size_t)size, __ATOMIC_RELAXED);
+	f->dirty = 1;
+	return 0;
+}
+
+static int
+fields_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+	enum kind kind;
+	const char *name;
+	struct fh *f = fh_of(fi);
+	struct fuse_file_info tmp;
+	int r;
+
+	if ((r = parse_path(path, &kind, &name)) != 0)
+		return r;
+	if (kind == K_ROOT || kind == K_SEALED_DIR)
+		return -EISDIR;
+	if (newest == NULL)
+		return refuse_write(name);
+	if (f != NULL && f->writable) {
+		pthread_mutex_lock(&f->lock);
+		r = resize_locked(f, size);
+		pthread_mutex_unlock(&f->lock);
+		return r;
+	}
+	/* truncate(2) by name: load, resize, commit now. */
+	memset(&tmp, 0, sizeof(tmp));
+	tmp.flags = size == 0 ? O_WRONLY | O_TRUNC : O_RDWR;
+	if ((r = fields_open(path, &tmp)) != 0)
+		return r;
+	f = fh_of(&tmp);
+	pthread_mutex_lock(&f->lock);
+	if ((r = resize_locked(f, size)) == 0)
+		r = commit_locked(f);
+	pthread_mutex_unlock(&f->lock);
+	fields_release(path, &tmp);
+	return r;
+}
+
+static int
+fields_unlink(const char *path)
+{
+	enum kind kind;
+	const char *name;
+	int r, h;
+
+	if ((r = parse_path(path, &kind, &name)) != 0)
+		return r;
+	if (kind == K_ROOT || kind == K_SEALED_DIR)
+		return -EPERM;
+	if (dirfd_ < 0)
+		return -ENOENT;
+	if ((h = fieldstore_lock(dirfd_, name)) < 0)
+		return fail(name, NULL, "lock", h);
+	r = unlinkat(dirfd_, name, 0) < 0 ? -errno : 0;
+	if (r == 0)
+		writers_renamed(name, NULL, 0);
+	fieldstore_unlock(h);
+	if (r == 0 && (h = store_fsync_dir(dirfd_)) != 0)
+		r = fail(name, NULL, "unlink", h);
+	return r;
+}
+
+static int
+fields_rename(const char *from, const char *to, unsigned int flags)
+{
+	enum kind kf, kt;
+	const char *nf, *nt;
+	int r, h1, h2;
+
+	if ((r = parse_path(from, &kf, &nf)) != 0 ||
+	    (r = parse_path(to, &kt, &nt)) != 0)
+		return r;
+	if (kf == K_ROOT || kf == K_SEALED_DIR || kt == K_ROOT ||
+	    kt == K_SEALED_DIR)
+		return -EPERM;
+	if (dirfd_ < 0)
+		return -ENOENT;
+	/* Both views name the same store file: mv works within and
+	 * across them. */
+	if ((r = fieldstore_lock2(dirfd_, nf, nt, &h1, &h2)) != 0)
+		return fail(nf, NULL, "lock", r);
+	r = renameat2(dirfd_, nf, dirfd_, nt, flags) < 0 ? -errno : 0;
+	if (r == 0)
+		writers_renamed(nf, nt, flags & RENAME_EXCHANGE);
+	fieldstore_unlock(h2);
+	fieldstore_unlock(h1);
+	if (r == 0 && (h1 = store_fsync_dir(dirfd_)) != 0)
+		r = fail(nt, NULL, "rename", h1);
+	return r;
+}
+
+static int
+fields_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	/* Fields are always 0600; accept the no-op so cp -p works. */
+	return (mode & 07777) == 0600 ? 0 : -EPERM;
+}
 
 const struct folder_ops fields_folder = {
-	.name = "fields",
+	.name = FOLDER,
+	.start = fields_start,
+	.stop = fields_stop,
+	.status = fields_status,
+	.getattr = fields_getattr,
+	.readdir = fields_readdir,
+	.open = fields_open,
+	.create = fields_create,
+	.read = fields_read,
+	.write = fields_write,
+	.flush = fields_flush,
+	.fsync = fields_fsync,
+	.release = fields_release,
+	.truncate = fields_truncate,
+	.unlink = fields_unlink,
+	.rename = fields_rename,
+	.chmod = fields_chmod,
 };

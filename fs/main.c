@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <limits.h>
 #include <signal.h>
 #include <stddef.h>
@@ -796,6 +797,46 @@ check_store(void)
 	return 0;
 }
 
+/* The daemon runs with "/" as its working directory (libfuse's
+ * daemonize), so every path option becomes absolute before mounting. */
+static int
+absolutize(char **opt, const char *what, int must_exist)
+{
+	char buf[PATH_MAX], *dir, *base, *copy, *abs;
+	if (*opt == NULL)
+		return 0;
+	if (must_exist) {
+		if (realpath(*opt, buf) == NULL) {
+			fprintf(stderr, "hsmfs: %s=%s: %s\n", what, *opt, strerror(errno));
+			return -1;
+		}
+		abs = strdup(buf);
+	} else {
+		/* The file may not exist yet; its directory must, writable. */
+		if ((copy = strdup(*opt)) == NULL)
+			return -1;
+		dir = dirname(copy);
+		if (realpath(dir, buf) == NULL || access(buf, W_OK) != 0) {
+			fprintf(stderr, "hsmfs: %s=%s: directory %s: %s\n", what, *opt,
+			    dir, strerror(errno));
+			free(copy);
+			return -1;
+		}
+		free(copy);
+		if ((copy = strdup(*opt)) == NULL)
+			return -1;
+		base = basename(copy);
+		if (asprintf(&abs, "%s/%s", buf, base) < 0)
+			abs = NULL;
+		free(copy);
+	}
+	if (abs == NULL)
+		return -1;
+	free(*opt);
+	*opt = abs;
+	return 0;
+}
+
 static int
 check_truststore(void)
 {
@@ -905,9 +946,8 @@ run_fuse(struct fuse_args *args)
 		if ((lc = fuse_loop_cfg_create()) == NULL)
 			goto out_signals;
 		fuse_loop_cfg_set_clone_fd(lc, (unsigned)o.clone_fd);
-		fuse_loop_cfg_set_max_threads(lc, o.max_threads ? o.max_threads : 10);
-		fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads ?
-		    o.max_idle_threads : 4);
+		fuse_loop_cfg_set_max_threads(lc, o.max_threads);
+		fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads);
 		res = fuse_loop_mt(fuse, lc);
 		fuse_loop_cfg_destroy(lc);
 	}
@@ -976,9 +1016,22 @@ main(int argc, char *argv[])
 		fprintf(stderr, "hsmfs: %s\n", err_detail());
 		return 1;
 	}
+	if (absolutize(&the_fs.opt.truststore, "truststore", 1) != 0 ||
+	    absolutize(&the_fs.opt.history_anchor, "history_anchor", 0) != 0 ||
+	    absolutize(&the_fs.opt.config, "config", 1) != 0)
+		return 1;
 	if (check_store() != 0 || check_truststore() != 0 || check_keys() != 0)
 		return 1;
 
+	/* Many concurrent writers feed one history group commit: libfuse's
+	 * default of 10 workers would cap a batch at 10. */
+	{
+		int has = 0;
+		for (int i = 0; i < args.argc; i++)
+			has |= strstr(args.argv[i], "max_threads=") != NULL;
+		if (!has)
+			fuse_opt_add_arg(&args, "-omax_threads=64");
+	}
 	/* default_permissions always: the kernel enforces the modes we show. */
 	fuse_opt_add_arg(&args, "-odefault_permissions");
 	snprintf(fsname, sizeof(fsname), "-ofsname=hsmfs:%s", the_fs.store);

@@ -1,6 +1,501 @@
-/* /sign-out: placeholder until its issue lands; refuses writes (EOPNOTSUPP). */
+/* /sign-out: zips copied in are JAR-signed with the newest ConfigZipSigner
+ * key when the writer closes (flush), and stored durably. Owns
+ * STORE/sign-out/ (signed zips by name), .spool/ (incoming bytes per open,
+ * signer output before its rename) and .sign/ (user.hsmfs.sign records). */
 #include "fs/fs.h"
+#include "fs/spool.h"
+#include "fs/store.h"
+#include "crypto/jar.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <dirent.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/err.h>
+
+#define SIGN_XATTR "user.hsmfs.sign"
+#define REC_MAX 1024
+
+static struct {
+	int dirfd, spooldir, recdir;
+	const struct engine_descriptor *desc;
+	hsm_key *key;                /* NULL: writes refused (EOPNOTSUPP) */
+	STACK_OF(X509) *chain;       /* issuers embedded in signatures */
+	char dn[512];
+	struct spool_list spools;
+	pthread_mutex_t stats_lock;
+	unsigned long nsigned, nfailed;
+} so = {
+	.dirfd = -1, .spooldir = -1, .recdir = -1,
+	.spools = {PTHREAD_MUTEX_INITIALIZER, NULL},
+	.stats_lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+/* An open handle: a spool for writers, a plain fd for readers. */
+struct so_fh {
+	struct spool *s;
+	int fd;
+};
+
+static void
+dn_of(X509 *x, char *out, size_t len)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	int n = 0;
+	out[0] = '\0';
+	if (b == NULL)
+		return;
+	X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253);
+	n = BIO_read(b, out, (int)len - 1);
+	out[n > 0 ? n : 0] = '\0';
+	BIO_free(b);
+}
+
+static int
+so_start(void)
+{
+	int r;
+	const struct engine_key *ek;
+
+	if ((so.dirfd = store_dir(hsmfs_ctx->store_fd, "sign-out")) < 0)
+		return so.dirfd;
+	if ((so.spooldir = store_dir(so.dirfd, ".spool")) < 0)
+		return so.spooldir;
+	if ((so.recdir = store_dir(so.dirfd, ".sign")) < 0)
+		return so.recdir;
+	/* Leftovers of a crash: never signed, never acknowledged. */
+	store_cleanup_tmp(so.spooldir);
+	store_cleanup_tmp(so.recdir);
+	store_cleanup_tmp(so.dirfd);
+	so.desc = engine_newest(hsmfs_ctx->engine, ENGINE_CONFIG_ZIP_SIGNER);
+	if (so.desc == NULL) {
+		err_set("no ConfigZipSigner descriptor in %s", hsmfs_ctx->opt.config);
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	if (so.desc->md == NULL || (EVP_MD_get_type(so.desc->md) != NID_sha256 &&
+	    EVP_MD_get_type(so.desc->md) != NID_sha384 &&
+	    EVP_MD_get_type(so.desc->md) != NID_sha512)) {
+		err_set("ConfigZipSigner version %d: algorithm %s cannot sign zips "
+		    "(use SHA-256, SHA-384 or SHA-512)", so.desc->version,
+		    so.desc->algorithm ? so.desc->algorithm : "?");
+		return HSMFS_ERR_CONFIG;
+	}
+	if ((so.key = keyring_key(hsmfs_ctx->keys, so.desc)) == NULL ||
+	    hsm_key_cert(so.key) == NULL) {
+		so.key = NULL;
+		err_set("ConfigZipSigner version %d: key %s is not open",
+		    so.desc->version, so.desc->key_name);
+		return HSMFS_ERR_NOTFOUND;
+	}
+	dn_of(hsm_key_cert(so.key), so.dn, sizeof(so.dn));
+	if (hsmfs_ctx->opt.truststore) {
+		X509_STORE *st = NULL;
+		if ((r = jar_trust_load_pem(hsmfs_ctx->opt.truststore, &st)) != 0) {
+			so.key = NULL;
+			return r;
+		}
+		r = jar_chain_from_store(hsm_key_cert(so.key), st, &so.chain);
+		X509_STORE_free(st);
+		if (r != 0) {
+			so.key = NULL;
+			return r;
+		}
+	}
+	ek = so.desc->key;
+	log_info("sign-out: signing with ConfigZipSigner version %d, key %s (%s), "
+	    "%d issuer certificate(s) embedded", so.desc->version,
+	    ek && ek->alias ? ek->alias : so.desc->key_name, so.dn,
+	    so.chain ? sk_X509_num(so.chain) : 0);
+	return 0;
+}
+
+static void
+so_stop(void)
+{
+	sk_X509_pop_free(so.chain, X509_free);
+	so.chain = NULL;
+	so.key = NULL;
+}
+
+static void
+so_status(FILE *out)
+{
+	pthread_mutex_lock(&so.stats_lock);
+	fprintf(out, "sign-out.signed: %lu\n", so.nsigned);
+	fprintf(out, "sign-out.refused: %lu\n", so.nfailed);
+	pthread_mutex_unlock(&so.stats_lock);
+	if (so.desc)
+		fprintf(out, "sign-out.key: %s (version %d)\n", so.desc->key_name,
+		    so.desc->version);
+}
+
+static int
+rec_exists(const char *name)
+{
+	return faccessat(so.recdir, name, F_OK, 0) == 0;
+}
+
+static void
+rec_write(const char *name, const char *text)
+{
+	if (store_write_atomic(so.recdir, name, text, strlen(text)) != 0)
+		log_err("sign-out/%s: cannot record the result: %s", name,
+		    err_detail());
+}
+
+static int
+so_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+	struct stat s;
+	off_t size;
+	if (*path == '\0')
+		return -ENOSYS;
+	if (!util_name_valid(path))
+		return -ENOENT;
+	if (fstatat(so.dirfd, path, &s, AT_SYMLINK_NOFOLLOW) == 0) {
+		fs_stat_file(st, 0644, s.st_size, s.st_mtime);
+		return 0;
+	}
+	if (spool_lookup(&so.spools, path, &size)) {
+		fs_stat_file(st, 0644, size, time(NULL));
+		return 0;
+	}
+	/* A refused zip leaves only its reason, readable as an xattr. */
+	if (fstatat(so.recdir, path, &s, 0) == 0) {
+		fs_stat_file(st, 0644, 0, s.st_mtime);
+		return 0;
+	}
+	return -ENOENT;
+}
+
+static int
+so_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
+{
+	int fds[2] = {so.dirfd, so.recdir};
+	if (*path != '\0')
+		return -ENOTDIR;
+	fill(buf, ".", NULL, 0, 0);
+	fill(buf, "..", NULL, 0, 0);
+	for (int k = 0; k < 2; k++) {
+		int fd = dup(fds[k]);
+		DIR *d;
+		struct dirent *de;
+		if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+			if (fd >= 0)
+				close(fd);
+			return -EIO;
+		}
+		rewinddir(d);
+		while ((de = readdir(d)) != NULL) {
+			if (!util_name_valid(de->d_name))
+				continue;
+			if (k == 1 && faccessat(so.dirfd, de->d_name, F_OK,
+			    AT_SYMLINK_NOFOLLOW) == 0)
+				continue;   /* listed already */
+			fill(buf, de->d_name, NULL, 0, 0);
+		}
+		closedir(d);
+	}
+	return 0;
+}
+
+static int
+open_writer(const char *path, struct fuse_file_info *fi, int trunc)
+{
+	struct so_fh *h;
+	int from = -1, r;
+	if (so.key == NULL) {
+		log_err("sign-out/%s: write refused: no usable ConfigZipSigner key",
+		    path);
+		return -EOPNOTSUPP;
+	}
+	if (!trunc && (from = openat(so.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0 &&
+	    errno != ENOENT)
+		return -errno;
+	if ((h = calloc(1, sizeof(*h))) == NULL) {
+		if (from >= 0)
+			close(from);
+		return -ENOMEM;
+	}
+	h->fd = -1;
+	r = spool_open(&so.spools, so.spooldir, path, from, &h->s);
+	if (from >= 0)
+		close(from);
+	if (r != 0) {
+		free(h);
+		return r;
+	}
+	fi->fh = (uint64_t)(uintptr_t)h;
+	fi->direct_io = 1;
+	return 0;
+}
+
+static int
+so_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	if (!util_name_valid(path))
+		return -EINVAL;
+	return open_writer(path, fi, 1);
+}
+
+static int
+so_open(const char *path, struct fuse_file_info *fi)
+{
+	struct so_fh *h;
+	int fd;
+	if (*path == '\0')
+		return -EISDIR;
+	if (!util_name_valid(path))
+		return -ENOENT;
+	if ((fi->flags & O_ACCMODE) != O_RDONLY)
+		return open_writer(path, fi, (fi->flags & O_TRUNC) != 0);
+	if ((fd = openat(so.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0) {
+		/* Only a refusal record: there is no signed zip to read. */
+		return errno == ENOENT && rec_exists(path) ? -EINVAL : -errno;
+	}
+	if ((h = calloc(1, sizeof(*h))) == NULL) {
+		close(fd);
+		return -ENOMEM;
+	}
+	h->fd = fd;
+	fi->fh = (uint64_t)(uintptr_t)h;
+	/* The signed size differs from what the writer's kernel cache saw. */
+	fi->direct_io = 1;
+	return 0;
+}
+
+static int
+so_read(const char *path, char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	struct so_fh *h = (struct so_fh *)(uintptr_t)fi->fh;
+	ssize_t n;
+	if (h->s)
+		pthread_mutex_lock(&h->s->lock);
+	do
+		n = pread(h->s ? h->s->fd : h->fd, buf, size, off);
+	while (n < 0 && errno == EINTR);
+	if (h->s)
+		pthread_mutex_unlock(&h->s->lock);
+	return n < 0 ? -errno : (int)n;
+}
+
+static int
+so_write(const char *path, const char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	struct so_fh *h = (struct so_fh *)(uintptr_t)fi->fh;
+	int r;
+	if (h->s == NULL)
+		return -EBADF;
+	pthread_mutex_lock(&h->s->lock);
+	r = spool_write(h->s, buf, size, off);
+	pthread_mutex_unlock(&h->s->lock);
+	return r;
+}
+
+/* Sign the spooled bytes into a temp next to them, make it durable and
+ * rename it onto the name. Called with s->lock held. */
+static int
+sign_commit_locked(struct spool *s)
+{
+	char in[PATH_MAX], out[PATH_MAX], rec[REC_MAX];
+	struct store_tmp t;
+	struct jar_sign_opts o = {0};
+	const struct engine_key *ek = so.desc->key;
+	int r, fd, e;
+
+	if ((r = store_tmp_create(so.spooldir, &t)) != 0)
+		return -hsmfs_err_errno(r);
+	close(t.fd);
+	t.fd = -1;
+	snprintf(in, sizeof(in), "%s/sign-out/.spool/%s", hsmfs_ctx->store, s->tmp);
+	snprintf(out, sizeof(out), "%s/sign-out/.spool/%s", hsmfs_ctx->store, t.name);
+	o.key = so.key;
+	o.md = so.desc->md;
+	o.signer = ek && ek->alias ? ek->alias : so.desc->key_name;
+	o.chain = so.chain;
+	err_clear();
+	if ((r = jar_sign(in, out, &o)) != 0) {
+		unlinkat(so.spooldir, t.name, 0);
+		snprintf(rec, sizeof(rec), "%s: %s", r == HSMFS_ERR_INVALID ?
+		    "invalid" : "failed", err_detail());
+		fs_log_fail("sign-out", s->name, so.desc->key_name,
+		    r == HSMFS_ERR_INVALID ? "zip refused" : "signing failed", r);
+		rec_write(s->name, rec);
+		pthread_mutex_lock(&so.stats_lock);
+		so.nfailed++;
+		pthread_mutex_unlock(&so.stats_lock);
+		return -hsmfs_err_errno(r);
+	}
+	if ((fd = openat(so.spooldir, t.name, O_RDONLY | O_CLOEXEC)) < 0 ||
+	    fsync(fd) < 0) {
+		e = errno;
+		if (fd >= 0)
+			close(fd);
+		unlinkat(so.spooldir, t.name, 0);
+		log_err("sign-out/%s: cannot make the signed zip durable: %s",
+		    s->name, strerror(e));
+		return -e;
+	}
+	close(fd);
+	if (renameat(so.spooldir, t.name, so.dirfd, s->name) < 0 ||
+	    fsync(so.dirfd) < 0) {
+		e = errno;
+		unlinkat(so.spooldir, t.name, 0);
+		log_err("sign-out/%s: cannot store the signed zip: %s", s->name,
+		    strerror(e));
+		return -e;
+	}
+	snprintf(rec, sizeof(rec), "signed signer=%s", so.dn);
+	rec_write(s->name, rec);
+	pthread_mutex_lock(&so.stats_lock);
+	so.nsigned++;
+	pthread_mutex_unlock(&so.stats_lock);
+	log_info("sign-out/%s: signed with key %s", s->name, so.desc->key_name);
+	return 0;
+}
+
+/* close() waits for this: sign once per content state; a repeated flush
+ * (dup'd descriptors) returns the same result without signing again. */
+static int
+so_flush(const char *path, struct fuse_file_info *fi)
+{
+	struct so_fh *h = (struct so_fh *)(uintptr_t)fi->fh;
+	int r;
+	if (h == NULL || h->s == NULL)
+		return 0;
+	pthread_mutex_lock(&h->s->lock);
+	if (h->s->dirty) {
+		h->s->last_err = sign_commit_locked(h->s);
+		h->s->dirty = 0;
+	}
+	r = h->s->last_err;
+	pthread_mutex_unlock(&h->s->lock);
+	return r;
+}
+
+static int
+so_release(const char *path, struct fuse_file_info *fi)
+{
+	struct so_fh *h = (struct so_fh *)(uintptr_t)fi->fh;
+	if (h == NULL)
+		return 0;
+	if (h->s)
+		spool_close(h->s);
+	if (h->fd >= 0)
+		close(h->fd);
+	free(h);
+	return 0;
+}
+
+static int
+so_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+	struct so_fh *h = fi ? (struct so_fh *)(uintptr_t)fi->fh : NULL;
+	int r;
+	if (h == NULL || h->s == NULL)
+		return -EPERM;   /* a signed zip is replaced whole, never cut */
+	pthread_mutex_lock(&h->s->lock);
+	r = spool_truncate(h->s, size);
+	pthread_mutex_unlock(&h->s->lock);
+	return r;
+}
+
+static int
+so_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+	return 0;   /* signed zips are durable when close() returns */
+}
+
+static int
+so_unlink(const char *path)
+{
+	int a, b;
+	if (!util_name_valid(path))
+		return -EINVAL;
+	a = unlinkat(so.dirfd, path, 0) == 0 ? 0 : -errno;
+	b = unlinkat(so.recdir, path, 0) == 0 ? 0 : -errno;
+	if (a == -ENOENT && b == -ENOENT)
+		return -ENOENT;
+	if (a != 0 && a != -ENOENT)
+		return a;
+	store_fsync_dir(so.dirfd);
+	return 0;
+}
+
+static int
+so_rename(const char *from, const char *to, unsigned int flags)
+{
+	int has_file, r;
+	if (!util_name_valid(from) || !util_name_valid(to))
+		return -EINVAL;
+	has_file = faccessat(so.dirfd, from, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+	if (has_file) {
+		if (renameat2(so.dirfd, from, so.dirfd, to, flags) < 0)
+			return -errno;
+	} else if (!rec_exists(from)) {
+		return -ENOENT;
+	} else {
+		unlinkat(so.dirfd, to, 0);
+	}
+	r = renameat(so.recdir, from, so.recdir, to);
+	if (r < 0 && errno == ENOENT)
+		unlinkat(so.recdir, to, 0);
+	spool_rename(&so.spools, from, to);
+	store_fsync_dir(so.dirfd);
+	store_fsync_dir(so.recdir);
+	return 0;
+}
+
+static int
+so_getxattr(const char *path, const char *name, char *value, size_t size)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int r;
+	if (strcmp(name, SIGN_XATTR) != 0 || !util_name_valid(path))
+		return -ENODATA;
+	if (store_read_file(so.recdir, path, REC_MAX, &text, &len) != 0)
+		return -ENODATA;
+	r = fs_xattr_reply(text, len, value, size);
+	free(text);
+	return r;
+}
+
+static int
+so_listxattr(const char *path, char *list, size_t size)
+{
+	static const char names[] = SIGN_XATTR;
+	if (!util_name_valid(path) || !rec_exists(path))
+		return 0;
+	return fs_xattr_reply(names, sizeof(names), list, size);
+}
 
 const struct folder_ops signout_folder = {
 	.name = "sign-out",
+	.start = so_start,
+	.stop = so_stop,
+	.status = so_status,
+	.getattr = so_getattr,
+	.readdir = so_readdir,
+	.open = so_open,
+	.create = so_create,
+	.read = so_read,
+	.write = so_write,
+	.flush = so_flush,
+	.fsync = so_fsync,
+	.release = so_release,
+	.truncate = so_truncate,
+	.unlink = so_unlink,
+	.rename = so_rename,
+	.getxattr = so_getxattr,
+	.listxattr = so_listxattr,
 };

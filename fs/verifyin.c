@@ -1,6 +1,563 @@
-/* /verify-in: placeholder until its issue lands; refuses writes (EOPNOTSUPP). */
+/* /verify-in: signed zips are stored exactly as copied and verified when
+ * opened for reading (EBADMSG when invalid). Owns STORE/verify-in/ (the
+ * zips by name), .spool/ (bytes of open writers), .meta/ (content hash per
+ * name) and .verdict/ (verdicts by content hash and trust configuration). */
 #include "fs/fs.h"
+#include "fs/spool.h"
+#include "fs/store.h"
+#include "crypto/jar.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <dirent.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/err.h>
+
+#define VERIFY_XATTR "user.hsmfs.verify"
+#define VERDICT_MAX 1024
+
+static struct {
+	int dirfd, spooldir, metadir, verdir;
+	X509 **certs;                /* ConfigZipSigner certificates, all versions */
+	size_t ncerts;
+	X509_STORE *store;           /* -o truststore */
+	uint8_t trust_fp[32];        /* hash of the trust configuration */
+	int ready;                   /* something to verify against */
+	struct spool_list spools;
+	pthread_mutex_t stats_lock;
+	unsigned long nvalid, ninvalid, ncached;
+} vi = {
+	.dirfd = -1, .spooldir = -1, .metadir = -1, .verdir = -1,
+	.spools = {PTHREAD_MUTEX_INITIALIZER, NULL},
+	.stats_lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+struct vi_fh {
+	struct spool *s;
+	int fd;
+};
+
+/* Verdicts are cached per (content, trust configuration): a new truststore
+ * or signer version never reuses an old answer. */
+static int
+trust_fingerprint(void)
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	char *ts = NULL;
+	size_t tl = 0;
+	int r = HSMFS_ERR_NOMEM;
+	if (c == NULL || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1)
+		goto out;
+	for (size_t i = 0; i < vi.ncerts; i++) {
+		unsigned char *der = NULL;
+		int n = i2d_X509(vi.certs[i], &der);
+		if (n <= 0)
+			goto out;
+		EVP_DigestUpdate(c, der, (size_t)n);
+		OPENSSL_free(der);
+	}
+	if (hsmfs_ctx->opt.truststore) {
+		if ((r = util_read_file(hsmfs_ctx->opt.truststore, 16 << 20, &ts, &tl)) != 0)
+			goto out;
+		EVP_DigestUpdate(c, "truststore", 10);
+		EVP_DigestUpdate(c, ts, tl);
+	}
+	EVP_DigestFinal_ex(c, vi.trust_fp, NULL);
+	r = 0;
+out:
+	free(ts);
+	EVP_MD_CTX_free(c);
+	return r;
+}
+
+static int
+vi_start(void)
+{
+	const struct engine *e = hsmfs_ctx->engine;
+	int r;
+
+	if ((vi.dirfd = store_dir(hsmfs_ctx->store_fd, "verify-in")) < 0)
+		return vi.dirfd;
+	if ((vi.spooldir = store_dir(vi.dirfd, ".spool")) < 0)
+		return vi.spooldir;
+	if ((vi.metadir = store_dir(vi.dirfd, ".meta")) < 0)
+		return vi.metadir;
+	if ((vi.verdir = store_dir(vi.dirfd, ".verdict")) < 0)
+		return vi.verdir;
+	store_cleanup_tmp(vi.spooldir);
+	store_cleanup_tmp(vi.metadir);
+	store_cleanup_tmp(vi.verdir);
+	store_cleanup_tmp(vi.dirfd);
+	if ((vi.certs = calloc(e->ndescs ? e->ndescs : 1, sizeof(*vi.certs))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (size_t i = 0; i < e->ndescs; i++) {
+		hsm_key *k;
+		if (strcmp(e->descs[i].name, ENGINE_CONFIG_ZIP_SIGNER) != 0)
+			continue;
+		if ((k = keyring_key(hsmfs_ctx->keys, &e->descs[i])) != NULL &&
+		    hsm_key_cert(k) != NULL)
+			vi.certs[vi.ncerts++] = hsm_key_cert(k);
+	}
+	if (hsmfs_ctx->opt.truststore &&
+	    (r = jar_trust_load_pem(hsmfs_ctx->opt.truststore, &vi.store)) != 0)
+		return r;
+	if ((r = trust_fingerprint()) != 0)
+		return r;
+	if (vi.ncerts == 0 && vi.store == NULL) {
+		err_set("no ConfigZipSigner certificate and no truststore: "
+		    "nothing to verify zips against");
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	vi.ready = 1;
+	log_info("verify-in: trusting %zu ConfigZipSigner certificate(s)%s", vi.ncerts,
+	    vi.store ? " and the truststore" : "");
+	return 0;
+}
+
+static void
+vi_stop(void)
+{
+	vi.ready = 0;
+	X509_STORE_free(vi.store);
+	vi.store = NULL;
+	free(vi.certs);
+	vi.certs = NULL;
+	vi.ncerts = 0;
+}
+
+static void
+vi_status(FILE *out)
+{
+	pthread_mutex_lock(&vi.stats_lock);
+	fprintf(out, "verify-in.valid: %lu\n", vi.nvalid);
+	fprintf(out, "verify-in.invalid: %lu\n", vi.ninvalid);
+	fprintf(out, "verify-in.cached: %lu\n", vi.ncached);
+	pthread_mutex_unlock(&vi.stats_lock);
+}
+
+/* .meta/<name>: "ino size mtime_s mtime_ns sha256hex" of the committed
+ * file, so an open can find its content hash without reading it. */
+static void
+meta_write(const char *name, int fd, const uint8_t h[32])
+{
+	struct stat st;
+	char hex[65], line[200];
+	if (fstat(fd, &st) < 0)
+		return;
+	util_hex(h, 32, hex);
+	snprintf(line, sizeof(line), "%llu %lld %lld %ld %s\n",
+	    (unsigned long long)st.st_ino, (long long)st.st_size,
+	    (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, hex);
+	if (store_write_atomic(vi.metadir, name, line, strlen(line)) != 0)
+		log_warn("verify-in/%s: cannot record the content hash: %s", name,
+		    err_detail());
+}
+
+static int
+content_hash(const char *name, int fd, uint8_t h[32])
+{
+	struct stat st;
+	char *text = NULL, hex[65];
+	unsigned long long ino;
+	long long size, sec;
+	long nsec;
+	int ok = 0;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (store_read_file(vi.metadir, name, 256, &text, NULL) == 0 &&
+	    sscanf(text, "%llu %lld %lld %ld %64s", &ino, &size, &sec, &nsec, hex) == 5 &&
+	    ino == st.st_ino && size == st.st_size && sec == st.st_mtim.tv_sec &&
+	    nsec == st.st_mtim.tv_nsec) {
+		ok = 1;
+		for (int i = 0; i < 32; i++) {
+			unsigned v;
+			if (sscanf(hex + 2 * i, "%2x", &v) != 1) {
+				ok = 0;
+				break;
+			}
+			h[i] = (uint8_t)v;
+		}
+	}
+	free(text);
+	if (ok)
+		return 0;
+	/* Unknown or changed behind our back: hash it (cheaper than verifying). */
+	{
+		EVP_MD_CTX *c = EVP_MD_CTX_new();
+		char *buf = malloc(1 << 20);
+		off_t off = 0;
+		int r = 0;
+		if (c == NULL || buf == NULL || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1) {
+			r = -ENOMEM;
+			goto out;
+		}
+		for (;;) {
+			ssize_t n = pread(fd, buf, 1 << 20, off);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0) {
+				r = -errno;
+				goto out;
+			}
+			if (n == 0)
+				break;
+			EVP_DigestUpdate(c, buf, (size_t)n);
+			off += n;
+		}
+		EVP_DigestFinal_ex(c, h, NULL);
+out:
+		free(buf);
+		EVP_MD_CTX_free(c);
+		return r;
+	}
+}
+
+/* The verdict for the file open at fd: from the cache, or by verifying
+ * exactly that inode (through /proc/self/fd, so a concurrent replace of
+ * the name cannot slip other bytes past the check). text gets
+ * "valid signer=<DN>" or "invalid: <reason>". Returns 1 valid, 0 invalid,
+ * or -errno when it could not be decided. */
+static int
+verdict(const char *name, int fd, char *text, size_t tlen)
+{
+	uint8_t h[32], key[32];
+	char hex[65], *cached = NULL, path[64], line[VERDICT_MAX + 64];
+	struct jar_trust t;
+	struct jar_verdict v;
+	EVP_MD_CTX *c;
+	int r;
+
+	if ((r = content_hash(name, fd, h)) != 0)
+		return r;
+	if ((c = EVP_MD_CTX_new()) == NULL)
+		return -ENOMEM;
+	EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+	EVP_DigestUpdate(c, h, 32);
+	EVP_DigestUpdate(c, vi.trust_fp, 32);
+	EVP_DigestFinal_ex(c, key, NULL);
+	EVP_MD_CTX_free(c);
+	util_hex(key, 32, hex);
+
+	if (store_read_file(vi.verdir, hex, VERDICT_MAX + 64, &cached, NULL) == 0) {
+		long long until = 0;
+		char *sp = strchr(cached, ' ');
+		if (sp && sscanf(cached, "%lld", &until) == 1 &&
+		    (until == 0 || until > (long long)time(NULL))) {
+			snprintf(text, tlen, "%s", sp + 1);
+			free(cached);
+			pthread_mutex_lock(&vi.stats_lock);
+			vi.ncached++;
+			pthread_mutex_unlock(&vi.stats_lock);
+			return strncmp(text, "valid ", 6) == 0;
+		}
+		free(cached);
+	}
+	t.certs = vi.certs;
+	t.ncerts = vi.ncerts;
+	t.store = vi.store;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	r = jar_verify(path, &t, &v);
+	if (r != 0 && r != HSMFS_ERR_BADMSG) {
+		fs_log_fail("verify-in", name, NULL, "cannot verify", r);
+		return -hsmfs_err_errno(r);
+	}
+	if (r == 0)
+		snprintf(text, tlen, "valid signer=%s", v.signer);
+	else
+		snprintf(text, tlen, "invalid: %s", v.reason);
+	/* Valid verdicts expire with the signer certificate. */
+	snprintf(line, sizeof(line), "%lld %s", r == 0 ? (long long)v.not_after : 0LL,
+	    text);
+	if (store_write_atomic(vi.verdir, hex, line, strlen(line)) != 0)
+		log_warn("verify-in/%s: cannot cache the verdict: %s", name,
+		    err_detail());
+	pthread_mutex_lock(&vi.stats_lock);
+	if (r == 0)
+		vi.nvalid++;
+	else
+		vi.ninvalid++;
+	pthread_mutex_unlock(&vi.stats_lock);
+	if (r != 0)
+		log_err("verify-in/%s: %s", name, text);
+	return r == 0;
+}
+
+static int
+vi_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+	struct stat s;
+	off_t size;
+	if (*path == '\0')
+		return -ENOSYS;
+	if (!util_name_valid(path))
+		return -ENOENT;
+	if (fstatat(vi.dirfd, path, &s, AT_SYMLINK_NOFOLLOW) == 0) {
+		fs_stat_file(st, 0644, s.st_size, s.st_mtime);
+		return 0;
+	}
+	if (spool_lookup(&vi.spools, path, &size)) {
+		fs_stat_file(st, 0644, size, time(NULL));
+		return 0;
+	}
+	return -ENOENT;
+}
+
+static int
+vi_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
+{
+	int fd;
+	DIR *d;
+	struct dirent *de;
+	if (*path != '\0')
+		return -ENOTDIR;
+	fill(buf, ".", NULL, 0, 0);
+	fill(buf, "..", NULL, 0, 0);
+	if ((fd = dup(vi.dirfd)) < 0 || (d = fdopendir(fd)) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return -EIO;
+	}
+	rewinddir(d);
+	while ((de = readdir(d)) != NULL)
+		if (util_name_valid(de->d_name))
+			fill(buf, de->d_name, NULL, 0, 0);
+	closedir(d);
+	return 0;
+}
+
+static int
+open_writer(const char *path, struct fuse_file_info *fi, int trunc)
+{
+	struct vi_fh *h;
+	int from = -1, r;
+	if (!vi.ready) {
+		log_err("verify-in/%s: write refused: no ConfigZipSigner certificate "
+		    "and no truststore configured", path);
+		return -EOPNOTSUPP;
+	}
+	if (!trunc && (from = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0 &&
+	    errno != ENOENT)
+		return -errno;
+	if ((h = calloc(1, sizeof(*h))) == NULL) {
+		if (from >= 0)
+			close(from);
+		return -ENOMEM;
+	}
+	h->fd = -1;
+	r = spool_open(&vi.spools, vi.spooldir, path, from, &h->s);
+	if (from >= 0)
+		close(from);
+	if (r != 0) {
+		free(h);
+		return r;
+	}
+	fi->fh = (uint64_t)(uintptr_t)h;
+	return 0;
+}
+
+static int
+vi_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	if (!util_name_valid(path))
+		return -EINVAL;
+	return open_writer(path, fi, 1);
+}
+
+static int
+vi_open(const char *path, struct fuse_file_info *fi)
+{
+	struct vi_fh *h;
+	char text[VERDICT_MAX];
+	int fd, r;
+	if (*path == '\0')
+		return -EISDIR;
+	if (!util_name_valid(path))
+		return -ENOENT;
+	if ((fi->flags & O_ACCMODE) != O_RDONLY)
+		return open_writer(path, fi, (fi->flags & O_TRUNC) != 0);
+	if ((fd = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0)
+		return -errno;
+	if ((r = verdict(path, fd, text, sizeof(text))) <= 0) {
+		close(fd);
+		return r == 0 ? -EBADMSG : r;
+	}
+	if ((h = calloc(1, sizeof(*h))) == NULL) {
+		close(fd);
+		return -ENOMEM;
+	}
+	h->fd = fd;
+	fi->fh = (uint64_t)(uintptr_t)h;
+	return 0;
+}
+
+static int
+vi_read(const char *path, char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	struct vi_fh *h = (struct vi_fh *)(uintptr_t)fi->fh;
+	ssize_t n;
+	if (h->s)
+		pthread_mutex_lock(&h->s->lock);
+	do
+		n = pread(h->s ? h->s->fd : h->fd, buf, size, off);
+	while (n < 0 && errno == EINTR);
+	if (h->s)
+		pthread_mutex_unlock(&h->s->lock);
+	return n < 0 ? -errno : (int)n;
+}
+
+static int
+vi_write(const char *path, const char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	struct vi_fh *h = (struct vi_fh *)(uintptr_t)fi->fh;
+	int r;
+	if (h->s == NULL)
+		return -EBADF;
+	pthread_mutex_lock(&h->s->lock);
+	r = spool_write(h->s, buf, size, off);
+	pthread_mutex_unlock(&h->s->lock);
+	return r;
+}
+
+/* Store the bytes as copied, durably, with their content hash. */
+static int
+vi_flush(const char *path, struct fuse_file_info *fi)
+{
+	struct vi_fh *h = (struct vi_fh *)(uintptr_t)fi->fh;
+	struct spool *s;
+	uint8_t hash[32];
+	int r = 0;
+	if (h == NULL || (s = h->s) == NULL)
+		return 0;
+	pthread_mutex_lock(&s->lock);
+	if (!s->dirty) {
+		r = s->last_err;
+		goto out;
+	}
+	if ((r = spool_sha256(s, hash)) == 0 &&
+	    (r = spool_commit(s, vi.dirfd, s->name)) == 0)
+		meta_write(s->name, s->fd, hash);
+	if (r != 0)
+		log_err("verify-in/%s: cannot store: %s", s->name, strerror(-r));
+	s->dirty = 0;
+	s->last_err = r;
+out:
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+static int
+vi_release(const char *path, struct fuse_file_info *fi)
+{
+	struct vi_fh *h = (struct vi_fh *)(uintptr_t)fi->fh;
+	if (h == NULL)
+		return 0;
+	if (h->s)
+		spool_close(h->s);
+	if (h->fd >= 0)
+		close(h->fd);
+	free(h);
+	return 0;
+}
+
+static int
+vi_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+	struct vi_fh *h = fi ? (struct vi_fh *)(uintptr_t)fi->fh : NULL;
+	int r;
+	if (h == NULL || h->s == NULL)
+		return -EPERM;
+	pthread_mutex_lock(&h->s->lock);
+	r = spool_truncate(h->s, size);
+	pthread_mutex_unlock(&h->s->lock);
+	return r;
+}
+
+static int
+vi_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+	return 0;   /* durable at close */
+}
+
+static int
+vi_unlink(const char *path)
+{
+	if (!util_name_valid(path))
+		return -EINVAL;
+	if (unlinkat(vi.dirfd, path, 0) < 0)
+		return -errno;
+	unlinkat(vi.metadir, path, 0);
+	store_fsync_dir(vi.dirfd);
+	return 0;
+}
+
+static int
+vi_rename(const char *from, const char *to, unsigned int flags)
+{
+	if (!util_name_valid(from) || !util_name_valid(to))
+		return -EINVAL;
+	if (renameat2(vi.dirfd, from, vi.dirfd, to, flags) < 0)
+		return -errno;
+	if (renameat(vi.metadir, from, vi.metadir, to) < 0)
+		unlinkat(vi.metadir, to, 0);
+	spool_rename(&vi.spools, from, to);
+	store_fsync_dir(vi.dirfd);
+	return 0;
+}
+
+static int
+vi_getxattr(const char *path, const char *name, char *value, size_t size)
+{
+	char text[VERDICT_MAX];
+	int fd, r;
+	if (strcmp(name, VERIFY_XATTR) != 0 || !util_name_valid(path))
+		return -ENODATA;
+	if ((fd = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0)
+		return -ENODATA;
+	r = verdict(path, fd, text, sizeof(text));
+	close(fd);
+	if (r < 0)
+		return r;
+	return fs_xattr_reply(text, strlen(text), value, size);
+}
+
+static int
+vi_listxattr(const char *path, char *list, size_t size)
+{
+	static const char names[] = VERIFY_XATTR;
+	if (!util_name_valid(path) ||
+	    faccessat(vi.dirfd, path, F_OK, AT_SYMLINK_NOFOLLOW) != 0)
+		return 0;
+	return fs_xattr_reply(names, sizeof(names), list, size);
+}
 
 const struct folder_ops verifyin_folder = {
 	.name = "verify-in",
+	.start = vi_start,
+	.stop = vi_stop,
+	.status = vi_status,
+	.getattr = vi_getattr,
+	.readdir = vi_readdir,
+	.open = vi_open,
+	.create = vi_create,
+	.read = vi_read,
+	.write = vi_write,
+	.flush = vi_flush,
+	.fsync = vi_fsync,
+	.release = vi_release,
+	.truncate = vi_truncate,
+	.unlink = vi_unlink,
+	.rename = vi_rename,
+	.getxattr = vi_getxattr,
+	.listxattr = vi_listxattr,
 };

@@ -28,6 +28,18 @@ bridge_key(RSA *rsa)
 	return RSA_get_ex_data(rsa, bridge_idx);
 }
 
+/* A private-key operation on behalf of OpenSSL, counted in the key's
+ * statistics like hsm_key_sign() and hsm_key_oaep_decrypt(). */
+static int
+bridge_raw(hsm_key *k, enum hsm_raw_op op, const unsigned char *in, size_t inlen,
+    unsigned char *out, size_t *outlen)
+{
+	double t0 = hsm_now_ms();
+	int r = hsm_p11_raw_priv(k, op, in, inlen, out, outlen);
+	hsm_account(k, t0, r);
+	return r;
+}
+
 /* Private "encrypt" = signature primitive. OpenSSL's RSA_sign hands us
  * the DigestInfo with PKCS#1 padding requested; PSS arrives unpadded. */
 static int
@@ -47,7 +59,7 @@ bridge_priv_enc(int flen, const unsigned char *from, unsigned char *to,
 		RSAerr(0, RSA_R_UNKNOWN_PADDING_TYPE);
 		return -1;
 	}
-	if (hsm_p11_raw_priv(k, op, from, (size_t)flen, to, &outlen) != 0) {
+	if (bridge_raw(k, op, from, (size_t)flen, to, &outlen) != 0) {
 		RSAerr(0, ERR_R_INTERNAL_ERROR);
 		return -1;
 	}
@@ -70,19 +82,19 @@ bridge_priv_dec(int flen, const unsigned char *from, unsigned char *to,
 		return -1;
 	switch (padding) {
 	case RSA_PKCS1_PADDING:
-		if (hsm_p11_raw_priv(k, HSM_RAW_DECRYPT_PKCS1, from, (size_t)flen,
+		if (bridge_raw(k, HSM_RAW_DECRYPT_PKCS1, from, (size_t)flen,
 		    to, &outlen) == 0)
 			r = (int)outlen;
 		break;
 	case RSA_NO_PADDING:
-		if (hsm_p11_raw_priv(k, HSM_RAW_DECRYPT_X509, from, (size_t)flen,
+		if (bridge_raw(k, HSM_RAW_DECRYPT_X509, from, (size_t)flen,
 		    to, &outlen) == 0)
 			r = (int)outlen;
 		break;
 	case RSA_PKCS1_OAEP_PADDING:
 		if ((buf = OPENSSL_malloc((size_t)n)) == NULL)
 			break;
-		if (hsm_p11_raw_priv(k, HSM_RAW_DECRYPT_X509, from, (size_t)flen,
+		if (bridge_raw(k, HSM_RAW_DECRYPT_X509, from, (size_t)flen,
 		    buf, &outlen) == 0)
 			r = RSA_padding_check_PKCS1_OAEP(to, n, buf, n, n, NULL, 0);
 		OPENSSL_clear_free(buf, (size_t)n);

@@ -7,8 +7,8 @@
 #include <time.h>
 #include <openssl/err.h>
 
-static double
-now_ms(void)
+double
+hsm_now_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -95,10 +95,10 @@ EVP_PKEY *hsm_key_pkey(hsm_key *k) { return k->pkey; }
 int hsm_key_bits(const hsm_key *k) { return k->bits; }
 const char *hsm_key_where(const hsm_key *k) { return k->where; }
 
-static void
-account(hsm_key *k, double t0, int r)
+void
+hsm_account(hsm_key *k, double t0, int r)
 {
-	double dt = now_ms() - t0;
+	double dt = hsm_now_ms() - t0;
 	pthread_mutex_lock(&k->stats_lock);
 	k->stats.ops++;
 	if (r != 0)
@@ -113,9 +113,9 @@ int
 hsm_key_sign(hsm_key *k, const EVP_MD *md, const void *data, size_t len,
     uint8_t *sig, size_t *siglen)
 {
-	double t0 = now_ms();
+	double t0 = hsm_now_ms();
 	int r = k->ops->sign(k, md, data, len, sig, siglen);
-	account(k, t0, r);
+	hsm_account(k, t0, r);
 	return r;
 }
 
@@ -123,7 +123,7 @@ int
 hsm_key_sign_digest(hsm_key *k, const EVP_MD *md, const uint8_t *dgst,
     size_t dlen, uint8_t *sig, size_t *siglen)
 {
-	double t0 = now_ms();
+	double t0 = hsm_now_ms();
 	int r;
 	if (dlen != (size_t)EVP_MD_get_size(md)) {
 		err_set("key %s: digest length %zu does not match %s", k->name,
@@ -131,7 +131,7 @@ hsm_key_sign_digest(hsm_key *k, const EVP_MD *md, const uint8_t *dgst,
 		return HSMFS_ERR_INVALID;
 	}
 	r = k->ops->sign_digest(k, md, dgst, dlen, sig, siglen);
-	account(k, t0, r);
+	hsm_account(k, t0, r);
 	return r;
 }
 
@@ -139,10 +139,10 @@ int
 hsm_key_oaep_decrypt(hsm_key *k, const EVP_MD *md, const uint8_t *in,
     size_t inlen, uint8_t *out, size_t *outlen)
 {
-	double t0 = now_ms();
+	double t0 = hsm_now_ms();
 	int r = k->ops->oaep_decrypt(k, md, in, inlen, out, outlen);
 	/* A bad ciphertext is the input's fault, not the token's. */
-	account(k, t0, r == HSMFS_ERR_BADMSG ? 0 : r);
+	hsm_account(k, t0, r == HSMFS_ERR_BADMSG ? 0 : r);
 	return r;
 }
 

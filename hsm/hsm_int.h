@@ -32,6 +32,11 @@ struct hsm_key {
 	struct hsm_stats stats;
 };
 
+/* Statistics: every private-key operation, including those OpenSSL makes
+ * through the EVP bridge, is counted once (hsm.c). */
+double hsm_now_ms(void);
+void hsm_account(hsm_key *k, double t0_ms, int r);
+
 /* Common constructor/destructor parts (hsm.c). */
 hsm_key *hsm_key_alloc(const struct hsm_backend_ops *ops, enum hsm_backend b,
     const char *name, const char *where);

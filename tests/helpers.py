@@ -6,10 +6,10 @@ import time
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 
-def run(cmd, check=True, input=None, env=None, timeout=120):
+def run(cmd, check=True, input=None, env=None, timeout=120, cwd=None):
     """Run a command, capture text output, raise with both streams on failure."""
     p = subprocess.run(cmd, input=input, capture_output=True, env=env,
-                       timeout=timeout,
+                       timeout=timeout, cwd=cwd,
                        text=not isinstance(input, bytes))
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd!r} exited {p.returncode}\n"

@@ -2,6 +2,7 @@
 clean unmount by fusermount3 and SIGTERM, daemonized mode."""
 import errno
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -83,3 +84,33 @@ def test_missing_config_option(tmp_path):
     p = subprocess.run([HSMFS, str(tmp_path / "s"), str(tmp_path / "mnt")],
                        capture_output=True, text=True)
     assert p.returncode != 0 and "config=" in p.stderr
+
+
+def test_relative_paths_survive_daemonizing(hsm, tmp_path):
+    """libfuse's daemonize changes to /: path options are made absolute."""
+    cfg = hsm.config(tmp_path / "c.xml")
+    (tmp_path / "mnt").mkdir()
+    shutil.copy(hsm.ca_cert, tmp_path / "ca.pem")
+    p = run([HSMFS, "store", "mnt", "-o",
+             "config=c.xml,truststore=ca.pem,history_anchor=anchor"],
+            check=False, cwd=tmp_path)
+    mnt = tmp_path / "mnt"
+    try:
+        assert p.returncode == 0, p.stderr
+        wait_for(lambda: is_mounted(mnt), what="daemonized mount")
+        with open(mnt / "history" / "obj", "ab") as f:
+            f.write(b"x\n")
+        assert (tmp_path / "anchor").stat().st_size > 0
+    finally:
+        run(["fusermount3", "-u", str(mnt)], check=False)
+    wait_for(lambda: not is_mounted(mnt), what="unmount")
+
+
+def test_bad_anchor_directory_refused_before_mount(hsm, tmp_path):
+    cfg = hsm.config(tmp_path / "c.xml")
+    (tmp_path / "mnt").mkdir()
+    p = subprocess.run([HSMFS, str(tmp_path / "s"), str(tmp_path / "mnt"), "-f",
+                        "-o", f"config={cfg},history_anchor=/nonexistent/dir/a"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "history_anchor" in p.stderr
+    assert not is_mounted(tmp_path / "mnt")

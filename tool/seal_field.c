@@ -1,9 +1,58 @@
-/* hsmfs-tool seal-field: placeholder until its issue lands. */
+/* hsmfs-tool seal-field -o config=FILE: a plaintext on stdin, its NX02
+ * envelope (one line) on stdout, sealed with the newest EncryptedFields
+ * version; the same envelope the mount stores, e.g. for a database. */
 #include "tool/tool.h"
+#include "tool/fieldtool.h"
+#include "crypto/envelope.h"
+#include "common/err.h"
+#include "common/util.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/x509.h>
 
 int
 cmd_seal_field(int argc, char **argv)
 {
-	fprintf(stderr, "hsmfs-tool seal-field: not implemented in this build\n");
-	return TOOL_USAGE;
+	struct fieldtool t;
+	const char *config;
+	char *pos[1], *text = NULL;
+	uint8_t *pt = NULL, *bin = NULL;
+	size_t ptl = 0, ptcap = 0, bl = 0, tl = 0;
+	hsm_key *k;
+	int npos, rc, r;
+
+	if ((rc = fieldtool_args("seal-field", argc, argv, &config, pos, 0,
+	    &npos)) != TOOL_OK)
+		return rc;
+	if ((rc = fieldtool_open("seal-field", config, &t)) != TOOL_OK)
+		return rc;
+	if ((rc = fieldtool_read_stdin("seal-field", ENVELOPE_MAX_PLAINTEXT, &pt,
+	    &ptl, &ptcap)) != TOOL_OK)
+		goto out;
+	if ((k = keyring_key(t.keys, t.newest)) == NULL) {
+		fprintf(stderr, "hsmfs-tool seal-field: key %s is not open\n",
+		    t.newest->key_name);
+		rc = TOOL_USAGE;
+		goto out;
+	}
+	if ((r = envelope_seal(t.newest, hsm_key_cert(k), pt,
+	    ptl, &bin, &bl)) != 0 || (text = envelope_to_text(bin, bl, &tl)) == NULL) {
+		fprintf(stderr, "hsmfs-tool seal-field: %s\n", err_detail());
+		rc = TOOL_USAGE;
+		goto out;
+	}
+	text[tl] = '\n';   /* replaces the NUL: one line */
+	if (fieldtool_write_stdout(text, tl + 1) != 0) {
+		perror("hsmfs-tool seal-field: stdout");
+		rc = TOOL_USAGE;
+		goto out;
+	}
+	rc = TOOL_OK;
+out:
+	free(text);
+	free(bin);
+	secmem_free(pt, ptcap);
+	fieldtool_close(&t);
+	return rc;
 }

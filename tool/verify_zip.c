@@ -1,9 +1,120 @@
-/* hsmfs-tool verify-zip: placeholder until its issue lands. */
+/* hsmfs-tool verify-zip: verify a JAR-signed zip offline, with the same
+ * rules as MNT/verify-in (crypto/jar.c). Trusted signers: the certificates
+ * of every configured ConfigZipSigner version (-o config=) and/or CAs of
+ * a PEM truststore (--truststore or -o truststore=). */
 #include "tool/tool.h"
+#include "crypto/engine.h"
+#include "crypto/jar.h"
+#include "common/err.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Open the key of every ConfigZipSigner version and keep its certificate. */
+static int
+load_config_certs(const char *config, X509 ***certs, size_t *n)
+{
+	struct engine *e = NULL;
+	int r;
+
+	*certs = NULL;
+	*n = 0;
+	if ((r = engine_load(config, &e)) != 0) {
+		fprintf(stderr, "hsmfs-tool verify-zip: %s\n", err_detail());
+		return r;
+	}
+	for (size_t i = 0; i < e->ndescs; i++) {
+		const struct engine_descriptor *d = &e->descs[i];
+		struct hsm_key_spec spec;
+		hsm_key *k = NULL;
+		char *pin = NULL;
+		X509 **nc;
+		if (strcmp(d->name, ENGINE_CONFIG_ZIP_SIGNER) != 0 || d->key == NULL)
+			continue;
+		if ((r = engine_key_pin(d->key, &pin)) != 0)
+			goto fail;
+		engine_key_spec(d->key, pin, &spec);
+		spec.require_cert = 1;
+		r = hsm_key_open(&spec, &k);
+		engine_pin_free(pin);
+		if (r != 0)
+			goto fail;
+		if ((nc = realloc(*certs, (*n + 1) * sizeof(*nc))) == NULL) {
+			hsm_key_free(k);
+			r = HSMFS_ERR_NOMEM;
+			goto fail;
+		}
+		*certs = nc;
+		(*certs)[(*n)++] = X509_dup(hsm_key_cert(k));
+		hsm_key_free(k);
+	}
+	engine_free(e);
+	return 0;
+fail:
+	fprintf(stderr, "hsmfs-tool verify-zip: %s: %s\n", config, err_detail());
+	engine_free(e);
+	return r;
+}
 
 int
 cmd_verify_zip(int argc, char **argv)
 {
-	fprintf(stderr, "hsmfs-tool verify-zip: not implemented in this build\n");
-	return TOOL_USAGE;
+	struct tool_opts o = {0};
+	struct jar_trust t = {0};
+	struct jar_verdict v;
+	X509 **certs = NULL;
+	X509_STORE *store = NULL;
+	const char *zip = NULL;
+	size_t ncerts = 0;
+	int rc = TOOL_USAGE, r;
+
+	for (int i = 1; i < argc; i++) {
+		int c;
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			tool_usage(stdout, "verify-zip");
+			return TOOL_OK;
+		}
+		if ((c = tool_common_opt(argc, argv, &i, &o)) < 0)
+			return TOOL_USAGE;
+		if (c > 0)
+			continue;
+		if (argv[i][0] == '-' || zip != NULL) {
+			tool_usage(stderr, "verify-zip");
+			return TOOL_USAGE;
+		}
+		zip = argv[i];
+	}
+	if (zip == NULL || (o.config == NULL && o.truststore == NULL)) {
+		if (zip != NULL)
+			fprintf(stderr, "hsmfs-tool verify-zip: give -o config=FILE "
+			    "and/or --truststore PEM: nothing would be trusted\n");
+		tool_usage(stderr, "verify-zip");
+		return TOOL_USAGE;
+	}
+	if (o.config && load_config_certs(o.config, &certs, &ncerts) != 0)
+		goto out;
+	if (o.truststore && jar_trust_load_pem(o.truststore, &store) != 0) {
+		fprintf(stderr, "hsmfs-tool verify-zip: %s\n", err_detail());
+		goto out;
+	}
+	t.certs = certs;
+	t.ncerts = ncerts;
+	t.store = store;
+	r = jar_verify(zip, &t, &v);
+	if (r == 0) {
+		printf("valid signer=%s\n", v.signer);
+		rc = TOOL_OK;
+	} else if (r == HSMFS_ERR_BADMSG) {
+		printf("invalid: %s\n", v.reason);
+		rc = TOOL_FAIL;
+	} else {
+		fprintf(stderr, "hsmfs-tool verify-zip: %s: %s (%s)\n", zip,
+		    err_detail(), hsmfs_strerror(r));
+	}
+out:
+	for (size_t i = 0; i < ncerts; i++)
+		X509_free(certs[i]);
+	free(certs);
+	X509_STORE_free(store);
+	return rc;
 }

@@ -1,0 +1,420 @@
+"""/mail (SPEC §6, §8): messages written to the mount are checked, durably
+queued, S/MIME-signed with the SignEmailDescriptor key on the token and
+delivered to a real SMTP relay (aiosmtpd in this process) that records
+envelopes and data and answers 4xx/5xx on demand."""
+import email
+import email.policy
+import errno
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from helpers import run, wait_for
+
+from aiosmtpd.controller import Controller
+
+SENDER = "sender@example.org"  # the SAN of the default signEmailCertificateV1
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Relay:
+    """aiosmtpd handler: records (mail_from, rcpt_tos, data); `replies`
+    is a list of DATA answers used first (None = accept), `rcpt_replies`
+    maps an address to its RCPT answer."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.messages = []
+        self.replies = []
+        self.rcpt_replies = {}
+        self.data_calls = 0
+        self.ehlo = 0
+        self.lock = threading.Lock()
+        self.controller = None
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        with self.lock:
+            self.ehlo += 1
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.rcpt_replies:
+            return self.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.data_calls += 1
+            if self.replies:
+                r = self.replies.pop(0)
+                if r:
+                    return r
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                  bytes(envelope.original_content)))
+        return "250 2.0.0 Ok: queued"
+
+    def start(self):
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port,
+                                     ready_timeout=10)
+        self.controller.start()
+        return self
+
+    def stop(self):
+        if self.controller:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def url(self):
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def count(self):
+        with self.lock:
+            return len(self.messages)
+
+
+@pytest.fixture
+def relay():
+    r = Relay().start()
+    yield r
+    r.stop()
+
+
+def mail_mount(mount_factory, relay=None, port=None, **opts):
+    o = {"mail_retry": 1}
+    if relay is not None or port is not None:
+        o["smtp"] = relay.url if relay is not None else f"smtp://127.0.0.1:{port}"
+    o.update(opts)
+    return mount_factory(opts=o)
+
+
+def message(to="alice@example.org", subject="hello", body="Hi.\n", extra=""):
+    return (f"From: Sender <{SENDER}>\nTo: {to}\nSubject: {subject}\n{extra}\n"
+            f"{body}").encode()
+
+
+def put(m, name, data):
+    with open(m.path("mail", name), "wb") as f:
+        f.write(data)
+
+
+def sent_names(m):
+    return sorted(os.listdir(m.path("mail", "sent")))
+
+
+def queue_entries(m):
+    q = os.path.join(m.store, "mail", "queue")
+    return sorted(os.listdir(q)) if os.path.isdir(q) else []
+
+
+def status(m):
+    text = open(m.path(".status")).read()
+    return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+
+
+def verify(hsm, data, tmp_path):
+    """openssl smime -verify as a receiver; returns the signed content."""
+    p = tmp_path / f"recv-{time.monotonic_ns()}.eml"
+    p.write_bytes(data)
+    out = run(["openssl", "smime", "-verify", "-CAfile", hsm.ca_cert,
+               "-in", str(p), "-binary"], input=b"")
+    return out.stdout
+
+
+def test_delivery_signed_bcc_crlf(hsm, mount_factory, relay, tmp_path):
+    m = mail_mount(mount_factory, relay)
+    body = "Grüße aus dem HSM – ünïcödé\nZweite Zeile = mit Gleichheitszeichen\n"
+    msg = (f"From: \"Sender, The\" <{SENDER}>\nTo: Alice <alice@example.org>\n"
+           "Cc: bob@example.org\nBcc: hidden@example.org\nSubject: signed test\n"
+           f"\n{body}").encode()
+    put(m, "first", msg)
+    wait_for(lambda: sent_names(m) == ["first"], timeout=30, what="delivery")
+    assert relay.count() == 1
+    mail_from, rcpts, data = relay.messages[0]
+    assert mail_from == SENDER
+    assert sorted(rcpts) == ["alice@example.org", "bob@example.org",
+                             "hidden@example.org"]
+    # Bcc only in the envelope.
+    assert b"hidden@example.org" not in data and b"\nBcc:" not in data
+    # CRLF everywhere, 7-bit on the wire.
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    assert b"\r" not in data.replace(b"\r\n", b"")
+    assert all(b < 0x80 for b in data)
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    assert parsed.get_content_type() == "multipart/signed"
+    assert parsed.get_param("micalg") == "sha-256"
+    assert parsed.get_param("protocol") == "application/pkcs7-signature"
+    assert parsed["Message-ID"] and parsed["Date"]
+    assert parsed["From"].addresses[0].addr_spec == SENDER
+    # A real receiver accepts it and gets the original text back.
+    content = verify(hsm, data, tmp_path)
+    inner = email.message_from_bytes(content, policy=email.policy.default)
+    assert inner.get_content_type() == "text/plain"
+    decoded = inner.get_payload(decode=True)
+    assert decoded.replace(b"\r\n", b"\n") == body.encode()
+    # The signer certificate travels with the signature.
+    certs = tmp_path / "signer.pem"
+    p = tmp_path / "recv.eml"
+    p.write_bytes(data)
+    run(["openssl", "smime", "-pk7out", "-in", str(p), "-out",
+         str(tmp_path / "p7.pem")])
+    run(["openssl", "pkcs7", "-print_certs", "-in", str(tmp_path / "p7.pem"),
+         "-out", str(certs)])
+    assert "email:sender@example.org" in run(
+        ["openssl", "x509", "-in", str(certs), "-noout", "-ext",
+         "subjectAltName"]).stdout
+    # sent/ holds exactly what the relay received; the queue is empty.
+    assert open(m.path("mail", "sent", "first"), "rb").read() == data
+    assert "first" not in os.listdir(m.path("mail"))
+    assert queue_entries(m) == []
+
+
+def test_tampered_delivery_fails_verification(hsm, mount_factory, relay, tmp_path):
+    m = mail_mount(mount_factory, relay)
+    put(m, "t", message(body="pay 100 EUR\n"))
+    wait_for(lambda: relay.count() == 1, timeout=30, what="delivery")
+    data = relay.messages[0][2].replace(b"pay 100 EUR", b"pay 900 EUR")
+    p = tmp_path / "bad.eml"
+    p.write_bytes(data)
+    r = run(["openssl", "smime", "-verify", "-CAfile", hsm.ca_cert, "-in",
+             str(p)], check=False)
+    assert r.returncode != 0
+
+
+BAD = {
+    "no-recipient": b"From: sender@example.org\nSubject: x\n\nbody\n",
+    "no-from": b"To: alice@example.org\nSubject: x\n\nbody\n",
+    "no-blank-line": b"From: sender@example.org\nTo: alice@example.org\nSubject: x\n",
+    "binary": bytes(range(256)) * 8,
+    "two-from": b"From: a@example.org, b@example.org\nTo: c@example.org\n\nx\n",
+    "long-header": b"From: sender@example.org\nTo: alice@example.org\nX-L: "
+                   + b"x" * 1200 + b"\n\nbody\n",
+    "bad-address": b"From: sender@example.org\nTo: alice at example\n\nx\n",
+    "empty": b"",
+}
+
+
+def test_invalid_messages_refused(mount_factory, relay):
+    m = mail_mount(mount_factory, relay)
+    for name, data in BAD.items():
+        with pytest.raises(OSError) as e:
+            put(m, name, data)
+        assert e.value.errno == errno.EINVAL, name
+        assert f"mail/{name}" in m.log(), name
+    assert sorted(os.listdir(m.path("mail"))) == ["failed", "sent"]
+    assert queue_entries(m) == []
+    time.sleep(1.5)
+    assert relay.data_calls == 0
+    assert "no recipient" in m.log() and "no From" in m.log()
+    # A good message afterwards still goes through.
+    put(m, "good", message())
+    wait_for(lambda: relay.count() == 1, timeout=30, what="delivery")
+
+
+def test_permanent_failure_goes_to_failed(mount_factory, relay):
+    m = mail_mount(mount_factory, relay)
+    relay.replies = ["550 5.7.1 Message rejected by policy"]
+    put(m, "nope", message())
+    wait_for(lambda: "nope" in os.listdir(m.path("mail", "failed")), timeout=30,
+             what="failed/")
+    assert sorted(os.listdir(m.path("mail", "failed"))) == ["nope", "nope.error"]
+    err = open(m.path("mail", "failed", "nope.error")).read()
+    assert "550 5.7.1 Message rejected by policy" in err
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", err)
+    assert open(m.path("mail", "failed", "nope"), "rb").read() == message()
+    assert "nope" not in os.listdir(m.path("mail"))
+    assert relay.count() == 0 and relay.data_calls == 1
+    assert status(m)["mail.failed"] == "1"
+    # Queue it again: the relay now accepts it.
+    os.rename(m.path("mail", "failed", "nope"), m.path("mail", "nope"))
+    wait_for(lambda: sent_names(m) == ["nope"], timeout=30, what="requeued delivery")
+    assert relay.count() == 1
+    assert os.listdir(m.path("mail", "failed")) == []
+
+
+def test_rejected_recipient_fails_whole_message(mount_factory, relay):
+    m = mail_mount(mount_factory, relay)
+    relay.rcpt_replies["nobody@example.org"] = "550 5.1.1 <nobody@example.org>: no such user"
+    put(m, "r", message(to="alice@example.org, nobody@example.org"))
+    wait_for(lambda: "r.error" in os.listdir(m.path("mail", "failed")), timeout=30,
+             what="failed/")
+    assert "550 5.1.1 <nobody@example.org>: no such user" in \
+        open(m.path("mail", "failed", "r.error")).read()
+    assert relay.count() == 0   # all or none: alice did not get it either
+    os.unlink(m.path("mail", "failed", "r"))
+    assert os.listdir(m.path("mail", "failed")) == []
+
+
+def test_temporary_failures_retried_once_delivered(mount_factory, relay):
+    m = mail_mount(mount_factory, relay)
+    relay.replies = ["451 4.3.0 Try again later", "451 4.3.0 Try again later"]
+    put(m, "retry", message())
+    # While queued: visible, read-only, schedule in the xattr and .status.
+    wait_for(lambda: relay.data_calls >= 1, timeout=30, what="first attempt")
+    if "retry" in os.listdir(m.path("mail")):
+        assert open(m.path("mail", "retry"), "rb").read() == message()
+        with pytest.raises(OSError) as e:
+            open(m.path("mail", "retry"), "wb")
+        assert e.value.errno == errno.EACCES
+    wait_for(lambda: sent_names(m) == ["retry"], timeout=30, what="delivery")
+    time.sleep(2.5)
+    assert relay.count() == 1 and relay.data_calls == 3
+    assert "451 4.3.0 Try again later" in m.log()
+
+
+def test_relay_down_then_up(mount_factory, hsm):
+    relay = Relay()
+    m = mail_mount(mount_factory, port=relay.port)
+    put(m, "later", message())
+    wait_for(lambda: "Connection refused" in status(m).get("mail.last_error", "")
+             or "connect" in status(m).get("mail.last_error", "").lower(),
+             timeout=20, what="a failed attempt")
+    st = status(m)
+    assert st["mail.queued"] == "1"
+    assert "later" in os.listdir(m.path("mail"))
+    x = os.getxattr(m.path("mail", "later"), "user.hsmfs.mail").decode()
+    assert "state=queued" in x and "attempts=" in x and "next=" in x
+    with pytest.raises(OSError) as e:
+        os.unlink(m.path("mail", "later"))
+    assert e.value.errno == errno.EBUSY
+    relay.start()
+    try:
+        wait_for(lambda: sent_names(m) == ["later"], timeout=40, what="delivery")
+        assert relay.count() == 1
+        assert status(m)["mail.queued"] == "0"
+    finally:
+        relay.stop()
+
+
+def test_no_relay_waits_then_restart_delivers(mount_factory, relay):
+    m = mail_mount(mount_factory)
+    put(m, "wait", message())
+    st = status(m)
+    assert st["mail.queued"] == "1" and "none" in st["mail.relay"]
+    assert "no smtp= relay" in m.log()
+    time.sleep(1)
+    assert relay.data_calls == 0
+    m.remount(opts={"mail_retry": 1, "smtp": relay.url})
+    wait_for(lambda: sent_names(m) == ["wait"], timeout=30, what="delivery")
+
+
+def test_kill9_with_20_queued(mount_factory):
+    relay = Relay()
+    m = mail_mount(mount_factory, port=relay.port)
+    for i in range(20):
+        put(m, f"k{i:02d}", message(subject=f"kill {i}"))
+    assert status(m)["mail.queued"] == "20"
+    m.kill9()
+    relay.start()
+    try:
+        m.start()
+        wait_for(lambda: len(sent_names(m)) == 20, timeout=60, what="20 deliveries")
+        subjects = sorted(email.message_from_bytes(d)["Subject"]
+                          for _, _, d in relay.messages)
+        assert subjects == sorted(f"kill {i}" for i in range(20))
+        assert queue_entries(m) == []
+    finally:
+        relay.stop()
+
+
+def test_100_messages_from_4_writers(mount_factory, relay):
+    m = mail_mount(mount_factory, relay)
+    errors = []
+
+    def writer(w):
+        try:
+            for i in range(25):
+                put(m, f"w{w}-{i:02d}", message(subject=f"w{w} {i}"))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    wait_for(lambda: relay.count() >= 100 and len(sent_names(m)) == 100,
+             timeout=90, what="100 deliveries")
+    time.sleep(1)
+    assert relay.count() == 100
+    ids = {email.message_from_bytes(d)["Message-ID"] for _, _, d in relay.messages}
+    subjects = {email.message_from_bytes(d)["Subject"] for _, _, d in relay.messages}
+    assert len(ids) == 100 and len(subjects) == 100
+    # One sender, consecutive messages over a reused connection.
+    assert relay.ehlo < 20, relay.ehlo
+
+
+def test_existing_headers_kept_and_names(mount_factory, relay, tmp_path, hsm):
+    m = mail_mount(mount_factory, relay)
+    msg = message(extra="Date: Mon, 01 Jan 2024 10:00:00 +0000\n"
+                  "Message-ID: <fixed-1@example.org>\n")
+    put(m, "keep", msg)
+    wait_for(lambda: relay.count() == 1, timeout=30, what="delivery")
+    parsed = email.message_from_bytes(relay.messages[0][2])
+    assert parsed["Message-ID"] == "<fixed-1@example.org>"
+    assert parsed["Date"] == "Mon, 01 Jan 2024 10:00:00 +0000"
+    verify(hsm, relay.messages[0][2], tmp_path)
+    for bad in (".hidden", "a b", "x" * 256):
+        with pytest.raises(OSError) as e:
+            put(m, bad, msg)
+        assert e.value.errno in (errno.EINVAL, errno.ENAMETOOLONG), bad
+
+
+def test_binary_body_base64_verifies(mount_factory, relay, hsm, tmp_path):
+    m = mail_mount(mount_factory, relay)
+    payload = bytes(range(256)) * 4
+    msg = (f"From: {SENDER}\nTo: alice@example.org\nSubject: blob\n"
+           "Content-Type: application/octet-stream\n\n").encode() + payload
+    put(m, "blob", msg)
+    wait_for(lambda: relay.count() == 1, timeout=30, what="delivery")
+    content = verify(hsm, relay.messages[0][2], tmp_path)
+    inner = email.message_from_bytes(content)
+    assert inner["Content-Transfer-Encoding"] == "base64"
+    assert inner.get_payload(decode=True) == payload
+
+
+def test_without_descriptor_writes_refused(hsm, mount_factory, relay, tmp_path):
+    cfg = hsm.config(tmp_path / "nomail.xml", omit=("SignEmailDescriptor",))
+    m = mount_factory(config=cfg, opts={"smtp": relay.url})
+    with pytest.raises(OSError) as e:
+        put(m, "x", message())
+    assert e.value.errno == errno.EOPNOTSUPP
+    assert "SignEmailDescriptor" in m.log()
+
+
+def test_max_age_gives_up(mount_factory):
+    port = free_port()
+    m = mail_mount(mount_factory, port=port, mail_max_age=2)
+    put(m, "old", message())
+    wait_for(lambda: "old.error" in os.listdir(m.path("mail", "failed")),
+             timeout=30, what="give up")
+    err = open(m.path("mail", "failed", "old.error")).read()
+    assert "gave up after" in err and "127.0.0.1" in err
+    assert status(m)["mail.queued"] == "0"
+
+
+def test_starttls_required_never_plaintext(mount_factory, relay):
+    # The relay offers no STARTTLS: nothing may be sent in the clear.
+    m = mount_factory(opts={"mail_retry": 1,
+                            "smtp": f"smtp+starttls://127.0.0.1:{relay.port}"})
+    put(m, "tls", message())
+    wait_for(lambda: status(m).get("mail.last_error"), timeout=20,
+             what="a failed attempt")
+    time.sleep(1.5)
+    assert relay.data_calls == 0 and relay.count() == 0
+    assert "tls" in os.listdir(m.path("mail"))
+    assert "STARTTLS" in status(m)["mail.last_error"] or \
+        "SSL" in status(m)["mail.last_error"]
