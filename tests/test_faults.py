@@ -335,3 +335,23 @@ def test_soak_random_faults_under_load(shim, fmount, hsm):
         m.unmount()
     finally:
         relay.stop()
+
+
+def test_lost_login_is_reestablished_once(shim, fmount):
+    """The token forgets the login (CKR_USER_NOT_LOGGED_IN, once): the
+    operation succeeds after exactly one new C_Login."""
+    m = fmount()
+    f = m.path("fields", "pw")
+    h = m.path("history", "obj")
+    assert write(f, b"s3cret") is None
+    assert append(h, b"one\n") is None
+    for func, op in (("C_Decrypt", lambda: read(f) == (b"s3cret", None)),
+                     ("C_Sign", lambda: append(h, b"two\n") is None)):
+        before = logins(shim)
+        shim.set(f"fail {func} CKR_USER_NOT_LOGGED_IN count=1")
+        assert op(), func
+        assert logins(shim) == before + 1, (func, before, logins(shim))
+        assert shim.stats().get(f"injected.{func}") == 1
+        shim.clear()
+    assert read(h) == (b"one\ntwo\n", None)
+    m.unmount()
