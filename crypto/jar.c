@@ -2,12 +2,14 @@
  * (our own parse of the end record, central directory and local headers,
  * plus libzip's ZIP_CHECKCONS), streamed entry digests (zlib inflate with
  * exact size and CRC checks), the manifest/.SF text format and the CMS
- * signature block. Output zips are written with libzip, copying entries raw. */
+ * signature block. Signed zips copy the entries' bytes raw (our writer;
+ * libzip's when zip64 structures are needed). */
 #include "crypto/jar.h"
 #include "common/err.h"
 #include "common/util.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <fcntl.h>
@@ -27,6 +29,8 @@
 
 #define CHUNK (64 * 1024)
 #define MAX_META (16u << 20)    /* manifest / .SF / block size cap */
+#define JAR_THREADS 4           /* entry digests in parallel, at most */
+#define PAR_MIN_BYTES (8u << 20)
 
 /* ---------------------------------------------------------------- */
 /* Zip structure                                                     */
@@ -40,6 +44,9 @@ struct zent {
 	uint64_t loff;           /* local header */
 	uint64_t doff;           /* compressed data */
 	uint64_t end;            /* after data (and data descriptor) */
+	uint64_t cdoff;          /* its central directory record ... */
+	uint32_t cdlen;          /* ... and that record's length */
+	int cd64;                /* the record uses zip64 fields */
 };
 
 struct zarc {
@@ -48,6 +55,10 @@ struct zarc {
 	struct zent *e;
 	size_t n;
 	uint64_t cd_off;
+	struct zent **byname;    /* sorted by name, for lookups */
+	int zip64;               /* zip64 end record */
+	uint64_t comment_off;    /* archive comment */
+	uint16_t comment_len;
 };
 
 static int
@@ -190,6 +201,7 @@ zarc_close(struct zarc *z)
 			free(z->e[i].name);
 		free(z->e);
 	}
+	free(z->byname);
 	if (z->fd >= 0)
 		close(z->fd);
 	memset(z, 0, sizeof(*z));
@@ -290,6 +302,8 @@ zarc_find_end(struct zarc *z, uint64_t *cd_off, uint64_t *cd_size,
 		uint64_t n1 = le16(e + 8), n2 = le16(e + 10);
 		uint64_t sz = le32(e + 12), off = le32(e + 16);
 		*cd_end_expect = (uint64_t)pos;
+		z->comment_off = (uint64_t)pos + 22;
+		z->comment_len = le16(e + 20);
 		if (n1 == 0xffff || n2 == 0xffff || sz == 0xffffffffu ||
 		    off == 0xffffffffu) {
 			uint8_t loc[20], rec[56];
@@ -317,6 +331,7 @@ zarc_find_end(struct zarc *z, uint64_t *cd_off, uint64_t *cd_size,
 			sz = le64(rec + 40);
 			off = le64(rec + 48);
 			*cd_end_expect = roff;
+			z->zip64 = 1;
 		} else if (disk != 0 || cddisk != 0) {
 			r = bad("multi-disk zips are not supported");
 			goto out;
@@ -393,6 +408,10 @@ zarc_open(const char *path, struct zarc *z)
 		xlen = le16(h + 30);
 		clen = le16(h + 32);
 		e->loff = le32(h + 42);
+		e->cdoff = p;
+		e->cdlen = 46u + nlen + xlen + clen;
+		e->cd64 = e->csize == 0xffffffffu || e->usize == 0xffffffffu ||
+		    e->loff == 0xffffffffu;
 		if (le16(h + 34) != 0 && le16(h + 34) != 0xffff) {
 			r = bad("multi-disk zips are not supported");
 			goto out;
@@ -571,6 +590,8 @@ zarc_open(const char *path, struct zarc *z)
 			r = bad("duplicate entry name: %s", v[i]->name);
 			goto out;
 		}
+	z->byname = v;
+	v = NULL;
 	r = 0;
 out:
 	free(v);
@@ -726,6 +747,118 @@ out:
 	return r;
 }
 
+/* ---------------------------------------------------------------- */
+/* Entry digests in parallel                                         */
+
+/* fn(ctx, i) for every i < n on up to JAR_THREADS threads (the caller is
+ * one of them). The failure of the lowest i wins, with its err detail, so
+ * the reason does not depend on scheduling: once something failed no new
+ * i is started, and every lower i had already started. */
+struct par {
+	size_t n, next, fail_i;
+	int (*fn)(void *ctx, size_t i);
+	void *ctx;
+	pthread_mutex_t lock;
+	int fail_r;
+	char reason[480];
+};
+
+static void *
+par_worker(void *arg)
+{
+	struct par *p = arg;
+	for (;;) {
+		size_t i;
+		int r;
+		pthread_mutex_lock(&p->lock);
+		if (p->next >= p->n || p->fail_i != SIZE_MAX) {
+			pthread_mutex_unlock(&p->lock);
+			return NULL;
+		}
+		i = p->next++;
+		pthread_mutex_unlock(&p->lock);
+		err_clear();
+		if ((r = p->fn(p->ctx, i)) != 0) {
+			pthread_mutex_lock(&p->lock);
+			if (i < p->fail_i) {
+				p->fail_i = i;
+				p->fail_r = r;
+				snprintf(p->reason, sizeof(p->reason), "%s", err_detail());
+			}
+			pthread_mutex_unlock(&p->lock);
+		}
+	}
+}
+
+static int
+par_for(size_t n, uint64_t bytes, int (*fn)(void *, size_t), void *ctx)
+{
+	struct par p;
+	pthread_t th[JAR_THREADS];
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	size_t want = 1, nt = 0;
+
+	memset(&p, 0, sizeof(p));
+	p.n = n;
+	p.fn = fn;
+	p.ctx = ctx;
+	p.fail_i = SIZE_MAX;
+	pthread_mutex_init(&p.lock, NULL);
+	if (bytes >= PAR_MIN_BYTES && n > 1 && cpus > 1)
+		want = (size_t)cpus < JAR_THREADS ? (size_t)cpus : JAR_THREADS;
+	if (want > n)
+		want = n;
+	for (size_t k = 1; k < want; k++)
+		if (pthread_create(&th[nt], NULL, par_worker, &p) == 0)
+			nt++;
+	par_worker(&p);
+	for (size_t k = 0; k < nt; k++)
+		pthread_join(th[k], NULL);
+	pthread_mutex_destroy(&p.lock);
+	if (p.fail_i != SIZE_MAX) {
+		err_set("%s", p.reason);
+		return p.fail_r;
+	}
+	return 0;
+}
+
+static int
+is_dir(const struct zent *e);
+static int
+is_sig_related(const char *name);
+
+/* Signing: one digest per covered entry, into digests[i * mdlen]. */
+struct sign_dig {
+	const struct zarc *z;
+	const EVP_MD *md;
+	size_t mdlen;
+	uint8_t *digests;
+};
+
+static int
+sign_dig_one(void *ctx, size_t i)
+{
+	struct sign_dig *c = ctx;
+	const struct zent *e = &c->z->e[i];
+	uint8_t d[1][EVP_MAX_MD_SIZE];
+	int r;
+	if (is_dir(e) || is_sig_related(e->name))
+		return 0;
+	if ((r = zent_digest(c->z, e, &c->md, 1, d)) != 0)
+		return r;
+	memcpy(c->digests + i * c->mdlen, d[0], c->mdlen);
+	return 0;
+}
+
+static uint64_t
+total_csize(const struct zarc *z)
+{
+	uint64_t t = 0;
+	for (size_t i = 0; i < z->n; i++)
+		t += z->e[i].csize;
+	return t;
+}
+
 /* Read a whole small entry (manifest, .SF, block). */
 static int
 zent_slurp(const struct zarc *z, const struct zent *e, uint8_t **out,
@@ -801,6 +934,8 @@ struct mf_section {
 struct mf {
 	struct mf_section *s;    /* s[0] is the main section */
 	size_t ns;
+	struct mf_section **idx; /* s[1..] sorted by name */
+	const char *dup;         /* a name with two sections, if any */
 };
 
 static void
@@ -814,6 +949,7 @@ mf_free(struct mf *m)
 		free(m->s[i].a);
 	}
 	free(m->s);
+	free(m->idx);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -862,6 +998,40 @@ mf_add_attr(struct mf_section *s, const char *line, size_t len)
 	}
 	s->na++;
 	return 0;
+}
+
+static int
+cmp_sec(const void *a, const void *b)
+{
+	return strcmp((*(struct mf_section *const *)a)->name,
+	    (*(struct mf_section *const *)b)->name);
+}
+
+/* Lookups by name stay O(log n): zips may have 200,000 entries. */
+static int
+mf_index(struct mf *m)
+{
+	size_t n = m->ns ? m->ns - 1 : 0;
+	if ((m->idx = calloc(n ? n : 1, sizeof(*m->idx))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (size_t i = 0; i < n; i++)
+		m->idx[i] = &m->s[i + 1];
+	qsort(m->idx, n, sizeof(*m->idx), cmp_sec);
+	for (size_t i = 1; i < n && m->dup == NULL; i++)
+		if (strcmp(m->idx[i - 1]->name, m->idx[i]->name) == 0)
+			m->dup = m->idx[i]->name;
+	return 0;
+}
+
+static const struct mf_section *
+mf_find(const struct mf *m, const char *name)
+{
+	struct mf_section key, *kp = &key, **p;
+	if (m == NULL || m->ns < 2)
+		return NULL;
+	key.name = name;
+	p = bsearch(&kp, m->idx, m->ns - 1, sizeof(*m->idx), cmp_sec);
+	return p ? *p : NULL;
 }
 
 /* Parse manifest-format text into sections with their raw byte ranges;
@@ -946,7 +1116,7 @@ mf_parse(const char *b, size_t n, struct mf *m, const char *what)
 			}
 		}
 	}
-	r = 0;
+	r = mf_index(m);
 out:
 	free(line);
 	if (r != 0)
@@ -1093,6 +1263,430 @@ digest_b64(const EVP_MD *md, const void *p, size_t n, char **out)
 	return b64_of(d, dl, out);
 }
 
+/* The manifest entry, matched case-insensitively as Java does; two
+ * spellings of it would let readers disagree on which one counts. */
+static int
+find_manifest(const struct zarc *z, long *idx)
+{
+	*idx = -1;
+	for (size_t i = 0; i < z->n; i++) {
+		if (strcasecmp(z->e[i].name, "META-INF/MANIFEST.MF") != 0)
+			continue;
+		if (*idx >= 0)
+			return bad("two manifests (names differing in case)");
+		*idx = (long)i;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- */
+/* Output                                                            */
+
+static void
+put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static void
+put32(uint8_t *p, uint32_t v)
+{
+	put16(p, (uint16_t)v);
+	put16(p + 2, (uint16_t)(v >> 16));
+}
+
+static int
+write_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			err_set("write: %s", strerror(errno));
+			return hsmfs_errno_err(errno);
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Copy [off, off+len) of the input to the output's position, in the
+ * kernel when it can (copy_file_range), else through a buffer. */
+static int
+copy_range(int in, uint64_t off, int out, uint64_t len)
+{
+	static const size_t bufsz = 1 << 20;
+	uint8_t *buf = NULL;
+	loff_t o = (loff_t)off;
+	int r = 0;
+	while (len > 0) {
+		ssize_t n = copy_file_range(in, &o, out, NULL,
+		    len > (1u << 30) ? (1u << 30) : (size_t)len, 0);
+		if (n > 0) {
+			len -= (uint64_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0 || errno == EXDEV || errno == ENOSYS || errno == EINVAL ||
+		    errno == EOPNOTSUPP)
+			break;
+		err_set("copy: %s", strerror(errno));
+		return hsmfs_errno_err(errno);
+	}
+	if (len > 0 && (buf = malloc(bufsz)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	while (len > 0 && r == 0) {
+		ssize_t n = pread(in, buf, len > bufsz ? bufsz : (size_t)len, (off_t)o);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			err_set("read: %s", n < 0 ? strerror(errno) : "short file");
+			r = HSMFS_ERR_IO;
+			break;
+		}
+		r = write_all(out, buf, (size_t)n);
+		o += n;
+		len -= (uint64_t)n;
+	}
+	free(buf);
+	return r;
+}
+
+struct new_entry {
+	const char *name;
+	const uint8_t *data;
+	size_t len;
+	uint8_t *comp;           /* raw deflate of data */
+	size_t clen;
+	uint32_t crc;
+	uint64_t off;
+};
+
+static int
+deflate_buf(struct new_entry *ne)
+{
+	z_stream zs;
+	size_t cap;
+	int zr;
+	memset(&zs, 0, sizeof(zs));
+	if (deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, -MAX_WBITS, 8,
+	    Z_DEFAULT_STRATEGY) != Z_OK)
+		return HSMFS_ERR_NOMEM;
+	cap = deflateBound(&zs, (uLong)ne->len);
+	if ((ne->comp = malloc(cap)) == NULL) {
+		deflateEnd(&zs);
+		return HSMFS_ERR_NOMEM;
+	}
+	zs.next_in = (Bytef *)(uintptr_t)ne->data;
+	zs.avail_in = (uInt)ne->len;
+	zs.next_out = ne->comp;
+	zs.avail_out = (uInt)cap;
+	zr = deflate(&zs, Z_FINISH);
+	ne->clen = zs.total_out;
+	deflateEnd(&zs);
+	if (zr != Z_STREAM_END)
+		return HSMFS_ERR_CRYPTO;
+	ne->crc = (uint32_t)crc32(crc32(0L, Z_NULL, 0), ne->data, (uInt)ne->len);
+	return 0;
+}
+
+static void
+dos_time(time_t t, uint16_t *dtime, uint16_t *ddate)
+{
+	struct tm tm;
+	localtime_r(&t, &tm);
+	if (tm.tm_year < 80) {
+		*dtime = 0;
+		*ddate = (1 << 5) | 1;
+		return;
+	}
+	*dtime = (uint16_t)(tm.tm_hour << 11 | tm.tm_min << 5 | tm.tm_sec / 2);
+	*ddate = (uint16_t)((tm.tm_year - 80) << 9 | (tm.tm_mon + 1) << 5 | tm.tm_mday);
+}
+
+/* The signed zip without libzip: the three signature entries, then every
+ * kept entry's local header, data and descriptor copied byte for byte
+ * (copy_file_range), then the central directory records copied byte for
+ * byte with only their local header offset changed. Used when no zip64
+ * field is needed in the central directory or end record (the libzip
+ * writer handles those). */
+static int
+write_raw(const struct zarc *z, const char *out_path, struct new_entry *ne,
+    const uint8_t *keep, time_t now)
+{
+	uint8_t h[46], *cd = NULL;
+	uint16_t dtime, ddate;
+	uint64_t off = 0, cd_start, nout = 3;
+	int fd = -1, r;
+	size_t cdcap = 1 << 16;
+
+	dos_time(now, &dtime, &ddate);
+	if ((fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
+		err_set("%s: %s", out_path, strerror(errno));
+		return hsmfs_errno_err(errno);
+	}
+	for (int k = 0; k < 3; k++) {
+		size_t nl = strlen(ne[k].name);
+		memset(h, 0, 30);
+		put32(h, 0x04034b50);
+		put16(h + 4, 20);
+		put16(h + 8, 8);
+		put16(h + 10, dtime);
+		put16(h + 12, ddate);
+		put32(h + 14, ne[k].crc);
+		put32(h + 18, (uint32_t)ne[k].clen);
+		put32(h + 22, (uint32_t)ne[k].len);
+		put16(h + 26, (uint16_t)nl);
+		ne[k].off = off;
+		if ((r = write_all(fd, h, 30)) != 0 ||
+		    (r = write_all(fd, ne[k].name, nl)) != 0 ||
+		    (r = write_all(fd, ne[k].comp, ne[k].clen)) != 0)
+			goto out;
+		off += 30 + nl + ne[k].clen;
+	}
+	/* Runs of consecutive kept entries are one copy. */
+	for (size_t i = 0; i < z->n;) {
+		size_t j = i;
+		uint64_t len = 0;
+		if (!keep[i]) {
+			i++;
+			continue;
+		}
+		while (j < z->n && keep[j] && (j == i || z->e[j].loff == z->e[j - 1].end))
+			len += z->e[j].end - z->e[j].loff, j++;
+		if ((r = copy_range(z->fd, z->e[i].loff, fd, len)) != 0)
+			goto out;
+		off += len;
+		i = j;
+	}
+	cd_start = off;
+	for (int k = 0; k < 3; k++) {
+		size_t nl = strlen(ne[k].name);
+		memset(h, 0, 46);
+		put32(h, 0x02014b50);
+		put16(h + 4, 0x0314);            /* made by: Unix, 2.0 */
+		put16(h + 6, 20);
+		put16(h + 10, 8);
+		put16(h + 12, dtime);
+		put16(h + 14, ddate);
+		put32(h + 16, ne[k].crc);
+		put32(h + 20, (uint32_t)ne[k].clen);
+		put32(h + 24, (uint32_t)ne[k].len);
+		put16(h + 28, (uint16_t)nl);
+		put32(h + 38, 0100644u << 16);   /* -rw-r--r-- */
+		put32(h + 42, (uint32_t)ne[k].off);
+		if ((r = write_all(fd, h, 46)) != 0 || (r = write_all(fd, ne[k].name, nl)) != 0)
+			goto out;
+		off += 46 + nl;
+	}
+	if ((cd = malloc(cdcap)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	{
+		uint64_t data_off = 0;
+		/* New local offsets follow from the copy order above. */
+		for (int k = 0; k < 3; k++)
+			data_off += 30 + strlen(ne[k].name) + ne[k].clen;
+		for (size_t i = 0; i < z->n; i++) {
+			const struct zent *e = &z->e[i];
+			if (!keep[i])
+				continue;
+			if (e->cdlen > cdcap) {
+				r = bad("central directory record too long");
+				goto out;
+			}
+			if ((r = zread(z, e->cdoff, cd, e->cdlen)) != 0)
+				goto out;
+			put32(cd + 42, (uint32_t)data_off);
+			if ((r = write_all(fd, cd, e->cdlen)) != 0)
+				goto out;
+			data_off += e->end - e->loff;
+			off += e->cdlen;
+			nout++;
+		}
+	}
+	memset(h, 0, 22);
+	put32(h, 0x06054b50);
+	put16(h + 8, (uint16_t)nout);
+	put16(h + 10, (uint16_t)nout);
+	put32(h + 12, (uint32_t)(off - cd_start));
+	put32(h + 16, (uint32_t)cd_start);
+	put16(h + 20, z->comment_len);
+	if ((r = write_all(fd, h, 22)) != 0)
+		goto out;
+	if (z->comment_len > 0 &&
+	    (r = copy_range(z->fd, z->comment_off, fd, z->comment_len)) != 0)
+		goto out;
+	if (close(fd) < 0) {
+		fd = -1;
+		err_set("%s: %s", out_path, strerror(errno));
+		r = hsmfs_errno_err(errno);
+		goto out;
+	}
+	fd = -1;
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(cd);
+	return r;
+}
+
+/* Sign in place, without copying any entry: insert a block-aligned gap at
+ * the start of the file (FALLOC_FL_INSERT_RANGE moves extents, not bytes),
+ * write the three signature entries into it (the last one's local extra
+ * field pads to the gap's exact size, as zipalign does), then rewrite the
+ * central directory with shifted offsets. Only for files nothing is
+ * dropped from, on filesystems that support it (ext4, XFS); *done = 0
+ * otherwise, with the file untouched. After the insertion a failure
+ * leaves the file unusable (it is the caller's spool, never user data). */
+#define PAD_EXTRA_ID 0xd935      /* zipalign's alignment padding field */
+#define INPLACE_MAX_CD (16u << 20)
+
+static int
+write_in_place(const struct zarc *z, const char *path, struct new_entry *ne,
+    time_t now, int *done)
+{
+	struct stat st;
+	uint8_t h[46], *cd = NULL, *pre = NULL;
+	uint16_t dtime, ddate;
+	uint64_t cd_size = 0, p = 0, gap, pad, off;
+	int fd = -1, r = 0;
+
+	*done = 0;
+	for (size_t i = 0; i < z->n; i++)
+		cd_size += z->e[i].cdlen;
+	for (int k = 0; k < 3; k++)
+		p += 30 + strlen(ne[k].name) + ne[k].clen;
+	if (cd_size > INPLACE_MAX_CD || z->comment_len > 0)
+		return 0;
+	if ((fd = open(path, O_RDWR | O_CLOEXEC)) < 0 || fstat(fd, &st) < 0 ||
+	    st.st_blksize <= 0 || st.st_blksize > 32768) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	gap = (p + 4 + (uint64_t)st.st_blksize - 1) / (uint64_t)st.st_blksize *
+	    (uint64_t)st.st_blksize;
+	pad = gap - p;                   /* >= 4: room for the field header */
+	if ((cd = malloc(cd_size ? cd_size : 1)) == NULL ||
+	    (pre = calloc(1, gap)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	if (cd_size > 0 && (r = zread(z, z->cd_off, cd, cd_size)) != 0)
+		goto out;
+	dos_time(now, &dtime, &ddate);
+	off = 0;
+	for (int k = 0; k < 3; k++) {
+		size_t nl = strlen(ne[k].name);
+		uint8_t *l = pre + off;
+		put32(l, 0x04034b50);
+		put16(l + 4, 20);
+		put16(l + 8, 8);
+		put16(l + 10, dtime);
+		put16(l + 12, ddate);
+		put32(l + 14, ne[k].crc);
+		put32(l + 18, (uint32_t)ne[k].clen);
+		put32(l + 22, (uint32_t)ne[k].len);
+		put16(l + 26, (uint16_t)nl);
+		put16(l + 28, k == 2 ? (uint16_t)pad : 0);
+		memcpy(l + 30, ne[k].name, nl);
+		ne[k].off = off;
+		off += 30 + nl;
+		if (k == 2) {
+			put16(pre + off, PAD_EXTRA_ID);
+			put16(pre + off + 2, (uint16_t)(pad - 4));
+			off += pad;
+		}
+		memcpy(pre + off, ne[k].comp, ne[k].clen);
+		off += ne[k].clen;
+	}
+	if (fallocate(fd, FALLOC_FL_INSERT_RANGE, 0, (off_t)gap) < 0) {
+		r = 0;                       /* unsupported here: copy instead */
+		goto out;
+	}
+	*done = 1;
+	if (pwrite(fd, pre, gap, 0) != (ssize_t)gap ||
+	    ftruncate(fd, (off_t)(gap + z->cd_off)) < 0 ||
+	    lseek(fd, (off_t)(gap + z->cd_off), SEEK_SET) < 0) {
+		err_set("%s: %s", path, strerror(errno));
+		r = hsmfs_errno_err(errno);
+		goto out;
+	}
+	off = 0;
+	for (int k = 0; k < 3; k++) {
+		size_t nl = strlen(ne[k].name);
+		memset(h, 0, 46);
+		put32(h, 0x02014b50);
+		put16(h + 4, 0x0314);
+		put16(h + 6, 20);
+		put16(h + 10, 8);
+		put16(h + 12, dtime);
+		put16(h + 14, ddate);
+		put32(h + 16, ne[k].crc);
+		put32(h + 20, (uint32_t)ne[k].clen);
+		put32(h + 24, (uint32_t)ne[k].len);
+		put16(h + 28, (uint16_t)nl);
+		put32(h + 38, 0100644u << 16);
+		put32(h + 42, (uint32_t)ne[k].off);
+		if ((r = write_all(fd, h, 46)) != 0 || (r = write_all(fd, ne[k].name, nl)) != 0)
+			goto out;
+		off += 46 + nl;
+	}
+	/* The old records, in their order, each pointing gap bytes further. */
+	for (size_t i = 0; i < z->n; i++) {
+		uint8_t *rec = cd + (z->e[i].cdoff - z->cd_off);
+		put32(rec + 42, (uint32_t)(z->e[i].loff + gap));
+	}
+	if ((r = write_all(fd, cd, cd_size)) != 0)
+		goto out;
+	off += cd_size;
+	memset(h, 0, 22);
+	put32(h, 0x06054b50);
+	put16(h + 8, (uint16_t)(z->n + 3));
+	put16(h + 10, (uint16_t)(z->n + 3));
+	put32(h + 12, (uint32_t)off);
+	put32(h + 16, (uint32_t)(gap + z->cd_off));
+	if ((r = write_all(fd, h, 22)) != 0)
+		goto out;
+	r = 0;
+out:
+	if (fd >= 0 && close(fd) < 0 && r == 0 && *done) {
+		err_set("%s: %s", path, strerror(errno));
+		r = hsmfs_errno_err(errno);
+	}
+	free(cd);
+	free(pre);
+	return r;
+}
+
+/* The raw writer needs no zip64 structure anywhere in the output. */
+static int
+raw_possible(const struct zarc *z, const struct new_entry *ne, const uint8_t *keep)
+{
+	uint64_t size = 22 + (uint64_t)z->comment_len, n = 3;
+	if (z->zip64)
+		return 0;
+	for (int k = 0; k < 3; k++)
+		size += 76 + 2 * strlen(ne[k].name) + ne[k].clen;
+	for (size_t i = 0; i < z->n; i++) {
+		if (!keep[i])
+			continue;
+		if (z->e[i].cd64)
+			return 0;
+		size += z->e[i].end - z->e[i].loff + z->e[i].cdlen;
+		n++;
+	}
+	return n < 0xffff && size < 0xffffffffu;
+}
+
 /* ---------------------------------------------------------------- */
 /* Signing                                                           */
 
@@ -1226,11 +1820,8 @@ static int
 build_section(struct sbuf *mf, const struct mf *old, const char *name,
     const char *attr, const char *b64)
 {
-	const struct mf_section *os = NULL;
+	const struct mf_section *os = mf_find(old, name);
 	int r, wrote = 0;
-	for (size_t k = 1; old && k < old->ns; k++)
-		if (strcmp(old->s[k].name, name) == 0)
-			os = &old->s[k];
 	if ((r = sb_header(mf, "Name", name)) != 0)
 		return r;
 	for (size_t i = 1; os && i < os->na && r == 0; i++) {
@@ -1293,6 +1884,13 @@ out:
 int
 jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *o)
 {
+	return jar_sign_ex(in_path, out_path, o, NULL);
+}
+
+int
+jar_sign_ex(const char *in_path, const char *out_path,
+    const struct jar_sign_opts *o, int *in_place)
+{
 	struct zarc z;
 	zip_t *in = NULL, *out = NULL;
 	struct mf old;
@@ -1304,10 +1902,16 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	char *b64 = NULL;
 	const char *alg = o->md ? md_java_name(o->md) : NULL;
 	long mf_index = -1;
+	struct sign_dig dig = {0};
+	struct new_entry ne[3];
+	uint8_t *keep = NULL;
 	time_t now = time(NULL);
 	int r, have_old = 0;
 
+	if (in_place)
+		*in_place = 0;
 	memset(&old, 0, sizeof(old));
+	memset(ne, 0, sizeof(ne));
 	z.fd = -1;
 	z.e = NULL;
 	if (alg == NULL) {
@@ -1324,9 +1928,8 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	if ((r = zarc_open(in_path, &z)) != 0 ||
 	    (r = zarc_libzip_check(in_path, &z, &in)) != 0)
 		goto out;
-	for (size_t i = 0; i < z.n; i++)
-		if (strcasecmp(z.e[i].name, "META-INF/MANIFEST.MF") == 0)
-			mf_index = (long)i;
+	if ((r = find_manifest(&z, &mf_index)) != 0)
+		goto out;
 	if (mf_index >= 0) {
 		if ((r = zent_slurp(&z, &z.e[mf_index], &oldmf, &oldmflen)) != 0 ||
 		    (r = mf_parse((char *)oldmf, oldmflen, &old, "META-INF/MANIFEST.MF")) != 0)
@@ -1340,15 +1943,21 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 		r = HSMFS_ERR_NOMEM;
 		goto out;
 	}
+	dig.z = &z;
+	dig.md = o->md;
+	dig.mdlen = (size_t)EVP_MD_get_size(o->md);
+	if ((dig.digests = calloc(z.n ? z.n : 1, dig.mdlen)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	if ((r = par_for(z.n, total_csize(&z), sign_dig_one, &dig)) != 0)
+		goto out;
 	for (size_t i = 0; i < z.n; i++) {
 		const struct zent *e = &z.e[i];
-		uint8_t d[1][EVP_MAX_MD_SIZE];
 		size_t start = mf.n;
 		if (is_dir(e) || is_sig_related(e->name))
 			continue;
-		if ((r = zent_digest(&z, e, &o->md, 1, d)) != 0)
-			goto out;
-		if ((r = b64_of(d[0], (size_t)EVP_MD_get_size(o->md), &b64)) != 0 ||
+		if ((r = b64_of(dig.digests + i * dig.mdlen, dig.mdlen, &b64)) != 0 ||
 		    (r = build_section(&mf, have_old ? &old : NULL, e->name, attr,
 		    b64)) != 0)
 			goto out;
@@ -1391,6 +2000,45 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	if ((r = cms_sign_sf(o, &sf, &block, &blocklen)) != 0)
 		goto out;
 
+	if ((keep = calloc(z.n ? z.n : 1, 1)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < z.n; i++) {
+		const char *nm = z.e[i].name, *dot;
+		if ((long)i == mf_index)
+			continue;
+		/* Our own earlier signature is replaced; other signers stay. */
+		if (is_sig_related(nm) && (dot = strrchr(nm, '.')) != NULL &&
+		    (size_t)(dot - (nm + 9)) == strlen(signer) &&
+		    strncasecmp(nm + 9, signer, strlen(signer)) == 0)
+			continue;
+		keep[i] = 1;
+	}
+	ne[0].name = "META-INF/MANIFEST.MF";
+	ne[0].data = (uint8_t *)mf.b;
+	ne[0].len = mf.n;
+	ne[1].name = path_sf;
+	ne[1].data = (uint8_t *)sf.b;
+	ne[1].len = sf.n;
+	ne[2].name = path_blk;
+	ne[2].data = block;
+	ne[2].len = blocklen;
+	for (int k = 0; k < 3; k++)
+		if ((r = deflate_buf(&ne[k])) != 0)
+			goto out;
+	if (raw_possible(&z, ne, keep)) {
+		int all_kept = 1;
+		for (size_t i = 0; i < z.n; i++)
+			all_kept &= keep[i];
+		if (in_place && all_kept) {
+			if ((r = write_in_place(&z, in_path, ne, now, in_place)) != 0 ||
+			    *in_place)
+				goto out;
+		}
+		r = write_raw(&z, out_path, ne, keep, now);
+		goto out;
+	}
 	{
 		int ze = 0;
 		if ((out = zip_open(out_path, ZIP_CREATE | ZIP_TRUNCATE, &ze)) == NULL) {
@@ -1407,18 +2055,9 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	    (r = add_buffer(out, path_sf, sf.b, sf.n, now)) != 0 ||
 	    (r = add_buffer(out, path_blk, block, blocklen, now)) != 0)
 		goto out;
-	for (size_t i = 0; i < z.n; i++) {
-		const char *nm = z.e[i].name, *dot;
-		if ((long)i == mf_index)
-			continue;
-		/* Our own earlier signature is replaced; other signers stay. */
-		if (is_sig_related(nm) && (dot = strrchr(nm, '.')) != NULL &&
-		    (size_t)(dot - (nm + 9)) == strlen(signer) &&
-		    strncasecmp(nm + 9, signer, strlen(signer)) == 0)
-			continue;
-		if ((r = copy_entry(out, in, &z.e[i], i)) != 0)
+	for (size_t i = 0; i < z.n; i++)
+		if (keep[i] && (r = copy_entry(out, in, &z.e[i], i)) != 0)
 			goto out;
-	}
 	{
 		int clen = 0;
 		const char *c = zip_get_archive_comment(in, &clen, ZIP_FL_ENC_RAW);
@@ -1444,6 +2083,10 @@ out:
 	for (size_t i = 0; sections && i < z.n; i++)
 		free(sections[i]);
 	free(sections);
+	free(dig.digests);
+	free(keep);
+	for (int k = 0; k < 3; k++)
+		free(ne[k].comp);
 	free(b64);
 	free(mf.b);
 	free(sf.b);
@@ -1460,10 +2103,11 @@ out:
 static int
 find_entry(const struct zarc *z, const char *name)
 {
-	for (size_t i = 0; i < z->n; i++)
-		if (strcmp(z->e[i].name, name) == 0)
-			return (int)i;
-	return -1;
+	struct zent key, *kp = &key, **p;
+	key.name = (char *)name;
+	key.nlen = strlen(name);
+	p = bsearch(&kp, z->byname, z->n, sizeof(*z->byname), cmp_name);
+	return p ? (int)(*p - z->e) : -1;
 }
 
 /* Strong digest attributes of a section ("<ALG>-Digest<suffix>"), at
@@ -1655,6 +2299,10 @@ verify_signer(const struct zarc *z, int sf_i, int blk_i, const char *mfb,
 
 	if ((r = mf_parse((char *)sfb, sfl, sfm, z->e[sf_i].name)) != 0)
 		goto out;
+	if (sfm->dup != NULL) {
+		r = bad("%s has two sections for %s", z->e[sf_i].name, sfm->dup);
+		goto out;
+	}
 	/* Main attributes: whole-manifest digest (strong only). */
 	nd = section_digests(&sfm->s[0], "-Digest-Manifest", d, &weak);
 	if (nd == 0) {
@@ -1679,13 +2327,8 @@ verify_signer(const struct zarc *z, int sf_i, int blk_i, const char *mfb,
 	/* Every .SF section must match its manifest section byte for byte. */
 	for (size_t s = 1; s < sfm->ns; s++) {
 		const struct mf_section *ss = &sfm->s[s];
-		const struct mf_section *ms = NULL;
+		const struct mf_section *ms = mf_find(m, ss->name);
 		weak = 0;
-		for (size_t k = 1; k < m->ns; k++)
-			if (strcmp(m->s[k].name, ss->name) == 0) {
-				ms = &m->s[k];
-				break;
-			}
 		if (ms == NULL) {
 			r = bad("%s names %s, which is not in the manifest",
 			    z->e[sf_i].name, ss->name);
@@ -1724,9 +2367,41 @@ out:
 static int
 sf_has(const struct mf *sfm, const char *name)
 {
-	for (size_t s = 1; s < sfm->ns; s++)
-		if (strcmp(sfm->s[s].name, name) == 0)
-			return 1;
+	return mf_find(sfm, name) != NULL;
+}
+
+/* Verification: entry i against the digests of its manifest section. */
+struct verify_dig {
+	const struct zarc *z;
+	const struct mf_section **ms;   /* per entry, NULL: not covered */
+};
+
+static int
+verify_dig_one(void *ctx, size_t i)
+{
+	struct verify_dig *c = ctx;
+	const struct zent *e = &c->z->e[i];
+	struct dattr d[3];
+	const EVP_MD *mds[3] = {NULL, NULL, NULL};
+	uint8_t got[3][EVP_MAX_MD_SIZE];
+	int weak = 0, r;
+	size_t nd;
+	if (c->ms[i] == NULL)
+		return 0;
+	nd = section_digests(c->ms[i], "-Digest", d, &weak);
+	for (size_t k = 0; k < nd; k++)
+		mds[k] = d[k].md;
+	if ((r = zent_digest(c->z, e, mds, nd, got)) != 0)
+		return r;
+	for (size_t k = 0; k < nd; k++) {
+		char *b = NULL;
+		if ((r = b64_of(got[k], (size_t)EVP_MD_get_size(mds[k]), &b)) != 0)
+			return r;
+		r = strcmp(b, d[k].b64) != 0;
+		free(b);
+		if (r)
+			return bad("entry %s was modified (digest mismatch)", e->name);
+	}
 	return 0;
 }
 
@@ -1735,8 +2410,10 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 {
 	struct zarc z;
 	struct mf m, *sfm = NULL;
+	struct verify_dig vd = {0};
 	uint8_t *mfb = NULL;
 	size_t mfl = 0, nsig = 0;
+	long mf_l = -1;
 	int mf_i = -1, r;
 
 	memset(v, 0, sizeof(*v));
@@ -1746,9 +2423,9 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 		goto out_noz;
 	if ((r = zarc_libzip_check(path, &z, NULL)) != 0)
 		goto out;
-	for (size_t i = 0; i < z.n; i++)
-		if (strcasecmp(z.e[i].name, "META-INF/MANIFEST.MF") == 0)
-			mf_i = (int)i;
+	if ((r = find_manifest(&z, &mf_l)) != 0)
+		goto out;
+	mf_i = (int)mf_l;
 	if (mf_i < 0) {
 		r = bad("unsigned zip (no META-INF/MANIFEST.MF)");
 		goto out;
@@ -1756,6 +2433,10 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 	if ((r = zent_slurp(&z, &z.e[mf_i], &mfb, &mfl)) != 0 ||
 	    (r = mf_parse((char *)mfb, mfl, &m, "META-INF/MANIFEST.MF")) != 0)
 		goto out;
+	if (m.dup != NULL) {
+		r = bad("manifest has two sections for %s", m.dup);
+		goto out;
+	}
 	if ((sfm = calloc(z.n, sizeof(*sfm))) == NULL) {
 		r = HSMFS_ERR_NOMEM;
 		goto out;
@@ -1809,27 +2490,19 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 			goto out;
 		}
 	}
-	/* ... and every entry must be in the manifest, in every .SF, and
-	 * match its digests. */
+	/* ... and every entry must be in the manifest and in every .SF (cheap
+	 * checks first), then match its digests (in parallel). */
+	if ((vd.ms = calloc(z.n, sizeof(*vd.ms))) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
 	for (size_t i = 0; i < z.n; i++) {
 		const struct zent *e = &z.e[i];
-		const struct mf_section *ms = NULL;
 		struct dattr d[3];
-		const EVP_MD *mds[3];
-		uint8_t got[3][EVP_MAX_MD_SIZE];
 		int weak = 0;
-		size_t nd;
 		if (is_dir(e) || is_sig_related(e->name))
 			continue;
-		for (size_t s = 1; s < m.ns; s++)
-			if (strcmp(m.s[s].name, e->name) == 0) {
-				if (ms != NULL) {
-					r = bad("entry %s has two manifest sections", e->name);
-					goto out;
-				}
-				ms = &m.s[s];
-			}
-		if (ms == NULL) {
+		if ((vd.ms[i] = mf_find(&m, e->name)) == NULL) {
 			r = bad("entry %s is not signed (not in the manifest)", e->name);
 			goto out;
 		}
@@ -1839,35 +2512,23 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 				    e->name);
 				goto out;
 			}
-		nd = section_digests(ms, "-Digest", d, &weak);
-		if (nd == 0) {
+		if (section_digests(vd.ms[i], "-Digest", d, &weak) == 0) {
 			r = weak ? bad("SHA-1 digests are not accepted (entry %s)",
 			    e->name) : bad("entry %s has no digest in the manifest",
 			    e->name);
 			goto out;
 		}
-		for (size_t k = 0; k < nd; k++)
-			mds[k] = d[k].md;
-		if ((r = zent_digest(&z, e, mds, nd, got)) != 0)
-			goto out;
-		for (size_t k = 0; k < nd; k++) {
-			char *b = NULL;
-			if ((r = b64_of(got[k], (size_t)EVP_MD_get_size(mds[k]), &b)) != 0)
-				goto out;
-			if (strcmp(b, d[k].b64) != 0) {
-				free(b);
-				r = bad("entry %s was modified (digest mismatch)", e->name);
-				goto out;
-			}
-			free(b);
-		}
 	}
+	vd.z = &z;
+	if ((r = par_for(z.n, total_csize(&z), verify_dig_one, &vd)) != 0)
+		goto out;
 	v->valid = 1;
 	r = 0;
 out:
 	for (size_t k = 0; sfm && k < nsig; k++)
 		mf_free(&sfm[k]);
 	free(sfm);
+	free(vd.ms);
 	mf_free(&m);
 	free(mfb);
 	zarc_close(&z);

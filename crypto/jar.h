@@ -38,6 +38,12 @@ struct jar_sign_opts {
  * HSMFS_ERR_INVALID with err_detail() saying why. */
 int jar_sign(const char *in_path, const char *out_path,
     const struct jar_sign_opts *o);
+/* Same, but when in_place is given the input file may be signed where it
+ * is (no entry copied: see write_in_place in jar.c); *in_place says
+ * whether that happened (the signed zip is then at in_path, out_path is
+ * untouched). After a failure the input may be unusable. */
+int jar_sign_ex(const char *in_path, const char *out_path,
+    const struct jar_sign_opts *o, int *in_place);
 
 /* Who may sign: certificates configured as ConfigZipSigner (any version),
  * accepted as they are (validity and key usage still checked), and/or a

@@ -875,7 +875,8 @@ smime_prepare(const void *msg, size_t len, time_t date, const char *msgid,
 			ctype = h;
 		else if (hdr_is(h, "Content-Transfer-Encoding"))
 			cte = h;
-		if (hdr_is(h, "Bcc") || hdr_is(h, "MIME-Version") ||
+		if (hdr_is(h, "Bcc") || hdr_is(h, "Resent-Bcc") ||
+		    hdr_is(h, "MIME-Version") ||
 		    is_content_field(h))
 			continue;
 		buf_add_crlf(&ob, h->raw, h->rlen);

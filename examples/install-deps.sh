@@ -2,7 +2,7 @@
 # Install the Debian 12 packages hsmfs needs to build, run and test.
 # Only calls apt-get when something is missing (or with --force, as CI does).
 set -eu
-PKGS="gcc pkg-config meson ninja-build libfuse3-dev fuse3 libzip-dev libxml2-dev
+PKGS="gcc pkg-config meson ninja-build libfuse3-dev fuse3 libzip-dev zlib1g-dev libxml2-dev
 libssl-dev openssl libcurl4-openssl-dev libp11-kit-dev softhsm2 opensc python3 python3-pytest
 python3-aiosmtpd python3-asn1crypto default-jdk-headless attr unzip zip
 procps curl psmisc"

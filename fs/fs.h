@@ -16,6 +16,8 @@ struct hsmfs_opts {
 	char *config;
 	char *truststore;
 	char *smtp;
+	char *smtp_ca;        /* CA PEM for the relay's TLS certificate */
+	char *smtp_auth;      /* file: user name line, password line */
 	char *history_anchor;
 	long mail_retry;      /* seconds, default 300 */
 	long mail_max_age;    /* seconds, default 5 days */

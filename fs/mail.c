@@ -2,17 +2,20 @@
  * one sender thread that signs (S/MIME, crypto/smime.c) and delivers it
  * over SMTP with libcurl. Layout, views and retry policy: docs/mail.md.
  *
- * STORE/mail/queue/NAME/   one directory per queued message, created
- *     msg                  complete (temp dir, fsync, rename): the text
- *     signed               as written, the signed wire form (missing if
- *     state                signing must be retried) and the schedule.
- * STORE/mail/sent/NAME     the signed bytes exactly as the relay took them
- * STORE/mail/failed/NAME/  a queue directory plus "error"
+ * STORE/mail/queue/NAME   one entry file per queued message: a small
+ *                         header, the message as written, the signed wire
+ *                         form (empty while signing must be retried)
+ * STORE/mail/retry/NAME   schedule after a failed attempt or a requeue
+ * STORE/mail/sent/NAME    the entry file after the relay's 250
+ * STORE/mail/failed/NAME  the entry file after a permanent failure,
+ * STORE/mail/errors/NAME  and why
+ * Every move is one rename of the entry file, so a message is in exactly
+ * one state after a crash.
  *
  * Locking: mail.lock guards the in-memory queue, the open writers and
  * every rename into or out of queue/ and failed/. The sender thread
- * never holds it during signing or network I/O; an entry it is working
- * on is marked inflight and left alone by the FUSE side. */
+ * never holds it during signing or network I/O; an entry it works on is
+ * marked inflight and left alone by the FUSE side. */
 #include "fs/fs.h"
 #include "fs/store.h"
 #include "crypto/smime.h"
@@ -30,24 +33,36 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <openssl/rand.h>
+#include <openssl/crypto.h>
+#include <openssl/x509v3.h>
 
 #define MAIL_MAX_BACKOFF 3600        /* RFC 5321 4.5.4.1 doubling cap */
 #define MAIL_XATTR "user.hsmfs.mail"
+#define MAIL_MAGIC "hsmfs-mail 1\n"
+#define MAIL_HDR_MAX 4096
+#define MAIL_SYNC_BATCH 64           /* deliveries per sent/ directory fsync */
 
-/* The schedule of one message, mirrored in its state file. */
-struct mstate {
-	long long queued;     /* first queued (unix seconds) */
-	long long next;       /* next attempt */
+/* The fixed part of an entry file, written once at queueing time. */
+struct entry_hdr {
+	long long queued;     /* when it was written */
 	long long date;       /* Date used when the message had none */
-	unsigned attempts;
 	char msgid[256];      /* Message-ID used when the message had none */
+	size_t msglen, siglen;
+	size_t hdrlen;        /* bytes before the message */
+};
+
+/* The schedule of a queued message (retry/NAME when it has one). */
+struct mstate {
+	long long queued;     /* start of the max-age clock */
+	long long next;       /* next attempt */
+	unsigned attempts;
 	char last[384];       /* last reply or local reason */
 };
 
 struct qent {
 	char name[256];
 	struct mstate st;
+	size_t msglen;        /* for stat without reading the file */
 	int inflight;
 };
 
@@ -64,9 +79,12 @@ struct writer {
 
 enum mfh_kind { FH_WRITER = 1, FH_FILE };
 
+/* An open file: a writer, or a byte range of a store file. */
 struct mfh {
 	enum mfh_kind kind;
 	int fd;
+	off_t base;
+	size_t len;
 	struct writer *w;
 };
 
@@ -75,22 +93,26 @@ static struct {
 	pthread_cond_t cond;
 	pthread_t thread;
 	int started, thread_running, stopping;
-	int mailfd, qfd, sentfd, failfd;
+	int mailfd, qfd, retryfd, sentfd, failfd, errfd;
 	hsm_key *key;
 	const EVP_MD *md;
 	const char *key_name;
 	char *url;            /* libcurl URL (smtp+starttls:// rewritten) */
 	int starttls;
+	char *auth_user;      /* SMTP AUTH, from -o smtp_auth=FILE */
+	char *auth_pass;      /* secure heap, wiped at stop */
+	size_t auth_pass_size;
 	struct qent *q;
 	size_t nq, capq;
 	struct writer *writers;
-	unsigned long sent_total, failed_total;
+	unsigned long sent_total;
 	char last_error[384];
 	long long last_error_time;
 } mail = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.cond = PTHREAD_COND_INITIALIZER,
-	.mailfd = -1, .qfd = -1, .sentfd = -1, .failfd = -1,
+	.mailfd = -1, .qfd = -1, .retryfd = -1, .sentfd = -1, .failfd = -1,
+	.errfd = -1,
 };
 
 /* ---- small helpers ---- */
@@ -141,7 +163,7 @@ w_find_locked(const char *name)
 }
 
 static int
-q_add_locked(const char *name, const struct mstate *st)
+q_add_locked(const char *name, const struct mstate *st, size_t msglen)
 {
 	if (mail.nq == mail.capq) {
 		size_t cap = mail.capq ? mail.capq * 2 : 64;
@@ -154,6 +176,7 @@ q_add_locked(const char *name, const struct mstate *st)
 	memset(&mail.q[mail.nq], 0, sizeof(mail.q[0]));
 	snprintf(mail.q[mail.nq].name, sizeof(mail.q[0].name), "%s", name);
 	mail.q[mail.nq].st = *st;
+	mail.q[mail.nq].msglen = msglen;
 	mail.nq++;
 	return 0;
 }
@@ -165,66 +188,6 @@ q_del_locked(struct qent *e)
 	mail.q[i] = mail.q[--mail.nq];
 }
 
-/* Remove a queue-style entry directory and whatever it holds. */
-static void
-rm_entry(int parent, const char *name)
-{
-	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d;
-	struct dirent *de;
-	if (fd >= 0 && (d = fdopendir(fd)) != NULL) {
-		while ((de = readdir(d)) != NULL)
-			if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-				unlinkat(dirfd(d), de->d_name, 0);
-		closedir(d);
-	} else if (fd >= 0) {
-		close(fd);
-	}
-	unlinkat(parent, name, AT_REMOVEDIR);
-}
-
-static int
-state_format(const struct mstate *st, char *buf, size_t size)
-{
-	return snprintf(buf, size, "queued %lld\nnext %lld\ndate %lld\n"
-	    "attempts %u\nmsgid %s\nlast %s\n", st->queued, st->next, st->date,
-	    st->attempts, st->msgid, st->last);
-}
-
-static int
-state_write(int entfd, const struct mstate *st)
-{
-	char buf[1024];
-	int n = state_format(st, buf, sizeof(buf));
-	return store_write_atomic(entfd, "state", buf, (size_t)n);
-}
-
-static int
-state_read(int entfd, struct mstate *st)
-{
-	char *txt = NULL, *line, *save = NULL;
-	int r;
-	if ((r = store_read_file(entfd, "state", 4096, &txt, NULL)) != 0)
-		return r;
-	for (line = strtok_r(txt, "\n", &save); line;
-	    line = strtok_r(NULL, "\n", &save)) {
-		if (strncmp(line, "queued ", 7) == 0)
-			st->queued = atoll(line + 7);
-		else if (strncmp(line, "next ", 5) == 0)
-			st->next = atoll(line + 5);
-		else if (strncmp(line, "date ", 5) == 0)
-			st->date = atoll(line + 5);
-		else if (strncmp(line, "attempts ", 9) == 0)
-			st->attempts = (unsigned)strtoul(line + 9, NULL, 10);
-		else if (strncmp(line, "msgid ", 6) == 0)
-			snprintf(st->msgid, sizeof(st->msgid), "%s", line + 6);
-		else if (strncmp(line, "last ", 5) == 0)
-			snprintf(st->last, sizeof(st->last), "%s", line + 5);
-	}
-	free(txt);
-	return 0;
-}
-
 static int
 file_exists(int dirfd, const char *name)
 {
@@ -232,129 +195,258 @@ file_exists(int dirfd, const char *name)
 	return fstatat(dirfd, name, &st, 0) == 0;
 }
 
-/* ---- queue admission (FUSE flush) ---- */
+/* ---- entry files ---- */
 
 static int
-write_file_sync(int dirfd, const char *name, const void *data, size_t len)
+hdr_format(const struct entry_hdr *h, char *buf, size_t size)
 {
-	int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	return snprintf(buf, size, MAIL_MAGIC "queued %lld\ndate %lld\nmsgid %s\n"
+	    "msg %zu\nsigned %zu\n\n", h->queued, h->date, h->msgid, h->msglen,
+	    h->siglen);
+}
+
+/* Parse the header at the start of buf (len bytes available). */
+static int
+hdr_parse(const char *buf, size_t len, struct entry_hdr *h)
+{
+	const char *end = NULL, *p;
+	char tmp[MAIL_HDR_MAX + 1], *line, *save = NULL;
+	size_t n;
+
+	memset(h, 0, sizeof(*h));
+	if (len > MAIL_HDR_MAX)
+		len = MAIL_HDR_MAX;
+	for (p = buf; p + 1 < buf + len; p++)
+		if (p[0] == '\n' && p[1] == '\n') {
+			end = p + 2;
+			break;
+		}
+	if (end == NULL || strncmp(buf, MAIL_MAGIC, strlen(MAIL_MAGIC)) != 0) {
+		err_set("not a mail queue entry (bad header)");
+		return HSMFS_ERR_BADMSG;
+	}
+	n = (size_t)(end - buf);
+	memcpy(tmp, buf, n);
+	tmp[n] = '\0';
+	for (line = strtok_r(tmp, "\n", &save); line;
+	    line = strtok_r(NULL, "\n", &save)) {
+		if (strncmp(line, "queued ", 7) == 0)
+			h->queued = atoll(line + 7);
+		else if (strncmp(line, "date ", 5) == 0)
+			h->date = atoll(line + 5);
+		else if (strncmp(line, "msgid ", 6) == 0)
+			snprintf(h->msgid, sizeof(h->msgid), "%s", line + 6);
+		else if (strncmp(line, "msg ", 4) == 0)
+			h->msglen = (size_t)strtoull(line + 4, NULL, 10);
+		else if (strncmp(line, "signed ", 7) == 0)
+			h->siglen = (size_t)strtoull(line + 7, NULL, 10);
+	}
+	h->hdrlen = n;
+	if (h->msgid[0] != '<' || h->msglen > SMIME_MAX_MSG ||
+	    h->siglen > 2 * (size_t)SMIME_MAX_MSG) {
+		err_set("mail queue entry header is damaged");
+		return HSMFS_ERR_BADMSG;
+	}
+	return 0;
+}
+
+/* Header of an open entry file, checked against the file size. */
+static int
+hdr_read_fd(int fd, struct entry_hdr *h)
+{
+	char buf[MAIL_HDR_MAX];
+	struct stat st;
+	ssize_t n = pread(fd, buf, sizeof(buf), 0);
 	int r;
-	if (fd < 0) {
-		err_set("create %s: %s", name, strerror(errno));
-		return hsmfs_errno_err(errno);
+	if (n < 0 || fstat(fd, &st) < 0) {
+		err_set("read entry: %s", strerror(errno));
+		return HSMFS_ERR_IO;
 	}
-	if ((r = store_write_all(fd, data, len)) == 0 && fsync(fd) < 0) {
-		err_set("fsync %s: %s", name, strerror(errno));
-		r = hsmfs_errno_err(errno);
+	if ((r = hdr_parse(buf, (size_t)n, h)) != 0)
+		return r;
+	if ((size_t)st.st_size != h->hdrlen + h->msglen + h->siglen) {
+		err_set("mail queue entry is truncated");
+		return HSMFS_ERR_BADMSG;
 	}
-	if (close(fd) < 0 && r == 0) {
-		err_set("close %s: %s", name, strerror(errno));
-		r = hsmfs_errno_err(errno);
-	}
-	return r;
+	return 0;
 }
 
-/* Build a complete entry in a temp directory; *tmp gets its name. */
 static int
-entry_build(const struct writer *w, const uint8_t *sig, size_t siglen,
-    const struct mstate *st, char *tmp, size_t tmpsize)
+hdr_read_at(int dirfd, const char *name, struct entry_hdr *h)
 {
-	uint8_t rnd[8];
-	char sbuf[1024], hex[17];
-	int fd = -1, r;
-
-	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
-		return HSMFS_ERR_CRYPTO;
-	util_hex(rnd, sizeof(rnd), hex);
-	snprintf(tmp, tmpsize, ".tmp.%s", hex);
-	if (mkdirat(mail.qfd, tmp, 0700) < 0) {
-		err_set("mkdir %s: %s", tmp, strerror(errno));
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC), r;
+	if (fd < 0) {
+		err_set("open %s: %s", name, strerror(errno));
 		return hsmfs_errno_err(errno);
 	}
-	if ((fd = openat(mail.qfd, tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-		err_set("open %s: %s", tmp, strerror(errno));
-		r = hsmfs_errno_err(errno);
-		goto out;
-	}
-	if ((r = write_file_sync(fd, "msg", w->buf, w->len)) != 0)
-		goto out;
-	if (sig && (r = write_file_sync(fd, "signed", sig, siglen)) != 0)
-		goto out;
-	if ((r = write_file_sync(fd, "state", sbuf,
-	    (size_t)state_format(st, sbuf, sizeof(sbuf)))) != 0)
-		goto out;
-	r = store_fsync_dir(fd);
-out:
-	if (fd >= 0)
-		close(fd);
-	if (r != 0)
-		rm_entry(mail.qfd, tmp);
+	r = hdr_read_fd(fd, h);
+	close(fd);
 	return r;
 }
+
+/* Whole entry: *buf holds header, message, signature. */
+static int
+entry_read(int dirfd, const char *name, struct entry_hdr *h, char **buf)
+{
+	size_t len;
+	int r;
+	if ((r = store_read_file(dirfd, name, MAIL_HDR_MAX + 3 * (size_t)SMIME_MAX_MSG,
+	    buf, &len)) != 0)
+		return r;
+	if ((r = hdr_parse(*buf, len, h)) == 0 &&
+	    len != h->hdrlen + h->msglen + h->siglen) {
+		err_set("mail queue entry %s is truncated", name);
+		r = HSMFS_ERR_BADMSG;
+	}
+	if (r != 0) {
+		free(*buf);
+		*buf = NULL;
+	}
+	return r;
+}
+
+/* Write a complete entry to a fsync'ed temp file in queue/. */
+static int
+entry_tmp(struct entry_hdr *h, const void *msg, const void *sig,
+    struct store_tmp *t)
+{
+	char hb[MAIL_HDR_MAX];
+	int n = hdr_format(h, hb, sizeof(hb)), r;
+	if (n < 0 || (size_t)n >= sizeof(hb)) {
+		err_set("mail entry header too long");
+		return HSMFS_ERR_INVALID;
+	}
+	h->hdrlen = (size_t)n;
+	if ((r = store_tmp_create(mail.qfd, t)) != 0)
+		return r;
+	if ((r = store_write_all(t->fd, hb, (size_t)n)) != 0 ||
+	    (r = store_write_all(t->fd, msg, h->msglen)) != 0 ||
+	    (h->siglen && (r = store_write_all(t->fd, sig, h->siglen)) != 0))
+		goto fail;
+	if (fsync(t->fd) < 0) {
+		err_set("fsync: %s", strerror(errno));
+		r = hsmfs_errno_err(errno);
+		goto fail;
+	}
+	return 0;
+fail:
+	store_tmp_abort(t);
+	return r;
+}
+
+/* ---- schedules ---- */
+
+static int
+sched_write(const char *name, const struct mstate *st)
+{
+	char buf[1024];
+	int n = snprintf(buf, sizeof(buf), "queued %lld\nnext %lld\nattempts %u\n"
+	    "last %s\n", st->queued, st->next, st->attempts, st->last);
+	return store_write_atomic(mail.retryfd, name, buf, (size_t)n);
+}
+
+/* The schedule of a queue entry: retry/NAME, else a fresh one. */
+static void
+sched_read(const char *name, const struct entry_hdr *h, struct mstate *st)
+{
+	char *txt = NULL, *line, *save = NULL;
+	memset(st, 0, sizeof(*st));
+	st->queued = st->next = h->queued;
+	if (store_read_file(mail.retryfd, name, 4096, &txt, NULL) != 0)
+		return;
+	for (line = strtok_r(txt, "\n", &save); line;
+	    line = strtok_r(NULL, "\n", &save)) {
+		if (strncmp(line, "queued ", 7) == 0)
+			st->queued = atoll(line + 7);
+		else if (strncmp(line, "next ", 5) == 0)
+			st->next = atoll(line + 5);
+		else if (strncmp(line, "attempts ", 9) == 0)
+			st->attempts = (unsigned)strtoul(line + 9, NULL, 10);
+		else if (strncmp(line, "last ", 5) == 0)
+			snprintf(st->last, sizeof(st->last), "%s", line + 5);
+	}
+	free(txt);
+}
+
+/* ---- queue admission (FUSE flush) ---- */
 
 /* Check, sign and durably queue one written message. */
 static int
 mail_commit(struct writer *w)
 {
 	struct smime_msg m = { 0 };
+	struct entry_hdr h = { 0 };
 	struct mstate st = { 0 };
+	struct store_tmp t;
 	uint8_t *sig = NULL;
 	size_t siglen = 0;
-	char tmp[64], *o = NULL, *in = NULL;
-	size_t ol, il;
 	int r;
 
 	err_clear();
 	if ((r = smime_check(w->buf, w->len, &m)) != 0)
 		goto out;
-	st.queued = st.next = st.date = now_s();
+	/* Receivers compare From with the certificate; sign anyway (the
+	 * relay may rewrite), but say why clients will flag it. */
+	if (X509_check_email(hsm_key_cert(mail.key), m.from, 0, 0) != 1)
+		log_warn("mail/%s: From %s is not an address of key %s's "
+		    "certificate; receivers will flag the signature", w->name,
+		    m.from, mail.key_name);
+	h.queued = h.date = now_s();
 	if (m.msgid)
-		snprintf(st.msgid, sizeof(st.msgid), "%s", m.msgid);
-	else if ((r = smime_msgid_new(m.from, st.msgid, sizeof(st.msgid))) != 0)
+		snprintf(h.msgid, sizeof(h.msgid), "%s", m.msgid);
+	else if ((r = smime_msgid_new(m.from, h.msgid, sizeof(h.msgid))) != 0)
 		goto out;
-	/* MIME problems (an 8-bit multipart) are the writer's to fix. */
-	if ((r = smime_prepare(w->buf, w->len, (time_t)st.date, st.msgid, &o, &ol,
-	    &in, &il)) != 0)
-		goto out;
-	/* A failing HSM does not lose the message: it is queued unsigned and
+	/* MIME problems (an 8-bit multipart) are the writer's to fix; a
+	 * failing HSM does not lose the message: it is queued unsigned and
 	 * the sender signs it when the token is back. */
-	if ((r = smime_sign(mail.key, mail.md, w->buf, w->len, (time_t)st.date,
-	    st.msgid, &sig, &siglen)) != 0) {
+	if ((r = smime_sign(mail.key, mail.md, w->buf, w->len, (time_t)h.date,
+	    h.msgid, &sig, &siglen)) != 0) {
+		if (r == HSMFS_ERR_INVALID)
+			goto out;
 		fs_log_fail("mail", w->name, mail.key_name,
 		    "signing failed, queued unsigned; the sender will retry", r);
-		snprintf(st.last, sizeof(st.last), "signing failed: %s", err_detail());
-		clean_line(st.last);
+		free(sig);
 		sig = NULL;
+		siglen = 0;
 	}
-	if ((r = entry_build(w, sig, siglen, &st, tmp, sizeof(tmp))) != 0)
+	h.msglen = w->len;
+	h.siglen = siglen;
+	if ((r = entry_tmp(&h, w->buf, sig, &t)) != 0)
 		goto out;
+	st.queued = st.next = h.queued;
 	pthread_mutex_lock(&mail.lock);
 	if (q_find_locked(w->name) != NULL) {
 		pthread_mutex_unlock(&mail.lock);
-		rm_entry(mail.qfd, tmp);
+		store_tmp_abort(&t);
 		err_set("a message with this name is already queued");
 		r = HSMFS_ERR_PERM;
 		goto out;
 	}
-	if (renameat2(mail.qfd, tmp, mail.qfd, w->name, RENAME_NOREPLACE) < 0) {
+	if (renameat2(mail.qfd, t.name, mail.qfd, w->name, RENAME_NOREPLACE) < 0) {
 		int e = errno;
 		pthread_mutex_unlock(&mail.lock);
-		rm_entry(mail.qfd, tmp);
+		store_tmp_abort(&t);
 		err_set("rename into the queue: %s", strerror(e));
 		r = hsmfs_errno_err(e);
 		goto out;
 	}
-	r = q_add_locked(w->name, &st);
-	pthread_cond_signal(&mail.cond);
+	close(t.fd);
+	/* A stale schedule of an older message with this name must not
+	 * delay this one. */
+	unlinkat(mail.retryfd, w->name, 0);
+	r = q_add_locked(w->name, &st, h.msglen);
 	pthread_mutex_unlock(&mail.lock);
+	/* Durable before close() returns; the sender may already be at it. */
 	if (r == 0)
 		r = store_fsync_dir(mail.qfd);
-	if (r == 0)
-		log_info("mail/%s: queued for %zu recipient(s), Message-ID %s",
-		    w->name, m.nrcpts, st.msgid);
+	if (r == 0) {
+		pthread_mutex_lock(&mail.lock);
+		pthread_cond_signal(&mail.cond);
+		pthread_mutex_unlock(&mail.lock);
+		log_debug("mail/%s: queued for %zu recipient(s), Message-ID %s",
+		    w->name, m.nrcpts, h.msgid);
+	}
 out:
-	free(o);
-	free(in);
 	free(sig);
 	smime_msg_clear(&m);
 	return r;
@@ -443,6 +535,12 @@ smtp_send(CURL *h, const struct smime_msg *m, const uint8_t *data, size_t len,
 	curl_easy_setopt(h, CURLOPT_URL, mail.url);
 	curl_easy_setopt(h, CURLOPT_USE_SSL, mail.starttls ? (long)CURLUSESSL_ALL :
 	    (long)CURLUSESSL_NONE);
+	if (hsmfs_ctx->opt.smtp_ca)
+		curl_easy_setopt(h, CURLOPT_CAINFO, hsmfs_ctx->opt.smtp_ca);
+	if (mail.auth_user) {
+		curl_easy_setopt(h, CURLOPT_USERNAME, mail.auth_user);
+		curl_easy_setopt(h, CURLOPT_PASSWORD, mail.auth_pass);
+	}
 	curl_easy_setopt(h, CURLOPT_MAIL_FROM, from);
 	curl_easy_setopt(h, CURLOPT_MAIL_RCPT, rcpt);
 	curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
@@ -468,7 +566,12 @@ smtp_send(CURL *h, const struct smime_msg *m, const uint8_t *data, size_t len,
 		snprintf(reason, rsize, "%s", last[0] ? last : "250");
 		return SENT;
 	}
-	if (code >= 500 && code < 600) {
+	if (rc == CURLE_LOGIN_DENIED) {
+		/* A configuration problem, not the message's: keep it queued. */
+		o = TEMPFAIL;
+		snprintf(reason, rsize, "SMTP AUTH refused (check -o smtp_auth): %.200s",
+		    rp.err[0] ? rp.err : errbuf);
+	} else if (code >= 500 && code < 600) {
 		o = PERMFAIL;
 		snprintf(reason, rsize, "%s", rp.err[0] ? rp.err : errbuf);
 	} else if (code >= 400 && code < 500) {
@@ -485,55 +588,40 @@ smtp_send(CURL *h, const struct smime_msg *m, const uint8_t *data, size_t len,
 	return o;
 }
 
-/* Sign an entry queued unsigned (HSM was down at close, or a restart
- * found it so). Date and Message-ID come from its state: stable. */
+
+/* Sign an entry queued unsigned (the HSM failed at close). Date and
+ * Message-ID come from its header, so they stay stable. */
 static int
-entry_sign(int entfd, const char *name, const struct mstate *st)
+entry_sign(const char *name, struct entry_hdr *h, char **buf)
 {
-	char *msg = NULL;
-	size_t len = 0, siglen = 0;
+	struct store_tmp t;
+	struct entry_hdr nh = *h;
 	uint8_t *sig = NULL;
+	size_t siglen = 0;
+	char *nb;
 	int r;
-	if ((r = store_read_file(entfd, "msg", SMIME_MAX_MSG, &msg, &len)) != 0)
+
+	if ((r = smime_sign(mail.key, mail.md, *buf + h->hdrlen, h->msglen,
+	    (time_t)h->date, h->msgid, &sig, &siglen)) != 0)
 		return r;
-	r = smime_sign(mail.key, mail.md, msg, len, (time_t)st->date, st->msgid,
-	    &sig, &siglen);
-	if (r == 0)
-		r = store_write_atomic(entfd, "signed", sig, siglen);
-	free(sig);
-	free(msg);
-	return r;
-}
-
-/* Move an entry from queue/ to failed/ with its reason (lock held). */
-static void
-fail_entry_locked(struct qent *e, const char *reason)
-{
-	char buf[1024], t[32];
-	int entfd = openat(mail.qfd, e->name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int n;
-
-	iso_time(now_s(), t, sizeof(t));
-	snprintf(e->st.last, sizeof(e->st.last), "%s", reason);
-	if (entfd >= 0) {
-		n = snprintf(buf, sizeof(buf), "%s %s\nattempts: %u\nqueued: %lld\n"
-		    "message-id: %s\n", t, reason, e->st.attempts, e->st.queued,
-		    e->st.msgid);
-		if (store_write_atomic(entfd, "error", buf, (size_t)n) != 0 ||
-		    state_write(entfd, &e->st) != 0)
-			log_err("mail/%s: cannot record the failure: %s", e->name,
-			    err_detail());
-		close(entfd);
+	nh.siglen = siglen;
+	if ((r = entry_tmp(&nh, *buf + h->hdrlen, sig, &t)) != 0)
+		goto out;
+	if ((r = store_tmp_commit(&t, name)) != 0)
+		goto out;
+	if ((nb = malloc(nh.hdrlen + nh.msglen + siglen + 1)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
 	}
-	rm_entry(mail.failfd, e->name);
-	if (renameat(mail.qfd, e->name, mail.failfd, e->name) < 0)
-		log_err("mail/%s: cannot move to failed/: %s", e->name, strerror(errno));
-	store_fsync_dir(mail.failfd);
-	store_fsync_dir(mail.qfd);
-	log_err("mail/%s: delivery failed permanently, see failed/%s.error: %s",
-	    e->name, e->name, reason);
-	mail.failed_total++;
-	q_del_locked(e);
+	hdr_format(&nh, nb, nh.hdrlen + 1);
+	memcpy(nb + nh.hdrlen, *buf + h->hdrlen, h->msglen);
+	memcpy(nb + nh.hdrlen + nh.msglen, sig, siglen);
+	free(*buf);
+	*buf = nb;
+	*h = nh;
+out:
+	free(sig);
+	return r;
 }
 
 static void
@@ -543,13 +631,39 @@ note_error_locked(const char *reason)
 	mail.last_error_time = now_s();
 }
 
+/* queue/NAME -> failed/NAME with errors/NAME (lock held). */
+static void
+fail_entry_locked(struct qent *e, const char *reason)
+{
+	char buf[1024], t[32];
+	struct entry_hdr h;
+	int n;
+
+	iso_time(now_s(), t, sizeof(t));
+	if (hdr_read_at(mail.qfd, e->name, &h) != 0)
+		snprintf(h.msgid, sizeof(h.msgid), "(unknown)");
+	n = snprintf(buf, sizeof(buf), "%s %s\nattempts: %u\nqueued: %lld\n"
+	    "message-id: %s\n", t, reason, e->st.attempts, e->st.queued, h.msgid);
+	if (store_write_atomic(mail.errfd, e->name, buf, (size_t)n) != 0)
+		log_err("mail/%s: cannot record the failure: %s", e->name,
+		    err_detail());
+	if (renameat(mail.qfd, e->name, mail.failfd, e->name) < 0)
+		log_err("mail/%s: cannot move to failed/: %s", e->name, strerror(errno));
+	unlinkat(mail.retryfd, e->name, 0);
+	store_fsync_dir(mail.failfd);
+	store_fsync_dir(mail.qfd);
+	log_err("mail/%s: delivery failed permanently, see failed/%s.error: %s",
+	    e->name, e->name, reason);
+	note_error_locked(reason);
+	q_del_locked(e);
+}
+
 /* Temporary failure: next attempt per RFC 5321 4.5.4.1 (first backoff
  * mail_retry, doubling up to an hour), or failed/ after mail_max_age. */
 static void
 defer_locked(struct qent *e, const char *reason)
 {
 	long long now = now_s(), back = hsmfs_ctx->opt.mail_retry;
-	int entfd;
 	for (unsigned i = 1; i < e->st.attempts && back < MAIL_MAX_BACKOFF; i++)
 		back *= 2;
 	if (back > MAIL_MAX_BACKOFF)
@@ -564,87 +678,63 @@ defer_locked(struct qent *e, const char *reason)
 		return;
 	}
 	e->st.next = now + back;
-	if ((entfd = openat(mail.qfd, e->name, O_RDONLY | O_DIRECTORY |
-	    O_CLOEXEC)) >= 0) {
-		if (state_write(entfd, &e->st) != 0)
-			log_err("mail/%s: cannot save the schedule: %s", e->name,
-			    err_detail());
-		close(entfd);
-	}
+	if (sched_write(e->name, &e->st) != 0)
+		log_err("mail/%s: cannot save the schedule: %s", e->name, err_detail());
 	log_warn("mail/%s: attempt %u failed, next in %lld s: %s", e->name,
 	    e->st.attempts, back, reason);
 }
 
-/* After the relay's 250: sent/NAME is the signed file, then the entry
- * goes. A crash in between is recognised at start by the Message-ID. */
-static void
-finish_sent_locked(struct qent *e, int entfd)
-{
-	if (renameat(entfd, "signed", mail.sentfd, e->name) < 0)
-		log_err("mail/%s: delivered but cannot move to sent/: %s", e->name,
-		    strerror(errno));
-	store_fsync_dir(mail.sentfd);
-	unlinkat(entfd, "state", 0);
-	rm_entry(mail.qfd, e->name);
-	store_fsync_dir(mail.qfd);
-	mail.sent_total++;
-	q_del_locked(e);
-}
-
 /* One attempt for one entry; called without the lock, e inflight. */
 static enum outcome
-deliver(CURL *h, const char *name, const struct mstate *st, int *entfd_out,
-    char *reason, size_t rsize, int *conn_fail)
+deliver(CURL *h, const char *name, char *reason, size_t rsize, int *conn_fail)
 {
-	int entfd = openat(mail.qfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	char *msg = NULL, *sig = NULL;
-	size_t mlen = 0, slen = 0;
+	struct entry_hdr eh;
 	struct smime_msg m = { 0 };
 	enum outcome o = TEMPFAIL;
+	char *buf = NULL;
 	int r;
 
 	*conn_fail = 0;
-	*entfd_out = -1;
-	if (entfd < 0) {
-		snprintf(reason, rsize, "queue entry vanished: %s", strerror(errno));
-		return TEMPFAIL;
-	}
-	if (!file_exists(entfd, "signed")) {
-		err_clear();
-		if ((r = entry_sign(entfd, name, st)) != 0) {
-			snprintf(reason, rsize, "signing with key %s failed: %s",
-			    mail.key_name, err_detail());
-			o = r == HSMFS_ERR_INVALID ? PERMFAIL : TEMPFAIL;
-			goto out;
-		}
-	}
-	if ((r = store_read_file(entfd, "msg", SMIME_MAX_MSG, &msg, &mlen)) != 0 ||
-	    (r = store_read_file(entfd, "signed", 2 * SMIME_MAX_MSG, &sig,
-	    &slen)) != 0) {
+	err_clear();
+	if ((r = entry_read(mail.qfd, name, &eh, &buf)) != 0) {
 		snprintf(reason, rsize, "cannot read the queue entry: %s", err_detail());
-		goto out;
+		return r == HSMFS_ERR_BADMSG ? PERMFAIL : TEMPFAIL;
 	}
-	if ((r = smime_check(msg, mlen, &m)) != 0) {
+	if ((r = smime_check(buf + eh.hdrlen, eh.msglen, &m)) != 0) {
 		snprintf(reason, rsize, "message refused: %s", err_detail());
 		o = PERMFAIL;
 		goto out;
 	}
-	o = smtp_send(h, &m, (const uint8_t *)sig, slen, reason, rsize, conn_fail);
+	if (eh.siglen == 0 && (r = entry_sign(name, &eh, &buf)) != 0) {
+		snprintf(reason, rsize, "signing with key %s failed: %s",
+		    mail.key_name, err_detail());
+		o = r == HSMFS_ERR_INVALID ? PERMFAIL : TEMPFAIL;
+		goto out;
+	}
+	o = smtp_send(h, &m, (const uint8_t *)buf + eh.hdrlen + eh.msglen,
+	    eh.siglen, reason, rsize, conn_fail);
 out:
-	free(msg);
-	free(sig);
+	free(buf);
 	smime_msg_clear(&m);
-	if (o == SENT)
-		*entfd_out = entfd;
-	else
-		close(entfd);
 	return o;
+}
+
+static void
+sync_dirs(int *pending)
+{
+	if (*pending == 0)
+		return;
+	store_fsync_dir(mail.sentfd);
+	store_fsync_dir(mail.qfd);
+	store_fsync_dir(mail.retryfd);
+	*pending = 0;
 }
 
 static void *
 sender_main(void *arg)
 {
 	CURL *h = curl_easy_init();
+	int unsynced = 0;
 
 	if (h == NULL)
 		log_err("mail: curl_easy_init failed; mail stays queued");
@@ -652,10 +742,9 @@ sender_main(void *arg)
 	while (!mail.stopping) {
 		long long now = now_s(), soonest = -1;
 		struct qent *due = NULL;
-		struct mstate st;
 		char name[256], reason[384];
 		enum outcome o;
-		int entfd, conn_fail;
+		int conn_fail;
 
 		for (size_t i = 0; i < mail.nq; i++) {
 			struct qent *e = &mail.q[i];
@@ -668,13 +757,21 @@ sender_main(void *arg)
 			    (e->st.next == due->st.next && e->st.queued < due->st.queued)))
 				due = e;
 		}
-		if (due == NULL || mail.url == NULL || h == NULL) {
+		if (due == NULL || mail.url == NULL || h == NULL ||
+		    unsynced >= MAIL_SYNC_BATCH) {
 			struct timespec ts;
+			if (unsynced > 0) {
+				/* Renames into sent/ become durable in batches; a
+				 * crash before this only re-sends (same Message-ID). */
+				pthread_mutex_unlock(&mail.lock);
+				sync_dirs(&unsynced);
+				pthread_mutex_lock(&mail.lock);
+				continue;
+			}
 			if (soonest < 0 || mail.url == NULL || h == NULL) {
 				pthread_cond_wait(&mail.cond, &mail.lock);
 				continue;
 			}
-			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_sec = (time_t)soonest;
 			ts.tv_nsec = 0;
 			pthread_cond_timedwait(&mail.cond, &mail.lock, &ts);
@@ -682,25 +779,25 @@ sender_main(void *arg)
 		}
 		due->inflight = 1;
 		due->st.attempts++;
-		st = due->st;
 		snprintf(name, sizeof(name), "%s", due->name);
 		pthread_mutex_unlock(&mail.lock);
 
-		o = deliver(h, name, &st, &entfd, reason, sizeof(reason), &conn_fail);
+		o = deliver(h, name, reason, sizeof(reason), &conn_fail);
 
 		pthread_mutex_lock(&mail.lock);
-		if ((due = q_find_locked(name)) == NULL) {
-			if (entfd >= 0)
-				close(entfd);
+		if ((due = q_find_locked(name)) == NULL)
 			continue;
-		}
 		due->inflight = 0;
 		if (o == SENT) {
-			log_info("mail/%s: delivered (%s)", name, reason);
-			finish_sent_locked(due, entfd);
-			close(entfd);
+			if (renameat(mail.qfd, name, mail.sentfd, name) < 0)
+				log_err("mail/%s: delivered, but cannot move it to sent/: %s",
+				    name, strerror(errno));
+			unlinkat(mail.retryfd, name, 0);
+			log_debug("mail/%s: delivered (%s)", name, reason);
+			mail.sent_total++;
+			q_del_locked(due);
+			unsynced++;
 		} else if (o == PERMFAIL) {
-			note_error_locked(reason);
 			fail_entry_locked(due, reason);
 		} else {
 			defer_locked(due, reason);
@@ -719,6 +816,7 @@ sender_main(void *arg)
 		}
 	}
 	pthread_mutex_unlock(&mail.lock);
+	sync_dirs(&unsynced);
 	if (h)
 		curl_easy_cleanup(h);
 	return NULL;
@@ -726,13 +824,94 @@ sender_main(void *arg)
 
 /* ---- start / stop / status ---- */
 
+static void
+auth_clear(void)
+{
+	free(mail.auth_user);
+	mail.auth_user = NULL;
+	if (mail.auth_pass)
+		secmem_free(mail.auth_pass, mail.auth_pass_size);
+	mail.auth_pass = NULL;
+	mail.auth_pass_size = 0;
+}
+
+/* -o smtp_auth=FILE: user name on the first line, password on the
+ * second. Only over TLS: a password never crosses the wire in clear. */
+static int
+auth_load(const char *path)
+{
+	char *txt = NULL, *nl, *pw;
+	size_t len = 0, pwlen;
+	struct stat st;
+	int r;
+
+	if (!mail.starttls && strncmp(hsmfs_ctx->opt.smtp, "smtps://", 8) != 0) {
+		err_set("smtp_auth=%s needs TLS: use smtp+starttls:// or smtps://",
+		    path);
+		return HSMFS_ERR_CONFIG;
+	}
+	if ((r = util_read_file(path, 4096, &txt, &len)) != 0)
+		return r;
+	if (stat(path, &st) == 0 && (st.st_mode & 077))
+		log_warn("mail: %s is readable by group or others; chmod 600 it", path);
+	r = HSMFS_ERR_CONFIG;
+	if ((nl = strchr(txt, '\n')) == NULL || nl == txt) {
+		err_set("%s: expected a user name line and a password line", path);
+		goto out;
+	}
+	*nl = '\0';
+	pw = nl + 1;
+	pwlen = strcspn(pw, "\r\n");
+	if (pwlen == 0 || strchr(txt, '\r') != NULL) {
+		err_set("%s: expected a user name line and a password line", path);
+		goto out;
+	}
+	if ((mail.auth_user = strdup(txt)) == NULL ||
+	    (mail.auth_pass = secmem_alloc(pwlen + 1)) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	mail.auth_pass_size = pwlen + 1;
+	memcpy(mail.auth_pass, pw, pwlen);
+	mail.auth_pass[pwlen] = '\0';
+	r = 0;
+out:
+	OPENSSL_cleanse(txt, len);
+	free(txt);
+	if (r != 0)
+		auth_clear();
+	return r;
+}
+
+/* Remove temp files and schedules or reasons whose entry is gone. */
+static void
+prune_orphans(int dirfd, int ownerfd)
+{
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d;
+	struct dirent *de;
+	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (de->d_name[0] == '.' || (ownerfd >= 0 &&
+		    !file_exists(ownerfd, de->d_name)))
+			unlinkat(dirfd, de->d_name, 0);
+	}
+	closedir(d);
+}
+
 static int
 recover_queue(void)
 {
+	int fd = openat(mail.qfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
 	DIR *d;
 	struct dirent *de;
-	int fd = openat(mail.qfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
-	long long now = now_s();
+	long long now = now_s(), oldest = now;
 
 	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
 		if (fd >= 0)
@@ -741,67 +920,39 @@ recover_queue(void)
 		return HSMFS_ERR_IO;
 	}
 	while ((de = readdir(d)) != NULL) {
-		struct mstate st = { 0 };
-		int entfd;
-		if (de->d_name[0] == '.') {
-			if (strncmp(de->d_name, ".tmp.", 5) == 0)
-				rm_entry(mail.qfd, de->d_name);
+		struct entry_hdr h;
+		struct mstate st;
+		if (de->d_name[0] == '.')
+			continue;
+		if (hdr_read_at(mail.qfd, de->d_name, &h) != 0) {
+			struct mstate bad = { .queued = now, .next = now };
+			/* Entries are renamed into place complete; a damaged one
+			 * goes to failed/ for inspection, it is never sent. */
+			log_err("mail/%s: %s", de->d_name, err_detail());
+			if (q_add_locked(de->d_name, &bad, 0) == 0)
+				fail_entry_locked(&mail.q[mail.nq - 1],
+				    "queue entry damaged (not sent)");
 			continue;
 		}
-		entfd = openat(mail.qfd, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (entfd < 0)
-			continue;
-		store_cleanup_tmp(entfd);
-		if (!file_exists(entfd, "msg")) {
-			/* Removal after delivery was interrupted. */
-			close(entfd);
-			rm_entry(mail.qfd, de->d_name);
-			continue;
-		}
-		if (state_read(entfd, &st) != 0 || st.msgid[0] == '\0') {
-			struct stat sb;
-			fstatat(entfd, "msg", &sb, 0);
-			memset(&st, 0, sizeof(st));
-			st.queued = st.next = st.date = (long long)sb.st_mtime;
-			unlinkat(entfd, "signed", 0);
-			if (smime_msgid_new(NULL, st.msgid, sizeof(st.msgid)) != 0 ||
-			    state_write(entfd, &st) != 0)
-				log_err("mail/%s: cannot rebuild the state file: %s",
-				    de->d_name, err_detail());
-		}
-		if (!file_exists(entfd, "signed") &&
-		    file_exists(mail.sentfd, de->d_name)) {
-			/* Was it delivered right before a crash? sent/NAME then
-			 * carries this entry's Message-ID. */
-			char *txt = NULL;
-			if (store_read_file(mail.sentfd, de->d_name, 2 * SMIME_MAX_MSG,
-			    &txt, NULL) == 0 && strstr(txt, st.msgid) != NULL) {
-				free(txt);
-				close(entfd);
-				rm_entry(mail.qfd, de->d_name);
-				log_info("mail/%s: delivery had completed before the "
-				    "restart", de->d_name);
-				continue;
-			}
-			free(txt);
-		}
-		close(entfd);
-		if ((r = q_add_locked(de->d_name, &st)) != 0)
+		sched_read(de->d_name, &h, &st);
+		if (st.queued < oldest)
+			oldest = st.queued;
+		if ((r = q_add_locked(de->d_name, &st, h.msglen)) != 0)
 			break;
 	}
 	closedir(d);
-	store_fsync_dir(mail.qfd);
 	if (mail.nq > 0)
 		log_info("mail: %zu message(s) in the queue at start (oldest queued "
-		    "%lld s ago)", mail.nq, now - (mail.nq ? mail.q[0].st.queued : now));
+		    "%lld s ago)", mail.nq, now - oldest);
 	return r;
 }
 
 static void
 close_fds(void)
 {
-	int *fds[] = { &mail.qfd, &mail.sentfd, &mail.failfd, &mail.mailfd };
-	for (size_t i = 0; i < 4; i++) {
+	int *fds[] = { &mail.qfd, &mail.retryfd, &mail.sentfd, &mail.failfd,
+	    &mail.errfd, &mail.mailfd };
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
 		if (*fds[i] >= 0)
 			close(*fds[i]);
 		*fds[i] = -1;
@@ -814,6 +965,11 @@ mail_start(void)
 	const struct engine_descriptor *d =
 	    engine_newest(hsmfs_ctx->engine, ENGINE_SIGN_EMAIL);
 	const char *url = hsmfs_ctx->opt.smtp;
+	struct { const char *name; int *fd; } dirs[] = {
+		{ "queue", &mail.qfd }, { "retry", &mail.retryfd },
+		{ "sent", &mail.sentfd }, { "failed", &mail.failfd },
+		{ "errors", &mail.errfd },
+	};
 	int r;
 
 	if (d == NULL) {
@@ -830,16 +986,16 @@ mail_start(void)
 	if ((r = store_dir(hsmfs_ctx->store_fd, "mail")) < 0)
 		goto fail;
 	mail.mailfd = r;
-	if ((r = store_dir(mail.mailfd, "queue")) < 0)
-		goto fail;
-	mail.qfd = r;
-	if ((r = store_dir(mail.mailfd, "sent")) < 0)
-		goto fail;
-	mail.sentfd = r;
-	if ((r = store_dir(mail.mailfd, "failed")) < 0)
-		goto fail;
-	mail.failfd = r;
-	store_cleanup_tmp(mail.sentfd);
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		if ((r = store_dir(mail.mailfd, dirs[i].name)) < 0)
+			goto fail;
+		*dirs[i].fd = r;
+	}
+	prune_orphans(mail.qfd, -1);
+	prune_orphans(mail.sentfd, -1);
+	prune_orphans(mail.failfd, -1);
+	prune_orphans(mail.retryfd, mail.qfd);
+	prune_orphans(mail.errfd, mail.failfd);
 	if ((r = recover_queue()) != 0)
 		goto fail;
 
@@ -861,9 +1017,19 @@ mail_start(void)
 			r = HSMFS_ERR_NOMEM;
 			goto fail;
 		}
+		if (hsmfs_ctx->opt.smtp_auth &&
+		    (r = auth_load(hsmfs_ctx->opt.smtp_auth)) != 0)
+			goto fail;
 	} else {
 		log_warn("mail: no smtp= relay configured: messages are signed and "
 		    "queued, and wait until hsmfs runs with -o smtp=URL");
+	}
+	if (hsmfs_ctx->opt.read_only) {
+		/* -o ro: the store must not change, so nothing is sent. */
+		log_warn("mail: read-only mount: %zu queued message(s) are not sent",
+		    mail.nq);
+		mail.started = 1;
+		return 0;
 	}
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		err_set("curl_global_init failed");
@@ -881,8 +1047,12 @@ mail_start(void)
 	mail.started = 1;
 	return 0;
 fail:
+	auth_clear();
 	free(mail.url);
 	mail.url = NULL;
+	free(mail.q);
+	mail.q = NULL;
+	mail.nq = mail.capq = 0;
 	close_fds();
 	return r;
 }
@@ -896,11 +1066,13 @@ mail_stop(void)
 	__atomic_store_n(&mail.stopping, 1, __ATOMIC_RELAXED);
 	pthread_cond_broadcast(&mail.cond);
 	pthread_mutex_unlock(&mail.lock);
-	if (mail.thread_running)
+	if (mail.thread_running) {
 		pthread_join(mail.thread, NULL);
+		curl_global_cleanup();
+	}
 	mail.thread_running = 0;
-	curl_global_cleanup();
 	mail.started = 0;
+	auth_clear();
 	free(mail.url);
 	mail.url = NULL;
 	free(mail.q);
@@ -910,9 +1082,9 @@ mail_stop(void)
 }
 
 static size_t
-count_failed(void)
+count_dir(int dirfd)
 {
-	int fd = openat(mail.failfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	DIR *d;
 	struct dirent *de;
 	size_t n = 0;
@@ -931,7 +1103,7 @@ static void
 mail_status(FILE *out)
 {
 	long long now = now_s(), oldest = -1, next = -1;
-	size_t nq, failed = count_failed();
+	size_t nq, failed = count_dir(mail.failfd);
 	char t[32];
 
 	pthread_mutex_lock(&mail.lock);
@@ -942,13 +1114,16 @@ mail_status(FILE *out)
 		if (next < 0 || mail.q[i].st.next < next)
 			next = mail.q[i].st.next;
 	}
-	fprintf(out, "mail.relay: %s\n", mail.url ? hsmfs_ctx->opt.smtp :
+	fprintf(out, "mail.relay: %s\n", !mail.thread_running ?
+	    "none (read-only mount: messages wait in the queue)" :
+	    mail.url ? hsmfs_ctx->opt.smtp :
 	    "none (no smtp= option: messages wait in the queue)");
 	fprintf(out, "mail.key: %s\n", mail.key_name);
 	fprintf(out, "mail.queued: %zu\n", nq);
 	fprintf(out, "mail.oldest_age: %lld\n", oldest < 0 ? 0 : now - oldest);
 	if (next < 0 || mail.url == NULL) {
-		fprintf(out, "mail.next_retry: %s\n", mail.url ? "none" : "waiting for a relay");
+		fprintf(out, "mail.next_retry: %s\n", mail.url ? "none" :
+		    "waiting for a relay");
 	} else {
 		iso_time(next < now ? now : next, t, sizeof(t));
 		fprintf(out, "mail.next_retry: %s (in %lld s)\n", t,
@@ -980,16 +1155,18 @@ classify_locked(const char *path, char *name, size_t size)
 		return V_SENTDIR;
 	if (strcmp(path, "failed") == 0)
 		return V_FAILDIR;
+	if (!mail.started)
+		return V_NONE;
 	if (strncmp(path, "sent/", 5) == 0) {
 		if (!util_name_valid(path + 5))
 			return V_NONE;
 		snprintf(name, size, "%s", path + 5);
-		return mail.started && file_exists(mail.sentfd, name) ? V_SENT : V_NONE;
+		return file_exists(mail.sentfd, name) ? V_SENT : V_NONE;
 	}
 	if (strncmp(path, "failed/", 7) == 0) {
 		const char *n = path + 7;
 		size_t l = strlen(n);
-		if (!util_name_valid(n) || !mail.started)
+		if (!util_name_valid(n))
 			return V_NONE;
 		snprintf(name, size, "%s", n);
 		if (file_exists(mail.failfd, name))
@@ -1011,56 +1188,81 @@ classify_locked(const char *path, char *name, size_t size)
 	return V_NONE;
 }
 
+/* Open the file behind a view and find the byte range it shows:
+ * the message as written (queued, failed), the signed form (sent) or
+ * the whole reason file (failed/NAME.error). */
 static int
-stat_at(int dirfd, const char *rel, struct stat *st)
+view_open(enum view v, const char *name, int *fdp, off_t *base, size_t *len)
 {
-	struct stat sb;
-	if (fstatat(dirfd, rel, &sb, 0) < 0)
+	struct entry_hdr h;
+	struct stat st;
+	int dirfd = v == V_QUEUED ? mail.qfd : v == V_SENT ? mail.sentfd :
+	    v == V_FAILED ? mail.failfd : mail.errfd;
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
 		return -ENOENT;
-	fs_stat_file(st, 0444, sb.st_size, sb.st_mtime);
+	if (v == V_FAILED_ERR) {
+		if (fstat(fd, &st) < 0) {
+			close(fd);
+			return -EIO;
+		}
+		*base = 0;
+		*len = (size_t)st.st_size;
+	} else {
+		if (hdr_read_fd(fd, &h) != 0) {
+			close(fd);
+			return -EIO;
+		}
+		*base = (off_t)h.hdrlen + (v == V_SENT ? (off_t)h.msglen : 0);
+		*len = v == V_SENT ? h.siglen : h.msglen;
+	}
+	*fdp = fd;
 	return 0;
 }
 
 static int
 mail_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
-	char name[256], rel[300];
+	char name[256];
 	enum view v;
-	int r = -ENOENT;
 	struct writer *w;
+	struct qent *e;
+	struct stat sb;
+	off_t base;
+	size_t len;
+	int fd, r = -ENOENT;
 
 	pthread_mutex_lock(&mail.lock);
 	v = classify_locked(path, name, sizeof(name));
 	switch (v) {
 	case V_ROOT: case V_SENTDIR: case V_FAILDIR:
 		fs_stat_dir(st);
-		r = 0;
-		break;
+		pthread_mutex_unlock(&mail.lock);
+		return 0;
 	case V_WRITER:
 		w = w_find_locked(name);
 		fs_stat_file(st, 0600, (off_t)w->len, time(NULL));
-		r = 0;
-		break;
+		pthread_mutex_unlock(&mail.lock);
+		return 0;
 	case V_QUEUED:
-		snprintf(rel, sizeof(rel), "%s/msg", name);
-		r = stat_at(mail.qfd, rel, st);
-		break;
-	case V_SENT:
-		r = stat_at(mail.sentfd, name, st);
-		break;
-	case V_FAILED:
-		snprintf(rel, sizeof(rel), "%s/msg", name);
-		r = stat_at(mail.failfd, rel, st);
-		break;
-	case V_FAILED_ERR:
-		snprintf(rel, sizeof(rel), "%s/error", name);
-		r = stat_at(mail.failfd, rel, st);
-		break;
+		e = q_find_locked(name);
+		fs_stat_file(st, 0444, (off_t)e->msglen, (time_t)e->st.queued);
+		pthread_mutex_unlock(&mail.lock);
+		return 0;
 	case V_NONE:
+		pthread_mutex_unlock(&mail.lock);
+		return -ENOENT;
+	default:
 		break;
 	}
 	pthread_mutex_unlock(&mail.lock);
-	return r;
+	if ((r = view_open(v, name, &fd, &base, &len)) != 0)
+		return r;
+	fstat(fd, &sb);
+	close(fd);
+	fs_stat_file(st, 0444, (off_t)len, sb.st_mtime);
+	return 0;
 }
 
 static void
@@ -1115,54 +1317,40 @@ mail_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 static int
 mail_open(const char *path, struct fuse_file_info *fi)
 {
-	char name[256], rel[300];
+	char name[256];
 	struct mfh *h;
 	enum view v;
-	int fd = -1, dirfd = -1;
+	off_t base = 0;
+	size_t len = 0;
+	int fd = -1, r;
 
 	pthread_mutex_lock(&mail.lock);
 	v = classify_locked(path, name, sizeof(name));
+	pthread_mutex_unlock(&mail.lock);
 	switch (v) {
 	case V_ROOT: case V_SENTDIR: case V_FAILDIR:
-		pthread_mutex_unlock(&mail.lock);
 		return -EISDIR;
 	case V_NONE:
-		pthread_mutex_unlock(&mail.lock);
 		return -ENOENT;
 	case V_WRITER:
-		pthread_mutex_unlock(&mail.lock);
 		return -EBUSY;      /* one writer per message */
-	case V_QUEUED:
-		dirfd = mail.qfd;
-		snprintf(rel, sizeof(rel), "%s/msg", name);
-		break;
-	case V_SENT:
-		dirfd = mail.sentfd;
-		snprintf(rel, sizeof(rel), "%s", name);
-		break;
-	case V_FAILED:
-		dirfd = mail.failfd;
-		snprintf(rel, sizeof(rel), "%s/msg", name);
-		break;
-	case V_FAILED_ERR:
-		dirfd = mail.failfd;
-		snprintf(rel, sizeof(rel), "%s/error", name);
+	default:
 		break;
 	}
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-		pthread_mutex_unlock(&mail.lock);
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
 		return -EACCES;     /* queued, sent and failed mail is read-only */
-	}
-	fd = openat(dirfd, rel, O_RDONLY | O_CLOEXEC);
-	pthread_mutex_unlock(&mail.lock);
-	if (fd < 0)
-		return -ENOENT;
+	/* The entry may move (queue -> sent) between the lookup and here:
+	 * the open fd keeps its bytes; a vanished one is ENOENT. */
+	if ((r = view_open(v, name, &fd, &base, &len)) != 0)
+		return r;
 	if ((h = calloc(1, sizeof(*h))) == NULL) {
 		close(fd);
 		return -ENOMEM;
 	}
 	h->kind = FH_FILE;
 	h->fd = fd;
+	h->base = base;
+	h->len = len;
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->direct_io = 1;
 	return 0;
@@ -1206,17 +1394,20 @@ mail_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	return 0;
 }
 
+
 static int
 mail_read(const char *path, char *buf, size_t size, off_t off,
     struct fuse_file_info *fi)
 {
 	struct mfh *h = (struct mfh *)(uintptr_t)fi->fh;
 	ssize_t n;
-	if (h == NULL)
+	if (h == NULL || h->kind != FH_FILE)
 		return -EBADF;
-	if (h->kind == FH_WRITER)
-		return -EBADF;
-	n = pread(h->fd, buf, size, off);
+	if (off < 0 || (size_t)off >= h->len)
+		return 0;
+	if (size > h->len - (size_t)off)
+		size = h->len - (size_t)off;
+	n = pread(h->fd, buf, size, h->base + off);
 	return n < 0 ? -errno : (int)n;
 }
 
@@ -1350,6 +1541,7 @@ mail_release(const char *path, struct fuse_file_info *fi)
 	return 0;
 }
 
+
 static int
 mail_unlink(const char *path)
 {
@@ -1367,10 +1559,12 @@ mail_unlink(const char *path)
 			store_fsync_dir(mail.sentfd);
 		break;
 	case V_FAILED:
-		rm_entry(mail.failfd, name);
+		if (unlinkat(mail.failfd, name, 0) < 0) {
+			r = -errno;
+			break;
+		}
+		unlinkat(mail.errfd, name, 0);
 		store_fsync_dir(mail.failfd);
-		if (file_exists(mail.failfd, name))
-			r = -EIO;
 		break;
 	case V_FAILED_ERR:
 		r = -EPERM;     /* remove the message, its reason goes with it */
@@ -1389,14 +1583,16 @@ mail_unlink(const char *path)
 	return r;
 }
 
-/* mv failed/NAME NAME: queue it again, same Message-ID, fresh schedule. */
+/* mv failed/NAME NAME: queue it again (same signed bytes and Message-ID),
+ * with a fresh schedule and max-age clock. */
 static int
 mail_rename(const char *from, const char *to, unsigned int flags)
 {
 	char name[256], dummy[256];
+	struct entry_hdr h;
 	struct mstate st = { 0 };
 	enum view v, tv;
-	int entfd, r = 0;
+	int r = 0;
 
 	if (flags & RENAME_EXCHANGE)
 		return -EINVAL;
@@ -1411,37 +1607,25 @@ mail_rename(const char *from, const char *to, unsigned int flags)
 		r = -EEXIST;
 		goto out;
 	}
-	if ((entfd = openat(mail.failfd, name, O_RDONLY | O_DIRECTORY |
-	    O_CLOEXEC)) < 0) {
-		r = -ENOENT;
-		goto out;
-	}
-	state_read(entfd, &st);
-	st.queued = st.next = now_s();
-	st.attempts = 0;
-	snprintf(st.last, sizeof(st.last), "requeued from failed/");
-	if (st.date == 0)
-		st.date = st.queued;
-	if (st.msgid[0] == '\0' && smime_msgid_new(NULL, st.msgid,
-	    sizeof(st.msgid)) != 0) {
-		close(entfd);
+	if (hdr_read_at(mail.failfd, name, &h) != 0) {
 		r = -EIO;
 		goto out;
 	}
-	if (state_write(entfd, &st) != 0) {
-		close(entfd);
-		r = -hsmfs_err_errno(HSMFS_ERR_IO);
+	st.queued = st.next = now_s();
+	snprintf(st.last, sizeof(st.last), "queued again from failed/");
+	if (sched_write(name, &st) != 0) {
+		r = -EIO;
 		goto out;
 	}
-	unlinkat(entfd, "error", 0);
-	close(entfd);
 	if (renameat2(mail.failfd, name, mail.qfd, name, RENAME_NOREPLACE) < 0) {
 		r = -errno;
+		unlinkat(mail.retryfd, name, 0);
 		goto out;
 	}
+	unlinkat(mail.errfd, name, 0);
 	store_fsync_dir(mail.qfd);
 	store_fsync_dir(mail.failfd);
-	if (q_add_locked(name, &st) != 0) {
+	if (q_add_locked(name, &st, h.msglen) != 0) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -1452,37 +1636,31 @@ out:
 	return r;
 }
 
-/* user.hsmfs.mail on a queued or failed message: its schedule. */
+/* user.hsmfs.mail on a queued message: its schedule. */
 static int
 mail_getxattr(const char *path, const char *xname, char *value, size_t size)
 {
 	char name[256], buf[1024], tq[32], tn[32];
-	struct mstate st = { 0 };
-	enum view v;
-	int n, entfd;
+	struct mstate st;
 	struct qent *e;
+	int n;
 
 	if (strcmp(xname, MAIL_XATTR) != 0)
 		return -ENODATA;
 	pthread_mutex_lock(&mail.lock);
-	v = classify_locked(path, name, sizeof(name));
-	if (v == V_QUEUED && (e = q_find_locked(name)) != NULL) {
-		st = e->st;
-	} else if (v == V_FAILED && (entfd = openat(mail.failfd, name,
-	    O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
-		state_read(entfd, &st);
-		close(entfd);
-	} else {
+	if (classify_locked(path, name, sizeof(name)) != V_QUEUED ||
+	    (e = q_find_locked(name)) == NULL) {
 		pthread_mutex_unlock(&mail.lock);
 		return -ENODATA;
 	}
+	st = e->st;
+	n = e->inflight;
 	pthread_mutex_unlock(&mail.lock);
 	iso_time(st.queued, tq, sizeof(tq));
 	iso_time(st.next, tn, sizeof(tn));
 	n = snprintf(buf, sizeof(buf), "state=%s queued=%s attempts=%u next=%s "
-	    "message-id=%s last=%s", v == V_QUEUED ? "queued" : "failed", tq,
-	    st.attempts, v == V_QUEUED ? tn : "-", st.msgid,
-	    st.last[0] ? st.last : "-");
+	    "last=%s", n ? "sending" : "queued", tq, st.attempts,
+	    mail.url ? tn : "waiting-for-relay", st.last[0] ? st.last : "-");
 	return fs_xattr_reply(buf, (size_t)n, value, size);
 }
 
@@ -1494,7 +1672,7 @@ mail_listxattr(const char *path, char *list, size_t size)
 	pthread_mutex_lock(&mail.lock);
 	v = classify_locked(path, name, sizeof(name));
 	pthread_mutex_unlock(&mail.lock);
-	if (v != V_QUEUED && v != V_FAILED)
+	if (v != V_QUEUED)
 		return 0;
 	return fs_xattr_reply(MAIL_XATTR, sizeof(MAIL_XATTR), list, size);
 }

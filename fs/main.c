@@ -690,6 +690,8 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("config=%s", config),
 	OPT("truststore=%s", truststore),
 	OPT("smtp=%s", smtp),
+	OPT("smtp_ca=%s", smtp_ca),
+	OPT("smtp_auth=%s", smtp_auth),
 	OPT("history_anchor=%s", history_anchor),
 	OPT("mail_retry=%ld", mail_retry),
 	OPT("mail_max_age=%ld", mail_max_age),
@@ -749,6 +751,8 @@ usage(const char *prog)
 	    "    -o config=FILE          engineSignEncrypt.xml (required)\n"
 	    "    -o truststore=PEM       trusted CA certificates for verification\n"
 	    "    -o smtp=URL             mail relay (smtp://host:port, smtps://...)\n"
+	    "    -o smtp_ca=PEM          CA certificates for the relay's TLS (system store)\n"
+	    "    -o smtp_auth=FILE       SMTP AUTH user and password (two lines; TLS only)\n"
 	    "    -o mail_retry=S         first retry backoff in seconds (300)\n"
 	    "    -o mail_max_age=S       give up on a message after S seconds (432000)\n"
 	    "    -o history_anchor=FILE  copy of history checkpoints on another volume\n"
@@ -1018,6 +1022,8 @@ main(int argc, char *argv[])
 	}
 	if (absolutize(&the_fs.opt.truststore, "truststore", 1) != 0 ||
 	    absolutize(&the_fs.opt.history_anchor, "history_anchor", 0) != 0 ||
+	    absolutize(&the_fs.opt.smtp_ca, "smtp_ca", 1) != 0 ||
+	    absolutize(&the_fs.opt.smtp_auth, "smtp_auth", 1) != 0 ||
 	    absolutize(&the_fs.opt.config, "config", 1) != 0)
 		return 1;
 	if (check_store() != 0 || check_truststore() != 0 || check_keys() != 0)

@@ -310,7 +310,7 @@ sign_commit_locked(struct spool *s)
 	struct store_tmp t;
 	struct jar_sign_opts o = {0};
 	const struct engine_key *ek = so.desc->key;
-	int r, fd, e;
+	int r, fd, e, in_place = 0;
 
 	if ((r = store_tmp_create(so.spooldir, &t)) != 0)
 		return -hsmfs_err_errno(r);
@@ -323,7 +323,7 @@ sign_commit_locked(struct spool *s)
 	o.signer = ek && ek->alias ? ek->alias : so.desc->key_name;
 	o.chain = so.chain;
 	err_clear();
-	if ((r = jar_sign(in, out, &o)) != 0) {
+	if ((r = jar_sign_ex(in, out, &o, &in_place)) != 0) {
 		unlinkat(so.spooldir, t.name, 0);
 		snprintf(rec, sizeof(rec), "%s: %s", r == HSMFS_ERR_INVALID ?
 		    "invalid" : "failed", err_detail());
@@ -334,6 +334,16 @@ sign_commit_locked(struct spool *s)
 		so.nfailed++;
 		pthread_mutex_unlock(&so.stats_lock);
 		return -hsmfs_err_errno(r);
+	}
+	if (in_place) {
+		/* The spool itself became the signed zip: no copy of the entries. */
+		unlinkat(so.spooldir, t.name, 0);
+		if ((r = spool_commit(s, so.dirfd, s->name)) != 0) {
+			log_err("sign-out/%s: cannot store the signed zip: %s", s->name,
+			    strerror(-r));
+			return r;
+		}
+		goto done;
 	}
 	if ((fd = openat(so.spooldir, t.name, O_RDONLY | O_CLOEXEC)) < 0 ||
 	    fsync(fd) < 0) {
@@ -354,6 +364,7 @@ sign_commit_locked(struct spool *s)
 		    strerror(e));
 		return -e;
 	}
+done:
 	snprintf(rec, sizeof(rec), "signed signer=%s", so.dn);
 	rec_write(s->name, rec);
 	pthread_mutex_lock(&so.stats_lock);

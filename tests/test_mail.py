@@ -8,6 +8,7 @@ import errno
 import os
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -39,6 +40,7 @@ class Relay:
         self.rcpt_replies = {}
         self.data_calls = 0
         self.ehlo = 0
+        self.tls = []
         self.lock = threading.Lock()
         self.controller = None
 
@@ -63,11 +65,13 @@ class Relay:
                     return r
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
                                   bytes(envelope.original_content)))
+            self.tls.append(server.transport.get_extra_info("ssl_object")
+                            is not None)
         return "250 2.0.0 Ok: queued"
 
-    def start(self):
+    def start(self, **tls):
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port,
-                                     ready_timeout=10)
+                                     ready_timeout=10, **tls)
         self.controller.start()
         return self
 
@@ -203,6 +207,9 @@ BAD = {
                    + b"x" * 1200 + b"\n\nbody\n",
     "bad-address": b"From: sender@example.org\nTo: alice at example\n\nx\n",
     "empty": b"",
+    "8bit-multipart": b"From: sender@example.org\nTo: alice@example.org\n"
+                      b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\n"
+                      b"caf\xc3\xa9\n--b--\n",
 }
 
 
@@ -284,6 +291,10 @@ def test_relay_down_then_up(mount_factory, hsm):
     st = status(m)
     assert st["mail.queued"] == "1"
     assert "later" in os.listdir(m.path("mail"))
+    assert open(m.path("mail", "later"), "rb").read() == message()
+    with pytest.raises(OSError) as e:
+        open(m.path("mail", "later"), "r+b")
+    assert e.value.errno == errno.EACCES
     x = os.getxattr(m.path("mail", "later"), "user.hsmfs.mail").decode()
     assert "state=queued" in x and "attempts=" in x and "next=" in x
     with pytest.raises(OSError) as e:
@@ -359,14 +370,24 @@ def test_100_messages_from_4_writers(mount_factory, relay):
 
 def test_existing_headers_kept_and_names(mount_factory, relay, tmp_path, hsm):
     m = mail_mount(mount_factory, relay)
+    body = "7-bit text\n.\n..leading dots survive dot-stuffing\n.\n"
     msg = message(extra="Date: Mon, 01 Jan 2024 10:00:00 +0000\n"
-                  "Message-ID: <fixed-1@example.org>\n")
+                  "Message-ID: <fixed-1@example.org>\n", body=body)
     put(m, "keep", msg)
     wait_for(lambda: relay.count() == 1, timeout=30, what="delivery")
-    parsed = email.message_from_bytes(relay.messages[0][2])
+    data = relay.messages[0][2]
+    parsed = email.message_from_bytes(data)
     assert parsed["Message-ID"] == "<fixed-1@example.org>"
     assert parsed["Date"] == "Mon, 01 Jan 2024 10:00:00 +0000"
-    verify(hsm, relay.messages[0][2], tmp_path)
+    content = verify(hsm, data, tmp_path)
+    assert content.endswith(body.replace("\n", "\r\n").encode())
+    wait_for(lambda: sent_names(m) == ["keep"], timeout=10, what="sent/")
+    assert open(m.path("mail", "sent", "keep"), "rb").read() == data
+    assert "is not an address of key" not in m.log()
+    # A From the certificate does not name is signed, with a warning.
+    put(m, "other", message().replace(SENDER.encode(), b"other@example.org"))
+    wait_for(lambda: relay.count() == 2, timeout=30, what="delivery")
+    assert "From other@example.org is not an address of key" in m.log()
     for bad in (".hidden", "a b", "x" * 256):
         with pytest.raises(OSError) as e:
             put(m, bad, msg)
@@ -418,3 +439,172 @@ def test_starttls_required_never_plaintext(mount_factory, relay):
     assert "tls" in os.listdir(m.path("mail"))
     assert "STARTTLS" in status(m)["mail.last_error"] or \
         "SSL" in status(m)["mail.last_error"]
+
+
+def test_damaged_queue_entry_not_sent(mount_factory, relay):
+    m = mail_mount(mount_factory, relay)
+    put(m, "ok", message())
+    wait_for(lambda: relay.count() == 1, timeout=30, what="delivery")
+    m.unmount()
+    with open(os.path.join(m.store, "mail", "queue", "junk"), "wb") as f:
+        f.write(b"not an entry\n")
+    m.start()
+    wait_for(lambda: "junk.error" in os.listdir(m.path("mail", "failed")),
+             timeout=20, what="damaged entry in failed/")
+    assert "damaged" in open(m.path("mail", "failed", "junk.error")).read()
+    time.sleep(1)
+    assert relay.data_calls == 1
+    # sent/ survives the restart and can be cleaned up.
+    assert sent_names(m) == ["ok"]
+    os.unlink(m.path("mail", "sent", "ok"))
+    assert sent_names(m) == []
+
+
+def test_hsm_failure_at_close_queues_unsigned_then_signs(hsm, mount_factory, relay,
+                                                        tmp_path, monkeypatch):
+    """SPEC §8: a failing HSM loses no mail. close() still queues the
+    message (unsigned); the sender signs it once the token works again
+    (tests/p11shim injects CKR_DEVICE_ERROR in front of SoftHSM)."""
+    from conftest import BUILD
+    shim = os.environ.get("HSMFS_P11SHIM", str(BUILD / "tests" / "p11shim.so"))
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    monkeypatch.setenv("P11SHIM_REAL", hsm.module)
+    monkeypatch.setenv("P11SHIM_CTL", str(ctl))
+    cfg = hsm.config(tmp_path / "shim.xml", key_attrs={
+        "signEmailCertificateV1": {"locationValue": shim}})
+    m = mount_factory(config=cfg, opts={"mail_retry": 1, "smtp": relay.url})
+    (ctl / "fail_ops").touch()
+    put(m, "hsmdown", message(body="while the HSM was down\n"))
+    assert "signing failed, queued unsigned" in m.log()
+    wait_for(lambda: "signing with key signEmailCertificateV1 failed" in m.log(),
+             timeout=20, what="a failed signing attempt by the sender")
+    assert relay.data_calls == 0 and "hsmdown" in os.listdir(m.path("mail"))
+    (ctl / "fail_ops").unlink()
+    wait_for(lambda: sent_names(m) == ["hsmdown"], timeout=30, what="delivery")
+    content = verify(hsm, relay.messages[0][2], tmp_path)
+    assert b"while the HSM was down" in content
+
+
+def test_restart_keeps_the_schedule(mount_factory):
+    relay = Relay()
+    m = mail_mount(mount_factory, port=relay.port, mail_retry=60)
+    put(m, "sched", message())
+    wait_for(lambda: status(m).get("mail.last_error"), timeout=20,
+             what="a failed attempt")
+    before = os.getxattr(m.path("mail", "sched"), "user.hsmfs.mail").decode()
+    assert "attempts=1" in before
+    left = int(re.search(r"\(in (\d+) s\)", status(m)["mail.next_retry"]).group(1))
+    assert 45 <= left <= 60, left                    # mail_retry after attempt 1
+    m.unmount()
+    relay.start()
+    try:
+        m.start()
+        after = os.getxattr(m.path("mail", "sched"), "user.hsmfs.mail").decode()
+        # Same next attempt time and count: the backoff survives restarts
+        # (RFC 5321 4.5.4.1), the relay is not hit at once.
+        assert after.split("next=")[1].split()[0] == before.split("next=")[1].split()[0]
+        assert "attempts=1" in after
+        time.sleep(1.5)
+        assert relay.data_calls == 0 and "sched" in os.listdir(m.path("mail"))
+    finally:
+        relay.stop()
+
+
+def server_tls(hsm, tmp_path):
+    """A relay certificate for 127.0.0.1 issued by the test CA."""
+    key, csr, crt, ext = (tmp_path / n for n in ("srv.key", "srv.csr", "srv.pem",
+                                                  "srv.ext"))
+    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+                   "basicConstraints=CA:FALSE\n")
+    run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout",
+         str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1"])
+    run(["openssl", "x509", "-req", "-in", str(csr), "-CA", hsm.ca_cert, "-CAkey",
+         hsm.ca_key, "-set_serial", "77", "-days", "2", "-extfile", str(ext),
+         "-out", str(crt)])
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(crt), str(key))
+    return ctx
+
+
+@pytest.mark.parametrize("mode", ["starttls", "smtps"])
+def test_tls_delivery(hsm, mount_factory, tmp_path, mode):
+    ctx = server_tls(hsm, tmp_path)
+    relay = Relay()
+    if mode == "starttls":
+        relay.start(tls_context=ctx, require_starttls=True)
+        url = f"smtp+starttls://127.0.0.1:{relay.port}"
+    else:
+        relay.start(ssl_context=ctx)
+        url = f"smtps://127.0.0.1:{relay.port}"
+    try:
+        m = mount_factory(opts={"mail_retry": 1, "smtp": url,
+                                "smtp_ca": hsm.ca_cert})
+        put(m, "tls", message())
+        wait_for(lambda: sent_names(m) == ["tls"], timeout=30, what="delivery")
+        assert relay.count() == 1 and relay.tls == [True]
+        verify(hsm, relay.messages[0][2], tmp_path)
+        m.unmount()
+        # Without the relay's CA the certificate is not trusted: nothing
+        # is sent, the message waits.
+        m2 = mount_factory(opts={"mail_retry": 1, "smtp": url})
+        put(m2, "untrusted", message())
+        wait_for(lambda: status(m2).get("mail.last_error"), timeout=20,
+                 what="a failed attempt")
+        assert "certificate" in status(m2)["mail.last_error"].lower()
+        assert relay.count() == 1 and "untrusted" in os.listdir(m2.path("mail"))
+    finally:
+        relay.stop()
+
+
+def test_smtp_auth_over_starttls(hsm, mount_factory, tmp_path):
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+    seen = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (isinstance(auth_data, LoginPassword) and auth_data.login == b"idm"
+              and auth_data.password == b"s3cret pass")
+        seen.append((mechanism, auth_data.login, ok))
+        return AuthResult(success=ok, handled=False)
+
+    ctx = server_tls(hsm, tmp_path)
+    relay = Relay()
+    relay.start(tls_context=ctx, require_starttls=True, auth_required=True,
+                authenticator=authenticator)
+    url = f"smtp+starttls://127.0.0.1:{relay.port}"
+    good = tmp_path / "auth"
+    good.write_text("idm\ns3cret pass\n")
+    good.chmod(0o600)
+    bad = tmp_path / "badauth"
+    bad.write_text("idm\nwrong\n")
+    bad.chmod(0o600)
+    try:
+        m = mount_factory(opts={"mail_retry": 1, "smtp": url,
+                                "smtp_ca": hsm.ca_cert, "smtp_auth": str(good)})
+        put(m, "authed", message())
+        wait_for(lambda: sent_names(m) == ["authed"], timeout=30, what="delivery")
+        assert seen and seen[-1][1:] == (b"idm", True)
+        assert "s3cret" not in m.log()
+        m.unmount()
+        # A refused login keeps the mail queued: it is not the message's fault.
+        m2 = mount_factory(opts={"mail_retry": 1, "smtp": url,
+                                 "smtp_ca": hsm.ca_cert, "smtp_auth": str(bad)})
+        put(m2, "waits", message())
+        wait_for(lambda: "SMTP AUTH refused" in status(m2).get("mail.last_error", ""),
+                 timeout=20, what="refused login")
+        assert "waits" in os.listdir(m2.path("mail"))
+        assert os.listdir(m2.path("mail", "failed")) == []
+        assert relay.count() == 1
+    finally:
+        relay.stop()
+
+
+def test_smtp_auth_refused_without_tls(hsm, mount_factory, relay, tmp_path):
+    auth = tmp_path / "auth"
+    auth.write_text("idm\npw\n")
+    auth.chmod(0o600)
+    m = mount_factory(opts={"smtp": relay.url, "smtp_auth": str(auth)})
+    with pytest.raises(OSError) as e:
+        put(m, "x", message())
+    assert e.value.errno == errno.EOPNOTSUPP
+    assert "needs TLS" in m.log()

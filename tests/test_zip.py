@@ -347,6 +347,64 @@ def test_sign_out_without_descriptor_refuses_writes(hsm, mount_factory, tmp_path
     assert "sign-out" in m.log() and "not configured" in m.log()
 
 
+@pytest.fixture
+def small_store(tmp_path):
+    d = tmp_path / "small"
+    d.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=700", "tmpfs",
+                        str(d)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {p.stderr}")
+    yield d
+    subprocess.run(["umount", "-l", str(d)])
+
+
+def test_sign_out_full_disk(mount_factory, small_store, tmp_path):
+    """SPEC §8: ENOSPC at close, the previous signed zip intact, no temp
+    files left behind, and signing works again once there is room."""
+    m = mount_factory(store=str(small_store / "store"))
+    small = make_zip(tmp_path / "small.zip").read_bytes()
+    dst = m.path("sign-out", "a.zip")
+    assert write_file(dst, small) == 0
+    before = Path(dst).read_bytes()
+    big = zipfile_bytes(tmp_path, [("big.bin", os.urandom(2 << 20))])
+    assert write_file(dst, big) == errno.ENOSPC
+    assert Path(dst).read_bytes() == before
+    assert xattr(dst, "user.hsmfs.sign").startswith("failed: ")
+    spool = Path(m.store) / "sign-out" / ".spool"
+    assert list(spool.iterdir()) == []
+    assert write_file(m.path("sign-out", "b.zip"), small) == 0
+    assert xattr(m.path("sign-out", "b.zip"), "user.hsmfs.sign").startswith("signed")
+
+
+def test_sign_out_hsm_failure_then_recovery(hsm, mount_factory, tmp_path, monkeypatch):
+    """SPEC §8: the HSM failing mid-operation fails close() with EIO,
+    nothing is stored, and signing works again once it is back
+    (tests/p11shim injects CKR_DEVICE_ERROR in front of SoftHSM)."""
+    from conftest import BUILD
+    shim = os.environ.get("HSMFS_P11SHIM", str(BUILD / "tests" / "p11shim.so"))
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    monkeypatch.setenv("P11SHIM_REAL", hsm.module)
+    monkeypatch.setenv("P11SHIM_CTL", str(ctl))
+    cfg = hsm.config(tmp_path / "shim.xml", key_attrs={
+        SIGNER_KEY: {"locationValue": shim}})
+    m = mount_factory(config=cfg)
+    data = make_zip(tmp_path / "a.zip").read_bytes()
+    (ctl / "fail_ops").touch()
+    dst = m.path("sign-out", "a.zip")
+    assert write_file(dst, data) == errno.EIO
+    assert xattr(dst, "user.hsmfs.sign").startswith("failed: ")
+    assert os.stat(dst).st_size == 0
+    assert "sign-out/a.zip" in m.log()
+    (ctl / "fail_ops").unlink()
+    assert write_file(dst, data) == 0
+    with zipfile.ZipFile(dst) as z:
+        assert z.namelist()[:3] == ["META-INF/MANIFEST.MF", "META-INF/CONFIGZI.SF",
+                                    "META-INF/CONFIGZI.RSA"]
+    assert xattr(dst, "user.hsmfs.sign").startswith("signed")
+
+
 # ---------------------------------------------------------------- /verify-in
 
 @pytest.mark.parametrize("digestalg", [None, "SHA-512"])
@@ -403,6 +461,33 @@ def test_verify_in_accepts_hsmfs_signed_and_caches_verdict(zm, tmp_path):
     assert status(zm)["verify-in.valid"] == s2["verify-in.valid"]
 
 
+def test_verify_in_names_rm_mv(zm, pki, tmp_path, signed_by_jarsigner):
+    d = zm.path("verify-in")
+    data = signed_by_jarsigner.read_bytes()
+    with pytest.raises(OSError) as e:
+        open(os.path.join(d, "bad name.zip"), "wb")
+    assert e.value.errno == errno.EINVAL
+    assert write_file(os.path.join(d, "a.zip"), data) == 0
+    assert os.listdir(d) == ["a.zip"]
+    st = os.stat(os.path.join(d, "a.zip"))
+    assert st.st_mode & 0o777 == 0o644 and st.st_size == len(data)
+    os.rename(os.path.join(d, "a.zip"), os.path.join(d, "b.zip"))
+    assert os.listdir(d) == ["b.zip"]
+    assert Path(d, "b.zip").read_bytes() == data
+    assert xattr(os.path.join(d, "b.zip"), "user.hsmfs.verify").startswith("valid")
+    assert "user.hsmfs.verify" in os.listxattr(os.path.join(d, "b.zip"))
+    os.unlink(os.path.join(d, "b.zip"))
+    assert os.listdir(d) == []
+    assert list((Path(zm.store) / "verify-in" / ".meta").iterdir()) == []
+    # Replacing the bytes under a name replaces the verdict too.
+    assert write_file(os.path.join(d, "c.zip"), data) == 0
+    assert Path(d, "c.zip").read_bytes() == data
+    assert write_file(os.path.join(d, "c.zip"), data + b"junk") == 0
+    with pytest.raises(OSError) as e:
+        open(os.path.join(d, "c.zip"), "rb")
+    assert e.value.errno == errno.EBADMSG
+
+
 def _patch_sizes(path, name, usize):
     """Declare `usize` as the uncompressed size of `name` everywhere it is
     recorded: local header, data descriptor (jarsigner writes them) and
@@ -445,7 +530,8 @@ def _rezip(src, dst, drop=(), replace=None, add=None):
 HOSTILE = ["unsigned", "modified", "added", "removed", "sf-modified",
            "rsa-removed", "self-signed", "expired", "sha1", "duplicate",
            "local-central-mismatch", "prepended", "appended", "traversal",
-           "absolute", "bomb-declared-small", "bomb-ratio"]
+           "absolute", "bomb-declared-small", "bomb-ratio", "two-manifests",
+           "dir-with-data"]
 
 
 @pytest.fixture(scope="module")
@@ -520,6 +606,13 @@ def test_verify_in_rejects(zm, pki, tmp_path, signed_by_jarsigner, case, request
     elif case == "absolute":
         data = _rezip(good, out, add={"/etc/cron.d/evil": b"x"}).read_bytes()
         why = "absolute"
+    elif case == "two-manifests":
+        data = _rezip(good, out, add={"meta-inf/manifest.mf":
+                                      b"Manifest-Version: 1.0\r\n\r\n"}).read_bytes()
+        why = "two manifests"
+    elif case == "dir-with-data":
+        data = _rezip(good, out, add={"hidden/": b"bytes no digest covers"}).read_bytes()
+        why = "directory entry with data"
     elif case == "bomb-declared-small":
         data = _patch_sizes(request.getfixturevalue("bomb"), "zeros.bin", 1000)
         why = "beyond its declared size"
@@ -557,6 +650,59 @@ def test_verify_zip_tool_usage(hsm, tmp_path):
              str(tmp_path / "missing.zip")], check=False)
     assert p.returncode == 2
     assert run([TOOL, "verify-zip", "--help"]).returncode == 0
+
+
+FIXTURES = Path(__file__).resolve().parent / "data" / "jar"
+
+
+@pytest.mark.parametrize("name,valid", [("signed-by-jarsigner.zip", True),
+                                        ("signed-by-hsmfs.zip", True),
+                                        ("forged-content.zip", False)])
+def test_committed_fixtures(hsm, mount_factory, name, valid):
+    """Known-good and forged zips kept in the tree (tests/data/jar/README)."""
+    trust = str(FIXTURES / "fixture-signer.pem")
+    data = (FIXTURES / name).read_bytes()
+    p = run([TOOL, "verify-zip", "--truststore", trust, str(FIXTURES / name)],
+            check=False)
+    if valid:
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert p.stdout == "valid signer=CN=hsmfs fixture signer,O=hsmfs tests\n"
+    else:
+        assert p.returncode == 1
+        assert p.stdout == "invalid: entry README.txt was modified (digest mismatch)\n"
+    m = mount_factory(opts={"truststore": trust})
+    dst = m.path("verify-in", name)
+    assert write_file(dst, data) == 0
+    if valid:
+        assert Path(dst).read_bytes() == data
+    else:
+        with pytest.raises(OSError) as e:
+            open(dst, "rb")
+        assert e.value.errno == errno.EBADMSG
+
+
+def test_kill9_keeps_acknowledged_zips(hsm, mount_factory, tmp_path):
+    """SPEC §8: what close() acknowledged survives kill -9 and verifies."""
+    m = mount_factory(opts={"truststore": hsm.ca_cert})
+    data = make_zip(tmp_path / "a.zip").read_bytes()
+    assert write_file(m.path("sign-out", "a.zip"), data) == 0
+    signed = Path(m.path("sign-out", "a.zip")).read_bytes()
+    assert write_file(m.path("verify-in", "a.zip"), signed) == 0
+    # An open writer that never closes: its bytes are not acknowledged.
+    f = open(m.path("sign-out", "partial.zip"), "wb")
+    f.write(data[:1000])
+    f.flush()
+    m.kill9()
+    try:
+        f.close()                   # the daemon is gone: ENOTCONN
+    except OSError:
+        pass
+    m.start()
+    assert Path(m.path("sign-out", "a.zip")).read_bytes() == signed
+    assert Path(m.path("verify-in", "a.zip")).read_bytes() == signed
+    assert sorted(os.listdir(m.path("sign-out"))) == ["a.zip"]
+    leftovers = [p for p in Path(m.store).rglob(".tmp.*")]
+    assert leftovers == []
 
 
 # ---------------------------------------------------------------- memory

@@ -147,6 +147,27 @@ test_sign_verify(void)
 	CHECK(r == 0 && v.valid, "re-signed: %s", v.reason);
 	sh("unzip -p %s META-INF/MANIFEST.MF | grep -q SHA-384-Digest", P("resigned.zip"));
 	sh("test $(unzip -Z1 %s | grep -c CONFIGZI) = 2", P("resigned.zip"));
+	/* In place (the spool path of /sign-out): no entry copied where the
+	 * filesystem can insert a range; a plain copy elsewhere. */
+	{
+		struct jar_sign_opts o = {key, EVP_sha256(), "configZipSignerCertificateV1",
+		    NULL, NULL};
+		int in_place = -1;
+		sh("cp %s %s && rm -f %s", P("in.zip"), P("inplace.zip"), P("inplace-out.zip"));
+		CHECK(jar_sign_ex(P("inplace.zip"), P("inplace-out.zip"), &o, &in_place) == 0,
+		    "%s", err_detail());
+		printf("ok in place: %s\n", in_place == 1 ? "yes (range inserted)" :
+		    "no (copied)");
+		r = verify(in_place == 1 ? P("inplace.zip") : P("inplace-out.zip"), 1, 0, &v);
+		CHECK(r == 0 && v.valid, "in place: %s", v.reason);
+		CHECK(in_place != 1 || access(P("inplace-out.zip"), F_OK) != 0,
+		    "in place also wrote the copy");
+		if (in_place == 1)
+			sh("cd %s && rm -rf x3 && mkdir x3 && cd x3 && unzip -qq ../inplace.zip && "
+			    "rm -rf META-INF && cd .. && diff -r x1 x3 && "
+			    "unzip -Z1 inplace.zip | head -3 | tr '\\n' ' ' | grep -qx "
+			    "'META-INF/MANIFEST.MF META-INF/CONFIGZI.SF META-INF/CONFIGZI.RSA '", dir);
+	}
 	/* Another signer's signature survives ours (same digest). */
 	{
 		struct jar_sign_opts o = {key, EVP_sha256(), "other", NULL, NULL};
@@ -289,6 +310,32 @@ test_hostile(void)
 	ran++;
 }
 
+/* 66,000 entries: more than a plain end record can count, so the libzip
+ * writer (zip64) is used instead of the raw one; also checks that name
+ * lookups do not go quadratic. */
+static void
+test_many_entries(void)
+{
+	struct jar_verdict v;
+	int r;
+	sh("cd %s && /usr/bin/python3 -c \"\n"
+	    "import zipfile\n"
+	    "with zipfile.ZipFile('many.zip', 'w') as z:\n"
+	    "    for i in range(66000): z.writestr('d%%d/f%%d.txt' %% (i %% 100, i), str(i))\n"
+	    "\"", dir);
+	sign(P("many.zip"), P("many-signed.zip"), EVP_sha256());
+	r = verify(P("many-signed.zip"), 1, 0, &v);
+	CHECK(r == 0 && v.valid, "many: %s", v.reason);
+	sh("/usr/bin/python3 -c \"\n"
+	    "import zipfile, sys\n"
+	    "z = zipfile.ZipFile(sys.argv[1])\n"
+	    "n = z.namelist()\n"
+	    "assert len(n) == 66003 and n[0] == 'META-INF/MANIFEST.MF', len(n)\n"
+	    "assert z.read('d5/f105.txt') == b'105'\n"
+	    "\" %s", P("many-signed.zip"));
+	ran++;
+}
+
 static void
 test_signer_name(void)
 {
@@ -342,6 +389,7 @@ main(void)
 	test_sign_verify();
 	test_tamper();
 	test_hostile();
+	test_many_entries();
 	hsm_key_free(key);
 	X509_STORE_free(store);
 	X509_free(ca_cert);

@@ -231,6 +231,7 @@ test_prepare(void)
 	int r;
 	const char *m1 =
 	    "From: sender@example.org\nTo: a@b.example\nBcc: secret@b.example\n"
+	    "Resent-Bcc: secret2@b.example\n"
 	    "Subject: caf\n"
 	    "MIME-Version: 1.0\n\n"
 	    "Gr\xc3\xbc\xc3\x9f" "e = 100%\nline two with trailing space \n";
