@@ -4,6 +4,9 @@
 #include "fuzz_common.h"
 #include "crypto/envelope.h"
 #include "common/err.h"
+#include "common/util.h"
+
+#include <openssl/sha.h>
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -35,6 +38,28 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 	/* Raw bytes as a binary envelope (parse takes ownership). */
 	if ((copy = malloc(len ? len : 1)) != NULL) {
 		memcpy(copy, data, len);
+		memset(&env, 0, sizeof(env));
+		if (envelope_parse(copy, len, &env) == 0)
+			envelope_clear(&env);
+	}
+	/* Most mutations fail the trailing SHA-256 check at once; recompute
+	 * it so the structural checks behind it get fuzzed too, in binary
+	 * and in text form. */
+	if (len >= SHA256_DIGEST_LENGTH && (copy = malloc(len)) != NULL) {
+		memcpy(copy, data, len);
+		SHA256(copy, len - SHA256_DIGEST_LENGTH, copy + len - SHA256_DIGEST_LENGTH);
+		if ((text = util_b64_encode(copy, len)) != NULL) {
+			size_t tl = strlen(text) + 6;
+			char *t2 = malloc(tl);
+			if (t2 != NULL) {
+				snprintf(t2, tl, "NX02:%s", text);
+				memset(&env, 0, sizeof(env));
+				if (envelope_parse_text(t2, strlen(t2), &env) == 0)
+					envelope_clear(&env);
+				free(t2);
+			}
+			free(text);
+		}
 		memset(&env, 0, sizeof(env));
 		if (envelope_parse(copy, len, &env) == 0)
 			envelope_clear(&env);
