@@ -5,6 +5,7 @@ the same operations succeed once the faults clear, without a remount."""
 import errno
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -354,4 +355,30 @@ def test_lost_login_is_reestablished_once(shim, fmount):
         assert shim.stats().get(f"injected.{func}") == 1
         shim.clear()
     assert read(h) == (b"one\ntwo\n", None)
+    m.unmount()
+
+
+def test_slow_hsm_does_not_block_other_folders(shim, fmount):
+    """A signature that takes 3 s (latency injected in C_Sign) holds up
+    only its own writer: a field is decrypted and another field written
+    while it is still pending, and the append then succeeds."""
+    m = fmount()
+    f = m.path("fields", "pw")
+    h = m.path("history", "slow")
+    assert write(f, b"s3cret") is None
+    before = shim.stats().get("calls.C_Sign", 0)
+    shim.set("delay C_Sign ms=3000")
+    result = {}
+    t = threading.Thread(target=lambda: result.update(e=append(h, b"slow\n")))
+    t.start()
+    wait_for(lambda: shim.stats().get("calls.C_Sign", 0) > before, timeout=30,
+             what="the append to reach C_Sign")
+    assert read(f) == (b"s3cret", None)
+    assert write(m.path("fields", "other"), b"v") is None
+    assert t.is_alive(), "the signature was not pending any more"
+    t.join(60)
+    assert result.get("e") is None, errname(result.get("e"))
+    shim.clear()
+    assert read(h) == (b"slow\n", None)
+    assert shim.stats().get("delayed", 0) >= 1
     m.unmount()
