@@ -1504,8 +1504,11 @@ history_open(const char *path, struct fuse_file_info *fi)
 		return -EISDIR;
 	if (kind < 0)
 		return -ENOENT;
+	/* A writable open of a name we do not have is a create: after a failed
+	 * first append the kernel may still hold a positive dentry for the
+	 * name and sends open, not create (objects appear on first append). */
 	if (kind == 2)
-		return open_object(name, fi, 0);
+		return open_object(name, fi, (fi->flags & O_ACCMODE) != O_RDONLY);
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
 		return -EACCES;
 	pthread_mutex_lock(&H.lock);
