@@ -1444,3 +1444,23 @@ engine_key_spec(const struct engine_key *k, const char *pin,
 	spec->require_cert = 1;
 	spec->pool_size = 0;
 }
+
+void
+engine_scrub_env_pins(const struct engine *e)
+{
+	extern char **environ;
+
+	for (size_t i = 0; e != NULL && i < e->nkeys; i++) {
+		const char *var = e->keys[i].pin_env;
+		size_t n;
+		if (var == NULL)
+			continue;
+		n = strlen(var);
+		/* The initial environment lives in the stack block that
+		 * /proc/PID/environ shows; unsetenv alone leaves it there. */
+		for (char **ep = environ; ep != NULL && *ep != NULL; ep++)
+			if (strncmp(*ep, var, n) == 0 && (*ep)[n] == '=')
+				OPENSSL_cleanse(*ep + n + 1, strlen(*ep + n + 1));
+		unsetenv(var);
+	}
+}

@@ -85,6 +85,10 @@ const struct engine_key *engine_key_by_name(const struct engine *e,
 int engine_key_pin(const struct engine_key *k, char **pin);
 void engine_pin_free(char *pin);
 
+/* After the keys are open: wipe the values of every pin.env variable in
+ * place (so /proc/PID/environ no longer shows them) and unset them. */
+void engine_scrub_env_pins(const struct engine *e);
+
 /* pin.encrypted: a reversible scramble (obfuscation, not encryption). */
 char *engine_pin_scramble(const char *pin);
 int engine_pin_unscramble(const char *scrambled, char **pin);

@@ -607,7 +607,9 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	cfg->hard_remove = 1;
 	cfg->use_ino = 0;
 
-	if ((r = keyring_open(the_fs.engine, &the_fs.keys)) != 0) {
+	r = keyring_open(the_fs.engine, &the_fs.keys);
+	engine_scrub_env_pins(the_fs.engine);
+	if (r != 0) {
 		log_err("cannot open keys after start: %s (%s); unmounting",
 		    err_detail(), hsmfs_strerror(r));
 		fuse_exit(fuse_get_context()->fuse);
