@@ -126,6 +126,7 @@ static struct {
 	uint64_t nobjects;
 	/* stats */
 	uint64_t batches, records, signatures, max_batch;
+	time_t last_commit;         /* wall time of the last batch with a record */
 } H = { .dirfd = -1, .objfd = -1, .cpfd = -1, .anchorfd = -1,
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.queue_cv = PTHREAD_COND_INITIALIZER,
@@ -832,8 +833,10 @@ commit_batch(struct hreq *batch)
 				if (t[i].o == q->o)
 					q->result = t[i].err;
 		}
-		if (q->result == 0)
+		if (q->result == 0) {
 			H.records++;
+			H.last_commit = time(NULL);
+		}
 		q->done = 1;
 	}
 	H.batches++;
@@ -1277,6 +1280,9 @@ history_status(FILE *out)
 	fprintf(out, "history.batches: %" PRIu64 "\n", H.batches);
 	fprintf(out, "history.signatures: %" PRIu64 "\n", H.signatures);
 	fprintf(out, "history.max_batch: %" PRIu64 "\n", H.max_batch);
+	fprintf(out, "history.mean_batch: %.2f\n",
+	    H.batches ? (double)H.records / (double)H.batches : 0.0);
+	fprintf(out, "history.last_checkpoint: %lld\n", (long long)H.last_commit);
 	fprintf(out, "history.signer: %s\n", H.signer ? hsm_key_name(H.signer) : "");
 	fprintf(out, "history.anchor: %s\n", H.anchorfd >= 0 ?
 	    hsmfs_ctx->opt.history_anchor : "none");

@@ -160,6 +160,31 @@ def test_status_file_and_tool(mount):
     assert run([TOOL, "status", "/tmp"], check=False).returncode == 2
 
 
+def status_of(mount):
+    text = open(mount.path(".status")).read()
+    return dict(l.split(": ", 1) for l in text.splitlines() if ": " in l)
+
+
+def test_status_follows_operations(mount):
+    s0 = status_of(mount)
+    with open(mount.path("history", "obj"), "ab") as f:
+        f.write(b"one\n")
+    with open(mount.path("fields", "f"), "wb") as f:
+        f.write(b"secret")
+    assert open(mount.path("fields", "f"), "rb").read() == b"secret"
+    s1 = status_of(mount)
+    assert int(s1["history.records_committed"]) == int(s0["history.records_committed"]) + 1
+    assert float(s1["history.mean_batch"]) >= 1.0
+    assert int(s1["history.last_checkpoint"]) > 0
+    hk = "key.objectHistorySignerCertificateV1"
+    assert int(s1[hk + ".ops"]) > int(s0[hk + ".ops"])
+    assert s1[hk + ".last_result"] == "success"
+    fk = "key.encryptedFieldsCertificateV1"
+    assert int(s1[fk + ".ops"]) > int(s0[fk + ".ops"])
+    assert float(s1[fk + ".mean_ms"]) > 0
+    assert "secret" not in open(mount.path(".status")).read()
+
+
 def test_log_level_option(mount_factory):
     m = mount_factory(opts="log_level=debug")
     m.unmount()
