@@ -933,7 +933,7 @@ struct mf_section {
 
 struct mf {
 	struct mf_section *s;    /* s[0] is the main section */
-	size_t ns;
+	size_t ns, cap;
 	struct mf_section **idx; /* s[1..] sorted by name */
 	const char *dup;         /* a name with two sections, if any */
 };
@@ -1051,11 +1051,15 @@ mf_parse(const char *b, size_t n, struct mf *m, const char *what)
 	}
 	while (p < n || m->ns == 0) {
 		struct mf_section *s, *ns;
-		if ((ns = realloc(m->s, (m->ns + 1) * sizeof(*ns))) == NULL) {
-			r = HSMFS_ERR_NOMEM;
-			goto out;
+		if (m->ns == m->cap) {  /* geometric: 200,000 sections */
+			size_t nc = m->cap ? m->cap * 2 : 64;
+			if ((ns = realloc(m->s, nc * sizeof(*ns))) == NULL) {
+				r = HSMFS_ERR_NOMEM;
+				goto out;
+			}
+			m->s = ns;
+			m->cap = nc;
 		}
-		m->s = ns;
 		s = &m->s[m->ns++];
 		memset(s, 0, sizeof(*s));
 		s->off = p;

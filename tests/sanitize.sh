@@ -24,7 +24,7 @@ export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 start=$(date +%s)
 rc=0
-meson test -C "$BUILD" --suite unit --print-errorlogs || rc=$?
+meson test -C "$BUILD" --suite unit --print-errorlogs --timeout-multiplier 3 || rc=$?
 HSMFS_BIN="$PWD/$BUILD/fs/hsmfs" HSMFS_TOOL="$PWD/$BUILD/tool/hsmfs-tool" \
 HSMFS_SRC="$PWD" HSMFS_BUILD="$PWD/$BUILD" \
 HSMFS_P11SHIM="$PWD/$BUILD/tests/p11shim.so" HSMFS_PROBE="$PWD/$BUILD/tests/hsmprobe" \
