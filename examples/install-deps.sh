@@ -1,17 +1,29 @@
 #!/bin/sh
 # Install the Debian 12 packages hsmfs needs to build, run and test.
 # Only calls apt-get when something is missing (or with --force, as CI does).
+# --fuzz adds clang and its libFuzzer runtime for tests/fuzz.sh.
+# Usage: examples/install-deps.sh [--force] [--fuzz]
 set -eu
+force=""
+fuzz=""
+for a in "$@"; do
+	case $a in
+	--force) force=1 ;;
+	--fuzz) fuzz=1 ;;
+	*) echo "usage: $0 [--force] [--fuzz]" >&2; exit 2 ;;
+	esac
+done
 PKGS="gcc pkg-config meson ninja-build libfuse3-dev fuse3 libzip-dev zlib1g-dev libxml2-dev
 libssl-dev openssl libcurl4-openssl-dev libp11-kit-dev softhsm2 opensc python3 python3-pytest
 python3-aiosmtpd python3-asn1crypto default-jdk-headless attr unzip zip
 procps curl psmisc"
+[ -n "$fuzz" ] && PKGS="$PKGS clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
 		missing="$missing $p"
 done
-if [ "${1:-}" = "--force" ] || [ -n "$missing" ]; then
+if [ -n "$force" ] || [ -n "$missing" ]; then
 	SUDO=""
 	[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 	echo "installing:${missing:- (all, forced)}" >&2
