@@ -38,12 +38,6 @@ static struct {
 	.stats_lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
-/* An open handle: a spool for writers, a plain fd for readers. */
-struct so_fh {
-	struct spool *s;
-	int fd;
-};
-
 static void
 dn_of(X509 *x, char *out, size_t len)
 {
@@ -209,29 +203,16 @@ so_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 static int
 open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 {
-	struct so_fh *h;
-	int from = -1, r;
+	struct spool_fh *h;
+	int r;
 	if (so.key == NULL) {
 		log_err("sign-out/%s: write refused: no usable ConfigZipSigner key",
 		    path);
 		return -EOPNOTSUPP;
 	}
-	if (!trunc && (from = openat(so.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0 &&
-	    errno != ENOENT)
-		return -errno;
-	if ((h = calloc(1, sizeof(*h))) == NULL) {
-		if (from >= 0)
-			close(from);
-		return -ENOMEM;
-	}
-	h->fd = -1;
-	r = spool_open(&so.spools, so.spooldir, path, from, &h->s);
-	if (from >= 0)
-		close(from);
-	if (r != 0) {
-		free(h);
+	if ((r = spool_fh_writer(&so.spools, so.spooldir, so.dirfd, path, trunc,
+	    &h)) != 0)
 		return r;
-	}
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->direct_io = 1;
 	return 0;
@@ -248,8 +229,8 @@ so_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 static int
 so_open(const char *path, struct fuse_file_info *fi)
 {
-	struct so_fh *h;
-	int fd;
+	struct spool_fh *h;
+	int fd, r;
 	if (*path == '\0')
 		return -EISDIR;
 	if (!util_name_valid(path))
@@ -260,31 +241,12 @@ so_open(const char *path, struct fuse_file_info *fi)
 		/* Only a refusal record: there is no signed zip to read. */
 		return errno == ENOENT && rec_exists(path) ? -EINVAL : -errno;
 	}
-	if ((h = calloc(1, sizeof(*h))) == NULL) {
-		close(fd);
-		return -ENOMEM;
-	}
-	h->fd = fd;
+	if ((r = spool_fh_reader(fd, &h)) != 0)
+		return r;
 	fi->fh = (uint64_t)(uintptr_t)h;
 	/* The signed size differs from what the writer's kernel cache saw. */
 	fi->direct_io = 1;
 	return 0;
-}
-
-static int
-so_read(const char *path, char *buf, size_t size, off_t off,
-    struct fuse_file_info *fi)
-{
-	struct so_fh *h = (struct so_fh *)(uintptr_t)fi->fh;
-	return spool_handle_read(h->s, h->fd, buf, size, off);
-}
-
-static int
-so_write(const char *path, const char *buf, size_t size, off_t off,
-    struct fuse_file_info *fi)
-{
-	struct so_fh *h = (struct so_fh *)(uintptr_t)fi->fh;
-	return spool_handle_write(h->s, buf, size, off);
 }
 
 /* Sign the spooled bytes into a temp next to them, make it durable and
@@ -365,7 +327,7 @@ done:
 static int
 so_flush(const char *path, struct fuse_file_info *fi)
 {
-	struct so_fh *h = (struct so_fh *)(uintptr_t)fi->fh;
+	struct spool_fh *h = (struct spool_fh *)(uintptr_t)fi->fh;
 	int r;
 	if (h == NULL || h->s == NULL)
 		return 0;
@@ -377,39 +339,6 @@ so_flush(const char *path, struct fuse_file_info *fi)
 	r = h->s->last_err;
 	pthread_mutex_unlock(&h->s->lock);
 	return r;
-}
-
-static int
-so_release(const char *path, struct fuse_file_info *fi)
-{
-	struct so_fh *h = (struct so_fh *)(uintptr_t)fi->fh;
-	if (h == NULL)
-		return 0;
-	if (h->s)
-		spool_close(h->s);
-	if (h->fd >= 0)
-		close(h->fd);
-	free(h);
-	return 0;
-}
-
-static int
-so_truncate(const char *path, off_t size, struct fuse_file_info *fi)
-{
-	struct so_fh *h = fi ? (struct so_fh *)(uintptr_t)fi->fh : NULL;
-	int r;
-	if (h == NULL || h->s == NULL)
-		return -EPERM;   /* a signed zip is replaced whole, never cut */
-	pthread_mutex_lock(&h->s->lock);
-	r = spool_truncate(h->s, size);
-	pthread_mutex_unlock(&h->s->lock);
-	return r;
-}
-
-static int
-so_fsync(const char *path, int datasync, struct fuse_file_info *fi)
-{
-	return 0;   /* signed zips are durable when close() returns */
 }
 
 static int
@@ -485,12 +414,12 @@ const struct folder_ops signout_folder = {
 	.readdir = so_readdir,
 	.open = so_open,
 	.create = so_create,
-	.read = so_read,
-	.write = so_write,
+	.read = spool_op_read,
+	.write = spool_op_write,
 	.flush = so_flush,
-	.fsync = so_fsync,
-	.release = so_release,
-	.truncate = so_truncate,
+	.fsync = spool_op_fsync,
+	.release = spool_op_release,
+	.truncate = spool_op_truncate,
 	.unlink = so_unlink,
 	.rename = so_rename,
 	.getxattr = so_getxattr,

@@ -169,35 +169,38 @@ spool_sha256(struct spool *s, uint8_t out[32])
 		EVP_MD_CTX_free(c);
 		return 0;
 	}
-	{
-		EVP_MD_CTX *c = EVP_MD_CTX_new();
-		char *buf = malloc(1 << 20);
-		off_t off = 0;
-		int r = 0;
-		if (c == NULL || buf == NULL ||
-		    EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1) {
-			r = -ENOMEM;
+	return spool_hash_fd(s->fd, out);
+}
+
+int
+spool_hash_fd(int fd, uint8_t out[32])
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	char *buf = malloc(1 << 20);
+	off_t off = 0;
+	int r = 0;
+	if (c == NULL || buf == NULL || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (;;) {
+		ssize_t n = pread(fd, buf, 1 << 20, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			r = -errno;
 			goto out;
 		}
-		for (;;) {
-			ssize_t n = pread(s->fd, buf, 1 << 20, off);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0) {
-				r = -errno;
-				goto out;
-			}
-			if (n == 0)
-				break;
-			EVP_DigestUpdate(c, buf, (size_t)n);
-			off += n;
-		}
-		EVP_DigestFinal_ex(c, out, NULL);
-out:
-		free(buf);
-		EVP_MD_CTX_free(c);
-		return r;
+		if (n == 0)
+			break;
+		EVP_DigestUpdate(c, buf, (size_t)n);
+		off += n;
 	}
+	EVP_DigestFinal_ex(c, out, NULL);
+out:
+	free(buf);
+	EVP_MD_CTX_free(c);
+	return r;
 }
 
 int
@@ -265,13 +268,61 @@ spool_rename(struct spool_list *l, const char *from, const char *to)
 }
 
 int
-spool_handle_read(struct spool *s, int fd, char *buf, size_t size, off_t off)
+spool_fh_writer(struct spool_list *l, int spooldir, int dirfd, const char *name,
+    int trunc, struct spool_fh **out)
 {
+	struct spool_fh *h;
+	int from = -1, r;
+	if (!trunc && (from = openat(dirfd, name, O_RDONLY | O_CLOEXEC)) < 0 &&
+	    errno != ENOENT)
+		return -errno;
+	if ((h = calloc(1, sizeof(*h))) == NULL) {
+		if (from >= 0)
+			close(from);
+		return -ENOMEM;
+	}
+	h->fd = -1;
+	r = spool_open(l, spooldir, name, from, &h->s);
+	if (from >= 0)
+		close(from);
+	if (r != 0) {
+		free(h);
+		return r;
+	}
+	*out = h;
+	return 0;
+}
+
+int
+spool_fh_reader(int fd, struct spool_fh **out)
+{
+	struct spool_fh *h = calloc(1, sizeof(*h));
+	if (h == NULL) {
+		close(fd);
+		return -ENOMEM;
+	}
+	h->fd = fd;
+	*out = h;
+	return 0;
+}
+
+static struct spool_fh *
+fh_of(struct fuse_file_info *fi)
+{
+	return fi ? (struct spool_fh *)(uintptr_t)fi->fh : NULL;
+}
+
+int
+spool_op_read(const char *path, char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	struct spool_fh *h = fh_of(fi);
+	struct spool *s = h->s;
 	ssize_t n;
 	if (s)
 		pthread_mutex_lock(&s->lock);
 	do
-		n = pread(s ? s->fd : fd, buf, size, off);
+		n = pread(s ? s->fd : h->fd, buf, size, off);
 	while (n < 0 && errno == EINTR);
 	if (s)
 		pthread_mutex_unlock(&s->lock);
@@ -279,13 +330,48 @@ spool_handle_read(struct spool *s, int fd, char *buf, size_t size, off_t off)
 }
 
 int
-spool_handle_write(struct spool *s, const char *buf, size_t size, off_t off)
+spool_op_write(const char *path, const char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
 {
+	struct spool_fh *h = fh_of(fi);
 	int r;
-	if (s == NULL)
+	if (h->s == NULL)
 		return -EBADF;
-	pthread_mutex_lock(&s->lock);
-	r = spool_write(s, buf, size, off);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&h->s->lock);
+	r = spool_write(h->s, buf, size, off);
+	pthread_mutex_unlock(&h->s->lock);
 	return r;
+}
+
+int
+spool_op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+	struct spool_fh *h = fh_of(fi);
+	int r;
+	if (h == NULL || h->s == NULL)
+		return -EPERM;
+	pthread_mutex_lock(&h->s->lock);
+	r = spool_truncate(h->s, size);
+	pthread_mutex_unlock(&h->s->lock);
+	return r;
+}
+
+int
+spool_op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+	return 0;
+}
+
+int
+spool_op_release(const char *path, struct fuse_file_info *fi)
+{
+	struct spool_fh *h = fh_of(fi);
+	if (h == NULL)
+		return 0;
+	if (h->s)
+		spool_close(h->s);
+	if (h->fd >= 0)
+		close(h->fd);
+	free(h);
+	return 0;
 }

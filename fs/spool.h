@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <fuse.h>
 #include <openssl/evp.h>
 
 struct spool_list;
@@ -40,14 +41,12 @@ struct spool_list {
 int spool_open(struct spool_list *l, int dirfd, const char *name, int from_fd,
     struct spool **out);
 int spool_write(struct spool *s, const char *buf, size_t size, off_t off);
-/* FUSE read/write of a handle that is either a spool (s) or a plain read
- * fd (s NULL): take s->lock around the I/O. Return bytes or -errno. */
-int spool_handle_read(struct spool *s, int fd, char *buf, size_t size, off_t off);
-int spool_handle_write(struct spool *s, const char *buf, size_t size, off_t off);
 int spool_truncate(struct spool *s, off_t size);
 /* SHA-256 of the whole content (from the running hash when writes were
  * sequential, else by reading the temp back). */
 int spool_sha256(struct spool *s, uint8_t out[32]);
+/* SHA-256 of everything readable at fd (pread from 0). 0 or -errno. */
+int spool_hash_fd(int fd, uint8_t out[32]);
 /* fsync the temp and rename it onto dstdir/name, fsync dstdir. After this
  * the handle's fd refers to the committed file; a later write first copies
  * it to a fresh temp. Returns 0 or -errno. */
@@ -58,5 +57,31 @@ void spool_close(struct spool *s);
 int spool_lookup(struct spool_list *l, const char *name, off_t *size);
 /* Rename in-flight handles when the name is renamed. */
 void spool_rename(struct spool_list *l, const char *from, const char *to);
+
+/* An open file handle of a zip folder: a write spool (s) or a plain read
+ * fd of the committed file (s NULL). The operations below take s->lock. */
+struct spool_fh {
+	struct spool *s;
+	int fd;
+};
+
+/* A writer of `name`: starts as a copy of dirfd/name unless trunc (or it
+ * does not exist); spooled in spooldir. 0 or -errno. */
+int spool_fh_writer(struct spool_list *l, int spooldir, int dirfd,
+    const char *name, int trunc, struct spool_fh **out);
+/* A reader of the open fd; takes ownership of fd (closed on failure). */
+int spool_fh_reader(int fd, struct spool_fh **out);
+
+/* Folder operations on fi->fh holding a struct spool_fh (fs/fs.h's
+ * folder_ops signatures): read, write (EBADF for a reader), truncate
+ * (EPERM for a reader or without a handle: committed zips are replaced
+ * whole, never cut), fsync (durable at close already), release. */
+int spool_op_read(const char *path, char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi);
+int spool_op_write(const char *path, const char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi);
+int spool_op_truncate(const char *path, off_t size, struct fuse_file_info *fi);
+int spool_op_fsync(const char *path, int datasync, struct fuse_file_info *fi);
+int spool_op_release(const char *path, struct fuse_file_info *fi);
 
 #endif

@@ -40,11 +40,6 @@ static struct {
 	.stats_lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
-struct vi_fh {
-	struct spool *s;
-	int fd;
-};
-
 /* Verdicts are cached per (content, trust configuration): a new truststore
  * or signer version never reuses an old answer. */
 static int
@@ -191,34 +186,7 @@ content_hash(const char *name, int fd, uint8_t h[32])
 	if (ok)
 		return 0;
 	/* Unknown or changed behind our back: hash it (cheaper than verifying). */
-	{
-		EVP_MD_CTX *c = EVP_MD_CTX_new();
-		char *buf = malloc(1 << 20);
-		off_t off = 0;
-		int r = 0;
-		if (c == NULL || buf == NULL || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1) {
-			r = -ENOMEM;
-			goto out;
-		}
-		for (;;) {
-			ssize_t n = pread(fd, buf, 1 << 20, off);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0) {
-				r = -errno;
-				goto out;
-			}
-			if (n == 0)
-				break;
-			EVP_DigestUpdate(c, buf, (size_t)n);
-			off += n;
-		}
-		EVP_DigestFinal_ex(c, h, NULL);
-out:
-		free(buf);
-		EVP_MD_CTX_free(c);
-		return r;
-	}
+	return spool_hash_fd(fd, h);
 }
 
 /* The verdict for the file open at fd: from the cache, or by verifying
@@ -337,29 +305,16 @@ vi_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 static int
 open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 {
-	struct vi_fh *h;
-	int from = -1, r;
+	struct spool_fh *h;
+	int r;
 	if (!vi.ready) {
 		log_err("verify-in/%s: write refused: no ConfigZipSigner certificate "
 		    "and no truststore configured", path);
 		return -EOPNOTSUPP;
 	}
-	if (!trunc && (from = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0 &&
-	    errno != ENOENT)
-		return -errno;
-	if ((h = calloc(1, sizeof(*h))) == NULL) {
-		if (from >= 0)
-			close(from);
-		return -ENOMEM;
-	}
-	h->fd = -1;
-	r = spool_open(&vi.spools, vi.spooldir, path, from, &h->s);
-	if (from >= 0)
-		close(from);
-	if (r != 0) {
-		free(h);
+	if ((r = spool_fh_writer(&vi.spools, vi.spooldir, vi.dirfd, path, trunc,
+	    &h)) != 0)
 		return r;
-	}
 	fi->fh = (uint64_t)(uintptr_t)h;
 	return 0;
 }
@@ -375,7 +330,7 @@ vi_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 static int
 vi_open(const char *path, struct fuse_file_info *fi)
 {
-	struct vi_fh *h;
+	struct spool_fh *h;
 	char text[VERDICT_MAX];
 	int fd, r;
 	if (*path == '\0')
@@ -390,36 +345,17 @@ vi_open(const char *path, struct fuse_file_info *fi)
 		close(fd);
 		return r == 0 ? -EBADMSG : r;
 	}
-	if ((h = calloc(1, sizeof(*h))) == NULL) {
-		close(fd);
-		return -ENOMEM;
-	}
-	h->fd = fd;
+	if ((r = spool_fh_reader(fd, &h)) != 0)
+		return r;
 	fi->fh = (uint64_t)(uintptr_t)h;
 	return 0;
-}
-
-static int
-vi_read(const char *path, char *buf, size_t size, off_t off,
-    struct fuse_file_info *fi)
-{
-	struct vi_fh *h = (struct vi_fh *)(uintptr_t)fi->fh;
-	return spool_handle_read(h->s, h->fd, buf, size, off);
-}
-
-static int
-vi_write(const char *path, const char *buf, size_t size, off_t off,
-    struct fuse_file_info *fi)
-{
-	struct vi_fh *h = (struct vi_fh *)(uintptr_t)fi->fh;
-	return spool_handle_write(h->s, buf, size, off);
 }
 
 /* Store the bytes as copied, durably, with their content hash. */
 static int
 vi_flush(const char *path, struct fuse_file_info *fi)
 {
-	struct vi_fh *h = (struct vi_fh *)(uintptr_t)fi->fh;
+	struct spool_fh *h = (struct spool_fh *)(uintptr_t)fi->fh;
 	struct spool *s;
 	uint8_t hash[32];
 	int r = 0;
@@ -440,39 +376,6 @@ vi_flush(const char *path, struct fuse_file_info *fi)
 out:
 	pthread_mutex_unlock(&s->lock);
 	return r;
-}
-
-static int
-vi_release(const char *path, struct fuse_file_info *fi)
-{
-	struct vi_fh *h = (struct vi_fh *)(uintptr_t)fi->fh;
-	if (h == NULL)
-		return 0;
-	if (h->s)
-		spool_close(h->s);
-	if (h->fd >= 0)
-		close(h->fd);
-	free(h);
-	return 0;
-}
-
-static int
-vi_truncate(const char *path, off_t size, struct fuse_file_info *fi)
-{
-	struct vi_fh *h = fi ? (struct vi_fh *)(uintptr_t)fi->fh : NULL;
-	int r;
-	if (h == NULL || h->s == NULL)
-		return -EPERM;
-	pthread_mutex_lock(&h->s->lock);
-	r = spool_truncate(h->s, size);
-	pthread_mutex_unlock(&h->s->lock);
-	return r;
-}
-
-static int
-vi_fsync(const char *path, int datasync, struct fuse_file_info *fi)
-{
-	return 0;   /* durable at close */
 }
 
 static int
@@ -536,12 +439,12 @@ const struct folder_ops verifyin_folder = {
 	.readdir = vi_readdir,
 	.open = vi_open,
 	.create = vi_create,
-	.read = vi_read,
-	.write = vi_write,
+	.read = spool_op_read,
+	.write = spool_op_write,
 	.flush = vi_flush,
-	.fsync = vi_fsync,
-	.release = vi_release,
-	.truncate = vi_truncate,
+	.fsync = spool_op_fsync,
+	.release = spool_op_release,
+	.truncate = spool_op_truncate,
 	.unlink = vi_unlink,
 	.rename = vi_rename,
 	.getxattr = vi_getxattr,
