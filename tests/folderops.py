@@ -80,6 +80,27 @@ def verify_zip(hsm, data_or_path, config=None):
             os.unlink(path)
 
 
+def verify_zips(hsm, paths, chunk=200):
+    """hsmfs-tool verify-zip over many files, one process per chunk:
+    {path: (ok, verdict or error)}. A file the tool could not read gets
+    (False, its stderr)."""
+    out = {}
+    paths = list(paths)
+    for i in range(0, len(paths), chunk):
+        part = paths[i:i + chunk]
+        p = subprocess.run([TOOL, "verify-zip", "--truststore", hsm.truststore] + part,
+                           capture_output=True, text=True, timeout=600)
+        lines = p.stdout.splitlines()
+        if len(part) == 1:
+            lines = [f"{part[0]}: {ln}" for ln in lines]
+        for ln in lines:
+            path, _, verdict = ln.partition(": ")
+            out[path] = (verdict.startswith("valid "), verdict)
+        for path in part:
+            out.setdefault(path, (False, p.stderr.strip() or "no verdict"))
+    return out
+
+
 def mail_message(name, to="rcpt@example.org", body="hello"):
     return (f"From: sender@example.org\nTo: {to}\nSubject: {name}\n\n{body}\n").encode()
 

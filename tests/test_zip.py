@@ -655,6 +655,32 @@ def test_verify_zip_tool_usage(hsm, tmp_path):
 FIXTURES = Path(__file__).resolve().parent / "data" / "jar"
 
 
+def test_verify_zip_several(tmp_path):
+    """verify-zip ZIP...: one "ZIP: verdict" line per file, in order; exit
+    1 when any is invalid, 2 when any cannot be read, the rest still checked."""
+    trust = str(FIXTURES / "fixture-signer.pem")
+    good = [str(FIXTURES / "signed-by-jarsigner.zip"), str(FIXTURES / "signed-by-hsmfs.zip")]
+    forged = str(FIXTURES / "forged-content.zip")
+    valid = "valid signer=CN=hsmfs fixture signer,O=hsmfs tests"
+    p = run([TOOL, "verify-zip", "--truststore", trust] + good, check=False)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "".join(f"{z}: {valid}\n" for z in good)
+    p = run([TOOL, "verify-zip", good[0], forged, "--truststore", trust, good[1]],
+            check=False)
+    assert p.returncode == 1, p.stderr
+    assert p.stdout.splitlines() == [
+        f"{good[0]}: {valid}",
+        f"{forged}: invalid: entry README.txt was modified (digest mismatch)",
+        f"{good[1]}: {valid}"]
+    missing = str(tmp_path / "missing.zip")
+    p = run([TOOL, "verify-zip", "--truststore", trust, missing, forged, good[0]],
+            check=False)
+    assert p.returncode == 2
+    assert missing in p.stderr
+    assert p.stdout.splitlines()[-1] == f"{good[0]}: {valid}"
+    assert len(p.stdout.splitlines()) == 2
+
+
 @pytest.mark.parametrize("name,valid", [("signed-by-jarsigner.zip", True),
                                         ("signed-by-hsmfs.zip", True),
                                         ("forged-content.zip", False)])

@@ -18,7 +18,7 @@ static const struct tool_cmd cmds[] = {
 	    "generate an RSA key pair on the token under the key's alias"},
 	{"import-cert", cmd_import_cert, "-o config=FILE --key NAME CERT.pem",
 	    "store a CA-issued certificate on the token next to its key"},
-	{"verify-zip", cmd_verify_zip, "[-o config=FILE] [--truststore PEM] ZIP",
+	{"verify-zip", cmd_verify_zip, "[-o config=FILE] [--truststore PEM] ZIP...",
 	    "verify a JAR-signed zip"},
 	{"verify-history", cmd_verify_history,
 	    "-o config=FILE STORE OBJECT [--expect CHECKPOINT]",

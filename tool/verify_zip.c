@@ -64,32 +64,35 @@ cmd_verify_zip(int argc, char **argv)
 	struct jar_verdict v;
 	X509 **certs = NULL;
 	X509_STORE *store = NULL;
-	const char *zip = NULL;
-	size_t ncerts = 0;
+	const char **zips = calloc((size_t)argc, sizeof(*zips));
+	size_t ncerts = 0, nzips = 0, ninvalid = 0, nerr = 0;
 	int rc = TOOL_USAGE, r;
 
+	if (zips == NULL)
+		return TOOL_USAGE;
 	for (int i = 1; i < argc; i++) {
 		int c;
 		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			tool_usage(stdout, "verify-zip");
-			return TOOL_OK;
+			rc = TOOL_OK;
+			goto out;
 		}
 		if ((c = tool_common_opt(argc, argv, &i, &o)) < 0)
-			return TOOL_USAGE;
+			goto out;
 		if (c > 0)
 			continue;
-		if (argv[i][0] == '-' || zip != NULL) {
+		if (argv[i][0] == '-') {
 			tool_usage(stderr, "verify-zip");
-			return TOOL_USAGE;
+			goto out;
 		}
-		zip = argv[i];
+		zips[nzips++] = argv[i];
 	}
-	if (zip == NULL || (o.config == NULL && o.truststore == NULL)) {
-		if (zip != NULL)
+	if (nzips == 0 || (o.config == NULL && o.truststore == NULL)) {
+		if (nzips != 0)
 			fprintf(stderr, "hsmfs-tool verify-zip: give -o config=FILE "
 			    "and/or --truststore PEM: nothing would be trusted\n");
 		tool_usage(stderr, "verify-zip");
-		return TOOL_USAGE;
+		goto out;
 	}
 	if (o.config && load_config_certs(o.config, &certs, &ncerts) != 0)
 		goto out;
@@ -100,21 +103,30 @@ cmd_verify_zip(int argc, char **argv)
 	t.certs = certs;
 	t.ncerts = ncerts;
 	t.store = store;
-	r = jar_verify(zip, &t, &v);
-	if (r == 0) {
-		printf("valid signer=%s\n", v.signer);
-		rc = TOOL_OK;
-	} else if (r == HSMFS_ERR_BADMSG) {
-		printf("invalid: %s\n", v.reason);
-		rc = TOOL_FAIL;
-	} else {
-		fprintf(stderr, "hsmfs-tool verify-zip: %s: %s (%s)\n", zip,
-		    err_detail(), hsmfs_strerror(r));
+	/* One ZIP: the verdict alone (as user.hsmfs.verify). Several: one
+	 * "ZIP: verdict" line each, in order. */
+	for (size_t k = 0; k < nzips; k++) {
+		const char *zip = zips[k];
+		const char *pre = nzips > 1 ? zip : "", *sep = nzips > 1 ? ": " : "";
+		r = jar_verify(zip, &t, &v);
+		if (r == 0) {
+			printf("%s%svalid signer=%s\n", pre, sep, v.signer);
+		} else if (r == HSMFS_ERR_BADMSG) {
+			printf("%s%sinvalid: %s\n", pre, sep, v.reason);
+			ninvalid++;
+		} else {
+			fprintf(stderr, "hsmfs-tool verify-zip: %s: %s (%s)\n", zip,
+			    err_detail(), hsmfs_strerror(r));
+			nerr++;
+		}
 	}
+	fflush(stdout);
+	rc = nerr ? TOOL_USAGE : ninvalid ? TOOL_FAIL : TOOL_OK;
 out:
 	for (size_t i = 0; i < ncerts; i++)
 		X509_free(certs[i]);
 	free(certs);
 	X509_STORE_free(store);
+	free(zips);
 	return rc;
 }
