@@ -11,8 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Feed everything readable at fd (pread from 0, 1 MiB at a time) to fn;
+ * stops at fn's first non-zero return. 0 or -errno. */
 static int
-copy_fd(int from, int to)
+each_chunk(int fd, int (*fn)(void *arg, const char *buf, size_t n), void *arg)
 {
 	char *buf = malloc(1 << 20);
 	off_t off = 0;
@@ -20,23 +22,31 @@ copy_fd(int from, int to)
 	if (buf == NULL)
 		return -ENOMEM;
 	for (;;) {
-		ssize_t n = pread(from, buf, 1 << 20, off);
+		ssize_t n = pread(fd, buf, 1 << 20, off);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
 			r = -errno;
 			break;
 		}
-		if (n == 0)
+		if (n == 0 || (r = fn(arg, buf, (size_t)n)) != 0)
 			break;
-		if (store_write_all(to, buf, (size_t)n) != 0) {
-			r = -EIO;
-			break;
-		}
 		off += n;
 	}
 	free(buf);
 	return r;
+}
+
+static int
+write_chunk(void *arg, const char *buf, size_t n)
+{
+	return store_write_all(*(int *)arg, buf, n) != 0 ? -EIO : 0;
+}
+
+static int
+copy_fd(int from, int to)
+{
+	return each_chunk(from, write_chunk, &to);
 }
 
 static int
@@ -172,33 +182,21 @@ spool_sha256(struct spool *s, uint8_t out[32])
 	return spool_hash_fd(s->fd, out);
 }
 
+static int
+hash_chunk(void *arg, const char *buf, size_t n)
+{
+	return EVP_DigestUpdate(arg, buf, n) == 1 ? 0 : -EIO;
+}
+
 int
 spool_hash_fd(int fd, uint8_t out[32])
 {
 	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	char *buf = malloc(1 << 20);
-	off_t off = 0;
-	int r = 0;
-	if (c == NULL || buf == NULL || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1) {
-		r = -ENOMEM;
-		goto out;
-	}
-	for (;;) {
-		ssize_t n = pread(fd, buf, 1 << 20, off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			r = -errno;
-			goto out;
-		}
-		if (n == 0)
-			break;
-		EVP_DigestUpdate(c, buf, (size_t)n);
-		off += n;
-	}
-	EVP_DigestFinal_ex(c, out, NULL);
-out:
-	free(buf);
+	int r = -ENOMEM;
+	if (c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+	    (r = each_chunk(fd, hash_chunk, c)) == 0 &&
+	    EVP_DigestFinal_ex(c, out, NULL) != 1)
+		r = -EIO;
 	EVP_MD_CTX_free(c);
 	return r;
 }
