@@ -334,26 +334,32 @@ out:
 
 /* ---- checkpoints ---- */
 
+static void
+key_id_der(const char *name, const unsigned char *der, size_t len,
+    uint8_t id[4])
+{
+	uint8_t md[TLOG_HASH_LEN];
+	static const uint8_t sep[2] = { 0x0a, 0xff };
+	sha_ctx *c = sha_begin();
+	sha_update(c, name, strlen(name));
+	sha_update(c, sep, sizeof(sep));
+	sha_update(c, KEYID_ALG, strlen(KEYID_ALG));
+	sha_update(c, der, len);
+	sha_final(c, md);
+	memcpy(id, md, 4);
+}
+
 int
 tlog_key_id(const char *name, EVP_PKEY *pub, uint8_t id[4])
 {
 	unsigned char *der = NULL;
-	uint8_t md[TLOG_HASH_LEN];
-	static const uint8_t sep[2] = { 0x0a, 0xff };
-	sha_ctx *c;
 	int len = i2d_PUBKEY(pub, &der);
 	if (len <= 0) {
 		err_set_ossl("key id: cannot encode the public key");
 		return HSMFS_ERR_CRYPTO;
 	}
-	c = sha_begin();
-	sha_update(c, name, strlen(name));
-	sha_update(c, sep, sizeof(sep));
-	sha_update(c, KEYID_ALG, strlen(KEYID_ALG));
-	sha_update(c, der, (size_t)len);
-	sha_final(c, md);
+	key_id_der(name, der, (size_t)len, id);
 	OPENSSL_free(der);
-	memcpy(id, md, 4);
 	return 0;
 }
 
@@ -396,8 +402,14 @@ tlog_checkpoint_sign(const char *origin, uint64_t size,
 		size_t siglen = (size_t)hsm_key_bits(keys[i]) / 8 + 16;
 		if ((blob = calloc(1, 4 + siglen)) == NULL)
 			goto out;
-		if ((r = tlog_key_id(origin, hsm_key_pubkey(keys[i]), blob)) != 0)
+		/* The key's SPKI is encoded once per key, not per checkpoint. */
+		const unsigned char *spki;
+		size_t spki_len;
+		if ((spki = hsm_key_spki(keys[i], &spki_len)) == NULL) {
+			r = HSMFS_ERR_CRYPTO;
 			goto out;
+		}
+		key_id_der(origin, spki, spki_len, blob);
 		/* text stays valid until the next write to the stream. */
 		if ((r = hsm_key_sign(keys[i], EVP_sha256(), text, body_len,
 		    blob + 4, &siglen)) != 0)

@@ -464,21 +464,22 @@ static struct {
 } SP = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
 	.idle_cv = PTHREAD_COND_INITIALIZER };
 
-/* Items 0..n-1 fdatasync the touched objects' files, n..2n-1 sign their
- * new roots: the fsyncs of different objects and the signatures all run
- * in parallel. A signature is published only if its object's sync
- * succeeded too. */
+/* Item 2k signs object k's new root, item 2k+1 fdatasyncs its file: the
+ * poster takes item 0 at once (a signature, the long pole) while a woken
+ * worker takes the sync, and with several objects the syncs start early
+ * instead of queueing behind every signature. A signature is published
+ * only if its object's sync succeeded too. */
 static void
 sign_items(struct sign_job *j)
 {
 	size_t i;
 	while ((i = atomic_fetch_add(&j->next, 1)) < 2 * j->n) {
-		struct touched *t = &j->t[i % j->n];
+		struct touched *t = &j->t[i / 2];
 		uint8_t root[TLOG_HASH_LEN];
 		char origin[TLOG_ORIGIN_MAX];
 		if (t->err)
 			continue;
-		if (i < j->n) {
+		if (i % 2 == 1) {
 			if (fdatasync(t->o->fd) < 0) {
 				int e = errno;
 				err_set("fdatasync: %s", strerror(e));
@@ -528,8 +529,8 @@ sign_post(struct sign_job *j)
 	pthread_mutex_lock(&SP.mu);
 	SP.job = j;
 	SP.gen++;
-	/* Wake as many workers as there are items, not all of them. */
-	for (size_t k = 0; k < 2 * j->n && k < (size_t)SP.nth; k++)
+	/* Wake one worker per item but the one the poster takes itself. */
+	for (size_t k = 1; k < 2 * j->n && k <= (size_t)SP.nth; k++)
 		pthread_cond_signal(&SP.cv);
 	pthread_mutex_unlock(&SP.mu);
 }

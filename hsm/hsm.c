@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include <openssl/err.h>
+#include <openssl/x509.h>
 
 double
 hsm_now_ms(void)
@@ -78,6 +79,7 @@ hsm_key_free(hsm_key *k)
 	 * keys only at shutdown. */
 	EVP_PKEY_free(k->pkey);
 	EVP_PKEY_free(k->pub);
+	OPENSSL_free(k->spki);
 	X509_free(k->cert);
 	if (k->ops && k->ops->free)
 		k->ops->free(k);
@@ -94,6 +96,27 @@ EVP_PKEY *hsm_key_pubkey(const hsm_key *k) { return k->pub; }
 EVP_PKEY *hsm_key_pkey(hsm_key *k) { return k->pkey; }
 int hsm_key_bits(const hsm_key *k) { return k->bits; }
 const char *hsm_key_where(const hsm_key *k) { return k->where; }
+
+const unsigned char *
+hsm_key_spki(hsm_key *k, size_t *len)
+{
+	const unsigned char *der;
+	pthread_mutex_lock(&k->stats_lock);
+	if (k->spki == NULL && k->pub != NULL) {
+		unsigned char *p = NULL;
+		int n = i2d_PUBKEY(k->pub, &p);
+		if (n > 0) {
+			k->spki = p;
+			k->spki_len = n;
+		}
+	}
+	der = k->spki;
+	*len = (size_t)k->spki_len;
+	pthread_mutex_unlock(&k->stats_lock);
+	if (der == NULL)
+		err_set_ossl("key %s: cannot encode the public key", k->name);
+	return der;
+}
 
 void
 hsm_account(hsm_key *k, double t0, int r)

@@ -53,6 +53,9 @@ EVP_PKEY *hsm_key_pubkey(const hsm_key *k);
  * EVP_PKEY_dup it. */
 EVP_PKEY *hsm_key_pkey(hsm_key *k);
 int hsm_key_bits(const hsm_key *k);
+/* DER SubjectPublicKeyInfo of the public key, encoded once and kept with
+ * the key (borrowed); NULL with an error set if it cannot be encoded. */
+const unsigned char *hsm_key_spki(hsm_key *k, size_t *len);
 /* Token label (PKCS#11) or file name (P12), for status output. */
 const char *hsm_key_where(const hsm_key *k);
 

@@ -26,6 +26,8 @@ struct hsm_key {
 	EVP_PKEY *pub;         /* owned */
 	EVP_PKEY *pkey;        /* owned: private ops reach the backend */
 	int bits;
+	unsigned char *spki;   /* DER SubjectPublicKeyInfo of pub, made once */
+	int spki_len;
 	void *priv;            /* backend state */
 
 	pthread_mutex_t stats_lock;
