@@ -44,8 +44,18 @@ struct hrec {
 	uint8_t leaf_hash[TLOG_HASH_LEN];
 };
 
-/* An object. Committed state (nrec .. cp_text) changes only in the
- * committer, under H.lock; everyone else copies what they need under
+/* Where the frames written for an object end: its tree, record count,
+ * file and content length and the time of its last record. */
+struct hstate {
+	struct tlog_tree tree;
+	uint64_t nrec;
+	off_t file_len;
+	uint64_t content_len;
+	uint64_t last_time;
+};
+
+/* An object. Committed state (nrec .. cp_text) changes only when a batch
+ * is published, under H.lock; everyone else copies what they need under
  * H.lock. Objects are never freed while mounted (names are permanent). */
 struct hobj {
 	struct hobj *next;
@@ -68,6 +78,10 @@ struct hobj {
 	struct stat stamp;
 	int stamp_ok;
 	int opens;                /* write handles: a new object is visible */
+	/* End of the frames written so far: ahead of the committed state
+	 * while a batch is on its way to the index, equal to it otherwise
+	 * (committer, under H.lock). */
+	struct hstate pend;
 };
 
 struct hreq {
@@ -78,6 +92,7 @@ struct hreq {
 	uint64_t len;
 	uint32_t uid;
 	int done, result;
+	pthread_cond_t cv;        /* signalled under H.lock when done */
 };
 
 enum { FH_WRITE = 1, FH_READ, FH_JOURNAL };
@@ -116,21 +131,29 @@ static struct {
 	char *global_bad;                 /* index or anchor unreadable */
 
 	pthread_mutex_t lock;
-	pthread_cond_t queue_cv, done_cv;
+	pthread_cond_t queue_cv, slot_cv, idle_cv;
 	struct hreq *queue, **queue_tail;
-	pthread_t committer;
-	int running, stopping;
+	pthread_t committer, finisher;
+	int running, stopping, finisher_up, finisher_quit;
+	struct batch *slot;               /* handed to the finisher */
+	int index_busy;                   /* a batch is in its index stage */
+	int broken;                       /* a batch failed at the index:
+	                                     cut back before the next one */
+	int broken_err;
 	off_t cp_len;
 	off_t compact_at;                 /* rewrite the index past this size */
 	struct hobj *buckets[NBUCKETS];
 	uint64_t nobjects;
 	/* stats */
-	uint64_t batches, records, signatures, max_batch;
+	uint64_t batches, records, signatures, max_batch, pipelined;
+	double ack_ms;                    /* sum of enqueue-to-answer times */
+	uint64_t nacks;
 	time_t last_commit;         /* wall time of the last batch with a record */
 } H = { .dirfd = -1, .objfd = -1, .cpfd = -1, .anchorfd = -1,
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.queue_cv = PTHREAD_COND_INITIALIZER,
-	.done_cv = PTHREAD_COND_INITIALIZER };
+	.slot_cv = PTHREAD_COND_INITIALIZER,
+	.idle_cv = PTHREAD_COND_INITIALIZER };
 
 /* ---- object table ---- */
 
@@ -167,11 +190,23 @@ obj_get_locked(const char *name)
 	o->fd = -1;
 	o->signer = -1;
 	tlog_tree_init(&o->tree);
+	tlog_tree_init(&o->pend.tree);
 	b = name_hash(name);
 	o->next = H.buckets[b];
 	H.buckets[b] = o;
 	H.nobjects++;
 	return o;
+}
+
+/* Nothing in flight for o: its written end is its committed state. */
+static void
+obj_pend_reset_locked(struct hobj *o)
+{
+	o->pend.tree = o->tree;
+	o->pend.nrec = o->nrec;
+	o->pend.file_len = o->file_len;
+	o->pend.content_len = o->content_len;
+	o->pend.last_time = o->nrec ? o->recs[o->nrec - 1].time_us : 0;
 }
 
 static int
@@ -352,6 +387,7 @@ obj_verify(struct hobj *o, int recover)
 		o->content_len = l.content;
 		o->file_len = c.signed_end;
 		o->tree = l.tree;
+		obj_pend_reset_locked(o);
 		o->signer = c.which_key;
 		o->stamp = st;
 		o->stamp_ok = 1;
@@ -441,6 +477,7 @@ struct touched {
 	char *cp;
 	size_t cp_len;
 	int created;
+	off_t start_len;          /* file length before this batch's frames */
 };
 
 struct sign_job {
@@ -678,20 +715,71 @@ obj_open_file(struct hobj *o, int create)
 	return fd;
 }
 
+/* One batch on its way: framed and signed by the committer, then
+ * taken to the index and published by the finisher (or by the committer
+ * itself when nothing else is waiting). */
+struct batch {
+	struct hreq *reqs;
+	size_t nreq;
+	struct touched *t;
+	size_t nt;
+	char *all;                /* the batch's checkpoints, in index order */
+	size_t all_len;
+};
+
 static void
-commit_batch(struct hreq *batch)
+batch_free(struct batch *b)
+{
+	for (size_t i = 0; i < b->nt; i++) {
+		free(b->t[i].recs);
+		free(b->t[i].cp);
+	}
+	free(b->t);
+	free(b->all);
+	free(b);
+}
+
+/* Answer every request of b not answered yet with err (0: its object's
+ * result) and wake its writer. H.lock held; q lives on the writer's
+ * stack, so nothing of it is touched after the lock is dropped. */
+static void
+batch_answer_locked(struct batch *b, int err)
+{
+	for (struct hreq *q = b->reqs; q; q = q->next) {
+		if (q->result == 0 && err != 0)
+			q->result = err;
+		if (q->result == 0)
+			for (size_t i = 0; i < b->nt; i++)
+				if (b->t[i].o == q->o)
+					q->result = b->t[i].err;
+		if (q->result == 0) {
+			H.records++;
+			H.last_commit = time(NULL);
+		}
+		q->done = 1;
+		pthread_cond_signal(&q->cv);
+	}
+	H.batches++;
+	if (b->nreq > H.max_batch)
+		H.max_batch = b->nreq;
+}
+
+/* Stage 1, in the committer: frames after everything written so far (the
+ * batch before may still be on its way to the index), then each touched
+ * object's new root signed while its file is fdatasynced. An object that
+ * fails here is cut back to where this batch began; the written end of
+ * the others moves on. */
+static void
+stage_frame_sign(struct batch *b)
 {
 	struct touched *t = NULL;
-	size_t nt = 0, cap = 0, nreq = 0;
-	char *all = NULL;
-	size_t all_len = 0;
+	size_t nt = 0, cap = 0;
 	int r, new_dirent = 0;
 	struct sign_job job;
 
-	/* 1. Frames, object by object, in arrival order. */
-	for (struct hreq *q = batch; q; q = q->next) {
+	for (struct hreq *q = b->reqs; q; q = q->next) {
 		struct touched *x = NULL;
-		nreq++;
+		b->nreq++;
 		for (size_t i = 0; i < nt; i++)
 			if (t[i].o == q->o)
 				x = &t[i];
@@ -710,12 +798,11 @@ commit_batch(struct hreq *batch)
 			memset(x, 0, sizeof(*x));
 			x->o = q->o;
 			pthread_mutex_lock(&H.lock);
-			x->tree = q->o->tree;
-			x->nrec = q->o->nrec;
-			x->file_len = q->o->file_len;
-			x->content_len = q->o->content_len;
-			x->last_time = q->o->nrec ?
-			    q->o->recs[q->o->nrec - 1].time_us : 0;
+			x->tree = q->o->pend.tree;
+			x->nrec = q->o->pend.nrec;
+			x->file_len = x->start_len = q->o->pend.file_len;
+			x->content_len = q->o->pend.content_len;
+			x->last_time = q->o->pend.last_time;
 			if (q->o->bad)
 				x->err = HSMFS_ERR_BADMSG;
 			pthread_mutex_unlock(&H.lock);
@@ -739,15 +826,16 @@ commit_batch(struct hreq *batch)
 			x->err = r;
 		}
 	}
-	/* 2. Sign the new roots while the frames reach the disk. */
+	b->t = t;
+	b->nt = nt;
+	if (nt == 0)
+		return;
 	memset(&job, 0, sizeof(job));
 	job.t = t;
 	job.n = nt;
 	atomic_init(&job.next, 0);
-	if (nt > 0)
-		sign_post(&job);
-	if (nt > 0)
-		sign_finish(&job);
+	sign_post(&job);
+	sign_finish(&job);
 	for (size_t i = 0; i < nt; i++)
 		if (!t[i].err)
 			t[i].err = t[i].sync_err ? t[i].sync_err : t[i].sign_err;
@@ -756,21 +844,50 @@ commit_batch(struct hreq *batch)
 			if (t[i].created && !t[i].err)
 				t[i].err = HSMFS_ERR_IO;
 	}
-	/* 3. The checkpoints, all in one append to the index. */
 	for (size_t i = 0; i < nt; i++) {
+		struct hobj *o = t[i].o;
 		char *p;
-		if (t[i].err || t[i].cp == NULL)
-			continue;
-		if ((p = realloc(all, all_len + t[i].cp_len)) == NULL) {
-			t[i].err = HSMFS_ERR_NOMEM;
+		if (!t[i].err && t[i].cp != NULL) {
+			if ((p = realloc(b->all, b->all_len + t[i].cp_len)) == NULL) {
+				t[i].err = HSMFS_ERR_NOMEM;
+			} else {
+				b->all = p;
+				memcpy(b->all + b->all_len, t[i].cp, t[i].cp_len);
+				b->all_len += t[i].cp_len;
+			}
+		}
+		if (t[i].err) {
+			/* Never acknowledged: cut this batch's frames off. */
+			if (o->fd >= 0 && ftruncate(o->fd, t[i].start_len) < 0)
+				log_err("history/%s: cannot cut unacknowledged records: %s",
+				    o->name, strerror(errno));
 			continue;
 		}
-		all = p;
-		memcpy(all + all_len, t[i].cp, t[i].cp_len);
-		all_len += t[i].cp_len;
+		pthread_mutex_lock(&H.lock);
+		o->pend.tree = t[i].tree;
+		o->pend.nrec = t[i].nrec;
+		o->pend.file_len = t[i].file_len;
+		o->pend.content_len = t[i].content_len;
+		o->pend.last_time = t[i].last_time;
+		pthread_mutex_unlock(&H.lock);
 	}
-	if (all_len > 0) {
-		r = pwrite_all(H.cpfd, all, all_len, H.cp_len);
+}
+
+/* Stage 2, in the finisher (or the committer): the batch's checkpoints in
+ * one append to the index, fdatasync, the anchor; then publish and wake
+ * the writers. If the index cannot take them the batch fails, and
+ * H.broken makes the committer cut every object back to its committed
+ * state before the next batch is answered: its frames, and those of a
+ * batch framed after it, are never acknowledged. */
+static void
+stage_index_publish(struct batch *b)
+{
+	struct touched *t = b->t;
+	size_t nt = b->nt;
+	int r = 0;
+
+	if (b->all_len > 0) {
+		r = pwrite_all(H.cpfd, b->all, b->all_len, H.cp_len);
 		if (r == 0 && fdatasync(H.cpfd) < 0) {
 			err_set("fdatasync checkpoints: %s", strerror(errno));
 			r = hsmfs_errno_err(errno);
@@ -781,36 +898,27 @@ commit_batch(struct hreq *batch)
 			if (ftruncate(H.cpfd, H.cp_len) < 0)
 				log_err("history: cannot cut the checkpoint index back: %s",
 				    strerror(errno));
-			for (size_t i = 0; i < nt; i++)
-				if (!t[i].err)
-					t[i].err = r;
 		} else if (H.anchorfd >= 0) {
 			/* The anchor is a second copy on another volume: if it
 			 * fails the records are still durable and signed here, so
 			 * they are acknowledged and the failure is logged. */
-			if (store_write_all(H.anchorfd, all, all_len) != 0 ||
+			if (store_write_all(H.anchorfd, b->all, b->all_len) != 0 ||
 			    fdatasync(H.anchorfd) < 0)
 				log_err("history: anchor %s: cannot append checkpoints: "
 				    "%s", hsmfs_ctx->opt.history_anchor, err_detail());
 		}
 	}
-	/* 4. Publish, or undo frames that will never be acknowledged. */
 	pthread_mutex_lock(&H.lock);
-	if (all_len > 0 && t != NULL) {
-		int any = 0;
-		for (size_t i = 0; i < nt; i++)
-			any |= !t[i].err;
-		if (any)
-			H.cp_len += (off_t)all_len;
+	if (r != 0) {
+		H.broken = 1;
+		H.broken_err = r;
+	} else {
+		H.cp_len += (off_t)b->all_len;
 	}
-	for (size_t i = 0; i < nt; i++) {
+	for (size_t i = 0; i < nt && r == 0; i++) {
 		struct hobj *o = t[i].o;
-		if (t[i].err) {
-			if (o->fd >= 0 && ftruncate(o->fd, o->file_len) < 0)
-				log_err("history/%s: cannot cut unacknowledged records: %s",
-				    o->name, strerror(errno));
+		if (t[i].err)
 			continue;
-		}
 		for (size_t k = 0; k < t[i].nnew; k++)
 			if (recs_push(&o->recs, &o->cap, o->nrec + k, &t[i].recs[k]) != 0)
 				abort();   /* nothing sane left to do: state would lie */
@@ -825,33 +933,31 @@ commit_batch(struct hreq *batch)
 		o->signer = 0;
 		o->known_size = o->nrec;
 		tlog_tree_root(&o->tree, o->known_root);
+		/* Frames of the next batch may already follow: the stamp
+		 * vouches for the file, reads stop at file_len. */
 		o->stamp_ok = fstat(o->fd, &o->stamp) == 0;
 		H.signatures++;
 	}
-	for (struct hreq *q = batch; q; q = q->next) {
-		if (q->result == 0) {
-			for (size_t i = 0; i < nt; i++)
-				if (t[i].o == q->o)
-					q->result = t[i].err;
-		}
-		if (q->result == 0) {
-			H.records++;
-			H.last_commit = time(NULL);
-		}
-		q->done = 1;
-	}
-	H.batches++;
-	if (nreq > H.max_batch)
-		H.max_batch = nreq;
-	pthread_cond_broadcast(&H.done_cv);
+	batch_answer_locked(b, r);
 	pthread_mutex_unlock(&H.lock);
+	batch_free(b);
+}
 
-	for (size_t i = 0; i < nt; i++) {
-		free(t[i].recs);
-		free(t[i].cp);
-	}
-	free(t);
-	free(all);
+/* A batch failed at the index: no frame after an object's committed end
+ * will be acknowledged. Cut them off. H.lock held, nothing in flight. */
+static void
+cut_back_locked(void)
+{
+	for (unsigned k = 0; k < NBUCKETS; k++)
+		for (struct hobj *o = H.buckets[k]; o; o = o->next) {
+			if (o->pend.file_len == o->file_len && o->pend.nrec == o->nrec)
+				continue;
+			if (o->fd >= 0 && ftruncate(o->fd, o->file_len) < 0)
+				log_err("history/%s: cannot cut unacknowledged records: %s",
+				    o->name, strerror(errno));
+			obj_pend_reset_locked(o);
+		}
+	H.broken = 0;
 }
 
 /* The index only needs the newest checkpoint of each object; once it has
@@ -900,26 +1006,103 @@ fail:
 	fs_log_fail("history", HSTORE_CHECKPOINTS, NULL, "compacting the index", r);
 }
 
+static void
+index_maybe_compact(void)
+{
+	if (H.cp_len > H.compact_at)
+		index_compact();
+}
+
+/* Takes everything queued as one batch, frames and signs it, then hands
+ * it to the finisher for the index and goes on with the next batch, so
+ * one batch's index fdatasync runs beside the next one's signature.
+ * With nothing else waiting it finishes the batch itself (no hand-off on
+ * the path of a lone writer). Batches reach the index in order: one is
+ * in the index stage at a time (H.index_busy). */
 static void *
 committer_main(void *arg)
 {
 	pthread_mutex_lock(&H.lock);
 	for (;;) {
-		struct hreq *batch;
+		struct batch *b;
 		while (H.queue == NULL && !H.stopping)
 			pthread_cond_wait(&H.queue_cv, &H.lock);
 		if (H.queue == NULL)
 			break;
-		/* Take everything queued: while we sign and sync, the next
-		 * batch collects, so batches grow with load. */
-		batch = H.queue;
+		if (H.broken && !H.index_busy)
+			cut_back_locked();
+		if ((b = calloc(1, sizeof(*b))) == NULL) {
+			struct batch none = { .reqs = H.queue };
+			err_set("out of memory");
+			H.queue = NULL;
+			H.queue_tail = &H.queue;
+			batch_answer_locked(&none, HSMFS_ERR_NOMEM);
+			continue;
+		}
+		/* While this batch is signed and synced the next collects,
+		 * so batches grow with load. */
+		b->reqs = H.queue;
 		H.queue = NULL;
 		H.queue_tail = &H.queue;
 		pthread_mutex_unlock(&H.lock);
-		commit_batch(batch);
-		if (H.cp_len > H.compact_at)
-			index_compact();
+		stage_frame_sign(b);
 		pthread_mutex_lock(&H.lock);
+		while (H.index_busy)
+			pthread_cond_wait(&H.idle_cv, &H.lock);
+		if (H.broken) {
+			/* The batch before failed at the index, and this one's
+			 * frames follow its frames. */
+			int e = H.broken_err;
+			log_warn("history: %zu record(s) not committed: framed after "
+			    "a batch the checkpoint index could not take", b->nreq);
+			cut_back_locked();
+			batch_answer_locked(b, e);
+			pthread_mutex_unlock(&H.lock);
+			batch_free(b);
+			pthread_mutex_lock(&H.lock);
+			continue;
+		}
+		H.index_busy = 1;
+		if (H.queue != NULL && H.finisher_up) {
+			H.slot = b;
+			H.pipelined++;
+			pthread_cond_signal(&H.slot_cv);
+			continue;
+		}
+		pthread_mutex_unlock(&H.lock);
+		stage_index_publish(b);
+		index_maybe_compact();
+		pthread_mutex_lock(&H.lock);
+		H.index_busy = 0;
+	}
+	while (H.index_busy)
+		pthread_cond_wait(&H.idle_cv, &H.lock);
+	if (H.broken)
+		cut_back_locked();
+	H.finisher_quit = 1;
+	pthread_cond_signal(&H.slot_cv);
+	pthread_mutex_unlock(&H.lock);
+	return NULL;
+}
+
+static void *
+finisher_main(void *arg)
+{
+	pthread_mutex_lock(&H.lock);
+	for (;;) {
+		struct batch *b;
+		while (H.slot == NULL && !H.finisher_quit)
+			pthread_cond_wait(&H.slot_cv, &H.lock);
+		if (H.slot == NULL)
+			break;
+		b = H.slot;
+		H.slot = NULL;
+		pthread_mutex_unlock(&H.lock);
+		stage_index_publish(b);
+		index_maybe_compact();
+		pthread_mutex_lock(&H.lock);
+		H.index_busy = 0;
+		pthread_cond_signal(&H.idle_cv);
 	}
 	pthread_mutex_unlock(&H.lock);
 	return NULL;
@@ -931,15 +1114,19 @@ commit_record(struct hobj *o, uint8_t *buf, int spool_fd, uint64_t len,
     uint32_t uid)
 {
 	struct hreq q;
+	struct timespec a, z;
 	memset(&q, 0, sizeof(q));
 	q.o = o;
 	q.buf = buf;
 	q.spool_fd = spool_fd;
 	q.len = len;
 	q.uid = uid;
+	pthread_cond_init(&q.cv, NULL);
+	clock_gettime(CLOCK_MONOTONIC, &a);
 	pthread_mutex_lock(&H.lock);
 	if (!H.running) {
 		pthread_mutex_unlock(&H.lock);
+		pthread_cond_destroy(&q.cv);
 		err_set("history is not running");
 		return HSMFS_ERR_UNSUPPORTED;
 	}
@@ -947,8 +1134,13 @@ commit_record(struct hobj *o, uint8_t *buf, int spool_fd, uint64_t len,
 	H.queue_tail = &q.next;
 	pthread_cond_signal(&H.queue_cv);
 	while (!q.done)
-		pthread_cond_wait(&H.done_cv, &H.lock);
+		pthread_cond_wait(&q.cv, &H.lock);
+	clock_gettime(CLOCK_MONOTONIC, &z);
+	H.nacks++;
+	H.ack_ms += (double)(z.tv_sec - a.tv_sec) * 1e3 +
+	    (double)(z.tv_nsec - a.tv_nsec) / 1e6;
 	pthread_mutex_unlock(&H.lock);
+	pthread_cond_destroy(&q.cv);
 	return q.result;
 }
 
@@ -1237,7 +1429,17 @@ history_start(void)
 	for (SP.nth = 0; SP.nth < SIGN_THREADS; SP.nth++)
 		if (pthread_create(&SP.th[SP.nth], NULL, sign_thread, NULL) != 0)
 			break;
+	/* Without the finisher the committer does both stages itself. */
+	H.finisher_up = pthread_create(&H.finisher, NULL, finisher_main,
+	    NULL) == 0;
 	if (pthread_create(&H.committer, NULL, committer_main, NULL) != 0) {
+		if (H.finisher_up) {
+			pthread_mutex_lock(&H.lock);
+			H.finisher_quit = 1;
+			pthread_cond_signal(&H.slot_cv);
+			pthread_mutex_unlock(&H.lock);
+			pthread_join(H.finisher, NULL);
+		}
 		err_set("cannot start the committer thread");
 		return HSMFS_ERR_NOMEM;
 	}
@@ -1261,6 +1463,8 @@ history_stop(void)
 	pthread_cond_signal(&H.queue_cv);
 	pthread_mutex_unlock(&H.lock);
 	pthread_join(H.committer, NULL);
+	if (H.finisher_up)
+		pthread_join(H.finisher, NULL);
 	pthread_mutex_lock(&SP.mu);
 	SP.quit = 1;
 	pthread_cond_broadcast(&SP.cv);
@@ -1283,6 +1487,9 @@ history_status(FILE *out)
 	fprintf(out, "history.max_batch: %" PRIu64 "\n", H.max_batch);
 	fprintf(out, "history.mean_batch: %.2f\n",
 	    H.batches ? (double)H.records / (double)H.batches : 0.0);
+	fprintf(out, "history.pipelined_batches: %" PRIu64 "\n", H.pipelined);
+	fprintf(out, "history.mean_close_ms: %.3f\n",
+	    H.nacks ? H.ack_ms / (double)H.nacks : 0.0);
 	fprintf(out, "history.last_checkpoint: %lld\n", (long long)H.last_commit);
 	fprintf(out, "history.signer: %s\n", H.signer ? hsm_key_name(H.signer) : "");
 	fprintf(out, "history.anchor: %s\n", H.anchorfd >= 0 ?

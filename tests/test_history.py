@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -617,6 +618,75 @@ def test_full_disk_fails_the_record_and_keeps_the_history(mount_factory, small_s
     assert tool_verify(m, "f").returncode == 0
     m.start()
     assert read(m, "f") == b"before\nafter\n"
+
+
+def test_full_disk_under_concurrent_writers(mount_factory, small_store):
+    """Under load a batch is framed and signed while the one before is on
+    its way to the index. Filling the disk then fails batches at their
+    frames and at the index; a batch framed after a failed one must fail
+    too. Every acknowledged record is there exactly once, nothing else is,
+    before and after remount, and appends work once space is back."""
+    m = mount_factory(store=str(small_store / "store"))
+    names = ("a", "b")
+    for n in names:
+        append(m, n, b"first\n")
+    ballast = small_store / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    # Room for a few dozen records and checkpoints, then full again.
+    os.truncate(ballast, ballast.stat().st_size - 64 * 1024)
+    acked = {n: [first] for n, first in zip(names, [b"first\n"] * 2)}
+    errors = Counter()
+    lock = threading.Lock()
+
+    def writer(w):
+        name, fails = names[w % 2], 0
+        for i in range(4000):
+            if fails >= 30:
+                break
+            rec = f"w{w}-{i}-".encode() + b"x" * 300 + b"\n"
+            try:
+                append(m, name, rec)
+            except OSError as e:
+                with lock:
+                    errors[errno.errorcode.get(e.errno, e.errno)] += 1
+                fails += 1
+                continue
+            fails = 0
+            with lock:
+                acked[name].append(rec)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(errors) == {"ENOSPC"}, errors
+    assert sum(len(v) for v in acked.values()) > 2 + 16, acked.keys()
+    log = m.log()
+    assert "appending a record" in log or "writing checkpoints" in log
+
+    def check():
+        for n in names:
+            got = read(m, n)
+            assert Counter(got.splitlines(keepends=True)) == Counter(acked[n])
+    check()
+    ballast.unlink()
+    for n in names:
+        append(m, n, b"after\n")
+        acked[n].append(b"after\n")
+    check()
+    m.unmount()
+    for n in names:
+        assert tool_verify(m, n).returncode == 0
+    m.start()
+    check()
 
 
 def test_hsm_failure_fails_the_append_then_recovers(hsm, mount_factory, tmp_path,
