@@ -607,12 +607,81 @@ pwrite_all(int fd, const void *buf, size_t len, off_t off)
 	return 0;
 }
 
+/* pwritev until everything is written (iov is consumed). */
+static int
+pwritev_all(int fd, struct iovec *iov, int n, off_t off)
+{
+	while (n > 0) {
+		ssize_t w = pwritev(fd, iov, n, off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0) {
+			int e = errno;
+			err_set("write: %s", strerror(e));
+			return hsmfs_errno_err(e);
+		}
+		off += w;
+		while (n > 0 && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
 static uint64_t
 now_us(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* The frame of a spooled record: header, payload copied from the spool
+ * in chunks (hashed on the way), hash. *off advances. */
+static int
+write_spooled(int fd, struct hreq *q, const uint8_t *hdr, size_t hlen,
+    EVP_MD_CTX *md, uint8_t hash[TLOG_HASH_LEN], off_t *off)
+{
+	uint8_t *chunk;
+	int r;
+	if ((r = pwrite_all(fd, hdr, hlen, *off)) != 0)
+		return r;
+	*off += (off_t)hlen;
+	if ((chunk = malloc(1 << 16)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (uint64_t done = 0; done < q->len;) {
+		ssize_t n = pread(q->spool_fd, chunk, 1 << 16, (off_t)done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			err_set("read spool: %s", n < 0 ? strerror(errno) : "short");
+			r = HSMFS_ERR_IO;
+			goto out;
+		}
+		if (EVP_DigestUpdate(md, chunk, (size_t)n) != 1) {
+			r = HSMFS_ERR_CRYPTO;
+			goto out;
+		}
+		if ((r = pwrite_all(fd, chunk, (size_t)n, *off)) != 0)
+			goto out;
+		*off += n;
+		done += (uint64_t)n;
+	}
+	r = HSMFS_ERR_CRYPTO;
+	if (EVP_DigestFinal_ex(md, hash, NULL) != 1)
+		goto out;
+	if ((r = pwrite_all(fd, hash, TLOG_HASH_LEN, *off)) != 0)
+		goto out;
+	*off += TLOG_HASH_LEN;
+out:
+	free(chunk);
+	return r;
 }
 
 /* Append one frame for q at t's end. */
@@ -625,7 +694,6 @@ write_frame(struct touched *t, struct hreq *q)
 	EVP_MD_CTX *md = NULL;
 	static const uint8_t zero = 0;
 	off_t off = t->file_len;
-	uint8_t *chunk = NULL;
 	int r = HSMFS_ERR_NOMEM;
 
 	rec.seq = t->nrec;
@@ -640,49 +708,23 @@ write_frame(struct touched *t, struct hreq *q)
 	    EVP_DigestUpdate(md, &zero, 1) != 1 ||
 	    EVP_DigestUpdate(md, hdr + TLOG_FRAME_HDR, TLOG_LEAF_HDR) != 1)
 		goto out;
-	if ((r = pwrite_all(t->o->fd, hdr, sizeof(hdr), off)) != 0)
-		goto out;
-	off += (off_t)sizeof(hdr);
-	hr.payload_off = off;
-	if (q->spool_fd < 0) {
-		if (EVP_DigestUpdate(md, q->buf, q->len) != 1) {
-			r = HSMFS_ERR_CRYPTO;
+	hr.payload_off = off + (off_t)sizeof(hdr);
+	if (q->spool_fd >= 0) {
+		if ((r = write_spooled(t->o->fd, q, hdr, sizeof(hdr), md, hash,
+		    &off)) != 0)
 			goto out;
-		}
-		if ((r = pwrite_all(t->o->fd, q->buf, q->len, off)) != 0)
-			goto out;
-		off += (off_t)q->len;
 	} else {
-		r = HSMFS_ERR_NOMEM;
-		if ((chunk = malloc(1 << 16)) == NULL)
-			goto out;
-		for (uint64_t done = 0; done < q->len;) {
-			ssize_t n = pread(q->spool_fd, chunk, 1 << 16, (off_t)done);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0) {
-				err_set("read spool: %s", n < 0 ? strerror(errno) : "short");
-				r = HSMFS_ERR_IO;
-				goto out;
-			}
-			if (EVP_DigestUpdate(md, chunk, (size_t)n) != 1) {
-				r = HSMFS_ERR_CRYPTO;
-				goto out;
-			}
-			if ((r = pwrite_all(t->o->fd, chunk, (size_t)n, off)) != 0)
-				goto out;
-			off += n;
-			done += (uint64_t)n;
-		}
-	}
-	if (EVP_DigestFinal_ex(md, hash, NULL) != 1) {
+		/* A record in memory: the whole frame in one write. */
+		struct iovec iov[3] = { { hdr, sizeof(hdr) },
+			{ q->buf, (size_t)q->len }, { hash, sizeof(hash) } };
 		r = HSMFS_ERR_CRYPTO;
-		goto out;
+		if (EVP_DigestUpdate(md, q->buf, q->len) != 1 ||
+		    EVP_DigestFinal_ex(md, hash, NULL) != 1)
+			goto out;
+		if ((r = pwritev_all(t->o->fd, iov, 3, off)) != 0)
+			goto out;
+		off += (off_t)(sizeof(hdr) + q->len + sizeof(hash));
 	}
-	if ((r = pwrite_all(t->o->fd, hash, sizeof(hash), off)) != 0)
-		goto out;
-	off += (off_t)sizeof(hash);
-
 	hr.payload_len = q->len;
 	hr.content_off = t->content_len;
 	hr.time_us = rec.time_us;
@@ -699,7 +741,6 @@ write_frame(struct touched *t, struct hreq *q)
 	r = 0;
 out:
 	EVP_MD_CTX_free(md);
-	free(chunk);
 	return r;
 }
 
