@@ -1091,6 +1091,8 @@ run_batch_locked(struct batch *b, int may_hand_off)
 	}
 	H.index_busy = 1;
 	H.framing = 0;
+	if (H.stopping)
+		pthread_cond_signal(&H.queue_cv);   /* the committer waits for us */
 	if (H.queue != NULL) {
 		pthread_cond_signal(&H.queue_cv);
 		if (may_hand_off && H.finisher_up) {
