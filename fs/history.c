@@ -80,7 +80,7 @@ struct hobj {
 	int opens;                /* write handles: a new object is visible */
 	/* End of the frames written so far: ahead of the committed state
 	 * while a batch is on its way to the index, equal to it otherwise
-	 * (committer, under H.lock). */
+	 * (changed by the framing thread, under H.lock). */
 	struct hstate pend;
 };
 
@@ -467,10 +467,7 @@ obj_check(struct hobj *o)
 /* Per-object state of one batch. */
 struct touched {
 	struct hobj *o;
-	struct tlog_tree tree;
-	uint64_t nrec;
-	off_t file_len;
-	uint64_t content_len, last_time;
+	struct hstate end;        /* the object's end after this batch's frames */
 	struct hrec *recs;        /* the batch's new records */
 	size_t nnew, cap;
 	int err;                  /* frames or index failed */
@@ -529,9 +526,9 @@ sign_items(struct sign_job *j)
 			}
 			continue;
 		}
-		tlog_tree_root(&t->tree, root);
+		tlog_tree_root(&t->end.tree, root);
 		origin_of(t->o->name, origin, sizeof(origin));
-		t->sign_err = tlog_checkpoint_sign(origin, t->nrec, root, &H.signer,
+		t->sign_err = tlog_checkpoint_sign(origin, t->end.nrec, root, &H.signer,
 		    1, &t->cp, &t->cp_len);
 		if (t->sign_err)
 			fs_log_fail("history", t->o->name, hsm_key_name(H.signer),
@@ -587,26 +584,6 @@ sign_finish(struct sign_job *j)
 	pthread_mutex_unlock(&SP.mu);
 }
 
-static int
-pwrite_all(int fd, const void *buf, size_t len, off_t off)
-{
-	const uint8_t *p = buf;
-	while (len > 0) {
-		ssize_t n = pwrite(fd, p, len, off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int e = errno;
-			err_set("write: %s", strerror(e));
-			return hsmfs_errno_err(e);
-		}
-		p += n;
-		len -= (size_t)n;
-		off += n;
-	}
-	return 0;
-}
-
 /* pwritev until everything is written (iov is consumed). */
 static int
 pwritev_all(int fd, struct iovec *iov, int n, off_t off)
@@ -632,6 +609,13 @@ pwritev_all(int fd, struct iovec *iov, int n, off_t off)
 		}
 	}
 	return 0;
+}
+
+static int
+pwrite_all(int fd, const void *buf, size_t len, off_t off)
+{
+	struct iovec iov = { (void *)buf, len };
+	return pwritev_all(fd, &iov, 1, off);
 }
 
 static uint64_t
@@ -693,13 +677,13 @@ write_frame(struct touched *t, struct hreq *q)
 	struct hrec hr;
 	EVP_MD_CTX *md = NULL;
 	static const uint8_t zero = 0;
-	off_t off = t->file_len;
+	off_t off = t->end.file_len;
 	int r = HSMFS_ERR_NOMEM;
 
-	rec.seq = t->nrec;
+	rec.seq = t->end.nrec;
 	rec.time_us = now_us();
-	if (rec.time_us < t->last_time)
-		rec.time_us = t->last_time;  /* clock stepped back: keep order */
+	if (rec.time_us < t->end.last_time)
+		rec.time_us = t->end.last_time;  /* clock stepped back: keep order */
 	rec.uid = q->uid;
 	tlog_frame_header(rec.seq, (uint32_t)(TLOG_LEAF_HDR + q->len), hdr);
 	tlog_leaf_header(&rec, hdr + TLOG_FRAME_HDR);
@@ -726,18 +710,18 @@ write_frame(struct touched *t, struct hreq *q)
 		off += (off_t)(sizeof(hdr) + q->len + sizeof(hash));
 	}
 	hr.payload_len = q->len;
-	hr.content_off = t->content_len;
+	hr.content_off = t->end.content_len;
 	hr.time_us = rec.time_us;
 	hr.uid = rec.uid;
 	memcpy(hr.leaf_hash, hash, TLOG_HASH_LEN);
 	if ((r = recs_push(&t->recs, &t->cap, t->nnew, &hr)) != 0)
 		goto out;
 	t->nnew++;
-	tlog_tree_append(&t->tree, hash);
-	t->nrec++;
-	t->file_len = off;
-	t->content_len += q->len;
-	t->last_time = rec.time_us;
+	tlog_tree_append(&t->end.tree, hash);
+	t->end.nrec++;
+	t->end.file_len = off;
+	t->end.content_len += q->len;
+	t->end.last_time = rec.time_us;
 	r = 0;
 out:
 	EVP_MD_CTX_free(md);
@@ -842,11 +826,8 @@ stage_frame_sign(struct batch *b)
 			memset(x, 0, sizeof(*x));
 			x->o = q->o;
 			pthread_mutex_lock(&H.lock);
-			x->tree = q->o->pend.tree;
-			x->nrec = q->o->pend.nrec;
-			x->file_len = x->start_len = q->o->pend.file_len;
-			x->content_len = q->o->pend.content_len;
-			x->last_time = q->o->pend.last_time;
+			x->end = q->o->pend;
+			x->start_len = x->end.file_len;
 			if (q->o->bad)
 				x->err = HSMFS_ERR_BADMSG;
 			pthread_mutex_unlock(&H.lock);
@@ -908,11 +889,7 @@ stage_frame_sign(struct batch *b)
 			continue;
 		}
 		pthread_mutex_lock(&H.lock);
-		o->pend.tree = t[i].tree;
-		o->pend.nrec = t[i].nrec;
-		o->pend.file_len = t[i].file_len;
-		o->pend.content_len = t[i].content_len;
-		o->pend.last_time = t[i].last_time;
+		o->pend = t[i].end;
 		pthread_mutex_unlock(&H.lock);
 	}
 }
@@ -966,10 +943,10 @@ stage_index_publish(struct batch *b)
 		for (size_t k = 0; k < t[i].nnew; k++)
 			if (recs_push(&o->recs, &o->cap, o->nrec + k, &t[i].recs[k]) != 0)
 				abort();   /* nothing sane left to do: state would lie */
-		o->tree = t[i].tree;
-		o->nrec = t[i].nrec;
-		o->file_len = t[i].file_len;
-		o->content_len = t[i].content_len;
+		o->tree = t[i].end.tree;
+		o->nrec = t[i].end.nrec;
+		o->file_len = t[i].end.file_len;
+		o->content_len = t[i].end.content_len;
 		free(o->cp_text);
 		o->cp_text = t[i].cp;
 		o->cp_len = t[i].cp_len;

@@ -1,4 +1,5 @@
 """Shared helpers for the hsmfs pytest suite (no fixtures here)."""
+import errno
 import os
 import subprocess
 import time
@@ -42,3 +43,21 @@ def pkcs11(hsm, *args, login=True, check=True):
 def visible(path):
     """Directory listing without dot names (like plain `ls`)."""
     return sorted(n for n in os.listdir(path) if not n.startswith("."))
+
+
+def fill(path):
+    """Write a ballast file until the file system is full."""
+    chunk = b"\0" * 65536
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while True:
+            try:
+                os.write(fd, chunk)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    break
+                chunk = chunk[:len(chunk) // 2]
+    finally:
+        os.close(fd)

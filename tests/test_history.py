@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SRC, TOOL
-from helpers import run, wait_for
+from helpers import fill, run, wait_for
 
 VERIFY_PY = str(SRC / "examples" / "verify-history.py")
 PY = sys.executable
@@ -631,14 +631,7 @@ def test_full_disk_under_concurrent_writers(mount_factory, small_store):
     for n in names:
         append(m, n, b"first\n")
     ballast = small_store / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+    fill(ballast)
     # Room for a few dozen records and checkpoints, then full again.
     os.truncate(ballast, ballast.stat().st_size - 64 * 1024)
     acked = {n: [first] for n, first in zip(names, [b"first\n"] * 2)}

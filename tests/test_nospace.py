@@ -20,7 +20,7 @@ import conftest
 import load
 from folderops import (append, errname, mail_message, make_zip, read,
                        store_files, verify_zip, write)
-from helpers import is_mounted, run, wait_for
+from helpers import fill, is_mounted, run, wait_for
 
 
 @pytest.fixture
@@ -30,24 +30,6 @@ def tmpfs(tmp_path):
     run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(d)])
     yield d
     subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
-def fill(path):
-    """Write a ballast file until the file system is full."""
-    chunk = b"\0" * 65536
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        while True:
-            try:
-                os.write(fd, chunk)
-            except OSError as e:
-                if e.errno != errno.ENOSPC:
-                    raise
-                if len(chunk) == 1:
-                    break
-                chunk = chunk[:len(chunk) // 2]
-    finally:
-        os.close(fd)
 
 
 def snapshot(m, fs):
