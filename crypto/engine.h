@@ -14,6 +14,8 @@
 #define ENGINE_OBJECT_HISTORY_SIGNER "ObjectHistorySigner"
 #define ENGINE_SIGN_EMAIL "SignEmailDescriptor"
 
+#define ENGINE_MAX_PIN 256   /* bytes, any PIN source */
+
 enum engine_key_type {
 	ENGINE_KEY_HSM = 1,
 	ENGINE_KEY_P12 = 2,
