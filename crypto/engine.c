@@ -3,6 +3,7 @@
  * string of struct engine; descriptors borrow their key from e->keys.
  * The parser refuses any DOCTYPE, so no entity or DTD is ever resolved. */
 #include "crypto/engine.h"
+#include "crypto/p11uri.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -32,6 +33,7 @@
 struct parse {
 	const char *path;
 	char *dir;                /* config directory, for relative pin.file */
+	struct engine *e;         /* being filled: parse_key looks up users */
 	const char *buf;          /* the file as read, for attribute lines */
 	size_t len;
 	xmlParserCtxtPtr ctxt;
@@ -514,13 +516,102 @@ static const char *const desc_names[] = {
 	ENGINE_OBJECT_HISTORY_SIGNER, ENGINE_SIGN_EMAIL, NULL,
 };
 
+/* Levenshtein distance of two short names, capped at 3. */
+static int
+edit_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	int row[65], prev, tmp;
+
+	if (la > 64 || lb > 64)
+		return 3;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = (int)j;
+	for (size_t i = 1; i <= la; i++) {
+		prev = row[0];
+		row[0] = (int)i;
+		for (size_t j = 1; j <= lb; j++) {
+			int best = prev + (a[i - 1] != b[j - 1]);
+			if (row[j] + 1 < best)
+				best = row[j] + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			tmp = row[j];
+			row[j] = best;
+			prev = tmp;
+		}
+	}
+	return row[lb] > 3 ? 3 : row[lb];
+}
+
+/* Whether a <descriptor> is one hsmfs serves. Any other name belongs to
+ * the Identity Manager (ConfigZipEncrypter, SelfServiceJWTSigner, att_*,
+ * ...) and is accepted unserved, unless it is a near miss of a served
+ * name: a typo there would silently switch a folder off. */
+static int
+desc_served(const struct parse *p, xmlNodePtr n, int *served)
+{
+	xmlChar *x = xmlGetNoNsProp(n, (const xmlChar *)"name");
+	const char *name = (const char *)x;
+	int r = 0;
+
+	*served = 1;        /* a missing name is reported by parse_descriptor */
+	if (x == NULL || name[0] == '\0' || in_list(name, desc_names))
+		goto out;
+	for (size_t i = 0; desc_names[i]; i++)
+		if (strcasecmp(name, desc_names[i]) == 0 ||
+		    edit_distance(name, desc_names[i]) <= 2) {
+			r = cfg_err(p, attr_line(p, n, "name"), "descriptor "
+			    "name=\"%s\" looks like %s, which hsmfs serves; fix "
+			    "the spelling (names are case-sensitive)", name,
+			    desc_names[i]);
+			goto out;
+		}
+	*served = 0;
+out:
+	xmlFree(x);
+	return r;
+}
+
+/* A descriptor hsmfs does not serve: only what a listing needs is read
+ * (name, version, key= of its <type>); any attribute is accepted. */
+static int
+parse_unserved(const struct parse *p, xmlNodePtr n, struct engine_unserved *u)
+{
+	xmlNodePtr t = NULL;
+	int r;
+
+	u->line = (int)node_line(p, n);
+	if ((r = attr_required(p, n, "name", "a descriptor", &u->name)) != 0 ||
+	    (r = attr_get(n, "version", &u->version)) != 0)
+		return r;
+	if ((r = check_content(p, n, NULL)) != 0)
+		return r;
+	for (xmlNodePtr ch = n->children; ch; ch = ch->next)
+		if (ch->type == XML_ELEMENT_NODE && ch->ns == NULL &&
+		    strcmp((const char *)ch->name, "type") == 0) {
+			t = ch;
+			break;
+		}
+	if (t == NULL)
+		return 0;
+	if ((r = check_content(p, t, NULL)) != 0 ||
+	    (r = attr_get(t, "key", &u->key_name)) != 0)
+		return r;
+	if (u->key_name != NULL && u->key_name[0] == '\0')
+		return cfg_err(p, attr_line(p, t, "key"), "descriptor %s: "
+		    "attribute 'key' is empty; name a <key> or remove it",
+		    u->name);
+	return 0;
+}
+
 static int
 parse_descriptor(const struct parse *p, xmlNodePtr n,
     struct engine_descriptor *d)
 {
 	static const char *const attrs[] = {"name", "version", NULL};
 	static const char *const fields_attrs[] = {"algorithm", "size",
-		"result", "key", "asymCipher", NULL};
+		"result", "key", "asymCipher", "initVector", NULL};
 	static const char *const sign_attrs[] = {"algorithm", "key", NULL};
 	char what[300], names[128], *v = NULL;
 	const struct md_name *m;
@@ -593,6 +684,9 @@ parse_descriptor(const struct parse *p, xmlNodePtr n,
 		if (r != 0)
 			return r;
 		d->oaep_md = m->md();
+		/* Checked against the newest version in parse_root. */
+		if (xmlHasNsProp(t, (const xmlChar *)"initVector", NULL) != NULL)
+			d->iv_line = (int)attr_line(p, t, "initVector");
 	} else {
 		int sign = strcmp(d->name, ENGINE_SIGN_EMAIL) == 0;
 		if ((r = check_attrs(p, t, sign_attrs, sign ? " of a signature "
@@ -611,10 +705,229 @@ parse_descriptor(const struct parse *p, xmlNodePtr n,
 	}
 	if ((r = attr_required(p, t, "key", what, &d->key_name)) != 0)
 		return r;
+	d->key_line = (int)attr_line(p, t, "key");
 	return 0;
 }
 
 /* ---- keys ---- */
+
+/* -o classpath=: absolute directories separated by ':'; NULL means the
+ * configuration file's directory. */
+static char *classpath_dirs;
+
+int
+engine_set_classpath(const char *dirs)
+{
+	char *copy = NULL, *out = NULL, *save = NULL, *tok;
+	size_t n = 0, cap;
+	int r = HSMFS_ERR_CONFIG;
+
+	if (dirs == NULL) {
+		free(classpath_dirs);
+		classpath_dirs = NULL;
+		return 0;
+	}
+	cap = strlen(dirs) + 1;
+	if ((copy = strdup(dirs)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	if (dirs[0] == '\0' || dirs[0] == ':' || strstr(dirs, "::") ||
+	    dirs[strlen(dirs) - 1] == ':') {
+		err_set("classpath=%s: an empty directory in the list; give "
+		    "DIR[:DIR...]", dirs);
+		goto out;
+	}
+	for (tok = strtok_r(copy, ":", &save); tok; tok = strtok_r(NULL, ":", &save)) {
+		char *abs = realpath(tok, NULL);
+		struct stat st;
+		char *grown;
+		if (abs == NULL || stat(abs, &st) != 0 || !S_ISDIR(st.st_mode)) {
+			err_set("classpath=%s: %s: %s", dirs, tok, abs == NULL ?
+			    strerror(errno) : "not a directory");
+			free(abs);
+			goto out;
+		}
+		cap += strlen(abs) + 1;
+		if ((grown = realloc(out, cap)) == NULL) {
+			free(abs);
+			r = HSMFS_ERR_NOMEM;
+			goto out;
+		}
+		out = grown;
+		n += (size_t)sprintf(out + n, "%s%s", n ? ":" : "", abs);
+		free(abs);
+	}
+	free(classpath_dirs);
+	classpath_dirs = out;
+	out = NULL;
+	r = 0;
+out:
+	free(out);
+	free(copy);
+	return r;
+}
+
+/* A key is served when a served descriptor names it. */
+static int
+key_is_served(const struct engine *e, const char *name)
+{
+	for (size_t i = 0; i < e->ndescs; i++)
+		if (e->descs[i].key_name && strcmp(e->descs[i].key_name, name) == 0)
+			return 1;
+	return 0;
+}
+
+/* locationValue as a file path: "classpath:NAME" looked up in the class
+ * path, "file:" URLs decoded, relative P12 paths against the config's
+ * directory. Returns 0 with *out malloc'd, 1 with a reason in why
+ * (without the key name), or HSMFS_ERR_NOMEM. */
+static int
+resolve_location(const struct parse *p, const char *v, int p12, char **out,
+    char *why, size_t whylen)
+{
+	char *path = NULL;
+	int bad;
+
+	*out = NULL;
+	if (strncmp(v, "classpath:", 10) == 0) {
+		const char *name = v + 10, *dirs = classpath_dirs ? classpath_dirs :
+		    p->dir;
+		size_t tl = 0;
+		while (*name == '/')
+			name++;
+		if (!p12) {
+			snprintf(why, whylen, "a PKCS#11 module is a native library, "
+			    "not a class-path resource; give its path or name");
+			return 1;
+		}
+		if (*name == '\0') {
+			snprintf(why, whylen, "no file name after \"classpath:\"");
+			return 1;
+		}
+		tl = (size_t)snprintf(why, whylen, "not found; tried ");
+		for (const char *d = dirs; *d; ) {
+			const char *c = strchr(d, ':');
+			size_t dl = c ? (size_t)(c - d) : strlen(d);
+			struct stat st;
+			if (asprintf(&path, "%.*s/%s", (int)dl, d, name) < 0)
+				return HSMFS_ERR_NOMEM;
+			if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+				*out = path;
+				return 0;
+			}
+			if (tl < whylen)
+				tl += (size_t)snprintf(why + tl, whylen - tl, "%s%s",
+				    d == dirs ? "" : ", ", path);
+			free(path);
+			path = NULL;
+			d += dl + (c ? 1 : 0);
+		}
+		if (tl < whylen)
+			snprintf(why + tl, whylen - tl, " (%s; set -o classpath="
+			    "DIR[:DIR...] to look elsewhere)", classpath_dirs ?
+			    "-o classpath=" : "the configuration file's directory");
+		return 1;
+	}
+	if (strncmp(v, "file:", 5) == 0) {
+		const char *s = v + 5;
+		if (strncmp(s, "//", 2) == 0) {
+			s += 2;
+			if (strncmp(s, "localhost/", 10) == 0)
+				s += 9;
+			else if (*s != '/') {
+				snprintf(why, whylen, "a file: URL naming a remote host; "
+				    "give a local file");
+				return 1;
+			}
+		}
+		if ((path = p11uri_pct_decode(s, strlen(s), &bad)) == NULL) {
+			if (!bad)
+				return HSMFS_ERR_NOMEM;
+			snprintf(why, whylen, "bad %%-escape in the file: URL");
+			return 1;
+		}
+		if (path[0] == '\0') {
+			free(path);
+			snprintf(why, whylen, "no file name in the file: URL");
+			return 1;
+		}
+	} else if ((path = strdup(v)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	if (path[0] != '/' && strchr(path, '/') != NULL && !p12) {
+		/* dlopen would resolve it against whatever cwd hsmfs has. */
+		free(path);
+		snprintf(why, whylen, "a relative path; give the PKCS#11 module "
+		    "as an absolute path or a bare name");
+		return 1;
+	}
+	if (path[0] != '/' && p12) {
+		/* Like pin.file: relative to the config, as hsmfs runs in /. */
+		char *abs;
+		int n = asprintf(&abs, "%s/%s", p->dir, path);
+		free(path);
+		if (n < 0)
+			return HSMFS_ERR_NOMEM;
+		path = abs;
+	}
+	*out = path;
+	return 0;
+}
+
+static int
+key_type(const char *v, enum engine_key_type *type)
+{
+	if (strcasecmp(v, "HSM") == 0)
+		*type = ENGINE_KEY_HSM;
+	else if (strcasecmp(v, "P12") == 0 || strcasecmp(v, "PKCS12") == 0)
+		*type = ENGINE_KEY_P12;
+	else {
+		*type = ENGINE_KEY_OTHER;
+		return -1;
+	}
+	return 0;
+}
+
+/* A key no served descriptor names: parsed for listings, never opened,
+ * so a missing file or module behind it cannot stop the mount. No PIN
+ * is kept; other attributes are accepted as the Identity Manager may
+ * use them. */
+static int
+parse_key_unserved(const struct parse *p, xmlNodePtr t, struct engine_key *k)
+{
+	char why[64], *v = NULL;
+	int r;
+
+	(void)key_type(k->type_name, &k->type);
+	if ((r = attr_get(t, "alias", &k->alias)) != 0 ||
+	    (r = attr_get(t, "locationValue", &v)) != 0)
+		return r;
+	if (v == NULL || k->type == ENGINE_KEY_OTHER)
+		k->location = v;
+	else {
+		r = resolve_location(p, v, k->type == ENGINE_KEY_P12, &k->location,
+		    why, sizeof(why));
+		if (r == HSMFS_ERR_NOMEM) {
+			free(v);
+			return r;
+		}
+		if (r != 0)
+			k->location = v;   /* unresolved, shown as written */
+		else
+			free(v);
+	}
+	return 0;
+}
+
+/* uri="pkcs11:..." on an HSM key: each part it gives replaces one
+ * attribute, which must then be absent. */
+static int
+uri_conflict(const struct parse *p, xmlNodePtr t, const char *what,
+    const char *attr, const char *part)
+{
+	if (xmlHasNsProp(t, (const xmlChar *)attr, NULL) == NULL)
+		return 0;
+	return cfg_err(p, attr_line(p, t, attr), "%s: both %s and uri's %s "
+	    "name the same thing; keep one", what, attr, part);
+}
 
 static int
 parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
@@ -622,20 +935,23 @@ parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
 	static const char *const attrs[] = {"name", NULL};
 	static const char *const hsm_attrs[] = {"name", "locationValue", "pin",
 		"pin.encrypted", "pin.file", "pin.env", "alias", "slot",
-		"tokenLabel", "rawRsaFallback", NULL};
+		"tokenLabel", "rawRsaFallback", "uri", NULL};
 	static const char *const p12_attrs[] = {"name", "locationValue", "pin",
 		"pin.encrypted", "pin.file", "pin.env", "alias", NULL};
 	static const char *const pin_attrs[] = {"pin", "pin.encrypted",
 		"pin.file", "pin.env", NULL};
-	char what[300], *v = NULL;
+	char what[300], why[1024], *v = NULL, *uri = NULL;
 	const char *first = NULL;
+	struct p11uri u;
 	xmlNodePtr t;
-	int r, npin = 0;
+	int r, npin = 0, uri_pin = 0;
 
+	memset(&u, 0, sizeof(u));
 	k->line = (int)node_line(p, n);
-	if ((r = check_attrs(p, n, attrs, "")) != 0)
-		return r;
 	if ((r = attr_required(p, n, "name", "a key", &k->name)) != 0)
+		return r;
+	k->served = key_is_served(p->e, k->name);
+	if (k->served && (r = check_attrs(p, n, attrs, "")) != 0)
 		return r;
 	for (const char *c = k->name; *c; c++)
 		if (iscntrl((unsigned char)*c))
@@ -644,72 +960,117 @@ parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
 	snprintf(what, sizeof(what), "key %s", k->name);
 	if ((r = only_type_child(p, n, what, &t)) != 0)
 		return r;
-	if ((r = attr_required(p, t, "name", what, &v)) != 0)
+	if ((r = attr_required(p, t, "name", what, &k->type_name)) != 0)
 		return r;
-	if (strcmp(v, "HSM") == 0)
-		k->type = ENGINE_KEY_HSM;
-	else if (strcmp(v, "P12") == 0 || strcmp(v, "PKCS12") == 0)
-		k->type = ENGINE_KEY_P12;
-	else {
-		r = cfg_err(p, attr_line(p, t, "name"), "<type name=\"%s\"> of %s: "
-		    "unknown key type; use HSM, P12 or PKCS12", v, what);
-		free(v);
-		return r;
-	}
-	free(v);
+	if (!k->served)
+		return parse_key_unserved(p, t, k);
+	if (key_type(k->type_name, &k->type) != 0)
+		return cfg_err(p, attr_line(p, t, "name"), "<type name=\"%s\"> of "
+		    "%s: unknown key type; use HSM, P12 or PKCS12 (any case)",
+		    k->type_name, what);
 	if ((r = check_attrs(p, t, k->type == ENGINE_KEY_HSM ? hsm_attrs :
 	    p12_attrs, k->type == ENGINE_KEY_HSM ? " of an HSM key" :
 	    " of a P12 key")) != 0)
 		return r;
-	if ((r = attr_required(p, t, "locationValue", what, &k->location)) != 0)
-		return r;
-	if (k->location[0] != '/' && strchr(k->location, '/') != NULL &&
-	    k->type == ENGINE_KEY_HSM)
-		/* dlopen would resolve it against whatever cwd hsmfs has. */
-		return cfg_err(p, attr_line(p, t, "locationValue"), "%s: "
-		    "locationValue=\"%s\" is a relative path; give the PKCS#11 "
-		    "module as an absolute path or a bare file name", what,
-		    k->location);
-	if (k->location[0] != '/' && k->type == ENGINE_KEY_P12) {
-		/* Like pin.file: relative to the config, as hsmfs runs in /. */
-		char *abs;
-		if (asprintf(&abs, "%s/%s", p->dir, k->location) < 0)
-			return HSMFS_ERR_NOMEM;
-		free(k->location);
-		k->location = abs;
+
+	if (k->type == ENGINE_KEY_HSM) {
+		/* May hold pin-value=: wiped, never kept. */
+		if ((r = attr_get(t, "uri", &uri)) != 0)
+			return r;
+		if (uri != NULL && p11uri_parse(uri, &u, why, sizeof(why)) != 0) {
+			OPENSSL_clear_free(uri, strlen(uri));
+			return cfg_err(p, attr_line(p, t, "uri"), "%s: %s", what, why);
+		}
+		k->has_uri = uri != NULL;
+		if (uri != NULL)
+			OPENSSL_clear_free(uri, strlen(uri));
 	}
-	if ((r = attr_get(t, "alias", &k->alias)) != 0)
-		return r;
-	if (k->type == ENGINE_KEY_HSM && k->alias == NULL)
-		return cfg_err(p, node_line(p, t), "%s: missing attribute 'alias' "
-		    "(the CKA_LABEL of the private key and certificate); add it",
-		    what);
-	if (k->alias != NULL && k->alias[0] == '\0')
-		return cfg_err(p, attr_line(p, t, "alias"), "%s: attribute 'alias' "
+	if (u.module_path || u.module_name) {
+		if ((r = uri_conflict(p, t, what, "locationValue", u.module_path ?
+		    "module-path" : "module-name")) != 0)
+			goto out;
+		v = strdup(u.module_path ? u.module_path : u.module_name);
+		if (v == NULL) {
+			r = HSMFS_ERR_NOMEM;
+			goto out;
+		}
+	} else if (k->has_uri) {
+		if ((r = attr_get(t, "locationValue", &v)) != 0)
+			goto out;
+		if (v == NULL || v[0] == '\0') {
+			r = cfg_err(p, attr_line(p, t, "uri"), "%s: no PKCS#11 "
+			    "module; add locationValue or module-name=/module-path= "
+			    "to the uri", what);
+			goto out;
+		}
+	} else if ((r = attr_required(p, t, "locationValue", what, &v)) != 0)
+		goto out;
+	r = resolve_location(p, v, k->type == ENGINE_KEY_P12, &k->location, why,
+	    sizeof(why));
+	if (r == 1)
+		r = cfg_err(p, attr_line(p, t, u.module_path || u.module_name ?
+		    "uri" : "locationValue"), "%s: locationValue=\"%s\": %s", what,
+		    v, why);
+	free(v);
+	v = NULL;
+	if (r != 0)
+		goto out;
+
+	if (u.object != NULL) {
+		if ((r = uri_conflict(p, t, what, "alias", "object=")) != 0)
+			goto out;
+		k->alias = u.object;
+		u.object = NULL;
+	} else if ((r = attr_get(t, "alias", &k->alias)) != 0)
+		goto out;
+	if (k->type == ENGINE_KEY_HSM && k->alias == NULL) {
+		r = cfg_err(p, node_line(p, t), "%s: missing attribute 'alias' "
+		    "(the CKA_LABEL of the private key and certificate) or object= "
+		    "in uri; add it", what);
+		goto out;
+	}
+	if (k->alias != NULL && k->alias[0] == '\0') {
+		r = cfg_err(p, attr_line(p, t, "alias"), "%s: attribute 'alias' "
 		    "is empty; give the label or remove it", what);
+		goto out;
+	}
 
 	if (k->type == ENGINE_KEY_HSM) {
 		if ((r = attr_get(t, "slot", &v)) != 0)
-			return r;
+			goto out;
 		if (v != NULL) {
+			if (u.has_slot) {
+				r = uri_conflict(p, t, what, "slot", "slot-id=");
+				goto out;
+			}
 			if (parse_ulong(v, 1, &k->slot) != 0) {
 				r = cfg_err(p, attr_line(p, t, "slot"), "slot=\"%s\" of "
 				    "%s: use a slot ID as listed by pkcs11-tool -L "
 				    "(decimal or 0x hex)", v, what);
-				free(v);
-				return r;
+				goto out;
 			}
 			k->has_slot = 1;
 			free(v);
+			v = NULL;
+		} else if (u.has_slot) {
+			k->has_slot = 1;
+			k->slot = u.slot;
 		}
-		if ((r = attr_get(t, "tokenLabel", &k->token_label)) != 0)
-			return r;
-		if (k->token_label != NULL && k->token_label[0] == '\0')
-			return cfg_err(p, attr_line(p, t, "tokenLabel"), "%s: "
+		if (u.token != NULL) {
+			if ((r = uri_conflict(p, t, what, "tokenLabel", "token=")) != 0)
+				goto out;
+			k->token_label = u.token;
+			u.token = NULL;
+		} else if ((r = attr_get(t, "tokenLabel", &k->token_label)) != 0)
+			goto out;
+		if (k->token_label != NULL && k->token_label[0] == '\0') {
+			r = cfg_err(p, attr_line(p, t, "tokenLabel"), "%s: "
 			    "attribute 'tokenLabel' is empty; give the label or "
 			    "remove it", what);
+			goto out;
+		}
 		if ((r = attr_get(t, "rawRsaFallback", &v)) != 0)
-			return r;
+			goto out;
 		if (v != NULL) {
 			if (strcasecmp(v, "false") == 0)
 				k->no_raw_rsa = 1;
@@ -717,10 +1078,10 @@ parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
 				r = cfg_err(p, attr_line(p, t, "rawRsaFallback"),
 				    "rawRsaFallback=\"%s\" of %s: use true or false",
 				    v, what);
-				free(v);
-				return r;
+				goto out;
 			}
 			free(v);
+			v = NULL;
 		}
 	}
 
@@ -728,36 +1089,62 @@ parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
 	for (size_t i = 0; pin_attrs[i]; i++) {
 		if (xmlHasNsProp(t, (const xmlChar *)pin_attrs[i], NULL) == NULL)
 			continue;
-		if (npin++ > 0)
-			return cfg_err(p, attr_line(p, t, pin_attrs[i]), "%s has "
+		if (npin++ > 0) {
+			r = cfg_err(p, attr_line(p, t, pin_attrs[i]), "%s has "
 			    "both '%s' and '%s'; keep exactly one PIN source",
 			    what, first, pin_attrs[i]);
+			goto out;
+		}
 		first = pin_attrs[i];
 	}
-	if (npin == 0)
-		return cfg_err(p, node_line(p, t), "%s has no PIN source; add "
+	if (u.pin_source || u.pin_value) {
+		if (npin > 0) {
+			r = cfg_err(p, attr_line(p, t, first), "%s has both '%s' and "
+			    "uri's %s; keep exactly one PIN source", what, first,
+			    u.pin_source ? "pin-source=" : "pin-value=");
+			goto out;
+		}
+		npin = 1;
+	}
+	if (npin == 0) {
+		r = cfg_err(p, node_line(p, t), "%s has no PIN source; add "
 		    "one of pin, pin.encrypted (hsmfs-tool scramble-pin), "
 		    "pin.file or pin.env", what);
-	if ((r = attr_get(t, "pin", &k->pin)) != 0 ||
-	    (r = attr_get(t, "pin.encrypted", &k->pin_encrypted)) != 0)
-		return r;
-	if (k->pin != NULL && k->pin[0] == '\0' && k->type == ENGINE_KEY_HSM)
-		return cfg_err(p, attr_line(p, t, "pin"), "%s: attribute 'pin' is "
-		    "empty; give the token's user PIN", what);
+		goto out;
+	}
+	if (u.pin_value != NULL) {
+		uri_pin = 1;
+		k->pin = u.pin_value;
+		u.pin_value = NULL;
+	} else if ((r = attr_get(t, "pin", &k->pin)) != 0)
+		goto out;
+	if ((r = attr_get(t, "pin.encrypted", &k->pin_encrypted)) != 0)
+		goto out;
+	if (k->pin != NULL && k->pin[0] == '\0' && k->type == ENGINE_KEY_HSM) {
+		r = cfg_err(p, attr_line(p, t, uri_pin ? "uri" : "pin"), "%s: "
+		    "%s is empty; give the token's user PIN", what, uri_pin ?
+		    "uri's pin-value=" : "attribute 'pin'");
+		goto out;
+	}
 	if (k->pin_encrypted != NULL) {
 		char *pin = NULL;
-		if (engine_pin_unscramble(k->pin_encrypted, &pin) != 0)
-			return cfg_err(p, attr_line(p, t, "pin.encrypted"), "%s: "
+		if (engine_pin_unscramble(k->pin_encrypted, &pin) != 0) {
+			r = cfg_err(p, attr_line(p, t, "pin.encrypted"), "%s: "
 			    "%s", what, err_detail());
+			goto out;
+		}
 		engine_pin_free(pin);
 	}
-	if ((r = attr_get(t, "pin.file", &v)) != 0)
-		return r;
+	if (u.pin_source != NULL) {
+		v = u.pin_source;
+		u.pin_source = NULL;
+	} else if ((r = attr_get(t, "pin.file", &v)) != 0)
+		goto out;
 	if (v != NULL) {
 		if (v[0] == '\0') {
-			free(v);
-			return cfg_err(p, attr_line(p, t, "pin.file"), "%s: "
+			r = cfg_err(p, attr_line(p, t, "pin.file"), "%s: "
 			    "attribute 'pin.file' is empty; give a file name", what);
+			goto out;
 		}
 		/* Relative to the config, not to whatever cwd hsmfs has. */
 		if (v[0] == '/')
@@ -766,18 +1153,27 @@ parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
 			if (asprintf(&k->pin_file, "%s/%s", p->dir, v) < 0)
 				k->pin_file = NULL;
 			free(v);
-			if (k->pin_file == NULL)
-				return HSMFS_ERR_NOMEM;
+			if (k->pin_file == NULL) {
+				r = HSMFS_ERR_NOMEM;
+				v = NULL;
+				goto out;
+			}
 		}
 		v = NULL;
 	}
 	if ((r = attr_get(t, "pin.env", &k->pin_env)) != 0)
-		return r;
+		goto out;
 	if (k->pin_env != NULL && (k->pin_env[0] == '\0' ||
-	    strchr(k->pin_env, '=') != NULL))
-		return cfg_err(p, attr_line(p, t, "pin.env"), "%s: pin.env=\"%s\" "
+	    strchr(k->pin_env, '=') != NULL)) {
+		r = cfg_err(p, attr_line(p, t, "pin.env"), "%s: pin.env=\"%s\" "
 		    "is not an environment variable name", what, k->pin_env);
-	return 0;
+		goto out;
+	}
+	r = 0;
+out:
+	free(v);
+	p11uri_clear(&u);
+	return r;
 }
 
 /* ---- sections ---- */
@@ -812,31 +1208,47 @@ parse_section(const struct parse *p, xmlNodePtr sec, const char *child,
 	return 0;
 }
 
+/* <descriptors>: served ones into e->descs, the others into
+ * e->unserved, in document order. */
 static int
-parse_desc_cb(const struct parse *p, xmlNodePtr n, void *d)
+parse_descriptors(const struct parse *p, xmlNodePtr sec, struct engine *e)
 {
-	return parse_descriptor(p, n, d);
+	static const char *const none[] = {NULL};
+	size_t c;
+	int r, served;
+
+	if ((r = check_attrs(p, sec, none, "")) != 0)
+		return r;
+	if ((r = check_content(p, sec, &c)) != 0)
+		return r;
+	if ((e->descs = calloc(c ? c : 1, sizeof(*e->descs))) == NULL ||
+	    (e->unserved = calloc(c ? c : 1, sizeof(*e->unserved))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (xmlNodePtr ch = sec->children; ch; ch = ch->next) {
+		if (ch->type != XML_ELEMENT_NODE)
+			continue;
+		if (ch->ns != NULL || strcmp((const char *)ch->name,
+		    "descriptor") != 0)
+			return cfg_err(p, node_line(p, ch), "unknown element "
+			    "<%s%s%s> in <descriptors>; only <descriptor> belongs "
+			    "here", QNAME(ch));
+		if ((r = desc_served(p, ch, &served)) != 0)
+			return r;
+		/* Counted first so that engine_free sees partial entries. */
+		if (served)
+			r = parse_descriptor(p, ch, &e->descs[e->ndescs++]);
+		else
+			r = parse_unserved(p, ch, &e->unserved[e->nunserved++]);
+		if (r != 0)
+			return r;
+	}
+	return 0;
 }
 
 static int
 parse_key_cb(const struct parse *p, xmlNodePtr n, void *k)
 {
 	return parse_key(p, n, k);
-}
-
-/* Line of the key= attribute of the i-th descriptor under descs. */
-static long
-desc_key_line(const struct parse *p, xmlNodePtr descs, size_t i, long dflt)
-{
-	for (xmlNodePtr ch = descs->children; ch; ch = ch->next) {
-		if (ch->type != XML_ELEMENT_NODE || i-- > 0)
-			continue;
-		for (xmlNodePtr t = ch->children; t; t = t->next)
-			if (t->type == XML_ELEMENT_NODE)
-				return attr_line(p, t, "key");
-		break;
-	}
-	return dflt;
 }
 
 static int
@@ -877,9 +1289,7 @@ parse_root(const struct parse *p, xmlNodePtr root, struct engine *e)
 			    (const char *)ch->name, node_line(p, *slot));
 		*slot = ch;
 	}
-	if (descs != NULL && (r = parse_section(p, descs, "descriptor",
-	    sizeof(*e->descs), (void **)&e->descs, &e->ndescs,
-	    parse_desc_cb)) != 0)
+	if (descs != NULL && (r = parse_descriptors(p, descs, e)) != 0)
 		return r;
 	if (keys != NULL && (r = parse_section(p, keys, "key", sizeof(*e->keys),
 	    (void **)&e->keys, &e->nkeys, parse_key_cb)) != 0)
@@ -904,10 +1314,43 @@ parse_root(const struct parse *p, xmlNodePtr root, struct engine *e)
 			if (strcmp(d->key_name, e->keys[j].name) == 0)
 				d->key = &e->keys[j];
 		if (d->key == NULL)
-			return cfg_err(p, desc_key_line(p, descs, i, d->line),
-			    "descriptor %s version %d names "
-			    "key=\"%s\", which is not in <keys>; add the key or fix "
-			    "the name", d->name, d->version, d->key_name);
+			return cfg_err(p, d->key_line, "descriptor %s version %d "
+			    "names key=\"%s\", which is not in <keys>; add the key "
+			    "or fix the name", d->name, d->version, d->key_name);
+	}
+	for (size_t i = 0; i < e->nunserved; i++) {
+		struct engine_unserved *u = &e->unserved[i];
+		if (u->key_name == NULL)
+			continue;
+		for (size_t j = 0; j < e->nkeys && u->key == NULL; j++)
+			if (strcmp(u->key_name, e->keys[j].name) == 0)
+				u->key = &e->keys[j];
+		if (u->key == NULL)
+			return cfg_err(p, u->line, "descriptor %s (not served by "
+			    "hsmfs) names key=\"%s\", which is not in <keys>; add "
+			    "the key or fix the name", u->name, u->key_name);
+	}
+	/* initVector exists in the engine for data once encrypted with a
+	 * fixed IV. Every NX02 envelope carries its own IV, so reading needs
+	 * no attribute: older versions keep decrypting. New fields use the
+	 * newest version, and hsmfs never writes with a fixed IV. */
+	{
+		const struct engine_descriptor *nf = engine_newest(e,
+		    ENGINE_ENCRYPTED_FIELDS);
+		if (nf != NULL && nf->iv_line > 0)
+			return cfg_err(p, nf->iv_line, "initVector on %s version %d: "
+			    "new fields are encrypted with the newest version, and "
+			    "hsmfs never encrypts with a fixed IV (each NX02 envelope "
+			    "gets a random one); add a newer %s version without "
+			    "initVector, or remove it", nf->name, nf->version,
+			    nf->name);
+		for (size_t i = 0; i < e->ndescs; i++)
+			if (e->descs[i].iv_line > 0)
+				log_info("%s:%d: initVector on %s version %d is not "
+				    "needed by hsmfs: each NX02 envelope carries its own "
+				    "IV, so data of this version still decrypts", p->path,
+				    e->descs[i].iv_line, e->descs[i].name,
+				    e->descs[i].version);
 	}
 	if (e->ndescs == 0)
 		log_warn("%s: no descriptors configured; every folder will refuse "
@@ -924,7 +1367,8 @@ wipe_pins(xmlNodePtr n)
 			continue;
 		for (xmlAttrPtr a = n->properties; a; a = a->next) {
 			if (strcmp((const char *)a->name, "pin") != 0 &&
-			    strcmp((const char *)a->name, "pin.encrypted") != 0)
+			    strcmp((const char *)a->name, "pin.encrypted") != 0 &&
+			    strcmp((const char *)a->name, "uri") != 0)
 				continue;
 			for (xmlNodePtr t = a->children; t; t = t->next)
 				if (t->content && (t->doc == NULL || t->doc->dict ==
@@ -1018,6 +1462,7 @@ engine_load(const char *path, struct engine **out)
 		*slash = '\0';
 	if ((e = calloc(1, sizeof(*e))) == NULL || (e->path = strdup(path)) == NULL)
 		goto out;
+	p.e = e;
 
 	if (len == 0) {
 		r = cfg_err(&p, 1, "malformed XML: the file is empty; write the "
@@ -1104,6 +1549,11 @@ engine_free(struct engine *e)
 		free(d->key_name);
 		free(d->asym_cipher);
 	}
+	for (size_t i = 0; i < e->nunserved; i++) {
+		free(e->unserved[i].name);
+		free(e->unserved[i].version);
+		free(e->unserved[i].key_name);
+	}
 	for (size_t i = 0; i < e->nkeys; i++) {
 		struct engine_key *k = &e->keys[i];
 		free(k->name);
@@ -1114,7 +1564,9 @@ engine_free(struct engine *e)
 		free_secret(k->pin_encrypted);
 		free(k->pin_file);
 		free(k->pin_env);
+		free(k->type_name);
 	}
+	free(e->unserved);
 	free(e->descs);
 	free(e->keys);
 	free(e->path);
@@ -1141,6 +1593,19 @@ engine_version(const struct engine *e, const char *name, int version)
 		    e->descs[i].version == version)
 			return &e->descs[i];
 	return NULL;
+}
+
+const char *
+engine_key_type_label(const struct engine_key *k)
+{
+	switch (k->type) {
+	case ENGINE_KEY_HSM:
+		return "pkcs11";
+	case ENGINE_KEY_P12:
+		return "pkcs12";
+	default:
+		return k->type_name ? k->type_name : "?";
+	}
 }
 
 const struct engine_key *
