@@ -151,8 +151,11 @@ module_dlopen(const char *loc, char *used, size_t usize, char *tried,
 		char why[512] = "";
 		int k = p11kit_lookup(loc, used, usize, tried, tsize, why,
 		    sizeof(why));
-		if (k > 0 && (dl = try_dlopen(used, tried, tsize)) != NULL)
+		if (k > 0 && (dl = try_dlopen(used, tried, tsize)) != NULL) {
+			log_info("PKCS#11 module \"%s\" is %s (p11-kit module "
+			    "registry)", loc, used);
 			return dl;
+		}
 		if (k < 0) {
 			size_t n = strlen(tried);
 			if (n + 4 < tsize)
