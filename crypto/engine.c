@@ -930,9 +930,9 @@ uri_conflict(const struct parse *p, xmlNodePtr t, const char *what,
 }
 
 static int
-parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
+key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
+    const char *what)
 {
-	static const char *const attrs[] = {"name", NULL};
 	static const char *const hsm_attrs[] = {"name", "locationValue", "pin",
 		"pin.encrypted", "pin.file", "pin.env", "alias", "slot",
 		"tokenLabel", "rawRsaFallback", "uri", NULL};
@@ -940,30 +940,12 @@ parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
 		"pin.encrypted", "pin.file", "pin.env", "alias", NULL};
 	static const char *const pin_attrs[] = {"pin", "pin.encrypted",
 		"pin.file", "pin.env", NULL};
-	char what[300], why[1024], *v = NULL, *uri = NULL;
+	char why[1024], *v = NULL, *uri = NULL;
 	const char *first = NULL;
 	struct p11uri u;
-	xmlNodePtr t;
 	int r, npin = 0, uri_pin = 0;
 
 	memset(&u, 0, sizeof(u));
-	k->line = (int)node_line(p, n);
-	if ((r = attr_required(p, n, "name", "a key", &k->name)) != 0)
-		return r;
-	k->served = key_is_served(p->e, k->name);
-	if (k->served && (r = check_attrs(p, n, attrs, "")) != 0)
-		return r;
-	for (const char *c = k->name; *c; c++)
-		if (iscntrl((unsigned char)*c))
-			return cfg_err(p, attr_line(p, n, "name"), "key name "
-			    "contains a control character; rename it");
-	snprintf(what, sizeof(what), "key %s", k->name);
-	if ((r = only_type_child(p, n, what, &t)) != 0)
-		return r;
-	if ((r = attr_required(p, t, "name", what, &k->type_name)) != 0)
-		return r;
-	if (!k->served)
-		return parse_key_unserved(p, t, k);
 	if (key_type(k->type_name, &k->type) != 0)
 		return cfg_err(p, attr_line(p, t, "name"), "<type name=\"%s\"> of "
 		    "%s: unknown key type; use HSM, P12 or PKCS12 (any case)",
@@ -1174,6 +1156,83 @@ out:
 	free(v);
 	p11uri_clear(&u);
 	return r;
+}
+
+/* Back to what the header set (name, line, type name), after a strict
+ * parse of a key no descriptor names failed. */
+static void
+key_reset(struct engine_key *k)
+{
+	struct engine_key keep = {.name = k->name, .line = k->line,
+		.type_name = k->type_name};
+
+	free(k->location);
+	free(k->alias);
+	free(k->token_label);
+	if (k->pin)
+		OPENSSL_clear_free(k->pin, strlen(k->pin));
+	if (k->pin_encrypted)
+		OPENSSL_clear_free(k->pin_encrypted, strlen(k->pin_encrypted));
+	free(k->pin_file);
+	free(k->pin_env);
+	*k = keep;
+}
+
+static int
+key_named_by_unserved(const struct engine *e, const char *name)
+{
+	for (size_t i = 0; i < e->nunserved; i++)
+		if (e->unserved[i].key_name &&
+		    strcmp(e->unserved[i].key_name, name) == 0)
+			return 1;
+	return 0;
+}
+
+static int
+parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
+{
+	static const char *const attrs[] = {"name", NULL};
+	char what[300];
+	xmlNodePtr t;
+	int r;
+
+	k->line = (int)node_line(p, n);
+	if ((r = attr_required(p, n, "name", "a key", &k->name)) != 0)
+		return r;
+	k->served = key_is_served(p->e, k->name);
+	if (k->served && (r = check_attrs(p, n, attrs, "")) != 0)
+		return r;
+	for (const char *c = k->name; *c; c++)
+		if (iscntrl((unsigned char)*c))
+			return cfg_err(p, attr_line(p, n, "name"), "key name "
+			    "contains a control character; rename it");
+	snprintf(what, sizeof(what), "key %s", k->name);
+	if ((r = only_type_child(p, n, what, &t)) != 0)
+		return r;
+	if ((r = attr_required(p, t, "name", what, &k->type_name)) != 0)
+		return r;
+	if (k->served)
+		return key_strict(p, t, k, what);
+	if (key_named_by_unserved(p->e, k->name)) {
+		if ((k->problem = strdup("named only by descriptors hsmfs does "
+		    "not serve")) == NULL)
+			return HSMFS_ERR_NOMEM;
+		return parse_key_unserved(p, t, k);
+	}
+	/* Named by no descriptor: a key being prepared (hsmfs-tool keygen,
+	 * import-cert) gets the full checks; one that fails them is kept
+	 * unusable, with the reason, so an orphan of the Identity Manager's
+	 * file cannot stop the mount. */
+	if ((r = check_attrs(p, n, attrs, "")) == 0 &&
+	    (r = key_strict(p, t, k, what)) == 0)
+		return 0;
+	if (r == HSMFS_ERR_NOMEM)
+		return r;
+	key_reset(k);
+	if ((k->problem = strdup(err_detail())) == NULL)
+		return HSMFS_ERR_NOMEM;
+	err_clear();
+	return parse_key_unserved(p, t, k);
 }
 
 /* ---- sections ---- */
@@ -1565,6 +1624,7 @@ engine_free(struct engine *e)
 		free(k->pin_file);
 		free(k->pin_env);
 		free(k->type_name);
+		free(k->problem);
 	}
 	free(e->unserved);
 	free(e->descs);

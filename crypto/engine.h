@@ -40,9 +40,12 @@ struct engine_key {
 	char *type_name;      /* <type name> as written */
 	int has_uri;          /* named by uri="pkcs11:..." (RFC 7512) */
 	/* Named by a served descriptor: checked strictly and opened. A key
-	 * named only by descriptors hsmfs does not serve (or by none) is
-	 * parsed but never opened; its location may be unresolved. */
+	 * named only by descriptors hsmfs does not serve is parsed but never
+	 * opened (no PIN kept, location maybe unresolved); problem says so.
+	 * A key named by no descriptor is checked strictly too; if that
+	 * fails, problem holds the error and the key is unusable. */
 	int served;
+	char *problem;        /* NULL: usable by hsmfs-tool keygen etc. */
 };
 
 enum engine_alg {

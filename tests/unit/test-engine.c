@@ -1091,6 +1091,27 @@ case_unserved(void)
 	    "  <type name=\"p12\" locationValue=\"/x.p12\" pin=\"pw\"\n"
 	    "        colour=\"red\"/>\n"
 	    "</key>\n"), "colour", "'colour'");
+	/* A key no descriptor names: strict when it can be (keygen prepares
+	 * such keys), else kept unusable with the reason. */
+	cur_case = "orphan-keys";
+	e = load_ok(DOC(DESC_ZIP("k1"), KEY_P12("k1")
+	    "<key name=\"next\">\n"
+	    "  <type name=\"HSM\" locationValue=\"/m.so\" alias=\"n\" pin=\"12\"/>\n"
+	    "</key>\n"
+	    "<key name=\"old\">\n"
+	    "  <type name=\"HSM\" locationValue=\"/m.so\" alias=\"o\" pin=\"12\"\n"
+	    "        slot=\"first\"/>\n"
+	    "</key>\n"));
+	if (e != NULL) {
+		const struct engine_key *k = engine_key_by_name(e, "next");
+		CHECK(k && k->problem == NULL && strcmp(k->pin, "12") == 0);
+		k = engine_key_by_name(e, "old");
+		CHECK(k && k->problem && strstr(k->problem, "slot=") != NULL);
+		CHECK(k && k->pin == NULL && !k->has_slot);
+		k = engine_key_by_name(e, "k1");
+		CHECK(k && k->problem == NULL && k->served);
+		engine_free(e);
+	}
 	/* Case-insensitive types; an unknown type only on a served key. */
 	cur_case = "type-case";
 	e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
