@@ -418,3 +418,18 @@ def test_bare_module_name_resolves_through_p11kit(hsm, classes, mount_factory,
     p = check(cfg)
     assert p.returncode != 0
     assert "/usr/share/p11-kit/modules/nosuchmodule42.module" in p.stdout + p.stderr
+
+
+def test_shipped_idm_example_parses(tmp_path):
+    """examples/engineSignEncrypt-idm.xml (the docs' example) loads: its
+    unserved descriptors are listed (its HSM token is not on this host,
+    so the served rows fail to open, which is all that may fail)."""
+    src = Path(__file__).resolve().parent.parent / "examples" / "engineSignEncrypt-idm.xml"
+    cfg = tmp_path / "engineSignEncrypt.xml"
+    cfg.write_bytes(src.read_bytes())
+    os.chmod(cfg, 0o600)
+    p = check(cfg)
+    listed = [l.split()[0] for l in p.stdout.splitlines() if "not served by hsmfs" in l]
+    assert listed == ["ConfigZipEncrypter", "SelfServiceJWTSigner",
+                      "ContentProviderJWSSigner", "hermodDeviceEnc", "att_android",
+                      "bankPinBlob"], p.stdout + p.stderr
