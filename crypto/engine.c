@@ -560,7 +560,7 @@ desc_served(const struct parse *p, xmlNodePtr n, int *served)
 		goto out;
 	for (size_t i = 0; desc_names[i]; i++)
 		if (strcasecmp(name, desc_names[i]) == 0 ||
-		    edit_distance(name, desc_names[i]) <= 2) {
+		    edit_distance(name, desc_names[i]) <= 1) {
 			r = cfg_err(p, attr_line(p, n, "name"), "descriptor "
 			    "name=\"%s\" looks like %s, which hsmfs serves; fix "
 			    "the spelling (names are case-sensitive)", name,
