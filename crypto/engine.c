@@ -3,6 +3,7 @@
  * string of struct engine; descriptors borrow their key from e->keys.
  * The parser refuses any DOCTYPE, so no entity or DTD is ever resolved. */
 #include "crypto/engine.h"
+#include "crypto/engine_int.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -27,22 +28,9 @@
 #include <openssl/rand.h>
 
 #define ENGINE_MAX_CONFIG (1024 * 1024)
-#define ENGINE_MAX_PIN 256
 
-/* Parser state reached from libxml2 callbacks through ctxt->_private. */
-struct parse {
-	const char *path;
-	char *dir;                /* config directory, for relative pin.file */
-	const char *buf;          /* the file as read, for attribute lines */
-	size_t len;
-	xmlParserCtxtPtr ctxt;
-	startElementNsSAX2Func start_element;  /* libxml2's own tree builder */
-	int doctype_line;         /* > 0: a DOCTYPE was seen (and refused) */
-	int xml_err_line;         /* > 0: first libxml2 error */
-	char xml_err[256];
-};
 
-static int __attribute__((format(printf, 3, 4)))
+int
 cfg_err(const struct parse *p, long line, const char *fmt, ...)
 {
 	char msg[768];
@@ -154,7 +142,7 @@ tag_start(const struct parse *p, xmlNodePtr n)
 	return i;
 }
 
-static long
+long
 node_line(const struct parse *p, xmlNodePtr n)
 {
 	size_t s = tag_start(p, n);
@@ -163,7 +151,7 @@ node_line(const struct parse *p, xmlNodePtr n)
 
 /* Line of attribute name inside node's start tag (the tag's line when
  * it cannot be found). */
-static long
+long
 attr_line(const struct parse *p, xmlNodePtr n, const char *name)
 {
 	size_t i = tag_start(p, n), an = strlen(name);
@@ -284,7 +272,7 @@ list_join(const char *const *list, char *out, size_t outlen)
 		    n ? ", " : "", *list);
 }
 
-static int
+int
 check_attrs(const struct parse *p, xmlNodePtr n, const char *const *allowed,
     const char *where)
 {
@@ -305,7 +293,7 @@ check_attrs(const struct parse *p, xmlNodePtr n, const char *const *allowed,
 }
 
 /* Attribute value as a malloc'd string; *v = NULL when absent. */
-static int
+int
 attr_get(xmlNodePtr n, const char *name, char **v)
 {
 	xmlChar *x;
@@ -321,7 +309,7 @@ attr_get(xmlNodePtr n, const char *name, char **v)
 	return *v ? 0 : HSMFS_ERR_NOMEM;
 }
 
-static int
+int
 attr_required(const struct parse *p, xmlNodePtr n, const char *name,
     const char *what, char **v)
 {
@@ -343,7 +331,7 @@ attr_required(const struct parse *p, xmlNodePtr n, const char *name,
 }
 
 /* The single <type> child of a <descriptor> or <key>. */
-static int
+int
 only_type_child(const struct parse *p, xmlNodePtr n, const char *what,
     xmlNodePtr *type)
 {
@@ -378,7 +366,7 @@ only_type_child(const struct parse *p, xmlNodePtr n, const char *what,
 }
 
 /* Strict unsigned decimal (or 0x hex when allow_hex). */
-static int
+int
 parse_ulong(const char *s, int allow_hex, unsigned long *out)
 {
 	int base = 10;
@@ -515,13 +503,102 @@ static const char *const desc_names[] = {
 	ENGINE_OBJECT_HISTORY_SIGNER, ENGINE_SIGN_EMAIL, NULL,
 };
 
+/* Levenshtein distance of two short names, capped at 3. */
+static int
+edit_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	int row[65], prev, tmp;
+
+	if (la > 64 || lb > 64)
+		return 3;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = (int)j;
+	for (size_t i = 1; i <= la; i++) {
+		prev = row[0];
+		row[0] = (int)i;
+		for (size_t j = 1; j <= lb; j++) {
+			int best = prev + (a[i - 1] != b[j - 1]);
+			if (row[j] + 1 < best)
+				best = row[j] + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			tmp = row[j];
+			row[j] = best;
+			prev = tmp;
+		}
+	}
+	return row[lb] > 3 ? 3 : row[lb];
+}
+
+/* Whether a <descriptor> is one hsmfs serves. Any other name belongs to
+ * the Identity Manager (ConfigZipEncrypter, SelfServiceJWTSigner, att_*,
+ * ...) and is accepted unserved, unless it is a near miss of a served
+ * name: a typo there would silently switch a folder off. */
+static int
+desc_served(const struct parse *p, xmlNodePtr n, int *served)
+{
+	xmlChar *x = xmlGetNoNsProp(n, (const xmlChar *)"name");
+	const char *name = (const char *)x;
+	int r = 0;
+
+	*served = 1;        /* a missing name is reported by parse_descriptor */
+	if (x == NULL || name[0] == '\0' || in_list(name, desc_names))
+		goto out;
+	for (size_t i = 0; desc_names[i]; i++)
+		if (strcasecmp(name, desc_names[i]) == 0 ||
+		    edit_distance(name, desc_names[i]) <= 1) {
+			r = cfg_err(p, attr_line(p, n, "name"), "descriptor "
+			    "name=\"%s\" looks like %s, which hsmfs serves; fix "
+			    "the spelling (names are case-sensitive)", name,
+			    desc_names[i]);
+			goto out;
+		}
+	*served = 0;
+out:
+	xmlFree(x);
+	return r;
+}
+
+/* A descriptor hsmfs does not serve: only what a listing needs is read
+ * (name, version, key= of its <type>); any attribute is accepted. */
+static int
+parse_unserved(const struct parse *p, xmlNodePtr n, struct engine_unserved *u)
+{
+	xmlNodePtr t = NULL;
+	int r;
+
+	u->line = (int)node_line(p, n);
+	if ((r = attr_required(p, n, "name", "a descriptor", &u->name)) != 0 ||
+	    (r = attr_get(n, "version", &u->version)) != 0)
+		return r;
+	if ((r = check_content(p, n, NULL)) != 0)
+		return r;
+	for (xmlNodePtr ch = n->children; ch; ch = ch->next)
+		if (ch->type == XML_ELEMENT_NODE && ch->ns == NULL &&
+		    strcmp((const char *)ch->name, "type") == 0) {
+			t = ch;
+			break;
+		}
+	if (t == NULL)
+		return 0;
+	if ((r = check_content(p, t, NULL)) != 0 ||
+	    (r = attr_get(t, "key", &u->key_name)) != 0)
+		return r;
+	if (u->key_name != NULL && u->key_name[0] == '\0')
+		return cfg_err(p, attr_line(p, t, "key"), "descriptor %s: "
+		    "attribute 'key' is empty; name a <key> or remove it",
+		    u->name);
+	return 0;
+}
+
 static int
 parse_descriptor(const struct parse *p, xmlNodePtr n,
     struct engine_descriptor *d)
 {
 	static const char *const attrs[] = {"name", "version", NULL};
 	static const char *const fields_attrs[] = {"algorithm", "size",
-		"result", "key", "asymCipher", NULL};
+		"result", "key", "asymCipher", "initVector", NULL};
 	static const char *const sign_attrs[] = {"algorithm", "key", NULL};
 	char what[300], names[128], *v = NULL;
 	const struct md_name *m;
@@ -594,6 +671,9 @@ parse_descriptor(const struct parse *p, xmlNodePtr n,
 		if (r != 0)
 			return r;
 		d->oaep_md = m->md();
+		/* Checked against the newest version in parse_root. */
+		if (xmlHasNsProp(t, (const xmlChar *)"initVector", NULL) != NULL)
+			d->iv_line = (int)attr_line(p, t, "initVector");
 	} else {
 		int sign = strcmp(d->name, ENGINE_SIGN_EMAIL) == 0;
 		if ((r = check_attrs(p, t, sign_attrs, sign ? " of a signature "
@@ -612,172 +692,7 @@ parse_descriptor(const struct parse *p, xmlNodePtr n,
 	}
 	if ((r = attr_required(p, t, "key", what, &d->key_name)) != 0)
 		return r;
-	return 0;
-}
-
-/* ---- keys ---- */
-
-static int
-parse_key(const struct parse *p, xmlNodePtr n, struct engine_key *k)
-{
-	static const char *const attrs[] = {"name", NULL};
-	static const char *const hsm_attrs[] = {"name", "locationValue", "pin",
-		"pin.encrypted", "pin.file", "pin.env", "alias", "slot",
-		"tokenLabel", "rawRsaFallback", NULL};
-	static const char *const p12_attrs[] = {"name", "locationValue", "pin",
-		"pin.encrypted", "pin.file", "pin.env", "alias", NULL};
-	static const char *const pin_attrs[] = {"pin", "pin.encrypted",
-		"pin.file", "pin.env", NULL};
-	char what[300], *v = NULL;
-	const char *first = NULL;
-	xmlNodePtr t;
-	int r, npin = 0;
-
-	k->line = (int)node_line(p, n);
-	if ((r = check_attrs(p, n, attrs, "")) != 0)
-		return r;
-	if ((r = attr_required(p, n, "name", "a key", &k->name)) != 0)
-		return r;
-	for (const char *c = k->name; *c; c++)
-		if (iscntrl((unsigned char)*c))
-			return cfg_err(p, attr_line(p, n, "name"), "key name "
-			    "contains a control character; rename it");
-	snprintf(what, sizeof(what), "key %s", k->name);
-	if ((r = only_type_child(p, n, what, &t)) != 0)
-		return r;
-	if ((r = attr_required(p, t, "name", what, &v)) != 0)
-		return r;
-	if (strcmp(v, "HSM") == 0)
-		k->type = ENGINE_KEY_HSM;
-	else if (strcmp(v, "P12") == 0 || strcmp(v, "PKCS12") == 0)
-		k->type = ENGINE_KEY_P12;
-	else {
-		r = cfg_err(p, attr_line(p, t, "name"), "<type name=\"%s\"> of %s: "
-		    "unknown key type; use HSM, P12 or PKCS12", v, what);
-		free(v);
-		return r;
-	}
-	free(v);
-	if ((r = check_attrs(p, t, k->type == ENGINE_KEY_HSM ? hsm_attrs :
-	    p12_attrs, k->type == ENGINE_KEY_HSM ? " of an HSM key" :
-	    " of a P12 key")) != 0)
-		return r;
-	if ((r = attr_required(p, t, "locationValue", what, &k->location)) != 0)
-		return r;
-	if (k->location[0] != '/' && strchr(k->location, '/') != NULL &&
-	    k->type == ENGINE_KEY_HSM)
-		/* dlopen would resolve it against whatever cwd hsmfs has. */
-		return cfg_err(p, attr_line(p, t, "locationValue"), "%s: "
-		    "locationValue=\"%s\" is a relative path; give the PKCS#11 "
-		    "module as an absolute path or a bare file name", what,
-		    k->location);
-	if (k->location[0] != '/' && k->type == ENGINE_KEY_P12) {
-		/* Like pin.file: relative to the config, as hsmfs runs in /. */
-		char *abs;
-		if (asprintf(&abs, "%s/%s", p->dir, k->location) < 0)
-			return HSMFS_ERR_NOMEM;
-		free(k->location);
-		k->location = abs;
-	}
-	if ((r = attr_get(t, "alias", &k->alias)) != 0)
-		return r;
-	if (k->type == ENGINE_KEY_HSM && k->alias == NULL)
-		return cfg_err(p, node_line(p, t), "%s: missing attribute 'alias' "
-		    "(the CKA_LABEL of the private key and certificate); add it",
-		    what);
-	if (k->alias != NULL && k->alias[0] == '\0')
-		return cfg_err(p, attr_line(p, t, "alias"), "%s: attribute 'alias' "
-		    "is empty; give the label or remove it", what);
-
-	if (k->type == ENGINE_KEY_HSM) {
-		if ((r = attr_get(t, "slot", &v)) != 0)
-			return r;
-		if (v != NULL) {
-			if (parse_ulong(v, 1, &k->slot) != 0) {
-				r = cfg_err(p, attr_line(p, t, "slot"), "slot=\"%s\" of "
-				    "%s: use a slot ID as listed by pkcs11-tool -L "
-				    "(decimal or 0x hex)", v, what);
-				free(v);
-				return r;
-			}
-			k->has_slot = 1;
-			free(v);
-		}
-		if ((r = attr_get(t, "tokenLabel", &k->token_label)) != 0)
-			return r;
-		if (k->token_label != NULL && k->token_label[0] == '\0')
-			return cfg_err(p, attr_line(p, t, "tokenLabel"), "%s: "
-			    "attribute 'tokenLabel' is empty; give the label or "
-			    "remove it", what);
-		if ((r = attr_get(t, "rawRsaFallback", &v)) != 0)
-			return r;
-		if (v != NULL) {
-			if (strcasecmp(v, "false") == 0)
-				k->no_raw_rsa = 1;
-			else if (strcasecmp(v, "true") != 0) {
-				r = cfg_err(p, attr_line(p, t, "rawRsaFallback"),
-				    "rawRsaFallback=\"%s\" of %s: use true or false",
-				    v, what);
-				free(v);
-				return r;
-			}
-			free(v);
-		}
-	}
-
-	/* Exactly one PIN source. */
-	for (size_t i = 0; pin_attrs[i]; i++) {
-		if (xmlHasNsProp(t, (const xmlChar *)pin_attrs[i], NULL) == NULL)
-			continue;
-		if (npin++ > 0)
-			return cfg_err(p, attr_line(p, t, pin_attrs[i]), "%s has "
-			    "both '%s' and '%s'; keep exactly one PIN source",
-			    what, first, pin_attrs[i]);
-		first = pin_attrs[i];
-	}
-	if (npin == 0)
-		return cfg_err(p, node_line(p, t), "%s has no PIN source; add "
-		    "one of pin, pin.encrypted (hsmfs-tool scramble-pin), "
-		    "pin.file or pin.env", what);
-	if ((r = attr_get(t, "pin", &k->pin)) != 0 ||
-	    (r = attr_get(t, "pin.encrypted", &k->pin_encrypted)) != 0)
-		return r;
-	if (k->pin != NULL && k->pin[0] == '\0' && k->type == ENGINE_KEY_HSM)
-		return cfg_err(p, attr_line(p, t, "pin"), "%s: attribute 'pin' is "
-		    "empty; give the token's user PIN", what);
-	if (k->pin_encrypted != NULL) {
-		char *pin = NULL;
-		if (engine_pin_unscramble(k->pin_encrypted, &pin) != 0)
-			return cfg_err(p, attr_line(p, t, "pin.encrypted"), "%s: "
-			    "%s", what, err_detail());
-		engine_pin_free(pin);
-	}
-	if ((r = attr_get(t, "pin.file", &v)) != 0)
-		return r;
-	if (v != NULL) {
-		if (v[0] == '\0') {
-			free(v);
-			return cfg_err(p, attr_line(p, t, "pin.file"), "%s: "
-			    "attribute 'pin.file' is empty; give a file name", what);
-		}
-		/* Relative to the config, not to whatever cwd hsmfs has. */
-		if (v[0] == '/')
-			k->pin_file = v;
-		else {
-			if (asprintf(&k->pin_file, "%s/%s", p->dir, v) < 0)
-				k->pin_file = NULL;
-			free(v);
-			if (k->pin_file == NULL)
-				return HSMFS_ERR_NOMEM;
-		}
-		v = NULL;
-	}
-	if ((r = attr_get(t, "pin.env", &k->pin_env)) != 0)
-		return r;
-	if (k->pin_env != NULL && (k->pin_env[0] == '\0' ||
-	    strchr(k->pin_env, '=') != NULL))
-		return cfg_err(p, attr_line(p, t, "pin.env"), "%s: pin.env=\"%s\" "
-		    "is not an environment variable name", what, k->pin_env);
+	d->key_line = (int)attr_line(p, t, "key");
 	return 0;
 }
 
@@ -813,31 +728,47 @@ parse_section(const struct parse *p, xmlNodePtr sec, const char *child,
 	return 0;
 }
 
+/* <descriptors>: served ones into e->descs, the others into
+ * e->unserved, in document order. */
 static int
-parse_desc_cb(const struct parse *p, xmlNodePtr n, void *d)
+parse_descriptors(const struct parse *p, xmlNodePtr sec, struct engine *e)
 {
-	return parse_descriptor(p, n, d);
+	static const char *const none[] = {NULL};
+	size_t c;
+	int r, served;
+
+	if ((r = check_attrs(p, sec, none, "")) != 0)
+		return r;
+	if ((r = check_content(p, sec, &c)) != 0)
+		return r;
+	if ((e->descs = calloc(c ? c : 1, sizeof(*e->descs))) == NULL ||
+	    (e->unserved = calloc(c ? c : 1, sizeof(*e->unserved))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (xmlNodePtr ch = sec->children; ch; ch = ch->next) {
+		if (ch->type != XML_ELEMENT_NODE)
+			continue;
+		if (ch->ns != NULL || strcmp((const char *)ch->name,
+		    "descriptor") != 0)
+			return cfg_err(p, node_line(p, ch), "unknown element "
+			    "<%s%s%s> in <descriptors>; only <descriptor> belongs "
+			    "here", QNAME(ch));
+		if ((r = desc_served(p, ch, &served)) != 0)
+			return r;
+		/* Counted first so that engine_free sees partial entries. */
+		if (served)
+			r = parse_descriptor(p, ch, &e->descs[e->ndescs++]);
+		else
+			r = parse_unserved(p, ch, &e->unserved[e->nunserved++]);
+		if (r != 0)
+			return r;
+	}
+	return 0;
 }
 
 static int
 parse_key_cb(const struct parse *p, xmlNodePtr n, void *k)
 {
-	return parse_key(p, n, k);
-}
-
-/* Line of the key= attribute of the i-th descriptor under descs. */
-static long
-desc_key_line(const struct parse *p, xmlNodePtr descs, size_t i, long dflt)
-{
-	for (xmlNodePtr ch = descs->children; ch; ch = ch->next) {
-		if (ch->type != XML_ELEMENT_NODE || i-- > 0)
-			continue;
-		for (xmlNodePtr t = ch->children; t; t = t->next)
-			if (t->type == XML_ELEMENT_NODE)
-				return attr_line(p, t, "key");
-		break;
-	}
-	return dflt;
+	return engine_parse_key(p, n, k);
 }
 
 static int
@@ -878,9 +809,7 @@ parse_root(const struct parse *p, xmlNodePtr root, struct engine *e)
 			    (const char *)ch->name, node_line(p, *slot));
 		*slot = ch;
 	}
-	if (descs != NULL && (r = parse_section(p, descs, "descriptor",
-	    sizeof(*e->descs), (void **)&e->descs, &e->ndescs,
-	    parse_desc_cb)) != 0)
+	if (descs != NULL && (r = parse_descriptors(p, descs, e)) != 0)
 		return r;
 	if (keys != NULL && (r = parse_section(p, keys, "key", sizeof(*e->keys),
 	    (void **)&e->keys, &e->nkeys, parse_key_cb)) != 0)
@@ -905,10 +834,43 @@ parse_root(const struct parse *p, xmlNodePtr root, struct engine *e)
 			if (strcmp(d->key_name, e->keys[j].name) == 0)
 				d->key = &e->keys[j];
 		if (d->key == NULL)
-			return cfg_err(p, desc_key_line(p, descs, i, d->line),
-			    "descriptor %s version %d names "
-			    "key=\"%s\", which is not in <keys>; add the key or fix "
-			    "the name", d->name, d->version, d->key_name);
+			return cfg_err(p, d->key_line, "descriptor %s version %d "
+			    "names key=\"%s\", which is not in <keys>; add the key "
+			    "or fix the name", d->name, d->version, d->key_name);
+	}
+	for (size_t i = 0; i < e->nunserved; i++) {
+		struct engine_unserved *u = &e->unserved[i];
+		if (u->key_name == NULL)
+			continue;
+		for (size_t j = 0; j < e->nkeys && u->key == NULL; j++)
+			if (strcmp(u->key_name, e->keys[j].name) == 0)
+				u->key = &e->keys[j];
+		if (u->key == NULL)
+			return cfg_err(p, u->line, "descriptor %s (not served by "
+			    "hsmfs) names key=\"%s\", which is not in <keys>; add "
+			    "the key or fix the name", u->name, u->key_name);
+	}
+	/* initVector exists in the engine for data once encrypted with a
+	 * fixed IV. Every NX02 envelope carries its own IV, so reading needs
+	 * no attribute: older versions keep decrypting. New fields use the
+	 * newest version, and hsmfs never writes with a fixed IV. */
+	{
+		const struct engine_descriptor *nf = engine_newest(e,
+		    ENGINE_ENCRYPTED_FIELDS);
+		if (nf != NULL && nf->iv_line > 0)
+			return cfg_err(p, nf->iv_line, "initVector on %s version %d: "
+			    "new fields are encrypted with the newest version, and "
+			    "hsmfs never encrypts with a fixed IV (each NX02 envelope "
+			    "gets a random one); add a newer %s version without "
+			    "initVector, or remove it", nf->name, nf->version,
+			    nf->name);
+		for (size_t i = 0; i < e->ndescs; i++)
+			if (e->descs[i].iv_line > 0)
+				log_info("%s:%d: initVector on %s version %d is not "
+				    "needed by hsmfs: each NX02 envelope carries its own "
+				    "IV, so data of this version still decrypts", p->path,
+				    e->descs[i].iv_line, e->descs[i].name,
+				    e->descs[i].version);
 	}
 	if (e->ndescs == 0)
 		log_warn("%s: no descriptors configured; every folder will refuse "
@@ -925,7 +887,8 @@ wipe_pins(xmlNodePtr n)
 			continue;
 		for (xmlAttrPtr a = n->properties; a; a = a->next) {
 			if (strcmp((const char *)a->name, "pin") != 0 &&
-			    strcmp((const char *)a->name, "pin.encrypted") != 0)
+			    strcmp((const char *)a->name, "pin.encrypted") != 0 &&
+			    strcmp((const char *)a->name, "uri") != 0)
 				continue;
 			for (xmlNodePtr t = a->children; t; t = t->next)
 				if (t->content && (t->doc == NULL || t->doc->dict ==
@@ -1019,6 +982,7 @@ engine_load(const char *path, struct engine **out)
 		*slash = '\0';
 	if ((e = calloc(1, sizeof(*e))) == NULL || (e->path = strdup(path)) == NULL)
 		goto out;
+	p.e = e;
 
 	if (len == 0) {
 		r = cfg_err(&p, 1, "malformed XML: the file is empty; write the "
@@ -1105,6 +1069,11 @@ engine_free(struct engine *e)
 		free(d->key_name);
 		free(d->asym_cipher);
 	}
+	for (size_t i = 0; i < e->nunserved; i++) {
+		free(e->unserved[i].name);
+		free(e->unserved[i].version);
+		free(e->unserved[i].key_name);
+	}
 	for (size_t i = 0; i < e->nkeys; i++) {
 		struct engine_key *k = &e->keys[i];
 		free(k->name);
@@ -1115,7 +1084,10 @@ engine_free(struct engine *e)
 		free_secret(k->pin_encrypted);
 		free(k->pin_file);
 		free(k->pin_env);
+		free(k->type_name);
+		free(k->problem);
 	}
+	free(e->unserved);
 	free(e->descs);
 	free(e->keys);
 	free(e->path);
@@ -1144,6 +1116,19 @@ engine_version(const struct engine *e, const char *name, int version)
 	return NULL;
 }
 
+const char *
+engine_key_type_label(const struct engine_key *k)
+{
+	switch (k->type) {
+	case ENGINE_KEY_HSM:
+		return "pkcs11";
+	case ENGINE_KEY_P12:
+		return "pkcs12";
+	default:
+		return k->type_name ? k->type_name : "?";
+	}
+}
+
 const struct engine_key *
 engine_key_by_name(const struct engine *e, const char *name)
 {
@@ -1153,278 +1138,6 @@ engine_key_by_name(const struct engine *e, const char *name)
 	return NULL;
 }
 
-/* ---- PINs ---- */
-
-static char *
-secure_strndup(const char *s, size_t n)
-{
-	char *c = secmem_alloc(n + 1);
-	if (c != NULL) {
-		memcpy(c, s, n);
-		c[n] = '\0';
-	}
-	return c;
-}
-
-/* pin.file: the whole file, one trailing LF or CRLF stripped. Read
- * straight into secure memory (no stdio buffers). */
-static int
-pin_from_file(const struct engine_key *k, char **pin)
-{
-	const size_t cap = ENGINE_MAX_PIN + 3;
-	char *buf = NULL;
-	size_t n = 0;
-	struct stat st;
-	int fd = -1, r = HSMFS_ERR_CONFIG;
-
-	if ((fd = open(k->pin_file, O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0) {
-		err_set("pin.file %s (line %d): cannot open: %s; create it or fix "
-		    "pin.file", k->pin_file, k->line, strerror(errno));
-		goto out;
-	}
-	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 077))
-		log_warn("pin.file %s of key %s: accessible by group or others "
-		    "(mode %04o); run chmod 600 %s", k->pin_file, k->name,
-		    (unsigned)(st.st_mode & 07777), k->pin_file);
-	if ((buf = secmem_alloc(cap + 1)) == NULL) {
-		r = HSMFS_ERR_NOMEM;
-		goto out;
-	}
-	for (;;) {
-		ssize_t got = read(fd, buf + n, cap - n);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got < 0) {
-			err_set("pin.file %s: read: %s", k->pin_file, strerror(errno));
-			goto out;
-		}
-		if (got == 0)
-			break;
-		n += (size_t)got;
-		if (n == cap) {
-			err_set("pin.file %s: longer than %d bytes; it must hold only "
-			    "the PIN", k->pin_file, ENGINE_MAX_PIN);
-			goto out;
-		}
-	}
-	if (n > 0 && buf[n - 1] == '\n') {
-		n--;
-		if (n > 0 && buf[n - 1] == '\r')
-			n--;
-	}
-	if (n == 0) {
-		err_set("pin.file %s is empty; write the PIN into it", k->pin_file);
-		goto out;
-	}
-	if (memchr(buf, '\0', n) || memchr(buf, '\n', n) || memchr(buf, '\r', n)) {
-		err_set("pin.file %s holds more than one line or a NUL byte; it "
-		    "must hold only the PIN", k->pin_file);
-		goto out;
-	}
-	if (n > ENGINE_MAX_PIN) {
-		err_set("pin.file %s: longer than %d bytes; it must hold only the "
-		    "PIN", k->pin_file, ENGINE_MAX_PIN);
-		goto out;
-	}
-	if ((*pin = secure_strndup(buf, n)) == NULL) {
-		r = HSMFS_ERR_NOMEM;
-		goto out;
-	}
-	r = 0;
-out:
-	secmem_free(buf, cap + 1);
-	if (fd >= 0)
-		close(fd);
-	return r;
-}
-
-int
-engine_key_pin(const struct engine_key *k, char **pin)
-{
-	const char *v;
-
-	if (k->pin != NULL) {
-		if ((*pin = secure_strndup(k->pin, strlen(k->pin))) == NULL)
-			return HSMFS_ERR_NOMEM;
-		return 0;
-	}
-	if (k->pin_encrypted != NULL)
-		return engine_pin_unscramble(k->pin_encrypted, pin);
-	if (k->pin_file != NULL)
-		return pin_from_file(k, pin);
-	if (k->pin_env != NULL) {
-		if ((v = getenv(k->pin_env)) == NULL || v[0] == '\0') {
-			err_set("pin.env: environment variable %s (line %d) is not "
-			    "set or empty; export it before starting", k->pin_env,
-			    k->line);
-			return HSMFS_ERR_CONFIG;
-		}
-		if (strlen(v) > ENGINE_MAX_PIN) {
-			err_set("pin.env: environment variable %s is longer than %d "
-			    "bytes", k->pin_env, ENGINE_MAX_PIN);
-			return HSMFS_ERR_CONFIG;
-		}
-		if ((*pin = secure_strndup(v, strlen(v))) == NULL)
-			return HSMFS_ERR_NOMEM;
-		return 0;
-	}
-	err_set("no PIN source (line %d); add pin, pin.encrypted, pin.file or "
-	    "pin.env", k->line);
-	return HSMFS_ERR_CONFIG;
-}
-
-void
-engine_pin_free(char *pin)
-{
-	if (pin != NULL)
-		secmem_free(pin, strlen(pin) + 1);
-}
-
-/*
- * pin.encrypted, format "S1:" base64(salt || body):
- *   salt  8 random bytes
- *   body  (pin || check) XOR keystream, check = SHA-256(CHECK || salt ||
- *         pin)[0..3], keystream block i = SHA-256(KEY || salt || be32(i)).
- * The constants are public, so anyone with this source recovers the PIN:
- * it only keeps the PIN from being read over a shoulder or grepped. The
- * check value catches edited or truncated values before a login attempt
- * (a wrong PIN would count against the token's retry limit).
- */
-#define SCRAMBLE_PREFIX "S1:"
-#define SCRAMBLE_SALT 8
-#define SCRAMBLE_CHECK 4
-static const char scramble_key[] = "hsmfs pin.encrypted v1 keystream";
-static const char scramble_chk[] = "hsmfs pin.encrypted v1 check";
-
-static int
-scramble_xor(const uint8_t *salt, uint8_t *data, size_t len)
-{
-	uint8_t block[32];
-	int r = HSMFS_ERR_CRYPTO;
-
-	for (uint32_t i = 0; (size_t)i * 32 < len; i++) {
-		uint8_t ctr[4] = {(uint8_t)(i >> 24), (uint8_t)(i >> 16),
-			(uint8_t)(i >> 8), (uint8_t)i};
-		EVP_MD_CTX *c = EVP_MD_CTX_new();
-		int ok = c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) &&
-		    EVP_DigestUpdate(c, scramble_key, sizeof(scramble_key) - 1) &&
-		    EVP_DigestUpdate(c, salt, SCRAMBLE_SALT) &&
-		    EVP_DigestUpdate(c, ctr, sizeof(ctr)) &&
-		    EVP_DigestFinal_ex(c, block, NULL);
-		EVP_MD_CTX_free(c);
-		if (!ok)
-			goto out;
-		for (size_t j = 0; j < 32 && (size_t)i * 32 + j < len; j++)
-			data[(size_t)i * 32 + j] ^= block[j];
-	}
-	r = 0;
-out:
-	OPENSSL_cleanse(block, sizeof(block));
-	return r;
-}
-
-static int
-scramble_check(const uint8_t *salt, const char *pin, size_t len,
-    uint8_t out[SCRAMBLE_CHECK])
-{
-	uint8_t h[32];
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
-	int ok = c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) &&
-	    EVP_DigestUpdate(c, scramble_chk, sizeof(scramble_chk) - 1) &&
-	    EVP_DigestUpdate(c, salt, SCRAMBLE_SALT) &&
-	    EVP_DigestUpdate(c, pin, len) && EVP_DigestFinal_ex(c, h, NULL);
-
-	EVP_MD_CTX_free(c);
-	memcpy(out, h, SCRAMBLE_CHECK);
-	OPENSSL_cleanse(h, sizeof(h));
-	return ok ? 0 : HSMFS_ERR_CRYPTO;
-}
-
-char *
-engine_pin_scramble(const char *pin)
-{
-	size_t n = pin ? strlen(pin) : 0, total = SCRAMBLE_SALT + n + SCRAMBLE_CHECK;
-	uint8_t *raw = NULL;
-	char *b64 = NULL, *res = NULL;
-
-	if (n == 0 || n > ENGINE_MAX_PIN)
-		return NULL;
-	if ((raw = secmem_alloc(total)) == NULL)
-		goto out;
-	if (RAND_bytes(raw, SCRAMBLE_SALT) != 1)
-		goto out;
-	memcpy(raw + SCRAMBLE_SALT, pin, n);
-	if (scramble_check(raw, pin, n, raw + SCRAMBLE_SALT + n) != 0 ||
-	    scramble_xor(raw, raw + SCRAMBLE_SALT, n + SCRAMBLE_CHECK) != 0)
-		goto out;
-	if ((b64 = util_b64_encode(raw, total)) == NULL)
-		goto out;
-	if (asprintf(&res, SCRAMBLE_PREFIX "%s", b64) < 0)
-		res = NULL;
-out:
-	secmem_free(raw, total);
-	free(b64);
-	return res;
-}
-
-int
-engine_pin_unscramble(const char *scrambled, char **pin)
-{
-	uint8_t *raw = NULL, chk[SCRAMBLE_CHECK];
-	size_t rawlen = 0, n;
-	const char *b64;
-	int r = HSMFS_ERR_CONFIG;
-
-	if (scrambled == NULL || strncmp(scrambled, SCRAMBLE_PREFIX,
-	    strlen(SCRAMBLE_PREFIX)) != 0) {
-		err_set("pin.encrypted is not a value made by hsmfs-tool "
-		    "scramble-pin (it starts with \"" SCRAMBLE_PREFIX "\"); run "
-		    "it again");
-		return HSMFS_ERR_CONFIG;
-	}
-	b64 = scrambled + strlen(SCRAMBLE_PREFIX);
-	if (util_b64_decode(b64, strlen(b64), &raw, &rawlen) != 0) {
-		raw = NULL;
-		err_set("pin.encrypted: damaged value (not base64 after \""
-		    SCRAMBLE_PREFIX "\"); run hsmfs-tool scramble-pin again");
-		goto out;
-	}
-	if (rawlen < SCRAMBLE_SALT + 1 + SCRAMBLE_CHECK ||
-	    rawlen > SCRAMBLE_SALT + ENGINE_MAX_PIN + SCRAMBLE_CHECK) {
-		err_set("pin.encrypted: damaged value (wrong length); run "
-		    "hsmfs-tool scramble-pin again");
-		goto out;
-	}
-	n = rawlen - SCRAMBLE_SALT - SCRAMBLE_CHECK;
-	if ((r = scramble_xor(raw, raw + SCRAMBLE_SALT, n + SCRAMBLE_CHECK)) != 0) {
-		err_set_ossl("pin.encrypted: SHA-256 failed");
-		goto out;
-	}
-	r = HSMFS_ERR_CONFIG;
-	if (scramble_check(raw, (const char *)raw + SCRAMBLE_SALT, n, chk) != 0) {
-		r = HSMFS_ERR_CRYPTO;
-		err_set_ossl("pin.encrypted: SHA-256 failed");
-		goto out;
-	}
-	if (CRYPTO_memcmp(chk, raw + SCRAMBLE_SALT + n, SCRAMBLE_CHECK) != 0 ||
-	    memchr(raw + SCRAMBLE_SALT, '\0', n) != NULL) {
-		err_set("pin.encrypted: damaged value (check value does not match: "
-		    "edited or truncated); run hsmfs-tool scramble-pin again");
-		goto out;
-	}
-	if ((*pin = secure_strndup((const char *)raw + SCRAMBLE_SALT, n)) == NULL) {
-		r = HSMFS_ERR_NOMEM;
-		goto out;
-	}
-	r = 0;
-out:
-	if (raw != NULL) {
-		OPENSSL_cleanse(raw, rawlen);
-		free(raw);
-	}
-	OPENSSL_cleanse(chk, sizeof(chk));
-	return r;
-}
 
 void
 engine_key_spec(const struct engine_key *k, const char *pin,
@@ -1443,24 +1156,4 @@ engine_key_spec(const struct engine_key *k, const char *pin,
 	spec->no_raw_rsa = k->no_raw_rsa;
 	spec->require_cert = 1;
 	spec->pool_size = 0;
-}
-
-void
-engine_scrub_env_pins(const struct engine *e)
-{
-	extern char **environ;
-
-	for (size_t i = 0; e != NULL && i < e->nkeys; i++) {
-		const char *var = e->keys[i].pin_env;
-		size_t n;
-		if (var == NULL)
-			continue;
-		n = strlen(var);
-		/* The initial environment lives in the stack block that
-		 * /proc/PID/environ shows; unsetenv alone leaves it there. */
-		for (char **ep = environ; ep != NULL && *ep != NULL; ep++)
-			if (strncmp(*ep, var, n) == 0 && (*ep)[n] == '=')
-				OPENSSL_cleanse(*ep + n + 1, strlen(*ep + n + 1));
-		unsetenv(var);
-	}
 }

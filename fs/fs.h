@@ -19,6 +19,7 @@ struct hsmfs_opts {
 	char *smtp_ca;        /* CA PEM for the relay's TLS certificate */
 	char *smtp_auth;      /* file: user name line, password line */
 	char *history_anchor;
+	char *classpath;      /* DIR[:DIR...] for locationValue="classpath:" */
 	long mail_retry;      /* seconds, default 300 */
 	long mail_max_age;    /* seconds, default 5 days */
 	int log_level;

@@ -148,6 +148,13 @@ status_text(size_t *len)
 		fprintf(f, "key.%s.last_time: %lld\n", nm, s.last_time);
 		fprintf(f, "key.%s.pool: %u/%u\n", nm, s.pool_in_use, s.pool_size);
 	}
+	/* Descriptors of the Identity Manager's file that hsmfs leaves alone. */
+	for (size_t i = 0; the_fs.engine && i < the_fs.engine->nunserved; i++) {
+		const struct engine_unserved *u = &the_fs.engine->unserved[i];
+		fprintf(f, "descriptor.%s.%s: not served by hsmfs (key %s)\n",
+		    u->name, u->version ? u->version : "-",
+		    u->key_name ? u->key_name : "none");
+	}
 	for (size_t i = 0; i < NFOLDERS; i++) {
 		fprintf(f, "folder.%s: %s\n", folders[i]->name,
 		    folder_ok[i] ? "ready" :
@@ -695,6 +702,7 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("smtp_ca=%s", smtp_ca),
 	OPT("smtp_auth=%s", smtp_auth),
 	OPT("history_anchor=%s", history_anchor),
+	OPT("classpath=%s", classpath),
 	OPT("mail_retry=%ld", mail_retry),
 	OPT("mail_max_age=%ld", mail_max_age),
 	FUSE_OPT_KEY("-h", KEY_HELP),
@@ -758,6 +766,8 @@ usage(const char *prog)
 	    "    -o mail_retry=S         first retry backoff in seconds (300)\n"
 	    "    -o mail_max_age=S       give up on a message after S seconds (432000)\n"
 	    "    -o history_anchor=FILE  copy of history checkpoints on another volume\n"
+	    "    -o classpath=DIR[:DIR]  where locationValue=\"classpath:NAME\" is looked\n"
+	    "                            up (default: the config file's directory)\n"
 	    "    -o log_level=LEVEL      error, warning, info (default), debug\n\n",
 	    prog);
 }
@@ -1016,6 +1026,11 @@ main(int argc, char *argv[])
 	if (the_fs.opt.mail_retry <= 0 || the_fs.opt.mail_max_age <= 0) {
 		fprintf(stderr, "hsmfs: mail_retry and mail_max_age must be "
 		    "positive numbers of seconds\n");
+		return 2;
+	}
+	if (the_fs.opt.classpath != NULL &&
+	    engine_set_classpath(the_fs.opt.classpath) != 0) {
+		fprintf(stderr, "hsmfs: %s\n", err_detail());
 		return 2;
 	}
 	if ((r = engine_load(the_fs.opt.config, &the_fs.engine)) != 0) {

@@ -3,6 +3,7 @@
  * choice, the one login per token, the bounded session pool, recovery
  * after device errors), and the CKR_* names used in every message. */
 #include "hsm/p11_int.h"
+#include "hsm/p11_kit.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -126,9 +127,11 @@ try_dlopen(const char *path, char *tried, size_t tsize)
 	return dl;
 }
 
-/* Resolve like the dynamic loader (search path for bare names, as given
- * for paths), with ".so" appended when the name lacks it, then the
- * usual Debian module directories for bare names. */
+/* Resolve a bare name through p11-kit's registry first (NAME.module,
+ * e.g. "softhsm2"), then like the dynamic loader (search path for bare
+ * names, as given for paths), with ".so" appended when the name lacks
+ * it, then the usual Debian module directories for bare names, also
+ * with a "lib" prefix (RFC 7512 module-name= omits it). */
 static void *
 module_dlopen(const char *loc, char *used, size_t usize, char *tried,
     size_t tsize)
@@ -141,16 +144,33 @@ module_dlopen(const char *loc, char *used, size_t usize, char *tried,
 	size_t len = strlen(loc);
 	int has_so = len > 3 && (strcmp(loc + len - 3, ".so") == 0 ||
 	    strstr(loc, ".so.") != NULL);
+	int libs = bare && strncmp(loc, "lib", 3) != 0 ? 2 : 1;
 	void *dl;
 
-	for (size_t d = 0; d < (bare ? 4u : 1u); d++) {
-		for (int suffix = 0; suffix < (has_so ? 1 : 2); suffix++) {
-			snprintf(used, usize, "%s%s%s", dirs[d], loc,
-			    suffix ? ".so" : "");
-			if ((dl = try_dlopen(used, tried, tsize)) != NULL)
-				return dl;
+	if (bare && !has_so) {
+		char why[512] = "";
+		int k = p11kit_lookup(loc, used, usize, tried, tsize, why,
+		    sizeof(why));
+		if (k > 0 && (dl = try_dlopen(used, tried, tsize)) != NULL) {
+			log_info("PKCS#11 module \"%s\" is %s (p11-kit module "
+			    "registry)", loc, used);
+			return dl;
+		}
+		if (k < 0) {
+			size_t n = strlen(tried);
+			if (n + 4 < tsize)
+				snprintf(tried + n, tsize - n, " (%s)", why);
 		}
 	}
+	for (int lib = 0; lib < libs; lib++)
+		for (size_t d = 0; d < (bare ? 4u : 1u); d++) {
+			for (int suffix = 0; suffix < (has_so ? 1 : 2); suffix++) {
+				snprintf(used, usize, "%s%s%s%s", dirs[d], lib ? "lib" :
+				    "", loc, suffix ? ".so" : "");
+				if ((dl = try_dlopen(used, tried, tsize)) != NULL)
+					return dl;
+			}
+		}
 	return NULL;
 }
 

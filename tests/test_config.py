@@ -59,8 +59,11 @@ BROKEN = [
     ("duplicate-version", lambda t: t.replace("  </descriptors>",
                                               GOOD_DESC + "  </descriptors>"), 6,
      ["ConfigZipSigner"]),
-    ("unknown-descriptor", lambda t: t.replace('name="ConfigZipSigner"',
-                                               'name="Frobnicator"'), 3, ["Frobnicator"]),
+    # Unknown descriptors are the Identity Manager's (listed, not served);
+    # a near miss of a served name is a typo.
+    ("misspelt-descriptor", lambda t: t.replace('name="ConfigZipSigner"',
+                                                'name="ConfigZipSignr"'), 3,
+     ["ConfigZipSignr", "ConfigZipSigner"]),
 ]
 
 

@@ -199,6 +199,14 @@ cmd_check(int argc, char **argv)
 	}
 	if (e->ndescs == 0)
 		printf("(no descriptors configured)\n");
+	/* The Identity Manager's other descriptors: listed, keys not opened. */
+	for (size_t d = 0; d < e->nunserved; d++) {
+		const struct engine_unserved *u = &e->unserved[d];
+		printf("%-20s %-3s %-34s %-8s not served by hsmfs (key not opened)\n",
+		    u->name, u->version ? u->version : "-",
+		    u->key_name ? u->key_name : "-",
+		    u->key ? engine_key_type_label(u->key) : "-");
+	}
 	printf("%s\n", failures ? "check FAILED" : "check passed");
 	rc = failures ? TOOL_FAIL : TOOL_OK;
 out:

@@ -21,6 +21,11 @@ tool_key_load(const char *cmd, const char *config, const char *name,
 		    cmd, config, name);
 		return TOOL_USAGE;
 	}
+	if (tk->ek->problem != NULL) {
+		fprintf(stderr, "hsmfs-tool %s: %s: key \"%s\" cannot be used: %s\n",
+		    cmd, config, name, tk->ek->problem);
+		return TOOL_USAGE;
+	}
 	if (need_hsm && tk->ek->type != ENGINE_KEY_HSM) {
 		fprintf(stderr, "hsmfs-tool %s: %s: key \"%s\" is not an HSM key "
 		    "(type P12); this command works on PKCS#11 tokens only\n",

@@ -1,7 +1,9 @@
 /* hsmfs-tool: administration around the mount. One subcommand per file;
  * this table is the only place that lists them. */
 #include "tool/tool.h"
+#include "common/err.h"
 #include "common/log.h"
+#include "crypto/engine.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +82,14 @@ tool_common_opt(int argc, char **argv, int *i, struct tool_opts *o)
 			o->config = tok + 7;
 		else if (strncmp(tok, "truststore=", 11) == 0)
 			o->truststore = tok + 11;
+		else if (strncmp(tok, "classpath=", 10) == 0) {
+			/* Process-wide: every engine_load() of the command. */
+			if (engine_set_classpath(tok + 10) != 0) {
+				fprintf(stderr, "hsmfs-tool %s: %s\n", argv[0],
+				    err_detail());
+				return -1;
+			}
+		}
 		else {
 			fprintf(stderr, "hsmfs-tool %s: unknown option -o %s\n",
 			    argv[0], tok);

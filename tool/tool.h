@@ -17,7 +17,8 @@ struct tool_cmd {
 	const char *help;                   /* one line */
 };
 
-/* Shared option handling: "-o config=FILE[,truststore=PEM]" and
+/* Shared option handling: "-o config=FILE[,truststore=PEM][,classpath=DIRS]"
+ * (classpath= is applied at once, engine_set_classpath) and
  * "--help". Returns 1 when the argument was consumed (with *i advanced),
  * 0 when it is not a common option, -1 on a usage error (message printed). */
 struct tool_opts {

@@ -32,6 +32,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 			    engine_version(e, d->name, d->version) != d))
 				abort();        /* resolution must be consistent */
 		}
+		for (size_t i = 0; i < e->nunserved; i++) {
+			const struct engine_unserved *u = &e->unserved[i];
+			if ((u->key_name == NULL) != (u->key == NULL) ||
+			    (u->key && engine_key_by_name(e, u->key_name) != u->key))
+				abort();        /* unserved references alike */
+		}
 		for (size_t i = 0; i < e->nkeys; i++)
 			if (e->keys[i].pin_encrypted &&
 			    engine_pin_unscramble(e->keys[i].pin_encrypted, &pin) == 0)

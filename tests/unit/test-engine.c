@@ -494,10 +494,6 @@ case_errors(void)
 	    "  <type algorithm=\"SHA-256\" key=\"k1\" x:key=\"k2\"/>\n"
 	    "</descriptor>\n", KEY_P12("k1")), "x:key", "x:key");
 
-	expect_err("unknown-descriptor-name", DOC(
-	    "<descriptor name=\"EncryptedField\" version=\"1\">\n"
-	    "  <type algorithm=\"SHA-256\" key=\"k1\"/>\n"
-	    "</descriptor>\n", KEY_P12("k1")), "EncryptedField\"", "name=");
 	expect_err("missing-version", DOC(
 	    "<descriptor name=\"ConfigZipSigner\">\n"
 	    "  <type algorithm=\"SHA-256\" key=\"k1\"/>\n"
@@ -987,6 +983,273 @@ case_pin_sources(void)
 	engine_free(e);
 }
 
+/* ---- the Identity Manager's own file (issue 18) ---- */
+
+#define CRLF_BOM_DOC \
+	"\xEF\xBB\xBF<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n" \
+	"<!-- engineSignEncrypt.xml of the Identity Manager -->\r\n" \
+	"<engineSignEncrypt>\r\n" \
+	"  <descriptors>\r\n" \
+	"    <descriptor name=\"ConfigZipSigner\" version=\"1\">\r\n" \
+	"      <type algorithm=\"SHA-256\" key=\"zip\"/>\r\n" \
+	"    </descriptor>\r\n" \
+	"    <descriptor name=\"ConfigZipEncrypter\" version=\"1\" owner=\"idm\">\r\n" \
+	"      <type algorithm=\"AES/CBC/PKCS7Padding\" size=\"256\" key=\"cze\"\r\n" \
+	"            asymCipher=\"RSA/None/OAEPWithSHA384AndMGF1Padding\"/>\r\n" \
+	"    </descriptor>\r\n" \
+	"    <descriptor name=\"SelfServiceJWTSigner\" version=\"2\">\r\n" \
+	"      <type algorithm=\"SHA256withRSA\" key=\"jwt\" kid=\"x\"/>\r\n" \
+	"    </descriptor>\r\n" \
+	"    <descriptor name=\"att_android\">\r\n" \
+	"      <type/>\r\n" \
+	"    </descriptor>\r\n" \
+	"  </descriptors>\r\n" \
+	"  <keys>\r\n" \
+	"    <key name=\"zip\">\r\n" \
+	"      <type name=\"pkcs12\" locationValue=\"classpath:zip.p12\" pin=\"pw\"/>\r\n" \
+	"    </key>\r\n" \
+	"    <key name=\"cze\">\r\n" \
+	"      <type name=\"hsm\" locationValue=\"/no/such/module.so\" alias=\"cze\"\r\n" \
+	"            pin.encrypted=\"vendor-format-not-S1\" slot=\"first\" x=\"y\"/>\r\n" \
+	"    </key>\r\n" \
+	"    <key name=\"jwt\">\r\n" \
+	"      <type name=\"pkcs12\" locationValue=\"classpath:missing.p12\" pin=\"pw\"/>\r\n" \
+	"    </key>\r\n" \
+	"    <key name=\"vault\">\r\n" \
+	"      <type name=\"AzureKeyVault\" url=\"https://x\"/>\r\n" \
+	"    </key>\r\n" \
+	"  </keys>\r\n" \
+	"</engineSignEncrypt>\r\n"
+
+static void
+case_unserved(void)
+{
+	struct engine *e;
+	char p12[PATH_MAX + 32];
+	const char *path;
+
+	cur_case = "vendor-file";
+	snprintf(p12, sizeof(p12), "%s/zip.p12", tmpdir);
+	write_file(p12, "not parsed here", 0600);
+	CHECK(engine_set_classpath(NULL) == 0);
+	path = cfg_path(CRLF_BOM_DOC);
+	e = NULL;
+	err_clear();
+	CHECK_DETAIL(engine_load(path, &e) == 0);
+	if (e != NULL) {
+		CHECK(e->ndescs == 1 && e->nunserved == 3);
+		CHECK(strcmp(e->descs[0].key->location, p12) == 0);
+		CHECK(e->descs[0].key->type == ENGINE_KEY_P12 &&
+		    e->descs[0].key->served);
+		CHECK(strcmp(e->unserved[0].name, "ConfigZipEncrypter") == 0);
+		CHECK(strcmp(e->unserved[0].version, "1") == 0);
+		CHECK(e->unserved[0].line == 8);
+		CHECK(e->unserved[0].key != NULL && !e->unserved[0].key->served);
+		CHECK(e->unserved[0].key->type == ENGINE_KEY_HSM);
+		CHECK(e->unserved[0].key->pin_encrypted == NULL);
+		CHECK(strcmp(e->unserved[1].key_name, "jwt") == 0);
+		/* Unresolved: kept as written, never an error. */
+		CHECK(strcmp(e->unserved[1].key->location,
+		    "classpath:missing.p12") == 0);
+		CHECK(e->unserved[2].version == NULL && e->unserved[2].key == NULL);
+		CHECK(strcmp(engine_key_type_label(engine_key_by_name(e,
+		    "vault")), "AzureKeyVault") == 0);
+		CHECK(engine_newest(e, "SelfServiceJWTSigner") == NULL);
+		engine_free(e);
+	}
+
+	/* A syntax error inside an unserved descriptor keeps its line. */
+	expect_err("unserved-malformed", DOC(DESC_ZIP("k1")
+	    "<descriptor name=\"SelfServiceJWTSigner\" version=\"1\">\n"
+	    "  <type algorithm=\"SHA256withRSA\" key=jwt/>\n"
+	    "</descriptor>\n", KEY_P12("k1")), "key=jwt", "malformed XML");
+	expect_err("unserved-missing-key", DOC(DESC_ZIP("k1")
+	    "<descriptor name=\"hermodDeviceEnc\" version=\"1\">\n"
+	    "  <type key=\"nope\"/>\n"
+	    "</descriptor>\n", KEY_P12("k1")), "hermodDeviceEnc", "key=\"nope\"");
+	expect_err("unserved-stray-text", DOC(DESC_ZIP("k1")
+	    "<descriptor name=\"idopteAuthentication\" version=\"1\">\n"
+	    "  oops <type key=\"k1\"/>\n"
+	    "</descriptor>\n", KEY_P12("k1")), "oops", "unexpected text");
+	expect_err("unserved-no-name", DOC(DESC_ZIP("k1")
+	    "<descriptor version=\"1\">\n"
+	    "  <type key=\"k1\"/>\n"
+	    "</descriptor>\n", KEY_P12("k1")), "<descriptor version", "'name'");
+	/* A near miss of a served name is a typo, not a vendor descriptor. */
+	expect_err("near-miss", DOC(
+	    "<descriptor name=\"EncryptedField\" version=\"1\">\n"
+	    "  <type algorithm=\"SHA-256\" key=\"k1\"/>\n"
+	    "</descriptor>\n", KEY_P12("k1")), "EncryptedField\"", "EncryptedFields");
+	expect_err("case-miss", DOC(
+	    "<descriptor name=\"configZipSigner\" version=\"1\">\n"
+	    "  <type algorithm=\"SHA-256\" key=\"k1\"/>\n"
+	    "</descriptor>\n", KEY_P12("k1")), "configZipSigner", "ConfigZipSigner");
+	/* A served key keeps the strict checks, whatever else names it. */
+	expect_err("served-key-strict", DOC(DESC_ZIP("k1")
+	    "<descriptor name=\"att_ios\" version=\"1\"><type key=\"k1\"/></descriptor>\n",
+	    "<key name=\"k1\">\n"
+	    "  <type name=\"p12\" locationValue=\"/x.p12\" pin=\"pw\"\n"
+	    "        colour=\"red\"/>\n"
+	    "</key>\n"), "colour", "'colour'");
+	/* A key no descriptor names: strict when it can be (keygen prepares
+	 * such keys), else kept unusable with the reason. */
+	cur_case = "orphan-keys";
+	e = load_ok(DOC(DESC_ZIP("k1"), KEY_P12("k1")
+	    "<key name=\"next\">\n"
+	    "  <type name=\"HSM\" locationValue=\"/m.so\" alias=\"n\" pin=\"12\"/>\n"
+	    "</key>\n"
+	    "<key name=\"old\">\n"
+	    "  <type name=\"HSM\" locationValue=\"/m.so\" alias=\"o\" pin=\"12\"\n"
+	    "        slot=\"first\"/>\n"
+	    "</key>\n"));
+	if (e != NULL) {
+		const struct engine_key *k = engine_key_by_name(e, "next");
+		CHECK(k && k->problem == NULL && strcmp(k->pin, "12") == 0);
+		k = engine_key_by_name(e, "old");
+		CHECK(k && k->problem && strstr(k->problem, "slot=") != NULL);
+		CHECK(k && k->pin == NULL && !k->has_slot);
+		k = engine_key_by_name(e, "k1");
+		CHECK(k && k->problem == NULL && k->served);
+		engine_free(e);
+	}
+	/* Case-insensitive types; an unknown type only on a served key. */
+	cur_case = "type-case";
+	e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"Pkcs12\" locationValue=\"/x.p12\" pin=\"pw\"/>\n"
+	    "</key>\n"));
+	CHECK(e != NULL && e->keys[0].type == ENGINE_KEY_P12);
+	engine_free(e);
+}
+
+static void
+case_init_vector(void)
+{
+	struct engine *e;
+
+	/* Older version: accepted (its envelopes carry their IV). */
+	cur_case = "iv-old-version";
+	e = load_ok(DOC(
+	    "<descriptor name=\"EncryptedFields\" version=\"1\">\n"
+	    "  <type algorithm=\"AES/CBC/PKCS7Padding\" size=\"256\" key=\"k1\"\n"
+	    "        initVector=\"AAECAwQFBgcICQoLDA0ODw==\" asymCipher=\"" OAEP384 "\"/>\n"
+	    "</descriptor>\n"
+	    DESC_FIELDS("2", "k1", OAEP384), KEY_P12("k1")));
+	CHECK_DETAIL(e != NULL && e->descs[0].iv_line == 6);
+	engine_free(e);
+	/* Newest version: would encrypt new data with a fixed IV. */
+	expect_err("iv-newest", DOC(DESC_FIELDS("1", "k1", OAEP384)
+	    "<descriptor name=\"EncryptedFields\" version=\"2\">\n"
+	    "  <type algorithm=\"AES/CBC/PKCS7Padding\" size=\"256\" key=\"k1\"\n"
+	    "        initVector=\"AAECAwQFBgcICQoLDA0ODw==\" asymCipher=\"" OAEP384 "\"/>\n"
+	    "</descriptor>\n", KEY_P12("k1")), "initVector", "fixed IV");
+}
+
+static void
+case_classpath(void)
+{
+	char d1[PATH_MAX + 16], d2[PATH_MAX + 16], list[2 * PATH_MAX + 64];
+	char p12[PATH_MAX + 32], xml[2 * PATH_MAX + 1024];
+	struct engine *e;
+
+	cur_case = "classpath";
+	snprintf(d1, sizeof(d1), "%s/cp1", tmpdir);
+	snprintf(d2, sizeof(d2), "%s/cp2", tmpdir);
+	mkdir(d1, 0700);
+	mkdir(d2, 0700);
+	snprintf(p12, sizeof(p12), "%s/sign_new.p12", d2);
+	write_file(p12, "x", 0600);
+	snprintf(list, sizeof(list), "%s:%s", d1, d2);
+	CHECK_DETAIL(engine_set_classpath(list) == 0);
+	snprintf(xml, sizeof(xml), DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"PKCS12\" locationValue=\"classpath:/sign_new.p12\" pin=\"pw\"/>\n"
+	    "</key>\n"));
+	e = load_ok(xml);
+	CHECK(e != NULL && strcmp(e->keys[0].location, p12) == 0);
+	engine_free(e);
+	/* Not found: one line naming every place tried. */
+	expect_err("classpath-missing", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"P12\" locationValue=\"classpath:nope.p12\" pin=\"pw\"/>\n"
+	    "</key>\n"), "classpath:nope", "cp2/nope.p12");
+	CHECK(strstr(err_detail(), "cp1/nope.p12") != NULL);
+	expect_err("classpath-module", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" locationValue=\"classpath:x.so\" alias=\"a\" pin=\"1\"/>\n"
+	    "</key>\n"), "classpath:x.so", "native library");
+	cur_case = "classpath-bad-dir";
+	CHECK(engine_set_classpath("/no/such/dir") == HSMFS_ERR_CONFIG);
+	CHECK_DETAIL(strstr(err_detail(), "/no/such/dir") != NULL);
+	CHECK(engine_set_classpath("") == HSMFS_ERR_CONFIG);
+	CHECK(engine_set_classpath(NULL) == 0);
+	/* file: URLs. */
+	cur_case = "file-url";
+	snprintf(xml, sizeof(xml), DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"P12\" locationValue=\"file://%s\" pin=\"pw\"/>\n"
+	    "</key>\n"), p12);
+	e = load_ok(xml);
+	CHECK(e != NULL && strcmp(e->keys[0].location, p12) == 0);
+	engine_free(e);
+	expect_err("file-url-remote", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"P12\" locationValue=\"file://host/x.p12\" pin=\"pw\"/>\n"
+	    "</key>\n"), "file://host", "remote host");
+}
+
+static void
+case_uri(void)
+{
+	struct engine *e;
+	const struct engine_key *k;
+
+	cur_case = "uri";
+	e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" uri=\"pkcs11:token=my%20token;object=zip;"
+	    "type=private;slot-id=7?module-name=softhsm2&amp;pin-source=file:pin.txt\"/>\n"
+	    "</key>\n"));
+	k = e ? &e->keys[0] : NULL;
+	CHECK(k != NULL && k->has_uri);
+	CHECK(k != NULL && strcmp(k->token_label, "my token") == 0);
+	CHECK(k != NULL && strcmp(k->alias, "zip") == 0);
+	CHECK(k != NULL && k->has_slot && k->slot == 7);
+	CHECK(k != NULL && strcmp(k->location, "softhsm2") == 0);
+	CHECK(k != NULL && strstr(k->pin_file, "/pin.txt") != NULL &&
+	    k->pin_file[0] == '/');
+	engine_free(e);
+	cur_case = "uri-pin-value";
+	e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" locationValue=\"/m.so\"\n"
+	    "        uri=\"pkcs11:object=zip?pin-value=12%3B4\"/>\n"
+	    "</key>\n"));
+	CHECK(e != NULL && strcmp(e->keys[0].pin, "12;4") == 0);
+	CHECK(e != NULL && strcmp(e->keys[0].location, "/m.so") == 0);
+	engine_free(e);
+	expect_err("uri-and-alias", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" uri=\"pkcs11:object=zip?module-path=/m.so\"\n"
+	    "        alias=\"zip\" pin=\"1\"/>\n"
+	    "</key>\n"), "alias=", "keep one");
+	expect_err("uri-unsupported", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" pin=\"1\" locationValue=\"/m.so\"\n"
+	    "        uri=\"pkcs11:serial=1234;object=zip\"/>\n"
+	    "</key>\n"), "uri=", "'serial'");
+	expect_err("uri-type-cert", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" pin=\"1\" locationValue=\"/m.so\"\n"
+	    "        uri=\"pkcs11:object=zip;type=cert\"/>\n"
+	    "</key>\n"), "uri=", "private");
+	expect_err("uri-no-object", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" pin=\"1\" locationValue=\"/m.so\"\n"
+	    "        uri=\"pkcs11:token=t\"/>\n"
+	    "</key>\n"), "uri=", "object=");
+	expect_err("uri-bad-escape", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" pin=\"1\" locationValue=\"/m.so\"\n"
+	    "        uri=\"pkcs11:object=a%zz\"/>\n"
+	    "</key>\n"), "uri=", "escape");
+	expect_err("uri-two-pins", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" locationValue=\"/m.so\" pin=\"1\"\n"
+	    "        uri=\"pkcs11:object=a?pin-value=2\"/>\n"
+	    "</key>\n"), "pin=", "PIN source");
+	expect_err("uri-no-module", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" pin=\"1\"\n"
+	    "        uri=\"pkcs11:object=a\"/>\n"
+	    "</key>\n"), "uri=", "module-name");
+}
+
 int
 main(void)
 {
@@ -1012,6 +1275,10 @@ main(void)
 	case_entities();
 	case_scramble();
 	case_pin_sources();
+	case_unserved();
+	case_init_vector();
+	case_classpath();
+	case_uri();
 
 	if (failures == 0) {
 		char cmd[PATH_MAX + 16];
