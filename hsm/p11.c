@@ -580,6 +580,13 @@ p11_pool(hsm_key *k, unsigned *in_use, unsigned *size)
 }
 
 static void
+p11_health(hsm_key *k, struct hsm_stats *st)
+{
+	struct p11_key *pk = k->priv;
+	p11_token_health(pk->tok, &st->available, &st->logins, &st->reinits);
+}
+
+static void
 p11_free(hsm_key *k)
 {
 	struct p11_key *pk = k->priv;
@@ -600,6 +607,7 @@ static const struct hsm_backend_ops p11_ops = {
 	.oaep_decrypt = p11_oaep_decrypt,
 	.store_cert = p11_store_cert,
 	.pool = p11_pool,
+	.health = p11_health,
 	.free = p11_free,
 };
 
