@@ -1,0 +1,189 @@
+"""PKCS#11 implementations other than in-process SoftHSM (docs/tokens.md).
+
+Outage of a remote token: SoftHSM behind `p11-kit server`, hsmfs loading
+p11-kit-client.so. The server (and every per-connection child) is killed
+during field reads, history appends and signing: operations fail with EIO
+without hanging, the daemon stays up and .status shows the key as
+unavailable; once the server is back, operations succeed again without a
+remount after exactly one new login, also when the token comes back under
+another slot ID. Logins are counted on both sides: the daemon's .status
+and the fault shim loaded by the server in front of SoftHSM.
+
+These tests build their own tokens and run whatever HSMFS_TOKEN says."""
+import errno
+import os
+import threading
+import time
+
+import pytest
+
+import tokens
+from conftest import Hsm, make_spec_keys
+from faultshim import SHIM
+from folderops import append, errname, make_zip, read, verify_zip, write
+from helpers import wait_for
+
+# An operation that has not returned after this long is a hang (the
+# outage makes every call fail at once; see docs/tokens.md for figures).
+HANG_S = 30
+
+
+@pytest.fixture(scope="module")
+def saved_env():
+    """Token adapters put their variables in os.environ: give them back."""
+    env = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(env)
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory, saved_env):
+    """A remote token whose server loads the fault shim in front of
+    SoftHSM, only to count the calls reaching the server."""
+    root = tmp_path_factory.mktemp("remote")
+    tok = tokens.RemoteToken.__new__(tokens.RemoteToken)
+    tok.provider_stats = str(root / "server.stats.%p")
+    # RemoteToken.__init__ starts the server with .provider: set it first.
+    orig = tokens.RemoteToken.start_server
+
+    def start(self, tokens_=None):
+        self.provider = SHIM
+        self.provider_env = {"HSMFS_SHIM_MODULE": tokens.SOFTHSM,
+                             "HSMFS_SHIM_STATS": self.provider_stats,
+                             "HSMFS_SHIM_CONTROL": str(root / "no-faults")}
+        return orig(self, tokens_)
+    tok.start_server = start.__get__(tok)
+    tokens.RemoteToken.__init__(tok, root / "token")
+    h = Hsm(root, token=tok)
+    try:
+        yield make_spec_keys(h)
+    finally:
+        h.close()
+
+
+def server_logins(h):
+    """C_Login calls that reached SoftHSM through the server, summed over
+    the server's processes (one per client connection)."""
+    n = 0
+    for p in h.root.glob("server.stats.*"):
+        for line in p.read_text().splitlines():
+            k, _, v = line.partition(" ")
+            if k == "calls.C_Login":
+                n += int(v)
+    return n
+
+
+def status(m):
+    out = {}
+    with open(m.path(".status")) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition(": ")
+            out[k] = v
+    return out
+
+
+KEYS = ("encryptedFieldsCertificateV1", "configZipSignerCertificateV1",
+        "objectHistorySignerCertificateV1", "signEmailCertificateV1")
+
+
+def timed(fn, *a):
+    """fn(*a) in a thread: its result and how long it took; a hang fails."""
+    res = {}
+
+    def run():
+        t0 = time.monotonic()
+        res["r"] = fn(*a)
+        res["t"] = time.monotonic() - t0
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(HANG_S)
+    assert not th.is_alive(), f"{fn.__name__} hung for {HANG_S} s"
+    return res["r"], res["t"]
+
+
+def sign_out(m, name, z):
+    return write(m.path("sign-out", name), z)
+
+
+def exercise_down(m, worst):
+    """Every key's operation fails with EIO while the server is down."""
+    (data, e), t = timed(read, m.path("fields", "pw"))
+    assert e == errno.EIO, (errname(e), data)
+    worst.append(t)
+    e, t = timed(append, m.path("history", "obj"), b"while down\n")
+    assert e == errno.EIO, errname(e)
+    worst.append(t)
+    e, t = timed(sign_out, m, "down.zip", make_zip(seed=b"down"))
+    assert e == errno.EIO, errname(e)
+    worst.append(t)
+
+
+def exercise_up(m, h, tag):
+    assert read(m.path("fields", "pw")) == (b"s3cret", None)
+    assert append(m.path("history", "obj"), tag + b"\n") is None
+    z = make_zip(seed=tag)
+    assert sign_out(m, tag.decode() + ".zip", z) is None
+    signed, e = read(m.path("sign-out", tag.decode() + ".zip"))
+    assert e is None
+    ok, out = verify_zip(h, signed)
+    assert ok, out
+
+
+def test_remote_outage_and_restart(remote, mount_factory, tmp_path):
+    """Kill the server (whole process group) under a live mount, then
+    start it again: same slot first, then a different slot ID."""
+    h = remote
+    m = mount_factory(config=h.config(tmp_path / "remote.xml"))
+    assert write(m.path("fields", "pw"), b"s3cret") is None
+    exercise_up(m, h, b"before")
+    st = status(m)
+    assert all(st[f"key.{k}.state"] == "available" for k in KEYS), st
+    logins0 = int(st[f"key.{KEYS[0]}.logins"])
+    srv0 = server_logins(h)
+    history = b"before\n"
+    slot0 = h.token.client_slot()
+
+    worst = []
+    for round_, exported in enumerate(([h.token_label],
+                                       ["hsmfs-decoy", h.token_label])):
+        h.token.stop_server()
+        exercise_down(m, worst)
+        # Everything that needs no token still works.
+        assert read(m.path("history", "obj")) == (history, None)
+        assert write(m.path("fields", f"sealed{round_}"), b"offline") is None
+        st = status(m)
+        assert st[f"key.{KEYS[0]}.state"] == "unavailable", st
+        assert m.proc.poll() is None
+        if round_ == 1:
+            # A second token in front of ours: the client numbers the
+            # exported slots in the server's order, which the shim can
+            # reverse when SoftHSM happens to list ours first.
+            h.token.init_token("hsmfs-decoy")
+            h.token.start_server(exported)
+            if h.token.client_slot() == slot0:
+                h.token.stop_server()
+                (h.root / "no-faults").write_text("reverse_slots\n")
+                h.token.start_server(exported)
+            assert h.token.client_slot() != slot0
+        else:
+            h.token.start_server(exported)
+        # Back without a remount; the first try may fall in the module's
+        # reconnect back-off (250 ms), hence the wait.
+        wait_for(lambda: read(m.path("fields", "pw")) == (b"s3cret", None),
+                 what="field read after the server restart")
+        tag = f"after{round_}".encode()
+        exercise_up(m, h, tag)
+        history += tag + b"\n"
+        assert read(m.path("history", "obj")) == (history, None)
+        assert read(m.path("fields", f"sealed{round_}")) == (b"offline", None)
+        st = status(m)
+        assert all(st[f"key.{k}.state"] == "available" for k in KEYS), st
+        # Exactly one new login per outage, seen by us and by the server.
+        assert int(st[f"key.{KEYS[0]}.logins"]) == logins0 + round_ + 1, st
+        assert server_logins(h) == srv0 + round_ + 1
+        assert int(st[f"key.{KEYS[0]}.reconnects"]) >= round_ + 1
+    print(f"remote outage: worst failing operation {max(worst) * 1000:.1f} ms "
+          f"over {len(worst)}")
+    assert "re-initialising module" in m.log()
+    m.unmount()
