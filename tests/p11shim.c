@@ -18,9 +18,11 @@
  *   closeall                             one shot per control-file version:
  *       close every real session (handles go stale, login lost), like an
  *       HSM restart behind the application's back.
- *   reverse_slots                        C_GetSlotList lists the slots in
- *       reverse order (a token found again under another slot ID, e.g.
- *       behind a p11-kit server, which numbers the slots it exports).
+ *   swap_slots                           C_GetSlotList lists its first two
+ *       slots the other way round (a token found again under another slot
+ *       ID behind a p11-kit server, which numbers the slots it exports in
+ *       this order; SoftHSM's uninitialised slot stays last, where p11-kit
+ *       expects it).
  * FUNC is a PKCS#11 function name ("C_Sign") or "*" for every function.
  * The older control directory of tests/test_hsm.py (env P11SHIM_CTL, real
  * module in P11SHIM_REAL) works too, checked on every call: files
@@ -113,7 +115,7 @@ static int ctl_seen;            /* a control file version has been parsed */
 static struct shim_rule rules[SHIM_MAX_RULES];
 static size_t nrules;
 static int removed;
-static int reverse_slots;
+static int swap_slots;
 static unsigned long calls[FN_COUNT];
 static unsigned long injected[FN_COUNT];
 static unsigned long injected_total, delayed_total, removals, closealls;
@@ -201,7 +203,7 @@ shim_parse_locked(FILE *f, int *want_removed, int *want_closeall)
 	char line[512];
 
 	nrules = 0;
-	reverse_slots = 0;
+	swap_slots = 0;
 	*want_removed = 0;
 	*want_closeall = 0;
 	while (fgets(line, sizeof(line), f) != NULL) {
@@ -219,8 +221,8 @@ shim_parse_locked(FILE *f, int *want_removed, int *want_closeall)
 			*want_closeall = 1;
 			continue;
 		}
-		if (strcmp(w, "reverse_slots") == 0) {
-			reverse_slots = 1;
+		if (strcmp(w, "swap_slots") == 0) {
+			swap_slots = 1;
 			continue;
 		}
 		memset(&r, 0, sizeof(r));
@@ -278,7 +280,7 @@ shim_reload_locked(void)
 		if (ctl_seen) {
 			nrules = 0;
 			removed = 0;
-			reverse_slots = 0;
+			swap_slots = 0;
 			ctl_seen = 0;
 		}
 		return;
@@ -693,13 +695,11 @@ shim_C_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
 		return CKR_OK;
 	}
 	rv = real->C_GetSlotList(present, list, count);
-	if (rv == CKR_OK && list != NULL && __atomic_load_n(&reverse_slots,
-	    __ATOMIC_RELAXED)) {
-		for (CK_ULONG i = 0; i < *count / 2; i++) {
-			CK_SLOT_ID t = list[i];
-			list[i] = list[*count - 1 - i];
-			list[*count - 1 - i] = t;
-		}
+	if (rv == CKR_OK && list != NULL && *count >= 2 &&
+	    __atomic_load_n(&swap_slots, __ATOMIC_RELAXED)) {
+		CK_SLOT_ID t = list[0];
+		list[0] = list[1];
+		list[1] = t;
 	}
 	return rv;
 }

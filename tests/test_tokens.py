@@ -12,13 +12,14 @@ and the fault shim loaded by the server in front of SoftHSM.
 These tests build their own tokens and run whatever HSMFS_TOKEN says."""
 import errno
 import os
+import subprocess
 import threading
 import time
 
 import pytest
 
 import tokens
-from conftest import Hsm, make_spec_keys
+from conftest import DEFAULT_DESCRIPTORS, TOOL, Hsm, make_spec_keys
 from faultshim import SHIM
 from folderops import append, errname, make_zip, read, verify_zip, write
 from helpers import wait_for
@@ -157,13 +158,13 @@ def test_remote_outage_and_restart(remote, mount_factory, tmp_path):
         assert m.proc.poll() is None
         if round_ == 1:
             # A second token in front of ours: the client numbers the
-            # exported slots in the server's order, which the shim can
-            # reverse when SoftHSM happens to list ours first.
+            # exported slots in the server's order, in which the shim
+            # swaps the first two when SoftHSM happens to list ours first.
             h.token.init_token("hsmfs-decoy")
             h.token.start_server(exported)
             if h.token.client_slot() == slot0:
                 h.token.stop_server()
-                (h.root / "no-faults").write_text("reverse_slots\n")
+                (h.root / "no-faults").write_text("swap_slots\n")
                 h.token.start_server(exported)
             assert h.token.client_slot() != slot0
         else:
@@ -187,3 +188,87 @@ def test_remote_outage_and_restart(remote, mount_factory, tmp_path):
           f"over {len(worst)}")
     assert "re-initialising module" in m.log()
     m.unmount()
+
+
+# ---- native OAEP without the raw-RSA fallback ----
+
+@pytest.fixture(scope="module")
+def tpm2(hsm, tmp_path_factory, saved_env):
+    """A tpm2-pkcs11 token with the four keys (the session's own when the
+    suite runs on tpm2)."""
+    if hsm.kind == "tpm2":
+        yield hsm
+        return
+    root = tmp_path_factory.mktemp("tpm2")
+    h = Hsm(root, token=tokens.Tpm2Token(root / "token"))
+    try:
+        yield make_spec_keys(h)
+    finally:
+        h.close()
+
+
+def check(h, cfg):
+    return subprocess.run([TOOL, "check", "-o", f"config={cfg}"],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **h.token.env))
+
+
+def oaep_config(h, path, digest, raw, only_fields=False):
+    """The default descriptors (or EncryptedFields alone) with the fields
+    key's OAEP digest and rawRsaFallback set."""
+    descs = [dict(d) for d in DEFAULT_DESCRIPTORS
+             if not only_fields or d["name"] == "EncryptedFields"]
+    for d in descs:
+        if d["name"] == "EncryptedFields":
+            d["asymCipher"] = f"RSA/ECB/OAEPWith{digest}AndMGF1Padding"
+    fields_key = "encryptedFieldsCertificateV1"
+    return h.config(path, descriptors=descs,
+                    omit=[d["name"] for d in DEFAULT_DESCRIPTORS],
+                    key_attrs={fields_key: {"rawRsaFallback": raw}})
+
+
+def test_tpm2_native_oaep_sha384_without_raw_fallback(tpm2, mount_factory,
+                                                      tmp_path):
+    """tpm2-pkcs11 decrypts OAEP-SHA-384 itself: with the raw-RSA fallback
+    forbidden, check passes and fields work end to end."""
+    cfg = oaep_config(tpm2, tmp_path / "noraw.xml", "SHA-384", "false")
+    r = check(tpm2, cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = mount_factory(config=cfg)
+    assert write(m.path("fields", "pw"), b"native oaep") is None
+    assert read(m.path("fields", "pw")) == (b"native oaep", None)
+    sealed, e = read(m.path("fields", ".sealed", "pw"))
+    assert e is None and sealed.startswith(b"NX02:")
+    assert "refuses native OAEP" not in m.log()
+    m.unmount()
+
+
+@pytest.fixture(scope="module")
+def softhsm(hsm, tmp_path_factory, saved_env):
+    """SoftHSM with the fields key (the session's token when it is one)."""
+    if hsm.kind == "softhsm":
+        yield hsm
+        return
+    root = tmp_path_factory.mktemp("softhsm")
+    h = Hsm(root, token=tokens.SoftHsmToken(root / "token"))
+    h.make_key("encryptedFieldsCertificateV1", method="keygen")
+    yield h
+    h.close()
+
+
+def test_check_refuses_token_without_oaep_hash_or_raw_rsa(softhsm, tmp_path):
+    """SoftHSM 2.6 refuses OAEP with SHA-384: with rawRsaFallback="false"
+    the key cannot unwrap at all, and check says so in one line."""
+    h = softhsm
+    r = check(h, oaep_config(h, tmp_path / "noraw.xml", "SHA-384", "false",
+                             only_fields=True))
+    assert r.returncode != 0, r.stdout
+    lines = [l for l in (r.stdout + r.stderr).splitlines()
+             if "raw RSA fallback is disabled" in l]
+    assert len(lines) == 1, r.stdout + r.stderr
+    assert "encryptedFieldsCertificateV1" in lines[0] and "SHA" in lines[0]
+    print(lines[0])
+    # The same configuration with the fallback allowed passes.
+    r = check(h, oaep_config(h, tmp_path / "raw.xml", "SHA-384", "true",
+                             only_fields=True))
+    assert r.returncode == 0, r.stdout + r.stderr

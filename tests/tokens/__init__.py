@@ -117,6 +117,11 @@ class Token:
     def apply_env(self):
         os.environ.update(self.env)
 
+    def run(self, cmd, **kw):
+        """A command with this token's variables (whatever os.environ
+        holds meanwhile: another token may have been made since)."""
+        return _run(cmd, env=dict(os.environ, **self.env), **kw)
+
     def close(self):
         pass
 
@@ -138,7 +143,7 @@ class SoftHsmToken(Token):
         self.slot = self.init_token(self.token_label)
 
     def init_token(self, label):
-        out = _run(["softhsm2-util", "--init-token", "--free", "--label", label,
+        out = self.run(["softhsm2-util", "--init-token", "--free", "--label", label,
                     "--so-pin", self.so_pin, "--pin", self.pin]).stdout
         return int(out.strip().split()[-1])
 
@@ -173,7 +178,7 @@ class RemoteToken(SoftHsmToken):
             self.exported = list(tokens)
         if os.path.exists(self.sock):
             os.unlink(self.sock)
-        env = dict(os.environ, **self.provider_env)
+        env = dict(os.environ, **self.env, **self.provider_env)
         env.pop("P11_KIT_SERVER_ADDRESS", None)
         log = open(self.root / "p11kit-server.log", "ab")
         self.server = subprocess.Popen(
@@ -195,7 +200,7 @@ class RemoteToken(SoftHsmToken):
             self.server = None
 
     def client_slot(self):
-        out = _run(["pkcs11-tool", "--module", self.module, "-L"]).stdout
+        out = self.run(["pkcs11-tool", "--module", self.module, "-L"]).stdout
         slot = None
         for line in out.splitlines():
             if line.startswith("Slot ") and "(0x" in line:
