@@ -147,6 +147,9 @@ class Hsm:
                 # Slot IDs of remote and TPM tokens are not stable.
                 attrs.update(slot=None, tokenLabel=self.token_label)
             attrs.update((key_attrs or {}).get(n, {}))
+            if attrs.get("name") != "HSM" and \
+                    "tokenLabel" not in (key_attrs or {}).get(n, {}):
+                attrs.pop("tokenLabel", None)
             a = " ".join(f'{k}="{v}"' for k, v in attrs.items() if v is not None)
             out.append(f'    <key name="{n}">')
             out.append(f"      <type {a}/>")
