@@ -19,10 +19,10 @@ import time
 import pytest
 
 import tokens
-from conftest import DEFAULT_DESCRIPTORS, TOOL, Hsm, make_spec_keys
+from conftest import DEFAULT_DESCRIPTORS, HSMFS, TOOL, Hsm, make_spec_keys
 from faultshim import SHIM
 from folderops import append, errname, make_zip, read, verify_zip, write
-from helpers import wait_for
+from helpers import is_mounted, wait_for
 
 # An operation that has not returned after this long is a hang (the
 # outage makes every call fail at once; see docs/tokens.md for figures).
@@ -188,6 +188,44 @@ def test_remote_outage_and_restart(remote, mount_factory, tmp_path):
           f"over {len(worst)}")
     assert "re-initialising module" in m.log()
     m.unmount()
+
+
+
+def test_no_module_instance_across_fork(remote, tmp_path):
+    """The daemon never uses a module initialised before a fork: the key
+    check runs in a child that exits, libfuse daemonizes (forks) before
+    the keys are opened in the FUSE init callback. p11-kit's client
+    detects the mistake: a module instance used in a forked child answers
+    CKR_CRYPTOKI_NOT_INITIALIZED to every call. So a daemonized mount
+    through it must work, with one login in the check child and one in
+    the daemon, as seen by the server."""
+    h = remote
+    cfg = h.config(tmp_path / "fork.xml")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    before = server_logins(h)
+    p = subprocess.run([HSMFS, str(tmp_path / "store"), str(mnt), "-o",
+                        f"config={cfg}"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    try:
+        wait_for(lambda: is_mounted(mnt), what="daemonized mount")
+        assert write(str(mnt / "fields" / "pw"), b"forked") is None
+        assert read(str(mnt / "fields" / "pw")) == (b"forked", None)
+        assert append(str(mnt / "history" / "o"), b"x\n") is None
+        z = make_zip(seed=b"fork")
+        assert write(str(mnt / "sign-out" / "f.zip"), z) is None
+        signed, e = read(str(mnt / "sign-out" / "f.zip"))
+        assert e is None and verify_zip(h, signed)[0]
+        st = {}
+        for line in (mnt / ".status").read_text().splitlines():
+            k, _, v = line.partition(": ")
+            st[k] = v
+        assert st[f"key.{KEYS[0]}.logins"] == "1", st
+        assert server_logins(h) == before + 2
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+    wait_for(lambda: not is_mounted(mnt), what="unmount")
 
 
 # ---- native OAEP without the raw-RSA fallback ----
