@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 # Token-independent mount tests: the test files (one per folder, plus the
-# HSM fault tests and the token tests) that run on every implementation.
+# HSM fault tests) that run on every implementation. test_tokens.py makes
+# its own remote and TPM tokens: it runs once, in the SoftHSM suite.
 # On HSMFS_TOKEN=remote|tpm2 the suite runs only these (the others are
 # deselected, not skipped); SOFTHSM_ONLY lists the tests in them that rely
 # on SoftHSM itself. conftest.py marks the selected ones `mount`.
 MOUNT_TEST_FILES = ("test_zip.py", "test_fields.py", "test_history.py",
-                    "test_mail.py", "test_faults.py", "test_mount.py",
-                    "test_tokens.py")
+                    "test_mail.py", "test_faults.py", "test_mount.py")
 SOFTHSM_ONLY = {
     # 8 s of random faults under load: SoftHSM's run covers the logic.
     "test_faults.py::test_soak_random_faults_under_load",
