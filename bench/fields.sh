@@ -7,6 +7,10 @@
 # raw, 2 readers >= 1.6x one), and CPU time per operation (daemon per
 # field read vs hsmprobe per unwrap; SoftHSM computes in-process), which
 # stays meaningful on a loaded, shared machine where rates do not.
+# HSMFS_BENCH_TOKEN=remote puts the same SoftHSM token behind `p11-kit
+# server` (unix socket; hsmfs and hsmprobe load p11-kit-client.so): every
+# PKCS#11 call is then a round trip, and the token's CPU time is the
+# server's, not the daemon's or hsmprobe's.
 #   usage: bench/fields.sh [BUILD_DIR] [SECONDS] [ROUNDS]
 set -eu
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +27,9 @@ done
 T=$(mktemp -d /tmp/hsmfs-bench-fields.XXXXXX)
 MNT=$T/mnt
 PID=
+SRV=
 cleanup() {
+	[ -z "$SRV" ] || kill -KILL -- "-$SRV" 2>/dev/null || true
 	if [ -n "$PID" ]; then
 		fusermount3 -u "$MNT" 2>/dev/null || true
 		wait "$PID" 2>/dev/null || true
@@ -36,6 +42,28 @@ trap cleanup EXIT INT TERM
 export SOFTHSM2_CONF=$T/demo/softhsm2.conf
 CFG=$T/demo/engineSignEncrypt.xml
 SLOT=$(sed -n 's/.*slot="\([0-9]*\)".*/\1/p' "$CFG" | head -1)
+MODULE=/usr/lib/softhsm/libsofthsm2.so
+SEL="--slot $SLOT"
+TOKEN=${HSMFS_BENCH_TOKEN:-softhsm}
+if [ "$TOKEN" = remote ]; then
+	# Its own process group: p11-kit server forks a child per client.
+	setsid p11-kit server -f -n "$T/p11kit.sock" --provider "$MODULE" \
+		"pkcs11:token=hsmfs-demo" > "$T/p11kit.log" 2>&1 &
+	SRV=$!
+	disown "$SRV"
+	i=0
+	until [ -S "$T/p11kit.sock" ]; do
+		i=$((i + 1)); [ $i -lt 200 ] || { cat "$T/p11kit.log" >&2; exit 1; }
+		sleep 0.05
+	done
+	export P11_KIT_SERVER_ADDRESS=unix:path=$T/p11kit.sock
+	MODULE=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
+	SEL="--token-label hsmfs-demo"
+	sed -e "s|locationValue=\"[^\"]*\"|locationValue=\"$MODULE\"|" \
+		-e 's|slot="[0-9]*"|tokenLabel="hsmfs-demo"|' "$CFG" > "$T/remote.xml"
+	chmod 600 "$T/remote.xml"
+	CFG=$T/remote.xml
+fi
 mkdir -p "$MNT"
 "$HSMFS" "$T/store" "$MNT" -f -o "config=$CFG" 2>"$T/hsmfs.log" &
 PID=$!
@@ -61,8 +89,9 @@ reader() {
 raw() {
 	local out cpu
 	TIMEFORMAT='%3U %3S'
-	{ time HSMFS_PIN=1234 "$PROBE" --module /usr/lib/softhsm/libsofthsm2.so \
-		--slot "$SLOT" --alias encryptedFieldsCertificateV1 \
+	# shellcheck disable=SC2086
+	{ time HSMFS_PIN=1234 "$PROBE" --module "$MODULE" \
+		$SEL --alias encryptedFieldsCertificateV1 \
 		bench-unwrap --threads "$1" --seconds "$SECS" --md SHA384 \
 		> "$T/raw.out" 2>/dev/null; } 2> "$T/raw.time"
 	sed -n 's/.*ops=\([0-9]*\).*ops_per_s=\([0-9.]*\).*/\1 \2/p' "$T/raw.out" |
@@ -98,7 +127,7 @@ for round in $(seq 1 "$ROUNDS"); do
 		"cpu_ms: unwrap=$rawcpu read=$cpu1" >&2
 done
 
-awk -v s="$SECS" -v rounds="$ROUNDS" '
+awk -v s="$SECS" -v rounds="$ROUNDS" -v tok="$([ "$TOKEN" = remote ] && echo "SoftHSM 2 behind p11-kit server" || echo "SoftHSM 2")" '
 function median(a, n,    i, j, t) {
 	for (i = 1; i <= n; i++)
 		for (j = i + 1; j <= n; j++)
@@ -109,7 +138,7 @@ function median(a, n,    i, j, t) {
 END {
 	raw1 = median(A, NR); r1 = median(B, NR); raw2 = median(C, NR); r2 = median(D, NR)
 	ucpu = median(E, NR); rcpu = median(F, NR)
-	printf "fields bench (SoftHSM 2, RSA-2048, OAEP SHA-384, AES-256; median of %d rounds of %s s)\n", rounds, s
+	printf "fields bench (%s, RSA-2048, OAEP SHA-384, AES-256; median of %d rounds of %s s)\n", tok, rounds, s
 	printf "  raw HSM unwrap, 1 thread     %9.1f /s\n", raw1
 	printf "  raw HSM unwrap, 2 threads    %9.1f /s   %.2fx 1 thread (what the token scales to)\n", raw2, raw2 / raw1
 	printf "  field reads, 1 reader        %9.1f /s   %.2fx raw (goal >= 0.8)\n", r1, r1 / raw1

@@ -15,6 +15,9 @@
 #   latency  the same token behind tests/p11shim.so adding DELAY_MS to every
 #            C_Sign, as a network HSM's round trip would (the signature's
 #            own CPU time stays on this machine).
+# With HSMFS_BENCH_TOKEN=remote, a third: the same token behind `p11-kit
+# server` (unix socket, hsmfs loads p11-kit-client.so): a real round trip
+# per PKCS#11 call, SoftHSM's CPU time in the server process.
 #
 #   usage: bench/history.sh [BUILD_DIR] [SECONDS_PER_STEP] [ROUNDS] [DELAY_MS]
 set -eu
@@ -25,7 +28,9 @@ ROUNDS=${3:-5}
 DELAY_MS=${4:-2}
 W=$(mktemp -d /tmp/hsmfs-bench.XXXXXX)
 MNT=$W/mnt
+SRV=
 cleanup() {
+	[ -z "$SRV" ] || kill -KILL -- "-$SRV" 2>/dev/null || true
 	fusermount3 -u "$MNT" 2>/dev/null || true
 	sleep 0.2
 	rm -rf "$W"
@@ -90,6 +95,24 @@ out=$W/rounds
 run softhsm "$CFG" | tee "$out"
 HSMFS_SHIM_MODULE=/usr/lib/softhsm/libsofthsm2.so HSMFS_SHIM_CONTROL="$W/shim.ctl" \
 	run "latency+${DELAY_MS}ms" "$W/shim.xml" | tee -a "$out"
+if [ "${HSMFS_BENCH_TOKEN:-}" = remote ]; then
+	# Its own process group: p11-kit server forks a child per client.
+	setsid p11-kit server -f -n "$W/p11kit.sock" \
+		--provider /usr/lib/softhsm/libsofthsm2.so \
+		"pkcs11:token=hsmfs-demo" >"$W/p11kit.log" 2>&1 &
+	SRV=$!
+	i=0
+	until [ -S "$W/p11kit.sock" ]; do
+		i=$((i + 1)); [ $i -gt 200 ] && { cat "$W/p11kit.log" >&2; exit 1; }
+		sleep 0.05
+	done
+	CLIENT=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
+	sed -e "s|locationValue=\"[^\"]*\"|locationValue=\"$CLIENT\"|" \
+		-e 's|slot="[0-9]*"|tokenLabel="hsmfs-demo"|' "$CFG" >"$W/remote.xml"
+	chmod 600 "$W/remote.xml"
+	P11_KIT_SERVER_ADDRESS=unix:path=$W/p11kit.sock \
+		run remote "$W/remote.xml" | tee -a "$out"
+fi
 
 awk '
 	function med(arr, n,    i, j, t) {

@@ -147,6 +147,12 @@ status_text(size_t *len)
 		    s.ops ? hsmfs_strerror(s.last_result) : "none");
 		fprintf(f, "key.%s.last_time: %lld\n", nm, s.last_time);
 		fprintf(f, "key.%s.pool: %u/%u\n", nm, s.pool_in_use, s.pool_size);
+		if (hsm_key_backend(k) == HSM_BACKEND_PKCS11) {
+			fprintf(f, "key.%s.state: %s\n", nm,
+			    s.available ? "available" : "unavailable");
+			fprintf(f, "key.%s.logins: %lu\n", nm, s.logins);
+			fprintf(f, "key.%s.reconnects: %lu\n", nm, s.reinits);
+		}
 	}
 	/* Descriptors of the Identity Manager's file that hsmfs leaves alone. */
 	for (size_t i = 0; the_fs.engine && i < the_fs.engine->nunserved; i++) {

@@ -198,4 +198,8 @@ hsm_key_get_stats(hsm_key *k, struct hsm_stats *out)
 	out->pool_in_use = out->pool_size = 0;
 	if (k->ops->pool)
 		k->ops->pool(k, &out->pool_in_use, &out->pool_size);
+	out->available = 1;
+	out->logins = out->reinits = 0;
+	if (k->ops->health)
+		k->ops->health(k, out);
 }

@@ -88,6 +88,9 @@ struct hsm_stats {
 	unsigned pool_in_use, pool_size;
 	int last_result;           /* hsmfs_err of the last operation */
 	long long last_time;       /* unix seconds of the last operation */
+	int available;             /* 0 while the token is gone (PKCS#11) */
+	unsigned long logins;      /* C_Login calls on the key's token */
+	unsigned long reinits;     /* module re-initialisations (reconnects) */
 };
 void hsm_key_get_stats(hsm_key *k, struct hsm_stats *out);
 

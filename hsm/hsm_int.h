@@ -14,6 +14,8 @@ struct hsm_backend_ops {
 	    size_t inlen, uint8_t *out, size_t *outlen);
 	int (*store_cert)(hsm_key *k, X509 *cert);
 	void (*pool)(hsm_key *k, unsigned *in_use, unsigned *size);
+	/* Optional: token health for .status (hsm_stats.available...). */
+	void (*health)(hsm_key *k, struct hsm_stats *st);
 	void (*free)(hsm_key *k);
 };
 

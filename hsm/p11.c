@@ -12,6 +12,7 @@
 #include <openssl/core_names.h>
 #include <openssl/param_build.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 
 /* ---- object lookup ---- */
 
@@ -424,6 +425,52 @@ is_data_error(CK_RV rv)
 	    rv == CKR_DATA_INVALID || rv == CKR_DATA_LEN_RANGE;
 }
 
+/* Some tokens answer a ciphertext whose OAEP padding is wrong with a
+ * generic failure instead of CKR_ENCRYPTED_DATA_INVALID: tpm2-pkcs11 gives
+ * CKR_GENERAL_ERROR (the TPM's "TPM_RC_FAILURE"). Tell a bad ciphertext
+ * from a failing token by decrypting a fresh one of our own with the same
+ * mechanism: if that works, the token is fine and the input was bad. Only
+ * on that failure path; the answer carries no more than "it failed". */
+static int
+oaep_token_healthy(hsm_key *k, const struct p11_op *failed)
+{
+	struct p11_key *pk = k->priv;
+	const CK_RSA_PKCS_OAEP_PARAMS *prm = failed->mech.pParameter;
+	size_t n = (size_t)(k->bits + 7) / 8, ctlen = n;
+	uint8_t secret[32], ct[1024], pt[1024];
+	struct p11_op op = { .decrypt = 1, .mech = failed->mech, .in = ct,
+	    .out = pt, .outlen = sizeof(pt) };
+	EVP_PKEY_CTX *ctx = NULL;
+	const EVP_MD *md;
+	int ok = 0;
+
+	switch (prm->hashAlg) {
+	case CKM_SHA_1: md = EVP_sha1(); break;
+	case CKM_SHA256: md = EVP_sha256(); break;
+	case CKM_SHA384: md = EVP_sha384(); break;
+	case CKM_SHA512: md = EVP_sha512(); break;
+	default: return 0;
+	}
+	if (n > sizeof(ct) || RAND_bytes(secret, sizeof(secret)) != 1 ||
+	    (ctx = EVP_PKEY_CTX_new(k->pub, NULL)) == NULL ||
+	    EVP_PKEY_encrypt_init(ctx) <= 0 ||
+	    EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+	    EVP_PKEY_CTX_set_rsa_oaep_md(ctx, md) <= 0 ||
+	    EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md) <= 0 ||
+	    EVP_PKEY_encrypt(ctx, ct, &ctlen, secret, sizeof(secret)) <= 0) {
+		ERR_clear_error();
+		goto out;
+	}
+	op.inlen = ctlen;
+	ok = p11_run(pk, &op) == CKR_OK && op.outlen == sizeof(secret) &&
+	    CRYPTO_memcmp(pt, secret, sizeof(secret)) == 0;
+out:
+	OPENSSL_cleanse(pt, sizeof(pt));
+	OPENSSL_cleanse(secret, sizeof(secret));
+	EVP_PKEY_CTX_free(ctx);
+	return ok;
+}
+
 static int
 p11_oaep_decrypt(hsm_key *k, const EVP_MD *md, const uint8_t *in, size_t inlen,
     uint8_t *out, size_t *outlen)
@@ -457,7 +504,8 @@ p11_oaep_decrypt(hsm_key *k, const EVP_MD *md, const uint8_t *in, size_t inlen,
 			*outlen = op.outlen;
 			return 0;
 		}
-		if (is_data_error(rv)) {
+		if (is_data_error(rv) || ((rv == CKR_GENERAL_ERROR ||
+		    rv == CKR_FUNCTION_FAILED) && oaep_token_healthy(k, &op))) {
 			err_set("key %s: OAEP decryption failed (wrong key or damaged "
 			    "data)", k->name);
 			return HSMFS_ERR_BADMSG;
@@ -580,6 +628,13 @@ p11_pool(hsm_key *k, unsigned *in_use, unsigned *size)
 }
 
 static void
+p11_health(hsm_key *k, struct hsm_stats *st)
+{
+	struct p11_key *pk = k->priv;
+	p11_token_health(pk->tok, &st->available, &st->logins, &st->reinits);
+}
+
+static void
 p11_free(hsm_key *k)
 {
 	struct p11_key *pk = k->priv;
@@ -600,6 +655,7 @@ static const struct hsm_backend_ops p11_ops = {
 	.oaep_decrypt = p11_oaep_decrypt,
 	.store_cert = p11_store_cert,
 	.pool = p11_pool,
+	.health = p11_health,
 	.free = p11_free,
 };
 

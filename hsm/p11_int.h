@@ -14,13 +14,17 @@
 #define P11_CALL(expr) ({ CK_RV p11_rv_; ERR_set_mark(); p11_rv_ = (expr); \
 	ERR_pop_to_mark(); p11_rv_; })
 
-/* One dlopen'ed module, initialised once, never finalised (other keys or
- * libraries in the process may still use it). Lives until exit. */
+/* One dlopen'ed module, initialised once and finalised only to reconnect
+ * (recovery of its only token, see p11_recover). Lives until exit. */
 struct p11_module {
 	char *path;                 /* what dlopen succeeded with */
 	void *dl;
 	CK_FUNCTION_LIST_PTR f;
 	struct p11_module *next;
+	int ntokens;                /* tokens open on it, under the global lock */
+	/* Under the lock of the module's only token (recovery): */
+	unsigned long reinits;      /* C_Finalize + C_Initialize done */
+	double last_reinit_ms;      /* monotonic time of the last one */
 };
 
 struct p11_key;
@@ -51,6 +55,7 @@ struct p11_token {
 	unsigned generation;         /* bumped by each recovery */
 	int recovering;
 	int dead;                    /* recovery failed: next op tries again */
+	unsigned long logins;        /* C_Login calls made (for .status) */
 	struct p11_key *keys;        /* keys to look up again after recovery */
 };
 
@@ -99,6 +104,9 @@ void p11_checkin(struct p11_key *pk, struct p11_sess *s, int bad);
  * wait for it. Returns 0 when the caller may retry. */
 int p11_recover(struct p11_key *pk, unsigned gen);
 void p11_pool_stats(struct p11_token *t, unsigned *in_use, unsigned *size);
+/* available (not dead), logins and module re-initialisations, for .status */
+void p11_token_health(struct p11_token *t, int *available,
+    unsigned long *logins, unsigned long *reinits);
 
 /* Object lookup (p11.c), also used by recovery with the token lock held. */
 int p11_key_lookup_locked(struct p11_key *pk, CK_SESSION_HANDLE s);

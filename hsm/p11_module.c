@@ -340,6 +340,7 @@ token_login_locked(struct p11_token *t, const char *name, const char *pin)
 		    "configured", name, t->label);
 		return HSMFS_ERR_CONFIG;
 	}
+	__atomic_add_fetch(&t->logins, 1, __ATOMIC_RELAXED);
 	rv = P11_CALL(f->C_Login(t->anchor, CKU_USER, (CK_UTF8CHAR_PTR)pin,
 	    (CK_ULONG)strlen(pin)));
 	switch (rv) {
@@ -489,6 +490,7 @@ p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
 	}
 	t->next = p11_tokens;
 	p11_tokens = t;
+	__atomic_add_fetch(&mod->ntokens, 1, __ATOMIC_RELAXED);
 	*out = t;
 	t = NULL;
 	r = 0;
@@ -514,6 +516,7 @@ p11_token_put(struct p11_token *t)
 	for (pp = &p11_tokens; *pp; pp = &(*pp)->next) {
 		if (*pp == t) {
 			*pp = t->next;
+			__atomic_sub_fetch(&t->mod->ntokens, 1, __ATOMIC_RELAXED);
 			break;
 		}
 	}
@@ -601,6 +604,17 @@ p11_pool_stats(struct p11_token *t, unsigned *in_use, unsigned *size)
 	pthread_mutex_unlock(&t->lock);
 }
 
+/* Without the token lock: a recovery holds it for as long as the module
+ * takes to reconnect, and .status must answer meanwhile. */
+void
+p11_token_health(struct p11_token *t, int *available, unsigned long *logins,
+    unsigned long *reinits)
+{
+	*available = !__atomic_load_n(&t->dead, __ATOMIC_RELAXED);
+	*logins = __atomic_load_n(&t->logins, __ATOMIC_RELAXED);
+	*reinits = __atomic_load_n(&t->mod->reinits, __ATOMIC_RELAXED);
+}
+
 /* ---- recovery ---- */
 
 static int
@@ -633,13 +647,87 @@ find_token_again_locked(struct p11_token *t, const char *name)
 	return r;
 }
 
+/* Reopen the anchor, log in and look every key up again (t->lock held,
+ * no operation of t in flight). */
+static int
+recover_steps_locked(struct p11_token *t, const char *name)
+{
+	CK_RV rv;
+	int r;
+
+	if ((r = find_token_again_locked(t, name)) != 0)
+		return r;
+	if ((rv = open_session(t, &t->anchor)) != CKR_OK)
+		return p11_fail(name, "C_OpenSession", rv);
+	t->has_anchor = 1;
+	if ((r = token_login_locked(t, name, t->pin)) != 0) {
+		/* Never try a refused PIN again: each try counts towards the
+		 * token's lockout. A restart with the right PIN is needed. */
+		if (r == HSMFS_ERR_PIN_INCORRECT && t->pin) {
+			secmem_free(t->pin, t->pin_len + 1);
+			t->pin = NULL;
+		}
+		return r;
+	}
+	/* Object handles are per login/session state on many tokens. */
+	for (struct p11_key *q = t->keys; q; q = q->next) {
+		r = p11_key_lookup_locked(q, t->anchor);
+		if (r == HSMFS_ERR_NOTFOUND || r == HSMFS_ERR_CONFIG) {
+			/* That key is gone (or ambiguous) on the token that
+			 * came back: it fails, the token's other keys work. */
+			log_err("%s", err_detail());
+			q->priv = CK_INVALID_HANDLE;
+		} else if (r != 0) {
+			return r;
+		}
+	}
+	return 0;
+}
+
+/* A module is re-initialised at most this often while its token stays
+ * away (each try may cost a network HSM client a connect timeout). */
+#define P11_REINIT_MIN_MS 250.0
+
+/* Reconnect the module: C_Finalize + C_Initialize. Remote clients
+ * (p11-kit's p11-kit-client.so, several network HSMs' libraries) connect
+ * only in C_Initialize: once their server went away every later call
+ * fails (or sees no slot) until the module is initialised again. A
+ * finalize ends every session of the module, so this is done only for a
+ * module whose one open token is t, with t->lock held and none of t's
+ * operations in flight. Returns 0 when the module was re-initialised. */
+static int
+module_reinit_locked(struct p11_token *t, const char *name, int quiet)
+{
+	struct p11_module *m = t->mod;
+	CK_C_INITIALIZE_ARGS args;
+	double now = hsm_now_ms();
+	CK_RV rv;
+
+	if (__atomic_load_n(&m->ntokens, __ATOMIC_RELAXED) != 1)
+		return HSMFS_ERR_UNSUPPORTED;
+	if (m->last_reinit_ms > 0 && now - m->last_reinit_ms < P11_REINIT_MIN_MS)
+		return HSMFS_ERR_HSM;
+	m->last_reinit_ms = now;
+	__atomic_add_fetch(&m->reinits, 1, __ATOMIC_RELAXED);
+	if (!quiet)
+		log_warn("key %s: re-initialising module %s (C_Finalize + "
+		    "C_Initialize) to reconnect to token \"%s\"", name, m->path,
+		    t->label);
+	P11_CALL(m->f->C_Finalize(NULL));
+	memset(&args, 0, sizeof(args));
+	args.flags = CKF_OS_LOCKING_OK;
+	rv = P11_CALL(m->f->C_Initialize(&args));
+	if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
+		return p11_fail(name, "C_Initialize", rv);
+	return 0;
+}
+
 int
 p11_recover(struct p11_key *pk, unsigned gen)
 {
 	struct p11_token *t = pk->tok;
 	CK_FUNCTION_LIST_PTR f = t->mod->f;
 	const char *name = pk->k->name;
-	CK_RV rv;
 	int r, was_dead;
 
 	/* One thread recovers: `recovering` stops new checkouts, and the
@@ -660,49 +748,35 @@ p11_recover(struct p11_key *pk, unsigned gen)
 	t->generation++;
 	/* Once per outage: while the token stays away every operation tries
 	 * again, quietly. */
-	if (!t->dead)
+	was_dead = t->dead;
+	if (!was_dead)
 		log_warn("key %s: token \"%s\" failed, reopening sessions and "
 		    "logging in again", name, t->label);
-	was_dead = t->dead;
 	/* Drop every session of ours on the slot (the login goes with them);
 	 * sessions checked out now fail and are dropped at checkin. */
 	P11_CALL(f->C_CloseAllSessions(t->slot));
 	t->nidle = 0;
 	t->has_anchor = 0;
-	t->dead = 1;
-	if ((r = find_token_again_locked(t, name)) != 0)
-		goto out;
-	if ((rv = open_session(t, &t->anchor)) != CKR_OK) {
-		r = p11_fail(name, "C_OpenSession", rv);
-		goto out;
-	}
-	t->has_anchor = 1;
-	if ((r = token_login_locked(t, name, t->pin)) != 0) {
-		/* Never try a refused PIN again: each try counts towards the
-		 * token's lockout. A restart with the right PIN is needed. */
-		if (r == HSMFS_ERR_PIN_INCORRECT && t->pin) {
-			secmem_free(t->pin, t->pin_len + 1);
-			t->pin = NULL;
-		}
-		goto out;
-	}
-	/* Object handles are per login/session state on many tokens. */
-	for (struct p11_key *q = t->keys; q; q = q->next) {
-		r = p11_key_lookup_locked(q, t->anchor);
-		if (r == HSMFS_ERR_NOTFOUND || r == HSMFS_ERR_CONFIG) {
-			/* That key is gone (or ambiguous) on the token that
-			 * came back: it fails, the token's other keys work. */
-			log_err("%s", err_detail());
-			q->priv = CK_INVALID_HANDLE;
-		} else if (r != 0) {
-			goto out;
+	__atomic_store_n(&t->dead, 1, __ATOMIC_RELAXED);
+	r = recover_steps_locked(t, name);
+	/* The token is not back through the module as it is: reconnect the
+	 * module and try once more. Never after a refused PIN. */
+	if (r != 0 && r != HSMFS_ERR_PIN_INCORRECT && r != HSMFS_ERR_PIN_LOCKED &&
+	    r != HSMFS_ERR_CONFIG) {
+		char first[512];
+		snprintf(first, sizeof(first), "%s", err_detail());
+		if (module_reinit_locked(t, name, was_dead) == 0) {
+			t->has_anchor = 0;
+			r = recover_steps_locked(t, name);
+		} else {
+			err_set("%s", first);
 		}
 	}
-	t->dead = 0;
-	if (was_dead)
-		log_warn("key %s: token \"%s\" is back", name, t->label);
-	r = 0;
-out:
+	if (r == 0) {
+		__atomic_store_n(&t->dead, 0, __ATOMIC_RELAXED);
+		if (was_dead)
+			log_warn("key %s: token \"%s\" is back", name, t->label);
+	}
 	if (r != 0 && r != HSMFS_ERR_PIN_INCORRECT && r != HSMFS_ERR_PIN_LOCKED)
 		r = HSMFS_ERR_HSM;
 	t->recovering = 0;

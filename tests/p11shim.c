@@ -18,6 +18,11 @@
  *   closeall                             one shot per control-file version:
  *       close every real session (handles go stale, login lost), like an
  *       HSM restart behind the application's back.
+ *   swap_slots                           C_GetSlotList lists its first two
+ *       slots the other way round (a token found again under another slot
+ *       ID behind a p11-kit server, which numbers the slots it exports in
+ *       this order; SoftHSM's uninitialised slot stays last, where p11-kit
+ *       expects it).
  * FUNC is a PKCS#11 function name ("C_Sign") or "*" for every function.
  * The older control directory of tests/test_hsm.py (env P11SHIM_CTL, real
  * module in P11SHIM_REAL) works too, checked on every call: files
@@ -110,6 +115,7 @@ static int ctl_seen;            /* a control file version has been parsed */
 static struct shim_rule rules[SHIM_MAX_RULES];
 static size_t nrules;
 static int removed;
+static int swap_slots;
 static unsigned long calls[FN_COUNT];
 static unsigned long injected[FN_COUNT];
 static unsigned long injected_total, delayed_total, removals, closealls;
@@ -197,6 +203,7 @@ shim_parse_locked(FILE *f, int *want_removed, int *want_closeall)
 	char line[512];
 
 	nrules = 0;
+	swap_slots = 0;
 	*want_removed = 0;
 	*want_closeall = 0;
 	while (fgets(line, sizeof(line), f) != NULL) {
@@ -212,6 +219,10 @@ shim_parse_locked(FILE *f, int *want_removed, int *want_closeall)
 		}
 		if (strcmp(w, "closeall") == 0) {
 			*want_closeall = 1;
+			continue;
+		}
+		if (strcmp(w, "swap_slots") == 0) {
+			swap_slots = 1;
 			continue;
 		}
 		memset(&r, 0, sizeof(r));
@@ -269,6 +280,7 @@ shim_reload_locked(void)
 		if (ctl_seen) {
 			nrules = 0;
 			removed = 0;
+			swap_slots = 0;
 			ctl_seen = 0;
 		}
 		return;
@@ -682,7 +694,14 @@ shim_C_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
 		*count = 0;
 		return CKR_OK;
 	}
-	return real->C_GetSlotList(present, list, count);
+	rv = real->C_GetSlotList(present, list, count);
+	if (rv == CKR_OK && list != NULL && *count >= 2 &&
+	    __atomic_load_n(&swap_slots, __ATOMIC_RELAXED)) {
+		CK_SLOT_ID t = list[0];
+		list[0] = list[1];
+		list[1] = t;
+	}
+	return rv;
 }
 
 static CK_RV

@@ -49,6 +49,9 @@ cmd_status(int argc, char **argv)
 			if (strcmp(last + 1, "last_result") == 0 &&
 			    strcmp(val, "success") != 0 && strcmp(val, "none") != 0)
 				unhealthy = 1;
+			if (strcmp(last + 1, "state") == 0 &&
+			    strcmp(val, "unavailable") == 0)
+				unhealthy = 1;
 			(void)dot;
 			continue;
 		}
