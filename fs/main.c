@@ -42,8 +42,13 @@ static const struct folder_ops *const folders[] = {
 #define NFOLDERS (sizeof(folders) / sizeof(folders[0]))
 static int folder_ok[NFOLDERS];    /* start() succeeded */
 static int folder_err[NFOLDERS];   /* start()'s error when not ok */
+static char folder_why[NFOLDERS][256];   /* start()'s detail when not ok */
 
 #define STATUS_NAME ".status"
+#define METRICS_NAME ".metrics"
+/* open_ref.folder of the two generated files */
+#define REF_STATUS (-1)
+#define REF_METRICS (-3)
 
 /* ---- helpers for folders ---- */
 
@@ -86,6 +91,7 @@ void
 fs_log_fail(const char *folder, const char *object, const char *key,
     const char *what, int r)
 {
+	metrics_count_error(folder, r);
 	log_err("%s/%s: %s%s%s%s: %s (%s)", folder, object ? object : "",
 	    key ? "key " : "", key ? key : "", key ? ": " : "", what,
 	    err_detail(), hsmfs_strerror(r));
@@ -147,21 +153,55 @@ status_text(size_t *len)
 		    s.ops ? hsmfs_strerror(s.last_result) : "none");
 		fprintf(f, "key.%s.last_time: %lld\n", nm, s.last_time);
 		fprintf(f, "key.%s.pool: %u/%u\n", nm, s.pool_in_use, s.pool_size);
+		metrics_status_key(f, k);
 	}
 	for (size_t i = 0; i < NFOLDERS; i++) {
-		fprintf(f, "folder.%s: %s\n", folders[i]->name,
+		fprintf(f, "folder.%s: %s%s%s\n", folders[i]->name,
 		    folder_ok[i] ? "ready" :
 		    folder_err[i] == HSMFS_ERR_UNSUPPORTED ? "not configured" :
-		    "failed");
+		    "failed", folder_ok[i] || !folder_why[i][0] ? "" : ": ",
+		    folder_ok[i] ? "" : folder_why[i]);
 		if (folder_ok[i] && folders[i]->status)
 			folders[i]->status(f);
 	}
+	metrics_status_tail(f);
 	if (fclose(f) != 0) {
 		free(buf);
 		return NULL;
 	}
 	*len = n;
 	return buf;
+}
+
+static char *
+metrics_text(size_t *len)
+{
+	struct fs_folder_state st[NFOLDERS];
+	for (size_t i = 0; i < NFOLDERS; i++) {
+		st[i].name = folders[i]->name;
+		st[i].state = folder_ok[i] ? "ready" :
+		    folder_err[i] == HSMFS_ERR_UNSUPPORTED ? "not_configured" : "failed";
+		st[i].reason = folder_ok[i] ? "" : folder_why[i];
+		st[i].metrics = folders[i]->metrics;
+	}
+	return metrics_render(st, NFOLDERS, len);
+}
+
+/* REF_STATUS or REF_METRICS for the path of a generated file, else 0. */
+static int
+generated_of(const char *path)
+{
+	if (strcmp(path, "/" STATUS_NAME) == 0)
+		return REF_STATUS;
+	if (strcmp(path, "/" METRICS_NAME) == 0)
+		return REF_METRICS;
+	return 0;
+}
+
+static char *
+generated_text(int which, size_t *len)
+{
+	return which == REF_METRICS ? metrics_text(len) : status_text(len);
 }
 
 /* ---- open files ----
@@ -171,9 +211,9 @@ status_text(size_t *len)
  * still routes such calls (with the name it had at open). Folders see
  * their own fh in a copy of fi and never a NULL path. */
 struct open_ref {
-	int folder;            /* index, or -1 for /.status */
+	int folder;            /* index, or REF_STATUS, REF_METRICS */
 	uint64_t fh;           /* the folder's fh */
-	char *status;          /* /.status text rendered at open */
+	char *status;          /* /.status or /.metrics text rendered at open */
 	size_t status_len;
 	char rest[];           /* path relative to the folder, at open */
 };
@@ -236,8 +276,9 @@ is_status(const char *path, struct fuse_file_info *fi)
 {
 	struct open_ref *ref = ref_of(fi);
 	if (path == NULL)
-		return ref != NULL && ref->folder == -1;
-	return strcmp(path, "/" STATUS_NAME) == 0;
+		return ref != NULL &&
+		    (ref->folder == REF_STATUS || ref->folder == REF_METRICS);
+	return generated_of(path) != 0;
 }
 
 /* ---- FUSE operations ---- */
@@ -257,7 +298,8 @@ op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 	}
 	if (is_status(path, fi)) {
 		size_t n = 0;
-		char *s = status_text(&n);
+		char *s = generated_text(path ? generated_of(path) : ref_of(fi)->folder,
+		    &n);
 		free(s);
 		fs_stat_file(st, 0444, (off_t)n, time(NULL));
 		return 0;
@@ -287,6 +329,7 @@ op_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
 		fill(buf, ".", NULL, 0, 0);
 		fill(buf, "..", NULL, 0, 0);
 		fill(buf, STATUS_NAME, NULL, 0, 0);
+		fill(buf, METRICS_NAME, NULL, 0, 0);
 		for (size_t j = 0; j < NFOLDERS; j++)
 			fill(buf, folders[j]->name, NULL, 0, 0);
 		return 0;
@@ -326,13 +369,13 @@ op_open(const char *path, struct fuse_file_info *fi)
 	const char *rest;
 	int i;
 
-	if (strcmp(path, "/" STATUS_NAME) == 0) {
+	if ((i = generated_of(path)) != 0) {
 		struct open_ref *ref;
 		if ((fi->flags & O_ACCMODE) != O_RDONLY)
 			return -EACCES;
-		if ((ref = ref_new(-1, "")) == NULL)
+		if ((ref = ref_new(i, "")) == NULL)
 			return -ENOMEM;
-		if ((ref->status = status_text(&ref->status_len)) == NULL) {
+		if ((ref->status = generated_text(i, &ref->status_len)) == NULL) {
 			free(ref);
 			return -ENOMEM;
 		}
@@ -623,6 +666,8 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		err_clear();
 		if ((r = folders[i]->start()) != 0) {
 			folder_err[i] = r;
+			snprintf(folder_why[i], sizeof(folder_why[i]), "%s",
+			    err_detail());
 			if (r == HSMFS_ERR_UNSUPPORTED)
 				log_info("%s: not configured, writes are refused: %s",
 				    folders[i]->name, err_detail());
@@ -978,6 +1023,7 @@ main(int argc, char *argv[])
 	int r;
 
 	umask(077);
+	metrics_init();
 	the_fs.opt.mail_retry = 300;
 	the_fs.opt.mail_max_age = 5L * 24 * 3600;
 	the_fs.store_fd = -1;

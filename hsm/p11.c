@@ -580,6 +580,13 @@ p11_pool(hsm_key *k, unsigned *in_use, unsigned *size)
 }
 
 static void
+p11_token_state_of(hsm_key *k, int *present, int *logged_in)
+{
+	struct p11_key *pk = k->priv;
+	p11_token_state(pk->tok, present, logged_in);
+}
+
+static void
 p11_free(hsm_key *k)
 {
 	struct p11_key *pk = k->priv;
@@ -600,6 +607,7 @@ static const struct hsm_backend_ops p11_ops = {
 	.oaep_decrypt = p11_oaep_decrypt,
 	.store_cert = p11_store_cert,
 	.pool = p11_pool,
+	.token_state = p11_token_state_of,
 	.free = p11_free,
 };
 
