@@ -803,7 +803,21 @@ usage(const char *prog)
 	    "    -o mail_retry=S         first retry backoff in seconds (300)\n"
 	    "    -o mail_max_age=S       give up on a message after S seconds (432000)\n"
 	    "    -o history_anchor=FILE  copy of history checkpoints on another volume\n"
-	    "    -o log_level=LEVEL      error, warning, info (default), debug\n\n",
+	    "    -o log_level=LEVEL      error, warning, info (default), debug\n"
+	    "    -V, --version           print the version\n\n"
+	    "FUSE options (see mount.fuse3(8) for all):\n"
+	    "    -f                      foreground, log to stderr (else syslog)\n"
+	    "    -d                      foreground with FUSE debug output\n"
+	    "    -s                      one thread\n"
+	    "    -o max_threads=N        worker threads (default 64)\n"
+	    "    -o max_idle_threads=N   idle workers kept (default: all)\n"
+	    "    -o allow_other          let other users in (root, or\n"
+	    "                            user_allow_other in /etc/fuse.conf)\n"
+	    "    -o uid=N,gid=N          owner shown for every file (default: "
+	    "the daemon's)\n"
+	    "    -o ro                   read-only mount\n"
+	    "    -o auto_unmount         unmount when the daemon dies\n"
+	    "    -o clone_fd             one /dev/fuse descriptor per thread\n",
 	    prog);
 }
 
@@ -998,7 +1012,9 @@ run_fuse(struct fuse_args *args)
 			goto out_signals;
 		fuse_loop_cfg_set_clone_fd(lc, (unsigned)o.clone_fd);
 		fuse_loop_cfg_set_max_threads(lc, o.max_threads);
-		fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads);
+		/* Unset is UINT_MAX, which the setter logs as invalid. */
+		if (o.max_idle_threads != UINT_MAX)
+			fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads);
 		res = fuse_loop_mt(fuse, lc);
 		fuse_loop_cfg_destroy(lc);
 	}
@@ -1036,8 +1052,7 @@ main(int argc, char *argv[])
 		return 2;
 	if (cli.help) {
 		usage(argv[0]);
-		fuse_opt_add_arg(&args, "--help");
-		fuse_main(args.argc, args.argv, &hsmfs_ops, NULL);
+		fuse_opt_free_args(&args);
 		return 0;
 	}
 	the_fs.opt.log_level = LOG_INFO;
