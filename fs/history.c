@@ -1569,7 +1569,7 @@ history_metrics(struct metrics *m)
 	metrics_summary(m, "hsmfs_history_close_seconds",
 	    "Time from a record's close() to its acknowledgement", H.ack_ms / 1e3,
 	    (unsigned long)H.nacks, (char *)NULL);
-	metrics_add(m, METRIC_GAUGE, "hsmfs_history_last_checkpoint_seconds",
+	metrics_add(m, METRIC_GAUGE, "hsmfs_history_last_checkpoint_timestamp_seconds",
 	    "Time of the last signed checkpoint, Unix time (0: none yet)",
 	    (double)H.last_commit, (char *)NULL);
 	pthread_mutex_unlock(&H.lock);

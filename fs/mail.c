@@ -1162,7 +1162,7 @@ mail_metrics(struct metrics *m)
 	metrics_add(m, METRIC_GAUGE, "hsmfs_mail_relay_configured",
 	    "1 when an smtp= relay is configured and the sender runs",
 	    mail.thread_running && mail.url != NULL, (char *)NULL);
-	metrics_add(m, METRIC_GAUGE, "hsmfs_mail_last_error_seconds",
+	metrics_add(m, METRIC_GAUGE, "hsmfs_mail_last_error_timestamp_seconds",
 	    "Time of the last delivery failure, Unix time (0: none)",
 	    (double)mail.last_error_time, (char *)NULL);
 	pthread_mutex_unlock(&mail.lock);

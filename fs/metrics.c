@@ -340,7 +340,7 @@ key_metrics(struct metrics *m, hsm_key *k)
 	metrics_add(m, METRIC_GAUGE, "hsmfs_hsm_sessions_max",
 	    "Size of the key's token session pool", s.pool_size,
 	    "key", nm, (char *)NULL);
-	metrics_add(m, METRIC_GAUGE, "hsmfs_hsm_last_operation_seconds",
+	metrics_add(m, METRIC_GAUGE, "hsmfs_hsm_last_operation_timestamp_seconds",
 	    "Time of the key's last operation, Unix time (0: none yet)",
 	    (double)s.last_time, "key", nm, (char *)NULL);
 }
@@ -378,7 +378,7 @@ error_metrics(struct metrics *m)
 	    "level", "error", (char *)NULL);
 	metrics_add(m, METRIC_COUNTER, "hsmfs_log_messages_total", NULL,
 	    (double)log_warnings, "level", "warning", (char *)NULL);
-	metrics_add(m, METRIC_GAUGE, "hsmfs_last_error_seconds",
+	metrics_add(m, METRIC_GAUGE, "hsmfs_last_error_timestamp_seconds",
 	    "Time of the last error line logged, Unix time (0: none); the text is in .status",
 	    (double)last_error_time, (char *)NULL);
 	pthread_mutex_unlock(&err_lock);

@@ -129,10 +129,10 @@ def test_metrics_follow_operations(mount):
     assert ops > value(before, "hsmfs_hsm_operations_total", key=zk)
     assert value(after, "hsmfs_hsm_latency_seconds_count", key=zk) == ops
     assert value(after, "hsmfs_hsm_latency_seconds_sum", key=zk) > 0
-    assert value(after, "hsmfs_hsm_last_operation_seconds", key=zk) > 0
+    assert value(after, "hsmfs_hsm_last_operation_timestamp_seconds", key=zk) > 0
     assert value(after, "hsmfs_errors_total", folder="sign-out", kind="invalid") == 1
     assert value(after, "hsmfs_log_messages_total", level="error") >= 1
-    assert value(after, "hsmfs_last_error_seconds") > 0
+    assert value(after, "hsmfs_last_error_timestamp_seconds") > 0
     assert value(after, "hsmfs_history_records_total") == \
         value(before, "hsmfs_history_records_total") + 1
     assert value(after, "hsmfs_history_close_seconds_count") == 1
