@@ -12,6 +12,13 @@ static int log_syslog;
 static int log_level = LOG_INFO;
 static const char *log_ident = "hsmfs";
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static void (*log_hook)(int prio, const char *line);
+
+void
+log_set_hook(void (*hook)(int prio, const char *line))
+{
+	log_hook = hook;
+}
 
 void
 log_init(const char *ident, int use_syslog, int level)
@@ -55,11 +62,15 @@ log_msg(int prio, const char *fmt, ...)
 	char line[2048];
 	va_list ap;
 
-	if (prio > log_level)
+	if (prio > log_level && (log_hook == NULL || prio > LOG_WARNING))
 		return;
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
+	if (log_hook != NULL && prio <= LOG_WARNING)
+		log_hook(prio, line);
+	if (prio > log_level)
+		return;
 	if (log_syslog) {
 		syslog(prio, "%s", line);
 		return;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 #include <sys/stat.h>
 
@@ -436,11 +437,22 @@ key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
 			    "attribute 'pin.file' is empty; give a file name", what);
 			goto out;
 		}
-		/* Relative to the config, not to whatever cwd hsmfs has. */
+		/* Relative: a systemd credential (LoadCredential=) when
+		 * $CREDENTIALS_DIRECTORY holds it, else relative to the
+		 * config, not to whatever cwd hsmfs has. */
 		if (v[0] == '/')
 			k->pin_file = v;
 		else {
-			if (asprintf(&k->pin_file, "%s/%s", p->dir, v) < 0)
+			const char *cred = getenv("CREDENTIALS_DIRECTORY");
+			int n = -1;
+			if (cred != NULL && cred[0] == '/') {
+				if ((n = asprintf(&k->pin_file, "%s/%s", cred, v)) >= 0 &&
+				    access(k->pin_file, F_OK) != 0) {
+					free(k->pin_file);
+					n = -1;
+				}
+			}
+			if (n < 0 && asprintf(&k->pin_file, "%s/%s", p->dir, v) < 0)
 				k->pin_file = NULL;
 			free(v);
 			if (k->pin_file == NULL) {

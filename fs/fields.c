@@ -398,6 +398,16 @@ fields_status(FILE *out)
 		    newest->key_name);
 }
 
+static void
+fields_metrics(struct metrics *m)
+{
+	if (newest)
+		metrics_add(m, METRIC_GAUGE, "hsmfs_descriptor_version",
+		    "Descriptor version used for new work, by descriptor and key",
+		    newest->version, "descriptor", "EncryptedFields",
+		    "key", newest->key_name, (char *)NULL);
+}
+
 static int
 fields_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
@@ -796,6 +806,7 @@ const struct folder_ops fields_folder = {
 	.start = fields_start,
 	.stop = fields_stop,
 	.status = fields_status,
+	.metrics = fields_metrics,
 	.getattr = fields_getattr,
 	.readdir = fields_readdir,
 	.open = fields_open,

@@ -11,6 +11,7 @@
 
 #include "crypto/engine.h"
 #include "crypto/keyring.h"
+#include "fs/metrics.h"
 
 struct hsmfs_opts {
 	char *config;
@@ -58,6 +59,8 @@ struct folder_ops {
 	void (*stop)(void);
 	/* Lines "key: value\n" for MNT/.status, prefixed by the folder. */
 	void (*status)(FILE *out);
+	/* Series for MNT/.metrics (fs/metrics.h), when the folder is ready. */
+	void (*metrics)(struct metrics *m);
 
 	int (*getattr)(const char *path, struct stat *st, struct fuse_file_info *fi);
 	int (*readdir)(const char *path, void *buf, fuse_fill_dir_t fill);

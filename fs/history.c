@@ -1547,6 +1547,39 @@ history_status(FILE *out)
 	pthread_mutex_unlock(&H.lock);
 }
 
+static void
+history_metrics(struct metrics *m)
+{
+	const struct engine_descriptor *d;
+
+	pthread_mutex_lock(&H.lock);
+	metrics_add(m, METRIC_GAUGE, "hsmfs_history_objects",
+	    "Objects with a history", (double)H.nobjects, (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_history_records_total",
+	    "History records committed (durable and signed)", (double)H.records,
+	    (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_history_batches_total",
+	    "Group commits with at least one record", (double)H.batches,
+	    (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_history_signatures_total",
+	    "Checkpoint signatures made", (double)H.signatures, (char *)NULL);
+	metrics_add(m, METRIC_GAUGE, "hsmfs_history_max_batch",
+	    "Most records in one group commit so far", (double)H.max_batch,
+	    (char *)NULL);
+	metrics_summary(m, "hsmfs_history_close_seconds",
+	    "Time from a record's close() to its acknowledgement", H.ack_ms / 1e3,
+	    (unsigned long)H.nacks, (char *)NULL);
+	metrics_add(m, METRIC_GAUGE, "hsmfs_history_last_checkpoint_timestamp_seconds",
+	    "Time of the last signed checkpoint, Unix time (0: none yet)",
+	    (double)H.last_commit, (char *)NULL);
+	pthread_mutex_unlock(&H.lock);
+	if ((d = engine_newest(hsmfs_ctx->engine, ENGINE_OBJECT_HISTORY_SIGNER)))
+		metrics_add(m, METRIC_GAUGE, "hsmfs_descriptor_version",
+		    "Descriptor version used for new work, by descriptor and key",
+		    d->version, "descriptor", "ObjectHistorySigner",
+		    "key", d->key_name, (char *)NULL);
+}
+
 /* ---- the journal view ---- */
 
 static char *
@@ -2123,6 +2156,7 @@ const struct folder_ops history_folder = {
 	.start = history_start,
 	.stop = history_stop,
 	.status = history_status,
+	.metrics = history_metrics,
 	.getattr = history_getattr,
 	.readdir = history_readdir,
 	.open = history_open,

@@ -1138,6 +1138,36 @@ mail_status(FILE *out)
 	pthread_mutex_unlock(&mail.lock);
 }
 
+static void
+mail_metrics(struct metrics *m)
+{
+	long long now = now_s(), oldest = -1;
+	size_t failed = count_dir(mail.failfd);
+
+	pthread_mutex_lock(&mail.lock);
+	for (size_t i = 0; i < mail.nq; i++)
+		if (oldest < 0 || mail.q[i].st.queued < oldest)
+			oldest = mail.q[i].st.queued;
+	metrics_add(m, METRIC_GAUGE, "hsmfs_mail_queued",
+	    "Messages in the queue (signed, not yet delivered)", (double)mail.nq,
+	    (char *)NULL);
+	metrics_add(m, METRIC_GAUGE, "hsmfs_mail_oldest_age_seconds",
+	    "Age of the oldest queued message (0: queue empty)",
+	    (double)(oldest < 0 ? 0 : now - oldest), (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_mail_sent_total",
+	    "Messages delivered to the relay since the start", (double)mail.sent_total,
+	    (char *)NULL);
+	metrics_add(m, METRIC_GAUGE, "hsmfs_mail_failed",
+	    "Messages in mail/failed/ (given up)", (double)failed, (char *)NULL);
+	metrics_add(m, METRIC_GAUGE, "hsmfs_mail_relay_configured",
+	    "1 when an smtp= relay is configured and the sender runs",
+	    mail.thread_running && mail.url != NULL, (char *)NULL);
+	metrics_add(m, METRIC_GAUGE, "hsmfs_mail_last_error_timestamp_seconds",
+	    "Time of the last delivery failure, Unix time (0: none)",
+	    (double)mail.last_error_time, (char *)NULL);
+	pthread_mutex_unlock(&mail.lock);
+}
+
 /* ---- path views ---- */
 
 enum view {
@@ -1682,6 +1712,7 @@ const struct folder_ops mail_folder = {
 	.start = mail_start,
 	.stop = mail_stop,
 	.status = mail_status,
+	.metrics = mail_metrics,
 	.getattr = mail_getattr,
 	.readdir = mail_readdir,
 	.open = mail_open,

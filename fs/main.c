@@ -42,8 +42,13 @@ static const struct folder_ops *const folders[] = {
 #define NFOLDERS (sizeof(folders) / sizeof(folders[0]))
 static int folder_ok[NFOLDERS];    /* start() succeeded */
 static int folder_err[NFOLDERS];   /* start()'s error when not ok */
+static char folder_why[NFOLDERS][256];   /* start()'s detail when not ok */
 
 #define STATUS_NAME ".status"
+#define METRICS_NAME ".metrics"
+/* open_ref.folder of the two generated files */
+#define REF_STATUS (-1)
+#define REF_METRICS (-3)
 
 /* ---- helpers for folders ---- */
 
@@ -86,6 +91,7 @@ void
 fs_log_fail(const char *folder, const char *object, const char *key,
     const char *what, int r)
 {
+	metrics_count_error(folder, r);
 	log_err("%s/%s: %s%s%s%s: %s (%s)", folder, object ? object : "",
 	    key ? "key " : "", key ? key : "", key ? ": " : "", what,
 	    err_detail(), hsmfs_strerror(r));
@@ -153,6 +159,7 @@ status_text(size_t *len)
 			fprintf(f, "key.%s.logins: %lu\n", nm, s.logins);
 			fprintf(f, "key.%s.reconnects: %lu\n", nm, s.reinits);
 		}
+		metrics_status_key(f, k);
 	}
 	/* Descriptors of the Identity Manager's file that hsmfs leaves alone. */
 	for (size_t i = 0; the_fs.engine && i < the_fs.engine->nunserved; i++) {
@@ -162,19 +169,52 @@ status_text(size_t *len)
 		    u->key_name ? u->key_name : "none");
 	}
 	for (size_t i = 0; i < NFOLDERS; i++) {
-		fprintf(f, "folder.%s: %s\n", folders[i]->name,
+		fprintf(f, "folder.%s: %s%s%s\n", folders[i]->name,
 		    folder_ok[i] ? "ready" :
 		    folder_err[i] == HSMFS_ERR_UNSUPPORTED ? "not configured" :
-		    "failed");
+		    "failed", folder_ok[i] || !folder_why[i][0] ? "" : ": ",
+		    folder_ok[i] ? "" : folder_why[i]);
 		if (folder_ok[i] && folders[i]->status)
 			folders[i]->status(f);
 	}
+	metrics_status_tail(f);
 	if (fclose(f) != 0) {
 		free(buf);
 		return NULL;
 	}
 	*len = n;
 	return buf;
+}
+
+static char *
+metrics_text(size_t *len)
+{
+	struct fs_folder_state st[NFOLDERS];
+	for (size_t i = 0; i < NFOLDERS; i++) {
+		st[i].name = folders[i]->name;
+		st[i].state = folder_ok[i] ? "ready" :
+		    folder_err[i] == HSMFS_ERR_UNSUPPORTED ? "not_configured" : "failed";
+		st[i].reason = folder_ok[i] ? "" : folder_why[i];
+		st[i].metrics = folders[i]->metrics;
+	}
+	return metrics_render(st, NFOLDERS, len);
+}
+
+/* REF_STATUS or REF_METRICS for the path of a generated file, else 0. */
+static int
+generated_of(const char *path)
+{
+	if (strcmp(path, "/" STATUS_NAME) == 0)
+		return REF_STATUS;
+	if (strcmp(path, "/" METRICS_NAME) == 0)
+		return REF_METRICS;
+	return 0;
+}
+
+static char *
+generated_text(int which, size_t *len)
+{
+	return which == REF_METRICS ? metrics_text(len) : status_text(len);
 }
 
 /* ---- open files ----
@@ -184,9 +224,9 @@ status_text(size_t *len)
  * still routes such calls (with the name it had at open). Folders see
  * their own fh in a copy of fi and never a NULL path. */
 struct open_ref {
-	int folder;            /* index, or -1 for /.status */
+	int folder;            /* index, or REF_STATUS, REF_METRICS */
 	uint64_t fh;           /* the folder's fh */
-	char *status;          /* /.status text rendered at open */
+	char *status;          /* /.status or /.metrics text rendered at open */
 	size_t status_len;
 	char rest[];           /* path relative to the folder, at open */
 };
@@ -249,8 +289,9 @@ is_status(const char *path, struct fuse_file_info *fi)
 {
 	struct open_ref *ref = ref_of(fi);
 	if (path == NULL)
-		return ref != NULL && ref->folder == -1;
-	return strcmp(path, "/" STATUS_NAME) == 0;
+		return ref != NULL &&
+		    (ref->folder == REF_STATUS || ref->folder == REF_METRICS);
+	return generated_of(path) != 0;
 }
 
 /* ---- FUSE operations ---- */
@@ -270,7 +311,8 @@ op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 	}
 	if (is_status(path, fi)) {
 		size_t n = 0;
-		char *s = status_text(&n);
+		char *s = generated_text(path ? generated_of(path) : ref_of(fi)->folder,
+		    &n);
 		free(s);
 		fs_stat_file(st, 0444, (off_t)n, time(NULL));
 		return 0;
@@ -300,6 +342,7 @@ op_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
 		fill(buf, ".", NULL, 0, 0);
 		fill(buf, "..", NULL, 0, 0);
 		fill(buf, STATUS_NAME, NULL, 0, 0);
+		fill(buf, METRICS_NAME, NULL, 0, 0);
 		for (size_t j = 0; j < NFOLDERS; j++)
 			fill(buf, folders[j]->name, NULL, 0, 0);
 		return 0;
@@ -339,13 +382,13 @@ op_open(const char *path, struct fuse_file_info *fi)
 	const char *rest;
 	int i;
 
-	if (strcmp(path, "/" STATUS_NAME) == 0) {
+	if ((i = generated_of(path)) != 0) {
 		struct open_ref *ref;
 		if ((fi->flags & O_ACCMODE) != O_RDONLY)
 			return -EACCES;
-		if ((ref = ref_new(-1, "")) == NULL)
+		if ((ref = ref_new(i, "")) == NULL)
 			return -ENOMEM;
-		if ((ref->status = status_text(&ref->status_len)) == NULL) {
+		if ((ref->status = generated_text(i, &ref->status_len)) == NULL) {
 			free(ref);
 			return -ENOMEM;
 		}
@@ -636,6 +679,8 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		err_clear();
 		if ((r = folders[i]->start()) != 0) {
 			folder_err[i] = r;
+			snprintf(folder_why[i], sizeof(folder_why[i]), "%s",
+			    err_detail());
 			if (r == HSMFS_ERR_UNSUPPORTED)
 				log_info("%s: not configured, writes are refused: %s",
 				    folders[i]->name, err_detail());
@@ -774,7 +819,21 @@ usage(const char *prog)
 	    "    -o history_anchor=FILE  copy of history checkpoints on another volume\n"
 	    "    -o classpath=DIR[:DIR]  where locationValue=\"classpath:NAME\" is looked\n"
 	    "                            up (default: the config file's directory)\n"
-	    "    -o log_level=LEVEL      error, warning, info (default), debug\n\n",
+	    "    -o log_level=LEVEL      error, warning, info (default), debug\n"
+	    "    -V, --version           print the version\n\n"
+	    "FUSE options (see mount.fuse3(8) for all):\n"
+	    "    -f                      foreground, log to stderr (else syslog)\n"
+	    "    -d                      foreground with FUSE debug output\n"
+	    "    -s                      one thread\n"
+	    "    -o max_threads=N        worker threads (default 64)\n"
+	    "    -o max_idle_threads=N   idle workers kept (default: all)\n"
+	    "    -o allow_other          let other users in (root, or\n"
+	    "                            user_allow_other in /etc/fuse.conf)\n"
+	    "    -o uid=N,gid=N          owner shown for every file (default: "
+	    "the daemon's)\n"
+	    "    -o ro                   read-only mount\n"
+	    "    -o auto_unmount         unmount when the daemon dies\n"
+	    "    -o clone_fd             one /dev/fuse descriptor per thread\n",
 	    prog);
 }
 
@@ -969,7 +1028,9 @@ run_fuse(struct fuse_args *args)
 			goto out_signals;
 		fuse_loop_cfg_set_clone_fd(lc, (unsigned)o.clone_fd);
 		fuse_loop_cfg_set_max_threads(lc, o.max_threads);
-		fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads);
+		/* Unset is UINT_MAX, which the setter logs as invalid. */
+		if (o.max_idle_threads != UINT_MAX)
+			fuse_loop_cfg_set_idle_threads(lc, o.max_idle_threads);
 		res = fuse_loop_mt(fuse, lc);
 		fuse_loop_cfg_destroy(lc);
 	}
@@ -994,6 +1055,7 @@ main(int argc, char *argv[])
 	int r;
 
 	umask(077);
+	metrics_init();
 	the_fs.opt.mail_retry = 300;
 	the_fs.opt.mail_max_age = 5L * 24 * 3600;
 	the_fs.store_fd = -1;
@@ -1006,8 +1068,7 @@ main(int argc, char *argv[])
 		return 2;
 	if (cli.help) {
 		usage(argv[0]);
-		fuse_opt_add_arg(&args, "--help");
-		fuse_main(args.argc, args.argv, &hsmfs_ops, NULL);
+		fuse_opt_free_args(&args);
 		return 0;
 	}
 	the_fs.opt.log_level = LOG_INFO;

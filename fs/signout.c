@@ -130,6 +130,22 @@ so_status(FILE *out)
 		    so.desc->version);
 }
 
+static void
+so_metrics(struct metrics *m)
+{
+	pthread_mutex_lock(&so.stats_lock);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_signout_signed_total",
+	    "Zips signed in /sign-out", (double)so.nsigned, (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_signout_refused_total",
+	    "Zips refused or failed in /sign-out", (double)so.nfailed, (char *)NULL);
+	pthread_mutex_unlock(&so.stats_lock);
+	if (so.desc)
+		metrics_add(m, METRIC_GAUGE, "hsmfs_descriptor_version",
+		    "Descriptor version used for new work, by descriptor and key",
+		    so.desc->version, "descriptor", "ConfigZipSigner",
+		    "key", so.desc->key_name, (char *)NULL);
+}
+
 static int
 rec_exists(const char *name)
 {
@@ -410,6 +426,7 @@ const struct folder_ops signout_folder = {
 	.start = so_start,
 	.stop = so_stop,
 	.status = so_status,
+	.metrics = so_metrics,
 	.getattr = so_getattr,
 	.readdir = so_readdir,
 	.open = so_open,

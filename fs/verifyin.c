@@ -138,6 +138,21 @@ vi_status(FILE *out)
 	pthread_mutex_unlock(&vi.stats_lock);
 }
 
+static void
+vi_metrics(struct metrics *m)
+{
+	pthread_mutex_lock(&vi.stats_lock);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_verifyin_verified_total",
+	    "Zips verified in /verify-in by verdict", (double)vi.nvalid,
+	    "result", "valid", (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_verifyin_verified_total", NULL,
+	    (double)vi.ninvalid, "result", "invalid", (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_verifyin_cached_total",
+	    "Verdicts in /verify-in answered from the cache", (double)vi.ncached,
+	    (char *)NULL);
+	pthread_mutex_unlock(&vi.stats_lock);
+}
+
 /* .meta/<name>: "ino size mtime_s mtime_ns sha256hex" of the committed
  * file, so an open can find its content hash without reading it. */
 static void
@@ -435,6 +450,7 @@ const struct folder_ops verifyin_folder = {
 	.start = vi_start,
 	.stop = vi_stop,
 	.status = vi_status,
+	.metrics = vi_metrics,
 	.getattr = vi_getattr,
 	.readdir = vi_readdir,
 	.open = vi_open,

@@ -118,14 +118,25 @@ hsm_key_spki(hsm_key *k, size_t *len)
 	return der;
 }
 
+/* 0.5 ms (a local token) to 10 s (a network HSM timing out). */
+const double hsm_latency_bounds_ms[HSM_LATENCY_BUCKETS - 1] = {
+	0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000,
+};
+
 void
 hsm_account(hsm_key *k, double t0, int r)
 {
 	double dt = hsm_now_ms() - t0;
+	size_t b = 0;
+	while (b < HSM_LATENCY_BUCKETS - 1 && dt > hsm_latency_bounds_ms[b])
+		b++;
 	pthread_mutex_lock(&k->stats_lock);
 	k->stats.ops++;
-	if (r != 0)
+	k->stats.latency[b]++;
+	if (r != 0) {
 		k->stats.errors++;
+		k->stats.errors_by[-r > 0 && -r < HSM_ERR_KINDS ? -r : 0]++;
+	}
 	k->stats.total_ms += dt;
 	k->stats.last_result = r;
 	k->stats.last_time = (long long)time(NULL);
@@ -202,4 +213,12 @@ hsm_key_get_stats(hsm_key *k, struct hsm_stats *out)
 	out->logins = out->reinits = 0;
 	if (k->ops->health)
 		k->ops->health(k, out);
+}
+
+void
+hsm_key_token_state(hsm_key *k, int *present, int *logged_in)
+{
+	*present = *logged_in = 1;
+	if (k->ops->token_state)
+		k->ops->token_state(k, present, logged_in);
 }

@@ -82,6 +82,13 @@ int hsm_keygen(const struct hsm_key_spec *spec, int bits, hsm_key **out);
  * after checking it matches the key; replaces an older one. */
 int hsm_key_store_cert(hsm_key *k, X509 *cert);
 
+/* Latency histogram bounds (upper, inclusive, milliseconds) of
+ * hsm_stats.latency[]; the last bucket counts everything slower. */
+#define HSM_LATENCY_BUCKETS 14
+extern const double hsm_latency_bounds_ms[HSM_LATENCY_BUCKETS - 1];
+/* Error kinds counted per key: errors_by[-r] for r in hsmfs_err. */
+#define HSM_ERR_KINDS 16
+
 struct hsm_stats {
 	unsigned long ops, errors;
 	double total_ms;           /* sum of operation latencies */
@@ -91,7 +98,13 @@ struct hsm_stats {
 	int available;             /* 0 while the token is gone (PKCS#11) */
 	unsigned long logins;      /* C_Login calls on the key's token */
 	unsigned long reinits;     /* module re-initialisations (reconnects) */
+	unsigned long latency[HSM_LATENCY_BUCKETS];  /* per bucket, not cumulative */
+	unsigned long errors_by[HSM_ERR_KINDS];
 };
 void hsm_key_get_stats(hsm_key *k, struct hsm_stats *out);
+/* Token state for monitoring: present in its slot, and logged in (or no
+ * login needed). PKCS#12 keys are always both. Asks the module (waits
+ * for a recovery in progress on the token). */
+void hsm_key_token_state(hsm_key *k, int *present, int *logged_in);
 
 #endif

@@ -635,6 +635,13 @@ p11_health(hsm_key *k, struct hsm_stats *st)
 }
 
 static void
+p11_token_state_of(hsm_key *k, int *present, int *logged_in)
+{
+	struct p11_key *pk = k->priv;
+	p11_token_state(pk->tok, present, logged_in);
+}
+
+static void
 p11_free(hsm_key *k)
 {
 	struct p11_key *pk = k->priv;
@@ -656,6 +663,7 @@ static const struct hsm_backend_ops p11_ops = {
 	.store_cert = p11_store_cert,
 	.pool = p11_pool,
 	.health = p11_health,
+	.token_state = p11_token_state_of,
 	.free = p11_free,
 };
 

@@ -107,6 +107,9 @@ void p11_pool_stats(struct p11_token *t, unsigned *in_use, unsigned *size);
 /* available (not dead), logins and module re-initialisations, for .status */
 void p11_token_health(struct p11_token *t, int *available,
     unsigned long *logins, unsigned long *reinits);
+/* CKF_TOKEN_PRESENT of the slot; logged in: our anchor session is in a
+ * user state (or the token needs no login) and no recovery failed. */
+void p11_token_state(struct p11_token *t, int *present, int *logged_in);
 
 /* Object lookup (p11.c), also used by recovery with the token lock held. */
 int p11_key_lookup_locked(struct p11_key *pk, CK_SESSION_HANDLE s);

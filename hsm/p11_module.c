@@ -615,6 +615,26 @@ p11_token_health(struct p11_token *t, int *available, unsigned long *logins,
 	*reinits = __atomic_load_n(&t->mod->reinits, __ATOMIC_RELAXED);
 }
 
+void
+p11_token_state(struct p11_token *t, int *present, int *logged_in)
+{
+	CK_SLOT_INFO si;
+	CK_SESSION_INFO ss;
+
+	*present = *logged_in = 0;
+	pthread_mutex_lock(&t->lock);
+	if (P11_CALL(t->mod->f->C_GetSlotInfo(t->slot, &si)) == CKR_OK)
+		*present = (si.flags & CKF_TOKEN_PRESENT) != 0;
+	if (*present && t->has_anchor && !t->dead) {
+		if (!t->login_required)
+			*logged_in = 1;
+		else if (P11_CALL(t->mod->f->C_GetSessionInfo(t->anchor, &ss)) == CKR_OK)
+			*logged_in = ss.state == CKS_RO_USER_FUNCTIONS ||
+			    ss.state == CKS_RW_USER_FUNCTIONS;
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
 /* ---- recovery ---- */
 
 static int

@@ -6,8 +6,10 @@
 #include "common/err.h"
 #include "common/util.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
@@ -147,6 +149,13 @@ cmd_check(int argc, char **argv)
 	}
 	if (o.config == NULL) {
 		tool_usage(stderr, "check");
+		return TOOL_USAGE;
+	}
+	/* A config that cannot be read is an environment error (2); one
+	 * that reads but does not check is a failed check (1). */
+	if (access(o.config, R_OK) != 0) {
+		fprintf(stderr, "hsmfs-tool check: %s: cannot read the "
+		    "configuration: %s\n", o.config, strerror(errno));
 		return TOOL_USAGE;
 	}
 	if (engine_load(o.config, &e) != 0) {

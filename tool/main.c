@@ -31,7 +31,8 @@ static const struct tool_cmd cmds[] = {
 	    "read a plaintext on stdin, print an NX02 envelope"},
 	{"rekey-fields", cmd_rekey_fields, "-o config=FILE STORE",
 	    "rewrap every field to the newest EncryptedFields version"},
-	{"status", cmd_status, "MOUNTPOINT", "show a mount's status"},
+	{"status", cmd_status, "MOUNTPOINT [--format=text|prometheus|json]",
+	    "show a mount's status (text), or its metrics (prometheus, json)"},
 };
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
 
@@ -122,7 +123,8 @@ main(int argc, char **argv)
 		usage_all(stdout);
 		return TOOL_OK;
 	}
-	if (strcmp(argv[1], "--version") == 0) {
+	if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0 ||
+	    strcmp(argv[1], "version") == 0) {
 		printf("hsmfs-tool %s\n", HSMFS_VERSION);
 		return TOOL_OK;
 	}

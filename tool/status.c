@@ -1,6 +1,8 @@
-/* hsmfs-tool status MOUNTPOINT: pretty-print MOUNTPOINT/.status (the
- * daemon's own key: value lines). Exit 1 when a folder is disabled or a
- * key's last operation failed, so it can serve as a health check. */
+/* hsmfs-tool status MOUNTPOINT [--format=text|prometheus|json]: the
+ * mount's MOUNTPOINT/.status pretty-printed (text), MOUNTPOINT/.metrics
+ * as it is (prometheus, for node_exporter's textfile collector) or as
+ * JSON. Exit 1 when a folder is disabled or a key's last operation
+ * failed, so it can serve as a health check. */
 #include "tool/tool.h"
 #include "common/err.h"
 #include "common/util.h"
@@ -8,27 +10,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-int
-cmd_status(int argc, char **argv)
-{
-	char path[4096], *text = NULL, *line, *save;
-	char section[256] = "";
-	int unhealthy = 0;
-	size_t len;
+enum fmt { FMT_TEXT, FMT_PROMETHEUS, FMT_JSON };
 
-	if (argc != 2 || argv[1][0] == '-') {
-		tool_usage(stderr, "status");
-		return TOOL_USAGE;
-	}
-	snprintf(path, sizeof(path), "%s/.status", argv[1]);
-	if (util_read_file(path, 1 << 20, &text, &len) != 0) {
-		fprintf(stderr, "hsmfs-tool status: %s: not an hsmfs mount (%s)\n",
-		    argv[1], err_detail());
-		return TOOL_USAGE;
-	}
+/* Print .status grouped; returns 1 when unhealthy. */
+static int
+status_print(char *text, int print)
+{
+	char section[256] = "", *line, *save;
+	int unhealthy = 0;
+
 	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char *colon = strstr(line, ": ");
-		char *key = line, *val, *dot, *last;
+		char *key = line, *val, *last;
 		if (colon == NULL)
 			continue;
 		*colon = '\0';
@@ -39,30 +32,230 @@ cmd_status(int argc, char **argv)
 		    strncmp(key, "zip.", 4) == 0) &&
 		    (last = strrchr(key, '.')) != NULL && last != strchr(key, '.')) {
 			char sect[256];
-			dot = strchr(key, '.');
 			snprintf(sect, sizeof(sect), "%.*s", (int)(last - key), key);
 			if (strcmp(sect, section) != 0) {
 				snprintf(section, sizeof(section), "%s", sect);
-				printf("\n%s\n", section);
+				if (print)
+					printf("\n%s\n", section);
 			}
-			printf("  %-22s %s\n", last + 1, val);
+			if (print)
+				printf("  %-22s %s\n", last + 1, val);
 			if (strcmp(last + 1, "last_result") == 0 &&
 			    strcmp(val, "success") != 0 && strcmp(val, "none") != 0)
 				unhealthy = 1;
 			if (strcmp(last + 1, "state") == 0 &&
 			    strcmp(val, "unavailable") == 0)
 				unhealthy = 1;
-			(void)dot;
 			continue;
 		}
 		if (section[0]) {
 			section[0] = '\0';
-			printf("\n");
+			if (print)
+				printf("\n");
 		}
-		printf("%-24s %s\n", key, val);
-		if (strncmp(key, "folder.", 7) == 0 && strcmp(val, "failed") == 0)
+		if (print)
+			printf("%-24s %s\n", key, val);
+		if (strncmp(key, "folder.", 7) == 0 && strncmp(val, "failed", 6) == 0)
 			unhealthy = 1;
 	}
+	return unhealthy;
+}
+
+static void
+json_string(const char *s, size_t n)
+{
+	putchar('"');
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"' || c == '\\')
+			printf("\\%c", c);
+		else if (c < 0x20)
+			printf("\\u%04x", c);
+		else
+			putchar(c);
+	}
+	putchar('"');
+}
+
+/* Copy a Prometheus label value (after the opening quote) unescaped
+ * into out; returns the position after the closing quote, or NULL. */
+static const char *
+label_value(const char *p, char *out, size_t size, size_t *n)
+{
+	*n = 0;
+	for (; *p && *p != '"'; p++) {
+		char c = *p;
+		if (c == '\\' && p[1]) {
+			p++;
+			c = *p == 'n' ? '\n' : *p;
+		}
+		if (*n + 1 < size)
+			out[(*n)++] = c;
+	}
+	return *p == '"' ? p + 1 : NULL;
+}
+
+/* .metrics as JSON: {"families": [{"name", "type", "help", "samples":
+ * [{"name", "labels": {...}, "value"}]}]}. Values are numbers; the
+ * text's NaN and +-Inf, which JSON lacks, become strings. */
+static int
+metrics_json(char *text)
+{
+	char *line, *save, *fam_help = NULL;
+	int nfam = 0, nsamp = 0;
+
+	printf("{\"families\": [");
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		if (strncmp(line, "# HELP ", 7) == 0) {
+			fam_help = line + 7;
+			continue;
+		}
+		if (strncmp(line, "# TYPE ", 7) == 0) {
+			char *name = line + 7, *type = strchr(name, ' ');
+			const char *help = "";
+			if (type == NULL)
+				return -1;
+			*type++ = '\0';
+			if (fam_help && strncmp(fam_help, name, strlen(name)) == 0 &&
+			    fam_help[strlen(name)] == ' ')
+				help = fam_help + strlen(name) + 1;
+			printf("%s\n  {\"name\": ", nfam++ ? "]}," : "");
+			json_string(name, strlen(name));
+			printf(", \"type\": ");
+			json_string(type, strlen(type));
+			printf(", \"help\": ");
+			/* HELP escapes only \\ and \n: unescape them. */
+			putchar('"');
+			for (const char *h = help; *h; h++) {
+				if (*h == '\\' && h[1] == 'n') {
+					fputs("\\n", stdout);
+					h++;
+				} else if (*h == '\\' && h[1] == '\\') {
+					fputs("\\\\", stdout);
+					h++;
+				} else if (*h == '"') {
+					fputs("\\\"", stdout);
+				} else {
+					putchar(*h);
+				}
+			}
+			printf("\", \"samples\": [");
+			nsamp = 0;
+			fam_help = NULL;
+			continue;
+		}
+		if (line[0] == '#' || line[0] == '\0')
+			continue;
+		{
+			char *p = line, *val;
+			size_t nlen = strcspn(p, "{ ");
+			int nl = 0;
+			if (nfam == 0)
+				return -1;
+			printf("%s\n    {\"name\": ", nsamp++ ? "," : "");
+			json_string(p, nlen);
+			printf(", \"labels\": {");
+			p += nlen;
+			if (*p == '{') {
+				p++;
+				while (*p && *p != '}') {
+					char v[1024];
+					size_t klen = strcspn(p, "="), vlen;
+					if (p[klen] != '=' || p[klen + 1] != '"')
+						return -1;
+					printf("%s", nl++ ? ", " : "");
+					json_string(p, klen);
+					printf(": ");
+					if ((p = (char *)label_value(p + klen + 2, v, sizeof(v),
+					    &vlen)) == NULL)
+						return -1;
+					json_string(v, vlen);
+					if (*p == ',')
+						p++;
+				}
+				if (*p != '}')
+					return -1;
+				p++;
+			}
+			val = p + strspn(p, " ");
+			printf("}, \"value\": ");
+			if (strcmp(val, "NaN") == 0 || strcmp(val, "+Inf") == 0 ||
+			    strcmp(val, "-Inf") == 0)
+				json_string(val, strlen(val));
+			else
+				printf("%s", val);
+			printf("}");
+		}
+	}
+	printf("%s\n]}\n", nfam ? "]}" : "");
+	return 0;
+}
+
+int
+cmd_status(int argc, char **argv)
+{
+	char path[4096], *text = NULL, *metrics = NULL;
+	const char *mnt = NULL;
+	enum fmt fmt = FMT_TEXT;
+	int unhealthy, rc = TOOL_OK;
+	size_t len, mlen;
+
+	for (int i = 1; i < argc; i++) {
+		const char *f = NULL;
+		if (strncmp(argv[i], "--format=", 9) == 0)
+			f = argv[i] + 9;
+		else if (strcmp(argv[i], "--format") == 0 && i + 1 < argc)
+			f = argv[++i];
+		else if (argv[i][0] != '-' && mnt == NULL) {
+			mnt = argv[i];
+			continue;
+		} else {
+			tool_usage(stderr, "status");
+			return TOOL_USAGE;
+		}
+		if (strcmp(f, "text") == 0)
+			fmt = FMT_TEXT;
+		else if (strcmp(f, "prometheus") == 0)
+			fmt = FMT_PROMETHEUS;
+		else if (strcmp(f, "json") == 0)
+			fmt = FMT_JSON;
+		else {
+			fprintf(stderr, "hsmfs-tool status: --format=%s: use text, "
+			    "prometheus or json\n", f);
+			return TOOL_USAGE;
+		}
+	}
+	if (mnt == NULL) {
+		tool_usage(stderr, "status");
+		return TOOL_USAGE;
+	}
+	snprintf(path, sizeof(path), "%s/.status", mnt);
+	if (util_read_file(path, 1 << 20, &text, &len) != 0) {
+		fprintf(stderr, "hsmfs-tool status: %s: not an hsmfs mount (%s)\n",
+		    mnt, err_detail());
+		return TOOL_USAGE;
+	}
+	if (fmt != FMT_TEXT) {
+		snprintf(path, sizeof(path), "%s/.metrics", mnt);
+		if (util_read_file(path, 16 << 20, &metrics, &mlen) != 0) {
+			fprintf(stderr, "hsmfs-tool status: %s: no metrics (%s)\n",
+			    mnt, err_detail());
+			free(text);
+			return TOOL_USAGE;
+		}
+	}
+	unhealthy = status_print(text, fmt == FMT_TEXT);
+	if (fmt == FMT_PROMETHEUS) {
+		fwrite(metrics, 1, mlen, stdout);
+	} else if (fmt == FMT_JSON && metrics_json(metrics) != 0) {
+		fflush(stdout);
+		fprintf(stderr, "\nhsmfs-tool status: %s/.metrics: malformed line\n",
+		    mnt);
+		rc = TOOL_USAGE;
+	}
 	free(text);
-	return unhealthy ? TOOL_FAIL : TOOL_OK;
+	free(metrics);
+	if (rc == TOOL_OK && unhealthy)
+		rc = TOOL_FAIL;
+	return rc;
 }

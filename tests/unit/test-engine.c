@@ -935,6 +935,23 @@ case_pin_sources(void)
 	engine_free(e);
 	CHECK(chdir(cwd) == 0);
 
+	cur_case = "pin-file-credentials-directory";
+	/* systemd's LoadCredential=: a relative name found in
+	 * $CREDENTIALS_DIRECTORY wins; one not there is the config's. */
+	snprintf(path, sizeof(path), "%s/creds", tmpdir);
+	CHECK(mkdir(path, 0700) == 0);
+	CHECK(setenv("CREDENTIALS_DIRECTORY", path, 1) == 0);
+	snprintf(path, sizeof(path), "%s/creds/pin-rel", tmpdir);
+	write_file(path, "cred-pin\n", 0600);
+	e = load_pin_key("pin.file=\"pin-rel\"");
+	expect_pin(e, "cred-pin");
+	engine_free(e);
+	CHECK(unlink(path) == 0);
+	e = load_pin_key("pin.file=\"pin-rel\"");
+	expect_pin(e, "rel-pin");
+	engine_free(e);
+	CHECK(unsetenv("CREDENTIALS_DIRECTORY") == 0);
+
 	cur_case = "pin-file-empty";
 	snprintf(path, sizeof(path), "%s/pin-empty", tmpdir);
 	write_file(path, "\n", 0600);

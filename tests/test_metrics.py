@@ -1,0 +1,209 @@
+"""MNT/.metrics (SPEC §1): the Prometheus text exposition format, parsed
+with python3-prometheus-client's parser plus the checks it leaves out
+(every family typed, no family twice, histograms cumulative), carrying
+the named series, and values that follow operations; `hsmfs-tool status
+--format=prometheus|json`."""
+import json
+import math
+import os
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import TOOL
+from faultshim import Shim
+from folderops import append, make_zip, write
+from helpers import run
+
+KEYS = ["encryptedFieldsCertificateV1", "configZipSignerCertificateV1",
+        "objectHistorySignerCertificateV1", "signEmailCertificateV1"]
+FOLDERS = ["sign-out", "verify-in", "fields", "history", "mail"]
+
+
+def parse(text):
+    """Families by name, after checks stricter than the parser's own."""
+    lines = text.splitlines()
+    assert text.endswith("\n")
+    seen_type = {}
+    for ln in lines:
+        assert ln.strip() == ln and ln, f"blank or padded line {ln!r}"
+        if ln.startswith("# TYPE "):
+            _, _, name, typ = ln.split(" ")
+            assert name not in seen_type, f"family {name} twice"
+            assert typ in ("counter", "gauge", "histogram", "summary")
+            seen_type[name] = typ
+    fams = {}
+    for f in text_string_to_metric_families(text):
+        assert f.type != "untyped", f"sample outside its family: {f.name}"
+        assert f.name not in fams, f"family {f.name} split"
+        fams[f.name] = f
+        for s in f.samples:
+            assert math.isfinite(s.value), s
+            if f.type == "counter":
+                assert s.name == f.name + "_total" and s.value >= 0, s
+    for f in fams.values():
+        if f.type != "histogram":
+            continue
+        series = {}
+        for s in f.samples:
+            key = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+            series.setdefault(key, []).append(s)
+        for key, samples in series.items():
+            buckets = [s for s in samples if s.name.endswith("_bucket")]
+            count = [s.value for s in samples if s.name.endswith("_count")]
+            les = [float(s.labels["le"]) for s in buckets]
+            assert les == sorted(les) and les[-1] == math.inf, les
+            vals = [s.value for s in buckets]
+            assert vals == sorted(vals), vals
+            assert count == [vals[-1]], (count, vals)
+    return fams
+
+
+def value(fams, name, **labels):
+    base = name
+    for suffix in ("_total", "_count", "_sum", "_bucket"):
+        if base not in fams and base.endswith(suffix):
+            base = base[:-len(suffix)]
+    fam = fams[base]
+    hits = [s.value for s in fam.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(hits) == 1, (name, labels, hits)
+    return hits[0]
+
+
+def metrics(m):
+    with open(m.path(".metrics")) as f:
+        return parse(f.read())
+
+
+def cert_not_after(pem):
+    out = run(["openssl", "x509", "-in", pem, "-noout", "-enddate"]).stdout
+    when = out.strip().split("=", 1)[1]
+    return datetime.strptime(when, "%b %d %H:%M:%S %Y %Z").replace(
+        tzinfo=timezone.utc).timestamp()
+
+
+def test_metrics_parse_and_carry_the_named_series(hsm, mount):
+    assert ".metrics" in os.listdir(mount.mnt)
+    fams = metrics(mount)
+    assert value(fams, "hsmfs_info") == 1
+    for k in KEYS:
+        assert value(fams, "hsmfs_cert_not_after_seconds", key=k) == \
+            cert_not_after(hsm.keys[k].cert_pem)
+        assert value(fams, "hsmfs_token_present", key=k) == 1
+        assert value(fams, "hsmfs_token_logged_in", key=k) == 1
+        # The key check at start-up ran in a child: nothing counted yet
+        # except what the folders did when they started.
+        assert value(fams, "hsmfs_hsm_latency_seconds_count", key=k) == \
+            value(fams, "hsmfs_hsm_operations_total", key=k)
+        assert value(fams, "hsmfs_hsm_errors_total", key=k, kind="hsm") == 0
+    assert fams["hsmfs_hsm_latency_seconds"].type == "histogram"
+    for f in FOLDERS:
+        assert value(fams, "hsmfs_folder_up", folder=f) == 1
+        assert value(fams, "hsmfs_folder_state", folder=f, state="ready",
+                     reason="") == 1
+    st = os.statvfs(mount.store)
+    free = value(fams, "hsmfs_store_free_bytes")
+    assert abs(free - st.f_bavail * st.f_frsize) < 256 << 20, free
+    assert value(fams, "hsmfs_log_messages_total", level="error") == 0
+    assert value(fams, "hsmfs_descriptor_version", descriptor="EncryptedFields",
+                 key="encryptedFieldsCertificateV1") == 1
+    text = open(mount.path(".metrics")).read()
+    assert f'"{hsm.pin}"' not in text and "pin=" not in text
+
+
+def test_metrics_follow_operations(mount):
+    zk = "configZipSignerCertificateV1"
+    before = metrics(mount)
+    assert write(mount.path("sign-out", "a.zip"), make_zip()) is None
+    assert write(mount.path("sign-out", "bad.zip"), b"not a zip") is not None
+    assert append(mount.path("history", "obj"), b"one\n") is None
+    after = metrics(mount)
+    assert value(after, "hsmfs_signout_signed_total") == \
+        value(before, "hsmfs_signout_signed_total") + 1
+    assert value(after, "hsmfs_signout_refused_total") == \
+        value(before, "hsmfs_signout_refused_total") + 1
+    ops = value(after, "hsmfs_hsm_operations_total", key=zk)
+    assert ops > value(before, "hsmfs_hsm_operations_total", key=zk)
+    assert value(after, "hsmfs_hsm_latency_seconds_count", key=zk) == ops
+    assert value(after, "hsmfs_hsm_latency_seconds_sum", key=zk) > 0
+    assert value(after, "hsmfs_hsm_last_operation_timestamp_seconds", key=zk) > 0
+    assert value(after, "hsmfs_errors_total", folder="sign-out", kind="invalid") == 1
+    assert value(after, "hsmfs_log_messages_total", level="error") >= 1
+    assert value(after, "hsmfs_last_error_timestamp_seconds") > 0
+    assert value(after, "hsmfs_history_records_total") == \
+        value(before, "hsmfs_history_records_total") + 1
+    assert value(after, "hsmfs_history_close_seconds_count") == 1
+    assert value(after, "hsmfs_history_objects") == 1
+    # The human view says the same.
+    status = open(mount.path(".status")).read()
+    assert "errors.sign-out.invalid: 1" in status
+    assert "log.last_error: " in status and "bad.zip" in status
+    assert f"key.{zk}.token_state: present, logged in" in status
+    assert f"key.{zk}.cert_not_after: " in status
+
+
+def test_folder_state_reason(hsm, mount_factory, tmp_path):
+    cfg = hsm.config(tmp_path / "nomail.xml", omit=("SignEmailDescriptor",))
+    m = mount_factory(config=cfg)
+    fams = metrics(m)
+    assert value(fams, "hsmfs_folder_up", folder="mail") == 0
+    [s] = [s for s in fams["hsmfs_folder_state"].samples
+           if s.labels["folder"] == "mail"]
+    assert s.labels["state"] == "not_configured"
+    assert "SignEmailDescriptor" in s.labels["reason"], s.labels
+    assert "folder.mail: not configured: " in open(m.path(".status")).read()
+
+
+def test_token_state_follows_the_token(hsm, mount_factory, tmp_path, monkeypatch):
+    shim = Shim(hsm, tmp_path / "shim").activate(monkeypatch)
+    m = mount_factory(config=shim.config(tmp_path / "shim.xml"))
+    k = "encryptedFieldsCertificateV1"
+    assert write(m.path("fields", "pw"), b"s3cret") is None
+    fams = metrics(m)
+    assert value(fams, "hsmfs_token_present", key=k) == 1
+    shim.set("removed")
+    with pytest.raises(OSError):
+        open(m.path("fields", "pw"), "rb").read()
+    fams = metrics(m)
+    assert value(fams, "hsmfs_token_present", key=k) == 0
+    assert value(fams, "hsmfs_token_logged_in", key=k) == 0
+    assert value(fams, "hsmfs_hsm_errors_total", key=k, kind="hsm") >= 1
+    assert value(fams, "hsmfs_errors_total", folder="fields", kind="hsm") >= 1
+    shim.clear()
+    assert open(m.path("fields", "pw"), "rb").read() == b"s3cret"
+    fams = metrics(m)
+    assert value(fams, "hsmfs_token_present", key=k) == 1
+    assert value(fams, "hsmfs_token_logged_in", key=k) == 1
+
+
+def status(mnt, *args):
+    return subprocess.run([TOOL, "status", mnt, *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_status_tool_formats(mount):
+    r = status(mount.mnt, "--format=prometheus")
+    assert r.returncode == 0, r.stderr
+    fams = parse(r.stdout)
+    assert value(fams, "hsmfs_folder_up", folder="history") == 1
+    r = status(mount.mnt, "--format=json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    byname = {f["name"]: f for f in doc["families"]}
+    assert set(byname) == {f.name + "_total" if f.type == "counter" else f.name
+                           for f in fams.values()}
+    cert = byname["hsmfs_cert_not_after_seconds"]
+    assert cert["type"] == "gauge" and cert["help"]
+    assert {s["labels"]["key"] for s in cert["samples"]} == set(KEYS)
+    assert all(isinstance(s["value"], (int, float)) for s in cert["samples"])
+    hist = byname["hsmfs_hsm_latency_seconds"]["samples"]
+    assert any(s["labels"].get("le") == "+Inf" for s in hist)
+    r = status(mount.mnt)
+    assert r.returncode == 0 and "folder.history" in r.stdout, r.stderr
+    r = status(mount.mnt, "--format=xml")
+    assert r.returncode == 2 and "--format=xml" in r.stderr
+    r = status("/nonexistent", "--format=json")
+    assert r.returncode == 2
