@@ -433,3 +433,18 @@ def test_shipped_idm_example_parses(tmp_path):
     assert listed == ["ConfigZipEncrypter", "SelfServiceJWTSigner",
                       "ContentProviderJWSSigner", "hermodDeviceEnc", "att_android",
                       "bankPinBlob"], p.stdout + p.stderr
+
+
+def test_classpath_option_errors_name_the_directory(hsm, classes, tmp_path):
+    cfg = vendor_config(hsm, classes)
+    missing = tmp_path / "no-such-dir"
+    p = check(cfg, f"classpath={classes}:{missing}")
+    assert p.returncode == 2 and str(missing) in p.stderr, p.stderr
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    hsmfs = os.environ.get("HSMFS_BIN", str(Path(TOOL).parent.parent / "fs" / "hsmfs"))
+    d = subprocess.run([hsmfs, str(tmp_path / "store"), str(mnt), "-f", "-o",
+                        f"config={cfg},classpath={missing}"], capture_output=True,
+                       text=True, timeout=60)
+    assert d.returncode == 2 and str(missing) in d.stderr, d.stderr
+    assert not os.path.ismount(mnt)
