@@ -339,7 +339,7 @@ vi_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	return open_writer(path, fi, 1);
 }
 
-/* Who may read what (docs/zip.md, "Opening for reading and writing"):
+/* Who may read what (docs/zip.md, the table of opens under /verify-in):
  * every open that can read verifies first, and a writer reads back only
  * what it wrote or what was verified.
  *   O_RDONLY                 verify; EBADMSG when invalid.
