@@ -200,6 +200,31 @@ def test_truststore_change_between_mounts_reverifies(hsm, mount_factory, signed,
     assert status(m)["verify-in.cached"] == "1"
 
 
+def test_signer_certificate_change_between_mounts_reverifies(hsm, mount_factory,
+                                                            tmp_path):
+    """No truststore: only the configured ConfigZipSigner certificate
+    vouches. Configured to another key's certificate, the cached "valid"
+    of the old one is not reused."""
+    m = mount_factory()
+    assert write_file(m.path("sign-out", "a.zip"),
+                      make_zip(tmp_path / "a.zip").read_bytes()) == 0
+    signed = Path(m.path("sign-out", "a.zip")).read_bytes()
+    p = m.path("verify-in", "a.zip")
+    assert write_file(p, signed) == 0
+    assert Path(p).read_bytes() == signed
+    assert Path(p).read_bytes() == signed
+    assert status(m)["verify-in.cached"] == "1"
+    m.unmount()
+    m.config = hsm.config(tmp_path / "other.xml", omit=("ConfigZipSigner",),
+                          descriptors=[{"name": "ConfigZipSigner", "version": 1,
+                                        "algorithm": "SHA-256",
+                                        "key": "objectHistorySignerCertificateV1"}])
+    m.start()
+    assert open_errno(p, os.O_RDONLY) == errno.EBADMSG
+    st = status(m)
+    assert st["verify-in.cached"] == "0" and st["verify-in.invalid"] == "1"
+
+
 def not_after(pem):
     out = run(["openssl", "x509", "-in", str(pem), "-noout", "-enddate"]).stdout
     t = out.strip().split("=", 1)[1]
