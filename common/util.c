@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
@@ -137,6 +138,8 @@ util_b64_decode(const char *in, size_t inlen, uint8_t **out, size_t *outlen)
 }
 
 static int secure_heap;
+static unsigned long fallbacks;         /* __atomic: any thread allocates */
+static int fallback_warned;
 
 int
 secmem_init(size_t heap_size)
@@ -154,6 +157,19 @@ secmem_init(size_t heap_size)
 	return HSMFS_ERR_NOMEM;
 }
 
+int
+secmem_harden(size_t heap_size)
+{
+	int r = 0;
+	if (prctl(PR_SET_DUMPABLE, 0) != 0) {
+		log_warn("cannot make the process non-dumpable: %s", strerror(errno));
+		r = HSMFS_ERR_IO;
+	}
+	if (secmem_init(heap_size) != 0)
+		r = HSMFS_ERR_NOMEM;
+	return r;
+}
+
 void *
 secmem_alloc(size_t n)
 {
@@ -163,9 +179,22 @@ secmem_alloc(size_t n)
 		void *p = OPENSSL_secure_zalloc(n);
 		if (p != NULL)
 			return p;
-		/* Heap exhausted: ordinary memory, still wiped on free. */
+		/* Heap exhausted: ordinary memory, still wiped on free; said
+		 * once in the log and counted (.status secmem.fallbacks). */
+		__atomic_add_fetch(&fallbacks, 1, __ATOMIC_RELAXED);
+		if (!__atomic_exchange_n(&fallback_warned, 1, __ATOMIC_RELAXED))
+			log_warn("secure heap exhausted (%zu bytes in use): secrets "
+			    "now also go to ordinary memory (still wiped on free; "
+			    "counted in secmem.fallbacks)",
+			    CRYPTO_secure_used());
 	}
 	return OPENSSL_zalloc(n);
+}
+
+unsigned long
+secmem_fallbacks(void)
+{
+	return __atomic_load_n(&fallbacks, __ATOMIC_RELAXED);
 }
 
 void *

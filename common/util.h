@@ -26,6 +26,15 @@ int util_b64_decode(const char *in, size_t inlen, uint8_t **out, size_t *outlen)
  * guard pages, excluded from core dumps) once secmem_init() succeeded,
  * plain heap otherwise (with a warning at init). Always wiped on free. */
 int secmem_init(size_t heap_size);
+/* For any process that holds PINs or plaintext: PR_SET_DUMPABLE 0 (no core
+ * dump, no ptrace or /proc/PID/mem by the same user), then secmem_init().
+ * Call it after any fork that precedes the secrets (locks are not
+ * inherited) and before the first PIN is read. 0, or an error already
+ * logged as a warning (the process goes on, less protected). */
+int secmem_harden(size_t heap_size);
+/* When the secure heap is full, secmem_alloc falls back to ordinary
+ * memory: warned once in the log, and counted here. */
+unsigned long secmem_fallbacks(void);
 void *secmem_alloc(size_t n);
 void *secmem_realloc(void *p, size_t oldn, size_t newn);
 void secmem_free(void *p, size_t n);

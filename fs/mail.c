@@ -1251,6 +1251,12 @@ view_open(enum view v, const char *name, int *fdp, off_t *base, size_t *len)
 	return 0;
 }
 
+/* Every mail view (queued, sent, failed and its .error) is the mount
+ * owner's alone: with allow_other the others must not read messages, Bcc
+ * lines (queued and failed keep them) or a relay's reply naming a
+ * recipient. A message being written is 0600. */
+#define MAIL_VIEW_MODE 0400
+
 static int
 mail_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
@@ -1277,7 +1283,8 @@ mail_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 		return 0;
 	case V_QUEUED:
 		e = q_find_locked(name);
-		fs_stat_file(st, 0444, (off_t)e->msglen, (time_t)e->st.queued);
+		fs_stat_file(st, MAIL_VIEW_MODE, (off_t)e->msglen,
+		    (time_t)e->st.queued);
 		pthread_mutex_unlock(&mail.lock);
 		return 0;
 	case V_NONE:
@@ -1291,7 +1298,7 @@ mail_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 		return r;
 	fstat(fd, &sb);
 	close(fd);
-	fs_stat_file(st, 0444, (off_t)len, sb.st_mtime);
+	fs_stat_file(st, MAIL_VIEW_MODE, (off_t)len, sb.st_mtime);
 	return 0;
 }
 

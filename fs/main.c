@@ -21,7 +21,6 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -168,6 +167,7 @@ status_text(size_t *len)
 		    u->name, u->version ? u->version : "-",
 		    u->key_name ? u->key_name : "none");
 	}
+	fprintf(f, "secmem.fallbacks: %lu\n", secmem_fallbacks());
 	for (size_t i = 0; i < NFOLDERS; i++) {
 		fprintf(f, "folder.%s: %s%s%s\n", folders[i]->name,
 		    folder_ok[i] ? "ready" :
@@ -653,8 +653,7 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	 * locked memory for plaintext, then PKCS#11 and threads. */
 	if (!the_fs.opt.foreground)
 		log_set_syslog(1);
-	prctl(PR_SET_DUMPABLE, 0);
-	secmem_init(8 << 20);
+	secmem_harden(8 << 20);
 
 	cfg->kernel_cache = 0;
 	cfg->attr_timeout = 1.0;
@@ -969,6 +968,7 @@ check_keys(void)
 		struct keyring *kr = NULL;
 		int r;
 		close(pfd[0]);
+		secmem_harden(1 << 20);     /* it reads every PIN */
 		if ((r = keyring_open(the_fs.engine, &kr)) != 0) {
 			snprintf(msg, sizeof(msg), "%s (%s)", err_detail(),
 			    hsmfs_strerror(r));

@@ -269,21 +269,26 @@ int
 spool_fh_writer(struct spool_list *l, int spooldir, int dirfd, const char *name,
     int trunc, struct spool_fh **out)
 {
-	struct spool_fh *h;
 	int from = -1, r;
 	if (!trunc && (from = openat(dirfd, name, O_RDONLY | O_CLOEXEC)) < 0 &&
 	    errno != ENOENT)
 		return -errno;
-	if ((h = calloc(1, sizeof(*h))) == NULL) {
-		if (from >= 0)
-			close(from);
-		return -ENOMEM;
-	}
-	h->fd = -1;
-	r = spool_open(l, spooldir, name, from, &h->s);
+	r = spool_fh_writer_from(l, spooldir, name, from, out);
 	if (from >= 0)
 		close(from);
-	if (r != 0) {
+	return r;
+}
+
+int
+spool_fh_writer_from(struct spool_list *l, int spooldir, const char *name,
+    int from_fd, struct spool_fh **out)
+{
+	struct spool_fh *h;
+	int r;
+	if ((h = calloc(1, sizeof(*h))) == NULL)
+		return -ENOMEM;
+	h->fd = -1;
+	if ((r = spool_open(l, spooldir, name, from_fd, &h->s)) != 0) {
 		free(h);
 		return r;
 	}

@@ -69,6 +69,10 @@ struct spool_fh {
  * does not exist); spooled in spooldir. 0 or -errno. */
 int spool_fh_writer(struct spool_list *l, int spooldir, int dirfd,
     const char *name, int trunc, struct spool_fh **out);
+/* A writer of `name` starting as a copy of the bytes readable at from_fd
+ * (borrowed; -1: empty), e.g. the very file a verifier just accepted. */
+int spool_fh_writer_from(struct spool_list *l, int spooldir, const char *name,
+    int from_fd, struct spool_fh **out);
 /* A reader of the open fd; takes ownership of fd (closed on failure). */
 int spool_fh_reader(int fd, struct spool_fh **out);
 

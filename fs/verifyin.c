@@ -1,7 +1,8 @@
 /* /verify-in: signed zips are stored exactly as copied and verified when
  * opened for reading (EBADMSG when invalid). Owns STORE/verify-in/ (the
  * zips by name), .spool/ (bytes of open writers), .meta/ (content hash per
- * name) and .verdict/ (verdicts by content hash and trust configuration). */
+ * name) and .verdict/ (verdicts by content hash, trust configuration and
+ * verifier format). */
 #include "fs/fs.h"
 #include "fs/spool.h"
 #include "fs/store.h"
@@ -23,6 +24,11 @@
 
 #define VERIFY_XATTR "user.hsmfs.verify"
 #define VERDICT_MAX 1024
+/* Part of every verdict cache key: bump it whenever jar_verify (crypto/
+ * jar.c) accepts or refuses anything differently, so that no verdict
+ * reached under older rules is ever reused. 1 was the key without it
+ * (content hash + trust only); 2: the strict reader of issue 12. */
+#define VERIFY_FORMAT "hsmfs jar_verify format 2"
 
 static struct {
 	int dirfd, spooldir, metadir, verdir;
@@ -40,8 +46,9 @@ static struct {
 	.stats_lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
-/* Verdicts are cached per (content, trust configuration): a new truststore
- * or signer version never reuses an old answer. */
+/* Verdicts are cached per (content, trust configuration, VERIFY_FORMAT):
+ * a new truststore, a changed or added ConfigZipSigner certificate or new
+ * verification rules never reuse an old answer. */
 static int
 trust_fingerprint(void)
 {
@@ -226,6 +233,7 @@ verdict(const char *name, int fd, char *text, size_t tlen)
 	EVP_DigestInit_ex(c, EVP_sha256(), NULL);
 	EVP_DigestUpdate(c, h, 32);
 	EVP_DigestUpdate(c, vi.trust_fp, 32);
+	EVP_DigestUpdate(c, VERIFY_FORMAT, sizeof(VERIFY_FORMAT) - 1);
 	EVP_DigestFinal_ex(c, key, NULL);
 	EVP_MD_CTX_free(c);
 	util_hex(key, 32, hex);
@@ -233,8 +241,9 @@ verdict(const char *name, int fd, char *text, size_t tlen)
 	if (store_read_file(vi.verdir, hex, VERDICT_MAX + 64, &cached, NULL) == 0) {
 		long long until = 0;
 		char *sp = strchr(cached, ' ');
+		int valid = sp && strncmp(sp + 1, "valid ", 6) == 0;
 		if (sp && sscanf(cached, "%lld", &until) == 1 &&
-		    (until == 0 || until > (long long)time(NULL))) {
+		    ((until == 0 && !valid) || until > (long long)time(NULL))) {
 			snprintf(text, tlen, "%s", sp + 1);
 			free(cached);
 			pthread_mutex_lock(&vi.stats_lock);
@@ -257,10 +266,13 @@ verdict(const char *name, int fd, char *text, size_t tlen)
 		snprintf(text, tlen, "valid signer=%s", v.signer);
 	else
 		snprintf(text, tlen, "invalid: %s", v.reason);
-	/* Valid verdicts expire with the signer certificate. */
+	/* A valid verdict expires with the earliest notAfter of the signer's
+	 * chain (jar_verify's not_after); one without a known expiry is not
+	 * cached at all. Invalid verdicts are kept (0: no expiry). */
 	snprintf(line, sizeof(line), "%lld %s", r == 0 ? (long long)v.not_after : 0LL,
 	    text);
-	if (store_write_atomic(vi.verdir, hex, line, strlen(line)) != 0)
+	if ((r != 0 || v.not_after > 0) &&
+	    store_write_atomic(vi.verdir, hex, line, strlen(line)) != 0)
 		log_warn("verify-in/%s: cannot cache the verdict: %s", name,
 		    err_detail());
 	pthread_mutex_lock(&vi.stats_lock);
@@ -342,26 +354,49 @@ vi_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	return open_writer(path, fi, 1);
 }
 
+/* Who may read what (docs/zip.md, the table of opens under /verify-in):
+ * every open that can read verifies first, and a writer reads back only
+ * what it wrote or what was verified.
+ *   O_RDONLY                 verify; EBADMSG when invalid.
+ *   O_RDWR on a stored zip   verify exactly like O_RDONLY; the handle then
+ *                            starts as a copy of the very bytes verified
+ *                            (same open file, not the name again).
+ *   O_RDWR|O_TRUNC, or a     starts empty: reads return only this
+ *   name not stored          handle's own writes (zeros in holes).
+ *   O_WRONLY                 no verification and no reads (the kernel
+ *                            refuses them); without O_TRUNC it starts as
+ *                            a copy of the stored bytes so appends work. */
 static int
 vi_open(const char *path, struct fuse_file_info *fi)
 {
 	struct spool_fh *h;
 	char text[VERDICT_MAX];
+	int acc = fi->flags & O_ACCMODE, trunc = (fi->flags & O_TRUNC) != 0;
 	int fd, r;
 	if (*path == '\0')
 		return -EISDIR;
 	if (!util_name_valid(path))
 		return -ENOENT;
-	if ((fi->flags & O_ACCMODE) != O_RDONLY)
-		return open_writer(path, fi, (fi->flags & O_TRUNC) != 0);
-	if ((fd = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0)
+	if (acc == O_WRONLY || (acc == O_RDWR && trunc))
+		return open_writer(path, fi, trunc);
+	if ((fd = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0) {
+		/* Only an in-flight name of another writer gets here. */
+		if (errno == ENOENT && acc == O_RDWR)
+			return open_writer(path, fi, 1);
 		return -errno;
+	}
 	if ((r = verdict(path, fd, text, sizeof(text))) <= 0) {
 		close(fd);
 		return r == 0 ? -EBADMSG : r;
 	}
-	if ((r = spool_fh_reader(fd, &h)) != 0)
+	if (acc == O_RDWR) {
+		r = spool_fh_writer_from(&vi.spools, vi.spooldir, path, fd, &h);
+		close(fd);
+		if (r != 0)
+			return r;
+	} else if ((r = spool_fh_reader(fd, &h)) != 0) {
 		return r;
+	}
 	fi->fh = (uint64_t)(uintptr_t)h;
 	return 0;
 }

@@ -7,14 +7,19 @@ import email.policy
 import errno
 import os
 import re
+import shutil
 import socket
 import ssl
+import stat
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from conftest import Mount
 from helpers import run, wait_for
 
 from aiosmtpd.controller import Controller
@@ -608,3 +613,53 @@ def test_smtp_auth_refused_without_tls(hsm, mount_factory, relay, tmp_path):
         put(m, "x", message())
     assert e.value.errno == errno.EOPNOTSUPP
     assert "needs TLS" in m.log()
+
+
+def as_nobody(*cmd):
+    return run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                *cmd], check=False)
+
+
+def test_views_owner_only_with_allow_other(hsm, relay):
+    """With allow_other every local user reaches the mount: queued and
+    failed messages (Bcc still in them), their reasons and sent messages
+    are 0400, readable by the mount's owner only; a message being written
+    is 0600. Control: another user does read the 0444 .status, so the
+    mount is open to others and only the modes keep them out."""
+    base = Path(tempfile.mkdtemp(prefix="hsmfs-mailmodes-"))
+    os.chmod(base, 0o755)
+    m = Mount(hsm, base, hsm.config(base / "engineSignEncrypt.xml"),
+              opts={"mail_retry": 1, "smtp": relay.url, "allow_other": True})
+    try:
+        m.start()
+        bcc = message(extra="Bcc: hidden@example.org\n")
+        relay.replies = ["550 5.7.1 Message rejected by policy"]
+        put(m, "f", bcc)
+        wait_for(lambda: "f.error" in os.listdir(m.path("mail", "failed")),
+                 timeout=30, what="failed/")
+        put(m, "s", message())
+        wait_for(lambda: sent_names(m) == ["s"], timeout=30, what="delivery")
+        relay.replies = ["451 4.3.0 try again later"] * 1000
+        with open(m.path("mail", "q"), "wb") as w:
+            w.write(bcc)
+            w.flush()
+            assert stat.S_IMODE(os.stat(m.path("mail", "q")).st_mode) == 0o600
+        assert status(m)["mail.queued"] == "1"
+        out = as_nobody("cat", m.path(".status"))
+        assert out.returncode == 0 and "mail.queued: 1" in out.stdout, out.stderr
+        views = {"q": bcc, "failed/f": bcc, "sent/s": None, "failed/f.error": None}
+        for v, content in views.items():
+            p = m.path("mail", *v.split("/"))
+            # (the kernel may show the writer's 0600 for attr_timeout)
+            wait_for(lambda: stat.S_IMODE(os.stat(p).st_mode) == 0o400,
+                     timeout=10, what=f"mode of {v}")
+            assert os.stat(p).st_uid == os.getuid(), v
+            data = Path(p).read_bytes()        # the owner reads it
+            if content is not None:
+                assert data == content and b"Bcc: hidden@example.org" in data
+            out = as_nobody("cat", p)
+            assert out.returncode != 0 and "Permission denied" in out.stderr, v
+            assert "hidden@example.org" not in out.stdout
+    finally:
+        m.cleanup()
+        shutil.rmtree(base, ignore_errors=True)

@@ -9,7 +9,6 @@
 
 #include <errno.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 int
@@ -47,8 +46,6 @@ fieldtool_open(const char *cmd, const char *config, struct fieldtool *t)
 	int r;
 
 	memset(t, 0, sizeof(*t));
-	prctl(PR_SET_DUMPABLE, 0);
-	secmem_init(4 << 20);
 	if ((r = engine_load(config, &t->engine)) != 0) {
 		fprintf(stderr, "hsmfs-tool %s: %s\n", cmd, err_detail());
 		return TOOL_USAGE;

@@ -4,6 +4,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "crypto/engine.h"
+#include "common/util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -11,28 +12,28 @@
 
 static const struct tool_cmd cmds[] = {
 	{"check", cmd_check, "-o config=FILE",
-	    "check every descriptor's key and run a sign/verify and encrypt/decrypt round trip"},
+	    "check every descriptor's key and run a sign/verify and encrypt/decrypt round trip", 1},
 	{"scramble-pin", cmd_scramble_pin, "",
-	    "read a PIN on stdin, print the pin.encrypted value"},
+	    "read a PIN on stdin, print the pin.encrypted value", 1},
 	{"keygen", cmd_keygen,
 	    "-o config=FILE --key NAME [--bits 2048|3072|4096] [--subject DN] "
 	    "[--csr OUT.pem] [--self-signed]",
-	    "generate an RSA key pair on the token under the key's alias"},
+	    "generate an RSA key pair on the token under the key's alias", 1},
 	{"import-cert", cmd_import_cert, "-o config=FILE --key NAME CERT.pem",
-	    "store a CA-issued certificate on the token next to its key"},
+	    "store a CA-issued certificate on the token next to its key", 1},
 	{"verify-zip", cmd_verify_zip, "[-o config=FILE] [--truststore PEM] ZIP...",
-	    "verify a JAR-signed zip"},
+	    "verify a JAR-signed zip", 1},
 	{"verify-history", cmd_verify_history,
 	    "-o config=FILE STORE OBJECT [--expect CHECKPOINT]",
-	    "verify an object's history offline"},
+	    "verify an object's history offline", 1},
 	{"open-field", cmd_open_field, "-o config=FILE",
-	    "read an NX02 envelope on stdin, print the plaintext"},
+	    "read an NX02 envelope on stdin, print the plaintext", 1},
 	{"seal-field", cmd_seal_field, "-o config=FILE",
-	    "read a plaintext on stdin, print an NX02 envelope"},
+	    "read a plaintext on stdin, print an NX02 envelope", 1},
 	{"rekey-fields", cmd_rekey_fields, "-o config=FILE STORE",
-	    "rewrap every field to the newest EncryptedFields version"},
+	    "rewrap every field to the newest EncryptedFields version", 1},
 	{"status", cmd_status, "MOUNTPOINT [--format=text|prometheus|json]",
-	    "show a mount's status (text), or its metrics (prometheus, json)"},
+	    "show a mount's status (text), or its metrics (prometheus, json)", 0},
 };
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
 
@@ -137,6 +138,10 @@ main(int argc, char **argv)
 				return TOOL_OK;
 			}
 		}
+		/* Before the config is read: pin.encrypted is unscrambled
+		 * while parsing it. */
+		if (cmds[i].secrets)
+			secmem_harden(4 << 20);
 		return cmds[i].fn(argc - 1, argv + 1);
 	}
 	fprintf(stderr, "hsmfs-tool: unknown command '%s'\n\n", argv[1]);

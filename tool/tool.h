@@ -15,6 +15,8 @@ struct tool_cmd {
 	int (*fn)(int argc, char **argv);   /* argv[0] is the command name */
 	const char *usage;                  /* arguments after the name */
 	const char *help;                   /* one line */
+	int secrets;                        /* reads PINs or plaintext: run
+	                                       under secmem_harden() */
 };
 
 /* Shared option handling: "-o config=FILE[,truststore=PEM][,classpath=DIRS]"
