@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MODULE, is_mounted, pkcs11, run, wait_for  # noqa: F401
+from helpers import MODULE, is_mounted, pkcs11, run, wait_for
 import tokens
 
 SRC = Path(os.environ.get("HSMFS_SRC", Path(__file__).resolve().parent.parent))
