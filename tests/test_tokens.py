@@ -188,6 +188,9 @@ def test_remote_outage_and_restart(remote, mount_factory, tmp_path):
         st = status(m)
         assert st[f"key.{KEYS[0]}.state"] == "unavailable", st
         assert m.proc.poll() is None
+        r = subprocess.run([TOOL, "status", m.mnt], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode != 0 and "unavailable" in r.stdout, r.stdout
         if round_ == 1:
             # A second token in front of ours: the client numbers the
             # exported slots in the server's order, in which the shim
@@ -212,6 +215,9 @@ def test_remote_outage_and_restart(remote, mount_factory, tmp_path):
         assert read(m.path("fields", f"sealed{round_}")) == (b"offline", None)
         st = status(m)
         assert all(st[f"key.{k}.state"] == "available" for k in KEYS), st
+        r = subprocess.run([TOOL, "status", m.mnt], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
         # Exactly one new login per outage, seen by us and by the server.
         assert int(st[f"key.{KEYS[0]}.logins"]) == logins0 + round_ + 1, st
         assert server_logins(h) == srv0 + round_ + 1
