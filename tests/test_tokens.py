@@ -9,7 +9,8 @@ remount after exactly one new login, also when the token comes back under
 another slot ID. Logins are counted on both sides: the daemon's .status
 and the fault shim loaded by the server in front of SoftHSM.
 
-These tests build their own tokens and run whatever HSMFS_TOKEN says."""
+Whatever HSMFS_TOKEN says, these tests build the tokens they need (they
+run once, in the SoftHSM suite)."""
 import errno
 import os
 import subprocess
@@ -43,20 +44,11 @@ def remote(tmp_path_factory, saved_env):
     """A remote token whose server loads the fault shim in front of
     SoftHSM, only to count the calls reaching the server."""
     root = tmp_path_factory.mktemp("remote")
-    tok = tokens.RemoteToken.__new__(tokens.RemoteToken)
-    tok.provider_stats = str(root / "server.stats.%p")
-    # RemoteToken.__init__ starts the server with .provider: set it first.
-    orig = tokens.RemoteToken.start_server
-
-    def start(self, tokens_=None):
-        self.provider = SHIM
-        self.provider_env = {"HSMFS_SHIM_MODULE": tokens.SOFTHSM,
-                             "HSMFS_SHIM_STATS": self.provider_stats,
-                             "HSMFS_SHIM_CONTROL": str(root / "no-faults")}
-        self.provider_env.update(sanitizer_preload(SHIM))
-        return orig(self, tokens_)
-    tok.start_server = start.__get__(tok)
-    tokens.RemoteToken.__init__(tok, root / "token")
+    env = {"HSMFS_SHIM_MODULE": tokens.SOFTHSM,
+           "HSMFS_SHIM_STATS": str(root / "server.stats.%p"),
+           "HSMFS_SHIM_CONTROL": str(root / "no-faults")}
+    env.update(sanitizer_preload(SHIM))
+    tok = tokens.RemoteToken(root / "token", provider=SHIM, provider_env=env)
     h = Hsm(root, token=tok)
     try:
         yield make_spec_keys(h)

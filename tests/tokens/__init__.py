@@ -180,11 +180,11 @@ class RemoteToken(SoftHsmToken):
     module = P11KIT_CLIENT
     by_label = True
 
-    def __init__(self, root, **kw):
+    def __init__(self, root, provider=SOFTHSM, provider_env=None, **kw):
         super().__init__(root, **kw)
         self.sock = str(self.root / "p11kit.sock")
-        self.provider = SOFTHSM
-        self.provider_env = {}
+        self.provider = provider
+        self.provider_env = dict(provider_env or {})
         self.exported = [self.token_label]
         self.server = None
         self.env["P11_KIT_SERVER_ADDRESS"] = f"unix:path={self.sock}"
