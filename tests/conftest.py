@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import MODULE, is_mounted, pkcs11, run, wait_for
 import tokens
-from helpers import is_mounted, pkcs11, run, wait_for
 
 SRC = Path(os.environ.get("HSMFS_SRC", Path(__file__).resolve().parent.parent))
 BUILD = Path(os.environ.get("HSMFS_BUILD", SRC / "build"))

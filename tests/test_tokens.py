@@ -9,7 +9,8 @@ remount after exactly one new login, also when the token comes back under
 another slot ID. Logins are counted on both sides: the daemon's .status
 and the fault shim loaded by the server in front of SoftHSM.
 
-These tests build their own tokens and run whatever HSMFS_TOKEN says."""
+Whatever HSMFS_TOKEN says, these tests build the tokens they need (they
+run once, in the SoftHSM suite)."""
 import errno
 import os
 import subprocess
@@ -43,20 +44,11 @@ def remote(tmp_path_factory, saved_env):
     """A remote token whose server loads the fault shim in front of
     SoftHSM, only to count the calls reaching the server."""
     root = tmp_path_factory.mktemp("remote")
-    tok = tokens.RemoteToken.__new__(tokens.RemoteToken)
-    tok.provider_stats = str(root / "server.stats.%p")
-    # RemoteToken.__init__ starts the server with .provider: set it first.
-    orig = tokens.RemoteToken.start_server
-
-    def start(self, tokens_=None):
-        self.provider = SHIM
-        self.provider_env = {"HSMFS_SHIM_MODULE": tokens.SOFTHSM,
-                             "HSMFS_SHIM_STATS": self.provider_stats,
-                             "HSMFS_SHIM_CONTROL": str(root / "no-faults")}
-        self.provider_env.update(sanitizer_preload(SHIM))
-        return orig(self, tokens_)
-    tok.start_server = start.__get__(tok)
-    tokens.RemoteToken.__init__(tok, root / "token")
+    env = {"HSMFS_SHIM_MODULE": tokens.SOFTHSM,
+           "HSMFS_SHIM_STATS": str(root / "server.stats.%p"),
+           "HSMFS_SHIM_CONTROL": str(root / "no-faults")}
+    env.update(sanitizer_preload(SHIM))
+    tok = tokens.RemoteToken(root / "token", provider=SHIM, provider_env=env)
     h = Hsm(root, token=tok)
     try:
         yield make_spec_keys(h)
@@ -188,6 +180,9 @@ def test_remote_outage_and_restart(remote, mount_factory, tmp_path):
         st = status(m)
         assert st[f"key.{KEYS[0]}.state"] == "unavailable", st
         assert m.proc.poll() is None
+        r = subprocess.run([TOOL, "status", m.mnt], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode != 0 and "unavailable" in r.stdout, r.stdout
         if round_ == 1:
             # A second token in front of ours: the client numbers the
             # exported slots in the server's order, in which the shim
@@ -212,6 +207,9 @@ def test_remote_outage_and_restart(remote, mount_factory, tmp_path):
         assert read(m.path("fields", f"sealed{round_}")) == (b"offline", None)
         st = status(m)
         assert all(st[f"key.{k}.state"] == "available" for k in KEYS), st
+        r = subprocess.run([TOOL, "status", m.mnt], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
         # Exactly one new login per outage, seen by us and by the server.
         assert int(st[f"key.{KEYS[0]}.logins"]) == logins0 + round_ + 1, st
         assert server_logins(h) == srv0 + round_ + 1

@@ -180,11 +180,11 @@ class RemoteToken(SoftHsmToken):
     module = P11KIT_CLIENT
     by_label = True
 
-    def __init__(self, root, **kw):
+    def __init__(self, root, provider=SOFTHSM, provider_env=None, **kw):
         super().__init__(root, **kw)
         self.sock = str(self.root / "p11kit.sock")
-        self.provider = SOFTHSM
-        self.provider_env = {}
+        self.provider = provider
+        self.provider_env = dict(provider_env or {})
         self.exported = [self.token_label]
         self.server = None
         self.env["P11_KIT_SERVER_ADDRESS"] = f"unix:path={self.sock}"
@@ -259,23 +259,35 @@ class Tpm2Token(Token):
         state.mkdir()
         self.store = self.root / "tpm2-pkcs11"
         self.store.mkdir()
-        port = free_port_pair()
-        log = open(self.root / "swtpm.log", "ab")
-        self.procs.append(subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
-             "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-             "--flags", "not-need-init,startup-clear"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        log.close()
+        for attempt in range(5):
+            # Free when probed, but another process may take a port before
+            # swtpm binds it: then swtpm exits and we try other ports.
+            port = free_port_pair()
+            log = open(self.root / "swtpm.log", "ab")
+            swtpm = subprocess.Popen(
+                ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
+                 "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+                 "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+                 "--flags", "not-need-init,startup-clear"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            log.close()
 
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-        _wait(listening, "swtpm")
+            def listening():
+                if swtpm.poll() is not None:
+                    return True
+                try:
+                    socket.create_connection(("127.0.0.1", port),
+                                             timeout=0.2).close()
+                    return True
+                except OSError:
+                    return False
+            _wait(listening, "swtpm")
+            if swtpm.poll() is None:
+                break
+        else:
+            raise AssertionError("swtpm did not start: " +
+                                 (self.root / "swtpm.log").read_text())
+        self.procs.append(swtpm)
         # A private session bus: its address goes to abrmd and the module.
         out = _run(["dbus-daemon", "--session", "--fork", "--print-address=1",
                     "--print-pid=1", f"--address=unix:path={self.root}/dbus.sock"]
