@@ -1,0 +1,79 @@
+// One of the independent readers of the differential harness: what
+// java.util.zip.ZipFile sees in a zip (entry names in its enumeration
+// order, the bytes getInputStream gives for each). Compiled and run by
+// harness.py, once over a whole batch (one JVM start-up).
+// Usage: java -cp DIR ZipRead LISTFILE   (one zip path per line)
+// Output per zip, as libzip-read.c:
+//   file <path> / open ok | open error <msg> /
+//   entry <UTF-8 name in hex> <size> <sha256 hex> | entry <hex> error <msg> / end
+import java.io.BufferedReader;
+import java.io.InputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Paths;
+import java.security.MessageDigest;
+import java.util.Enumeration;
+import java.util.zip.ZipEntry;
+import java.util.zip.ZipFile;
+
+public class ZipRead {
+    static String hex(byte[] b) {
+        StringBuilder s = new StringBuilder();
+        for (byte x : b)
+            s.append(String.format("%02x", x & 0xff));
+        return s.toString();
+    }
+
+    static String clean(Throwable e) {
+        String m = e.getClass().getSimpleName() + ": " + e.getMessage();
+        return m.replace('\n', ' ').replace('\r', ' ');
+    }
+
+    public static void main(String[] args) throws Exception {
+        PrintStream out = new PrintStream(System.out, false, "UTF-8");
+        byte[] buf = new byte[65536];
+        try (BufferedReader r = Files.newBufferedReader(Paths.get(args[0]),
+                StandardCharsets.UTF_8)) {
+            String path;
+            while ((path = r.readLine()) != null) {
+                if (path.isEmpty())
+                    continue;
+                out.println("file " + path);
+                ZipFile zf;
+                try {
+                    zf = new ZipFile(path);
+                } catch (Exception e) {
+                    out.println("open error " + clean(e));
+                    out.println("end");
+                    continue;
+                }
+                out.println("open ok");
+                try {
+                    Enumeration<? extends ZipEntry> en = zf.entries();
+                    while (en.hasMoreElements()) {
+                        ZipEntry ze = en.nextElement();
+                        String name = hex(ze.getName().getBytes(StandardCharsets.UTF_8));
+                        try (InputStream in = zf.getInputStream(ze)) {
+                            MessageDigest md = MessageDigest.getInstance("SHA-256");
+                            long total = 0;
+                            int n;
+                            while ((n = in.read(buf)) > 0) {
+                                md.update(buf, 0, n);
+                                total += n;
+                            }
+                            out.println("entry " + name + " " + total + " " + hex(md.digest()));
+                        } catch (Exception e) {
+                            out.println("entry " + name + " error " + clean(e));
+                        }
+                    }
+                } catch (Exception e) {
+                    out.println("entry - error " + clean(e));
+                }
+                zf.close();
+                out.println("end");
+            }
+        }
+        out.flush();
+    }
+}
