@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,11 +271,13 @@ def check(paths, trust=None, build=None, parsed=False, readers=READERS):
             views["libzip-checkcons"] = libzip_views(todo, True, build)
         if "java" in readers:
             views["java"] = java_views(todo)
-        for p in todo:
-            if "python" in readers:
+        if "python" in readers:
+            for p in todo:
                 views["python"][p] = python_view(p)
-            if "unzip" in readers:
-                views["unzip"][p] = unzip_view(p)
+        if "unzip" in readers:
+            # two processes per zip: overlap their start-up
+            with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as ex:
+                views["unzip"] = dict(zip(todo, ex.map(unzip_view, todo)))
     for p in todo:
         sink = rep.disagreements if hv[p].valid else rep.parse_disagreements
         for r in readers:
