@@ -57,9 +57,14 @@ struct zarc {
 	uint64_t cd_off;
 	struct zent **byname;    /* sorted by name, for lookups */
 	int zip64;               /* zip64 end record */
+	uint64_t z64rec_off;     /* zip64 end record (locator: 56 bytes on) */
+	uint64_t eocd_off;       /* end of central directory record */
 	uint64_t comment_off;    /* archive comment */
 	uint16_t comment_len;
 };
+
+/* An entry's part in the signature (meta_roles). */
+enum { ROLE_ENTRY, ROLE_DIR, ROLE_MANIFEST, ROLE_SF, ROLE_BLOCK, ROLE_OWN };
 
 static int
 bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -238,7 +243,13 @@ zip64_extra(const uint8_t *x, size_t xlen, uint64_t *usize, uint64_t *csize,
 				if (p + 8 > len)
 					return bad("malformed zip64 extra field");
 				*loff = le64(d + p);
+				p += 8;
 			}
+			/* Central: exactly the fields whose 32-bit value is the
+			 * marker (readers differ on what else they would take). */
+			if (!local && p != len)
+				return bad("zip64 extra field with fields the header "
+				    "does not need");
 			return 1;
 		}
 		i += 4 + (size_t)len;
@@ -246,13 +257,6 @@ zip64_extra(const uint8_t *x, size_t xlen, uint64_t *usize, uint64_t *csize,
 	if (i != xlen)
 		return bad("malformed extra field");
 	return 0;
-}
-
-static int
-cmp_off(const void *a, const void *b)
-{
-	const struct zent *x = *(struct zent *const *)a, *y = *(struct zent *const *)b;
-	return x->loff < y->loff ? -1 : x->loff > y->loff;
 }
 
 static int
@@ -264,8 +268,53 @@ cmp_name(const void *a, const void *b)
 	return c ? c : (x->nlen < y->nlen ? -1 : x->nlen > y->nlen);
 }
 
-/* Find the end record; anything after it (beyond its declared comment)
- * or before the first local header is refused. */
+/* Extra fields (SPEC §8): well-formed records that tile the field exactly,
+ * each id at most once, no record that changes an entry's name for some
+ * readers only (Unicode path 0x7075 must repeat the name; Unicode comment
+ * 0x6375 refused) and no zip structure signature anywhere inside (a
+ * second directory or end record hidden in an extra field). */
+static int
+extra_check(const uint8_t *x, size_t xlen, const struct zent *e, const char *where)
+{
+	uint16_t seen[64];
+	size_t ns = 0, i = 0;
+	for (size_t k = 0; k + 4 <= xlen; k++)
+		if (x[k] == 'P' && x[k + 1] == 'K' && x[k + 2] >= 1 && x[k + 2] <= 8 &&
+		    x[k + 3] >= 1 && x[k + 3] <= 8)
+			return bad("zip structure signature inside the %s extra field "
+			    "of %s", where, e->name);
+	while (i + 4 <= xlen) {
+		uint16_t id = le16(x + i), len = le16(x + i + 2);
+		if (i + 4 + len > xlen)
+			break;
+		for (size_t k = 0; k < ns; k++)
+			if (seen[k] == id)
+				return bad("extra field 0x%04x twice in the %s header of %s",
+				    id, where, e->name);
+		if (ns == 64)
+			return bad("too many extra fields in %s", e->name);
+		seen[ns++] = id;
+		if (id == 0x6375)
+			return bad("Unicode comment extra field refused: %s", e->name);
+		if (id == 0x7075 && (len < 5 || x[i + 4] != 1 ||
+		    (size_t)len - 5 != e->nlen ||
+		    memcmp(x + i + 9, e->name, e->nlen) != 0))
+			return bad("Unicode path extra field naming another name: %s",
+			    e->name);
+		i += 4 + (size_t)len;
+	}
+	if (i != xlen)
+		return bad("malformed extra field in the %s header of %s", where,
+		    e->name);
+	return 0;
+}
+
+/* Find the end record. It must be the last 22 bytes of the file: archive
+ * comments are refused (jarsigner and IdM exports write none, and a
+ * comment is where a second directory hides). A zip64 end record and
+ * locator must be there exactly when a classic field holds its 0xffff /
+ * 0xffffffff marker, directly before the end record, and every classic
+ * field must be either that marker or equal to the zip64 value. */
 static int
 zarc_find_end(struct zarc *z, uint64_t *cd_off, uint64_t *cd_size,
     uint64_t *count, uint64_t *cd_end_expect)
@@ -301,29 +350,58 @@ zarc_find_end(struct zarc *z, uint64_t *cd_off, uint64_t *cd_size,
 		uint16_t disk = le16(e + 4), cddisk = le16(e + 6);
 		uint64_t n1 = le16(e + 8), n2 = le16(e + 10);
 		uint64_t sz = le32(e + 12), off = le32(e + 16);
+		int need64 = n1 == 0xffff || n2 == 0xffff || sz == 0xffffffffu ||
+		    off == 0xffffffffu || disk == 0xffff || cddisk == 0xffff;
+		uint8_t loc[20];
+		int has_loc = 0;
 		*cd_end_expect = (uint64_t)pos;
+		z->eocd_off = (uint64_t)pos;
 		z->comment_off = (uint64_t)pos + 22;
 		z->comment_len = le16(e + 20);
-		if (n1 == 0xffff || n2 == 0xffff || sz == 0xffffffffu ||
-		    off == 0xffffffffu) {
-			uint8_t loc[20], rec[56];
+		if (z->comment_len != 0) {
+			r = bad("archive comment (refused: a comment can hide a "
+			    "second directory)");
+			goto out;
+		}
+		if (pos >= 20) {
+			if ((r = zread(z, (uint64_t)pos - 20, loc, 20)) != 0)
+				goto out;
+			has_loc = le32(loc) == 0x07064b50;
+		}
+		if (has_loc && !need64) {
+			r = bad("zip64 end locator that the end record does not need");
+			goto out;
+		}
+		if (need64) {
+			uint8_t rec[56];
 			uint64_t roff;
-			if (pos < 20 || (r = zread(z, (uint64_t)pos - 20, loc, 20)) != 0 ||
-			    le32(loc) != 0x07064b50) {
+			if (!has_loc) {
 				r = bad("zip64 end locator missing");
 				goto out;
 			}
 			roff = le64(loc + 8);
+			if (pos < 20 + 56 || roff != (uint64_t)pos - 20 - 56) {
+				r = bad("zip64 end record not directly before its locator");
+				goto out;
+			}
 			if ((r = zread(z, roff, rec, 56)) != 0)
 				goto out;
-			if (le32(rec) != 0x06064b50 || roff + 12 + le64(rec + 4) !=
-			    (uint64_t)pos - 20) {
+			if (le32(rec) != 0x06064b50 || le64(rec + 4) != 44) {
 				r = bad("malformed zip64 end record");
 				goto out;
 			}
 			if (le32(rec + 16) != 0 || le32(rec + 20) != 0 ||
-			    le32(loc + 4) != 0 || le32(loc + 16) > 1) {
+			    le32(loc + 4) != 0 || le32(loc + 16) != 1) {
 				r = bad("multi-disk zips are not supported");
+				goto out;
+			}
+			if ((n1 != 0xffff && n1 != le64(rec + 24)) ||
+			    (n2 != 0xffff && n2 != le64(rec + 32)) ||
+			    (sz != 0xffffffffu && sz != le64(rec + 40)) ||
+			    (off != 0xffffffffu && off != le64(rec + 48)) ||
+			    (disk != 0xffff && disk != 0) ||
+			    (cddisk != 0xffff && cddisk != 0)) {
+				r = bad("end record and zip64 end record disagree");
 				goto out;
 			}
 			n1 = le64(rec + 24);
@@ -332,6 +410,7 @@ zarc_find_end(struct zarc *z, uint64_t *cd_off, uint64_t *cd_size,
 			off = le64(rec + 48);
 			*cd_end_expect = roff;
 			z->zip64 = 1;
+			z->z64rec_off = roff;
 		} else if (disk != 0 || cddisk != 0) {
 			r = bad("multi-disk zips are not supported");
 			goto out;
@@ -350,11 +429,74 @@ out:
 	return r;
 }
 
+/* Zip structure signatures ("PK" 1 2, 5 6, 6 6, 6 7) may appear only where
+ * we parsed them: the central directory records, the zip64 end record and
+ * locator, the end record. Readers look for the end record in the last
+ * 64 KiB + 42 bytes (libzip tries every candidate there and keeps the
+ * "most consistent" one), so no other end-record signature may appear
+ * there either, even inside entry data. */
+static int
+zarc_scan_tail(const struct zarc *z, uint64_t cd_off)
+{
+	const uint64_t window = 65535 + 22 + 20;
+	uint64_t from = z->size > window ? z->size - window : 0, pos;
+	size_t ci = 0;
+	uint8_t *buf;
+	int r = 0;
+	if (cd_off < from)
+		from = cd_off;
+	if ((buf = malloc(CHUNK + 3)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (pos = from; pos < z->size && r == 0;) {
+		size_t n = z->size - pos > CHUNK + 3 ? CHUNK + 3 : (size_t)(z->size - pos);
+		size_t step = n > CHUNK ? CHUNK : n;
+		if ((r = zread(z, pos, buf, n)) != 0)
+			break;
+		for (size_t k = 0; k + 4 <= n && k < step; k++) {
+			uint64_t at = pos + k;
+			uint32_t sig;
+			if (buf[k] != 'P' || buf[k + 1] != 'K')
+				continue;
+			sig = le32(buf + k);
+			if (sig == 0x06054b50 && at != z->eocd_off) {
+				r = bad("a second end-of-central-directory signature at "
+				    "offset %llu", (unsigned long long)at);
+				break;
+			}
+			if (at < cd_off)
+				continue;
+			if (sig == 0x02014b50) {
+				while (ci < z->n && z->e[ci].cdoff < at)
+					ci++;
+				if (ci >= z->n || z->e[ci].cdoff != at) {
+					r = bad("a central directory signature inside the "
+					    "central directory at offset %llu",
+					    (unsigned long long)at);
+					break;
+				}
+			} else if ((sig == 0x06064b50 && !(z->zip64 && at == z->z64rec_off)) ||
+			    (sig == 0x07064b50 && !(z->zip64 && at == z->eocd_off - 20))) {
+				r = bad("a stray zip64 end record or locator signature at "
+				    "offset %llu", (unsigned long long)at);
+				break;
+			}
+		}
+		pos += step;
+	}
+	free(buf);
+	return r;
+}
+
+/* Read the archive once, every byte accounted for: the entries (local
+ * header, data, data descriptor) tile the file from offset 0 in central
+ * directory order, then the central directory, then the zip64 end record
+ * and locator when needed, then the end record (SPEC §8). */
 static int
 zarc_open(const char *path, struct zarc *z)
 {
 	struct stat st;
 	uint64_t cd_off = 0, cd_size = 0, count = 0, cd_end_expect = 0, p;
+	uint64_t inflated = 0, budget;
 	uint8_t h[46];
 	struct zent **v = NULL;
 	int r;
@@ -387,6 +529,7 @@ zarc_open(const char *path, struct zarc *z)
 		struct zent *e = &z->e[z->n];
 		uint16_t nlen, xlen, clen;
 		uint8_t *x = NULL;
+		int ascii = 1;
 		if (p + 46 > cd_end_expect) {
 			r = bad("central directory shorter than its entry count");
 			goto out;
@@ -412,7 +555,7 @@ zarc_open(const char *path, struct zarc *z)
 		e->cdlen = 46u + nlen + xlen + clen;
 		e->cd64 = e->csize == 0xffffffffu || e->usize == 0xffffffffu ||
 		    e->loff == 0xffffffffu;
-		if (le16(h + 34) != 0 && le16(h + 34) != 0xffff) {
+		if (le16(h + 34) != 0) {
 			r = bad("multi-disk zips are not supported");
 			goto out;
 		}
@@ -433,29 +576,57 @@ zarc_open(const char *path, struct zarc *z)
 			goto out;
 		}
 		e->name[nlen] = '\0';
+		if (memchr(e->name, '\0', nlen) != NULL) {
+			free(x);
+			r = bad("entry name contains a NUL byte");
+			goto out;
+		}
+		if ((r = name_check(e->name, nlen)) != 0 ||
+		    (r = extra_check(x, xlen, e, "central")) != 0) {
+			free(x);
+			goto out;
+		}
 		r = zip64_extra(x, xlen, &e->usize, &e->csize, &e->loff, 0);
 		free(x);
 		if (r < 0)
 			goto out;
-		if (memchr(e->name, '\0', nlen) != NULL) {
-			r = bad("entry name contains a NUL byte");
+		if (clen != 0) {
+			r = bad("entry comment (refused: a comment can hide a second "
+			    "directory): %s", e->name);
 			goto out;
 		}
-		if ((r = name_check(e->name, nlen)) != 0)
-			goto out;
-		/* Readers skip directories when checking digests: a directory
-		 * entry must not carry bytes the signature does not cover. */
-		if (nlen > 0 && e->name[nlen - 1] == '/' && e->usize != 0) {
-			r = bad("directory entry with data: %s", e->name);
+		if (h[6] > 45) {
+			r = bad("entry needs zip version %u.%u to extract: %s",
+			    h[6] / 10, h[6] % 10, e->name);
 			goto out;
 		}
-		if (e->flags & 0x0041) {
+		for (size_t k = 0; k < nlen; k++)
+			ascii &= (unsigned char)e->name[k] < 0x80;
+		if (!ascii && !(e->flags & 0x0800)) {
+			r = bad("non-ASCII entry name without the UTF-8 flag "
+			    "(readers would decode it differently): %s", e->name);
+			goto out;
+		}
+		if (e->flags & 0x2041) {
 			r = bad("encrypted entry: %s", e->name);
+			goto out;
+		}
+		if (e->flags & ~0x080eu) {
+			r = bad("unsupported general purpose flags 0x%04x: %s",
+			    e->flags, e->name);
 			goto out;
 		}
 		if (e->method != 0 && e->method != 8) {
 			r = bad("unsupported compression method %u: %s", e->method,
 			    e->name);
+			goto out;
+		}
+		/* Readers skip directories when checking digests: a directory
+		 * entry must not carry bytes the signature does not cover. */
+		if (nlen > 0 && e->name[nlen - 1] == '/' && (e->usize != 0 ||
+		    e->csize != 0 || e->method != 0 || e->crc != 0)) {
+			r = bad("directory entry with data (must be stored, sizes 0, "
+			    "CRC 0): %s", e->name);
 			goto out;
 		}
 		if (e->method == 0 && e->csize != e->usize) {
@@ -468,13 +639,29 @@ zarc_open(const char *path, struct zarc *z)
 			    JAR_MAX_RATIO, e->name);
 			goto out;
 		}
+		inflated += e->usize;
 		p += 46 + (uint64_t)nlen + xlen + clen;
 	}
 	if (p != cd_end_expect) {
 		r = bad("central directory longer than its entry count");
 		goto out;
 	}
-	/* Local headers must agree with the central directory. */
+	/* Work budget: every entry costs its inflated size plus a fixed
+	 * amount, and the total must stay within a multiple of the file size
+	 * (many small well-compressed entries are as costly as one big). */
+	budget = (uint64_t)JAR_BUDGET_RATIO * z->size + JAR_BUDGET_SLACK;
+	if (inflated > budget || inflated + (uint64_t)z->n * JAR_ENTRY_COST > budget) {
+		r = bad("zip would inflate to %llu bytes in %zu entries, more than "
+		    "%d times its size of %llu bytes allows (zip bomb?)",
+		    (unsigned long long)inflated, z->n, JAR_BUDGET_RATIO,
+		    (unsigned long long)z->size);
+		goto out;
+	}
+	/* Local headers must agree with the central directory, and the
+	 * entries must tile the file from offset 0 to the central directory
+	 * in central directory order: no prepended data, no overlap
+	 * (overlapping bombs), no hidden gaps. */
+	p = 0;
 	for (size_t i = 0; i < z->n; i++) {
 		struct zent *e = &z->e[i];
 		uint8_t lh[30], dd[24];
@@ -482,6 +669,14 @@ zarc_open(const char *path, struct zarc *z)
 		uint16_t nlen, xlen;
 		uint8_t *buf = NULL;
 		int z64;
+		if (e->loff != p) {
+			r = e->loff < p ? bad("overlapping entries: %s", e->name) :
+			    i == 0 ? bad("data before the first local header "
+			    "(prepended bytes)") :
+			    bad("unaccounted data before entry %s (entries must follow "
+			    "each other in central directory order)", e->name);
+			goto out;
+		}
 		if ((r = zread(z, e->loff, lh, 30)) != 0) {
 			r = bad("local header out of range: %s", e->name);
 			goto out;
@@ -506,6 +701,10 @@ zarc_open(const char *path, struct zarc *z)
 			r = bad("local and central header names differ: %s", e->name);
 			goto out;
 		}
+		if ((r = extra_check(buf + nlen, xlen, e, "local")) != 0) {
+			free(buf);
+			goto out;
+		}
 		lu = le32(lh + 22);
 		lc = le32(lh + 18);
 		z64 = zip64_extra(buf + nlen, xlen, &lu, &lc, NULL, 1);
@@ -514,10 +713,14 @@ zarc_open(const char *path, struct zarc *z)
 			r = z64;
 			goto out;
 		}
-		if (le16(lh + 8) != e->method ||
-		    (le16(lh + 6) & 0x0049) != (e->flags & 0x0049)) {
+		if (le16(lh + 8) != e->method || le16(lh + 6) != e->flags) {
 			r = bad("local and central headers differ (method or flags): %s",
 			    e->name);
+			goto out;
+		}
+		if (lh[4] > 45) {
+			r = bad("entry needs zip version %u.%u to extract: %s",
+			    lh[4] / 10, lh[4] % 10, e->name);
 			goto out;
 		}
 		e->doff = e->loff + 30 + nlen + xlen;
@@ -528,10 +731,14 @@ zarc_open(const char *path, struct zarc *z)
 		e->end = e->doff + e->csize;
 		if (e->flags & 0x0008) {
 			/* Data descriptor: optional signature, then CRC and sizes
-			 * (64-bit when the entry is zip64). */
+			 * (64-bit when the entry is zip64). The local header holds
+			 * zeros or the same values. */
 			size_t dl = z64 > 0 ? 20 : 12, off = 0;
-			if ((le32(lh + 14) != 0 && le32(lh + 14) != e->crc)) {
-				r = bad("local and central CRC differ: %s", e->name);
+			if ((le32(lh + 14) != 0 && le32(lh + 14) != e->crc) ||
+			    (lc != 0 && lc != 0xffffffffu && lc != e->csize) ||
+			    (lu != 0 && lu != 0xffffffffu && lu != e->usize)) {
+				r = bad("local and central headers differ (CRC or sizes): %s",
+				    e->name);
 				goto out;
 			}
 			if ((r = zread(z, e->end, dd, 4)) != 0)
@@ -554,29 +761,7 @@ zarc_open(const char *path, struct zarc *z)
 			    e->name);
 			goto out;
 		}
-	}
-	/* Entries must tile the file from offset 0 to the central directory:
-	 * no prepended data, no overlap (overlapping bombs), no hidden gaps. */
-	if ((v = calloc(z->n ? z->n : 1, sizeof(*v))) == NULL) {
-		r = HSMFS_ERR_NOMEM;
-		goto out;
-	}
-	for (size_t i = 0; i < z->n; i++)
-		v[i] = &z->e[i];
-	qsort(v, z->n, sizeof(*v), cmp_off);
-	p = 0;
-	for (size_t i = 0; i < z->n; i++) {
-		if (v[i]->loff < p) {
-			r = bad("overlapping entries: %s", v[i]->name);
-			goto out;
-		}
-		if (v[i]->loff > p) {
-			r = i == 0 ? bad("data before the first local header "
-			    "(prepended bytes)") :
-			    bad("unaccounted data before entry %s", v[i]->name);
-			goto out;
-		}
-		p = v[i]->end;
+		p = e->end;
 	}
 	if (p != cd_off) {
 		r = p > cd_off ? bad("entry data overlaps the central directory") :
@@ -584,6 +769,14 @@ zarc_open(const char *path, struct zarc *z)
 		    bad("unaccounted data before the central directory");
 		goto out;
 	}
+	if ((r = zarc_scan_tail(z, cd_off)) != 0)
+		goto out;
+	if ((v = calloc(z->n ? z->n : 1, sizeof(*v))) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < z->n; i++)
+		v[i] = &z->e[i];
 	qsort(v, z->n, sizeof(*v), cmp_name);
 	for (size_t i = 1; i < z->n; i++)
 		if (cmp_name(&v[i - 1], &v[i]) == 0) {
@@ -598,6 +791,35 @@ out:
 	if (r != 0)
 		zarc_close(z);
 	return r;
+}
+
+/* libzip's raw (compressed) bytes of entry i start with ours: libzip
+ * reads the data where we do (it has no call giving the local header
+ * offset, so this checks the position through the bytes; the rest of the
+ * data is then ours by the tiling). */
+static int
+libzip_same_data(zip_t *za, const struct zarc *z, const struct zent *e,
+    size_t i)
+{
+	uint8_t a[4096], b[4096];
+	size_t n = e->csize < sizeof(a) ? (size_t)e->csize : sizeof(a);
+	zip_file_t *f;
+	zip_int64_t got;
+	int r;
+	if (n == 0)
+		return 0;
+	if ((f = zip_fopen_index(za, i, ZIP_FL_COMPRESSED)) == NULL)
+		return bad("libzip cannot read entry %s", e->name);
+	got = zip_fread(f, a, n);
+	zip_fclose(f);
+	if (got != (zip_int64_t)n)
+		return bad("libzip cannot read entry %s", e->name);
+	if ((r = zread(z, e->doff, b, n)) != 0)
+		return r;
+	if (memcmp(a, b, n) != 0)
+		return bad("entry %s: readers disagree on where its data is",
+		    e->name);
+	return 0;
 }
 
 /* libzip's own consistency check (local vs central, as it reads them), and
@@ -620,11 +842,28 @@ zarc_libzip_check(const char *path, const struct zarc *z, zip_t **keep)
 		goto out;
 	}
 	for (size_t i = 0; i < z->n; i++) {
+		const struct zent *e = &z->e[i];
+		const zip_uint64_t want = ZIP_STAT_NAME | ZIP_STAT_SIZE |
+		    ZIP_STAT_COMP_SIZE | ZIP_STAT_CRC | ZIP_STAT_COMP_METHOD |
+		    ZIP_STAT_ENCRYPTION_METHOD;
+		zip_stat_t st;
 		const char *nm = zip_get_name(za, i, ZIP_FL_ENC_RAW);
-		if (nm == NULL || strcmp(nm, z->e[i].name) != 0) {
-			r = bad("entry names differ between readers: %s", z->e[i].name);
+		if (nm == NULL || strcmp(nm, e->name) != 0) {
+			r = bad("entry names differ between readers: %s", e->name);
 			goto out;
 		}
+		zip_stat_init(&st);
+		if (zip_stat_index(za, i, ZIP_FL_ENC_RAW, &st) != 0 ||
+		    (st.valid & want) != want || strcmp(st.name, e->name) != 0 ||
+		    st.size != e->usize || st.comp_size != e->csize ||
+		    st.crc != e->crc || st.comp_method != e->method ||
+		    st.encryption_method != ZIP_EM_NONE) {
+			r = bad("entry %s differs between readers (CRC, sizes or "
+			    "method)", e->name);
+			goto out;
+		}
+		if ((r = libzip_same_data(za, z, e, i)) != 0)
+			goto out;
 	}
 	if (keep) {
 		*keep = za;
@@ -824,12 +1063,11 @@ par_for(size_t n, uint64_t bytes, int (*fn)(void *, size_t), void *ctx)
 
 static int
 is_dir(const struct zent *e);
-static int
-is_sig_related(const char *name);
 
 /* Signing: one digest per covered entry, into digests[i * mdlen]. */
 struct sign_dig {
 	const struct zarc *z;
+	const uint8_t *role;
 	const EVP_MD *md;
 	size_t mdlen;
 	uint8_t *digests;
@@ -842,7 +1080,7 @@ sign_dig_one(void *ctx, size_t i)
 	const struct zent *e = &c->z->e[i];
 	uint8_t d[1][EVP_MAX_MD_SIZE];
 	int r;
-	if (is_dir(e) || is_sig_related(e->name))
+	if (c->role[i] != ROLE_ENTRY)
 		return 0;
 	if ((r = zent_digest(c->z, e, &c->md, 1, d)) != 0)
 		return r;
@@ -1222,25 +1460,6 @@ is_weak_digest_attr(const char *name, const char *suffix)
 	    strncasecmp(name, "MD5", 3) == 0 || strncasecmp(name, "MD2", 3) == 0;
 }
 
-/* Signature-related files directly under META-INF/: the only entries that
- * need not be covered by the manifest (as in the JAR specification). */
-static int
-is_sig_related(const char *name)
-{
-	const char *b, *dot;
-	if (strncasecmp(name, "META-INF/", 9) != 0)
-		return 0;
-	b = name + 9;
-	if (*b == '\0' || strchr(b, '/') != NULL)
-		return 0;
-	if (strcasecmp(b, "MANIFEST.MF") == 0 || strncasecmp(b, "SIG-", 4) == 0)
-		return 1;
-	if ((dot = strrchr(b, '.')) == NULL)
-		return 0;
-	return strcasecmp(dot, ".SF") == 0 || strcasecmp(dot, ".RSA") == 0 ||
-	    strcasecmp(dot, ".DSA") == 0 || strcasecmp(dot, ".EC") == 0;
-}
-
 static int
 is_dir(const struct zent *e)
 {
@@ -1265,6 +1484,115 @@ digest_b64(const EVP_MD *md, const void *p, size_t n, char **out)
 		return HSMFS_ERR_CRYPTO;
 	}
 	return b64_of(d, dl, out);
+}
+
+/* What each entry is for the signature (JAR specification, made strict):
+ * the manifest; per signer exactly one X.SF with exactly one block
+ * (X.RSA, X.DSA or X.EC), names compared without case as Java does; the
+ * signer being replaced at signing (own: its base name, or NULL);
+ * directories; everything else, SIG-* and any other file under META-INF/
+ * included, is an ordinary entry the manifest must cover. */
+static const char *const block_exts[] = {".RSA", ".DSA", ".EC"};
+
+static int
+cmp_case(const void *a, const void *b)
+{
+	const struct zent *x = *(struct zent *const *)a, *y = *(struct zent *const *)b;
+	return strcasecmp(x->name, y->name);
+}
+
+/* Extension of a direct child of META-INF/: 1 .SF, 2 block, 3 manifest,
+ * 0 other (or not a direct child). */
+static int
+meta_kind(const char *name, size_t *baselen)
+{
+	const char *b, *dot;
+	if (strncasecmp(name, "META-INF/", 9) != 0)
+		return 0;
+	b = name + 9;
+	if (*b == '\0' || strchr(b, '/') != NULL)
+		return 0;
+	if (strcasecmp(b, "MANIFEST.MF") == 0)
+		return 3;
+	if ((dot = strrchr(b, '.')) == NULL || dot == b)
+		return 0;
+	*baselen = (size_t)(dot - b);
+	if (strcasecmp(dot, ".SF") == 0)
+		return 1;
+	for (size_t k = 0; k < 3; k++)
+		if (strcasecmp(dot, block_exts[k]) == 0)
+			return 2;
+	return 0;
+}
+
+static int
+meta_roles(const struct zarc *z, const char *own, uint8_t *role, int *block)
+{
+	struct zent **v = NULL, key, *kp = &key, **hit;
+	size_t nv = 0;
+	char nm[300];
+	int r = 0;
+
+	if ((v = calloc(z->n ? z->n : 1, sizeof(*v))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (size_t i = 0; i < z->n; i++) {
+		const struct zent *e = &z->e[i];
+		size_t bl = 0;
+		block[i] = -1;
+		role[i] = is_dir(e) ? ROLE_DIR : ROLE_ENTRY;
+		if (strncasecmp(e->name, "META-INF/", 9) == 0 &&
+		    strchr(e->name + 9, '/') == NULL)
+			v[nv++] = &z->e[i];
+		if (meta_kind(e->name, &bl) == 3)
+			role[i] = ROLE_MANIFEST;
+	}
+	qsort(v, nv, sizeof(*v), cmp_case);
+	for (size_t i = 1; i < nv; i++)
+		if (strcasecmp(v[i - 1]->name, v[i]->name) == 0) {
+			r = bad("two entries whose names differ only in case: %s",
+			    v[i]->name);
+			goto out;
+		}
+	for (size_t i = 0; i < z->n; i++) {
+		const char *name = z->e[i].name;
+		size_t bl = 0;
+		int kind = meta_kind(name, &bl), nb = 0;
+		if (kind != 1 && kind != 2)
+			continue;
+		if (own && bl == strlen(own) && strncasecmp(name + 9, own, bl) == 0) {
+			role[i] = ROLE_OWN;
+			continue;
+		}
+		if (kind != 1)
+			continue;
+		role[i] = ROLE_SF;
+		for (size_t k = 0; k < 3; k++) {
+			snprintf(nm, sizeof(nm), "%.*s%s", (int)(9 + bl), name,
+			    block_exts[k]);
+			key.name = nm;
+			if ((hit = bsearch(&kp, v, nv, sizeof(*v), cmp_case)) != NULL) {
+				block[i] = (int)(*hit - z->e);
+				role[block[i]] = ROLE_BLOCK;
+				nb++;
+			}
+		}
+		if (nb != 1) {
+			r = nb ? bad("%s has %d signature blocks (exactly one of "
+			    ".RSA/.DSA/.EC allowed)", name, nb) :
+			    bad("%s has no signature block (.RSA/.DSA/.EC)", name);
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < z->n; i++) {
+		size_t bl = 0;
+		if (role[i] == ROLE_ENTRY && meta_kind(z->e[i].name, &bl) == 2) {
+			r = bad("signature block %s without its .SF file", z->e[i].name);
+			goto out;
+		}
+	}
+out:
+	free(v);
+	return r;
 }
 
 /* The manifest entry, matched case-insensitively as Java does; two
@@ -1908,7 +2236,8 @@ jar_sign_ex(const char *in_path, const char *out_path,
 	long mf_index = -1;
 	struct sign_dig dig = {0};
 	struct new_entry ne[3];
-	uint8_t *keep = NULL;
+	uint8_t *keep = NULL, *role = NULL;
+	int *blockof = NULL;
 	time_t now = time(NULL);
 	int r, have_old = 0;
 
@@ -1934,6 +2263,24 @@ jar_sign_ex(const char *in_path, const char *out_path,
 		goto out;
 	if ((r = find_manifest(&z, &mf_index)) != 0)
 		goto out;
+	if ((role = calloc(z.n ? z.n : 1, 1)) == NULL ||
+	    (blockof = calloc(z.n ? z.n : 1, sizeof(*blockof))) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	if ((r = meta_roles(&z, signer, role, blockof)) != 0)
+		goto out;
+	/* Other signers' files are kept as they are: they too must inflate
+	 * exactly, so that no byte of the output goes unchecked. */
+	for (size_t i = 0; i < z.n; i++) {
+		uint8_t *b = NULL;
+		size_t bl = 0;
+		if (role[i] != ROLE_SF && role[i] != ROLE_BLOCK)
+			continue;
+		if ((r = zent_slurp(&z, &z.e[i], &b, &bl)) != 0)
+			goto out;
+		free(b);
+	}
 	if (mf_index >= 0) {
 		if ((r = zent_slurp(&z, &z.e[mf_index], &oldmf, &oldmflen)) != 0 ||
 		    (r = mf_parse((char *)oldmf, oldmflen, &old, "META-INF/MANIFEST.MF")) != 0)
@@ -1948,6 +2295,7 @@ jar_sign_ex(const char *in_path, const char *out_path,
 		goto out;
 	}
 	dig.z = &z;
+	dig.role = role;
 	dig.md = o->md;
 	dig.mdlen = (size_t)EVP_MD_get_size(o->md);
 	if ((dig.digests = calloc(z.n ? z.n : 1, dig.mdlen)) == NULL) {
@@ -1959,7 +2307,7 @@ jar_sign_ex(const char *in_path, const char *out_path,
 	for (size_t i = 0; i < z.n; i++) {
 		const struct zent *e = &z.e[i];
 		size_t start = mf.n;
-		if (is_dir(e) || is_sig_related(e->name))
+		if (role[i] != ROLE_ENTRY)
 			continue;
 		if ((r = b64_of(dig.digests + i * dig.mdlen, dig.mdlen, &b64)) != 0 ||
 		    (r = build_section(&mf, have_old ? &old : NULL, e->name, attr,
@@ -2009,13 +2357,8 @@ jar_sign_ex(const char *in_path, const char *out_path,
 		goto out;
 	}
 	for (size_t i = 0; i < z.n; i++) {
-		const char *nm = z.e[i].name, *dot;
-		if ((long)i == mf_index)
-			continue;
 		/* Our own earlier signature is replaced; other signers stay. */
-		if (is_sig_related(nm) && (dot = strrchr(nm, '.')) != NULL &&
-		    (size_t)(dot - (nm + 9)) == strlen(signer) &&
-		    strncasecmp(nm + 9, signer, strlen(signer)) == 0)
+		if (role[i] == ROLE_MANIFEST || role[i] == ROLE_OWN)
 			continue;
 		keep[i] = 1;
 	}
@@ -2089,6 +2432,8 @@ out:
 	free(sections);
 	free(dig.digests);
 	free(keep);
+	free(role);
+	free(blockof);
 	for (int k = 0; k < 3; k++)
 		free(ne[k].comp);
 	free(b64);
@@ -2171,8 +2516,22 @@ dn_rfc2253(X509_NAME *nm, char *out, size_t len)
 	BIO_free(b);
 }
 
+/* Keep in *na the earlier of itself and x's notAfter. */
+static void
+min_not_after(X509 *x, time_t *na)
+{
+	struct tm tm;
+	time_t t;
+	if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1 &&
+	    (t = timegm(&tm)) > 0 && (*na == 0 || t < *na))
+		*na = t;
+}
+
+/* The signer certificate is trusted; *na gets the earliest notAfter of the
+ * certificates that made it so (the whole chain up to the trusted root). */
 static int
-signer_trusted(X509 *cert, STACK_OF(X509) *chain, const struct jar_trust *t)
+signer_trusted(X509 *cert, STACK_OF(X509) *chain, const struct jar_trust *t,
+    time_t *na)
 {
 	int direct = 0, r;
 	uint32_t ku;
@@ -2184,6 +2543,7 @@ signer_trusted(X509 *cert, STACK_OF(X509) *chain, const struct jar_trust *t)
 			return bad("signer certificate is not yet valid");
 		if (X509_cmp_current_time(X509_get0_notAfter(cert)) <= 0)
 			return bad("signer certificate has expired");
+		min_not_after(cert, na);
 	} else if (t && t->store) {
 		X509_STORE_CTX *ctx = X509_STORE_CTX_new();
 		if (ctx == NULL)
@@ -2202,6 +2562,11 @@ signer_trusted(X509 *cert, STACK_OF(X509) *chain, const struct jar_trust *t)
 			return bad("signer certificate not trusted: %s",
 			    X509_verify_cert_error_string(e));
 		}
+		{
+			STACK_OF(X509) *vc = X509_STORE_CTX_get0_chain(ctx);
+			for (int k = 0; k < sk_X509_num(vc); k++)
+				min_not_after(sk_X509_value(vc, k), na);
+		}
 		X509_STORE_CTX_free(ctx);
 	} else {
 		return bad("signer certificate is not a configured ConfigZipSigner "
@@ -2211,6 +2576,12 @@ signer_trusted(X509 *cert, STACK_OF(X509) *chain, const struct jar_trust *t)
 	if ((X509_get_extension_flags(cert) & EXFLAG_KUSAGE) &&
 	    !(ku & KU_DIGITAL_SIGNATURE))
 		return bad("signer certificate lacks the digitalSignature key usage");
+	/* A certificate for something else (a TLS server, say) from the same
+	 * CA does not sign configuration. */
+	if ((X509_get_extension_flags(cert) & EXFLAG_XKUSAGE) &&
+	    !(X509_get_extended_key_usage(cert) & (XKU_CODE_SIGN | XKU_ANYEKU)))
+		return bad("signer certificate's extended key usage does not "
+		    "include codeSigning");
 	return 0;
 }
 
@@ -2288,18 +2659,10 @@ verify_signer(const struct zarc *z, int sf_i, int blk_i, const char *mfb,
 		goto out;
 	}
 	certs = CMS_get1_certs(cms);
-	if ((r = signer_trusted(cert, certs, t)) != 0)
+	if ((r = signer_trusted(cert, certs, t, &v->not_after)) != 0)
 		goto out;
 	if (v->signer[0] == '\0')
 		dn_rfc2253(X509_get_subject_name(cert), v->signer, sizeof(v->signer));
-	{
-		time_t na;
-		struct tm tm;
-		const ASN1_TIME *at = X509_get0_notAfter(cert);
-		if (ASN1_TIME_to_tm(at, &tm) == 1 && (na = timegm(&tm)) > 0 &&
-		    (v->not_after == 0 || na < v->not_after))
-			v->not_after = na;
-	}
 
 	if ((r = mf_parse((char *)sfb, sfl, sfm, z->e[sf_i].name)) != 0)
 		goto out;
@@ -2415,7 +2778,8 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 	struct zarc z;
 	struct mf m, *sfm = NULL;
 	struct verify_dig vd = {0};
-	uint8_t *mfb = NULL;
+	uint8_t *mfb = NULL, *role = NULL;
+	int *blockof = NULL;
 	size_t mfl = 0, nsig = 0;
 	long mf_l = -1;
 	int mf_i = -1, r;
@@ -2445,41 +2809,21 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 		r = HSMFS_ERR_NOMEM;
 		goto out;
 	}
+	if ((role = calloc(z.n ? z.n : 1, 1)) == NULL ||
+	    (blockof = calloc(z.n ? z.n : 1, sizeof(*blockof))) == NULL) {
+		r = HSMFS_ERR_NOMEM;
+		goto out;
+	}
+	if ((r = meta_roles(&z, NULL, role, blockof)) != 0)
+		goto out;
 	/* Every signer present must verify and be trusted. */
 	for (size_t i = 0; i < z.n; i++) {
-		const char *nm = z.e[i].name, *dot;
-		char blkname[300];
-		int blk_i = -1;
-		static const char *const exts[] = {".RSA", ".DSA", ".EC"};
-		if (!is_sig_related(nm) || (dot = strrchr(nm, '.')) == NULL ||
-		    strcasecmp(dot, ".SF") != 0)
+		if (role[i] != ROLE_SF)
 			continue;
-		for (size_t k = 0; k < 3 && blk_i < 0; k++) {
-			snprintf(blkname, sizeof(blkname), "%.*s%s", (int)(dot - nm),
-			    nm, exts[k]);
-			blk_i = find_entry(&z, blkname);
-		}
-		if (blk_i < 0) {
-			r = bad("%s has no signature block (.RSA/.DSA/.EC)", nm);
-			goto out;
-		}
-		if ((r = verify_signer(&z, (int)i, blk_i, (char *)mfb, mfl, &m, t, v,
-		    &sfm[nsig])) != 0)
+		if ((r = verify_signer(&z, (int)i, blockof[i], (char *)mfb, mfl, &m,
+		    t, v, &sfm[nsig])) != 0)
 			goto out;
 		nsig++;
-	}
-	for (size_t i = 0; i < z.n; i++) {
-		const char *nm = z.e[i].name, *dot;
-		char sfname[300];
-		if (!is_sig_related(nm) || (dot = strrchr(nm, '.')) == NULL ||
-		    strcasecmp(dot, ".SF") == 0 || strcasecmp(dot, ".MF") == 0 ||
-		    strncasecmp(nm + 9, "SIG-", 4) == 0)
-			continue;
-		snprintf(sfname, sizeof(sfname), "%.*s.SF", (int)(dot - nm), nm);
-		if (find_entry(&z, sfname) < 0) {
-			r = bad("signature block %s without its .SF file", nm);
-			goto out;
-		}
 	}
 	if (nsig == 0) {
 		r = bad("unsigned zip (no signature file in META-INF)");
@@ -2504,7 +2848,7 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 		const struct zent *e = &z.e[i];
 		struct dattr d[3];
 		int weak = 0;
-		if (is_dir(e) || is_sig_related(e->name))
+		if (role[i] != ROLE_ENTRY)
 			continue;
 		if ((vd.ms[i] = mf_find(&m, e->name)) == NULL) {
 			r = bad("entry %s is not signed (not in the manifest)", e->name);
@@ -2533,6 +2877,8 @@ out:
 		mf_free(&sfm[k]);
 	free(sfm);
 	free(vd.ms);
+	free(role);
+	free(blockof);
 	mf_free(&m);
 	free(mfb);
 	zarc_close(&z);

@@ -20,6 +20,12 @@
  * about 1032, so honest text stays far below; zeros-bombs do not). */
 #define JAR_MAX_RATIO 200
 #define JAR_RATIO_MIN_SIZE (1u << 20)
+/* Work budget over the whole zip, small entries included: the sum of the
+ * entries' inflated sizes plus JAR_ENTRY_COST per entry may not exceed
+ * JAR_BUDGET_RATIO times the file size plus JAR_BUDGET_SLACK. */
+#define JAR_BUDGET_RATIO 200
+#define JAR_BUDGET_SLACK (1u << 20)
+#define JAR_ENTRY_COST 4096
 
 struct jar_sign_opts {
 	hsm_key *key;            /* private key + certificate (embedded) */
@@ -58,7 +64,8 @@ struct jar_verdict {
 	int valid;
 	char signer[512];        /* subject DN, RFC 2253, when valid */
 	char reason[512];        /* when invalid */
-	time_t not_after;        /* earliest signer notAfter (cache lifetime) */
+	time_t not_after;        /* earliest notAfter of every signer's chain, up to
+	                            its trusted root (cache lifetime) */
 };
 
 /* Verify the zip at path. Returns 0 with v->valid = 1, or
