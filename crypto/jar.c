@@ -31,6 +31,9 @@
 #define MAX_META (16u << 20)    /* manifest / .SF / block size cap */
 #define JAR_THREADS 4           /* entry digests in parallel, at most */
 #define PAR_MIN_BYTES (8u << 20)
+/* Where readers look for the end record: a maximal comment, the record
+ * and a zip64 locator before it. */
+#define TAIL_WINDOW (65535 + 22 + 20)
 
 /* ---------------------------------------------------------------- */
 /* Zip structure                                                     */
@@ -326,7 +329,7 @@ zarc_find_end(struct zarc *z, uint64_t *cd_off, uint64_t *cd_size,
 
 	if (z->size < 22)
 		return bad("not a zip file (too short)");
-	tl = z->size < 22 + 65535 ? (size_t)z->size : 22 + 65535;
+	tl = z->size < TAIL_WINDOW ? (size_t)z->size : TAIL_WINDOW;
 	if ((tail = malloc(tl)) == NULL)
 		return HSMFS_ERR_NOMEM;
 	if ((r = zread(z, z->size - tl, tail, tl)) != 0)
@@ -345,6 +348,16 @@ zarc_find_end(struct zarc *z, uint64_t *cd_off, uint64_t *cd_size,
 		    bad("not a zip file (no end of central directory)");
 		goto out;
 	}
+	/* Readers look for the end record in this window (libzip tries every
+	 * candidate there and keeps the "most consistent" one): no second
+	 * end-record signature, not even inside entry data or a comment. */
+	for (size_t i = 0; i + 4 <= tl; i++)
+		if (tail[i] == 'P' && le32(tail + i) == 0x06054b50 &&
+		    z->size - tl + i != (uint64_t)pos) {
+			r = bad("a second end-of-central-directory signature at offset "
+			    "%llu", (unsigned long long)(z->size - tl + i));
+			goto out;
+		}
 	{
 		const uint8_t *e = tail + (pos - (int64_t)(z->size - tl));
 		uint16_t disk = le16(e + 4), cddisk = le16(e + 6);
@@ -429,25 +442,19 @@ out:
 	return r;
 }
 
-/* Zip structure signatures ("PK" 1 2, 5 6, 6 6, 6 7) may appear only where
- * we parsed them: the central directory records, the zip64 end record and
- * locator, the end record. Readers look for the end record in the last
- * 64 KiB + 42 bytes (libzip tries every candidate there and keeps the
- * "most consistent" one), so no other end-record signature may appear
- * there either, even inside entry data. */
+/* Zip structure signatures ("PK" 1 2, 5 6, 6 6, 6 7) may appear after the
+ * entries only where we parsed them: the central directory records, the
+ * zip64 end record and locator, the end record. */
 static int
 zarc_scan_tail(const struct zarc *z, uint64_t cd_off)
 {
-	const uint64_t window = 65535 + 22 + 20;
-	uint64_t from = z->size > window ? z->size - window : 0, pos;
+	uint64_t pos;
 	size_t ci = 0;
 	uint8_t *buf;
 	int r = 0;
-	if (cd_off < from)
-		from = cd_off;
 	if ((buf = malloc(CHUNK + 3)) == NULL)
 		return HSMFS_ERR_NOMEM;
-	for (pos = from; pos < z->size && r == 0;) {
+	for (pos = cd_off; pos < z->size && r == 0;) {
 		size_t n = z->size - pos > CHUNK + 3 ? CHUNK + 3 : (size_t)(z->size - pos);
 		size_t step = n > CHUNK ? CHUNK : n;
 		if ((r = zread(z, pos, buf, n)) != 0)
@@ -463,8 +470,6 @@ zarc_scan_tail(const struct zarc *z, uint64_t cd_off)
 				    "offset %llu", (unsigned long long)at);
 				break;
 			}
-			if (at < cd_off)
-				continue;
 			if (sig == 0x02014b50) {
 				while (ci < z->n && z->e[ci].cdoff < at)
 					ci++;

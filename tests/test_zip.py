@@ -2,8 +2,10 @@
 checked with the real jarsigner and openssl both ways, hostile zips
 rejected with a reason, and the daemon's memory on a large zip."""
 import errno
+import importlib.util
 import os
 import re
+import ssl
 import struct
 import subprocess
 import zipfile
@@ -135,7 +137,20 @@ def pki(hsm, tmp_path_factory):
                     "20210101000000Z", "-extensions", "ext", "-notext"],
                    cwd=d, check=True, capture_output=True)
     expired = p12_from(ekey, ecert, "expired")
-    return {"dir": d, "trust": trust, "good": good, "self": selfp,
+    # CA-issued with an extended key usage: TLS server (class 7 of issue
+    # 12: not for signing configuration), code signing; and one outliving
+    # the CA (the verdict expires with the earliest notAfter of the chain).
+    ekus = {}
+    for name, eku, days in (("tls", "serverAuth", 365),
+                            ("codesign", "codeSigning", 365),
+                            ("longlived", None, 9000)):
+        k, c = str(d / f"{name}.key"), str(d / f"{name}.csr")
+        run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout",
+             k, "-out", c, "-subj", f"/CN={name} signer/O=hsmfs tests"])
+        ekus[name] = p12_from(k, hsm.issue_cert(f"/CN={name} signer/O=hsmfs tests",
+                                                csr=c, out=str(d / f"{name}.pem"),
+                                                eku=eku, days=days), name)
+    return {**ekus, "dir": d, "trust": trust, "good": good, "self": selfp,
             "expired": expired}
 
 
@@ -531,7 +546,7 @@ HOSTILE = ["unsigned", "modified", "added", "removed", "sf-modified",
            "rsa-removed", "self-signed", "expired", "sha1", "duplicate",
            "local-central-mismatch", "prepended", "appended", "traversal",
            "absolute", "bomb-declared-small", "bomb-ratio", "two-manifests",
-           "dir-with-data"]
+           "dir-with-data", "tls-server-cert", "sig-file-added"]
 
 
 @pytest.fixture(scope="module")
@@ -610,6 +625,12 @@ def test_verify_in_rejects(zm, pki, tmp_path, signed_by_jarsigner, case, request
         data = _rezip(good, out, add={"meta-inf/manifest.mf":
                                       b"Manifest-Version: 1.0\r\n\r\n"}).read_bytes()
         why = "two manifests"
+    elif case == "tls-server-cert":
+        data = jarsign(pki["tls"], make_zip(out)).read_bytes()
+        why = "extended key usage does not include codeSigning"
+    elif case == "sig-file-added":
+        data = _rezip(good, out, add={"META-INF/SIG-X.SIG": b"x"}).read_bytes()
+        why = "entry META-INF/SIG-X.SIG is not signed"
     elif case == "dir-with-data":
         data = _rezip(good, out, add={"hidden/": b"bytes no digest covers"}).read_bytes()
         why = "directory entry with data"
@@ -705,6 +726,111 @@ def test_committed_fixtures(hsm, mount_factory, name, valid):
         with pytest.raises(OSError) as e:
             open(dst, "rb")
         assert e.value.errno == errno.EBADMSG
+
+
+def _forged():
+    """The issue-12 fixtures: (file name, expected reason) for each class
+    and base zip, from tests/data/jar/make_forged.py."""
+    spec = importlib.util.spec_from_file_location("make_forged",
+                                                  FIXTURES / "make_forged.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, [(f"{cls}.{tag}.zip", why) for cls, (_, why) in mod.FIXTURES.items()
+                 for tag in mod.BASES]
+
+
+FORGED = _forged()[1]
+
+
+def test_forged_fixtures_match_their_script(tmp_path):
+    mod, forged = _forged()
+    mod.main(tmp_path)
+    for name, _ in forged:
+        assert (tmp_path / name).read_bytes() == (FIXTURES / name).read_bytes(), name
+    readme = (FIXTURES / "README").read_text()
+    for cls in mod.FIXTURES:
+        assert f"{cls}." in readme, cls
+
+
+@pytest.mark.parametrize("name,why", FORGED)
+def test_forged_fixtures_refused_by_verify_zip(name, why):
+    """Each class of issue 12, built on a jarsigner- and an hsmfs-signed zip."""
+    p = run([TOOL, "verify-zip", "--truststore", str(FIXTURES / "fixture-signer.pem"),
+             str(FIXTURES / name)], check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stdout.startswith("invalid: ") and why in p.stdout, p.stdout
+
+
+def test_forged_fixtures_refused_on_the_mount(hsm, mount_factory):
+    """The same fixtures through /verify-in (EBADMSG, reason in the
+    attribute) and, where the zip's structure is at fault, through
+    /sign-out (EINVAL: the signer reads its input with the same reader)."""
+    m = mount_factory(opts={"truststore": str(FIXTURES / "fixture-signer.pem")})
+    for name, why in FORGED:
+        data = (FIXTURES / name).read_bytes()
+        dst = m.path("verify-in", name)
+        assert write_file(dst, data) == 0
+        with pytest.raises(OSError) as e:
+            open(dst, "rb")
+        assert e.value.errno == errno.EBADMSG, name
+        v = xattr(dst, "user.hsmfs.verify")
+        assert v.startswith("invalid: ") and why in v, (name, v)
+        if name.startswith("c3-"):
+            continue        # well-formed zips: signing them is fine
+        dst = m.path("sign-out", name)
+        assert write_file(dst, data) == errno.EINVAL, name
+        v = xattr(dst, "user.hsmfs.sign")
+        assert v.startswith("invalid: ") and why in v, (name, v)
+
+
+def test_sign_out_refuses_what_readers_would_read_differently(zm, tmp_path):
+    """A stored entry holding an end-record signature within the last
+    64 KiB: libzip would consider it as the end of the zip."""
+    fake = b"PK\x05\x06" + bytes(18)
+    src = make_zip(tmp_path / "a.zip", extra=[("data/blob.bin", fake)])
+    dst = zm.path("sign-out", "a.zip")
+    assert write_file(dst, src.read_bytes()) == errno.EINVAL
+    assert "second end-of-central-directory signature" in xattr(dst, "user.hsmfs.sign")
+
+
+def test_sign_out_signs_other_meta_inf_files(zm, pki, tmp_path):
+    """Files under META-INF/ other than the signature's own are covered by
+    the manifest (verify-in refuses them otherwise); jarsigner agrees."""
+    src = make_zip(tmp_path / "a.zip", extra=[("META-INF/SIG-notes.txt", b"n\n"),
+                                              ("META-INF/app.properties", b"a=1\n")])
+    dst = zm.path("sign-out", "a.zip")
+    assert write_file(dst, src.read_bytes()) == 0
+    signed = tmp_path / "signed.zip"
+    signed.write_bytes(Path(dst).read_bytes())
+    with zipfile.ZipFile(signed) as z:
+        mf = z.read("META-INF/MANIFEST.MF").replace(b"\r\n ", b"")
+    assert b"Name: META-INF/SIG-notes.txt\r\n" in mf
+    assert b"Name: META-INF/app.properties\r\n" in mf
+    p = run([TOOL, "verify-zip", "-o", f"config={zm.config}", str(signed)], check=False)
+    assert p.returncode == 0 and p.stdout.startswith("valid"), p.stdout
+    p = jarsigner_verify(signed, pki["trust"])
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_verify_in_code_signing_eku_and_chain_expiry(zm, pki, tmp_path):
+    """An extendedKeyUsage with codeSigning is accepted; the cached verdict
+    of a signer outliving its CA expires with the CA."""
+    for name in ("codesign", "longlived"):
+        data = jarsign(pki[name], make_zip(tmp_path / f"{name}.zip")).read_bytes()
+        dst = zm.path("verify-in", f"{name}.zip")
+        assert write_file(dst, data) == 0
+        assert Path(dst).read_bytes() == data
+        v = xattr(dst, "user.hsmfs.verify")
+        assert v.startswith("valid signer=") and f"CN={name} signer" in v, v
+    ca_end = run(["openssl", "x509", "-noout", "-enddate", "-in",
+                  zm.hsm.ca_cert]).stdout.strip().split("=", 1)[1]
+    leaf_end = run(["openssl", "x509", "-noout", "-enddate", "-in",
+                    str(pki["dir"] / "longlived.pem")]).stdout.strip().split("=", 1)[1]
+    ca_t, leaf_t = ssl.cert_time_to_seconds(ca_end), ssl.cert_time_to_seconds(leaf_end)
+    assert leaf_t > ca_t
+    lines = [f.read_text() for f in (Path(zm.store) / "verify-in" / ".verdict").iterdir()]
+    mine = [l for l in lines if "CN=longlived signer" in l]
+    assert len(mine) == 1 and int(mine[0].split()[0]) == ca_t, lines
 
 
 def test_kill9_keeps_acknowledged_zips(hsm, mount_factory, tmp_path):
