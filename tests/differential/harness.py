@@ -184,7 +184,8 @@ def python_view(path):
 
 def unzip_view(path):
     """Info-ZIP: names from `unzip -Z1`, bytes from what `unzip` extracts
-    (one process per zip; a directory extracts as a directory, no bytes)."""
+    (a directory extracts as a directory, no bytes; an entry extracted as a
+    symbolic link is not the bytes hsmfs read: a disagreement)."""
     v = View()
     env = dict(os.environ, LC_ALL="C.UTF-8")
     p = subprocess.run(["unzip", "-Z1", path], capture_output=True, env=env)
@@ -201,15 +202,20 @@ def unzip_view(path):
             e = Entry(raw.hex(), "error")
             f = os.path.join(d.encode(), raw)
             try:
-                st = os.lstat(f)
                 if os.path.islink(f):
-                    data = os.readlink(f)
-                elif os.path.isdir(f):
+                    # what a consumer opening the file gets is another file
+                    e.error = f"extracted as a symbolic link to {os.readlink(f)[:60]!r}"
+                    v.entries.append(e)
+                    continue
+                if os.path.isdir(f):
                     data = b""
+                elif raw.endswith(b"/"):
+                    e.error = "a file, not a directory, where the directory should be"
+                    v.entries.append(e)
+                    continue
                 else:
                     data = Path(os.fsdecode(f)).read_bytes()
                 e = Entry(raw.hex(), "bytes", len(data), hashlib.sha256(data).hexdigest())
-                del st
             except OSError as err:
                 e.error = f"not extracted ({err.strerror}; unzip rc={x.returncode}: {msg[:200]})"
             v.entries.append(e)

@@ -1,0 +1,136 @@
+/* libFuzzer target: the differential rule of tests/differential/ in
+ * process. Whenever hsmfs finds a zip valid (signer: the committed fixture
+ * certificate, tests/data/jar/fixture-signer.pem), libzip, opened with and
+ * without ZIP_CHECKCONS, must list exactly hsmfs's entries (same names,
+ * same order) and give exactly the bytes hsmfs read for each (compared by
+ * size and SHA-256; a directory holds none). A disagreement aborts.
+ * White-box: crypto/jar.c is included, so that hsmfs's view is the
+ * verifier's own parse (zarc_open) and inflate (zent_digest). Seeds: the
+ * signed fixtures and mutants of them (tests/differential/mutate.py). */
+#include "fuzz_common.h"
+#include "crypto/jar.c"
+
+static const char fixture_signer_pem[] =
+	"-----BEGIN CERTIFICATE-----\n"
+	"MIIDHDCCAgSgAwIBAgIIeGaFP94fSxIwDQYJKoZIhvcNAQELBQAwNTEUMBIGA1UE\n"
+	"ChMLaHNtZnMgdGVzdHMxHTAbBgNVBAMTFGhzbWZzIGZpeHR1cmUgc2lnbmVyMCAX\n"
+	"DTI2MTEyNzA0NTA0NloYDzIxMjYxMTAzMDQ1MDQ2WjA1MRQwEgYDVQQKEwtoc21m\n"
+	"cyB0ZXN0czEdMBsGA1UEAxMUaHNtZnMgZml4dHVyZSBzaWduZXIwggEiMA0GCSqG\n"
+	"SIb3DQEBAQUAA4IBDwAwggEKAoIBAQCoBXXG7OXiQA0LIPCs5iVNlEFxR50HdptJ\n"
+	"V8Ft6Iz/q0yCTnrBBwIei1HU/8hbFFYI+s6rJOicLezmtMtxDcWTs9VpaQKcCTZg\n"
+	"aBc/HUIhI7rF1TtSHIjrIqA1lzX+MrurNUReWlTw2BF39mr2gUxAoIxAnPVbmPAh\n"
+	"WXshcMQAcw3me4gZSX5px38x7HV8IPIX13W6muqDJu2AkSDfMakZlLbGCnFYtWTZ\n"
+	"dYhRAF7fOhHQnB6JHcr6uzQrCxgWjX3ZzsahUypdy9nPIPxXeC4MQPb257w7SQ+F\n"
+	"YMS4JcAQwmVCQN8zAUYj9w4TST7friQPaukjMfQem1Qgs215/R0JAgMBAAGjLjAs\n"
+	"MB0GA1UdDgQWBBQ907yCrS94yciF7RGfR/nO0mrgRTALBgNVHQ8EBAMCB4AwDQYJ\n"
+	"KoZIhvcNAQELBQADggEBAGqExLLXebFeoDI7gn+j9847tK/Y3t+8rShYISRfEY1m\n"
+	"K19klUpT+t4pMOarcG9ks9onjqmxsGGq+u8PNn3n9hfVyYQQb6V79dlX5PogPEo+\n"
+	"dy6KR3NR4g7WbH4+85qcp3HWkmi5rcjY3n1Alil/npg9EXYExXI98J7bx5mxKNne\n"
+	"zIR+ggGtDDzvkKGriudjzNljL1Zl/pOBVzd/jNNcKwRkS/6ALVT9pATr32nqgblb\n"
+	"UwBmSl3JI0SwOzMgtlOUC9nMR3KY+MdWXTG2oP17bJ8zri1RiyoGxxXG/YfflqMR\n"
+	"YYVKAa92kbJM092QzWnsWLPXH7yZZ6h4CWZ9lnXcNqM=\n"
+	"-----END CERTIFICATE-----\n"
+	;
+
+static X509 *fixture_cert;
+
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	BIO *b = BIO_new_mem_buf(fixture_signer_pem, -1);
+
+	fuzz_init(".zip");
+	if (b == NULL || (fixture_cert = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL)
+		abort();
+	BIO_free(b);
+	return 0;
+}
+
+static void
+disagree(const char *what, const char *name)
+{
+	fprintf(stderr, "zipdiff: hsmfs says valid, libzip disagrees: %s%s%s\n",
+	    what, name ? ": " : "", name ? name : "");
+	abort();
+}
+
+/* libzip's bytes of entry i against hsmfs's (size usize, SHA-256 d). */
+static void
+compare_entry(zip_t *za, zip_uint64_t i, const struct zent *e, int dir,
+    const uint8_t *d)
+{
+	static uint8_t buf[65536];
+	zip_file_t *f = zip_fopen_index(za, i, 0);
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	uint8_t got[EVP_MAX_MD_SIZE];
+	uint64_t total = 0;
+	zip_int64_t n;
+
+	if (f == NULL)
+		disagree("libzip cannot open the entry", e->name);
+	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+		abort();
+	while ((n = zip_fread(f, buf, sizeof(buf))) > 0) {
+		EVP_DigestUpdate(ctx, buf, (size_t)n);
+		total += (uint64_t)n;
+	}
+	if (n < 0)
+		disagree("libzip cannot read the entry", e->name);
+	zip_fclose(f);
+	EVP_DigestFinal_ex(ctx, got, NULL);
+	EVP_MD_CTX_free(ctx);
+	if (dir ? total != 0 : total != e->usize || memcmp(got, d, 32) != 0)
+		disagree(dir ? "a directory holds bytes" : "entry bytes differ", e->name);
+}
+
+static void
+check_libzip(const struct zarc *z, int flags, uint8_t (*dig)[EVP_MAX_MD_SIZE])
+{
+	int ze = 0;
+	zip_t *za = zip_open(fuzz_path, ZIP_RDONLY | flags, &ze);
+
+	if (za == NULL)
+		disagree(flags ? "libzip (ZIP_CHECKCONS) refuses the zip" :
+		    "libzip refuses the zip", NULL);
+	if ((uint64_t)zip_get_num_entries(za, 0) != z->n)
+		disagree("entry count", NULL);
+	for (size_t i = 0; i < z->n; i++) {
+		const char *nm = zip_get_name(za, i, ZIP_FL_ENC_RAW);
+		if (nm == NULL || strlen(nm) != z->e[i].nlen ||
+		    memcmp(nm, z->e[i].name, z->e[i].nlen) != 0)
+			disagree("entry name", z->e[i].name);
+		compare_entry(za, i, &z->e[i], is_dir(&z->e[i]), dig[i]);
+	}
+	zip_discard(za);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
+{
+	X509 *certs[1] = { fixture_cert };
+	struct jar_trust t = { certs, 1, NULL };
+	struct jar_verdict v;
+	struct zarc z;
+	uint8_t (*dig)[EVP_MAX_MD_SIZE] = NULL;
+	const EVP_MD *md = EVP_sha256();
+
+	fuzz_write(data, len);
+	if (jar_verify(fuzz_path, &t, &v) != 0 || !v.valid) {
+		err_clear();
+		return 0;
+	}
+	/* hsmfs's view: its parse and the bytes its inflate gives. */
+	if (zarc_open(fuzz_path, &z) != 0)
+		disagree("valid, but hsmfs's own parse fails", NULL);
+	if ((dig = calloc(z.n ? z.n : 1, sizeof(*dig))) == NULL)
+		abort();
+	for (size_t i = 0; i < z.n; i++)
+		if (!is_dir(&z.e[i]) && zent_digest(&z, &z.e[i], &md, 1, &dig[i]) != 0)
+			disagree("valid, but hsmfs cannot read an entry", z.e[i].name);
+	check_libzip(&z, 0, dig);
+	check_libzip(&z, ZIP_CHECKCONS, dig);
+	free(dig);
+	zarc_close(&z);
+	err_clear();
+	return 0;
+}
