@@ -190,7 +190,7 @@ def unzip_view(path):
     env = dict(os.environ, LC_ALL="C.UTF-8")
     p = subprocess.run(["unzip", "-Z1", path], capture_output=True, env=env)
     if p.returncode not in (0, 1):
-        v.error = (p.stderr or p.stdout).decode("utf-8", "replace").strip()[-300:]
+        v.error = " ".join((p.stderr or p.stdout).decode("utf-8", "replace").split())[:300]
         return v
     names = [n for n in p.stdout.split(b"\n") if n]
     v.ok = True
