@@ -299,14 +299,24 @@ def check(paths, trust=None, build=None, parsed=False, readers=READERS):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", help="meson build dir (default: $HSMFS_BUILD or ./build)")
-    ap.add_argument("--trust", help="PEM certificates trusted as signers",
-                    default=str(SRC / "tests" / "data" / "jar" / "fixture-signer.pem"))
+    ap.add_argument("--trust", help="PEM certificates trusted as signers (default: "
+                    "tests/data/jar/fixture-signer.pem and differential-signer.pem)")
     ap.add_argument("--parsed", action="store_true",
                     help="also compare zips hsmfs parses but does not find valid")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every verdict")
     ap.add_argument("zips", nargs="+")
     a = ap.parse_args()
-    rep = check(a.zips, a.trust, a.build, a.parsed)
+    tmp = None
+    if a.trust is None:
+        with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as tmp:
+            tmp.write((SRC / "tests" / "data" / "jar" / "fixture-signer.pem").read_bytes() +
+                      (HERE / "differential-signer.pem").read_bytes())
+        a.trust = tmp.name
+    try:
+        rep = check(a.zips, a.trust, a.build, a.parsed)
+    finally:
+        if tmp is not None:
+            os.unlink(tmp.name)
     if a.verbose:
         for p, v in rep.verdicts.items():
             print(f"{p}: {v}")

@@ -1,6 +1,7 @@
 /* libFuzzer target: the differential rule of tests/differential/ in
- * process. Whenever hsmfs finds a zip valid (signer: the committed fixture
- * certificate, tests/data/jar/fixture-signer.pem), libzip, opened with and
+ * process. Whenever hsmfs finds a zip valid (signers: the committed
+ * certificates tests/data/jar/fixture-signer.pem and
+ * tests/differential/differential-signer.pem), libzip, opened with and
  * without ZIP_CHECKCONS, must list exactly hsmfs's entries (same names,
  * same order) and give exactly the bytes hsmfs read for each (compared by
  * size and SHA-256; a directory holds none). A disagreement aborts.
@@ -32,17 +33,59 @@ static const char fixture_signer_pem[] =
 	"-----END CERTIFICATE-----\n"
 	;
 
-static X509 *fixture_cert;
+/* tests/differential/differential-signer.pem (signs base-utf8.zip) */
+static const char differential_signer_pem[] =
+	"-----BEGIN CERTIFICATE-----\n"
+	"MIIDPDCCAiSgAwIBAgIJAOGWrLrCm1EYMA0GCSqGSIb3DQEBCwUAMDoxFDASBgNV\n"
+	"BAoTC2hzbWZzIHRlc3RzMSIwIAYDVQQDExloc21mcyBkaWZmZXJlbnRpYWwgc2ln\n"
+	"bmVyMCAXDTI2MTIwNTIxNDgxOVoYDzIxMjYxMTExMjE0ODE5WjA6MRQwEgYDVQQK\n"
+	"Ewtoc21mcyB0ZXN0czEiMCAGA1UEAxMZaHNtZnMgZGlmZmVyZW50aWFsIHNpZ25l\n"
+	"cjCCASIwDQYJKoZIhvcNAQEBBQADggEPADCCAQoCggEBAKjCl0WZDdqqUrbFTPMM\n"
+	"xI0OvQoZdMyWWmVN+a3HeNyv+BHzxWj0+qB/p/AiTQwPWY3MdlcvjAGNavdoXiXP\n"
+	"3dccyGlA6KbEdFDh0d+ayk8BxIiQ8siIH8R0a0Z/y9kJoRObYNPUDMwUsWZhMOvM\n"
+	"IJxRt/NvWgVupS4o+qechlc6WNMAgnFTyLWeCXgE/9vAhLlI1bjExAA7tquRJh2J\n"
+	"vQIcBdJNbkyRYplQzYj8STLlaf+x9M/31w3wGMC8qf5poYFYQ2eXQ3LZPm+MgPmr\n"
+	"2AE45+bIZzfexTXzo8KKP+wb2uvY6biG1lxtTxlMrZ+tWjDrRzIBuLvGz5kjh8Y/\n"
+	"MKUCAwEAAaNDMEEwHQYDVR0OBBYEFCQ/8kCwXNLojE/wL8R8COp+k5JUMAsGA1Ud\n"
+	"DwQEAwIHgDATBgNVHSUEDDAKBggrBgEFBQcDAzANBgkqhkiG9w0BAQsFAAOCAQEA\n"
+	"nHY/OhvLp+bH4EQU7qgGyR37O9lOIcro+64jahrW75iFiadw5IJLJcIl+6WFvf/m\n"
+	"6lWAOBGsmfZIVvsZT/sw5JUxY9UpSdWHdb/a2JxE9lV0aqfdQ+gdWosKTjbwjzNG\n"
+	"BY0k3iU2y/A2uQwOCFdY8oKRFFWQyz6tmRiK+Zl87H/8KEdZapwjjGNhIM9kJGpM\n"
+	"WXXZ7w/hoKNA5S7DvVdLD/U+rZ6OKkOMhqyEkAAycmw68hqaEKr5vPw0/Uopa969\n"
+	"YAi4AJ29uuVfwQdwkxf7P2sdNUERFxEKokI09515M3Wiu4euwAm04jeJk/caHIL7\n"
+	"sCwLbFmpi2LkUF3GE/XB7g==\n"
+	"-----END CERTIFICATE-----\n"
+	;
+
+static X509 *signer_certs[2];
+static unsigned long nvalid, nrun;
+
+static void
+report(void)
+{
+	fprintf(stderr, "zipdiff: %lu inputs, %lu valid, compared with libzip\n",
+	    nrun, nvalid);
+}
+
+static X509 *
+pem_cert(const char *pem)
+{
+	BIO *b = BIO_new_mem_buf(pem, -1);
+	X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+
+	BIO_free(b);
+	if (x == NULL)
+		abort();
+	return x;
+}
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	BIO *b = BIO_new_mem_buf(fixture_signer_pem, -1);
-
 	fuzz_init(".zip");
-	if (b == NULL || (fixture_cert = PEM_read_bio_X509(b, NULL, NULL, NULL)) == NULL)
-		abort();
-	BIO_free(b);
+	signer_certs[0] = pem_cert(fixture_signer_pem);
+	signer_certs[1] = pem_cert(differential_signer_pem);
+	atexit(report);
 	return 0;
 }
 
@@ -107,18 +150,19 @@ check_libzip(const struct zarc *z, int flags, uint8_t (*dig)[EVP_MAX_MD_SIZE])
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 {
-	X509 *certs[1] = { fixture_cert };
-	struct jar_trust t = { certs, 1, NULL };
+	struct jar_trust t = { signer_certs, 2, NULL };
 	struct jar_verdict v;
 	struct zarc z;
 	uint8_t (*dig)[EVP_MAX_MD_SIZE] = NULL;
 	const EVP_MD *md = EVP_sha256();
 
 	fuzz_write(data, len);
+	nrun++;
 	if (jar_verify(fuzz_path, &t, &v) != 0 || !v.valid) {
 		err_clear();
 		return 0;
 	}
+	nvalid++;
 	/* hsmfs's view: its parse and the bytes its inflate gives. */
 	if (zarc_open(fuzz_path, &z) != 0)
 		disagree("valid, but hsmfs's own parse fails", NULL);
