@@ -9,7 +9,8 @@ order and, for each, the same bytes (compared as length + SHA-256; a
 directory holds no bytes). Anything else is a disagreement.
 
 Library use: check(paths, trust, build) -> Report. Command line:
-  tests/differential/harness.py [--build DIR] [--trust PEM] [--parsed] ZIP...
+  tests/differential/harness.py [--build DIR] [--trust PEM] [--parsed]
+                                [--readers R,R...] ZIP...
 (--parsed also holds every reader to hsmfs's parse for zips that are not
 valid but that hsmfs's zip parser accepts with every entry readable: a
 stricter, informative rule; only disagreements on valid zips fail.)
@@ -31,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent.parent
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 READERS = ("libzip", "libzip-checkcons", "python", "unzip", "java")
+# Optional: java.util.zip.ZipInputStream, local headers only (streaming).
+EXTRA_READERS = ("java-stream",)
 
 
 @dataclass
@@ -135,8 +138,9 @@ def libzip_views(paths, checkcons, build=None):
 _java_dir = None
 
 
-def java_views(paths):
-    """java.util.zip.ZipFile: ZipRead.java compiled once per process."""
+def java_views(paths, stream=False):
+    """java.util.zip.ZipFile (or ZipInputStream with stream): ZipRead.java
+    compiled once per process."""
     global _java_dir
     if not paths:
         return {}
@@ -150,7 +154,8 @@ def java_views(paths):
         lst = f.name
     try:
         p = subprocess.run(["java", "-Xshare:auto", "-XX:TieredStopAtLevel=1",
-                            "-cp", _java_dir, "ZipRead", lst],
+                            "-cp", _java_dir, "ZipRead", lst] +
+                           (["--stream"] if stream else []),
                            capture_output=True, text=True, errors="replace")
     finally:
         os.unlink(lst)
@@ -277,6 +282,8 @@ def check(paths, trust=None, build=None, parsed=False, readers=READERS):
             views["libzip-checkcons"] = libzip_views(todo, True, build)
         if "java" in readers:
             views["java"] = java_views(todo)
+        if "java-stream" in readers:
+            views["java-stream"] = java_views(todo, stream=True)
         if "python" in readers:
             for p in todo:
                 views["python"][p] = python_view(p)
@@ -304,6 +311,9 @@ def main():
     ap.add_argument("--parsed", action="store_true",
                     help="also compare zips hsmfs parses but does not find valid")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every verdict")
+    ap.add_argument("--readers", default=",".join(READERS),
+                    help="comma-separated, from " + ", ".join(READERS + EXTRA_READERS) +
+                    " (default: all but java-stream)")
     ap.add_argument("zips", nargs="+")
     a = ap.parse_args()
     tmp = None
@@ -313,7 +323,10 @@ def main():
                       (HERE / "differential-signer.pem").read_bytes())
         a.trust = tmp.name
     try:
-        rep = check(a.zips, a.trust, a.build, a.parsed)
+        readers = tuple(a.readers.split(","))
+        if set(readers) - set(READERS + EXTRA_READERS):
+            ap.error(f"unknown reader in {a.readers}")
+        rep = check(a.zips, a.trust, a.build, a.parsed, readers)
     finally:
         if tmp is not None:
             os.unlink(tmp.name)

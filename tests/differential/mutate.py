@@ -364,7 +364,8 @@ def m_deflate_stored_blocks(r, a):
 
 def m_extra(r, a):
     e = r.choice(a.ents)
-    kind = r.choice(["unknown", "ts", "unix", "pad", "zip64", "zip64-both"])
+    kind = r.choice(["unknown", "ts", "unix", "pad", "zip64", "zip64-both", "upath",
+                     "upath"])
     where = r.choice(["local", "central", "both"])
     if kind == "unknown":
         x = struct.pack("<HH", 0xcafe, 4) + bytes(r.randrange(256) for _ in range(4))
@@ -372,6 +373,15 @@ def m_extra(r, a):
         x = struct.pack("<HHBI", 0x5455, 5, 1, 1700000000)
     elif kind == "unix":
         x = struct.pack("<HHBBIBI", 0x7875, 11, 1, 4, 1000, 4, 1000)
+    elif kind == "upath":
+        # Info-ZIP Unicode Path (0x7075): unzip and libzip take this name
+        # instead of the header's when its CRC matches the header name
+        k = r.choice(["same", "other", "other", "badcrc"])
+        nn = {"same": e.name, "badcrc": e.name + b"x"}.get(k, r.choice(
+            [x.name for x in a.ents if x is not e] or [b"evil.txt"]))
+        crc = zlib.crc32(e.name) ^ (k == "badcrc")
+        x = struct.pack("<HHBI", 0x7075, 5 + len(nn), 1, crc) + nn
+        kind = f"upath-{k}"
     elif kind == "pad":
         x = struct.pack("<HH", 0xd935, 2) + b"\0\0"
     else:
@@ -786,7 +796,7 @@ def mutants(base_bytes, count, seed, tag="m"):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", default="12")
-    ap.add_argument("--count", type=int, default=1500)
+    ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("outdir")
     ap.add_argument("bases", nargs="+")
     o = ap.parse_args()
