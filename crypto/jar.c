@@ -736,9 +736,12 @@ zarc_open(const char *path, struct zarc *z)
 		e->end = e->doff + e->csize;
 		if (e->flags & 0x0008) {
 			/* Data descriptor: optional signature, then CRC and sizes
-			 * (64-bit when the entry is zip64). The local header holds
-			 * zeros or the same values. */
-			size_t dl = z64 > 0 ? 20 : 12, off = 0;
+			 * (64-bit when the entry is zip64: a zip64 local header or a
+			 * size that needs it). The local header holds zeros or the
+			 * same values. */
+			int d64 = z64 > 0 || e->csize >= 0xffffffffu ||
+			    e->usize >= 0xffffffffu;
+			size_t dl = d64 ? 20 : 12, off = 0;
 			if ((le32(lh + 14) != 0 && le32(lh + 14) != e->crc) ||
 			    (lc != 0 && lc != 0xffffffffu && lc != e->csize) ||
 			    (lu != 0 && lu != 0xffffffffu && lu != e->usize)) {
@@ -753,8 +756,8 @@ zarc_open(const char *path, struct zarc *z)
 			if ((r = zread(z, e->end, dd, off + dl)) != 0)
 				goto out;
 			if (le32(dd + off) != e->crc ||
-			    (z64 > 0 ? le64(dd + off + 4) : le32(dd + off + 4)) != e->csize ||
-			    (z64 > 0 ? le64(dd + off + 12) : le32(dd + off + 8)) != e->usize) {
+			    (d64 ? le64(dd + off + 4) : le32(dd + off + 4)) != e->csize ||
+			    (d64 ? le64(dd + off + 12) : le32(dd + off + 8)) != e->usize) {
 				r = bad("data descriptor and central directory differ: %s",
 				    e->name);
 				goto out;

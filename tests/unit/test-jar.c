@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <zip.h>
 #include <openssl/pem.h>
@@ -336,6 +337,83 @@ test_many_entries(void)
 	ran++;
 }
 
+static hsm_key *
+open_p12(const char *name)
+{
+	struct hsm_key_spec spec = {0};
+	hsm_key *k = NULL;
+	spec.backend = HSM_BACKEND_P12;
+	spec.name = name;
+	spec.location = P(name);
+	spec.pin = "pw";
+	spec.require_cert = 1;
+	if (hsm_key_open(&spec, &k) != 0) {
+		fprintf(stderr, "open key %s: %s\n", name, err_detail());
+		exit(1);
+	}
+	return k;
+}
+
+static time_t
+not_after(X509 *x)
+{
+	struct tm tm;
+	if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1)
+		exit(1);
+	return timegm(&tm);
+}
+
+/* Issue 12 class 7 and the verdict's lifetime: a CA-issued certificate
+ * whose extendedKeyUsage lacks codeSigning does not sign; the expiry is
+ * the earliest notAfter of the chain (a signer outliving its CA expires
+ * with the CA). */
+static void
+test_eku_and_chain_expiry(void)
+{
+	static const char *const leaves[][2] = {
+		{"tls.p12", "extendedKeyUsage=serverAuth"},
+		{"code.p12", "extendedKeyUsage=codeSigning"},
+		{"any.p12", "extendedKeyUsage=anyExtendedKeyUsage"},
+		{"long.p12", "subjectKeyIdentifier=hash"}};
+	struct jar_verdict v;
+	int r;
+	for (size_t i = 0; i < 4; i++) {
+		struct jar_sign_opts o = {NULL, EVP_sha256(), "leaf", NULL, NULL};
+		struct jar_trust t = {NULL, 0, store};
+		char out[64];
+		sh("cd %s && openssl req -newkey rsa:2048 -nodes -keyout l.key -out l.csr "
+		    "-subj '/CN=leaf %zu' 2>/dev/null && "
+		    "printf 'keyUsage=critical,digitalSignature\n%s\n' > lext && "
+		    "openssl x509 -req -in l.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+		    "-days %d -extfile lext -out l.pem 2>/dev/null && "
+		    "openssl pkcs12 -export -inkey l.key -in l.pem -out %s -passout pass:pw "
+		    "-name %s", dir, i, leaves[i][1], i == 3 ? 400 : 20, leaves[i][0],
+		    leaves[i][0]);
+		o.key = open_p12(leaves[i][0]);
+		snprintf(out, sizeof(out), "eku-%zu.zip", i);
+		if (jar_sign(P("in.zip"), P(out), &o) != 0) {
+			fprintf(stderr, "jar_sign: %s\n", err_detail());
+			exit(1);
+		}
+		r = jar_verify(P(out), &t, &v);
+		if (i == 0) {
+			CHECK(r == HSMFS_ERR_BADMSG && !v.valid &&
+			    strstr(v.reason, "does not include codeSigning") != NULL,
+			    "TLS server certificate: r=%d %s", r, v.reason);
+		} else {
+			time_t leaf = not_after(hsm_key_cert(o.key)), ca = not_after(ca_cert);
+			CHECK(r == 0 && v.valid, "%s: %s", leaves[i][0], v.reason);
+			CHECK(v.not_after == (leaf < ca ? leaf : ca),
+			    "%s: not_after %lld, leaf %lld, CA %lld", leaves[i][0],
+			    (long long)v.not_after, (long long)leaf, (long long)ca);
+			if (i == 3)
+				CHECK(leaf > ca && v.not_after == ca, "long-lived leaf");
+		}
+		hsm_key_free(o.key);
+	}
+	ran++;
+}
+
 static void
 test_signer_name(void)
 {
@@ -390,6 +468,7 @@ main(void)
 	test_tamper();
 	test_hostile();
 	test_many_entries();
+	test_eku_and_chain_expiry();
 	hsm_key_free(key);
 	X509_STORE_free(store);
 	X509_free(ca_cert);
