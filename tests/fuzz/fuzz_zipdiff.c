@@ -147,6 +147,78 @@ check_libzip(const struct zarc *z, int flags, uint8_t (*dig)[EVP_MAX_MD_SIZE])
 	zip_discard(za);
 }
 
+size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
+
+/* The last valid inputs seen: the corpus fills with invalid zips (each
+ * refusal is new coverage), so mutations start from one of these half of
+ * the time. */
+#define POOL 64
+static struct {
+	uint8_t *p;
+	size_t n;
+} pool[POOL];
+static size_t npool, pool_next;
+
+static void
+pool_add(const uint8_t *data, size_t len)
+{
+	uint8_t *c = malloc(len ? len : 1);
+	if (c == NULL)
+		return;
+	memcpy(c, data, len);
+	free(pool[pool_next].p);
+	pool[pool_next].p = c;
+	pool[pool_next].n = len;
+	pool_next = (pool_next + 1) % POOL;
+	if (npool < POOL)
+		npool++;
+}
+
+/* Most of a signed zip is signed bytes: a random change there only breaks
+ * the signature. Three times in four, change in place, without moving
+ * anything, the 46 bytes after a random "PK\x01\x02"-style signature (a
+ * local header, central record, descriptor, end or zip64 record), where a
+ * change can keep the signature valid and still move what readers see:
+ * one byte or bit (twice in four), or libFuzzer's mutations of the window.
+ * Half of the time the input is first replaced by a valid one of the pool. */
+size_t
+LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
+    unsigned int seed)
+{
+	size_t sig[512], n = 0, at, w, got;
+	uint8_t win[46];
+
+	if (npool > 0 && (seed & 0x40)) {
+		size_t k = (seed >> 20) % npool;
+		if (pool[k].n <= max_size) {
+			memcpy(data, pool[k].p, pool[k].n);
+			size = pool[k].n;
+		}
+	}
+	for (size_t i = 0; i + 4 <= size && n < 512; i++)
+		if (data[i] == 'P' && data[i + 1] == 'K' && data[i + 2] < 9 &&
+		    data[i + 3] < 9)
+			sig[n++] = i;
+	if (n == 0 || seed % 4 == 0)
+		return LLVMFuzzerMutate(data, size, max_size);
+	at = sig[(seed / 4) % n] + 4;
+	w = size - at < sizeof(win) ? size - at : sizeof(win);
+	if (w == 0)
+		return LLVMFuzzerMutate(data, size, max_size);
+	if (seed % 4 != 1) {
+		size_t k = at + (seed >> 8) % w;
+		if (seed & 0x80)
+			data[k] ^= (uint8_t)(1u << ((seed >> 4) & 7));
+		else
+			data[k] = (uint8_t)(seed >> 16);
+		return size;
+	}
+	memcpy(win, data + at, w);
+	got = LLVMFuzzerMutate(win, w, w);
+	memcpy(data + at, win, got);
+	return size;
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 {
@@ -163,6 +235,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 		return 0;
 	}
 	nvalid++;
+	pool_add(data, len);
 	/* hsmfs's view: its parse and the bytes its inflate gives. */
 	if (zarc_open(fuzz_path, &z) != 0)
 		disagree("valid, but hsmfs's own parse fails", NULL);
