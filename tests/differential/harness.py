@@ -17,6 +17,7 @@ stricter, informative rule; only disagreements on valid zips fail.)
 Exit status 1 when there is a disagreement.
 """
 import argparse
+import atexit
 import hashlib
 import os
 import shutil
@@ -146,6 +147,7 @@ def java_views(paths, stream=False):
         return {}
     if _java_dir is None:
         d = tempfile.mkdtemp(prefix="hsmfs-zipread-")
+        atexit.register(shutil.rmtree, d, True)
         subprocess.run(["javac", "-d", d, str(HERE / "ZipRead.java")], check=True,
                        capture_output=True)
         _java_dir = d

@@ -319,6 +319,7 @@ def fake_dir_blob(r, a, kind, eocd_tail=0):
     endlen = {"eocd": 22, "z64": 76 + 22, "cd": 0, "z64only": 76}[kind]
     total = len(lrec) + cdlen + endlen
     fake_clen = r.choice([0, 0, 1])
+    z64_magic = r.random() < 0.5     # kind "z64": classic fields 0xff.. or not
 
     def fn(ctx, pos):
         cdo = pos + len(lrec)
@@ -329,12 +330,11 @@ def fake_dir_blob(r, a, kind, eocd_tail=0):
             out += z64_pair(len(recs), cdlen, cdo, cdo + cdlen)
         if kind in ("eocd", "z64"):
             clen = (ctx["size"] - (pos + total)) if fake_clen else 0
-            n = 0xffff if kind == "z64" and r2 else len(recs)
+            n = 0xffff if kind == "z64" and z64_magic else len(recs)
             out += struct.pack("<IHHHHIIH", SIG_EOCD, 0, 0, n, n,
                                0xffffffff if n == 0xffff else cdlen,
                                0xffffffff if n == 0xffff else cdo, max(0, clen) & 0xffff)
         return out
-    r2 = r.random() < 0.5
     return Late(total, fn)
 
 
