@@ -718,6 +718,12 @@ zarc_open(const char *path, struct zarc *z)
 			r = z64;
 			goto out;
 		}
+		/* The zip64 values count only where the 32-bit field is the
+		 * marker (as libzip reads it): the 32-bit fields are checked too. */
+		if (le32(lh + 22) != 0xffffffffu)
+			lu = le32(lh + 22);
+		if (le32(lh + 18) != 0xffffffffu)
+			lc = le32(lh + 18);
 		if (le16(lh + 8) != e->method || le16(lh + 6) != e->flags) {
 			r = bad("local and central headers differ (method or flags): %s",
 			    e->name);
