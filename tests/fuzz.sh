@@ -33,7 +33,7 @@ for exe in "$BUILD"/tests/fuzz/fuzz-*; do
 	seeds=tests/fuzz/corpus/$t
 	[ -d "$seeds" ] && cp -r "$seeds/." "$d/corpus/"
 	case $t in
-	jar) maxlen=65536 ;;
+	jar | zipdiff) maxlen=65536 ;;
 	smime) maxlen=16384 ;;
 	*) maxlen=8192 ;;
 	esac
