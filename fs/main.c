@@ -11,8 +11,10 @@
 #include "fs/store.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/storelock.h"
 #include "common/util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -24,6 +26,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <openssl/err.h>
@@ -42,6 +45,8 @@ static const struct folder_ops *const folders[] = {
 #define NFOLDERS (sizeof(folders) / sizeof(folders[0]))
 static int folder_ok[NFOLDERS];    /* start() succeeded */
 static int folder_err[NFOLDERS];   /* start()'s error when not ok */
+static int lock_fd = -1;           /* STORE/lock, held for the daemon's life */
+static char mnt_abs[PATH_MAX];     /* the mount point, absolute */
 
 #define STATUS_NAME ".status"
 
@@ -599,6 +604,8 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		log_set_syslog(1);
 	prctl(PR_SET_DUMPABLE, 0);
 	secmem_init(8 << 20);
+	/* daemonize forked: the lock (inherited) now names this PID. */
+	storelock_set_owner(lock_fd, "hsmfs", mnt_abs);
 
 	cfg->kernel_cache = 0;
 	cfg->attr_timeout = 1.0;
@@ -684,6 +691,7 @@ struct cli {
 	char *log_level;
 	int nonopt;
 	int help;
+	int nonempty;          /* -o nonempty: mount over a non-empty directory */
 };
 static struct cli cli;
 
@@ -725,6 +733,11 @@ opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
 			cli.log_level = strdup(arg + 10);
 			return 0;
 		}
+		/* libfuse 3 dropped nonempty: the check is ours now. */
+		if (strcmp(arg, "nonempty") == 0) {
+			cli.nonempty = 1;
+			return 0;
+		}
 		return 1;
 	case KEY_HELP:
 		cli.help = 1;
@@ -758,7 +771,8 @@ usage(const char *prog)
 	    "    -o mail_retry=S         first retry backoff in seconds (300)\n"
 	    "    -o mail_max_age=S       give up on a message after S seconds (432000)\n"
 	    "    -o history_anchor=FILE  copy of history checkpoints on another volume\n"
-	    "    -o log_level=LEVEL      error, warning, info (default), debug\n\n",
+	    "    -o log_level=LEVEL      error, warning, info (default), debug\n"
+	    "    -o nonempty             allow a mount point that is not empty\n\n",
 	    prog);
 }
 
@@ -767,7 +781,7 @@ usage(const char *prog)
 static int
 check_store(void)
 {
-	char path[PATH_MAX];
+	char path[PATH_MAX], holder[PATH_MAX + 64];
 	struct stat st;
 	int fd;
 
@@ -789,6 +803,23 @@ check_store(void)
 		fprintf(stderr, "hsmfs: store %s: %s\n", path, strerror(errno));
 		return -1;
 	}
+	/* One daemon per store, locked before anything in it is touched. */
+	switch (storelock_take(fd, &lock_fd, holder, sizeof(holder))) {
+	case 0:
+		storelock_set_owner(lock_fd, "hsmfs", mnt_abs);
+		break;
+	case 1:
+		fprintf(stderr, "hsmfs: store %s is in use by PID %s; one daemon "
+		    "per store: %s\n", path, holder, strstr(holder, " hsmfs ") ?
+		    "unmount it first" : "wait for it to finish");
+		close(fd);
+		return -1;
+	default:
+		fprintf(stderr, "hsmfs: store %s: cannot lock: %s\n", path,
+		    err_detail());
+		close(fd);
+		return -1;
+	}
 	if (!the_fs.opt.read_only) {
 		struct store_tmp t;
 		if (store_tmp_create(fd, &t) != 0) {
@@ -800,6 +831,111 @@ check_store(void)
 		store_tmp_abort(&t);
 	}
 	the_fs.store_fd = fd;
+	return 0;
+}
+
+/* The file system type and source mounted exactly at path (absolute), from
+ * /proc/self/mountinfo; 0 when path is not a mount point. */
+static int
+mounted_at(const char *path, char *type, size_t tlen, char *src, size_t slen)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL, mp[PATH_MAX], ty[256], so[PATH_MAX];
+	size_t cap = 0;
+	int found = 0;
+
+	if (f == NULL)
+		return 0;
+	while (getline(&line, &cap, f) > 0) {
+		char *sep = strstr(line, " - ");
+		/* 5th field is the mount point (octal escapes for blanks). */
+		if (sep == NULL || sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1 ||
+		    sscanf(sep + 3, "%255s %4095s", ty, so) != 2)
+			continue;
+		for (char *r = mp, *w = mp;; r++, w++) {
+			if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] && r[3]) {
+				*w = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+				r += 3;
+			} else if ((*w = *r) == '\0')
+				break;
+		}
+		if (strcmp(mp, path) == 0) {
+			/* The last mount stacked on path is the visible one. */
+			snprintf(type, tlen, "%s", ty);
+			snprintf(src, slen, "%s", so);
+			found = 1;
+		}
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* SPEC §1: the mount point must be an empty directory (unless
+ * -o nonempty) and not a live hsmfs mount; a dead mount of a crashed
+ * daemon (ENOTCONN) is explained rather than reported as a bare errno. */
+static int
+check_mountpoint(void)
+{
+	const char *mp = cli.mountpoint;
+	char type[256], src[PATH_MAX], cwd[PATH_MAX];
+	struct statfs sfs;
+	struct dirent *de;
+	struct stat st;
+	DIR *d;
+	int e = 0;
+
+	/* statfs, unlike stat, is never answered from the kernel's cache. */
+	if (statfs(mp, &sfs) < 0 && errno == ENOTCONN)
+		e = ENOTCONN;
+	else if (stat(mp, &st) < 0)
+		e = errno;
+	if (e == ENOTCONN) {
+		fprintf(stderr, "hsmfs: mount point %s: a dead mount left by an hsmfs "
+		    "that stopped without unmounting (Transport endpoint is not "
+		    "connected); clear it with 'fusermount3 -uz %s' and start "
+		    "again\n", mp, mp);
+		return -1;
+	}
+	if (realpath(mp, mnt_abs) == NULL) {
+		if (mp[0] == '/' || getcwd(cwd, sizeof(cwd)) == NULL)
+			snprintf(mnt_abs, sizeof(mnt_abs), "%s", mp);
+		else if (snprintf(mnt_abs, sizeof(mnt_abs), "%s/%s", cwd, mp) >=
+		    (int)sizeof(mnt_abs))
+			snprintf(mnt_abs, sizeof(mnt_abs), "%s", mp);
+	}
+	if (mounted_at(mnt_abs, type, sizeof(type), src, sizeof(src)) &&
+	    strcmp(type, "fuse.hsmfs") == 0) {
+		fprintf(stderr, "hsmfs: mount point %s is already an hsmfs mount "
+		    "(%s); unmount it first (fusermount3 -u %s)\n", mp, src, mp);
+		return -1;
+	}
+	if (e != 0) {
+		fprintf(stderr, "hsmfs: mount point %s: %s\n", mp, strerror(e));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "hsmfs: mount point %s is not a directory\n", mp);
+		return -1;
+	}
+	if (cli.nonempty)
+		return 0;
+	if ((d = opendir(mp)) == NULL) {
+		fprintf(stderr, "hsmfs: mount point %s: %s\n", mp, strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+			e = 1;
+			break;
+		}
+	closedir(d);
+	if (e) {
+		fprintf(stderr, "hsmfs: mount point %s is not empty; its files would "
+		    "be hidden: use an empty directory, or -o nonempty to mount over "
+		    "them\n", mp);
+		return -1;
+	}
 	return 0;
 }
 
@@ -843,17 +979,15 @@ absolutize(char **opt, const char *what, int must_exist)
 	return 0;
 }
 
+/* A PEM file of at least one certificate (truststore=, smtp_ca=). */
 static int
-check_truststore(void)
+check_pem_certs(const char *what, const char *path)
 {
 	FILE *f;
 	X509 *x;
 	int n = 0;
-	if (the_fs.opt.truststore == NULL)
-		return 0;
-	if ((f = fopen(the_fs.opt.truststore, "r")) == NULL) {
-		fprintf(stderr, "hsmfs: truststore %s: %s\n", the_fs.opt.truststore,
-		    strerror(errno));
+	if ((f = fopen(path, "re")) == NULL) {
+		fprintf(stderr, "hsmfs: %s %s: %s\n", what, path, strerror(errno));
 		return -1;
 	}
 	while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
@@ -863,8 +997,113 @@ check_truststore(void)
 	fclose(f);
 	ERR_clear_error();
 	if (n == 0) {
-		fprintf(stderr, "hsmfs: truststore %s: no PEM certificate found\n",
-		    the_fs.opt.truststore);
+		fprintf(stderr, "hsmfs: %s %s: no PEM certificate found\n", what, path);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+check_truststore(void)
+{
+	if (the_fs.opt.truststore == NULL)
+		return 0;
+	return check_pem_certs("truststore", the_fs.opt.truststore);
+}
+
+/* smtp=URL: smtp://, smtps:// or smtp+starttls://, a host (name, IPv4 or
+ * [IPv6]), an optional port 1-65535, nothing after but an optional "/".
+ * smtp_auth needs TLS and a user line and a password line; smtp_ca PEM
+ * certificates. The mail folder parses the same URL after mounting; this
+ * makes its mistakes start-up errors instead of "folder.mail: failed". */
+static int
+check_smtp(void)
+{
+	static const char *const schemes[] = { "smtp://", "smtps://",
+	    "smtp+starttls://" };
+	const char *url = the_fs.opt.smtp, *p = NULL, *host, *end;
+	char *txt = NULL;
+	size_t len = 0, hl;
+	int tls = 0, ok;
+
+	if (url == NULL) {
+		if (the_fs.opt.smtp_auth || the_fs.opt.smtp_ca) {
+			fprintf(stderr, "hsmfs: smtp_%s= without smtp=URL: name the relay "
+			    "too\n", the_fs.opt.smtp_auth ? "auth" : "ca");
+			return -1;
+		}
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
+		if (strncmp(url, schemes[i], strlen(schemes[i])) == 0) {
+			p = url + strlen(schemes[i]);
+			tls = i > 0;
+		}
+	if (p == NULL) {
+		fprintf(stderr, "hsmfs: smtp=%s: unsupported scheme; use "
+		    "smtp://HOST[:PORT], smtp+starttls://HOST[:PORT] or "
+		    "smtps://HOST[:PORT]\n", url);
+		return -1;
+	}
+	host = p;
+	if (*p == '[') {
+		end = strchr(p, ']');
+		ok = end != NULL && end > p + 1 &&
+		    strspn(p + 1, "0123456789abcdefABCDEF:.") == (size_t)(end - p - 1);
+		p = end ? end + 1 : p;
+	} else {
+		hl = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		    "0123456789.-");
+		ok = hl > 0 && p[0] != '-' && p[0] != '.';
+		p += hl;
+	}
+	if (!ok) {
+		fprintf(stderr, "hsmfs: smtp=%s: no valid host name after the "
+		    "scheme\n", url);
+		return -1;
+	}
+	if (*p == ':') {
+		char *e2;
+		long port;
+		errno = 0;
+		port = strtol(p + 1, &e2, 10);
+		if (e2 == p + 1 || errno != 0 || port < 1 || port > 65535) {
+			fprintf(stderr, "hsmfs: smtp=%s: port must be a number from 1 to "
+			    "65535\n", url);
+			return -1;
+		}
+		p = e2;
+	}
+	if (strcmp(p, "") != 0 && strcmp(p, "/") != 0) {
+		fprintf(stderr, "hsmfs: smtp=%s: unexpected \"%s\" after the host%s\n",
+		    url, p, p > host ? " and port" : "");
+		return -1;
+	}
+	if (the_fs.opt.smtp_ca && check_pem_certs("smtp_ca", the_fs.opt.smtp_ca) != 0)
+		return -1;
+	if (the_fs.opt.smtp_auth == NULL)
+		return 0;
+	if (!tls) {
+		fprintf(stderr, "hsmfs: smtp_auth=%s needs TLS: use smtp+starttls:// "
+		    "or smtps://\n", the_fs.opt.smtp_auth);
+		return -1;
+	}
+	if (util_read_file(the_fs.opt.smtp_auth, 4096, &txt, &len) != 0) {
+		fprintf(stderr, "hsmfs: smtp_auth=%s: %s\n", the_fs.opt.smtp_auth,
+		    err_detail());
+		return -1;
+	}
+	{
+		char *nl = memchr(txt, '\n', len);
+		ok = nl != NULL && nl != txt &&
+		    memchr(txt, '\r', (size_t)(nl - txt)) == NULL &&
+		    nl + 1 < txt + len && nl[1] != '\n' && nl[1] != '\r';
+	}
+	OPENSSL_cleanse(txt, len);
+	free(txt);
+	if (!ok) {
+		fprintf(stderr, "hsmfs: smtp_auth=%s: expected a user name line and a "
+		    "password line\n", the_fs.opt.smtp_auth);
 		return -1;
 	}
 	return 0;
@@ -1028,7 +1267,8 @@ main(int argc, char *argv[])
 	    absolutize(&the_fs.opt.smtp_auth, "smtp_auth", 1) != 0 ||
 	    absolutize(&the_fs.opt.config, "config", 1) != 0)
 		return 1;
-	if (check_store() != 0 || check_truststore() != 0 || check_keys() != 0)
+	if (check_mountpoint() != 0 || check_store() != 0 ||
+	    check_truststore() != 0 || check_smtp() != 0 || check_keys() != 0)
 		return 1;
 
 	/* Many concurrent writers feed one history group commit: libfuse's

@@ -1,0 +1,165 @@
+"""Running one daemon per store (issue 14): the store lock, mount point
+rules, start-up checks of the smtp= options, SIGHUP reload and systemd
+readiness notifications."""
+import errno
+import os
+import signal
+import subprocess
+
+import pytest
+
+from conftest import HSMFS, TOOL
+from helpers import is_mounted, run, wait_for
+
+
+def start_fail(m, *extra, opts=None):
+    """Run hsmfs in the foreground expecting a refusal; returns (rc, output)."""
+    o = m._optstr(opts if opts is not None else m.opts)
+    p = subprocess.run([HSMFS, m.store, m.mnt, "-f", "-o", o, *extra],
+                       capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout + p.stderr
+
+
+# ---- store lock ----
+
+def test_second_daemon_on_same_store_refused(mount, mount_factory):
+    other = mount_factory(store=mount.store, start=False)
+    rc, out = start_fail(other)
+    assert rc != 0
+    assert not is_mounted(other.mnt)
+    assert f"in use by PID {mount.proc.pid} hsmfs" in out, out
+    assert len(out.strip().splitlines()) == 1, out
+    # The first mount still serves, the lock file names it.
+    assert os.path.exists(mount.path(".status"))
+    held = open(os.path.join(mount.store, "lock")).read().split()
+    assert held[0] == str(mount.proc.pid) and held[1] == "hsmfs"
+    # After an unmount the store is free again.
+    mount.unmount()
+    other.start()
+    assert os.path.exists(other.path(".status"))
+
+
+def test_daemonized_daemon_keeps_the_lock(hsm, mount_factory, tmp_path):
+    m = mount_factory(start=False)
+    p = run([HSMFS, m.store, m.mnt, "-o", m._optstr(None)])
+    try:
+        wait_for(lambda: is_mounted(m.mnt), what="mount")
+        # The parent of daemonize exited: the lock moved with the child.
+        other = mount_factory(store=m.store, start=False)
+        rc, out = start_fail(other)
+        assert rc != 0 and "in use by PID" in out, out
+        pid = int(open(os.path.join(m.store, "lock")).read().split()[0])
+        assert os.path.exists(f"/proc/{pid}") and pid != os.getpid()
+        assert "hsmfs" in open(f"/proc/{pid}/comm").read()
+    finally:
+        run(["fusermount3", "-u", m.mnt])
+    assert p.returncode == 0
+
+
+def test_offline_rekey_holds_the_lock_mounted_rekey_cooperates(hsm, mount):
+    with open(mount.path("fields", "a"), "w") as f:
+        f.write("s3cret")
+    # Mounted: rekey-fields works alongside the daemon (SPEC §4).
+    out = run([TOOL, "rekey-fields", "-o", f"config={mount.config}",
+               mount.store]).stdout
+    assert "0 failed" in out
+    mount.unmount()
+    # Not mounted: a rekey in progress holds the store; a daemon is refused.
+    import fcntl
+    fd = os.open(os.path.join(mount.store, "lock"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.write(fd, b"4242 hsmfs-tool-rekey-fields\n")
+        p = run([TOOL, "rekey-fields", "-o", f"config={mount.config}",
+                 mount.store], check=False)
+        assert p.returncode == 2 and "in use by PID 4242" in p.stderr, p.stderr
+        rc, out = start_fail(mount)
+        assert rc != 0 and "in use by PID 4242 hsmfs-tool-rekey-fields" in out
+    finally:
+        os.close(fd)
+    mount.start()
+    assert open(mount.path("fields", "a")).read() == "s3cret"
+
+
+# ---- mount point ----
+
+def test_nonempty_mount_point_refused_unless_nonempty(mount_factory):
+    m = mount_factory(start=False)
+    open(os.path.join(m.mnt, "precious"), "w").write("x")
+    rc, out = start_fail(m)
+    assert rc != 0 and "is not empty" in out and "-o nonempty" in out, out
+    assert not is_mounted(m.mnt)
+    assert not os.path.exists(os.path.join(m.store, "lock")), \
+        "the store was touched before the mount point was checked"
+    m.start(opts="nonempty")
+    assert os.path.exists(m.path(".status"))
+    m.unmount()
+    assert open(os.path.join(m.mnt, "precious")).read() == "x"
+
+
+def test_live_hsmfs_mount_point_refused(mount, mount_factory):
+    other = mount_factory(start=False)
+    other.mnt = mount.mnt
+    for extra in ([], ["-o", "nonempty"]):
+        rc, out = start_fail(other, *extra)
+        assert rc != 0 and "already an hsmfs mount" in out, out
+    # The first mount is untouched.
+    assert os.path.exists(mount.path(".status"))
+
+
+def test_dead_mount_explained(mount):
+    mount.proc.send_signal(signal.SIGKILL)
+    mount.proc.wait(timeout=30)
+    mount.proc = None
+    mount._log.close()
+    try:
+        with pytest.raises(OSError) as e:
+            os.statvfs(mount.mnt)
+        assert e.value.errno == errno.ENOTCONN
+        rc, out = start_fail(mount)
+        assert rc != 0
+        assert "dead mount" in out and f"fusermount3 -uz {mount.mnt}" in out, out
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", mount.mnt], capture_output=True)
+    wait_for(lambda: not is_mounted(mount.mnt), what="dead mount to clear")
+    mount.start()
+
+
+# ---- smtp= checks before mounting ----
+
+@pytest.mark.parametrize("opts,msg", [
+    ("smtp=ftp://x", "unsupported scheme"),
+    ("smtp=smtp://", "no valid host"),
+    ("smtp=smtp://relay:0", "port must be"),
+    ("smtp=smtp://relay:99999", "port must be"),
+    ("smtp=smtp://relay:25x", "unexpected \"x\""),
+    ("smtp=smtp://relay:", "port must be"),
+    ("smtp=smtp://relay/path", "unexpected"),
+    ("smtp=smtp://relay,smtp_auth=AUTH", "needs TLS"),
+    ("smtp=smtps://relay,smtp_auth=AUTH1", "user name line and a password"),
+    ("smtp=smtps://relay,smtp_auth=MISSING", "No such file"),
+    ("smtp=smtps://relay,smtp_ca=AUTH", "no PEM certificate"),
+    ("smtp_ca=CA", "without smtp="),
+])
+def test_smtp_options_checked_before_mounting(mount_factory, hsm, opts, msg):
+    m = mount_factory(start=False)
+    auth = m.root / "auth"
+    auth.write_text("user\npass\n")
+    (m.root / "auth1").write_text("user only\n")
+    opts = (opts.replace("AUTH1", str(m.root / "auth1"))
+            .replace("AUTH", str(auth)).replace("MISSING", str(m.root / "nope"))
+            .replace("CA", hsm.ca_cert))
+    rc, out = start_fail(m, opts=opts)
+    assert rc != 0 and msg in out, out
+    assert len(out.strip().splitlines()) == 1, out
+    assert not is_mounted(m.mnt)
+
+
+@pytest.mark.parametrize("url", ["smtp://relay.example:2525",
+                                 "smtps://127.0.0.1:465/",
+                                 "smtp+starttls://[::1]:587"])
+def test_good_smtp_urls_mount(mount_factory, url):
+    m = mount_factory(opts=f"smtp={url}")
+    status = open(m.path(".status")).read()
+    assert "folder.mail: ready" in status, status
