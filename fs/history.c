@@ -125,6 +125,7 @@ static struct {
 	char store_id[17];
 	char prefix[64];
 	hsm_key *signer;                  /* newest ObjectHistorySigner */
+	struct keyring *kr;               /* start keys, held (see history_start) */
 	EVP_PKEY **vkeys;                 /* every configured version */
 	X509 **vcerts;
 	size_t nvkeys;
@@ -1495,6 +1496,10 @@ history_start(void)
 	}
 	H.running = 1;
 	H.configured = 1;
+	/* No reload hook: the signer and the verification keys stay those of
+	 * the start (new versions take effect at the next mount); hold the
+	 * start keyring so a reload that drops them does not close them. */
+	H.kr = keyring_hold(hsmfs_ctx->keys);
 	log_info("history: %" PRIu64 " object(s), signing with %s%s%s", H.nobjects,
 	    hsm_key_name(H.signer), H.anchorfd >= 0 ? ", anchor " : "",
 	    H.anchorfd >= 0 ? hsmfs_ctx->opt.history_anchor : "");
@@ -1524,6 +1529,8 @@ history_stop(void)
 	pthread_mutex_lock(&H.lock);
 	H.running = 0;
 	pthread_mutex_unlock(&H.lock);
+	keyring_free(H.kr);
+	H.kr = NULL;
 }
 
 static void

@@ -17,9 +17,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <libgen.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +34,9 @@
 #include <unistd.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 struct hsmfs *hsmfs_ctx;
 static struct hsmfs the_fs;
@@ -47,6 +53,41 @@ static int folder_ok[NFOLDERS];    /* start() succeeded */
 static int folder_err[NFOLDERS];   /* start()'s error when not ok */
 static int lock_fd = -1;           /* STORE/lock, held for the daemon's life */
 static char mnt_abs[PATH_MAX];     /* the mount point, absolute */
+
+/* ---- configuration lock and reload (SIGHUP) ----
+ * Operations hold conf_lock for reading; reload_thread builds the new
+ * engine and keyring outside it and takes it for writing only to swap.
+ * reload_sem is posted by the SIGHUP handler (async-signal-safe). */
+static pthread_rwlock_t conf_lock = PTHREAD_RWLOCK_INITIALIZER;
+static sem_t reload_sem;
+static pthread_t reload_tid;
+static int reload_running;
+static volatile sig_atomic_t reload_quit;
+static pthread_mutex_t reload_mu = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long reload_attempts, conf_generation = 1;
+static char reload_result[600] = "none";   /* "ok" or "failed: ..." */
+static time_t reload_time;
+
+static int pem_certs_ok(const char *path);
+
+void fs_conf_rdlock(void) { pthread_rwlock_rdlock(&conf_lock); }
+void fs_conf_unlock(void) { pthread_rwlock_unlock(&conf_lock); }
+
+/* sd_notify(3) when run by systemd (NOTIFY_SOCKET set); a no-op else. */
+static void
+notify(const char *fmt, ...)
+{
+#ifdef HAVE_SYSTEMD
+	char buf[800];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	sd_notify(0, buf);
+#else
+	(void)fmt;
+#endif
+}
 
 #define STATUS_NAME ".status"
 
@@ -137,6 +178,14 @@ status_text(size_t *len)
 	fprintf(f, "version: %s\n", HSMFS_VERSION);
 	fprintf(f, "uptime: %lld\n", (long long)(time(NULL) - the_fs.started));
 	fprintf(f, "store: %s\n", the_fs.store);
+	fprintf(f, "pid: %ld\n", (long)getpid());
+	pthread_mutex_lock(&reload_mu);
+	fprintf(f, "config.file: %s\n", the_fs.opt.config);
+	fprintf(f, "config.generation: %lu\n", conf_generation);
+	fprintf(f, "config.reloads: %lu\n", reload_attempts);
+	fprintf(f, "config.reload: %s\n", reload_result);
+	fprintf(f, "config.reload_time: %lld\n", (long long)reload_time);
+	pthread_mutex_unlock(&reload_mu);
 	for (size_t i = 0; the_fs.keys && i < keyring_count(the_fs.keys); i++) {
 		hsm_key *k = keyring_at(the_fs.keys, i);
 		struct hsm_stats s;
@@ -593,6 +642,143 @@ op_removexattr(const char *path, const char *name)
 	return f->removexattr(rest, name);
 }
 
+/* SIGHUP: re-read and check the XML and the truststore, open the keys
+ * that are new (keys that stay are shared, sessions kept), let every
+ * running folder check and derive its state, then swap under the write
+ * lock. Any failure keeps the old configuration serving. */
+static int
+reload_config(void)
+{
+	struct engine *ne = NULL, *oe;
+	struct keyring *nk = NULL, *ok;
+	void *next[NFOLDERS] = { 0 };
+	size_t prepared = 0;
+	int r;
+
+	err_clear();
+	if ((r = engine_load(the_fs.opt.config, &ne)) != 0)
+		goto fail;
+	if (the_fs.opt.truststore && pem_certs_ok(the_fs.opt.truststore) != 0) {
+		err_prefix("truststore ");
+		r = HSMFS_ERR_CONFIG;
+		goto fail;
+	}
+	/* Only this thread changes the_fs.keys: no lock needed to read it. */
+	r = keyring_reopen(the_fs.keys, ne, &nk);
+	engine_scrub_env_pins(ne);
+	if (r != 0)
+		goto fail;
+	pthread_rwlock_wrlock(&conf_lock);
+	for (; prepared < NFOLDERS; prepared++) {
+		const struct folder_ops *f = folders[prepared];
+		if (!folder_ok[prepared] || f->reload_prepare == NULL)
+			continue;
+		err_clear();
+		if ((r = f->reload_prepare(ne, nk, &next[prepared])) != 0) {
+			err_prefix("%s: ", f->name);
+			break;
+		}
+	}
+	for (size_t i = 0; i < prepared; i++)
+		if (folder_ok[i] && folders[i]->reload_finish)
+			folders[i]->reload_finish(next[i], r == 0);
+	if (r != 0) {
+		pthread_rwlock_unlock(&conf_lock);
+		goto fail;
+	}
+	oe = the_fs.engine;
+	ok = the_fs.keys;
+	the_fs.engine = ne;
+	the_fs.keys = nk;
+	pthread_rwlock_unlock(&conf_lock);
+	/* No operation uses the old ones any more (a folder that keeps its
+	 * start keys holds its own reference): keys not shared close now. */
+	keyring_free(ok);
+	engine_free(oe);
+	return 0;
+fail:
+	keyring_free(nk);
+	engine_free(ne);
+	return r;
+}
+
+static void
+reload_once(void)
+{
+	char why[512];
+	int r;
+
+	notify("RELOADING=1\nSTATUS=reloading %s", the_fs.opt.config);
+	r = reload_config();
+	snprintf(why, sizeof(why), "%s (%s)", err_detail(), hsmfs_strerror(r));
+	pthread_mutex_lock(&reload_mu);
+	reload_attempts++;
+	reload_time = time(NULL);
+	if (r == 0) {
+		conf_generation++;
+		snprintf(reload_result, sizeof(reload_result), "ok");
+	} else {
+		snprintf(reload_result, sizeof(reload_result), "failed: %s", why);
+	}
+	pthread_mutex_unlock(&reload_mu);
+	if (r == 0) {
+		log_info("reloaded %s: %zu key(s) open, new work uses it",
+		    the_fs.opt.config, keyring_count(the_fs.keys));
+		notify("READY=1\nSTATUS=serving %s on %s (config reloaded)",
+		    the_fs.store, mnt_abs);
+	} else {
+		log_err("reload of %s failed, the previous configuration keeps "
+		    "serving: %s", the_fs.opt.config, why);
+		notify("READY=1\nSTATUS=serving %s on %s; config reload failed: %s",
+		    the_fs.store, mnt_abs, why);
+	}
+}
+
+/* Waits for SIGHUP (reload_sem); with a systemd watchdog, also pings it
+ * at half its interval. */
+static void *
+reload_main(void *arg)
+{
+	uint64_t wd_usec = 0;
+#ifdef HAVE_SYSTEMD
+	if (sd_watchdog_enabled(0, &wd_usec) <= 0)
+		wd_usec = 0;
+#endif
+	for (;;) {
+		int r;
+		if (wd_usec) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += (time_t)(wd_usec / 2 / 1000000);
+			ts.tv_nsec += (long)(wd_usec / 2 % 1000000) * 1000;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			r = sem_timedwait(&reload_sem, &ts);
+		} else {
+			r = sem_wait(&reload_sem);
+		}
+		if (reload_quit)
+			break;
+		if (r != 0) {
+			if (errno == ETIMEDOUT)
+				notify("WATCHDOG=1");
+			continue;
+		}
+		reload_once();
+	}
+	return NULL;
+}
+
+static void
+on_sighup(int sig)
+{
+	int e = errno;
+	sem_post(&reload_sem);
+	errno = e;
+}
+
 static void *
 op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
@@ -640,13 +826,26 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		}
 		folder_ok[i] = 1;
 	}
+	if ((r = pthread_create(&reload_tid, NULL, reload_main, NULL)) == 0)
+		reload_running = 1;
+	else
+		log_err("cannot start the reload thread: %s; SIGHUP is ignored",
+		    strerror(r));
 	log_info("mounted store %s", the_fs.store);
+	notify("READY=1\nSTATUS=serving %s on %s", the_fs.store, mnt_abs);
 	return &the_fs;
 }
 
 static void
 op_destroy(void *data)
 {
+	notify("STOPPING=1\nSTATUS=unmounting %s", mnt_abs);
+	if (reload_running) {
+		reload_quit = 1;
+		sem_post(&reload_sem);
+		pthread_join(reload_tid, NULL);
+		reload_running = 0;
+	}
 	for (size_t i = NFOLDERS; i-- > 0;)
 		if (folder_ok[i] && folders[i]->stop)
 			folders[i]->stop();
@@ -655,30 +854,154 @@ op_destroy(void *data)
 	log_info("unmounted store %s", the_fs.store);
 }
 
+/* Every operation that reaches a folder holds the configuration lock
+ * for reading (see fs_conf_rdlock): it finishes on the configuration it
+ * started with, and a reload waits for it. */
+#define LOCKED(call) do {                         \
+	int r_;                                   \
+	pthread_rwlock_rdlock(&conf_lock);        \
+	r_ = (call);                              \
+	pthread_rwlock_unlock(&conf_lock);        \
+	return r_;                                \
+} while (0)
+
+static int
+l_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+	LOCKED(op_getattr(path, st, fi));
+}
+
+static int
+l_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
+    struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+	LOCKED(op_readdir(path, buf, fill, off, fi, flags));
+}
+
+static int
+l_open(const char *path, struct fuse_file_info *fi)
+{
+	LOCKED(op_open(path, fi));
+}
+
+static int
+l_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	LOCKED(op_create(path, mode, fi));
+}
+
+static int
+l_read(const char *path, char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	LOCKED(op_read(path, buf, size, off, fi));
+}
+
+static int
+l_write(const char *path, const char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	LOCKED(op_write(path, buf, size, off, fi));
+}
+
+static int
+l_flush(const char *path, struct fuse_file_info *fi)
+{
+	LOCKED(op_flush(path, fi));
+}
+
+static int
+l_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+	LOCKED(op_fsync(path, datasync, fi));
+}
+
+static int
+l_release(const char *path, struct fuse_file_info *fi)
+{
+	LOCKED(op_release(path, fi));
+}
+
+static int
+l_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+	LOCKED(op_truncate(path, size, fi));
+}
+
+static int
+l_unlink(const char *path)
+{
+	LOCKED(op_unlink(path));
+}
+
+static int
+l_rename(const char *from, const char *to, unsigned int flags)
+{
+	LOCKED(op_rename(from, to, flags));
+}
+
+static int
+l_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	LOCKED(op_chmod(path, mode, fi));
+}
+
+static int
+l_utimens(const char *path, const struct timespec tv[2],
+    struct fuse_file_info *fi)
+{
+	LOCKED(op_utimens(path, tv, fi));
+}
+
+static int
+l_getxattr(const char *path, const char *name, char *value, size_t size)
+{
+	LOCKED(op_getxattr(path, name, value, size));
+}
+
+static int
+l_setxattr(const char *path, const char *name, const char *value,
+    size_t size, int flags)
+{
+	LOCKED(op_setxattr(path, name, value, size, flags));
+}
+
+static int
+l_listxattr(const char *path, char *list, size_t size)
+{
+	LOCKED(op_listxattr(path, list, size));
+}
+
+static int
+l_removexattr(const char *path, const char *name)
+{
+	LOCKED(op_removexattr(path, name));
+}
+
 static const struct fuse_operations hsmfs_ops = {
 	.init = op_init,
 	.destroy = op_destroy,
-	.getattr = op_getattr,
-	.readdir = op_readdir,
-	.open = op_open,
-	.create = op_create,
-	.read = op_read,
-	.write = op_write,
-	.flush = op_flush,
-	.fsync = op_fsync,
-	.release = op_release,
-	.truncate = op_truncate,
-	.unlink = op_unlink,
-	.rename = op_rename,
+	.getattr = l_getattr,
+	.readdir = l_readdir,
+	.open = l_open,
+	.create = l_create,
+	.read = l_read,
+	.write = l_write,
+	.flush = l_flush,
+	.fsync = l_fsync,
+	.release = l_release,
+	.truncate = l_truncate,
+	.unlink = l_unlink,
+	.rename = l_rename,
 	.mkdir = op_mkdir,
 	.rmdir = op_rmdir,
-	.chmod = op_chmod,
+	.chmod = l_chmod,
 	.chown = op_chown,
-	.utimens = op_utimens,
-	.getxattr = op_getxattr,
-	.setxattr = op_setxattr,
-	.listxattr = op_listxattr,
-	.removexattr = op_removexattr,
+	.utimens = l_utimens,
+	.getxattr = l_getxattr,
+	.setxattr = l_setxattr,
+	.listxattr = l_listxattr,
+	.removexattr = l_removexattr,
 };
 
 /* ---- options ---- */
@@ -979,15 +1302,16 @@ absolutize(char **opt, const char *what, int must_exist)
 	return 0;
 }
 
-/* A PEM file of at least one certificate (truststore=, smtp_ca=). */
+/* A PEM file of at least one certificate (truststore=, smtp_ca=);
+ * -1 with err_detail() naming the file when not. */
 static int
-check_pem_certs(const char *what, const char *path)
+pem_certs_ok(const char *path)
 {
 	FILE *f;
 	X509 *x;
 	int n = 0;
 	if ((f = fopen(path, "re")) == NULL) {
-		fprintf(stderr, "hsmfs: %s %s: %s\n", what, path, strerror(errno));
+		err_set("%s: %s", path, strerror(errno));
 		return -1;
 	}
 	while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
@@ -997,10 +1321,19 @@ check_pem_certs(const char *what, const char *path)
 	fclose(f);
 	ERR_clear_error();
 	if (n == 0) {
-		fprintf(stderr, "hsmfs: %s %s: no PEM certificate found\n", what, path);
+		err_set("%s: no PEM certificate found", path);
 		return -1;
 	}
 	return 0;
+}
+
+static int
+check_pem_certs(const char *what, const char *path)
+{
+	if (pem_certs_ok(path) == 0)
+		return 0;
+	fprintf(stderr, "hsmfs: %s %s\n", what, err_detail());
+	return -1;
 }
 
 static int
@@ -1185,6 +1518,20 @@ run_fuse(struct fuse_args *args)
 	se = fuse_get_session(fuse);
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_unmount;
+	/* SIGHUP reloads (libfuse's handler would unmount). */
+	{
+		struct sigaction sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = on_sighup;
+		sigemptyset(&sa.sa_mask);
+		sa.sa_flags = SA_RESTART;
+		if (sem_init(&reload_sem, 0, 0) != 0 ||
+		    sigaction(SIGHUP, &sa, NULL) != 0) {
+			fprintf(stderr, "hsmfs: cannot handle SIGHUP: %s\n",
+			    strerror(errno));
+			goto out_signals;
+		}
+	}
 	if (o.singlethread) {
 		res = fuse_loop(fuse);
 	} else {
@@ -1196,8 +1543,8 @@ run_fuse(struct fuse_args *args)
 		res = fuse_loop_mt(fuse, lc);
 		fuse_loop_cfg_destroy(lc);
 	}
-	/* The loop returns the signal number after SIGTERM/SIGINT/SIGHUP. */
-	r = (res == 0 || res == SIGTERM || res == SIGINT || res == SIGHUP) ? 0 : 1;
+	/* The loop returns the signal number after SIGTERM/SIGINT. */
+	r = (res == 0 || res == SIGTERM || res == SIGINT) ? 0 : 1;
 out_signals:
 	fuse_remove_signal_handlers(se);
 out_unmount:

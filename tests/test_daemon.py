@@ -163,3 +163,144 @@ def test_good_smtp_urls_mount(mount_factory, url):
     m = mount_factory(opts=f"smtp={url}")
     status = open(m.path(".status")).read()
     assert "folder.mail: ready" in status, status
+
+
+# ---- SIGHUP reload ----
+
+V2 = "encryptedFieldsCertificateV2"
+V2_DESC = {"name": "EncryptedFields", "version": 2,
+           "algorithm": "AES/CBC/PKCS7Padding", "size": 256, "result": "NX02",
+           "key": V2, "asymCipher": "RSA/ECB/OAEPWithSHA-512AndMGF1Padding"}
+
+
+def status(m):
+    out = {}
+    for line in open(m.path(".status")).read().splitlines():
+        k, _, v = line.partition(": ")
+        out[k] = v
+    return out
+
+
+def field_version(m, name):
+    import base64
+    import struct
+    text = open(m.path("fields", ".sealed", name)).read()
+    b = base64.b64decode(text[5:].strip())
+    return struct.unpack(">I", b[4:8])[0]
+
+
+def write_field(m, name, value):
+    with open(m.path("fields", name), "w") as f:
+        f.write(value)
+
+
+def test_reload_adds_encrypted_fields_v2(hsm, mount_factory):
+    if V2 not in hsm.keys:
+        hsm.make_key(V2, method="pkcs11-tool")
+    m = mount_factory()
+    write_field(m, "old", "value one")
+    assert field_version(m, "old") == 1
+    assert open(m.path("fields", "old")).read() == "value one"   # an unwrap
+    ops_before = int(status(m)["key.encryptedFieldsCertificateV1.ops"])
+    assert ops_before >= 1
+    # An open writer started before the reload finishes with the old key.
+    pending = open(m.path("fields", "pending"), "w")
+    pending.write("written across the reload")
+    hsm.config(m.config, descriptors=[V2_DESC])
+    p = run([TOOL, "reload", m.mnt])
+    assert p.stdout.strip() == "reload: ok"
+    pending.close()
+    st = status(m)
+    assert st["config.reload"] == "ok" and st["config.generation"] == "2", st
+    assert f"key.{V2}.backend" in st
+    # The v1 key was kept open (same session, counters go on), not reopened.
+    assert int(st["key.encryptedFieldsCertificateV1.ops"]) >= ops_before
+    write_field(m, "new", "value two")
+    assert field_version(m, "new") == 2
+    assert open(m.path("fields", "old")).read() == "value one"
+    assert open(m.path("fields", "pending")).read() == "written across the reload"
+    assert field_version(m, "old") == 1
+    # SIGHUP itself: a second reload of the same file, mount still serving.
+    m.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: status(m)["config.reloads"] == "2", what="second reload")
+    assert status(m)["config.generation"] == "3"
+    assert m.proc.poll() is None and is_mounted(m.mnt)
+    assert open(m.path("fields", "new")).read() == "value two"
+    assert "reloaded" in m.log()
+
+
+def test_broken_reload_keeps_old_config(hsm, mount_factory):
+    m = mount_factory()
+    write_field(m, "a", "before")
+    good = open(m.config).read()
+    open(m.config, "w").write(good.replace("</descriptors>", "</descriptor>"))
+    p = run([TOOL, "reload", m.mnt], check=False)
+    assert p.returncode == 1, p
+    assert "failed" in p.stderr and "keeps serving" in p.stderr
+    st = status(m)
+    assert st["config.reload"].startswith("failed: ") and m.config in \
+        st["config.reload"], st
+    assert st["config.generation"] == "1"
+    # The old configuration still serves reads and writes.
+    assert open(m.path("fields", "a")).read() == "before"
+    write_field(m, "b", "after")
+    assert open(m.path("fields", "b")).read() == "after"
+    fails = [ln for ln in m.log().splitlines() if "reload of" in ln]
+    assert len(fails) == 1 and "previous configuration keeps serving" in fails[0]
+    # A key that cannot be opened is refused the same way.
+    hsm.config(m.config, descriptors=[dict(V2_DESC, key="noSuchKeyAlias")])
+    p = run([TOOL, "reload", m.mnt], check=False)
+    assert p.returncode == 1 and "noSuchKeyAlias" in p.stderr, p.stderr
+    # Fixed: the next reload succeeds.
+    open(m.config, "w").write(good)
+    run([TOOL, "reload", m.mnt])
+    assert status(m)["config.reload"] == "ok"
+
+
+def test_reload_tool_usage(tmp_path):
+    p = run([TOOL, "reload", str(tmp_path)], check=False)
+    assert p.returncode == 2 and "not an hsmfs mount" in p.stderr
+
+
+# ---- systemd readiness ----
+
+def test_sd_notify_ready_reloading_stopping(hsm, mount_factory, tmp_path):
+    import socket
+    m = mount_factory(start=False)
+    sock_path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(sock_path)
+    s.settimeout(60)
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+    log = open(m.logfile, "ab")
+    proc = subprocess.Popen([HSMFS, m.store, m.mnt, "-f", "-o", m._optstr(None)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    m.proc, m._log = proc, log
+    msgs = []
+
+    def until(word):
+        while True:
+            msg = s.recv(4096).decode()
+            msgs.append(msg)
+            if word in msg.split("\n"):
+                return msg
+
+    try:
+        ready = until("READY=1")
+        # READY comes once the mount answers and the keys are loaded.
+        assert is_mounted(m.mnt) and "key.encryptedFieldsCertificateV1.ops" in \
+            open(m.path(".status")).read()
+        assert any(ln.startswith("STATUS=serving") for ln in ready.split("\n"))
+        proc.send_signal(signal.SIGHUP)
+        assert "RELOADING=1" in until("RELOADING=1")
+        until("READY=1")
+        run(["fusermount3", "-u", m.mnt])
+        until("STOPPING=1")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        s.close()
+    m.proc = None
+    log.close()
+    order = [w for msg in msgs for w in msg.split("\n")
+             if w in ("READY=1", "RELOADING=1", "STOPPING=1")]
+    assert order == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], msgs

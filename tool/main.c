@@ -30,6 +30,8 @@ static const struct tool_cmd cmds[] = {
 	{"rekey-fields", cmd_rekey_fields, "-o config=FILE STORE",
 	    "rewrap every field to the newest EncryptedFields version"},
 	{"status", cmd_status, "MOUNTPOINT", "show a mount's status"},
+	{"reload", cmd_reload, "MOUNTPOINT",
+	    "reload the mount's configuration (SIGHUP) and report the outcome"},
 };
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
 
