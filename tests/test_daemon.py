@@ -229,6 +229,34 @@ def test_reload_adds_encrypted_fields_v2(hsm, mount_factory):
     assert "reloaded" in m.log()
 
 
+def test_reload_adds_history_signer_v2(hsm, mount_factory):
+    name = "objectHistorySignerCertificateV2"
+    if name not in hsm.keys:
+        hsm.make_key(name)
+    m = mount_factory()
+    obj = m.path("history", "user-7")
+    with open(obj, "ab") as f:
+        f.write(b"v1 era\n")
+    x = os.getxattr(obj, "user.hsmfs.verify").decode()
+    assert "objectHistorySignerCertificateV1" in x, x
+    hsm.config(m.config, descriptors=[
+        {"name": "ObjectHistorySigner", "version": 2, "algorithm": "SHA-256",
+         "key": name}])
+    run([TOOL, "reload", m.mnt])
+    # The object's newest checkpoint is still the v1 one, shown as such.
+    assert "objectHistorySignerCertificateV1" in \
+        os.getxattr(obj, "user.hsmfs.verify").decode()
+    with open(obj, "ab") as f:
+        f.write(b"v2 era\n")
+    assert open(obj, "rb").read() == b"v1 era\nv2 era\n"
+    x = os.getxattr(obj, "user.hsmfs.verify").decode()
+    assert name in x, x
+    assert status(m)["history.signer"] == name
+    # Offline, every checkpoint verifies with its own version's key.
+    m.unmount()
+    run([TOOL, "verify-history", "-o", f"config={m.config}", m.store, "user-7"])
+
+
 def test_broken_reload_keeps_old_config(hsm, mount_factory):
     m = mount_factory()
     write_field(m, "a", "before")
