@@ -705,10 +705,14 @@ fail:
 static void
 reload_once(void)
 {
+	struct timespec mono;
 	char why[512];
 	int r;
 
-	notify("RELOADING=1\nSTATUS=reloading %s", the_fs.opt.config);
+	clock_gettime(CLOCK_MONOTONIC, &mono);
+	notify("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading %s",
+	    (unsigned long long)mono.tv_sec * 1000000ULL +
+	    (unsigned long long)mono.tv_nsec / 1000, the_fs.opt.config);
 	r = reload_config();
 	snprintf(why, sizeof(why), "%s (%s)", err_detail(), hsmfs_strerror(r));
 	pthread_mutex_lock(&reload_mu);

@@ -269,6 +269,7 @@ def test_broken_reload_keeps_old_config(hsm, mount_factory):
     assert st["config.reload"].startswith("failed: ") and m.config in \
         st["config.reload"], st
     assert st["config.generation"] == "1"
+    assert run([TOOL, "status", m.mnt], check=False).returncode == 1
     # The old configuration still serves reads and writes.
     assert open(m.path("fields", "a")).read() == "before"
     write_field(m, "b", "after")

@@ -1,6 +1,7 @@
 /* hsmfs-tool status MOUNTPOINT: pretty-print MOUNTPOINT/.status (the
- * daemon's own key: value lines). Exit 1 when a folder is disabled or a
- * key's last operation failed, so it can serve as a health check. */
+ * daemon's own key: value lines). Exit 1 when a folder is disabled, a
+ * key's last operation failed or the last reload was refused, so it can
+ * serve as a health check. */
 #include "tool/tool.h"
 #include "common/err.h"
 #include "common/util.h"
@@ -58,6 +59,9 @@ cmd_status(int argc, char **argv)
 		}
 		printf("%-24s %s\n", key, val);
 		if (strncmp(key, "folder.", 7) == 0 && strcmp(val, "failed") == 0)
+			unhealthy = 1;
+		/* The last reload was refused: an old configuration serves. */
+		if (strcmp(key, "config.reload") == 0 && strncmp(val, "failed", 6) == 0)
 			unhealthy = 1;
 	}
 	free(text);
