@@ -691,8 +691,8 @@ reload_config(void)
 	the_fs.engine = ne;
 	the_fs.keys = nk;
 	pthread_rwlock_unlock(&conf_lock);
-	/* No operation uses the old ones any more (a folder that keeps its
-	 * start keys holds its own reference): keys not shared close now. */
+	/* No operation or folder uses the old ones any more: keys the new
+	 * keyring does not share close now. */
 	keyring_free(ok);
 	engine_free(oe);
 	return 0;

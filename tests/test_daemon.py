@@ -257,6 +257,57 @@ def test_reload_adds_history_signer_v2(hsm, mount_factory):
     run([TOOL, "verify-history", "-o", f"config={m.config}", m.store, "user-7"])
 
 
+def test_reload_under_load_and_key_removal(hsm, mount_factory):
+    """Reloads while fields and history are busy: nothing in flight
+    fails; a key no longer configured is closed and leaves .status."""
+    import threading
+    if V2 not in hsm.keys:
+        hsm.make_key(V2, method="pkcs11-tool")
+    m = mount_factory()
+    v1_only = open(m.config).read()
+    hsm.config(m.config, descriptors=[V2_DESC])
+    open(m.config, "w").write(v1_only)
+    both = open(m.config).read()
+    errors = []
+
+    def worker(n):
+        try:
+            for i in range(30):
+                name = f"w{n}-{i % 3}"
+                write_field(m, name, f"value {n} {i}")
+                assert open(m.path("fields", name)).read() == f"value {n} {i}"
+                with open(m.path("history", f"obj{n}"), "ab") as f:
+                    f.write(f"record {i}\n".encode())
+        except Exception as e:     # reported below, with the daemon log
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    # v1 only, then v1 and v2 (new writes v2) reloaded again and again:
+    # only additions, so every field written stays readable.
+    open(m.config, "w").write(v1_only)
+    run([TOOL, "reload", m.mnt])
+    for k in range(5):
+        open(m.config, "w").write(both)
+        run([TOOL, "reload", m.mnt])
+    for t in threads:
+        t.join()
+    assert not errors, f"{errors}\n{m.log()}"
+    for n in range(4):
+        assert open(m.path("history", f"obj{n}"), "rb").read() == \
+            b"".join(f"record {i}\n".encode() for i in range(30))
+    # Only v2 configured: the v1 key is closed once unused.
+    hsm.config(m.config, descriptors=[V2_DESC], omit=("EncryptedFields",))
+    run([TOOL, "reload", m.mnt])
+    st = status(m)
+    assert "key.encryptedFieldsCertificateV1.backend" not in st
+    assert f"key.{V2}.backend" in st
+    write_field(m, "late", "v2 only")
+    assert field_version(m, "late") == 2
+    assert open(m.path("fields", "late")).read() == "v2 only"
+
+
 def test_broken_reload_keeps_old_config(hsm, mount_factory):
     m = mount_factory()
     write_field(m, "a", "before")
