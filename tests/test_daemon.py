@@ -344,14 +344,15 @@ def test_reload_tool_usage(tmp_path):
 
 # ---- systemd readiness ----
 
-def test_sd_notify_ready_reloading_stopping(hsm, mount_factory, tmp_path):
+def test_sd_notify_ready_reloading_stopping_watchdog(hsm, mount_factory, tmp_path):
     import socket
     m = mount_factory(start=False)
     sock_path = str(tmp_path / "notify.sock")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind(sock_path)
     s.settimeout(60)
-    env = dict(os.environ, NOTIFY_SOCKET=sock_path)
+    # A watchdog of 0.4 s: pings come at half of it.
+    env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC="400000")
     log = open(m.logfile, "ab")
     proc = subprocess.Popen([HSMFS, m.store, m.mnt, "-f", "-o", m._optstr(None)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -371,6 +372,7 @@ def test_sd_notify_ready_reloading_stopping(hsm, mount_factory, tmp_path):
         assert is_mounted(m.mnt) and "key.encryptedFieldsCertificateV1.ops" in \
             open(m.path(".status")).read()
         assert any(ln.startswith("STATUS=serving") for ln in ready.split("\n"))
+        until("WATCHDOG=1")
         proc.send_signal(signal.SIGHUP)
         assert "RELOADING=1" in until("RELOADING=1")
         until("READY=1")
