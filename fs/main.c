@@ -23,6 +23,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,11 @@ static char mnt_abs[PATH_MAX];     /* the mount point, absolute */
  * engine and keyring outside it and takes it for writing only to swap.
  * reload_sem is posted by the SIGHUP handler (async-signal-safe). */
 static pthread_rwlock_t conf_lock = PTHREAD_RWLOCK_INITIALIZER;
+/* The reload gate (see op_enter). */
+#define RELOAD_GATE_MS 200
+static atomic_int reload_waiting;
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
 static sem_t reload_sem;
 static pthread_t reload_tid;
 static int reload_running;
@@ -646,6 +652,15 @@ op_removexattr(const char *path, const char *name)
  * that are new (keys that stay are shared, sessions kept), let every
  * running folder check and derive its state, then swap under the write
  * lock. Any failure keeps the old configuration serving. */
+static void
+reload_gate_open(void)
+{
+	pthread_mutex_lock(&gate_mu);
+	atomic_store(&reload_waiting, 0);
+	pthread_cond_broadcast(&gate_cv);
+	pthread_mutex_unlock(&gate_mu);
+}
+
 static int
 reload_config(void)
 {
@@ -668,7 +683,9 @@ reload_config(void)
 	engine_scrub_env_pins(ne);
 	if (r != 0)
 		goto fail;
+	atomic_store(&reload_waiting, 1);
 	pthread_rwlock_wrlock(&conf_lock);
+	reload_gate_open();
 	for (; prepared < NFOLDERS; prepared++) {
 		const struct folder_ops *f = folders[prepared];
 		if (!folder_ok[prepared] || f->reload_prepare == NULL)
@@ -858,12 +875,36 @@ op_destroy(void *data)
 	log_info("unmounted store %s", the_fs.store);
 }
 
+/* The lock prefers readers (a committing thread nests its read lock in a
+ * flush's), so a steady stream of operations could keep a reload waiting
+ * for ever. While a reload waits, a new operation first waits for it at
+ * this gate, for at most RELOAD_GATE_MS: long enough for operations in
+ * flight to drain, bounded so that an operation that in-flight work
+ * depends on can never be held back indefinitely. */
+static void
+op_enter(void)
+{
+	if (atomic_load(&reload_waiting)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += RELOAD_GATE_MS * 1000000L;
+		ts.tv_sec += ts.tv_nsec / 1000000000L;
+		ts.tv_nsec %= 1000000000L;
+		pthread_mutex_lock(&gate_mu);
+		while (atomic_load(&reload_waiting) &&
+		    pthread_cond_timedwait(&gate_cv, &gate_mu, &ts) == 0)
+			;
+		pthread_mutex_unlock(&gate_mu);
+	}
+	pthread_rwlock_rdlock(&conf_lock);
+}
+
 /* Every operation that reaches a folder holds the configuration lock
  * for reading (see fs_conf_rdlock): it finishes on the configuration it
  * started with, and a reload waits for it. */
 #define LOCKED(call) do {                         \
 	int r_;                                   \
-	pthread_rwlock_rdlock(&conf_lock);        \
+	op_enter();                               \
 	r_ = (call);                              \
 	pthread_rwlock_unlock(&conf_lock);        \
 	return r_;                                \
