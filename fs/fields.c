@@ -24,7 +24,7 @@
 #define FOLDER "fields"
 #define SEALED ".sealed"
 
-/* Set in start(), read-only afterwards. */
+/* Set in start() and by a reload (under the configuration write lock). */
 static int dirfd_ = -1;
 static const struct engine_descriptor *newest;  /* NULL: writes refused */
 static hsm_key *newest_key;
@@ -351,35 +351,88 @@ orphan:
 
 /* ---- folder operations ---- */
 
+/* The newest EncryptedFields version of e and its open key in kr. */
+struct fields_keys {
+	const struct engine_descriptor *newest;
+	hsm_key *key;
+};
+
+static int
+fields_keys_of(const struct engine *e, struct keyring *kr,
+    struct fields_keys *out)
+{
+	int r;
+
+	for (size_t i = 0; i < e->ndescs; i++)
+		if (strcmp(e->descs[i].name, ENGINE_ENCRYPTED_FIELDS) == 0 &&
+		    (r = envelope_descriptor_check(&e->descs[i])) != 0)
+			return r;
+	if ((out->newest = engine_newest(e, ENGINE_ENCRYPTED_FIELDS)) == NULL) {
+		err_set("no EncryptedFields descriptor in %s", e->path);
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	if ((out->key = keyring_key(kr, out->newest)) == NULL ||
+	    hsm_key_cert(out->key) == NULL) {
+		err_set("EncryptedFields version %d: key %s is not open",
+		    out->newest->version, out->newest->key_name);
+		return HSMFS_ERR_CONFIG;
+	}
+	return 0;
+}
+
 static int
 fields_start(void)
 {
-	const struct engine *e = hsmfs_ctx->engine;
+	struct fields_keys fk;
 	int fd, r;
 
 	if ((fd = store_dir(hsmfs_ctx->store_fd, FIELDSTORE_DIR)) < 0)
 		return fd;
 	dirfd_ = fd;
 	store_cleanup_tmp(dirfd_);
-	for (size_t i = 0; i < e->ndescs; i++)
-		if (strcmp(e->descs[i].name, ENGINE_ENCRYPTED_FIELDS) == 0 &&
-		    (r = envelope_descriptor_check(&e->descs[i])) != 0)
-			return r;
-	if ((newest = engine_newest(e, ENGINE_ENCRYPTED_FIELDS)) == NULL) {
-		err_set("no EncryptedFields descriptor in %s", e->path);
-		return HSMFS_ERR_UNSUPPORTED;
-	}
-	if ((newest_key = keyring_key(hsmfs_ctx->keys, newest)) == NULL ||
-	    hsm_key_cert(newest_key) == NULL) {
-		err_set("EncryptedFields version %d: key %s is not open",
-		    newest->version, newest->key_name);
-		newest = NULL;
-		return HSMFS_ERR_CONFIG;
-	}
+	if ((r = fields_keys_of(hsmfs_ctx->engine, hsmfs_ctx->keys, &fk)) != 0)
+		return r;
+	newest = fk.newest;
+	newest_key = fk.key;
 	newest_cert = hsm_key_cert(newest_key);
 	log_info("fields: new values use EncryptedFields version %d (key %s)",
 	    newest->version, newest->key_name);
 	return 0;
+}
+
+/* Reload: new values use the new newest version; reads find any
+ * configured version per envelope (hsmfs_ctx, swapped by fs/main.c). */
+static int
+fields_reload_prepare(const struct engine *e, struct keyring *kr, void **next)
+{
+	struct fields_keys *fk = malloc(sizeof(*fk));
+	int r;
+
+	if (fk == NULL)
+		return HSMFS_ERR_NOMEM;
+	if ((r = fields_keys_of(e, kr, fk)) != 0) {
+		free(fk);
+		return r;
+	}
+	*next = fk;
+	return 0;
+}
+
+static void
+fields_reload_finish(void *next, int commit)
+{
+	struct fields_keys *fk = next;
+
+	if (fk != NULL && commit) {
+		if (fk->newest->version != newest->version ||
+		    strcmp(fk->newest->key_name, newest->key_name) != 0)
+			log_info("fields: new values now use EncryptedFields version "
+			    "%d (key %s)", fk->newest->version, fk->newest->key_name);
+		newest = fk->newest;
+		newest_key = fk->key;
+		newest_cert = hsm_key_cert(newest_key);
+	}
+	free(fk);
 }
 
 static void
@@ -805,6 +858,8 @@ const struct folder_ops fields_folder = {
 	.name = FOLDER,
 	.start = fields_start,
 	.stop = fields_stop,
+	.reload_prepare = fields_reload_prepare,
+	.reload_finish = fields_reload_finish,
 	.status = fields_status,
 	.metrics = fields_metrics,
 	.getattr = fields_getattr,

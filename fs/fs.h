@@ -62,6 +62,17 @@ struct folder_ops {
 	/* Series for MNT/.metrics (fs/metrics.h), when the folder is ready. */
 	void (*metrics)(struct metrics *m);
 
+	/* SIGHUP reload (optional), called with every operation drained
+	 * (fs/main.c holds the configuration lock for writing): prepare
+	 * checks that the folder works with the new engine and keys and
+	 * builds what it derives from them into *next (a failure refuses the
+	 * whole reload, err_detail() says why); finish then adopts next
+	 * (commit = 1, the old state is freed) or frees it (commit = 0).
+	 * Without them a folder keeps what it took at start. */
+	int (*reload_prepare)(const struct engine *e, struct keyring *kr,
+	    void **next);
+	void (*reload_finish)(void *next, int commit);
+
 	int (*getattr)(const char *path, struct stat *st, struct fuse_file_info *fi);
 	int (*readdir)(const char *path, void *buf, fuse_fill_dir_t fill);
 	int (*open)(const char *path, struct fuse_file_info *fi);
@@ -92,6 +103,15 @@ extern const struct folder_ops verifyin_folder;
 extern const struct folder_ops fields_folder;
 extern const struct folder_ops history_folder;
 extern const struct folder_ops mail_folder;
+
+/* The configuration lock (fs/main.c): every FUSE operation runs with it
+ * held for reading, so hsmfs_ctx->engine and ->keys and what folders
+ * derive from them stay put; a reload takes it for writing to swap them.
+ * A folder's own thread that uses a key a reload can change holds it
+ * around that use. Reader-preferring: nesting within an operation is
+ * safe. Take it before any folder lock. */
+void fs_conf_rdlock(void);
+void fs_conf_unlock(void);
 
 /* Helpers for folders (fs/main.c). */
 /* Fill st for a directory / regular file owned by the mount's user. */

@@ -1047,7 +1047,11 @@ run_batch_locked(struct batch *b, int may_hand_off)
 		cut_back_locked();
 	H.framing = 1;
 	pthread_mutex_unlock(&H.lock);
+	/* H.signer is swapped by a reload: sign under the configuration read
+	 * lock (taken without H.lock held; nested in a flush's own). */
+	fs_conf_rdlock();
 	stage_frame_sign(b);
+	fs_conf_unlock();
 	pthread_mutex_lock(&H.lock);
 	while (H.index_busy)
 		pthread_cond_wait(&H.idle_cv, &H.lock);
@@ -1300,39 +1304,127 @@ load_notes_file(int fd, int is_anchor, const char *what)
 	return 0;
 }
 
+/* The signer and verification keys of a configuration: the newest
+ * ObjectHistorySigner first (index 0 signs, o->signer = 0), then every
+ * other configured version. */
+struct hkeys {
+	hsm_key *signer;
+	EVP_PKEY **vkeys;
+	X509 **vcerts;
+	size_t nvkeys;
+};
+
 static int
-load_keys(void)
+hkeys_of(const struct engine *e, struct keyring *kr, struct hkeys *hk)
 {
-	const struct engine *e = hsmfs_ctx->engine;
 	const struct engine_descriptor *newest =
 	    engine_newest(e, ENGINE_OBJECT_HISTORY_SIGNER);
+
+	memset(hk, 0, sizeof(*hk));
 	if (newest == NULL) {
 		err_set("no ObjectHistorySigner descriptor in the config");
 		return HSMFS_ERR_UNSUPPORTED;
 	}
-	if ((H.signer = keyring_key(hsmfs_ctx->keys, newest)) == NULL) {
+	if ((hk->signer = keyring_key(kr, newest)) == NULL) {
 		err_set("ObjectHistorySigner version %d: key %s is not open",
 		    newest->version, newest->key_name);
 		return HSMFS_ERR_NOTFOUND;
 	}
-	H.vkeys = calloc(e->ndescs, sizeof(*H.vkeys));
-	H.vcerts = calloc(e->ndescs, sizeof(*H.vcerts));
-	if (H.vkeys == NULL || H.vcerts == NULL)
+	hk->vkeys = calloc(e->ndescs, sizeof(*hk->vkeys));
+	hk->vcerts = calloc(e->ndescs, sizeof(*hk->vcerts));
+	if (hk->vkeys == NULL || hk->vcerts == NULL) {
+		free(hk->vkeys);
+		free(hk->vcerts);
 		return HSMFS_ERR_NOMEM;
-	/* Newest first: index 0 is the signing key (o->signer = 0). */
-	H.vkeys[H.nvkeys] = hsm_key_pubkey(H.signer);
-	H.vcerts[H.nvkeys++] = hsm_key_cert(H.signer);
+	}
+	hk->vkeys[hk->nvkeys] = hsm_key_pubkey(hk->signer);
+	hk->vcerts[hk->nvkeys++] = hsm_key_cert(hk->signer);
 	for (size_t i = 0; i < e->ndescs; i++) {
 		const struct engine_descriptor *d = &e->descs[i];
 		hsm_key *k;
 		if (strcmp(d->name, ENGINE_OBJECT_HISTORY_SIGNER) != 0 || d == newest)
 			continue;
-		if ((k = keyring_key(hsmfs_ctx->keys, d)) == NULL || k == H.signer)
+		if ((k = keyring_key(kr, d)) == NULL || k == hk->signer)
 			continue;
-		H.vkeys[H.nvkeys] = hsm_key_pubkey(k);
-		H.vcerts[H.nvkeys++] = hsm_key_cert(k);
+		hk->vkeys[hk->nvkeys] = hsm_key_pubkey(k);
+		hk->vcerts[hk->nvkeys++] = hsm_key_cert(k);
 	}
 	return 0;
+}
+
+static int
+load_keys(void)
+{
+	struct hkeys hk;
+	int r;
+
+	if ((r = hkeys_of(hsmfs_ctx->engine, hsmfs_ctx->keys, &hk)) != 0)
+		return r;
+	H.signer = hk.signer;
+	H.vkeys = hk.vkeys;
+	H.vcerts = hk.vcerts;
+	H.nvkeys = hk.nvkeys;
+	return 0;
+}
+
+/* Reload: new checkpoints are signed with the new newest version; every
+ * configured version verifies. The signer is read by committing threads
+ * under the configuration read lock (run_batch_locked), so the swap under
+ * the write lock is never seen half done. Objects remember their newest
+ * checkpoint's signer as an index: remap it to the new order. */
+static int
+history_reload_prepare(const struct engine *e, struct keyring *kr, void **next)
+{
+	struct hkeys *hk = malloc(sizeof(*hk));
+	int r;
+
+	if (hk == NULL)
+		return HSMFS_ERR_NOMEM;
+	if ((r = hkeys_of(e, kr, hk)) != 0) {
+		free(hk);
+		return r;
+	}
+	*next = hk;
+	return 0;
+}
+
+static void
+history_reload_finish(void *next, int commit)
+{
+	struct hkeys *hk = next;
+
+	if (hk == NULL)
+		return;
+	if (commit) {
+		pthread_mutex_lock(&H.lock);
+		for (unsigned b = 0; b < NBUCKETS; b++)
+			for (struct hobj *o = H.buckets[b]; o; o = o->next) {
+				X509 *c;
+				if (o->signer < 0 || (size_t)o->signer >= H.nvkeys)
+					continue;
+				c = H.vcerts[o->signer];
+				o->signer = -1;
+				for (size_t i = 0; c && i < hk->nvkeys; i++)
+					if (hk->vcerts[i] && X509_cmp(hk->vcerts[i], c) == 0) {
+						o->signer = (int)i;
+						break;
+					}
+			}
+		if (hk->signer != H.signer)
+			log_info("history: new checkpoints are signed with key %s",
+			    hsm_key_name(hk->signer));
+		free(H.vkeys);
+		free(H.vcerts);
+		H.signer = hk->signer;
+		H.vkeys = hk->vkeys;
+		H.vcerts = hk->vcerts;
+		H.nvkeys = hk->nvkeys;
+		pthread_mutex_unlock(&H.lock);
+	} else {
+		free(hk->vkeys);
+		free(hk->vcerts);
+	}
+	free(hk);
 }
 
 static int
@@ -2155,6 +2247,8 @@ const struct folder_ops history_folder = {
 	.name = "history",
 	.start = history_start,
 	.stop = history_stop,
+	.reload_prepare = history_reload_prepare,
+	.reload_finish = history_reload_finish,
 	.status = history_status,
 	.metrics = history_metrics,
 	.getattr = history_getattr,

@@ -94,9 +94,11 @@ static struct {
 	pthread_t thread;
 	int started, thread_running, stopping;
 	int mailfd, qfd, retryfd, sentfd, failfd, errfd;
+	/* key, md, key_name: set at start and by a reload under the
+	 * configuration write lock; the sender reads them holding it. */
 	hsm_key *key;
 	const EVP_MD *md;
-	const char *key_name;
+	char key_name[256];
 	char *url;            /* libcurl URL (smtp+starttls:// rewritten) */
 	int starttls;
 	char *auth_user;      /* SMTP AUTH, from -o smtp_auth=FILE */
@@ -601,8 +603,13 @@ entry_sign(const char *name, struct entry_hdr *h, char **buf)
 	char *nb;
 	int r;
 
-	if ((r = smime_sign(mail.key, mail.md, *buf + h->hdrlen, h->msglen,
-	    (time_t)h->date, h->msgid, &sig, &siglen)) != 0)
+	/* The sender thread: hold the configuration so a reload cannot
+	 * change or close the key mid-signature. */
+	fs_conf_rdlock();
+	r = smime_sign(mail.key, mail.md, *buf + h->hdrlen, h->msglen,
+	    (time_t)h->date, h->msgid, &sig, &siglen);
+	fs_conf_unlock();
+	if (r != 0)
 		return r;
 	nh.siglen = siglen;
 	if ((r = entry_tmp(&nh, *buf + h->hdrlen, sig, &t)) != 0)
@@ -981,7 +988,7 @@ mail_start(void)
 		err_set("key %s of %s is not open", d->key_name, ENGINE_SIGN_EMAIL);
 		return HSMFS_ERR_NOTFOUND;
 	}
-	mail.key_name = d->key_name;
+	snprintf(mail.key_name, sizeof(mail.key_name), "%s", d->key_name);
 	mail.md = d->md ? d->md : EVP_sha256();
 	if ((r = store_dir(hsmfs_ctx->store_fd, "mail")) < 0)
 		goto fail;
@@ -1055,6 +1062,51 @@ fail:
 	mail.nq = mail.capq = 0;
 	close_fds();
 	return r;
+}
+
+/* Reload: the next message is signed with the newest SignEmailDescriptor
+ * (the relay options are not part of a reload). */
+struct mail_keys {
+	hsm_key *key;
+	const EVP_MD *md;
+	char key_name[256];
+};
+
+static int
+mail_reload_prepare(const struct engine *e, struct keyring *kr, void **next)
+{
+	const struct engine_descriptor *d = engine_newest(e, ENGINE_SIGN_EMAIL);
+	struct mail_keys *k;
+
+	if (d == NULL) {
+		err_set("no %s descriptor in %s (a reload cannot remove a folder's "
+		    "descriptor; remount for that)", ENGINE_SIGN_EMAIL, e->path);
+		return HSMFS_ERR_CONFIG;
+	}
+	if ((k = calloc(1, sizeof(*k))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	if ((k->key = keyring_key(kr, d)) == NULL) {
+		err_set("key %s of %s is not open", d->key_name, ENGINE_SIGN_EMAIL);
+		free(k);
+		return HSMFS_ERR_NOTFOUND;
+	}
+	k->md = d->md ? d->md : EVP_sha256();
+	snprintf(k->key_name, sizeof(k->key_name), "%s", d->key_name);
+	*next = k;
+	return 0;
+}
+
+static void
+mail_reload_finish(void *next, int commit)
+{
+	struct mail_keys *k = next;
+
+	if (k != NULL && commit) {
+		mail.key = k->key;
+		mail.md = k->md;
+		memcpy(mail.key_name, k->key_name, sizeof(mail.key_name));
+	}
+	free(k);
 }
 
 static void
@@ -1718,6 +1770,8 @@ const struct folder_ops mail_folder = {
 	.name = "mail",
 	.start = mail_start,
 	.stop = mail_stop,
+	.reload_prepare = mail_reload_prepare,
+	.reload_finish = mail_reload_finish,
 	.status = mail_status,
 	.metrics = mail_metrics,
 	.getattr = mail_getattr,

@@ -11,22 +11,32 @@
 #include "fs/store.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/storelock.h"
 #include "common/util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <libgen.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 struct hsmfs *hsmfs_ctx;
 static struct hsmfs the_fs;
@@ -42,6 +52,48 @@ static const struct folder_ops *const folders[] = {
 static int folder_ok[NFOLDERS];    /* start() succeeded */
 static int folder_err[NFOLDERS];   /* start()'s error when not ok */
 static char folder_why[NFOLDERS][256];   /* start()'s detail when not ok */
+static int lock_fd = -1;           /* STORE/lock, held for the daemon's life */
+static char mnt_abs[PATH_MAX];     /* the mount point, absolute */
+
+/* ---- configuration lock and reload (SIGHUP) ----
+ * Operations hold conf_lock for reading; reload_thread builds the new
+ * engine and keyring outside it and takes it for writing only to swap.
+ * reload_sem is posted by the SIGHUP handler (async-signal-safe). */
+static pthread_rwlock_t conf_lock = PTHREAD_RWLOCK_INITIALIZER;
+/* The reload gate (see op_enter). */
+#define RELOAD_GATE_MS 200
+static atomic_int reload_waiting;
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static sem_t reload_sem;
+static pthread_t reload_tid;
+static int reload_running;
+static volatile sig_atomic_t reload_quit;
+static pthread_mutex_t reload_mu = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long reload_attempts, conf_generation = 1;
+static char reload_result[600] = "none";   /* "ok" or "failed: ..." */
+static time_t reload_time;
+
+static int pem_certs_ok(const char *path);
+
+void fs_conf_rdlock(void) { pthread_rwlock_rdlock(&conf_lock); }
+void fs_conf_unlock(void) { pthread_rwlock_unlock(&conf_lock); }
+
+/* sd_notify(3) when run by systemd (NOTIFY_SOCKET set); a no-op else. */
+static void
+notify(const char *fmt, ...)
+{
+#ifdef HAVE_SYSTEMD
+	char buf[800];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	sd_notify(0, buf);
+#else
+	(void)fmt;
+#endif
+}
 
 #define STATUS_NAME ".status"
 #define METRICS_NAME ".metrics"
@@ -137,6 +189,14 @@ status_text(size_t *len)
 	fprintf(f, "version: %s\n", HSMFS_VERSION);
 	fprintf(f, "uptime: %lld\n", (long long)(time(NULL) - the_fs.started));
 	fprintf(f, "store: %s\n", the_fs.store);
+	fprintf(f, "pid: %ld\n", (long)getpid());
+	pthread_mutex_lock(&reload_mu);
+	fprintf(f, "config.file: %s\n", the_fs.opt.config);
+	fprintf(f, "config.generation: %lu\n", conf_generation);
+	fprintf(f, "config.reloads: %lu\n", reload_attempts);
+	fprintf(f, "config.reload: %s\n", reload_result);
+	fprintf(f, "config.reload_time: %lld\n", (long long)reload_time);
+	pthread_mutex_unlock(&reload_mu);
 	for (size_t i = 0; the_fs.keys && i < keyring_count(the_fs.keys); i++) {
 		hsm_key *k = keyring_at(the_fs.keys, i);
 		struct hsm_stats s;
@@ -644,6 +704,158 @@ op_removexattr(const char *path, const char *name)
 	return f->removexattr(rest, name);
 }
 
+/* SIGHUP: re-read and check the XML and the truststore, open the keys
+ * that are new (keys that stay are shared, sessions kept), let every
+ * running folder check and derive its state, then swap under the write
+ * lock. Any failure keeps the old configuration serving. */
+static void
+reload_gate_open(void)
+{
+	pthread_mutex_lock(&gate_mu);
+	atomic_store(&reload_waiting, 0);
+	pthread_cond_broadcast(&gate_cv);
+	pthread_mutex_unlock(&gate_mu);
+}
+
+static int
+reload_config(void)
+{
+	struct engine *ne = NULL, *oe;
+	struct keyring *nk = NULL, *ok;
+	void *next[NFOLDERS] = { 0 };
+	size_t prepared = 0;
+	int r;
+
+	err_clear();
+	if ((r = engine_load(the_fs.opt.config, &ne)) != 0)
+		goto fail;
+	if (the_fs.opt.truststore && pem_certs_ok(the_fs.opt.truststore) != 0) {
+		err_prefix("truststore ");
+		r = HSMFS_ERR_CONFIG;
+		goto fail;
+	}
+	/* Only this thread changes the_fs.keys: no lock needed to read it. */
+	r = keyring_reopen(the_fs.keys, ne, &nk);
+	engine_scrub_env_pins(ne);
+	if (r != 0)
+		goto fail;
+	atomic_store(&reload_waiting, 1);
+	pthread_rwlock_wrlock(&conf_lock);
+	reload_gate_open();
+	for (; prepared < NFOLDERS; prepared++) {
+		const struct folder_ops *f = folders[prepared];
+		if (!folder_ok[prepared] || f->reload_prepare == NULL)
+			continue;
+		err_clear();
+		if ((r = f->reload_prepare(ne, nk, &next[prepared])) != 0) {
+			err_prefix("%s: ", f->name);
+			break;
+		}
+	}
+	for (size_t i = 0; i < prepared; i++)
+		if (folder_ok[i] && folders[i]->reload_finish)
+			folders[i]->reload_finish(next[i], r == 0);
+	if (r != 0) {
+		pthread_rwlock_unlock(&conf_lock);
+		goto fail;
+	}
+	oe = the_fs.engine;
+	ok = the_fs.keys;
+	the_fs.engine = ne;
+	the_fs.keys = nk;
+	pthread_rwlock_unlock(&conf_lock);
+	/* No operation or folder uses the old ones any more: keys the new
+	 * keyring does not share close now. */
+	keyring_free(ok);
+	engine_free(oe);
+	return 0;
+fail:
+	keyring_free(nk);
+	engine_free(ne);
+	return r;
+}
+
+static void
+reload_once(void)
+{
+	struct timespec mono;
+	char why[512];
+	int r;
+
+	clock_gettime(CLOCK_MONOTONIC, &mono);
+	notify("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading %s",
+	    (unsigned long long)mono.tv_sec * 1000000ULL +
+	    (unsigned long long)mono.tv_nsec / 1000, the_fs.opt.config);
+	r = reload_config();
+	snprintf(why, sizeof(why), "%s (%s)", err_detail(), hsmfs_strerror(r));
+	pthread_mutex_lock(&reload_mu);
+	reload_attempts++;
+	reload_time = time(NULL);
+	if (r == 0) {
+		conf_generation++;
+		snprintf(reload_result, sizeof(reload_result), "ok");
+	} else {
+		snprintf(reload_result, sizeof(reload_result), "failed: %s", why);
+	}
+	pthread_mutex_unlock(&reload_mu);
+	if (r == 0) {
+		log_info("reloaded %s: %zu key(s) open, new work uses it",
+		    the_fs.opt.config, keyring_count(the_fs.keys));
+		notify("READY=1\nSTATUS=serving %s on %s (config reloaded)",
+		    the_fs.store, mnt_abs);
+	} else {
+		log_err("reload of %s failed, the previous configuration keeps "
+		    "serving: %s", the_fs.opt.config, why);
+		notify("READY=1\nSTATUS=serving %s on %s; config reload failed: %s",
+		    the_fs.store, mnt_abs, why);
+	}
+}
+
+/* Waits for SIGHUP (reload_sem); with a systemd watchdog, also pings it
+ * at half its interval. */
+static void *
+reload_main(void *arg)
+{
+	uint64_t wd_usec = 0;
+#ifdef HAVE_SYSTEMD
+	if (sd_watchdog_enabled(0, &wd_usec) <= 0)
+		wd_usec = 0;
+#endif
+	for (;;) {
+		int r;
+		if (wd_usec) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += (time_t)(wd_usec / 2 / 1000000);
+			ts.tv_nsec += (long)(wd_usec / 2 % 1000000) * 1000;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			r = sem_timedwait(&reload_sem, &ts);
+		} else {
+			r = sem_wait(&reload_sem);
+		}
+		if (reload_quit)
+			break;
+		if (r != 0) {
+			if (errno == ETIMEDOUT)
+				notify("WATCHDOG=1");
+			continue;
+		}
+		reload_once();
+	}
+	return NULL;
+}
+
+static void
+on_sighup(int sig)
+{
+	int e = errno;
+	sem_post(&reload_sem);
+	errno = e;
+}
+
 static void *
 op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
@@ -654,6 +866,8 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	if (!the_fs.opt.foreground)
 		log_set_syslog(1);
 	secmem_harden(8 << 20);
+	/* daemonize forked: the lock (inherited) now names this PID. */
+	storelock_set_owner(lock_fd, "hsmfs", mnt_abs);
 
 	cfg->kernel_cache = 0;
 	cfg->attr_timeout = 1.0;
@@ -690,13 +904,26 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		}
 		folder_ok[i] = 1;
 	}
+	if ((r = pthread_create(&reload_tid, NULL, reload_main, NULL)) == 0)
+		reload_running = 1;
+	else
+		log_err("cannot start the reload thread: %s; SIGHUP is ignored",
+		    strerror(r));
 	log_info("mounted store %s", the_fs.store);
+	notify("READY=1\nSTATUS=serving %s on %s", the_fs.store, mnt_abs);
 	return &the_fs;
 }
 
 static void
 op_destroy(void *data)
 {
+	notify("STOPPING=1\nSTATUS=unmounting %s", mnt_abs);
+	if (reload_running) {
+		reload_quit = 1;
+		sem_post(&reload_sem);
+		pthread_join(reload_tid, NULL);
+		reload_running = 0;
+	}
 	for (size_t i = NFOLDERS; i-- > 0;)
 		if (folder_ok[i] && folders[i]->stop)
 			folders[i]->stop();
@@ -705,30 +932,178 @@ op_destroy(void *data)
 	log_info("unmounted store %s", the_fs.store);
 }
 
+/* The lock prefers readers (a committing thread nests its read lock in a
+ * flush's), so a steady stream of operations could keep a reload waiting
+ * for ever. While a reload waits, a new operation first waits for it at
+ * this gate, for at most RELOAD_GATE_MS: long enough for operations in
+ * flight to drain, bounded so that an operation that in-flight work
+ * depends on can never be held back indefinitely. */
+static void
+op_enter(void)
+{
+	if (atomic_load(&reload_waiting)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += RELOAD_GATE_MS * 1000000L;
+		ts.tv_sec += ts.tv_nsec / 1000000000L;
+		ts.tv_nsec %= 1000000000L;
+		pthread_mutex_lock(&gate_mu);
+		while (atomic_load(&reload_waiting) &&
+		    pthread_cond_timedwait(&gate_cv, &gate_mu, &ts) == 0)
+			;
+		pthread_mutex_unlock(&gate_mu);
+	}
+	pthread_rwlock_rdlock(&conf_lock);
+}
+
+/* Every operation that reaches a folder holds the configuration lock
+ * for reading (see fs_conf_rdlock): it finishes on the configuration it
+ * started with, and a reload waits for it. */
+#define LOCKED(call) do {                         \
+	int r_;                                   \
+	op_enter();                               \
+	r_ = (call);                              \
+	pthread_rwlock_unlock(&conf_lock);        \
+	return r_;                                \
+} while (0)
+
+static int
+l_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+	LOCKED(op_getattr(path, st, fi));
+}
+
+static int
+l_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
+    struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+	LOCKED(op_readdir(path, buf, fill, off, fi, flags));
+}
+
+static int
+l_open(const char *path, struct fuse_file_info *fi)
+{
+	LOCKED(op_open(path, fi));
+}
+
+static int
+l_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	LOCKED(op_create(path, mode, fi));
+}
+
+static int
+l_read(const char *path, char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	LOCKED(op_read(path, buf, size, off, fi));
+}
+
+static int
+l_write(const char *path, const char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi)
+{
+	LOCKED(op_write(path, buf, size, off, fi));
+}
+
+static int
+l_flush(const char *path, struct fuse_file_info *fi)
+{
+	LOCKED(op_flush(path, fi));
+}
+
+static int
+l_fsync(const char *path, int datasync, struct fuse_file_info *fi)
+{
+	LOCKED(op_fsync(path, datasync, fi));
+}
+
+static int
+l_release(const char *path, struct fuse_file_info *fi)
+{
+	LOCKED(op_release(path, fi));
+}
+
+static int
+l_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+	LOCKED(op_truncate(path, size, fi));
+}
+
+static int
+l_unlink(const char *path)
+{
+	LOCKED(op_unlink(path));
+}
+
+static int
+l_rename(const char *from, const char *to, unsigned int flags)
+{
+	LOCKED(op_rename(from, to, flags));
+}
+
+static int
+l_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	LOCKED(op_chmod(path, mode, fi));
+}
+
+static int
+l_utimens(const char *path, const struct timespec tv[2],
+    struct fuse_file_info *fi)
+{
+	LOCKED(op_utimens(path, tv, fi));
+}
+
+static int
+l_getxattr(const char *path, const char *name, char *value, size_t size)
+{
+	LOCKED(op_getxattr(path, name, value, size));
+}
+
+static int
+l_setxattr(const char *path, const char *name, const char *value,
+    size_t size, int flags)
+{
+	LOCKED(op_setxattr(path, name, value, size, flags));
+}
+
+static int
+l_listxattr(const char *path, char *list, size_t size)
+{
+	LOCKED(op_listxattr(path, list, size));
+}
+
+static int
+l_removexattr(const char *path, const char *name)
+{
+	LOCKED(op_removexattr(path, name));
+}
+
 static const struct fuse_operations hsmfs_ops = {
 	.init = op_init,
 	.destroy = op_destroy,
-	.getattr = op_getattr,
-	.readdir = op_readdir,
-	.open = op_open,
-	.create = op_create,
-	.read = op_read,
-	.write = op_write,
-	.flush = op_flush,
-	.fsync = op_fsync,
-	.release = op_release,
-	.truncate = op_truncate,
-	.unlink = op_unlink,
-	.rename = op_rename,
+	.getattr = l_getattr,
+	.readdir = l_readdir,
+	.open = l_open,
+	.create = l_create,
+	.read = l_read,
+	.write = l_write,
+	.flush = l_flush,
+	.fsync = l_fsync,
+	.release = l_release,
+	.truncate = l_truncate,
+	.unlink = l_unlink,
+	.rename = l_rename,
 	.mkdir = op_mkdir,
 	.rmdir = op_rmdir,
-	.chmod = op_chmod,
+	.chmod = l_chmod,
 	.chown = op_chown,
-	.utimens = op_utimens,
-	.getxattr = op_getxattr,
-	.setxattr = op_setxattr,
-	.listxattr = op_listxattr,
-	.removexattr = op_removexattr,
+	.utimens = l_utimens,
+	.getxattr = l_getxattr,
+	.setxattr = l_setxattr,
+	.listxattr = l_listxattr,
+	.removexattr = l_removexattr,
 };
 
 /* ---- options ---- */
@@ -741,6 +1116,7 @@ struct cli {
 	char *log_level;
 	int nonopt;
 	int help;
+	int nonempty;          /* -o nonempty: mount over a non-empty directory */
 };
 static struct cli cli;
 
@@ -783,6 +1159,11 @@ opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
 			cli.log_level = strdup(arg + 10);
 			return 0;
 		}
+		/* libfuse 3 dropped nonempty: the check is ours now. */
+		if (strcmp(arg, "nonempty") == 0) {
+			cli.nonempty = 1;
+			return 0;
+		}
 		return 1;
 	case KEY_HELP:
 		cli.help = 1;
@@ -819,6 +1200,7 @@ usage(const char *prog)
 	    "    -o classpath=DIR[:DIR]  where locationValue=\"classpath:NAME\" is looked\n"
 	    "                            up (default: the config file's directory)\n"
 	    "    -o log_level=LEVEL      error, warning, info (default), debug\n"
+	    "    -o nonempty             allow a mount point that is not empty\n"
 	    "    -V, --version           print the version\n\n"
 	    "FUSE options (see mount.fuse3(8) for all):\n"
 	    "    -f                      foreground, log to stderr (else syslog)\n"
@@ -841,7 +1223,7 @@ usage(const char *prog)
 static int
 check_store(void)
 {
-	char path[PATH_MAX];
+	char path[PATH_MAX], holder[PATH_MAX + 64];
 	struct stat st;
 	int fd;
 
@@ -863,6 +1245,23 @@ check_store(void)
 		fprintf(stderr, "hsmfs: store %s: %s\n", path, strerror(errno));
 		return -1;
 	}
+	/* One daemon per store, locked before anything in it is touched. */
+	switch (storelock_take(fd, &lock_fd, holder, sizeof(holder))) {
+	case 0:
+		storelock_set_owner(lock_fd, "hsmfs", mnt_abs);
+		break;
+	case 1:
+		fprintf(stderr, "hsmfs: store %s is in use by PID %s; one daemon "
+		    "per store: %s\n", path, holder, strstr(holder, " hsmfs ") ?
+		    "unmount it first" : "wait for it to finish");
+		close(fd);
+		return -1;
+	default:
+		fprintf(stderr, "hsmfs: store %s: cannot lock: %s\n", path,
+		    err_detail());
+		close(fd);
+		return -1;
+	}
 	if (!the_fs.opt.read_only) {
 		struct store_tmp t;
 		if (store_tmp_create(fd, &t) != 0) {
@@ -874,6 +1273,111 @@ check_store(void)
 		store_tmp_abort(&t);
 	}
 	the_fs.store_fd = fd;
+	return 0;
+}
+
+/* The file system type and source mounted exactly at path (absolute), from
+ * /proc/self/mountinfo; 0 when path is not a mount point. */
+static int
+mounted_at(const char *path, char *type, size_t tlen, char *src, size_t slen)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL, mp[PATH_MAX], ty[256], so[PATH_MAX];
+	size_t cap = 0;
+	int found = 0;
+
+	if (f == NULL)
+		return 0;
+	while (getline(&line, &cap, f) > 0) {
+		char *sep = strstr(line, " - ");
+		/* 5th field is the mount point (octal escapes for blanks). */
+		if (sep == NULL || sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1 ||
+		    sscanf(sep + 3, "%255s %4095s", ty, so) != 2)
+			continue;
+		for (char *r = mp, *w = mp;; r++, w++) {
+			if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] && r[3]) {
+				*w = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+				r += 3;
+			} else if ((*w = *r) == '\0')
+				break;
+		}
+		if (strcmp(mp, path) == 0) {
+			/* The last mount stacked on path is the visible one. */
+			snprintf(type, tlen, "%s", ty);
+			snprintf(src, slen, "%s", so);
+			found = 1;
+		}
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* SPEC §1: the mount point must be an empty directory (unless
+ * -o nonempty) and not a live hsmfs mount; a dead mount of a crashed
+ * daemon (ENOTCONN) is explained rather than reported as a bare errno. */
+static int
+check_mountpoint(void)
+{
+	const char *mp = cli.mountpoint;
+	char type[256], src[PATH_MAX], cwd[PATH_MAX];
+	struct statfs sfs;
+	struct dirent *de;
+	struct stat st;
+	DIR *d;
+	int e = 0;
+
+	/* statfs, unlike stat, is never answered from the kernel's cache. */
+	if (statfs(mp, &sfs) < 0 && errno == ENOTCONN)
+		e = ENOTCONN;
+	else if (stat(mp, &st) < 0)
+		e = errno;
+	if (e == ENOTCONN) {
+		fprintf(stderr, "hsmfs: mount point %s: a dead mount left by an hsmfs "
+		    "that stopped without unmounting (Transport endpoint is not "
+		    "connected); clear it with 'fusermount3 -uz %s' and start "
+		    "again\n", mp, mp);
+		return -1;
+	}
+	if (realpath(mp, mnt_abs) == NULL) {
+		if (mp[0] == '/' || getcwd(cwd, sizeof(cwd)) == NULL)
+			snprintf(mnt_abs, sizeof(mnt_abs), "%s", mp);
+		else if (snprintf(mnt_abs, sizeof(mnt_abs), "%s/%s", cwd, mp) >=
+		    (int)sizeof(mnt_abs))
+			snprintf(mnt_abs, sizeof(mnt_abs), "%s", mp);
+	}
+	if (mounted_at(mnt_abs, type, sizeof(type), src, sizeof(src)) &&
+	    strcmp(type, "fuse.hsmfs") == 0) {
+		fprintf(stderr, "hsmfs: mount point %s is already an hsmfs mount "
+		    "(%s); unmount it first (fusermount3 -u %s)\n", mp, src, mp);
+		return -1;
+	}
+	if (e != 0) {
+		fprintf(stderr, "hsmfs: mount point %s: %s\n", mp, strerror(e));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "hsmfs: mount point %s is not a directory\n", mp);
+		return -1;
+	}
+	if (cli.nonempty)
+		return 0;
+	if ((d = opendir(mp)) == NULL) {
+		fprintf(stderr, "hsmfs: mount point %s: %s\n", mp, strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+			e = 1;
+			break;
+		}
+	closedir(d);
+	if (e) {
+		fprintf(stderr, "hsmfs: mount point %s is not empty; its files would "
+		    "be hidden: use an empty directory, or -o nonempty to mount over "
+		    "them\n", mp);
+		return -1;
+	}
 	return 0;
 }
 
@@ -917,17 +1421,16 @@ absolutize(char **opt, const char *what, int must_exist)
 	return 0;
 }
 
+/* A PEM file of at least one certificate (truststore=, smtp_ca=);
+ * -1 with err_detail() naming the file when not. */
 static int
-check_truststore(void)
+pem_certs_ok(const char *path)
 {
 	FILE *f;
 	X509 *x;
 	int n = 0;
-	if (the_fs.opt.truststore == NULL)
-		return 0;
-	if ((f = fopen(the_fs.opt.truststore, "r")) == NULL) {
-		fprintf(stderr, "hsmfs: truststore %s: %s\n", the_fs.opt.truststore,
-		    strerror(errno));
+	if ((f = fopen(path, "re")) == NULL) {
+		err_set("%s: %s", path, strerror(errno));
 		return -1;
 	}
 	while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
@@ -937,8 +1440,122 @@ check_truststore(void)
 	fclose(f);
 	ERR_clear_error();
 	if (n == 0) {
-		fprintf(stderr, "hsmfs: truststore %s: no PEM certificate found\n",
-		    the_fs.opt.truststore);
+		err_set("%s: no PEM certificate found", path);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+check_pem_certs(const char *what, const char *path)
+{
+	if (pem_certs_ok(path) == 0)
+		return 0;
+	fprintf(stderr, "hsmfs: %s %s\n", what, err_detail());
+	return -1;
+}
+
+static int
+check_truststore(void)
+{
+	if (the_fs.opt.truststore == NULL)
+		return 0;
+	return check_pem_certs("truststore", the_fs.opt.truststore);
+}
+
+/* smtp=URL: smtp://, smtps:// or smtp+starttls://, a host (name, IPv4 or
+ * [IPv6]), an optional port 1-65535, nothing after but an optional "/".
+ * smtp_auth needs TLS and a user line and a password line; smtp_ca PEM
+ * certificates. The mail folder parses the same URL after mounting; this
+ * makes its mistakes start-up errors instead of "folder.mail: failed". */
+static int
+check_smtp(void)
+{
+	static const char *const schemes[] = { "smtp://", "smtps://",
+	    "smtp+starttls://" };
+	const char *url = the_fs.opt.smtp, *p = NULL, *host, *end;
+	char *txt = NULL;
+	size_t len = 0, hl;
+	int tls = 0, ok;
+
+	if (url == NULL) {
+		if (the_fs.opt.smtp_auth || the_fs.opt.smtp_ca) {
+			fprintf(stderr, "hsmfs: smtp_%s= without smtp=URL: name the relay "
+			    "too\n", the_fs.opt.smtp_auth ? "auth" : "ca");
+			return -1;
+		}
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
+		if (strncmp(url, schemes[i], strlen(schemes[i])) == 0) {
+			p = url + strlen(schemes[i]);
+			tls = i > 0;
+		}
+	if (p == NULL) {
+		fprintf(stderr, "hsmfs: smtp=%s: unsupported scheme; use "
+		    "smtp://HOST[:PORT], smtp+starttls://HOST[:PORT] or "
+		    "smtps://HOST[:PORT]\n", url);
+		return -1;
+	}
+	host = p;
+	if (*p == '[') {
+		end = strchr(p, ']');
+		ok = end != NULL && end > p + 1 &&
+		    strspn(p + 1, "0123456789abcdefABCDEF:.") == (size_t)(end - p - 1);
+		p = end ? end + 1 : p;
+	} else {
+		hl = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		    "0123456789.-");
+		ok = hl > 0 && p[0] != '-' && p[0] != '.';
+		p += hl;
+	}
+	if (!ok) {
+		fprintf(stderr, "hsmfs: smtp=%s: no valid host name after the "
+		    "scheme\n", url);
+		return -1;
+	}
+	if (*p == ':') {
+		char *e2;
+		long port;
+		errno = 0;
+		port = strtol(p + 1, &e2, 10);
+		if (e2 == p + 1 || errno != 0 || port < 1 || port > 65535) {
+			fprintf(stderr, "hsmfs: smtp=%s: port must be a number from 1 to "
+			    "65535\n", url);
+			return -1;
+		}
+		p = e2;
+	}
+	if (strcmp(p, "") != 0 && strcmp(p, "/") != 0) {
+		fprintf(stderr, "hsmfs: smtp=%s: unexpected \"%s\" after the host%s\n",
+		    url, p, p > host ? " and port" : "");
+		return -1;
+	}
+	if (the_fs.opt.smtp_ca && check_pem_certs("smtp_ca", the_fs.opt.smtp_ca) != 0)
+		return -1;
+	if (the_fs.opt.smtp_auth == NULL)
+		return 0;
+	if (!tls) {
+		fprintf(stderr, "hsmfs: smtp_auth=%s needs TLS: use smtp+starttls:// "
+		    "or smtps://\n", the_fs.opt.smtp_auth);
+		return -1;
+	}
+	if (util_read_file(the_fs.opt.smtp_auth, 4096, &txt, &len) != 0) {
+		fprintf(stderr, "hsmfs: smtp_auth=%s: %s\n", the_fs.opt.smtp_auth,
+		    err_detail());
+		return -1;
+	}
+	{
+		char *nl = memchr(txt, '\n', len);
+		ok = nl != NULL && nl != txt &&
+		    memchr(txt, '\r', (size_t)(nl - txt)) == NULL &&
+		    nl + 1 < txt + len && nl[1] != '\n' && nl[1] != '\r';
+	}
+	OPENSSL_cleanse(txt, len);
+	free(txt);
+	if (!ok) {
+		fprintf(stderr, "hsmfs: smtp_auth=%s: expected a user name line and a "
+		    "password line\n", the_fs.opt.smtp_auth);
 		return -1;
 	}
 	return 0;
@@ -1021,6 +1638,20 @@ run_fuse(struct fuse_args *args)
 	se = fuse_get_session(fuse);
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_unmount;
+	/* SIGHUP reloads (libfuse's handler would unmount). */
+	{
+		struct sigaction sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = on_sighup;
+		sigemptyset(&sa.sa_mask);
+		sa.sa_flags = SA_RESTART;
+		if (sem_init(&reload_sem, 0, 0) != 0 ||
+		    sigaction(SIGHUP, &sa, NULL) != 0) {
+			fprintf(stderr, "hsmfs: cannot handle SIGHUP: %s\n",
+			    strerror(errno));
+			goto out_signals;
+		}
+	}
 	if (o.singlethread) {
 		res = fuse_loop(fuse);
 	} else {
@@ -1034,8 +1665,8 @@ run_fuse(struct fuse_args *args)
 		res = fuse_loop_mt(fuse, lc);
 		fuse_loop_cfg_destroy(lc);
 	}
-	/* The loop returns the signal number after SIGTERM/SIGINT/SIGHUP. */
-	r = (res == 0 || res == SIGTERM || res == SIGINT || res == SIGHUP) ? 0 : 1;
+	/* The loop returns the signal number after SIGTERM/SIGINT. */
+	r = (res == 0 || res == SIGTERM || res == SIGINT) ? 0 : 1;
 out_signals:
 	fuse_remove_signal_handlers(se);
 out_unmount:
@@ -1110,7 +1741,8 @@ main(int argc, char *argv[])
 	    absolutize(&the_fs.opt.smtp_auth, "smtp_auth", 1) != 0 ||
 	    absolutize(&the_fs.opt.config, "config", 1) != 0)
 		return 1;
-	if (check_store() != 0 || check_truststore() != 0 || check_keys() != 0)
+	if (check_mountpoint() != 0 || check_store() != 0 ||
+	    check_truststore() != 0 || check_smtp() != 0 || check_keys() != 0)
 		return 1;
 
 	/* Many concurrent writers feed one history group commit: libfuse's

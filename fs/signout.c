@@ -52,11 +52,74 @@ dn_of(X509 *x, char *out, size_t len)
 	BIO_free(b);
 }
 
+/* What sign-out derives from a configuration: the newest ConfigZipSigner,
+ * its key, its subject and the issuers to embed. */
+struct so_keys {
+	const struct engine_descriptor *desc;
+	hsm_key *key;
+	STACK_OF(X509) *chain;
+	char dn[512];
+};
+
+static int
+so_keys_of(const struct engine *e, struct keyring *kr, struct so_keys *k)
+{
+	int r;
+
+	memset(k, 0, sizeof(*k));
+	k->desc = engine_newest(e, ENGINE_CONFIG_ZIP_SIGNER);
+	if (k->desc == NULL) {
+		err_set("no ConfigZipSigner descriptor in %s", e->path);
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	if (k->desc->md == NULL || (EVP_MD_get_type(k->desc->md) != NID_sha256 &&
+	    EVP_MD_get_type(k->desc->md) != NID_sha384 &&
+	    EVP_MD_get_type(k->desc->md) != NID_sha512)) {
+		err_set("ConfigZipSigner version %d: algorithm %s cannot sign zips "
+		    "(use SHA-256, SHA-384 or SHA-512)", k->desc->version,
+		    k->desc->algorithm ? k->desc->algorithm : "?");
+		return HSMFS_ERR_CONFIG;
+	}
+	if ((k->key = keyring_key(kr, k->desc)) == NULL ||
+	    hsm_key_cert(k->key) == NULL) {
+		err_set("ConfigZipSigner version %d: key %s is not open",
+		    k->desc->version, k->desc->key_name);
+		return HSMFS_ERR_NOTFOUND;
+	}
+	dn_of(hsm_key_cert(k->key), k->dn, sizeof(k->dn));
+	if (hsmfs_ctx->opt.truststore) {
+		X509_STORE *st = NULL;
+		if ((r = jar_trust_load_pem(hsmfs_ctx->opt.truststore, &st)) != 0)
+			return r;
+		r = jar_chain_from_store(hsm_key_cert(k->key), st, &k->chain);
+		X509_STORE_free(st);
+		if (r != 0)
+			return r;
+	}
+	return 0;
+}
+
+static void
+so_adopt(struct so_keys *k)
+{
+	const struct engine_key *ek = k->desc->key;
+
+	sk_X509_pop_free(so.chain, X509_free);
+	so.desc = k->desc;
+	so.key = k->key;
+	so.chain = k->chain;
+	memcpy(so.dn, k->dn, sizeof(so.dn));
+	log_info("sign-out: signing with ConfigZipSigner version %d, key %s (%s), "
+	    "%d issuer certificate(s) embedded", so.desc->version,
+	    ek && ek->alias ? ek->alias : so.desc->key_name, so.dn,
+	    so.chain ? sk_X509_num(so.chain) : 0);
+}
+
 static int
 so_start(void)
 {
+	struct so_keys k;
 	int r;
-	const struct engine_key *ek;
 
 	if ((so.dirfd = store_dir(hsmfs_ctx->store_fd, "sign-out")) < 0)
 		return so.dirfd;
@@ -68,46 +131,44 @@ so_start(void)
 	store_cleanup_tmp(so.spooldir);
 	store_cleanup_tmp(so.recdir);
 	store_cleanup_tmp(so.dirfd);
-	so.desc = engine_newest(hsmfs_ctx->engine, ENGINE_CONFIG_ZIP_SIGNER);
-	if (so.desc == NULL) {
-		err_set("no ConfigZipSigner descriptor in %s", hsmfs_ctx->opt.config);
-		return HSMFS_ERR_UNSUPPORTED;
+	if ((r = so_keys_of(hsmfs_ctx->engine, hsmfs_ctx->keys, &k)) != 0) {
+		sk_X509_pop_free(k.chain, X509_free);
+		return r;
 	}
-	if (so.desc->md == NULL || (EVP_MD_get_type(so.desc->md) != NID_sha256 &&
-	    EVP_MD_get_type(so.desc->md) != NID_sha384 &&
-	    EVP_MD_get_type(so.desc->md) != NID_sha512)) {
-		err_set("ConfigZipSigner version %d: algorithm %s cannot sign zips "
-		    "(use SHA-256, SHA-384 or SHA-512)", so.desc->version,
-		    so.desc->algorithm ? so.desc->algorithm : "?");
-		return HSMFS_ERR_CONFIG;
-	}
-	if ((so.key = keyring_key(hsmfs_ctx->keys, so.desc)) == NULL ||
-	    hsm_key_cert(so.key) == NULL) {
-		so.key = NULL;
-		err_set("ConfigZipSigner version %d: key %s is not open",
-		    so.desc->version, so.desc->key_name);
-		return HSMFS_ERR_NOTFOUND;
-	}
-	dn_of(hsm_key_cert(so.key), so.dn, sizeof(so.dn));
-	if (hsmfs_ctx->opt.truststore) {
-		X509_STORE *st = NULL;
-		if ((r = jar_trust_load_pem(hsmfs_ctx->opt.truststore, &st)) != 0) {
-			so.key = NULL;
-			return r;
-		}
-		r = jar_chain_from_store(hsm_key_cert(so.key), st, &so.chain);
-		X509_STORE_free(st);
-		if (r != 0) {
-			so.key = NULL;
-			return r;
-		}
-	}
-	ek = so.desc->key;
-	log_info("sign-out: signing with ConfigZipSigner version %d, key %s (%s), "
-	    "%d issuer certificate(s) embedded", so.desc->version,
-	    ek && ek->alias ? ek->alias : so.desc->key_name, so.dn,
-	    so.chain ? sk_X509_num(so.chain) : 0);
+	so_adopt(&k);
 	return 0;
+}
+
+/* Reload: the next zip is signed with the new newest version. */
+static int
+so_reload_prepare(const struct engine *e, struct keyring *kr, void **next)
+{
+	struct so_keys *k = malloc(sizeof(*k));
+	int r;
+
+	if (k == NULL)
+		return HSMFS_ERR_NOMEM;
+	if ((r = so_keys_of(e, kr, k)) != 0) {
+		sk_X509_pop_free(k->chain, X509_free);
+		free(k);
+		return r;
+	}
+	*next = k;
+	return 0;
+}
+
+static void
+so_reload_finish(void *next, int commit)
+{
+	struct so_keys *k = next;
+
+	if (k == NULL)
+		return;
+	if (commit)
+		so_adopt(k);
+	else
+		sk_X509_pop_free(k->chain, X509_free);
+	free(k);
 }
 
 static void
@@ -425,6 +486,8 @@ const struct folder_ops signout_folder = {
 	.name = "sign-out",
 	.start = so_start,
 	.stop = so_stop,
+	.reload_prepare = so_reload_prepare,
+	.reload_finish = so_reload_finish,
 	.status = so_status,
 	.metrics = so_metrics,
 	.getattr = so_getattr,

@@ -46,11 +46,20 @@ static struct {
 	.stats_lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
+/* What verify-in derives from a configuration (all in vi, swapped by a
+ * reload under the configuration write lock). */
+struct vi_trust {
+	X509 **certs;
+	size_t ncerts;
+	X509_STORE *store;
+	uint8_t trust_fp[32];
+};
+
 /* Verdicts are cached per (content, trust configuration, VERIFY_FORMAT):
  * a new truststore, a changed or added ConfigZipSigner certificate or new
  * verification rules never reuse an old answer. */
 static int
-trust_fingerprint(void)
+trust_fingerprint(struct vi_trust *t)
 {
 	EVP_MD_CTX *c = EVP_MD_CTX_new();
 	char *ts = NULL;
@@ -58,9 +67,9 @@ trust_fingerprint(void)
 	int r = HSMFS_ERR_NOMEM;
 	if (c == NULL || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1)
 		goto out;
-	for (size_t i = 0; i < vi.ncerts; i++) {
+	for (size_t i = 0; i < t->ncerts; i++) {
 		unsigned char *der = NULL;
-		int n = i2d_X509(vi.certs[i], &der);
+		int n = i2d_X509(t->certs[i], &der);
 		if (n <= 0)
 			goto out;
 		EVP_DigestUpdate(c, der, (size_t)n);
@@ -72,7 +81,7 @@ trust_fingerprint(void)
 		EVP_DigestUpdate(c, "truststore", 10);
 		EVP_DigestUpdate(c, ts, tl);
 	}
-	EVP_DigestFinal_ex(c, vi.trust_fp, NULL);
+	EVP_DigestFinal_ex(c, t->trust_fp, NULL);
 	r = 0;
 out:
 	free(ts);
@@ -80,10 +89,63 @@ out:
 	return r;
 }
 
+static void
+trust_clear(struct vi_trust *t)
+{
+	X509_STORE_free(t->store);
+	free(t->certs);
+	memset(t, 0, sizeof(*t));
+}
+
+static int
+trust_of(const struct engine *e, struct keyring *kr, struct vi_trust *t)
+{
+	int r;
+
+	memset(t, 0, sizeof(*t));
+	if ((t->certs = calloc(e->ndescs ? e->ndescs : 1, sizeof(*t->certs))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (size_t i = 0; i < e->ndescs; i++) {
+		hsm_key *k;
+		if (strcmp(e->descs[i].name, ENGINE_CONFIG_ZIP_SIGNER) != 0)
+			continue;
+		if ((k = keyring_key(kr, &e->descs[i])) != NULL &&
+		    hsm_key_cert(k) != NULL)
+			t->certs[t->ncerts++] = hsm_key_cert(k);
+	}
+	if ((hsmfs_ctx->opt.truststore &&
+	    (r = jar_trust_load_pem(hsmfs_ctx->opt.truststore, &t->store)) != 0) ||
+	    (r = trust_fingerprint(t)) != 0) {
+		trust_clear(t);
+		return r;
+	}
+	if (t->ncerts == 0 && t->store == NULL) {
+		err_set("no ConfigZipSigner certificate and no truststore: "
+		    "nothing to verify zips against");
+		trust_clear(t);
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	return 0;
+}
+
+static void
+trust_adopt(struct vi_trust *t)
+{
+	struct vi_trust old = { vi.certs, vi.ncerts, vi.store, {0} };
+	trust_clear(&old);
+	vi.certs = t->certs;
+	vi.ncerts = t->ncerts;
+	vi.store = t->store;
+	memcpy(vi.trust_fp, t->trust_fp, sizeof(vi.trust_fp));
+	vi.ready = 1;
+	log_info("verify-in: trusting %zu ConfigZipSigner certificate(s)%s", vi.ncerts,
+	    vi.store ? " and the truststore" : "");
+}
+
 static int
 vi_start(void)
 {
-	const struct engine *e = hsmfs_ctx->engine;
+	struct vi_trust t;
 	int r;
 
 	if ((vi.dirfd = store_dir(hsmfs_ctx->store_fd, "verify-in")) < 0)
@@ -98,41 +160,53 @@ vi_start(void)
 	store_cleanup_tmp(vi.metadir);
 	store_cleanup_tmp(vi.verdir);
 	store_cleanup_tmp(vi.dirfd);
-	if ((vi.certs = calloc(e->ndescs ? e->ndescs : 1, sizeof(*vi.certs))) == NULL)
-		return HSMFS_ERR_NOMEM;
-	for (size_t i = 0; i < e->ndescs; i++) {
-		hsm_key *k;
-		if (strcmp(e->descs[i].name, ENGINE_CONFIG_ZIP_SIGNER) != 0)
-			continue;
-		if ((k = keyring_key(hsmfs_ctx->keys, &e->descs[i])) != NULL &&
-		    hsm_key_cert(k) != NULL)
-			vi.certs[vi.ncerts++] = hsm_key_cert(k);
-	}
-	if (hsmfs_ctx->opt.truststore &&
-	    (r = jar_trust_load_pem(hsmfs_ctx->opt.truststore, &vi.store)) != 0)
+	if ((r = trust_of(hsmfs_ctx->engine, hsmfs_ctx->keys, &t)) != 0)
 		return r;
-	if ((r = trust_fingerprint()) != 0)
-		return r;
-	if (vi.ncerts == 0 && vi.store == NULL) {
-		err_set("no ConfigZipSigner certificate and no truststore: "
-		    "nothing to verify zips against");
-		return HSMFS_ERR_UNSUPPORTED;
-	}
-	vi.ready = 1;
-	log_info("verify-in: trusting %zu ConfigZipSigner certificate(s)%s", vi.ncerts,
-	    vi.store ? " and the truststore" : "");
+	trust_adopt(&t);
 	return 0;
+}
+
+/* Reload: new ConfigZipSigner versions and a changed truststore take
+ * effect for the next verification (the cache key changes with them). */
+static int
+vi_reload_prepare(const struct engine *e, struct keyring *kr, void **next)
+{
+	struct vi_trust *t = malloc(sizeof(*t));
+	int r;
+
+	if (t == NULL)
+		return HSMFS_ERR_NOMEM;
+	if ((r = trust_of(e, kr, t)) != 0) {
+		free(t);
+		return r;
+	}
+	*next = t;
+	return 0;
+}
+
+static void
+vi_reload_finish(void *next, int commit)
+{
+	struct vi_trust *t = next;
+
+	if (t == NULL)
+		return;
+	if (commit)
+		trust_adopt(t);
+	else
+		trust_clear(t);
+	free(t);
 }
 
 static void
 vi_stop(void)
 {
+	struct vi_trust old = { vi.certs, vi.ncerts, vi.store, {0} };
 	vi.ready = 0;
-	X509_STORE_free(vi.store);
-	vi.store = NULL;
-	free(vi.certs);
+	trust_clear(&old);
 	vi.certs = NULL;
 	vi.ncerts = 0;
+	vi.store = NULL;
 }
 
 static void
@@ -484,6 +558,8 @@ const struct folder_ops verifyin_folder = {
 	.name = "verify-in",
 	.start = vi_start,
 	.stop = vi_stop,
+	.reload_prepare = vi_reload_prepare,
+	.reload_finish = vi_reload_finish,
 	.status = vi_status,
 	.metrics = vi_metrics,
 	.getattr = vi_getattr,

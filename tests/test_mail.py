@@ -608,11 +608,12 @@ def test_smtp_auth_refused_without_tls(hsm, mount_factory, relay, tmp_path):
     auth = tmp_path / "auth"
     auth.write_text("idm\npw\n")
     auth.chmod(0o600)
-    m = mount_factory(opts={"smtp": relay.url, "smtp_auth": str(auth)})
-    with pytest.raises(OSError) as e:
-        put(m, "x", message())
-    assert e.value.errno == errno.EOPNOTSUPP
+    # Checked before mounting (issue 14): refused, nothing mounted.
+    m = mount_factory(opts={"smtp": relay.url, "smtp_auth": str(auth)},
+                      start=False)
+    assert m.start(expect_fail=True) != 0
     assert "needs TLS" in m.log()
+    assert not os.path.ismount(m.mnt)
 
 
 def as_nobody(*cmd):

@@ -34,6 +34,8 @@ static const struct tool_cmd cmds[] = {
 	    "rewrap every field to the newest EncryptedFields version", 1},
 	{"status", cmd_status, "MOUNTPOINT [--format=text|prometheus|json]",
 	    "show a mount's status (text), or its metrics (prometheus, json)", 0},
+	{"reload", cmd_reload, "MOUNTPOINT",
+	    "reload the mount's configuration (SIGHUP) and report the outcome", 0},
 };
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
 

@@ -10,6 +10,7 @@
 #include "fs/fieldstore.h"
 #include "fs/store.h"
 #include "common/err.h"
+#include "common/storelock.h"
 #include "common/util.h"
 
 #include <dirent.h>
@@ -162,7 +163,9 @@ cmd_rekey_fields(int argc, char **argv)
 	uint8_t new_id[ENVELOPE_KEY_ID_LEN];
 	X509 *new_cert;
 	unsigned long rewrapped = 0, current = 0, first_current = 0, failed = 0;
-	int npos, rc, dirfd = -1, lockfd = -1, progress = tool_progress_enabled();
+	int npos, rc, dirfd = -1, lockfd = -1, storefd = -1, slock = -1;
+	int progress = tool_progress_enabled();
+	char holder[4200];
 	hsm_key *k;
 
 	if ((rc = fieldtool_args("rekey-fields", argc, argv, &config, pos, 1,
@@ -172,11 +175,31 @@ cmd_rekey_fields(int argc, char **argv)
 		tool_usage(stderr, "rekey-fields");
 		return TOOL_USAGE;
 	}
+	/* The store lock: held by a daemon, rewrap alongside it (per-name
+	 * locks); free, hold it so no daemon starts on the store meanwhile;
+	 * held by anything else, refuse. */
+	if ((storefd = open(pos[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+		rc = storelock_take(storefd, &slock, holder, sizeof(holder));
+		close(storefd);
+		if (rc == 0)
+			storelock_set_owner(slock, "hsmfs-tool-rekey-fields", NULL);
+		else if (rc == 1 && !strstr(holder, " hsmfs ")) {
+			fprintf(stderr, "hsmfs-tool rekey-fields: store %s is in use by "
+			    "PID %s; wait for it to finish\n", pos[0], holder);
+			return TOOL_USAGE;
+		} else if (rc < 0) {
+			fprintf(stderr, "hsmfs-tool rekey-fields: store %s: cannot lock: "
+			    "%s\n", pos[0], err_detail());
+			return TOOL_USAGE;
+		}
+	}
 	snprintf(path, sizeof(path), "%s/%s", pos[0], FIELDSTORE_DIR);
 	if ((dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
 		int e = errno;
 		fprintf(stderr, "hsmfs-tool rekey-fields: %s: %s\n", path,
 		    e == ENOENT ? "no fields in this store" : strerror(e));
+		if (slock >= 0)
+			close(slock);
 		return e == ENOENT ? TOOL_OK : TOOL_USAGE;
 	}
 	/* One rekey at a time (flock is independent of the per-name OFD
@@ -188,6 +211,8 @@ cmd_rekey_fields(int argc, char **argv)
 		    "another rekey-fields is running" : strerror(errno));
 		if (lockfd >= 0)
 			close(lockfd);
+		if (slock >= 0)
+			close(slock);
 		close(dirfd);
 		return TOOL_USAGE;
 	}
@@ -246,6 +271,8 @@ out:
 	fieldtool_close(&t);
 out_fd:
 	close(lockfd);
+	if (slock >= 0)
+		close(slock);
 	close(dirfd);
 	return rc;
 }

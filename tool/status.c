@@ -1,8 +1,8 @@
 /* hsmfs-tool status MOUNTPOINT [--format=text|prometheus|json]: the
  * mount's MOUNTPOINT/.status pretty-printed (text), MOUNTPOINT/.metrics
  * as it is (prometheus, for node_exporter's textfile collector) or as
- * JSON. Exit 1 when a folder is disabled or a key's last operation
- * failed, so it can serve as a health check. */
+ * JSON. Exit 1 when a folder is disabled, a key's last operation
+ * failed or the last reload was refused, so it can serve as a health check. */
 #include "tool/tool.h"
 #include "common/err.h"
 #include "common/util.h"
@@ -56,6 +56,9 @@ status_print(char *text, int print)
 		if (print)
 			printf("%-24s %s\n", key, val);
 		if (strncmp(key, "folder.", 7) == 0 && strncmp(val, "failed", 6) == 0)
+			unhealthy = 1;
+		/* The last reload was refused: an old configuration serves. */
+		if (strcmp(key, "config.reload") == 0 && strncmp(val, "failed", 6) == 0)
 			unhealthy = 1;
 	}
 	return unhealthy;
