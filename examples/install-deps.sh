@@ -16,7 +16,7 @@ done
 PKGS="gcc pkg-config meson ninja-build libfuse3-dev fuse3 libzip-dev zlib1g-dev libxml2-dev
 libssl-dev openssl libcurl4-openssl-dev libp11-kit-dev softhsm2 opensc python3 python3-pytest
 python3-aiosmtpd python3-asn1crypto default-jdk-headless attr unzip zip
-procps curl psmisc"
+procps curl psmisc rsync"
 [ -n "$fuzz" ] && PKGS="$PKGS clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
