@@ -79,5 +79,7 @@ report() {
 		"$(cut -d' ' -f1 "$2" | median)" "$(cut -d' ' -f2 "$2" | median)" \
 		"$(cut -d' ' -f3 "$2" | median)" "$(cut -d' ' -f4 "$2" | median)"
 }
+echo "rounds (stat_us ls_ms read_us cp_us), hsmfs:"; cat "$T/new"
+[ -z "$BASE" ] || { echo "baseline:"; cat "$T/base"; }
 report "timeouts 0 (hsmfs)" "$T/new"
 report "timeouts 1 s (baseline)" "$T/base"
