@@ -556,15 +556,20 @@ def test_views_never_stale(env):
 
 # ------------------------------------------------------------ crashes, leftovers
 
-@pytest.mark.parametrize("folder", ["sign-out", "fields"])
+@pytest.mark.parametrize("folder", ["sign-out", "verify-in", "fields"])
 def test_kill9_mid_rsync(hsm, mount_factory, tmp_path, folder):
     """kill -9 the daemon while rsync's temporary is open: after remount no
     temporary is visible and the previous item is intact."""
     m = mount_factory()
-    name = "item.zip" if folder == "sign-out" else "item"
+    name = "item" if folder == "fields" else "item.zip"
     dst = m.path(folder, name)
-    if folder == "sign-out":
-        Path(dst).write_bytes(small_zip("previous"))
+    if folder != "fields":
+        Path(m.path("sign-out", "prev.zip")).write_bytes(small_zip("previous"))
+        if folder == "verify-in":
+            Path(dst).write_bytes(Path(m.path("sign-out", "prev.zip")).read_bytes())
+            os.unlink(m.path("sign-out", "prev.zip"))
+        else:
+            os.rename(m.path("sign-out", "prev.zip"), dst)
         big = tmp_path / "big.zip"
         with zipfile.ZipFile(big, "w") as z:
             z.writestr("blob.bin", os.urandom(8 << 20), zipfile.ZIP_STORED)
@@ -576,8 +581,8 @@ def test_kill9_mid_rsync(hsm, mount_factory, tmp_path, folder):
     r = subprocess.Popen(["rsync", "--bwlimit=200", str(big), dst],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # rsync has created its hidden temporary and is writing into it.
-    if folder == "sign-out":
-        spool = Path(m.store) / "sign-out" / ".spool"
+    if folder != "fields":
+        spool = Path(m.store) / folder / ".spool"
         wait_for(lambda: any(p.stat().st_size > 0 for p in spool.iterdir()),
                  timeout=60, what="rsync writing")
     else:
@@ -592,6 +597,8 @@ def test_kill9_mid_rsync(hsm, mount_factory, tmp_path, folder):
     assert Path(dst).read_bytes() == before
     if folder == "sign-out":
         assert os.getxattr(dst, "user.hsmfs.sign").startswith(b"signed")
+    if folder == "verify-in":
+        assert os.getxattr(dst, "user.hsmfs.verify").startswith(b"valid")
     for sub in (".temp", ".spool"):
         area = Path(m.store) / folder / sub
         if area.exists():
