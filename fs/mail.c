@@ -1748,8 +1748,7 @@ out:
 }
 
 /* Modes are the folder's: a change is accepted and ignored (install -m,
- * rsync, mv set them after close), also on a name whose message was
- * delivered in the meantime and moved to sent/ or failed/. */
+ * rsync, mv set them after close; see MAIL_FIRST_DELAY). */
 static int
 mail_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
@@ -1761,10 +1760,6 @@ mail_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 	if (v == V_ROOT || v == V_SENTDIR || v == V_FAILDIR)
 		r = -EPERM;
 	else if (v != V_NONE)
-		r = 0;
-	else if (mail.started && strchr(path, '/') == NULL &&
-	    util_name_valid(path) && (file_exists(mail.sentfd, path) ||
-	    file_exists(mail.failfd, path)))
 		r = 0;
 	pthread_mutex_unlock(&mail.lock);
 	return r;
