@@ -3,10 +3,13 @@
  * store layout is fs/fieldstore.c. A plaintext exists only in the secure
  * buffer of an open file (filled by an HSM unwrap at open, or by writes),
  * and is wiped at release and on every error path; only envelopes reach
- * STORE/fields/. */
+ * STORE/fields/. Writers' temporaries (".NAME": vim's swap file, rsync's
+ * temp) are sealed at close like any value, kept in STORE/fields/.temp/
+ * and published by rename(). */
 #include "fs/fs.h"
 #include "fs/fieldstore.h"
 #include "fs/store.h"
+#include "fs/temp.h"
 #include "crypto/envelope.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -26,6 +29,7 @@
 
 /* Set in start() and by a reload (under the configuration write lock). */
 static int dirfd_ = -1;
+static struct temp_area temps = TEMP_AREA_INIT;
 static const struct engine_descriptor *newest;  /* NULL: writes refused */
 static hsm_key *newest_key;
 static X509 *newest_cert;                        /* borrowed from the key */
@@ -76,7 +80,14 @@ parse_path(const char *path, enum kind *kind, const char **name)
 	}
 	if (strchr(*name, '/') != NULL)
 		return -ENOENT;
-	return util_name_valid(*name) ? 0 : -EINVAL;
+	return temp_name_ok(*name) ? 0 : -EINVAL;
+}
+
+/* Where the envelope of a name lives: a temporary's in the temp area. */
+static int
+dir_of(const char *name)
+{
+	return temp_name(name) ? temps.dirfd : dirfd_;
 }
 
 static int
@@ -206,7 +217,7 @@ load_plain(struct fh *f)
 	size_t tl = 0, ptl = 0;
 	int r;
 
-	if ((r = fieldstore_read(dirfd_, f->name, &text, &tl)) != 0)
+	if ((r = fieldstore_read(dir_of(f->name), f->name, &text, &tl)) != 0)
 		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, NULL, "read", r);
 	r = envelope_parse_text(text, tl, &env);
 	free(text);
@@ -233,7 +244,7 @@ load_sealed(struct fh *f)
 	char *text = NULL;
 	size_t tl = 0;
 	int r;
-	if ((r = fieldstore_read(dirfd_, f->name, &text, &tl)) != 0)
+	if ((r = fieldstore_read(dir_of(f->name), f->name, &text, &tl)) != 0)
 		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, NULL, "read", r);
 	if ((r = fh_reserve(f, tl)) == 0 && tl > 0) {
 		memcpy(f->buf, text, tl);
@@ -318,10 +329,12 @@ commit_locked(struct fh *f)
 	    text_sealed_locked(f, name, &text, &tl);
 	if (r != 0)
 		return r;
-	r = fieldstore_write_tmp(dirfd_, text, tl, &t);
-	free(text);
-	if (r != 0)
+again:
+	r = fieldstore_write_tmp(dir_of(name), text, tl, &t);
+	if (r != 0) {
+		free(text);
 		return fail(name, NULL, "store", r);
+	}
 	for (;;) {
 		if ((h = fieldstore_lock(dirfd_, name)) < 0) {
 			store_tmp_abort(&t);
@@ -330,13 +343,20 @@ commit_locked(struct fh *f)
 		if (!writer_name(f, again)) {
 			fieldstore_unlock(h);
 			store_tmp_abort(&t);
+			free(text);
 			goto orphan;
 		}
 		if (strcmp(again, name) == 0)
 			break;
 		fieldstore_unlock(h);
 		memcpy(name, again, sizeof(name));
+		if (dir_of(name) != t.dirfd) {
+			/* Renamed between a temporary and a valid name. */
+			store_tmp_abort(&t);
+			goto again;
+		}
 	}
+	free(text);
 	r = store_tmp_commit(&t, name);
 	fieldstore_unlock(h);
 	if (r != 0)
@@ -390,6 +410,8 @@ fields_start(void)
 		return fd;
 	dirfd_ = fd;
 	store_cleanup_tmp(dirfd_);
+	if ((r = temp_area_open(&temps, dirfd_, -1, -1)) != 0)
+		return r;
 	if ((r = fields_keys_of(hsmfs_ctx->engine, hsmfs_ctx->keys, &fk)) != 0)
 		return r;
 	newest = fk.newest;
@@ -441,6 +463,7 @@ fields_stop(void)
 	if (dirfd_ >= 0)
 		close(dirfd_);
 	dirfd_ = -1;
+	temp_area_close(&temps);
 }
 
 static void
@@ -483,7 +506,7 @@ fields_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 		fs_stat_file(st, 0600, (off_t)f->len, time(NULL));
 		return 0;
 	}
-	if (fstatat(dirfd_, name, &sst, AT_SYMLINK_NOFOLLOW) < 0) {
+	if (fstatat(dir_of(name), name, &sst, AT_SYMLINK_NOFOLLOW) < 0) {
 		if (errno != ENOENT)
 			return -errno;
 		if ((sz = writer_size(name, kind, 1)) < 0)
@@ -501,7 +524,7 @@ fields_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 			 * file shows 0 and fails at open, where it is logged. */
 			char head[ENVELOPE_TEXT_HEADER_LEN];
 			struct envelope_header h;
-			int fd = openat(dirfd_, name, O_RDONLY | O_CLOEXEC);
+			int fd = openat(dir_of(name), name, O_RDONLY | O_CLOEXEC);
 			ssize_t n = fd < 0 ? -1 : pread(fd, head, sizeof(head), 0);
 			if (fd >= 0)
 				close(fd);
@@ -537,6 +560,7 @@ fields_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 	 * see each field once, as plaintext. */
 	if (dirfd_ < 0)
 		return 0;
+	temp_area_sweep(&temps);
 	if ((fd = dup(dirfd_)) < 0 || (d = fdopendir(fd)) == NULL) {
 		r = -errno;
 		if (fd >= 0)
@@ -551,7 +575,7 @@ fields_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 	/* Created but not yet closed: visible like a new regular file. */
 	pthread_mutex_lock(&writers_lock);
 	for (struct fh *f = writers; f; f = f->next)
-		if (f->kind == want && f->created &&
+		if (f->kind == want && f->created && util_name_valid(f->name) &&
 		    faccessat(dirfd_, f->name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
 			fill(buf, f->name, NULL, 0, 0);
 	pthread_mutex_unlock(&writers_lock);
@@ -601,13 +625,14 @@ fields_open(const char *path, struct fuse_file_info *fi)
 	if ((r = fh_new(kind, name, fi, &f)) != 0)
 		return r;
 	if (f->writable && (fi->flags & O_TRUNC ||
-	    faccessat(dirfd_, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)) {
+	    faccessat(dir_of(name), name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)) {
 		/* Truncation is a change even if nothing is written. A
 		 * name missing from the store here was created (the kernel
 		 * strips O_CREAT from open) or its create failed at close
 		 * while the kernel still caches the entry: start empty. */
 		f->dirty = 1;
-		f->created = faccessat(dirfd_, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0;
+		f->created = faccessat(dir_of(name), name, F_OK,
+		    AT_SYMLINK_NOFOLLOW) < 0;
 	} else {
 		r = kind == K_FIELD ? load_plain(f) : load_sealed(f);
 		if (r != 0) {
@@ -637,11 +662,13 @@ fields_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		return -EEXIST;
 	if (newest == NULL || dirfd_ < 0)
 		return refuse_write(name);
+	if (temp_name(name))
+		temp_area_sweep(&temps);
 	if ((r = fh_new(kind, name, fi, &f)) != 0)
 		return r;
 	f->writable = 1;
 	f->dirty = 1;
-	f->created = faccessat(dirfd_, name, F_OK, AT_SYMLINK_NOFOLLOW) < 0;
+	f->created = faccessat(dir_of(name), name, F_OK, AT_SYMLINK_NOFOLLOW) < 0;
 	fi->direct_io = 1;
 	fi->keep_cache = 0;
 	fi->fh = (uint64_t)(uintptr_t)f;
@@ -809,11 +836,11 @@ fields_unlink(const char *path)
 		return -ENOENT;
 	if ((h = fieldstore_lock(dirfd_, name)) < 0)
 		return fail(name, NULL, "lock", h);
-	r = unlinkat(dirfd_, name, 0) < 0 ? -errno : 0;
+	r = unlinkat(dir_of(name), name, 0) < 0 ? -errno : 0;
 	if (r == 0)
 		writers_renamed(name, NULL, 0);
 	fieldstore_unlock(h);
-	if (r == 0 && (h = store_fsync_dir(dirfd_)) != 0)
+	if (r == 0 && (h = store_fsync_dir(dir_of(name))) != 0)
 		r = fail(name, NULL, "unlink", h);
 	return r;
 }
@@ -833,16 +860,22 @@ fields_rename(const char *from, const char *to, unsigned int flags)
 		return -EPERM;
 	if (dirfd_ < 0)
 		return -ENOENT;
+	/* A temporary is published onto a valid name; a field never
+	 * becomes a temporary (it would vanish). */
+	if (temp_name(nt) && !temp_name(nf))
+		return -EINVAL;
 	/* Both views name the same store file: mv works within and
 	 * across them. */
 	if ((r = fieldstore_lock2(dirfd_, nf, nt, &h1, &h2)) != 0)
 		return fail(nf, NULL, "lock", r);
-	r = renameat2(dirfd_, nf, dirfd_, nt, flags) < 0 ? -errno : 0;
+	r = renameat2(dir_of(nf), nf, dir_of(nt), nt, flags) < 0 ? -errno : 0;
 	if (r == 0)
 		writers_renamed(nf, nt, flags & RENAME_EXCHANGE);
 	fieldstore_unlock(h2);
 	fieldstore_unlock(h1);
-	if (r == 0 && (h1 = store_fsync_dir(dirfd_)) != 0)
+	if (r == 0 && dir_of(nf) != dir_of(nt))
+		store_fsync_dir(dir_of(nf));
+	if (r == 0 && (h1 = store_fsync_dir(dir_of(nt))) != 0)
 		r = fail(nt, NULL, "rename", h1);
 	return r;
 }
@@ -850,8 +883,15 @@ fields_rename(const char *from, const char *to, unsigned int flags)
 static int
 fields_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-	/* Fields are always 0600; accept the no-op so cp -p works. */
-	return (mode & 07777) == 0600 ? 0 : -EPERM;
+	/* Fields are always 0600. A mode change is accepted and ignored, so
+	 * that writers preserving the source's mode (rsync, mv, cp -p,
+	 * install -m) work; the views' directories keep theirs. */
+	enum kind kind;
+	const char *name;
+	int r = parse_path(path, &kind, &name);
+	if (r != 0)
+		return r;
+	return kind == K_FIELD || kind == K_SEALED ? 0 : -EPERM;
 }
 
 const struct folder_ops fields_folder = {

@@ -23,6 +23,7 @@ struct hsmfs_opts {
 	char *classpath;      /* DIR[:DIR...] for locationValue="classpath:" */
 	long mail_retry;      /* seconds, default 300 */
 	long mail_max_age;    /* seconds, default 5 days */
+	long temp_max_age;    /* seconds a writer's temporary may wait for its rename */
 	int log_level;
 	int foreground;
 	int read_only;        /* -o ro */

@@ -6,6 +6,7 @@
 #include "fs/fs.h"
 #include "fs/history_store.h"
 #include "fs/store.h"
+#include "fs/temp.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -1926,6 +1927,13 @@ history_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	int kind = parse_path(path, &name);
 	if (kind == 3 || kind == 1)
 		return -EACCES;
+	if (kind < 0 && temp_name(path)) {
+		/* rsync's and editors' temp-file-then-rename cannot append. */
+		log_err("history/%s: refused: a history is append-only, written "
+		    "by appending to NAME (>>, rsync --append), never by "
+		    "renaming a temporary file onto it", path);
+		return -EPERM;
+	}
 	if (kind != 2)
 		return -EINVAL;
 	return open_object(name, fi, 1);
@@ -2159,6 +2167,19 @@ history_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 	if (o && o->nrec == 0 && !o->bad && o->opens > 0 && size == 0)
 		r = 0;
 	pthread_mutex_unlock(&H.lock);
+	/* Truncating a writer to its own end changes nothing either
+	 * (rsync --inplace does it after writing). */
+	if (r != 0 && fi != NULL) {
+		struct hfh *h = (struct hfh *)(uintptr_t)fi->fh;
+		if (h != NULL && h->kind == FH_WRITE) {
+			pthread_mutex_lock(&h->mu);
+			pthread_mutex_lock(&H.lock);
+			if ((uint64_t)size == h->o->content_len + h->pending)
+				r = 0;
+			pthread_mutex_unlock(&H.lock);
+			pthread_mutex_unlock(&h->mu);
+		}
+	}
 	return r;
 }
 

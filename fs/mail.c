@@ -9,6 +9,9 @@
  * STORE/mail/sent/NAME    the entry file after the relay's 250
  * STORE/mail/failed/NAME  the entry file after a permanent failure,
  * STORE/mail/errors/NAME  and why
+ * STORE/mail/.temp/.NAME  a writer's temporary, checked and signed at its
+ *                         close like a queued entry (or empty), queued
+ *                         when renamed onto a valid name (fs/temp.h)
  * Every move is one rename of the entry file, so a message is in exactly
  * one state after a crash.
  *
@@ -18,6 +21,7 @@
  * marked inflight and left alone by the FUSE side. */
 #include "fs/fs.h"
 #include "fs/store.h"
+#include "fs/temp.h"
 #include "crypto/smime.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -41,6 +45,7 @@
 #define MAIL_MAGIC "hsmfs-mail 1\n"
 #define MAIL_HDR_MAX 4096
 #define MAIL_SYNC_BATCH 64           /* deliveries per sent/ directory fsync */
+#define MAIL_FIRST_DELAY 2           /* s before the first attempt (1-2 s) */
 
 /* The fixed part of an entry file, written once at queueing time. */
 struct entry_hdr {
@@ -73,6 +78,7 @@ struct writer {
 	size_t len, cap;
 	int dirty;            /* written since the last successful commit */
 	int committed;        /* queued: further writes are refused */
+	int staged;           /* a temporary's content is in .temp/ */
 	int result;           /* last flush result */
 	struct writer *next;
 };
@@ -107,6 +113,7 @@ static struct {
 	struct qent *q;
 	size_t nq, capq;
 	struct writer *writers;
+	struct temp_area temps;
 	unsigned long sent_total;
 	char last_error[384];
 	long long last_error_time;
@@ -115,6 +122,7 @@ static struct {
 	.cond = PTHREAD_COND_INITIALIZER,
 	.mailfd = -1, .qfd = -1, .retryfd = -1, .sentfd = -1, .failfd = -1,
 	.errfd = -1,
+	.temps = TEMP_AREA_INIT,
 };
 
 /* ---- small helpers ---- */
@@ -155,11 +163,14 @@ q_find_locked(const char *name)
 	return NULL;
 }
 
+/* The writer that owns a name: once its message is queued (or a
+ * temporary's staged) the name belongs to the queue (or the temp area),
+ * even while the writer's release is still on its way. */
 static struct writer *
 w_find_locked(const char *name)
 {
 	for (struct writer *w = mail.writers; w; w = w->next)
-		if (strcmp(w->name, name) == 0)
+		if (strcmp(w->name, name) == 0 && !w->committed && !w->staged)
 			return w;
 	return NULL;
 }
@@ -415,7 +426,24 @@ mail_commit(struct writer *w)
 	h.siglen = siglen;
 	if ((r = entry_tmp(&h, w->buf, sig, &t)) != 0)
 		goto out;
-	st.queued = st.next = h.queued;
+	/* The first attempt waits a moment: tools set the mode or times
+	 * of the name right after close (install -m, rsync, mv), and a sent
+	 * message leaves the name at once. */
+	st.queued = h.queued;
+	st.next = h.queued + MAIL_FIRST_DELAY;
+	if (temp_name(w->name)) {
+		/* Checked and signed; queued when renamed into place. */
+		if (renameat(mail.qfd, t.name, mail.temps.dirfd, w->name) < 0) {
+			int e = errno;
+			store_tmp_abort(&t);
+			err_set("rename into the temp area: %s", strerror(e));
+			r = hsmfs_errno_err(e);
+			goto out;
+		}
+		close(t.fd);
+		r = store_fsync_dir(mail.temps.dirfd);
+		goto out;
+	}
 	pthread_mutex_lock(&mail.lock);
 	if (q_find_locked(w->name) != NULL) {
 		pthread_mutex_unlock(&mail.lock);
@@ -998,6 +1026,8 @@ mail_start(void)
 			goto fail;
 		*dirs[i].fd = r;
 	}
+	if ((r = temp_area_open(&mail.temps, mail.mailfd, -1, -1)) != 0)
+		goto fail;
 	prune_orphans(mail.qfd, -1);
 	prune_orphans(mail.sentfd, -1);
 	prune_orphans(mail.failfd, -1);
@@ -1060,6 +1090,7 @@ fail:
 	free(mail.q);
 	mail.q = NULL;
 	mail.nq = mail.capq = 0;
+	temp_area_close(&mail.temps);
 	close_fds();
 	return r;
 }
@@ -1130,6 +1161,7 @@ mail_stop(void)
 	free(mail.q);
 	mail.q = NULL;
 	mail.nq = mail.capq = 0;
+	temp_area_close(&mail.temps);
 	close_fds();
 }
 
@@ -1225,6 +1257,7 @@ mail_metrics(struct metrics *m)
 enum view {
 	V_NONE, V_ROOT, V_SENTDIR, V_FAILDIR,
 	V_WRITER, V_QUEUED, V_SENT, V_FAILED, V_FAILED_ERR,
+	V_STAGED,             /* a closed temporary (.NAME) */
 };
 
 /* Classify a path; *name gets the message name. Lock held. */
@@ -1260,11 +1293,13 @@ classify_locked(const char *path, char *name, size_t size)
 		}
 		return V_NONE;
 	}
-	if (strchr(path, '/') != NULL || !util_name_valid(path))
+	if (strchr(path, '/') != NULL || !temp_name_ok(path))
 		return V_NONE;
 	snprintf(name, size, "%s", path);
 	if (w_find_locked(name))
 		return V_WRITER;
+	if (temp_name(name))
+		return file_exists(mail.temps.dirfd, name) ? V_STAGED : V_NONE;
 	if (q_find_locked(name))
 		return V_QUEUED;
 	return V_NONE;
@@ -1279,12 +1314,14 @@ view_open(enum view v, const char *name, int *fdp, off_t *base, size_t *len)
 	struct entry_hdr h;
 	struct stat st;
 	int dirfd = v == V_QUEUED ? mail.qfd : v == V_SENT ? mail.sentfd :
-	    v == V_FAILED ? mail.failfd : mail.errfd;
+	    v == V_FAILED ? mail.failfd : v == V_STAGED ? mail.temps.dirfd :
+	    mail.errfd;
 	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
 
 	if (fd < 0)
 		return -ENOENT;
-	if (v == V_FAILED_ERR) {
+	if (v == V_FAILED_ERR || (v == V_STAGED && fstat(fd, &st) == 0 &&
+	    st.st_size == 0)) {
 		if (fstat(fd, &st) < 0) {
 			close(fd);
 			return -EIO;
@@ -1350,7 +1387,7 @@ mail_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 		return r;
 	fstat(fd, &sb);
 	close(fd);
-	fs_stat_file(st, MAIL_VIEW_MODE, (off_t)len, sb.st_mtime);
+	fs_stat_file(st, v == V_STAGED ? 0600 : MAIL_VIEW_MODE, (off_t)len, sb.st_mtime);
 	return 0;
 }
 
@@ -1393,15 +1430,20 @@ mail_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 		for (size_t i = 0; i < mail.nq; i++)
 			fill(buf, mail.q[i].name, NULL, 0, 0);
 		for (struct writer *w = mail.writers; w; w = w->next)
-			if (q_find_locked(w->name) == NULL)
+			if (!w->committed && !w->staged && util_name_valid(w->name) &&
+			    q_find_locked(w->name) == NULL)
 				fill(buf, w->name, NULL, 0, 0);
 		pthread_mutex_unlock(&mail.lock);
+		temp_area_sweep(&mail.temps);
 	} else if (mail.started) {
 		fill_dir(*path == 's' ? mail.sentfd : mail.failfd, buf, fill,
 		    *path == 'f');
 	}
 	return 0;
 }
+
+static int mail_create(const char *path, mode_t mode,
+    struct fuse_file_info *fi);
 
 static int
 mail_open(const char *path, struct fuse_file_info *fi)
@@ -1426,6 +1468,11 @@ mail_open(const char *path, struct fuse_file_info *fi)
 	default:
 		break;
 	}
+	/* A temporary is rewritten whole (Files.write, createTempFile then
+	 * a copy): a new writer replaces it at close. */
+	if (v == V_STAGED && (fi->flags & O_ACCMODE) != O_RDONLY &&
+	    (fi->flags & O_TRUNC))
+		return mail_create(path, 0600, fi);
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
 		return -EACCES;     /* queued, sent and failed mail is read-only */
 	/* The entry may move (queue -> sent) between the lookup and here:
@@ -1454,11 +1501,13 @@ mail_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	if (strchr(path, '/') != NULL)
 		return strncmp(path, "sent/", 5) == 0 ||
 		    strncmp(path, "failed/", 7) == 0 ? -EACCES : -ENOENT;
-	if (!util_name_valid(path) || strcmp(path, "sent") == 0 ||
+	if (!temp_name_ok(path) || strcmp(path, "sent") == 0 ||
 	    strcmp(path, "failed") == 0)
 		return -EINVAL;
 	if (hsmfs_ctx->opt.read_only)
 		return -EROFS;
+	if (temp_name(path))
+		temp_area_sweep(&mail.temps);
 	if ((w = calloc(1, sizeof(*w))) == NULL || (h = calloc(1, sizeof(*h))) == NULL) {
 		free(w);
 		return -ENOMEM;
@@ -1583,9 +1632,27 @@ mail_flush(const char *path, struct fuse_file_info *fi)
 	w = h->w;
 	if (!w->dirty || w->committed)
 		return w->result;
+	if (w->len == 0) {
+		/* Created and closed empty (touch, createTempFile, the close
+		 * of a shell redirection's first descriptor): nothing to
+		 * queue, and writes may follow on another descriptor. A
+		 * temporary stays as an empty file, which rename() refuses to
+		 * queue; a valid name ends with the writer. */
+		if (!temp_name(w->name))
+			return 0;
+		if ((r = store_write_atomic(mail.temps.dirfd, w->name, "", 0)) == 0) {
+			pthread_mutex_lock(&mail.lock);
+			w->staged = 1;
+			pthread_mutex_unlock(&mail.lock);
+		}
+		return r == 0 ? 0 : -hsmfs_err_errno(r);
+	}
 	r = mail_commit(w);
 	if (r == 0) {
+		pthread_mutex_lock(&mail.lock);
 		w->committed = 1;
+		w->staged = temp_name(w->name);
+		pthread_mutex_unlock(&mail.lock);
 		w->dirty = 0;
 		w->result = 0;
 		return 0;
@@ -1658,6 +1725,10 @@ mail_unlink(const char *path)
 	case V_FAILED_ERR:
 		r = -EPERM;     /* remove the message, its reason goes with it */
 		break;
+	case V_STAGED:
+		if (unlinkat(mail.temps.dirfd, name, 0) < 0)
+			r = -errno;
+		break;
 	case V_QUEUED: case V_WRITER:
 		r = -EBUSY;     /* queued mail is read-only until sent or failed */
 		break;
@@ -1670,6 +1741,42 @@ mail_unlink(const char *path)
 	}
 	pthread_mutex_unlock(&mail.lock);
 	return r;
+}
+
+/* rename(.TMP, NAME): queue the entry its close checked and signed, once.
+ * A queued name is not replaced (queued mail is read-only). */
+static int
+publish_locked(const char *tmp, const char *to, enum view tv)
+{
+	struct entry_hdr h;
+	struct mstate st = { 0 };
+	struct stat sb;
+
+	if (strchr(to, '/') != NULL || !util_name_valid(to))
+		return temp_name(to) ? -EINVAL : -EPERM;
+	if (tv != V_NONE)
+		return -EEXIST;
+	if (fstatat(mail.temps.dirfd, tmp, &sb, 0) < 0)
+		return -ENOENT;
+	if (sb.st_size == 0) {
+		log_err("mail/%s: not renamed onto %s: empty message, nothing "
+		    "queued", tmp, to);
+		return -EINVAL;
+	}
+	if (hdr_read_at(mail.temps.dirfd, tmp, &h) != 0)
+		return -EIO;
+	st.queued = now_s();
+	st.next = st.queued + MAIL_FIRST_DELAY;
+	unlinkat(mail.retryfd, to, 0);
+	if (renameat2(mail.temps.dirfd, tmp, mail.qfd, to, RENAME_NOREPLACE) < 0)
+		return -errno;
+	store_fsync_dir(mail.qfd);
+	store_fsync_dir(mail.temps.dirfd);
+	if (q_add_locked(to, &st, h.msglen) != 0)
+		return -ENOMEM;
+	pthread_cond_signal(&mail.cond);
+	log_debug("mail/%s: queued from %s, Message-ID %s", to, tmp, h.msgid);
+	return 0;
 }
 
 /* mv failed/NAME NAME: queue it again (same signed bytes and Message-ID),
@@ -1688,6 +1795,10 @@ mail_rename(const char *from, const char *to, unsigned int flags)
 	pthread_mutex_lock(&mail.lock);
 	v = classify_locked(from, name, sizeof(name));
 	tv = classify_locked(to, dummy, sizeof(dummy));
+	if (v == V_STAGED) {
+		r = publish_locked(name, to, tv);
+		goto out;
+	}
 	if (v != V_FAILED || strcmp(name, to) != 0) {
 		r = v == V_NONE ? -ENOENT : -EPERM;
 		goto out;
@@ -1721,6 +1832,24 @@ mail_rename(const char *from, const char *to, unsigned int flags)
 	log_info("mail/%s: queued again from failed/", name);
 	pthread_cond_signal(&mail.cond);
 out:
+	pthread_mutex_unlock(&mail.lock);
+	return r;
+}
+
+/* Modes are the folder's: a change is accepted and ignored (install -m,
+ * rsync, mv set them after close; see MAIL_FIRST_DELAY). */
+static int
+mail_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	char name[256];
+	enum view v;
+	int r = -ENOENT;
+	pthread_mutex_lock(&mail.lock);
+	v = classify_locked(path, name, sizeof(name));
+	if (v == V_ROOT || v == V_SENTDIR || v == V_FAILDIR)
+		r = -EPERM;
+	else if (v != V_NONE)
+		r = 0;
 	pthread_mutex_unlock(&mail.lock);
 	return r;
 }
@@ -1786,6 +1915,7 @@ const struct folder_ops mail_folder = {
 	.truncate = mail_truncate,
 	.unlink = mail_unlink,
 	.rename = mail_rename,
+	.chmod = mail_chmod,
 	.getxattr = mail_getxattr,
 	.listxattr = mail_listxattr,
 };

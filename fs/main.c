@@ -642,15 +642,28 @@ op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 	const char *rest;
 
 	if (is_status(path, fi) ||
-	    (f = resolve(path, fi, &rest, &copy, &ffi)) == NULL || f->chmod == NULL)
+	    (f = resolve(path, fi, &rest, &copy, &ffi)) == NULL)
 		return -EPERM;
+	if (f->chmod == NULL) {
+		/* Modes are the folder's: accepted and ignored on its files so
+		 * that install -m, cp -p and rsync -a work. */
+		struct stat st;
+		int r = *rest && f->getattr ? f->getattr(rest, &st, ffi) : -EPERM;
+		return r == 0 && S_ISREG(st.st_mode) ? 0 : r == 0 ? -EPERM : r;
+	}
 	return f->chmod(rest, mode, ffi);
 }
 
+/* Files belong to the mount's owner: chown to that owner (cp -a, rsync -a
+ * and mv as root ask for it) is a no-op, anything else EPERM. */
 static int
 op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
 {
-	return -EPERM;
+	struct stat st;
+	if ((uid != (uid_t)-1 && uid != the_fs.uid) ||
+	    (gid != (gid_t)-1 && gid != the_fs.gid))
+		return -EPERM;
+	return op_getattr(path, &st, fi);
 }
 
 static int
@@ -870,8 +883,13 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	storelock_set_owner(lock_fd, "hsmfs", mnt_abs);
 
 	cfg->kernel_cache = 0;
-	cfg->attr_timeout = 1.0;
-	cfg->entry_timeout = 1.0;
+	/* No kernel caching of names or attributes: an item changes behind
+	 * the writer's back (signing replaces the bytes at close, the
+	 * plaintext and .sealed views of a field are one file, rename
+	 * publishes a temporary), and a stale st_size misleads mmap readers
+	 * and copy tools. Cost measured in docs/writers.md. */
+	cfg->attr_timeout = 0;
+	cfg->entry_timeout = 0;
 	cfg->negative_timeout = 0;
 	cfg->hard_remove = 1;
 	cfg->use_ino = 0;
@@ -1131,6 +1149,7 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("classpath=%s", classpath),
 	OPT("mail_retry=%ld", mail_retry),
 	OPT("mail_max_age=%ld", mail_max_age),
+	OPT("temp_max_age=%ld", temp_max_age),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -1199,6 +1218,8 @@ usage(const char *prog)
 	    "    -o history_anchor=FILE  copy of history checkpoints on another volume\n"
 	    "    -o classpath=DIR[:DIR]  where locationValue=\"classpath:NAME\" is looked\n"
 	    "                            up (default: the config file's directory)\n"
+	    "    -o temp_max_age=S       remove writers' temporaries (.NAME) not renamed\n"
+	    "                            into place after S seconds (3600)\n"
 	    "    -o log_level=LEVEL      error, warning, info (default), debug\n"
 	    "    -o nonempty             allow a mount point that is not empty\n"
 	    "    -V, --version           print the version\n\n"
@@ -1689,6 +1710,7 @@ main(int argc, char *argv[])
 	metrics_init();
 	the_fs.opt.mail_retry = 300;
 	the_fs.opt.mail_max_age = 5L * 24 * 3600;
+	the_fs.opt.temp_max_age = 3600;
 	the_fs.store_fd = -1;
 	the_fs.uid = getuid();
 	the_fs.gid = getgid();
@@ -1721,8 +1743,9 @@ main(int argc, char *argv[])
 		    "engineSignEncrypt.xml)\n");
 		return 2;
 	}
-	if (the_fs.opt.mail_retry <= 0 || the_fs.opt.mail_max_age <= 0) {
-		fprintf(stderr, "hsmfs: mail_retry and mail_max_age must be "
+	if (the_fs.opt.mail_retry <= 0 || the_fs.opt.mail_max_age <= 0 ||
+	    the_fs.opt.temp_max_age <= 0) {
+		fprintf(stderr, "hsmfs: mail_retry, mail_max_age and temp_max_age must be "
 		    "positive numbers of seconds\n");
 		return 2;
 	}

@@ -1,10 +1,12 @@
 /* /sign-out: zips copied in are JAR-signed with the newest ConfigZipSigner
  * key when the writer closes (flush), and stored durably. Owns
  * STORE/sign-out/ (signed zips by name), .spool/ (incoming bytes per open,
- * signer output before its rename) and .sign/ (user.hsmfs.sign records). */
+ * signer output before its rename), .sign/ (user.hsmfs.sign records) and
+ * .temp/ (signed zips of writers' temporaries until their rename). */
 #include "fs/fs.h"
 #include "fs/spool.h"
 #include "fs/store.h"
+#include "fs/temp.h"
 #include "crypto/jar.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -30,10 +32,12 @@ static struct {
 	STACK_OF(X509) *chain;       /* issuers embedded in signatures */
 	char dn[512];
 	struct spool_list spools;
+	struct temp_area temps;
 	pthread_mutex_t stats_lock;
 	unsigned long nsigned, nfailed;
 } so = {
 	.dirfd = -1, .spooldir = -1, .recdir = -1,
+	.temps = TEMP_AREA_INIT,
 	.spools = {PTHREAD_MUTEX_INITIALIZER, NULL},
 	.stats_lock = PTHREAD_MUTEX_INITIALIZER,
 };
@@ -131,6 +135,8 @@ so_start(void)
 	store_cleanup_tmp(so.spooldir);
 	store_cleanup_tmp(so.recdir);
 	store_cleanup_tmp(so.dirfd);
+	if ((r = temp_area_open(&so.temps, so.dirfd, so.recdir, -1)) != 0)
+		return r;
 	if ((r = so_keys_of(hsmfs_ctx->engine, hsmfs_ctx->keys, &k)) != 0) {
 		sk_X509_pop_free(k.chain, X509_free);
 		return r;
@@ -177,6 +183,7 @@ so_stop(void)
 	sk_X509_pop_free(so.chain, X509_free);
 	so.chain = NULL;
 	so.key = NULL;
+	temp_area_close(&so.temps);
 }
 
 static void
@@ -207,6 +214,13 @@ so_metrics(struct metrics *m)
 		    "key", so.desc->key_name, (char *)NULL);
 }
 
+/* Where the file of a name lives: a temporary's in the temp area. */
+static int
+dir_of(const char *name)
+{
+	return temp_name(name) ? so.temps.dirfd : so.dirfd;
+}
+
 static int
 rec_exists(const char *name)
 {
@@ -228,9 +242,9 @@ so_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 	off_t size;
 	if (*path == '\0')
 		return -ENOSYS;
-	if (!util_name_valid(path))
+	if (!temp_name_ok(path))
 		return -ENOENT;
-	if (fstatat(so.dirfd, path, &s, AT_SYMLINK_NOFOLLOW) == 0) {
+	if (fstatat(dir_of(path), path, &s, AT_SYMLINK_NOFOLLOW) == 0) {
 		fs_stat_file(st, 0644, s.st_size, s.st_mtime);
 		return 0;
 	}
@@ -254,6 +268,7 @@ so_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 		return -ENOTDIR;
 	fill(buf, ".", NULL, 0, 0);
 	fill(buf, "..", NULL, 0, 0);
+	temp_area_sweep(&so.temps);
 	for (int k = 0; k < 2; k++) {
 		int fd = dup(fds[k]);
 		DIR *d;
@@ -287,8 +302,8 @@ open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 		    path);
 		return -EOPNOTSUPP;
 	}
-	if ((r = spool_fh_writer(&so.spools, so.spooldir, so.dirfd, path, trunc,
-	    &h)) != 0)
+	if ((r = spool_fh_writer(&so.spools, so.spooldir, dir_of(path), path,
+	    trunc, &h)) != 0)
 		return r;
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->direct_io = 1;
@@ -298,8 +313,10 @@ open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 static int
 so_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-	if (!util_name_valid(path))
+	if (!temp_name_ok(path))
 		return -EINVAL;
+	if (temp_name(path))
+		temp_area_sweep(&so.temps);
 	return open_writer(path, fi, 1);
 }
 
@@ -310,11 +327,11 @@ so_open(const char *path, struct fuse_file_info *fi)
 	int fd, r;
 	if (*path == '\0')
 		return -EISDIR;
-	if (!util_name_valid(path))
+	if (!temp_name_ok(path))
 		return -ENOENT;
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
 		return open_writer(path, fi, (fi->flags & O_TRUNC) != 0);
-	if ((fd = openat(so.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0) {
+	if ((fd = openat(dir_of(path), path, O_RDONLY | O_CLOEXEC)) < 0) {
 		/* Only a refusal record: there is no signed zip to read. */
 		return errno == ENOENT && rec_exists(path) ? -EINVAL : -errno;
 	}
@@ -323,6 +340,29 @@ so_open(const char *path, struct fuse_file_info *fi)
 	fi->fh = (uint64_t)(uintptr_t)h;
 	/* The signed size differs from what the writer's kernel cache saw. */
 	fi->direct_io = 1;
+	return 0;
+}
+
+/* An empty file closed (touch, Java's createTempFile) is not an error: it
+ * is an empty pending item, listed with size 0 and its state in the
+ * attribute; a zip written to it later is signed at that close. A
+ * temporary keeps an empty file in the temp area, which rename() refuses
+ * to publish. An emptied name loses its signed zip, as a file would. */
+static int
+pending_empty_locked(struct spool *s)
+{
+	int r;
+	if (temp_name(s->name))
+		r = store_write_atomic(so.temps.dirfd, s->name, "", 0);
+	else
+		r = unlinkat(so.dirfd, s->name, 0) == 0 || errno == ENOENT ? 0 :
+		    hsmfs_errno_err(errno);
+	if (r != 0) {
+		fs_log_fail("sign-out", s->name, NULL, "cannot store", r);
+		return -hsmfs_err_errno(r);
+	}
+	rec_write(s->name, "pending: empty file, nothing signed (write a zip "
+	    "to it)");
 	return 0;
 }
 
@@ -335,8 +375,11 @@ sign_commit_locked(struct spool *s)
 	struct store_tmp t;
 	struct jar_sign_opts o = {0};
 	const struct engine_key *ek = so.desc->key;
-	int r, fd, e, in_place = 0;
+	int r, fd, e, in_place = 0, dst = dir_of(s->name);
+	struct stat st;
 
+	if (fstat(s->fd, &st) == 0 && st.st_size == 0)
+		return pending_empty_locked(s);
 	if ((r = store_tmp_create(so.spooldir, &t)) != 0)
 		return -hsmfs_err_errno(r);
 	close(t.fd);
@@ -363,7 +406,7 @@ sign_commit_locked(struct spool *s)
 	if (in_place) {
 		/* The spool itself became the signed zip: no copy of the entries. */
 		unlinkat(so.spooldir, t.name, 0);
-		if ((r = spool_commit(s, so.dirfd, s->name)) != 0) {
+		if ((r = spool_commit(s, dst, s->name)) != 0) {
 			log_err("sign-out/%s: cannot store the signed zip: %s", s->name,
 			    strerror(-r));
 			return r;
@@ -381,8 +424,8 @@ sign_commit_locked(struct spool *s)
 		return -e;
 	}
 	close(fd);
-	if (renameat(so.spooldir, t.name, so.dirfd, s->name) < 0 ||
-	    fsync(so.dirfd) < 0) {
+	if (renameat(so.spooldir, t.name, dst, s->name) < 0 ||
+	    fsync(dst) < 0) {
 		e = errno;
 		unlinkat(so.spooldir, t.name, 0);
 		log_err("sign-out/%s: cannot store the signed zip: %s", s->name,
@@ -422,27 +465,47 @@ static int
 so_unlink(const char *path)
 {
 	int a, b;
-	if (!util_name_valid(path))
+	if (!temp_name_ok(path))
 		return -EINVAL;
-	a = unlinkat(so.dirfd, path, 0) == 0 ? 0 : -errno;
+	a = unlinkat(dir_of(path), path, 0) == 0 ? 0 : -errno;
 	b = unlinkat(so.recdir, path, 0) == 0 ? 0 : -errno;
 	if (a == -ENOENT && b == -ENOENT)
 		return -ENOENT;
 	if (a != 0 && a != -ENOENT)
 		return a;
-	store_fsync_dir(so.dirfd);
+	store_fsync_dir(dir_of(path));
 	return 0;
 }
 
 static int
 so_rename(const char *from, const char *to, unsigned int flags)
 {
-	int has_file, r;
-	if (!util_name_valid(from) || !util_name_valid(to))
+	struct stat st;
+	char *why = NULL;
+	int has_file, r, fd = dir_of(from), td = dir_of(to);
+	/* A temporary is published onto a valid name; an item never
+	 * becomes a temporary (it would vanish). */
+	if (!temp_name_ok(from) || !temp_name_ok(to) ||
+	    (temp_name(to) && !temp_name(from)))
 		return -EINVAL;
-	has_file = faccessat(so.dirfd, from, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+	has_file = fstatat(fd, from, &st, AT_SYMLINK_NOFOLLOW) == 0;
+	if (temp_name(from) && (!has_file || st.st_size == 0)) {
+		/* Refused or empty: nothing signed to publish; the target
+		 * stays as it was. */
+		if (!rec_exists(from))
+			return -ENOENT;
+		if (has_file)
+			rec_write(from, "invalid: empty file is not a zip; nothing "
+			    "signed");
+		if (store_read_file(so.recdir, from, REC_MAX, &why, NULL) != 0)
+			why = NULL;
+		log_err("sign-out/%s: not renamed onto %s: %s", from, to,
+		    why ? why : "not signed");
+		free(why);
+		return -EINVAL;
+	}
 	if (has_file) {
-		if (renameat2(so.dirfd, from, so.dirfd, to, flags) < 0)
+		if (renameat2(fd, from, td, to, flags) < 0)
 			return -errno;
 	} else if (!rec_exists(from)) {
 		return -ENOENT;
@@ -453,7 +516,9 @@ so_rename(const char *from, const char *to, unsigned int flags)
 	if (r < 0 && errno == ENOENT)
 		unlinkat(so.recdir, to, 0);
 	spool_rename(&so.spools, from, to);
-	store_fsync_dir(so.dirfd);
+	store_fsync_dir(td);
+	if (fd != td)
+		store_fsync_dir(fd);
 	store_fsync_dir(so.recdir);
 	return 0;
 }
@@ -464,7 +529,7 @@ so_getxattr(const char *path, const char *name, char *value, size_t size)
 	char *text = NULL;
 	size_t len = 0;
 	int r;
-	if (strcmp(name, SIGN_XATTR) != 0 || !util_name_valid(path))
+	if (strcmp(name, SIGN_XATTR) != 0 || !temp_name_ok(path))
 		return -ENODATA;
 	if (store_read_file(so.recdir, path, REC_MAX, &text, &len) != 0)
 		return -ENODATA;
@@ -477,7 +542,7 @@ static int
 so_listxattr(const char *path, char *list, size_t size)
 {
 	static const char names[] = SIGN_XATTR;
-	if (!util_name_valid(path) || !rec_exists(path))
+	if (!temp_name_ok(path) || !rec_exists(path))
 		return 0;
 	return fs_xattr_reply(names, sizeof(names), list, size);
 }

@@ -1,11 +1,12 @@
 /* /verify-in: signed zips are stored exactly as copied and verified when
  * opened for reading (EBADMSG when invalid). Owns STORE/verify-in/ (the
  * zips by name), .spool/ (bytes of open writers), .meta/ (content hash per
- * name) and .verdict/ (verdicts by content hash, trust configuration and
- * verifier format). */
+ * name), .verdict/ (verdicts by content hash, trust configuration and
+ * verifier format) and .temp/ (writers' temporaries until their rename). */
 #include "fs/fs.h"
 #include "fs/spool.h"
 #include "fs/store.h"
+#include "fs/temp.h"
 #include "crypto/jar.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -38,10 +39,12 @@ static struct {
 	uint8_t trust_fp[32];        /* hash of the trust configuration */
 	int ready;                   /* something to verify against */
 	struct spool_list spools;
+	struct temp_area temps;
 	pthread_mutex_t stats_lock;
 	unsigned long nvalid, ninvalid, ncached;
 } vi = {
 	.dirfd = -1, .spooldir = -1, .metadir = -1, .verdir = -1,
+	.temps = TEMP_AREA_INIT,
 	.spools = {PTHREAD_MUTEX_INITIALIZER, NULL},
 	.stats_lock = PTHREAD_MUTEX_INITIALIZER,
 };
@@ -160,6 +163,8 @@ vi_start(void)
 	store_cleanup_tmp(vi.metadir);
 	store_cleanup_tmp(vi.verdir);
 	store_cleanup_tmp(vi.dirfd);
+	if ((r = temp_area_open(&vi.temps, vi.dirfd, vi.metadir, -1)) != 0)
+		return r;
 	if ((r = trust_of(hsmfs_ctx->engine, hsmfs_ctx->keys, &t)) != 0)
 		return r;
 	trust_adopt(&t);
@@ -207,6 +212,14 @@ vi_stop(void)
 	vi.certs = NULL;
 	vi.ncerts = 0;
 	vi.store = NULL;
+	temp_area_close(&vi.temps);
+}
+
+/* Where the file of a name lives: a temporary's in the temp area. */
+static int
+dir_of(const char *name)
+{
+	return temp_name(name) ? vi.temps.dirfd : vi.dirfd;
 }
 
 static void
@@ -367,9 +380,9 @@ vi_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 	off_t size;
 	if (*path == '\0')
 		return -ENOSYS;
-	if (!util_name_valid(path))
+	if (!temp_name_ok(path))
 		return -ENOENT;
-	if (fstatat(vi.dirfd, path, &s, AT_SYMLINK_NOFOLLOW) == 0) {
+	if (fstatat(dir_of(path), path, &s, AT_SYMLINK_NOFOLLOW) == 0) {
 		fs_stat_file(st, 0644, s.st_size, s.st_mtime);
 		return 0;
 	}
@@ -390,6 +403,7 @@ vi_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 		return -ENOTDIR;
 	fill(buf, ".", NULL, 0, 0);
 	fill(buf, "..", NULL, 0, 0);
+	temp_area_sweep(&vi.temps);
 	if ((fd = dup(vi.dirfd)) < 0 || (d = fdopendir(fd)) == NULL) {
 		if (fd >= 0)
 			close(fd);
@@ -413,8 +427,8 @@ open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 		    "and no truststore configured", path);
 		return -EOPNOTSUPP;
 	}
-	if ((r = spool_fh_writer(&vi.spools, vi.spooldir, vi.dirfd, path, trunc,
-	    &h)) != 0)
+	if ((r = spool_fh_writer(&vi.spools, vi.spooldir, dir_of(path), path,
+	    trunc, &h)) != 0)
 		return r;
 	fi->fh = (uint64_t)(uintptr_t)h;
 	return 0;
@@ -423,8 +437,10 @@ open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 static int
 vi_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-	if (!util_name_valid(path))
+	if (!temp_name_ok(path))
 		return -EINVAL;
+	if (temp_name(path))
+		temp_area_sweep(&vi.temps);
 	return open_writer(path, fi, 1);
 }
 
@@ -449,11 +465,11 @@ vi_open(const char *path, struct fuse_file_info *fi)
 	int fd, r;
 	if (*path == '\0')
 		return -EISDIR;
-	if (!util_name_valid(path))
+	if (!temp_name_ok(path))
 		return -ENOENT;
 	if (acc == O_WRONLY || (acc == O_RDWR && trunc))
 		return open_writer(path, fi, trunc);
-	if ((fd = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0) {
+	if ((fd = openat(dir_of(path), path, O_RDONLY | O_CLOEXEC)) < 0) {
 		/* Only an in-flight name of another writer gets here. */
 		if (errno == ENOENT && acc == O_RDWR)
 			return open_writer(path, fi, 1);
@@ -491,7 +507,7 @@ vi_flush(const char *path, struct fuse_file_info *fi)
 		goto out;
 	}
 	if ((r = spool_sha256(s, hash)) == 0 &&
-	    (r = spool_commit(s, vi.dirfd, s->name)) == 0)
+	    (r = spool_commit(s, dir_of(s->name), s->name)) == 0)
 		meta_write(s->name, s->fd, hash);
 	if (r != 0)
 		log_err("verify-in/%s: cannot store: %s", s->name, strerror(-r));
@@ -505,26 +521,31 @@ out:
 static int
 vi_unlink(const char *path)
 {
-	if (!util_name_valid(path))
+	if (!temp_name_ok(path))
 		return -EINVAL;
-	if (unlinkat(vi.dirfd, path, 0) < 0)
+	if (unlinkat(dir_of(path), path, 0) < 0)
 		return -errno;
 	unlinkat(vi.metadir, path, 0);
-	store_fsync_dir(vi.dirfd);
+	store_fsync_dir(dir_of(path));
 	return 0;
 }
 
 static int
 vi_rename(const char *from, const char *to, unsigned int flags)
 {
-	if (!util_name_valid(from) || !util_name_valid(to))
+	/* A temporary is published onto a valid name; an item never
+	 * becomes a temporary (it would vanish). */
+	if (!temp_name_ok(from) || !temp_name_ok(to) ||
+	    (temp_name(to) && !temp_name(from)))
 		return -EINVAL;
-	if (renameat2(vi.dirfd, from, vi.dirfd, to, flags) < 0)
+	if (renameat2(dir_of(from), from, dir_of(to), to, flags) < 0)
 		return -errno;
 	if (renameat(vi.metadir, from, vi.metadir, to) < 0)
 		unlinkat(vi.metadir, to, 0);
 	spool_rename(&vi.spools, from, to);
-	store_fsync_dir(vi.dirfd);
+	store_fsync_dir(dir_of(to));
+	if (dir_of(from) != dir_of(to))
+		store_fsync_dir(dir_of(from));
 	return 0;
 }
 
@@ -533,9 +554,9 @@ vi_getxattr(const char *path, const char *name, char *value, size_t size)
 {
 	char text[VERDICT_MAX];
 	int fd, r;
-	if (strcmp(name, VERIFY_XATTR) != 0 || !util_name_valid(path))
+	if (strcmp(name, VERIFY_XATTR) != 0 || !temp_name_ok(path))
 		return -ENODATA;
-	if ((fd = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0)
+	if ((fd = openat(dir_of(path), path, O_RDONLY | O_CLOEXEC)) < 0)
 		return -ENODATA;
 	r = verdict(path, fd, text, sizeof(text));
 	close(fd);
@@ -548,8 +569,8 @@ static int
 vi_listxattr(const char *path, char *list, size_t size)
 {
 	static const char names[] = VERIFY_XATTR;
-	if (!util_name_valid(path) ||
-	    faccessat(vi.dirfd, path, F_OK, AT_SYMLINK_NOFOLLOW) != 0)
+	if (!temp_name_ok(path) ||
+	    faccessat(dir_of(path), path, F_OK, AT_SYMLINK_NOFOLLOW) != 0)
 		return 0;
 	return fs_xattr_reply(names, sizeof(names), list, size);
 }

@@ -226,7 +226,7 @@ def test_too_large(mount):
 
 def test_names_rm_mv(mount):
     f = mount.path("fields")
-    for bad in (".hidden", "a b", "ä", "semi;colon", "tab\t"):
+    for bad in ("a b", "ä", "semi;colon", "tab\t", ".a b"):
         assert write(os.path.join(f, bad), b"v") == errno.EINVAL, bad
         assert write(os.path.join(f, ".sealed", bad), b"v") == errno.EINVAL, bad
     assert write(os.path.join(f, "A-z_0.9"), b"ok") == 0

@@ -133,10 +133,13 @@ def test_each_close_of_a_dup_commits_what_was_written_since(mount):
 
 
 def test_invalid_names(mount):
-    for bad in (".hidden", "a b", "x" * 256):
+    for bad in ("a b", "x" * 256):
         with pytest.raises(OSError) as e:
             open(hpath(mount, bad), "ab").close()
         assert e.value.errno in (errno.EINVAL, errno.ENAMETOOLONG), bad
+    # A dot name is a writer's temporary, which cannot append (issue 13).
+    with pytest.raises(PermissionError):
+        open(hpath(mount, ".hidden"), "ab").close()
 
 
 # ---- anything but appending: EPERM -------------------------------------------

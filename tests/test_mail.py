@@ -211,7 +211,6 @@ BAD = {
     "long-header": b"From: sender@example.org\nTo: alice@example.org\nX-L: "
                    + b"x" * 1200 + b"\n\nbody\n",
     "bad-address": b"From: sender@example.org\nTo: alice at example\n\nx\n",
-    "empty": b"",
     "8bit-multipart": b"From: sender@example.org\nTo: alice@example.org\n"
                       b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\n"
                       b"caf\xc3\xa9\n--b--\n",
@@ -225,6 +224,11 @@ def test_invalid_messages_refused(mount_factory, relay):
             put(m, name, data)
         assert e.value.errno == errno.EINVAL, name
         assert f"mail/{name}" in m.log(), name
+    # An empty message is no error (touch, a redirection's first close):
+    # nothing is queued (issue 13).
+    put(m, "empty", b"")
+    wait_for(lambda: "empty" not in os.listdir(m.path("mail")),
+             what="empty writer released")
     assert sorted(os.listdir(m.path("mail"))) == ["failed", "sent"]
     assert queue_entries(m) == []
     time.sleep(1.5)
@@ -393,10 +397,13 @@ def test_existing_headers_kept_and_names(mount_factory, relay, tmp_path, hsm):
     put(m, "other", message().replace(SENDER.encode(), b"other@example.org"))
     wait_for(lambda: relay.count() == 2, timeout=30, what="delivery")
     assert "From other@example.org is not an address of key" in m.log()
-    for bad in (".hidden", "a b", "x" * 256):
+    for bad in ("a b", "x" * 256):
         with pytest.raises(OSError) as e:
             put(m, bad, msg)
         assert e.value.errno in (errno.EINVAL, errno.ENAMETOOLONG), bad
+    # A dot name is a writer's temporary (issue 13): never listed or sent.
+    put(m, ".hidden", msg)
+    assert ".hidden" not in os.listdir(m.path("mail")) and relay.count() == 2
 
 
 def test_binary_body_base64_verifies(mount_factory, relay, hsm, tmp_path):

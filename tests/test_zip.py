@@ -264,15 +264,15 @@ def test_sign_out_sha384_descriptor_and_older_versions_verify(hsm, mount_factory
         assert v.startswith("valid signer=") and "CN=configZipSignerCertificateV" in v, v
 
 
-@pytest.mark.parametrize("case", ["not-a-zip", "empty", "traversal", "duplicate",
+# An empty file is a pending item, not an error (issue 13): see
+# tests/test_writers.py::test_empty_temporaries_and_files.
+@pytest.mark.parametrize("case", ["not-a-zip", "traversal", "duplicate",
                                   "prepended", "truncated"])
 def test_sign_out_refuses_bad_input(zm, tmp_path, case):
     good = make_zip(tmp_path / "g.zip").read_bytes()
     marker = b"MARKER-" + os.urandom(8).hex().encode()
     if case == "not-a-zip":
         data, why = marker * 100, "not a zip"
-    elif case == "empty":
-        data, why = b"", "not a zip"
     elif case == "traversal":
         data = zipfile_bytes(tmp_path, [("../../etc/evil", marker)])
         why = "'..'"
@@ -318,7 +318,7 @@ def zipfile_bytes(tmp_path, entries):
 def test_sign_out_names_rm_mv_and_flush_once(zm, tmp_path):
     data = make_zip(tmp_path / "a.zip").read_bytes()
     d = zm.path("sign-out")
-    for bad in (".hidden.zip", "a b.zip", "a:b.zip"):
+    for bad in (".a b.zip", "a b.zip", "a:b.zip"):
         with pytest.raises(OSError) as e:
             open(os.path.join(d, bad), "wb")
         assert e.value.errno == errno.EINVAL, bad
