@@ -1112,6 +1112,18 @@ case_unserved(void)
 		CHECK(k && k->problem == NULL && k->served);
 		engine_free(e);
 	}
+	/* Character references can put a newline into an unserved name or
+	 * version: escaped, so check and .status lines stay one line. */
+	cur_case = "unserved-controls";
+	e = load_ok(DOC(DESC_ZIP("k1")
+	    "<descriptor name=\"x&#10;folder.sign-out: ready\" version=\"1&#13;\">\n"
+	    "  <type key=\"k1\"/>\n"
+	    "</descriptor>\n", KEY_P12("k1")));
+	CHECK(e != NULL && e->nunserved == 1);
+	CHECK(e != NULL && strcmp(e->unserved[0].name,
+	    "x\\x0afolder.sign-out: ready") == 0);
+	CHECK(e != NULL && strcmp(e->unserved[0].version, "1\\x0d") == 0);
+	engine_free(e);
 	/* Case-insensitive types; an unknown type only on a served key. */
 	cur_case = "type-case";
 	e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
