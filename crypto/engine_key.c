@@ -111,6 +111,16 @@ resolve_location(const struct parse *p, const char *v, int p12, char **out,
 			snprintf(why, whylen, "no file name after \"classpath:\"");
 			return 1;
 		}
+		/* Java's class loader finds no resource outside its
+		 * directories; neither does hsmfs. */
+		for (const char *c = name; *c; c = strchr(c, '/') ?
+		    strchr(c, '/') + 1 : c + strlen(c))
+			if (strncmp(c, "..", 2) == 0 && (c[2] == '/' || c[2] == '\0')) {
+				snprintf(why, whylen, "a \"..\" would leave the class "
+				    "path (the Identity Manager would not find it "
+				    "either); give the file as a path or file: URL");
+				return 1;
+			}
 		tl = (size_t)snprintf(why, whylen, "not found; tried ");
 		for (const char *d = dirs; *d; ) {
 			const char *c = strchr(d, ':');

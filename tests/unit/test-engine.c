@@ -1183,6 +1183,21 @@ case_classpath(void)
 	    "  <type name=\"P12\" locationValue=\"classpath:nope.p12\" pin=\"pw\"/>\n"
 	    "</key>\n"), "classpath:nope", "cp2/nope.p12");
 	CHECK(strstr(err_detail(), "cp1/nope.p12") != NULL);
+	/* Nothing outside the class path, as Java's class loader. */
+	expect_err("classpath-dotdot", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"P12\" locationValue=\"classpath:../cp2/sign_new.p12\" pin=\"pw\"/>\n"
+	    "</key>\n"), "classpath:../", "leave the class path");
+	expect_err("classpath-dotdot-inner", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"P12\" locationValue=\"classpath:a/../../cp2/sign_new.p12\" pin=\"pw\"/>\n"
+	    "</key>\n"), "classpath:a/", "leave the class path");
+	cur_case = "classpath-dots-in-name";
+	snprintf(xml, sizeof(xml), "%s/..x.p12", d1);
+	write_file(xml, "x", 0600);
+	e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"P12\" locationValue=\"classpath:..x.p12\" pin=\"pw\"/>\n"
+	    "</key>\n"));
+	CHECK(e != NULL && strstr(e->keys[0].location, "/cp1/..x.p12") != NULL);
+	engine_free(e);
 	expect_err("classpath-module", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
 	    "  <type name=\"HSM\" locationValue=\"classpath:x.so\" alias=\"a\" pin=\"1\"/>\n"
 	    "</key>\n"), "classpath:x.so", "native library");
