@@ -1271,6 +1271,17 @@ case_uri(void)
 	    "  <type name=\"HSM\" locationValue=\"/m.so\" pin=\"1\"\n"
 	    "        uri=\"pkcs11:object=a?pin-value=2\"/>\n"
 	    "</key>\n"), "pin=", "PIN source");
+	/* A query attribute without '=' may be a mistyped pin-value: the
+	 * message must not carry it. */
+	expect_err("uri-query-no-eq", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" locationValue=\"/m.so\"\n"
+	    "        uri=\"pkcs11:object=a?pin-valueS3CR3T\"/>\n"
+	    "</key>\n"), "uri=", "without '='");
+	CHECK(strstr(err_detail(), "S3CR3T") == NULL);
+	expect_err("uri-name-case", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" locationValue=\"/m.so\" pin=\"1\"\n"
+	    "        uri=\"pkcs11:Object=a\"/>\n"
+	    "</key>\n"), "uri=", "write object=");
 	expect_err("uri-no-module", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
 	    "  <type name=\"HSM\" pin=\"1\"\n"
 	    "        uri=\"pkcs11:object=a\"/>\n"
