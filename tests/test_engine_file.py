@@ -435,6 +435,19 @@ def test_shipped_idm_example_parses(tmp_path):
                       "bankPinBlob"], p.stdout + p.stderr
 
 
+def test_idm_example_is_installed(tmp_path):
+    """meson install ships the Identity Manager example next to the
+    others, unchanged (the docs point administrators at it)."""
+    from conftest import BUILD
+    dest = tmp_path / "dest"
+    run(["meson", "install", "-C", str(BUILD), "--no-rebuild", "--quiet",
+         "--destdir", str(dest)])
+    found = list(dest.rglob("share/doc/hsmfs/examples/engineSignEncrypt-idm.xml"))
+    assert len(found) == 1, sorted(str(p) for p in dest.rglob("*.xml"))
+    src = Path(__file__).resolve().parent.parent / "examples" / "engineSignEncrypt-idm.xml"
+    assert found[0].read_bytes() == src.read_bytes()
+
+
 def test_classpath_option_errors_name_the_directory(hsm, classes, tmp_path):
     cfg = vendor_config(hsm, classes)
     missing = tmp_path / "no-such-dir"
