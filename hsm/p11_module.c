@@ -161,6 +161,10 @@ module_dlopen(const char *loc, char *used, size_t usize, char *tried,
 			if (n + 4 < tsize)
 				snprintf(tried + n, tsize - n, " (%s)", why);
 		}
+		/* The administrator's registry keeps the module out of this
+		 * program: not overridden by loading it some other way. */
+		if (k == -2)
+			return NULL;
 	}
 	for (int lib = 0; lib < libs; lib++)
 		for (size_t d = 0; d < (bare ? 4u : 1u); d++) {
