@@ -461,3 +461,35 @@ def test_classpath_option_errors_name_the_directory(hsm, classes, tmp_path):
                        text=True, timeout=60)
     assert d.returncode == 2 and str(missing) in d.stderr, d.stderr
     assert not os.path.ismount(mnt)
+
+
+def test_token_label_shared_by_two_tokens_is_refused(hsm, tmp_path):
+    """A URI token= (or tokenLabel) matching two tokens names no token:
+    one line naming both slots, instead of the first one silently."""
+    tokdir = tmp_path / "tokens"
+    tokdir.mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokdir}\nobjectstore.backend = file\n"
+                    "log.level = ERROR\nslots.removable = false\n")
+    env = dict(os.environ, SOFTHSM2_CONF=str(conf))
+    slots = []
+    for _ in range(2):
+        out = run(["softhsm2-util", "--init-token", "--free", "--label", "twin",
+                   "--so-pin", "5678", "--pin", "1234"], env=env).stdout
+        slots.append(out.strip().split()[-1])
+    cfg = tmp_path / "engineSignEncrypt.xml"
+    cfg.write_text(
+        '<engineSignEncrypt>\n  <descriptors>\n'
+        '    <descriptor name="ConfigZipSigner" version="1">\n'
+        '      <type algorithm="SHA-256" key="zip"/>\n'
+        '    </descriptor>\n  </descriptors>\n  <keys>\n'
+        '    <key name="zip">\n'
+        f'      <type name="HSM" uri="pkcs11:token=twin;object=zip?module-path={hsm.module}'
+        '&amp;pin-value=1234"/>\n'
+        '    </key>\n  </keys>\n</engineSignEncrypt>\n')
+    os.chmod(cfg, 0o600)
+    p = run([TOOL, "check", "-o", f"config={cfg}"], env=env, check=False)
+    assert p.returncode != 0
+    msg = p.stdout + p.stderr
+    assert 'two tokens labelled "twin"' in msg, msg
+    assert all(s in msg for s in slots), (slots, msg)
