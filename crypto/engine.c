@@ -235,6 +235,12 @@ check_content(const struct parse *p, xmlNodePtr n, size_t *count)
 		case XML_TEXT_NODE:
 			if (is_ws_only(ch->content))
 				break;
+			/* Invisible in an editor: say what it is. */
+			if (strstr((const char *)ch->content, "\xef\xbb\xbf") != NULL)
+				return cfg_err(p, text_line(ch), "a byte order mark "
+				    "(U+FEFF, bytes EF BB BF) inside <%s>: only the "
+				    "start of the file may hold one (files pasted "
+				    "together?); remove it", (const char *)n->name);
 			/* fallthrough */
 		case XML_CDATA_SECTION_NODE:
 			return cfg_err(p, text_line(ch), "unexpected text "

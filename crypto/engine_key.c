@@ -168,6 +168,15 @@ resolve_location(const struct parse *p, const char *v, int p12, char **out,
 			snprintf(why, whylen, "no file name in the file: URL");
 			return 1;
 		}
+		/* RFC 8089: a file: URL holds an absolute path. "file:x.so"
+		 * would otherwise become a bare name searched elsewhere. */
+		if (path[0] != '/') {
+			free(path);
+			snprintf(why, whylen, "a file: URL holds an absolute path "
+			    "(file:/dir/name); give a path without file: for a "
+			    "relative one");
+			return 1;
+		}
 	} else if ((path = strdup(v)) == NULL)
 		return HSMFS_ERR_NOMEM;
 	if (path[0] != '/' && strchr(path, '/') != NULL && !p12) {

@@ -1124,6 +1124,9 @@ case_unserved(void)
 	    "x\\x0afolder.sign-out: ready") == 0);
 	CHECK(e != NULL && strcmp(e->unserved[0].version, "1\\x0d") == 0);
 	engine_free(e);
+	/* A BOM in the middle (two files pasted together) is named. */
+	expect_err("bom-inside", DOC(DESC_ZIP("k1"), "\xef\xbb\xbf" KEY_P12("k1")),
+	    "<key name", "byte order mark");
 	/* Case-insensitive types; an unknown type only on a served key. */
 	cur_case = "type-case";
 	e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
@@ -1214,6 +1217,9 @@ case_classpath(void)
 	e = load_ok(xml);
 	CHECK(e != NULL && strcmp(e->keys[0].location, p12) == 0);
 	engine_free(e);
+	expect_err("file-url-relative", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" locationValue=\"file:libsofthsm2.so\" alias=\"a\" pin=\"1\"/>\n"
+	    "</key>\n"), "file:libsofthsm2", "absolute path");
 	expect_err("file-url-remote", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
 	    "  <type name=\"P12\" locationValue=\"file://host/x.p12\" pin=\"pw\"/>\n"
 	    "</key>\n"), "file://host", "remote host");
