@@ -1124,6 +1124,33 @@ case_unserved(void)
 	    "x\\x0afolder.sign-out: ready") == 0);
 	CHECK(e != NULL && strcmp(e->unserved[0].version, "1\\x0d") == 0);
 	engine_free(e);
+	/* UTF-16 (with its byte order mark) as Windows editors save it. */
+	cur_case = "utf16";
+	{
+		static const char doc[] = DOC(DESC_ZIP("k1")
+		    "<descriptor name=\"att_ios\" version=\"1\"><type key=\"k1\"/></descriptor>\n",
+		    KEY_P12("k1"));
+		char path16[PATH_MAX + 32];
+		unsigned char *w = malloc(2 * sizeof(doc) + 2);
+		size_t n = 0;
+		FILE *f;
+		snprintf(path16, sizeof(path16), "%s/utf16.xml", tmpdir);
+		w[n++] = 0xff;
+		w[n++] = 0xfe;
+		for (size_t i = 0; i + 1 < sizeof(doc); i++) {
+			w[n++] = (unsigned char)doc[i];
+			w[n++] = 0;
+		}
+		f = fopen(path16, "w");
+		CHECK(f != NULL && fwrite(w, 1, n, f) == n && fclose(f) == 0);
+		chmod(path16, 0600);
+		free(w);
+		e = NULL;
+		CHECK_DETAIL(engine_load(path16, &e) == 0);
+		CHECK(e != NULL && e->ndescs == 1 && e->nunserved == 1 &&
+		    strcmp(e->unserved[0].name, "att_ios") == 0);
+		engine_free(e);
+	}
 	/* A BOM in the middle (two files pasted together) is named. */
 	expect_err("bom-inside", DOC(DESC_ZIP("k1"), "\xef\xbb\xbf" KEY_P12("k1")),
 	    "<key name", "byte order mark");
