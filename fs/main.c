@@ -988,6 +988,9 @@ main(int argc, char *argv[])
 	int r;
 
 	umask(077);
+	/* Again in op_init (after daemonising); here already because the
+	 * configuration, with its PINs, is read before that. */
+	prctl(PR_SET_DUMPABLE, 0);
 	the_fs.opt.mail_retry = 300;
 	the_fs.opt.mail_max_age = 5L * 24 * 3600;
 	the_fs.store_fd = -1;

@@ -493,3 +493,49 @@ def test_token_label_shared_by_two_tokens_is_refused(hsm, tmp_path):
     msg = p.stdout + p.stderr
     assert 'two tokens labelled "twin"' in msg, msg
     assert all(s in msg for s in slots), (slots, msg)
+
+
+def test_tool_holding_pins_is_not_dumpable(hsm):
+    """hsmfs-tool is non-dumpable before it reads the configuration: a
+    pin-value (or pin) parsed from it cannot reach a core dump. Run as
+    nobody (as root, /proc ownership shows nothing); a key's pin.file is
+    a FIFO, so the tool waits there with the other key's PIN in memory."""
+    import shutil
+    import tempfile
+    import time
+    d = Path(tempfile.mkdtemp(prefix="hsmfs-dump-"))
+    try:
+        os.chmod(d, 0o755)
+        fifo = d / "pin.fifo"
+        os.mkfifo(fifo, 0o644)
+        cfg = d / "engineSignEncrypt.xml"
+        cfg.write_text(
+            '<engineSignEncrypt>\n  <descriptors>\n'
+            '    <descriptor name="ConfigZipSigner" version="1">\n'
+            '      <type algorithm="SHA-256" key="zip"/>\n    </descriptor>\n'
+            '    <descriptor name="ObjectHistorySigner" version="1">\n'
+            '      <type algorithm="SHA-256" key="hist"/>\n    </descriptor>\n'
+            '  </descriptors>\n  <keys>\n'
+            '    <key name="zip"><type name="HSM" uri="pkcs11:object=zip'
+            f'?module-path={hsm.module}&amp;pin-value=S3CR3T-77"/></key>\n'
+            '    <key name="hist"><type name="pkcs12" locationValue="/nonexistent.p12"'
+            f' pin.file="{fifo}"/></key>\n'
+            '  </keys>\n</engineSignEncrypt>\n')
+        os.chmod(cfg, 0o644)
+        env = {"PATH": os.environ["PATH"], "SOFTHSM2_CONF": "/nonexistent"}
+        p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534",
+                              "--clear-groups", TOOL, "check", "-o", f"config={cfg}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            # Blocked opening the FIFO: pin.file is the last thing read.
+            wait_for(lambda: p.poll() is None and Path(
+                f"/proc/{p.pid}/wchan").read_text() == "wait_for_partner",
+                what="hsmfs-tool blocked opening the FIFO")
+            st = os.stat(f"/proc/{p.pid}/environ")
+            assert p.poll() is None
+            assert st.st_uid == 0, "hsmfs-tool is dumpable while holding a PIN"
+        finally:
+            p.kill()
+            p.wait()
+    finally:
+        shutil.rmtree(d)
