@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -22,6 +23,14 @@
 /* -o classpath=: absolute directories separated by ':'; NULL means the
  * configuration file's directory. */
 static char *classpath_dirs;
+
+static const char *
+errno_or_notdir(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) != 0 ? strerror(errno) : "not a directory";
+}
 
 int
 engine_set_classpath(const char *dirs)
@@ -45,12 +54,27 @@ engine_set_classpath(const char *dirs)
 		goto out;
 	}
 	for (tok = strtok_r(copy, ":", &save); tok; tok = strtok_r(NULL, ":", &save)) {
-		char *abs = realpath(tok, NULL);
+		/* Absolute, but symlinks kept: WEB-INF/classes under a
+		 * "current -> release-N" link must follow the link when the
+		 * configuration is read again after an upgrade, as Java does. */
+		char *abs = NULL, cwd[PATH_MAX];
 		struct stat st;
 		char *grown;
-		if (abs == NULL || stat(abs, &st) != 0 || !S_ISDIR(st.st_mode)) {
-			err_set("classpath=%s: %s: %s", dirs, tok, abs == NULL ?
-			    strerror(errno) : "not a directory");
+		if (tok[0] == '/')
+			abs = strdup(tok);
+		else if (getcwd(cwd, sizeof(cwd)) == NULL) {
+			err_set("classpath=%s: %s: cannot make it absolute: %s", dirs,
+			    tok, strerror(errno));
+			goto out;
+		} else if (asprintf(&abs, "%s/%s", cwd, tok) < 0)
+			abs = NULL;
+		if (abs == NULL) {
+			r = HSMFS_ERR_NOMEM;
+			goto out;
+		}
+		if (stat(abs, &st) != 0 || !S_ISDIR(st.st_mode)) {
+			const char *why = errno_or_notdir(abs);
+			err_set("classpath=%s: %s: %s", dirs, tok, why);
 			free(abs);
 			goto out;
 		}

@@ -1231,6 +1231,26 @@ case_classpath(void)
 	expect_err("classpath-module", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
 	    "  <type name=\"HSM\" locationValue=\"classpath:x.so\" alias=\"a\" pin=\"1\"/>\n"
 	    "</key>\n"), "classpath:x.so", "native library");
+	/* A symlinked class directory is kept as a link: after an upgrade
+	 * flips it, a new load finds the new release's files. */
+	cur_case = "classpath-symlink";
+	{
+		char link[PATH_MAX + 32];
+		snprintf(link, sizeof(link), "%s/current", tmpdir);
+		CHECK(symlink(d1, link) == 0);
+		CHECK_DETAIL(engine_set_classpath(link) == 0);
+		CHECK(unlink(link) == 0 && symlink(d2, link) == 0);
+		e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+		    "  <type name=\"P12\" locationValue=\"classpath:sign_new.p12\" pin=\"pw\"/>\n"
+		    "</key>\n"));
+		CHECK(e != NULL && strstr(e->keys[0].location, "/current/sign_new.p12"));
+		engine_free(e);
+		CHECK(engine_set_classpath(d2) == 0);
+		CHECK(engine_set_classpath("cp-relative-missing") == HSMFS_ERR_CONFIG);
+		CHECK_DETAIL(strstr(err_detail(), "No such file") != NULL);
+		CHECK(engine_set_classpath(p12) == HSMFS_ERR_CONFIG);
+		CHECK_DETAIL(strstr(err_detail(), "not a directory") != NULL);
+	}
 	cur_case = "classpath-bad-dir";
 	CHECK(engine_set_classpath("/no/such/dir") == HSMFS_ERR_CONFIG);
 	CHECK_DETAIL(strstr(err_detail(), "/no/such/dir") != NULL);
