@@ -235,6 +235,12 @@ check_content(const struct parse *p, xmlNodePtr n, size_t *count)
 		case XML_TEXT_NODE:
 			if (is_ws_only(ch->content))
 				break;
+			/* Invisible in an editor: say what it is. */
+			if (strstr((const char *)ch->content, "\xef\xbb\xbf") != NULL)
+				return cfg_err(p, text_line(ch), "a byte order mark "
+				    "(U+FEFF, bytes EF BB BF) inside <%s>: only the "
+				    "start of the file may hold one (files pasted "
+				    "together?); remove it", (const char *)n->name);
 			/* fallthrough */
 		case XML_CDATA_SECTION_NODE:
 			return cfg_err(p, text_line(ch), "unexpected text "
@@ -560,6 +566,35 @@ out:
 	return r;
 }
 
+/* *s with each control character (&#10; and the like in the file)
+ * written as \xNN, so that a listing line (check, .status) stays one
+ * line whatever an unserved descriptor is called. */
+static int
+escape_controls(char **s)
+{
+	size_t n = 0;
+	char *out, *o;
+
+	if (*s == NULL)
+		return 0;
+	for (const char *c = *s; *c; c++)
+		n += iscntrl((unsigned char)*c) ? 4 : 1;
+	if (n == strlen(*s))
+		return 0;
+	if ((out = malloc(n + 1)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	o = out;
+	for (const char *c = *s; *c; c++)
+		if (iscntrl((unsigned char)*c))
+			o += sprintf(o, "\\x%02x", (unsigned char)*c);
+		else
+			*o++ = *c;
+	*o = '\0';
+	free(*s);
+	*s = out;
+	return 0;
+}
+
 /* A descriptor hsmfs does not serve: only what a listing needs is read
  * (name, version, key= of its <type>); any attribute is accepted. */
 static int
@@ -570,7 +605,9 @@ parse_unserved(const struct parse *p, xmlNodePtr n, struct engine_unserved *u)
 
 	u->line = (int)node_line(p, n);
 	if ((r = attr_required(p, n, "name", "a descriptor", &u->name)) != 0 ||
-	    (r = attr_get(n, "version", &u->version)) != 0)
+	    (r = attr_get(n, "version", &u->version)) != 0 ||
+	    (r = escape_controls(&u->name)) != 0 ||
+	    (r = escape_controls(&u->version)) != 0)
 		return r;
 	if ((r = check_content(p, n, NULL)) != 0)
 		return r;
@@ -583,7 +620,8 @@ parse_unserved(const struct parse *p, xmlNodePtr n, struct engine_unserved *u)
 	if (t == NULL)
 		return 0;
 	if ((r = check_content(p, t, NULL)) != 0 ||
-	    (r = attr_get(t, "key", &u->key_name)) != 0)
+	    (r = attr_get(t, "key", &u->key_name)) != 0 ||
+	    (r = escape_controls(&u->key_name)) != 0)
 		return r;
 	if (u->key_name != NULL && u->key_name[0] == '\0')
 		return cfg_err(p, attr_line(p, t, "key"), "descriptor %s: "

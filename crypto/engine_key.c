@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -23,6 +24,14 @@
 /* -o classpath=: absolute directories separated by ':'; NULL means the
  * configuration file's directory. */
 static char *classpath_dirs;
+
+static const char *
+errno_or_notdir(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) != 0 ? strerror(errno) : "not a directory";
+}
 
 int
 engine_set_classpath(const char *dirs)
@@ -46,12 +55,27 @@ engine_set_classpath(const char *dirs)
 		goto out;
 	}
 	for (tok = strtok_r(copy, ":", &save); tok; tok = strtok_r(NULL, ":", &save)) {
-		char *abs = realpath(tok, NULL);
+		/* Absolute, but symlinks kept: WEB-INF/classes under a
+		 * "current -> release-N" link must follow the link when the
+		 * configuration is read again after an upgrade, as Java does. */
+		char *abs = NULL, cwd[PATH_MAX];
 		struct stat st;
 		char *grown;
-		if (abs == NULL || stat(abs, &st) != 0 || !S_ISDIR(st.st_mode)) {
-			err_set("classpath=%s: %s: %s", dirs, tok, abs == NULL ?
-			    strerror(errno) : "not a directory");
+		if (tok[0] == '/')
+			abs = strdup(tok);
+		else if (getcwd(cwd, sizeof(cwd)) == NULL) {
+			err_set("classpath=%s: %s: cannot make it absolute: %s", dirs,
+			    tok, strerror(errno));
+			goto out;
+		} else if (asprintf(&abs, "%s/%s", cwd, tok) < 0)
+			abs = NULL;
+		if (abs == NULL) {
+			r = HSMFS_ERR_NOMEM;
+			goto out;
+		}
+		if (stat(abs, &st) != 0 || !S_ISDIR(st.st_mode)) {
+			const char *why = errno_or_notdir(abs);
+			err_set("classpath=%s: %s: %s", dirs, tok, why);
 			free(abs);
 			goto out;
 		}
@@ -112,6 +136,16 @@ resolve_location(const struct parse *p, const char *v, int p12, char **out,
 			snprintf(why, whylen, "no file name after \"classpath:\"");
 			return 1;
 		}
+		/* Java's class loader finds no resource outside its
+		 * directories; neither does hsmfs. */
+		for (const char *c = name; *c; c = strchr(c, '/') ?
+		    strchr(c, '/') + 1 : c + strlen(c))
+			if (strncmp(c, "..", 2) == 0 && (c[2] == '/' || c[2] == '\0')) {
+				snprintf(why, whylen, "a \"..\" would leave the class "
+				    "path (the Identity Manager would not find it "
+				    "either); give the file as a path or file: URL");
+				return 1;
+			}
 		tl = (size_t)snprintf(why, whylen, "not found; tried ");
 		for (const char *d = dirs; *d; ) {
 			const char *c = strchr(d, ':');
@@ -157,6 +191,15 @@ resolve_location(const struct parse *p, const char *v, int p12, char **out,
 		if (path[0] == '\0') {
 			free(path);
 			snprintf(why, whylen, "no file name in the file: URL");
+			return 1;
+		}
+		/* RFC 8089: a file: URL holds an absolute path. "file:x.so"
+		 * would otherwise become a bare name searched elsewhere. */
+		if (path[0] != '/') {
+			free(path);
+			snprintf(why, whylen, "a file: URL holds an absolute path "
+			    "(file:/dir/name); give a path without file: for a "
+			    "relative one");
 			return 1;
 		}
 	} else if ((path = strdup(v)) == NULL)

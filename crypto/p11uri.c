@@ -85,6 +85,10 @@ attribute(struct p11uri *u, const char *a, size_t n, int query, char *why,
 	char **slot = NULL;
 	int bad;
 
+	/* The query may hold pin-value: never echo it into a log line. */
+	if (eq == NULL && query)
+		return fail(why, whylen, "pkcs11: URI has a query attribute "
+		    "without '=' (not shown: it may hold a PIN); write name=value");
 	if (eq == NULL)
 		return fail(why, whylen, "pkcs11: URI attribute \"%.*s\" has no "
 		    "'='; write name=value", (int)(n > 64 ? 64 : n), a);
@@ -176,7 +180,18 @@ attribute(struct p11uri *u, const char *a, size_t n, int query, char *why,
 		}
 	}
 	if (slot == NULL) {
-		int r = fail(why, whylen, "pkcs11: URI %s attribute '%s' is not "
+		static const char *const known[] = {"token", "object", "type",
+			"slot-id", "module-path", "module-name", "pin-source",
+			"pin-value", NULL};
+		int r;
+		for (size_t i = 0; known[i]; i++)
+			if (strcasecmp(key, known[i]) == 0) {
+				OPENSSL_clear_free(v, strlen(v));
+				return fail(why, whylen, "pkcs11: URI attribute '%s': "
+				    "attribute names are lower case (p11-kit and OpenSSL "
+				    "read them so); write %s=", key, known[i]);
+			}
+		r = fail(why, whylen, "pkcs11: URI %s attribute '%s' is not "
 		    "supported by hsmfs (it selects the token by token= or "
 		    "slot-id=, the key by object=, the module by module-path= or "
 		    "module-name=, the PIN by pin-source= or pin-value=); remove "

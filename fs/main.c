@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -1707,6 +1708,9 @@ main(int argc, char *argv[])
 	int r;
 
 	umask(077);
+	/* Again in op_init (after daemonising); here already because the
+	 * configuration, with its PINs, is read before that. */
+	prctl(PR_SET_DUMPABLE, 0);
 	metrics_init();
 	the_fs.opt.mail_retry = 300;
 	the_fs.opt.mail_max_age = 5L * 24 * 3600;

@@ -8,9 +8,16 @@
 
 /* The library registered as name (a bare name, e.g. "softhsm2"): 1 with
  * the path in out, 0 when no registry file names it, -1 when one does
- * but is unreadable or has no module: line (reason in why). tried
- * gets the registry files looked at, comma-separated. */
+ * but is unreadable or has no module: line, -2 when its enable-in /
+ * disable-in keep this program (program_invocation_short_name) out
+ * (reason in why). tried gets the registry files looked at,
+ * comma-separated. */
 int p11kit_lookup(const char *name, char *out, size_t outlen, char *tried,
     size_t triedlen, char *why, size_t whylen);
+/* The same over given directories (earliest wins key by key) and
+ * program name; for tests. */
+int p11kit_lookup_in(const char *const *dirs, size_t ndirs,
+    const char *progname, const char *name, char *out, size_t outlen,
+    char *tried, size_t triedlen, char *why, size_t whylen);
 
 #endif

@@ -161,6 +161,10 @@ module_dlopen(const char *loc, char *used, size_t usize, char *tried,
 			if (n + 4 < tsize)
 				snprintf(tried + n, tsize - n, " (%s)", why);
 		}
+		/* The administrator's registry keeps the module out of this
+		 * program: not overridden by loading it some other way. */
+		if (k == -2)
+			return NULL;
 	}
 	for (int lib = 0; lib < libs; lib++)
 		for (size_t d = 0; d < (bare ? 4u : 1u); d++) {
@@ -418,6 +422,24 @@ p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
 		}
 		if (found)
 			slot = slots[i];
+	}
+	/* A label names one token: SoftHSM and most HSMs let two tokens
+	 * share one, and the first of them may hold other keys. */
+	if (found && !spec->has_slot && spec->token_label &&
+	    *spec->token_label) {
+		for (; i < n; i++) {
+			if (P11_CALL(mod->f->C_GetTokenInfo(slots[i], &ti)) != CKR_OK)
+				continue;
+			trim_copy(label, ti.label, sizeof(ti.label));
+			if (strcmp(label, spec->token_label) != 0)
+				continue;
+			err_set("key %s: two tokens labelled \"%s\" in module %s "
+			    "(slots %lu and %lu); name one by slot= (or slot-id= in "
+			    "the uri), or relabel one", name, spec->token_label,
+			    mod->path, (unsigned long)slot, (unsigned long)slots[i]);
+			r = HSMFS_ERR_NOTFOUND;
+			goto out;
+		}
 	}
 	if (!found) {
 		describe_slots(mod, slots, n, list, sizeof(list));

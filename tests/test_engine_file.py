@@ -435,6 +435,19 @@ def test_shipped_idm_example_parses(tmp_path):
                       "bankPinBlob"], p.stdout + p.stderr
 
 
+def test_idm_example_is_installed(tmp_path):
+    """meson install ships the Identity Manager example next to the
+    others, unchanged (the docs point administrators at it)."""
+    from conftest import BUILD
+    dest = tmp_path / "dest"
+    run(["meson", "install", "-C", str(BUILD), "--no-rebuild", "--quiet",
+         "--destdir", str(dest)])
+    found = list(dest.rglob("share/doc/hsmfs/examples/engineSignEncrypt-idm.xml"))
+    assert len(found) == 1, sorted(str(p) for p in dest.rglob("*.xml"))
+    src = Path(__file__).resolve().parent.parent / "examples" / "engineSignEncrypt-idm.xml"
+    assert found[0].read_bytes() == src.read_bytes()
+
+
 def test_classpath_option_errors_name_the_directory(hsm, classes, tmp_path):
     cfg = vendor_config(hsm, classes)
     missing = tmp_path / "no-such-dir"
@@ -448,3 +461,81 @@ def test_classpath_option_errors_name_the_directory(hsm, classes, tmp_path):
                        text=True, timeout=60)
     assert d.returncode == 2 and str(missing) in d.stderr, d.stderr
     assert not os.path.ismount(mnt)
+
+
+def test_token_label_shared_by_two_tokens_is_refused(hsm, tmp_path):
+    """A URI token= (or tokenLabel) matching two tokens names no token:
+    one line naming both slots, instead of the first one silently."""
+    tokdir = tmp_path / "tokens"
+    tokdir.mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokdir}\nobjectstore.backend = file\n"
+                    "log.level = ERROR\nslots.removable = false\n")
+    env = dict(os.environ, SOFTHSM2_CONF=str(conf))
+    slots = []
+    for _ in range(2):
+        out = run(["softhsm2-util", "--init-token", "--free", "--label", "twin",
+                   "--so-pin", "5678", "--pin", "1234"], env=env).stdout
+        slots.append(out.strip().split()[-1])
+    cfg = tmp_path / "engineSignEncrypt.xml"
+    cfg.write_text(
+        '<engineSignEncrypt>\n  <descriptors>\n'
+        '    <descriptor name="ConfigZipSigner" version="1">\n'
+        '      <type algorithm="SHA-256" key="zip"/>\n'
+        '    </descriptor>\n  </descriptors>\n  <keys>\n'
+        '    <key name="zip">\n'
+        f'      <type name="HSM" uri="pkcs11:token=twin;object=zip?module-path={hsm.module}'
+        '&amp;pin-value=1234"/>\n'
+        '    </key>\n  </keys>\n</engineSignEncrypt>\n')
+    os.chmod(cfg, 0o600)
+    p = run([TOOL, "check", "-o", f"config={cfg}"], env=env, check=False)
+    assert p.returncode != 0
+    msg = p.stdout + p.stderr
+    assert 'two tokens labelled "twin"' in msg, msg
+    assert all(s in msg for s in slots), (slots, msg)
+
+
+def test_tool_holding_pins_is_not_dumpable(hsm):
+    """hsmfs-tool is non-dumpable before it reads the configuration: a
+    pin-value (or pin) parsed from it cannot reach a core dump. Run as
+    nobody (as root, /proc ownership shows nothing); a key's pin.file is
+    a FIFO, so the tool waits there with the other key's PIN in memory."""
+    import shutil
+    import tempfile
+    import time
+    d = Path(tempfile.mkdtemp(prefix="hsmfs-dump-"))
+    try:
+        os.chmod(d, 0o755)
+        fifo = d / "pin.fifo"
+        os.mkfifo(fifo, 0o644)
+        cfg = d / "engineSignEncrypt.xml"
+        cfg.write_text(
+            '<engineSignEncrypt>\n  <descriptors>\n'
+            '    <descriptor name="ConfigZipSigner" version="1">\n'
+            '      <type algorithm="SHA-256" key="zip"/>\n    </descriptor>\n'
+            '    <descriptor name="ObjectHistorySigner" version="1">\n'
+            '      <type algorithm="SHA-256" key="hist"/>\n    </descriptor>\n'
+            '  </descriptors>\n  <keys>\n'
+            '    <key name="zip"><type name="HSM" uri="pkcs11:object=zip'
+            f'?module-path={hsm.module}&amp;pin-value=S3CR3T-77"/></key>\n'
+            '    <key name="hist"><type name="pkcs12" locationValue="/nonexistent.p12"'
+            f' pin.file="{fifo}"/></key>\n'
+            '  </keys>\n</engineSignEncrypt>\n')
+        os.chmod(cfg, 0o644)
+        env = {"PATH": os.environ["PATH"], "SOFTHSM2_CONF": "/nonexistent"}
+        p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534",
+                              "--clear-groups", TOOL, "check", "-o", f"config={cfg}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            # Blocked opening the FIFO: pin.file is the last thing read.
+            wait_for(lambda: p.poll() is None and Path(
+                f"/proc/{p.pid}/wchan").read_text() == "wait_for_partner",
+                what="hsmfs-tool blocked opening the FIFO")
+            st = os.stat(f"/proc/{p.pid}/environ")
+            assert p.poll() is None
+            assert st.st_uid == 0, "hsmfs-tool is dumpable while holding a PIN"
+        finally:
+            p.kill()
+            p.wait()
+    finally:
+        shutil.rmtree(d)

@@ -7,6 +7,7 @@
 #include "common/util.h"
 
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -116,6 +117,9 @@ usage_all(FILE *f)
 int
 main(int argc, char **argv)
 {
+	/* Before any configuration is read: PINs (pin, pin-value in a
+	 * pkcs11: URI, pin.file) must not reach a core dump. */
+	prctl(PR_SET_DUMPABLE, 0);
 	log_init("hsmfs-tool", 0, LOG_WARNING);
 	if (argc < 2) {
 		usage_all(stderr);

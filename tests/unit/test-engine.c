@@ -1129,6 +1129,48 @@ case_unserved(void)
 		CHECK(k && k->problem == NULL && k->served);
 		engine_free(e);
 	}
+	/* Character references can put a newline into an unserved name or
+	 * version: escaped, so check and .status lines stay one line. */
+	cur_case = "unserved-controls";
+	e = load_ok(DOC(DESC_ZIP("k1")
+	    "<descriptor name=\"x&#10;folder.sign-out: ready\" version=\"1&#13;\">\n"
+	    "  <type key=\"k1\"/>\n"
+	    "</descriptor>\n", KEY_P12("k1")));
+	CHECK(e != NULL && e->nunserved == 1);
+	CHECK(e != NULL && strcmp(e->unserved[0].name,
+	    "x\\x0afolder.sign-out: ready") == 0);
+	CHECK(e != NULL && strcmp(e->unserved[0].version, "1\\x0d") == 0);
+	engine_free(e);
+	/* UTF-16 (with its byte order mark) as Windows editors save it. */
+	cur_case = "utf16";
+	{
+		static const char doc[] = DOC(DESC_ZIP("k1")
+		    "<descriptor name=\"att_ios\" version=\"1\"><type key=\"k1\"/></descriptor>\n",
+		    KEY_P12("k1"));
+		char path16[PATH_MAX + 32];
+		unsigned char *w = malloc(2 * sizeof(doc) + 2);
+		size_t n = 0;
+		FILE *f;
+		snprintf(path16, sizeof(path16), "%s/utf16.xml", tmpdir);
+		w[n++] = 0xff;
+		w[n++] = 0xfe;
+		for (size_t i = 0; i + 1 < sizeof(doc); i++) {
+			w[n++] = (unsigned char)doc[i];
+			w[n++] = 0;
+		}
+		f = fopen(path16, "w");
+		CHECK(f != NULL && fwrite(w, 1, n, f) == n && fclose(f) == 0);
+		chmod(path16, 0600);
+		free(w);
+		e = NULL;
+		CHECK_DETAIL(engine_load(path16, &e) == 0);
+		CHECK(e != NULL && e->ndescs == 1 && e->nunserved == 1 &&
+		    strcmp(e->unserved[0].name, "att_ios") == 0);
+		engine_free(e);
+	}
+	/* A BOM in the middle (two files pasted together) is named. */
+	expect_err("bom-inside", DOC(DESC_ZIP("k1"), "\xef\xbb\xbf" KEY_P12("k1")),
+	    "<key name", "byte order mark");
 	/* Case-insensitive types; an unknown type only on a served key. */
 	cur_case = "type-case";
 	e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
@@ -1188,9 +1230,44 @@ case_classpath(void)
 	    "  <type name=\"P12\" locationValue=\"classpath:nope.p12\" pin=\"pw\"/>\n"
 	    "</key>\n"), "classpath:nope", "cp2/nope.p12");
 	CHECK(strstr(err_detail(), "cp1/nope.p12") != NULL);
+	/* Nothing outside the class path, as Java's class loader. */
+	expect_err("classpath-dotdot", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"P12\" locationValue=\"classpath:../cp2/sign_new.p12\" pin=\"pw\"/>\n"
+	    "</key>\n"), "classpath:../", "leave the class path");
+	expect_err("classpath-dotdot-inner", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"P12\" locationValue=\"classpath:a/../../cp2/sign_new.p12\" pin=\"pw\"/>\n"
+	    "</key>\n"), "classpath:a/", "leave the class path");
+	cur_case = "classpath-dots-in-name";
+	snprintf(xml, sizeof(xml), "%s/..x.p12", d1);
+	write_file(xml, "x", 0600);
+	e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"P12\" locationValue=\"classpath:..x.p12\" pin=\"pw\"/>\n"
+	    "</key>\n"));
+	CHECK(e != NULL && strstr(e->keys[0].location, "/cp1/..x.p12") != NULL);
+	engine_free(e);
 	expect_err("classpath-module", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
 	    "  <type name=\"HSM\" locationValue=\"classpath:x.so\" alias=\"a\" pin=\"1\"/>\n"
 	    "</key>\n"), "classpath:x.so", "native library");
+	/* A symlinked class directory is kept as a link: after an upgrade
+	 * flips it, a new load finds the new release's files. */
+	cur_case = "classpath-symlink";
+	{
+		char link[PATH_MAX + 32];
+		snprintf(link, sizeof(link), "%s/current", tmpdir);
+		CHECK(symlink(d1, link) == 0);
+		CHECK_DETAIL(engine_set_classpath(link) == 0);
+		CHECK(unlink(link) == 0 && symlink(d2, link) == 0);
+		e = load_ok(DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+		    "  <type name=\"P12\" locationValue=\"classpath:sign_new.p12\" pin=\"pw\"/>\n"
+		    "</key>\n"));
+		CHECK(e != NULL && strstr(e->keys[0].location, "/current/sign_new.p12"));
+		engine_free(e);
+		CHECK(engine_set_classpath(d2) == 0);
+		CHECK(engine_set_classpath("cp-relative-missing") == HSMFS_ERR_CONFIG);
+		CHECK_DETAIL(strstr(err_detail(), "No such file") != NULL);
+		CHECK(engine_set_classpath(p12) == HSMFS_ERR_CONFIG);
+		CHECK_DETAIL(strstr(err_detail(), "not a directory") != NULL);
+	}
 	cur_case = "classpath-bad-dir";
 	CHECK(engine_set_classpath("/no/such/dir") == HSMFS_ERR_CONFIG);
 	CHECK_DETAIL(strstr(err_detail(), "/no/such/dir") != NULL);
@@ -1204,6 +1281,9 @@ case_classpath(void)
 	e = load_ok(xml);
 	CHECK(e != NULL && strcmp(e->keys[0].location, p12) == 0);
 	engine_free(e);
+	expect_err("file-url-relative", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" locationValue=\"file:libsofthsm2.so\" alias=\"a\" pin=\"1\"/>\n"
+	    "</key>\n"), "file:libsofthsm2", "absolute path");
 	expect_err("file-url-remote", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
 	    "  <type name=\"P12\" locationValue=\"file://host/x.p12\" pin=\"pw\"/>\n"
 	    "</key>\n"), "file://host", "remote host");
@@ -1261,6 +1341,17 @@ case_uri(void)
 	    "  <type name=\"HSM\" locationValue=\"/m.so\" pin=\"1\"\n"
 	    "        uri=\"pkcs11:object=a?pin-value=2\"/>\n"
 	    "</key>\n"), "pin=", "PIN source");
+	/* A query attribute without '=' may be a mistyped pin-value: the
+	 * message must not carry it. */
+	expect_err("uri-query-no-eq", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" locationValue=\"/m.so\"\n"
+	    "        uri=\"pkcs11:object=a?pin-valueS3CR3T\"/>\n"
+	    "</key>\n"), "uri=", "without '='");
+	CHECK(strstr(err_detail(), "S3CR3T") == NULL);
+	expect_err("uri-name-case", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
+	    "  <type name=\"HSM\" locationValue=\"/m.so\" pin=\"1\"\n"
+	    "        uri=\"pkcs11:Object=a\"/>\n"
+	    "</key>\n"), "uri=", "write object=");
 	expect_err("uri-no-module", DOC(DESC_ZIP("k1"), "<key name=\"k1\">\n"
 	    "  <type name=\"HSM\" pin=\"1\"\n"
 	    "        uri=\"pkcs11:object=a\"/>\n"
