@@ -20,7 +20,8 @@ ROUNDS=${3:-3}
 HSMFS=$BUILD/fs/hsmfs
 TOOL=$BUILD/tool/hsmfs-tool
 PROBE=$BUILD/tests/hsmprobe
-for b in "$HSMFS" "$TOOL" "$PROBE"; do
+READER=$BUILD/bench/field-reader
+for b in "$HSMFS" "$TOOL" "$PROBE" "$READER"; do
 	[ -x "$b" ] || { echo "bench/fields.sh: $b not built (ninja -C $BUILD)" >&2; exit 2; }
 done
 
@@ -80,9 +81,8 @@ for n in $(seq 1 16); do
 done
 
 # One reader process: open, read, close fields in turn for SECS seconds.
-cc -O2 -o "$T/field-reader" "$SRC/bench/field-reader.c"
 reader() {
-	"$T/field-reader" "$MNT/fields" "$SECS"
+	"$READER" "$MNT/fields" "$SECS"
 }
 
 # "rate cpu_ms_per_op" of hsmprobe bench-unwrap with $1 threads.

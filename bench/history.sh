@@ -26,6 +26,11 @@ BUILD=$(realpath "${1:-build}")
 SECS=${2:-3}
 ROUNDS=${3:-5}
 DELAY_MS=${4:-2}
+# bench/histbench.c is built by meson (bench/meson.build).
+HISTBENCH=$BUILD/bench/histbench
+for b in "$BUILD/fs/hsmfs" "$BUILD/tool/hsmfs-tool" "$BUILD/tests/p11shim.so" "$HISTBENCH"; do
+	[ -e "$b" ] || { echo "bench/history.sh: $b not built (ninja -C $BUILD)" >&2; exit 2; }
+done
 W=$(mktemp -d /tmp/hsmfs-bench.XXXXXX)
 MNT=$W/mnt
 SRV=
@@ -46,10 +51,6 @@ sed "s|locationValue=\"[^\"]*\"|locationValue=\"$SHIM\"|" "$CFG" >"$W/shim.xml"
 chmod 600 "$W/shim.xml"
 echo "delay C_Sign ms=$DELAY_MS" >"$W/shim.ctl"
 
-cc -O2 -D_GNU_SOURCE -I. -o "$W/histbench" bench/histbench.c \
-	"$BUILD/crypto/libhsmfs-crypto.a" "$BUILD/hsm/libhsmfs-hsm.a" \
-	"$BUILD/common/libhsmfs-common.a" \
-	$(pkg-config --cflags --libs libcrypto libxml-2.0 libzip) -lpthread -ldl
 
 echo "# hsmfs /history benchmark, $(date -u +%FT%TZ), ${SECS}s per step, $ROUNDS rounds"
 echo "# $(nproc) CPUs; store on $(df -T "$W" | awk 'NR==2 {print $2, $1}')"
@@ -73,14 +74,14 @@ run() {
 	ls "$MNT/history" >/dev/null
 	# Warm-up, not counted: the token's sessions, the store's first
 	# files and the daemon's threads exist before the first round.
-	"$W/histbench" append "$MNT/history/warm-up" 4 1 >/dev/null
+	"$HISTBENCH" append "$MNT/history/warm-up" 4 1 >/dev/null
 	for r in $(seq "$ROUNDS"); do
-		sign=$("$W/histbench" sign "$cfg" "$SECS" | awk '{print $4}')
-		fs=$("$W/histbench" fsync "$W/store" "$SECS" | awk '{print $4}')
+		sign=$("$HISTBENCH" sign "$cfg" "$SECS" | awk '{print $4}')
+		fs=$("$HISTBENCH" fsync "$W/store" "$SECS" | awk '{print $4}')
 		line="$label round=$r sign=$sign fsync=$fs"
 		for n in 1 4 16; do
 			b0=$(batches)
-			a=$("$W/histbench" append "$MNT/history/bench-$r-$n" "$n" "$SECS")
+			a=$("$HISTBENCH" append "$MNT/history/bench-$r-$n" "$n" "$SECS")
 			b1=$(batches)
 			line="$line a$n=$(echo "$a" | awk '{print $4}')"
 			line="$line b$n=$(echo "$a" | awk -v b=$((b1 - b0)) '{printf "%.1f", b ? $2 / b : 0}')"
