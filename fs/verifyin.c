@@ -329,6 +329,8 @@ vi_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 	return 0;
 }
 
+/* Every open of this folder is direct_io (see vi_open): a writer's bytes
+ * never go to the page cache that readers of the name share. */
 static int
 open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 {
@@ -343,6 +345,8 @@ open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 	    &h)) != 0)
 		return r;
 	fi->fh = (uint64_t)(uintptr_t)h;
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
 	return 0;
 }
 
@@ -398,6 +402,11 @@ vi_open(const char *path, struct fuse_file_info *fi)
 		return r;
 	}
 	fi->fh = (uint64_t)(uintptr_t)h;
+	/* No page cache: it is shared by every handle of the name, so a
+	 * writer's pages (O_WRONLY is not verified) or the pages of the zip
+	 * this name held before would reach this verified reader. */
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
 	return 0;
 }
 

@@ -1,0 +1,79 @@
+"""/verify-in attacked through the kernel (issue 12, beyond the forged zips):
+bytes written by an unverified writer handle, or a verified zip replaced,
+must never reach a reader of a verified zip."""
+import errno
+import mmap
+import os
+
+import pytest
+
+from test_verify_in_access import read_all, signed  # noqa: F401
+from test_zip import jarsign, make_zip, pki, write_file, zm  # noqa: F401
+
+
+def test_writer_pages_never_reach_a_verified_reader(zm, signed):  # noqa: F811
+    d = zm.path("verify-in")
+    p = os.path.join(d, "good.zip")
+    assert write_file(p, signed) == 0
+    r = os.open(p, os.O_RDONLY)
+    try:
+        assert read_all(r) == signed
+        w = os.open(p, os.O_WRONLY)
+        try:
+            evil = b"E" * 8192
+            assert os.pwrite(w, evil, 0) == len(evil)
+            got = os.pread(r, 8192, 0)
+            assert got == signed[:8192]
+        finally:
+            os.close(w)
+        assert read_all(r) == signed
+    finally:
+        os.close(r)
+
+
+def test_two_verified_contents_never_mix_in_one_read(zm, pki, tmp_path):  # noqa: F811
+    """A reader of zip A and a reader of zip B under the same name (B
+    replaced A while A was open): each reads exactly what it verified, the
+    pages of one never show in the other."""
+    a = jarsign(pki["good"], make_zip(tmp_path / "a.zip")).read_bytes()
+    b = jarsign(pki["good"], make_zip(tmp_path / "b.zip")).read_bytes()
+    assert a != b
+    p = os.path.join(zm.path("verify-in"), "cfg.zip")
+    assert write_file(p, a) == 0
+    ra = os.open(p, os.O_RDONLY)
+    try:
+        assert write_file(p, b) == 0
+        rb = os.open(p, os.O_RDONLY)
+        try:
+            assert read_all(ra) == a      # A's pages, through A's handle
+            assert read_all(rb) == b
+            assert read_all(ra) == a
+        finally:
+            os.close(rb)
+    finally:
+        os.close(ra)
+
+
+
+def test_shared_mmap_refused_sendfile_reads_verified_bytes(zm, signed, tmp_path):  # noqa: F811
+    """MAP_SHARED needs the shared page cache: refused (ENODEV), like
+    /sign-out. sendfile() gets the verified bytes."""
+    p = os.path.join(zm.path("verify-in"), "good.zip")
+    assert write_file(p, signed) == 0
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as e:
+            mmap.mmap(fd, len(signed), mmap.MAP_SHARED, mmap.PROT_READ)
+        assert e.value.errno == errno.ENODEV
+        out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            n = 0
+            while n < len(signed):
+                k = os.sendfile(out, fd, n, len(signed) - n)
+                assert k > 0
+                n += k
+        finally:
+            os.close(out)
+        assert (tmp_path / "out").read_bytes() == signed
+    finally:
+        os.close(fd)
