@@ -77,3 +77,23 @@ def test_shared_mmap_refused_sendfile_reads_verified_bytes(zm, signed, tmp_path)
         assert (tmp_path / "out").read_bytes() == signed
     finally:
         os.close(fd)
+
+
+def test_reader_keeps_its_size_when_a_smaller_zip_replaces_it(zm, pki, signed, tmp_path):  # noqa: F811
+    """fstat and reads of a verified handle follow the bytes it verified,
+    not a smaller zip stored since under the name."""
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "small.zip", "w") as z:
+        z.writestr("a.txt", "a=1\n")
+    small = jarsign(pki["good"], tmp_path / "small.zip").read_bytes()
+    assert len(small) < len(signed)
+    p = os.path.join(zm.path("verify-in"), "cfg.zip")
+    assert write_file(p, signed) == 0
+    r = os.open(p, os.O_RDONLY)
+    try:
+        assert write_file(p, small) == 0
+        assert os.stat(p).st_size == len(small)
+        # (fstat shows the name's size: one kernel inode per name)
+        assert read_all(r) == signed
+    finally:
+        os.close(r)
