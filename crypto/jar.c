@@ -634,6 +634,23 @@ zarc_open(const char *path, struct zarc *z)
 			    "CRC 0): %s", e->name);
 			goto out;
 		}
+		/* The external attributes are not signed but decide how unzip
+		 * extracts the signed bytes: a Unix mode (high 16 bits) may only
+		 * say regular file (directory for directories) or nothing, with
+		 * no setuid, setgid or sticky bit, and the MS-DOS directory
+		 * attribute only on a directory (README.txt would otherwise be
+		 * extracted as a symlink pointing at its content). */
+		{
+			uint32_t xa = le32(h + 38), type = (xa >> 16) & 0170000;
+			int dir = nlen > 0 && e->name[nlen - 1] == '/';
+			if ((type != 0 && type != (dir ? 0040000u : 0100000u)) ||
+			    ((xa >> 16) & 07000) != 0 || (!dir && (xa & 0x10))) {
+				r = bad("entry with external attributes 0x%08x (only a "
+				    "plain %s mode is allowed): %s", (unsigned)xa,
+				    dir ? "directory" : "file", e->name);
+				goto out;
+			}
+		}
 		if (e->method == 0 && e->csize != e->usize) {
 			r = bad("stored entry with different sizes: %s", e->name);
 			goto out;

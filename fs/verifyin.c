@@ -27,8 +27,9 @@
 /* Part of every verdict cache key: bump it whenever jar_verify (crypto/
  * jar.c) accepts or refuses anything differently, so that no verdict
  * reached under older rules is ever reused. 1 was the key without it
- * (content hash + trust only); 2: the strict reader of issue 12. */
-#define VERIFY_FORMAT "hsmfs jar_verify format 2"
+ * (content hash + trust only); 2: the strict reader of issue 12; 3: external
+ * attributes (symlink, setuid, DOS directory bit on a file) refused. */
+#define VERIFY_FORMAT "hsmfs jar_verify format 3"
 
 static struct {
 	int dirfd, spooldir, metadir, verdir;
