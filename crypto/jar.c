@@ -814,6 +814,22 @@ zarc_open(const char *path, struct zarc *z)
 			r = bad("duplicate entry name: %s", v[i]->name);
 			goto out;
 		}
+	/* No path through a file: a directory "x/" (or any "x/...") beside
+	 * a file "x" makes extraction fail or keep one of them, and
+	 * java.util.zip's getEntry("x") gives "x/" when "x" is missing. */
+	for (size_t i = 0; i < z->n; i++) {
+		struct zent key = z->e[i], *kp = &key;
+		for (size_t k = 1; k < z->e[i].nlen; k++) {
+			if (z->e[i].name[k] != '/')
+				continue;
+			key.nlen = k;
+			if (bsearch(&kp, v, z->n, sizeof(*v), cmp_name) != NULL) {
+				r = bad("entry name goes through a file: %s",
+				    z->e[i].name);
+				goto out;
+			}
+		}
+	}
 	z->byname = v;
 	v = NULL;
 	r = 0;

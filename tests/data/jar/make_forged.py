@@ -252,6 +252,21 @@ def x_dos_dir_attr(z):
     return z.bytes()
 
 
+def x_dir_named_like_file(z, name="README.txt/"):
+    # An unsigned directory entry (directories need no manifest section)
+    # named like a signed file.
+    nb = name.encode()
+    off = len(z.body)
+    z.body += struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0x800, 0, 0,
+                          0x21, 0, 0, 0, len(nb), 0) + nb
+    z.cd.append(bytearray(cdrec(nb, 0, 0, 0, 0, off)))
+    return z.bytes()
+
+
+def x_dir_under_manifest(z):
+    return x_dir_named_like_file(z, "META-INF/MANIFEST.MF/x/")
+
+
 FIXTURES = {
     "c1-dir-in-entry-comment": (c1_dir_in_entry_comment,
                                 "a second end-of-central-directory signature"),
@@ -279,6 +294,10 @@ FIXTURES = {
     "x-symlink-mode": (x_symlink_mode, "entry with external attributes 0xa1ff0000"),
     "x-setuid-mode": (x_setuid_mode, "entry with external attributes 0x89ed0000"),
     "x-dos-dir-attr": (x_dos_dir_attr, "entry with external attributes 0x00000010"),
+    "x-dir-named-like-file": (x_dir_named_like_file,
+                              "entry name goes through a file: README.txt/"),
+    "x-dir-under-manifest": (x_dir_under_manifest,
+                             "entry name goes through a file: META-INF/MANIFEST.MF/x/"),
 }
 
 
