@@ -162,8 +162,11 @@ vi_metrics(struct metrics *m)
 	pthread_mutex_unlock(&vi.stats_lock);
 }
 
-/* .meta/<name>: "ino size mtime_s mtime_ns sha256hex" of the committed
- * file, so an open can find its content hash without reading it. */
+/* .meta/<name>: "ino size mtime_s mtime_ns ctime_s ctime_ns sha256hex" of
+ * the committed file, so an open can find its content hash without
+ * reading it. The ctime is there because the mtime can be put back (touch,
+ * rsync --inplace --times) after bytes changed in place; a line of the
+ * older 5-field form never matches, the file is then hashed again. */
 static void
 meta_write(const char *name, int fd, const uint8_t h[32])
 {
@@ -172,9 +175,10 @@ meta_write(const char *name, int fd, const uint8_t h[32])
 	if (fstat(fd, &st) < 0)
 		return;
 	util_hex(h, 32, hex);
-	snprintf(line, sizeof(line), "%llu %lld %lld %ld %s\n",
+	snprintf(line, sizeof(line), "%llu %lld %lld %ld %lld %ld %s\n",
 	    (unsigned long long)st.st_ino, (long long)st.st_size,
-	    (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, hex);
+	    (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+	    (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec, hex);
 	if (store_write_atomic(vi.metadir, name, line, strlen(line)) != 0)
 		log_warn("verify-in/%s: cannot record the content hash: %s", name,
 		    err_detail());
@@ -186,16 +190,18 @@ content_hash(const char *name, int fd, uint8_t h[32])
 	struct stat st;
 	char *text = NULL, hex[65];
 	unsigned long long ino;
-	long long size, sec;
-	long nsec;
+	long long size, sec, csec;
+	long nsec, cnsec;
 	int ok = 0;
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if (store_read_file(vi.metadir, name, 256, &text, NULL) == 0 &&
-	    sscanf(text, "%llu %lld %lld %ld %64s", &ino, &size, &sec, &nsec, hex) == 5 &&
+	    sscanf(text, "%llu %lld %lld %ld %lld %ld %64s", &ino, &size, &sec,
+	    &nsec, &csec, &cnsec, hex) == 7 && strlen(hex) == 64 &&
 	    ino == st.st_ino && size == st.st_size && sec == st.st_mtim.tv_sec &&
-	    nsec == st.st_mtim.tv_nsec) {
+	    nsec == st.st_mtim.tv_nsec && csec == st.st_ctim.tv_sec &&
+	    cnsec == st.st_ctim.tv_nsec) {
 		ok = 1;
 		for (int i = 0; i < 32; i++) {
 			unsigned v;
@@ -209,8 +215,16 @@ content_hash(const char *name, int fd, uint8_t h[32])
 	free(text);
 	if (ok)
 		return 0;
-	/* Unknown or changed behind our back: hash it (cheaper than verifying). */
-	return spool_hash_fd(fd, h);
+	/* Unknown, renamed (a rename changes the ctime) or changed behind our
+	 * back: hash it (cheaper than verifying) and remember it. */
+	if ((ok = spool_hash_fd(fd, h)) == 0) {
+		struct stat st2;
+		if (fstat(fd, &st2) == 0 && st2.st_size == st.st_size &&
+		    st2.st_ctim.tv_sec == st.st_ctim.tv_sec &&
+		    st2.st_ctim.tv_nsec == st.st_ctim.tv_nsec)
+			meta_write(name, fd, h);
+	}
+	return ok;
 }
 
 /* The verdict for the file open at fd: from the cache, or by verifying

@@ -97,3 +97,33 @@ def test_reader_keeps_its_size_when_a_smaller_zip_replaces_it(zm, pki, signed, t
         assert read_all(r) == signed
     finally:
         os.close(r)
+
+
+def test_store_file_changed_in_place_with_its_mtime_reset_is_verified_again(zm, signed):  # noqa: F811
+    """.meta finds a stored zip's content hash without reading it; bytes
+    changed in place in STORE (same inode and size, mtime put back, as
+    `rsync --inplace --times` or a careless admin does) are not taken for
+    the verified ones: the change of ctime shows them."""
+    p = os.path.join(zm.path("verify-in"), "good.zip")
+    assert write_file(p, signed) == 0
+    assert read_all_path(p) == signed          # verified, verdict cached
+    stored = os.path.join(zm.store, "verify-in", "good.zip")
+    st = os.stat(stored)
+    evil = bytearray(signed)
+    evil[100] ^= 1                             # inside the manifest's data
+    fd = os.open(stored, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes(evil), 0)
+    finally:
+        os.close(fd)
+    os.utime(stored, ns=(st.st_atime_ns, st.st_mtime_ns))
+    st2 = os.stat(stored)
+    assert (st2.st_ino, st2.st_size, st2.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    with pytest.raises(OSError) as e:
+        open(p, "rb")
+    assert e.value.errno == errno.EBADMSG
+
+
+def read_all_path(p):
+    with open(p, "rb") as f:
+        return f.read()
