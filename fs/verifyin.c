@@ -399,7 +399,7 @@ vi_open(const char *path, struct fuse_file_info *fi)
 		return -ENOENT;
 	if (acc == O_WRONLY || (acc == O_RDWR && trunc))
 		return open_writer(path, fi, trunc);
-	if ((fd = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0) {
+	if ((fd = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
 		/* Only an in-flight name of another writer gets here. */
 		if (errno == ENOENT && acc == O_RDWR)
 			return open_writer(path, fi, 1);
@@ -486,7 +486,7 @@ vi_getxattr(const char *path, const char *name, char *value, size_t size)
 	int fd, r;
 	if (strcmp(name, VERIFY_XATTR) != 0 || !util_name_valid(path))
 		return -ENODATA;
-	if ((fd = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC)) < 0)
+	if ((fd = openat(vi.dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
 		return -ENODATA;
 	r = verdict(path, fd, text, sizeof(text));
 	close(fd);

@@ -127,3 +127,18 @@ def test_store_file_changed_in_place_with_its_mtime_reset_is_verified_again(zm, 
 def read_all_path(p):
     with open(p, "rb") as f:
         return f.read()
+
+
+def test_symlink_planted_in_the_store_is_not_followed(zm, signed, tmp_path):  # noqa: F811
+    """getattr shows a symlink in STORE/verify-in as itself; open does not
+    follow it either (ELOOP), whatever it points at."""
+    outside = tmp_path / "outside.zip"
+    outside.write_bytes(signed)
+    os.symlink(outside, os.path.join(zm.store, "verify-in", "link.zip"))
+    p = os.path.join(zm.path("verify-in"), "link.zip")
+    for flags in (os.O_RDONLY, os.O_RDWR, os.O_WRONLY):
+        with pytest.raises(OSError) as e:
+            os.close(os.open(p, flags))
+        assert e.value.errno == errno.ELOOP, flags
+    with pytest.raises(OSError):
+        os.getxattr(p, "user.hsmfs.verify")
