@@ -142,3 +142,28 @@ def test_symlink_planted_in_the_store_is_not_followed(zm, signed, tmp_path):  # 
         assert e.value.errno == errno.ELOOP, flags
     with pytest.raises(OSError):
         os.getxattr(p, "user.hsmfs.verify")
+
+
+def test_rdonly_with_trunc_neither_cuts_nor_skips_verification(zm, signed):  # noqa: F811
+    """O_RDONLY|O_TRUNC (Linux truncates when the caller may write):
+    the stored zip is not cut, and a bad zip is still refused."""
+    d = zm.path("verify-in")
+    p = os.path.join(d, "good.zip")
+    assert write_file(p, signed) == 0
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_TRUNC)
+    except OSError as e:
+        assert e.errno == errno.EPERM
+    else:
+        try:
+            assert read_all(fd) == signed
+        finally:
+            os.close(fd)
+    assert read_all_path(p) == signed
+    bad = os.path.join(d, "bad.zip")
+    assert write_file(bad, signed + b"junk") == 0
+    with pytest.raises(OSError) as e:
+        os.close(os.open(bad, os.O_RDONLY | os.O_TRUNC))
+    assert e.value.errno in (errno.EBADMSG, errno.EPERM)
+    assert (open(os.path.join(zm.store, "verify-in", "bad.zip"), "rb").read()
+            == signed + b"junk")
