@@ -870,13 +870,21 @@ libzip_same_data(zip_t *za, const struct zarc *z, const struct zent *e,
 }
 
 /* libzip's own consistency check (local vs central, as it reads them), and
- * agreement between its view and ours, entry by entry. */
+ * agreement between its view and ours, entry by entry. libzip reads the
+ * very file we opened (a duplicate of our descriptor, not the path again:
+ * a rename in between would have it check other bytes). */
 static int
 zarc_libzip_check(const char *path, const struct zarc *z, zip_t **keep)
 {
-	int ze = 0;
-	zip_t *za = zip_open(path, ZIP_RDONLY | ZIP_CHECKCONS, &ze);
+	int ze = 0, fd = fcntl(z->fd, F_DUPFD_CLOEXEC, 0);
+	zip_t *za = NULL;
 	int r;
+	if (fd < 0) {
+		err_set("%s: %s", path, strerror(errno));
+		return hsmfs_errno_err(errno);
+	}
+	if ((za = zip_fdopen(fd, ZIP_RDONLY | ZIP_CHECKCONS, &ze)) == NULL)
+		close(fd);
 	if (za == NULL) {
 		zip_error_t er;
 		zip_error_init_with_code(&er, ze);
