@@ -11,22 +11,30 @@ from test_verify_in_access import read_all, signed  # noqa: F401
 from test_zip import jarsign, make_zip, pki, write_file, zm  # noqa: F401
 
 
-def test_writer_pages_never_reach_a_verified_reader(zm, signed):  # noqa: F811
+@pytest.mark.parametrize("wflags", [os.O_WRONLY, os.O_RDWR])
+def test_writer_pages_never_reach_a_verified_reader(zm, signed, wflags):  # noqa: F811
+    """A second handle writing the name (O_WRONLY is not verified): its
+    bytes reach neither the verified reader nor, before close, the name;
+    at close they are stored and refused."""
     d = zm.path("verify-in")
     p = os.path.join(d, "good.zip")
     assert write_file(p, signed) == 0
     r = os.open(p, os.O_RDONLY)
     try:
         assert read_all(r) == signed
-        w = os.open(p, os.O_WRONLY)
+        w = os.open(p, wflags)
         try:
             evil = b"E" * 8192
             assert os.pwrite(w, evil, 0) == len(evil)
             got = os.pread(r, 8192, 0)
             assert got == signed[:8192]
+            assert read_all_path(p) == signed
         finally:
             os.close(w)
         assert read_all(r) == signed
+        with pytest.raises(OSError) as e:      # stored at close: not valid
+            open(p, "rb")
+        assert e.value.errno == errno.EBADMSG
     finally:
         os.close(r)
 
