@@ -634,6 +634,23 @@ zarc_open(const char *path, struct zarc *z)
 			    "CRC 0): %s", e->name);
 			goto out;
 		}
+		/* The external attributes are not signed but decide how unzip
+		 * extracts the signed bytes: a Unix mode (high 16 bits) may only
+		 * say regular file (directory for directories) or nothing, with
+		 * no setuid, setgid or sticky bit, and the MS-DOS directory
+		 * attribute only on a directory (README.txt would otherwise be
+		 * extracted as a symlink pointing at its content). */
+		{
+			uint32_t xa = le32(h + 38), type = (xa >> 16) & 0170000;
+			int dir = nlen > 0 && e->name[nlen - 1] == '/';
+			if ((type != 0 && type != (dir ? 0040000u : 0100000u)) ||
+			    ((xa >> 16) & 07000) != 0 || (!dir && (xa & 0x10))) {
+				r = bad("entry with external attributes 0x%08x (only a "
+				    "plain %s mode is allowed): %s", (unsigned)xa,
+				    dir ? "directory" : "file", e->name);
+				goto out;
+			}
+		}
 		if (e->method == 0 && e->csize != e->usize) {
 			r = bad("stored entry with different sizes: %s", e->name);
 			goto out;
@@ -797,6 +814,22 @@ zarc_open(const char *path, struct zarc *z)
 			r = bad("duplicate entry name: %s", v[i]->name);
 			goto out;
 		}
+	/* No path through a file: a directory "x/" (or any "x/...") beside
+	 * a file "x" makes extraction fail or keep one of them, and
+	 * java.util.zip's getEntry("x") gives "x/" when "x" is missing. */
+	for (size_t i = 0; i < z->n; i++) {
+		struct zent key = z->e[i], *kp = &key;
+		for (size_t k = 1; k < z->e[i].nlen; k++) {
+			if (z->e[i].name[k] != '/')
+				continue;
+			key.nlen = k;
+			if (bsearch(&kp, v, z->n, sizeof(*v), cmp_name) != NULL) {
+				r = bad("entry name goes through a file: %s",
+				    z->e[i].name);
+				goto out;
+			}
+		}
+	}
 	z->byname = v;
 	v = NULL;
 	r = 0;
@@ -837,13 +870,21 @@ libzip_same_data(zip_t *za, const struct zarc *z, const struct zent *e,
 }
 
 /* libzip's own consistency check (local vs central, as it reads them), and
- * agreement between its view and ours, entry by entry. */
+ * agreement between its view and ours, entry by entry. libzip reads the
+ * very file we opened (a duplicate of our descriptor, not the path again:
+ * a rename in between would have it check other bytes). */
 static int
 zarc_libzip_check(const char *path, const struct zarc *z, zip_t **keep)
 {
-	int ze = 0;
-	zip_t *za = zip_open(path, ZIP_RDONLY | ZIP_CHECKCONS, &ze);
+	int ze = 0, fd = fcntl(z->fd, F_DUPFD_CLOEXEC, 0);
+	zip_t *za = NULL;
 	int r;
+	if (fd < 0) {
+		err_set("%s: %s", path, strerror(errno));
+		return hsmfs_errno_err(errno);
+	}
+	if ((za = zip_fdopen(fd, ZIP_RDONLY | ZIP_CHECKCONS, &ze)) == NULL)
+		close(fd);
 	if (za == NULL) {
 		zip_error_t er;
 		zip_error_init_with_code(&er, ze);

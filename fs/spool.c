@@ -270,7 +270,7 @@ spool_fh_writer(struct spool_list *l, int spooldir, int dirfd, const char *name,
     int trunc, struct spool_fh **out)
 {
 	int from = -1, r;
-	if (!trunc && (from = openat(dirfd, name, O_RDONLY | O_CLOEXEC)) < 0 &&
+	if (!trunc && (from = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0 &&
 	    errno != ENOENT)
 		return -errno;
 	r = spool_fh_writer_from(l, spooldir, name, from, out);

@@ -28,8 +28,10 @@
 /* Part of every verdict cache key: bump it whenever jar_verify (crypto/
  * jar.c) accepts or refuses anything differently, so that no verdict
  * reached under older rules is ever reused. 1 was the key without it
- * (content hash + trust only); 2: the strict reader of issue 12. */
-#define VERIFY_FORMAT "hsmfs jar_verify format 2"
+ * (content hash + trust only); 2: the strict reader of issue 12; 3: external
+ * attributes (symlink, setuid, DOS directory bit on a file) and names
+ * going through a file refused. */
+#define VERIFY_FORMAT "hsmfs jar_verify format 3"
 
 static struct {
 	int dirfd, spooldir, metadir, verdir;
@@ -247,8 +249,11 @@ vi_metrics(struct metrics *m)
 	pthread_mutex_unlock(&vi.stats_lock);
 }
 
-/* .meta/<name>: "ino size mtime_s mtime_ns sha256hex" of the committed
- * file, so an open can find its content hash without reading it. */
+/* .meta/<name>: "ino size mtime_s mtime_ns ctime_s ctime_ns sha256hex" of
+ * the committed file, so an open can find its content hash without
+ * reading it. The ctime is there because the mtime can be put back (touch,
+ * rsync --inplace --times) after bytes changed in place; a line of the
+ * older 5-field form never matches, the file is then hashed again. */
 static void
 meta_write(const char *name, int fd, const uint8_t h[32])
 {
@@ -257,9 +262,10 @@ meta_write(const char *name, int fd, const uint8_t h[32])
 	if (fstat(fd, &st) < 0)
 		return;
 	util_hex(h, 32, hex);
-	snprintf(line, sizeof(line), "%llu %lld %lld %ld %s\n",
+	snprintf(line, sizeof(line), "%llu %lld %lld %ld %lld %ld %s\n",
 	    (unsigned long long)st.st_ino, (long long)st.st_size,
-	    (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, hex);
+	    (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+	    (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec, hex);
 	if (store_write_atomic(vi.metadir, name, line, strlen(line)) != 0)
 		log_warn("verify-in/%s: cannot record the content hash: %s", name,
 		    err_detail());
@@ -271,16 +277,18 @@ content_hash(const char *name, int fd, uint8_t h[32])
 	struct stat st;
 	char *text = NULL, hex[65];
 	unsigned long long ino;
-	long long size, sec;
-	long nsec;
+	long long size, sec, csec;
+	long nsec, cnsec;
 	int ok = 0;
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if (store_read_file(vi.metadir, name, 256, &text, NULL) == 0 &&
-	    sscanf(text, "%llu %lld %lld %ld %64s", &ino, &size, &sec, &nsec, hex) == 5 &&
+	    sscanf(text, "%llu %lld %lld %ld %lld %ld %64s", &ino, &size, &sec,
+	    &nsec, &csec, &cnsec, hex) == 7 && strlen(hex) == 64 &&
 	    ino == st.st_ino && size == st.st_size && sec == st.st_mtim.tv_sec &&
-	    nsec == st.st_mtim.tv_nsec) {
+	    nsec == st.st_mtim.tv_nsec && csec == st.st_ctim.tv_sec &&
+	    cnsec == st.st_ctim.tv_nsec) {
 		ok = 1;
 		for (int i = 0; i < 32; i++) {
 			unsigned v;
@@ -294,8 +302,16 @@ content_hash(const char *name, int fd, uint8_t h[32])
 	free(text);
 	if (ok)
 		return 0;
-	/* Unknown or changed behind our back: hash it (cheaper than verifying). */
-	return spool_hash_fd(fd, h);
+	/* Unknown, renamed (a rename changes the ctime) or changed behind our
+	 * back: hash it (cheaper than verifying) and remember it. */
+	if ((ok = spool_hash_fd(fd, h)) == 0) {
+		struct stat st2;
+		if (fstat(fd, &st2) == 0 && st2.st_size == st.st_size &&
+		    st2.st_ctim.tv_sec == st.st_ctim.tv_sec &&
+		    st2.st_ctim.tv_nsec == st.st_ctim.tv_nsec)
+			meta_write(name, fd, h);
+	}
+	return ok;
 }
 
 /* The verdict for the file open at fd: from the cache, or by verifying
@@ -417,6 +433,8 @@ vi_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 	return 0;
 }
 
+/* Every open of this folder is direct_io (see vi_open): a writer's bytes
+ * never go to the page cache that readers of the name share. */
 static int
 open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 {
@@ -431,6 +449,8 @@ open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 	    trunc, &h)) != 0)
 		return r;
 	fi->fh = (uint64_t)(uintptr_t)h;
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
 	return 0;
 }
 
@@ -469,7 +489,7 @@ vi_open(const char *path, struct fuse_file_info *fi)
 		return -ENOENT;
 	if (acc == O_WRONLY || (acc == O_RDWR && trunc))
 		return open_writer(path, fi, trunc);
-	if ((fd = openat(dir_of(path), path, O_RDONLY | O_CLOEXEC)) < 0) {
+	if ((fd = openat(dir_of(path), path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
 		/* Only an in-flight name of another writer gets here. */
 		if (errno == ENOENT && acc == O_RDWR)
 			return open_writer(path, fi, 1);
@@ -488,6 +508,11 @@ vi_open(const char *path, struct fuse_file_info *fi)
 		return r;
 	}
 	fi->fh = (uint64_t)(uintptr_t)h;
+	/* No page cache: it is shared by every handle of the name, so a
+	 * writer's pages (O_WRONLY is not verified) or the pages of the zip
+	 * this name held before would reach this verified reader. */
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
 	return 0;
 }
 
@@ -556,7 +581,7 @@ vi_getxattr(const char *path, const char *name, char *value, size_t size)
 	int fd, r;
 	if (strcmp(name, VERIFY_XATTR) != 0 || !temp_name_ok(path))
 		return -ENODATA;
-	if ((fd = openat(dir_of(path), path, O_RDONLY | O_CLOEXEC)) < 0)
+	if ((fd = openat(dir_of(path), path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
 		return -ENODATA;
 	r = verdict(path, fd, text, sizeof(text));
 	close(fd);

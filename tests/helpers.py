@@ -29,7 +29,7 @@ def wait_for(pred, timeout=20.0, step=0.05, what="condition"):
 
 def is_mounted(path):
     path = os.path.realpath(path)
-    with open("/proc/self/mounts") as f:
+    with open("/proc/self/mounts", errors="surrogateescape") as f:
         return any(line.split()[1] == path for line in f)
 
 

@@ -14,7 +14,7 @@ from helpers import is_mounted, run, visible, wait_for
 
 def mount_line(mnt):
     mnt = os.path.realpath(mnt)
-    for line in open("/proc/self/mounts"):
+    for line in open("/proc/self/mounts", errors="surrogateescape"):
         f = line.split()
         if f[1] == mnt:
             return f

@@ -231,6 +231,42 @@ def c8_many_small_entries(z):
     return z.bytes()
 
 
+def x_symlink_mode(z):
+    # Unsigned external attributes: a Unix symlink mode on a signed file
+    # makes Info-ZIP unzip extract it as a symlink to its content.
+    r = z.record("conf/app.properties")
+    struct.pack_into("<HI", r, 4, (3 << 8) | 20, 0)
+    struct.pack_into("<I", r, 38, 0o120777 << 16)
+    return z.bytes()
+
+
+def x_setuid_mode(z):
+    r = z.record("conf/app.properties")
+    struct.pack_into("<H", r, 4, (3 << 8) | 20)
+    struct.pack_into("<I", r, 38, 0o104755 << 16)
+    return z.bytes()
+
+
+def x_dos_dir_attr(z):
+    struct.pack_into("<I", z.record("conf/app.properties"), 38, 0x10)
+    return z.bytes()
+
+
+def x_dir_named_like_file(z, name="README.txt/"):
+    # An unsigned directory entry (directories need no manifest section)
+    # named like a signed file.
+    nb = name.encode()
+    off = len(z.body)
+    z.body += struct.pack("<IHHHHHIIIHH", 0x04034b50, 20, 0x800, 0, 0,
+                          0x21, 0, 0, 0, len(nb), 0) + nb
+    z.cd.append(bytearray(cdrec(nb, 0, 0, 0, 0, off)))
+    return z.bytes()
+
+
+def x_dir_under_manifest(z):
+    return x_dir_named_like_file(z, "META-INF/MANIFEST.MF/x/")
+
+
 FIXTURES = {
     "c1-dir-in-entry-comment": (c1_dir_in_entry_comment,
                                 "a second end-of-central-directory signature"),
@@ -255,6 +291,13 @@ FIXTURES = {
                               "entry META-INF/extra.properties is not signed"),
     "c4-dir-with-data": (c4_dir_with_data, "directory entry with data"),
     "c8-many-small-entries": (c8_many_small_entries, "zip bomb"),
+    "x-symlink-mode": (x_symlink_mode, "entry with external attributes 0xa1ff0000"),
+    "x-setuid-mode": (x_setuid_mode, "entry with external attributes 0x89ed0000"),
+    "x-dos-dir-attr": (x_dos_dir_attr, "entry with external attributes 0x00000010"),
+    "x-dir-named-like-file": (x_dir_named_like_file,
+                              "entry name goes through a file: README.txt/"),
+    "x-dir-under-manifest": (x_dir_under_manifest,
+                             "entry name goes through a file: META-INF/MANIFEST.MF/x/"),
 }
 
 
