@@ -347,6 +347,18 @@ open_session(struct p11_token *t, CK_SESSION_HANDLE *h)
 	    CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, h));
 }
 
+/* Publish the token's state for monitoring (t->lock held, or t not yet
+ * published). */
+static void
+mon_publish_locked(struct p11_token *t)
+{
+	pthread_mutex_lock(&t->mon_lock);
+	t->mon_slot = t->slot;
+	t->mon_ours = t->has_anchor && !t->dead && !t->recovering;
+	t->mon_in_use = t->in_use;
+	pthread_mutex_unlock(&t->mon_lock);
+}
+
 static void
 token_free(struct p11_token *t)
 {
@@ -361,6 +373,7 @@ token_free(struct p11_token *t)
 		secmem_free(t->pin, t->pin_len + 1);
 	free(t->idle);
 	pthread_mutex_destroy(&t->lock);
+	pthread_mutex_destroy(&t->mon_lock);
 	pthread_cond_destroy(&t->cond);
 	free(t);
 }
@@ -441,6 +454,7 @@ p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
 		goto out;
 	}
 	pthread_mutex_init(&t->lock, NULL);
+	pthread_mutex_init(&t->mon_lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
 	t->mod = mod;
 	t->slot = slot;
@@ -467,6 +481,8 @@ p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
 		}
 		memcpy(t->pin, spec->pin, t->pin_len + 1);
 	}
+	t->mon_present = 1;
+	mon_publish_locked(t);
 	t->next = p11_tokens;
 	p11_tokens = t;
 	*out = t;
@@ -575,30 +591,43 @@ p11_checkin(struct p11_key *pk, struct p11_sess *s, int bad)
 void
 p11_pool_stats(struct p11_token *t, unsigned *in_use, unsigned *size)
 {
-	pthread_mutex_lock(&t->lock);
-	*in_use = t->in_use;
+	/* Checkouts hold the lock for moments, a recovery for long. */
+	if (pthread_mutex_trylock(&t->lock) == 0) {
+		mon_publish_locked(t);
+		pthread_mutex_unlock(&t->lock);
+	}
+	pthread_mutex_lock(&t->mon_lock);
+	*in_use = t->mon_in_use;
+	pthread_mutex_unlock(&t->mon_lock);
 	*size = t->size;
-	pthread_mutex_unlock(&t->lock);
 }
 
 void
 p11_token_state(struct p11_token *t, int *present, int *logged_in)
 {
 	CK_SLOT_INFO si;
-	CK_SESSION_INFO ss;
+	CK_SLOT_ID slot;
+	int ask;
 
-	*present = *logged_in = 0;
-	pthread_mutex_lock(&t->lock);
-	if (P11_CALL(t->mod->f->C_GetSlotInfo(t->slot, &si)) == CKR_OK)
-		*present = (si.flags & CKF_TOKEN_PRESENT) != 0;
-	if (*present && t->has_anchor && !t->dead) {
-		if (!t->login_required)
-			*logged_in = 1;
-		else if (P11_CALL(t->mod->f->C_GetSessionInfo(t->anchor, &ss)) == CKR_OK)
-			*logged_in = ss.state == CKS_RO_USER_FUNCTIONS ||
-			    ss.state == CKS_RW_USER_FUNCTIONS;
+	pthread_mutex_lock(&t->mon_lock);
+	ask = !t->mon_asking;
+	t->mon_asking = 1;
+	slot = t->mon_slot;
+	pthread_mutex_unlock(&t->mon_lock);
+	/* Outside every lock: a module that hangs (a remote HSM gone) holds
+	 * this one reader; the others answer with the last state. */
+	if (ask) {
+		int p = P11_CALL(t->mod->f->C_GetSlotInfo(slot, &si)) == CKR_OK &&
+		    (si.flags & CKF_TOKEN_PRESENT) != 0;
+		pthread_mutex_lock(&t->mon_lock);
+		t->mon_present = p;
+		t->mon_asking = 0;
+		pthread_mutex_unlock(&t->mon_lock);
 	}
-	pthread_mutex_unlock(&t->lock);
+	pthread_mutex_lock(&t->mon_lock);
+	*present = t->mon_present;
+	*logged_in = t->mon_present && t->mon_ours;
+	pthread_mutex_unlock(&t->mon_lock);
 }
 
 /* ---- recovery ---- */
@@ -653,6 +682,7 @@ p11_recover(struct p11_key *pk, unsigned gen)
 		return 0;
 	}
 	t->recovering = 1;
+	mon_publish_locked(t);
 	/* Let operations in flight finish first: closing a session under a
 	 * running C_Decrypt crashes some modules (SoftHSM frees the key). */
 	while (t->in_use > 0)
@@ -706,6 +736,7 @@ out:
 	if (r != 0 && r != HSMFS_ERR_PIN_INCORRECT && r != HSMFS_ERR_PIN_LOCKED)
 		r = HSMFS_ERR_HSM;
 	t->recovering = 0;
+	mon_publish_locked(t);
 	pthread_cond_broadcast(&t->cond);
 	pthread_mutex_unlock(&t->lock);
 	return r;

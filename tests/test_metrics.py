@@ -7,6 +7,7 @@ import json
 import math
 import os
 import subprocess
+import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -14,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import TOOL
 from faultshim import Shim
-from folderops import append, make_zip, write
-from helpers import run
+from folderops import append, make_zip, read, write
+from helpers import run, wait_for
 
 KEYS = ["encryptedFieldsCertificateV1", "configZipSignerCertificateV1",
         "objectHistorySignerCertificateV1", "signEmailCertificateV1"]
@@ -177,6 +178,71 @@ def test_token_state_follows_the_token(hsm, mount_factory, tmp_path, monkeypatch
     fams = metrics(m)
     assert value(fams, "hsmfs_token_present", key=k) == 1
     assert value(fams, "hsmfs_token_logged_in", key=k) == 1
+
+
+class Background(threading.Thread):
+    """fn() in a thread; .result once it returned."""
+
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn, self.result = fn, None
+        self.start()
+
+    def run(self):
+        self.result = self.fn()
+
+
+def test_metrics_do_not_wait_for_a_token_recovery(hsm, mount_factory, tmp_path,
+                                                  monkeypatch):
+    """A recovery holds the token lock across module calls (here a C_Login
+    that hangs as a remote HSM does): .metrics and .status answer
+    meanwhile, and say the token is not logged in."""
+    shim = Shim(hsm, tmp_path / "shim").activate(monkeypatch)
+    m = mount_factory(config=shim.config(tmp_path / "shim.xml"))
+    k = "encryptedFieldsCertificateV1"
+    f = m.path("fields", "pw")
+    assert write(f, b"s3cret") is None
+    logins = shim.stats().get("calls.C_Login", 0)
+    shim.set("closeall", "delay C_Login ms=15000")
+    op = Background(lambda: read(f))
+    wait_for(lambda: shim.stats().get("calls.C_Login", 0) > logins,
+             what="the recovery's C_Login")
+    during = Background(lambda: (metrics(m), open(m.path(".status")).read()))
+    during.join(60)
+    assert during.result is not None, ".metrics waited for the recovery"
+    assert op.is_alive(), "the recovery ended before .metrics answered"
+    fams, text = during.result
+    assert value(fams, "hsmfs_token_logged_in", key=k) == 0
+    assert f"key.{k}.token_state: present, not logged in" in text
+    op.join(120)
+    assert op.result == (b"s3cret", None)
+    fams = metrics(m)
+    assert value(fams, "hsmfs_token_logged_in", key=k) == 1
+
+
+def test_metrics_do_not_hang_on_a_hanging_module(hsm, mount_factory, tmp_path,
+                                                 monkeypatch):
+    """C_GetSlotInfo hangs: one reader of .metrics waits for it, the
+    others answer with the last known state, and signing goes on."""
+    shim = Shim(hsm, tmp_path / "shim").activate(monkeypatch)
+    m = mount_factory(config=shim.config(tmp_path / "shim.xml"))
+    k = "configZipSignerCertificateV1"
+    asked = shim.stats().get("calls.C_GetSlotInfo", 0)
+    shim.set("delay C_GetSlotInfo ms=15000")
+    first = Background(lambda: metrics(m))
+    wait_for(lambda: shim.stats().get("calls.C_GetSlotInfo", 0) > asked,
+             what="a reader in C_GetSlotInfo")
+    others = [Background(lambda: metrics(m)) for _ in range(4)]
+    signer = Background(lambda: write(m.path("sign-out", "a.zip"), make_zip()))
+    for t in others + [signer]:
+        t.join(60)
+    assert first.is_alive(), "C_GetSlotInfo returned before the others answered"
+    assert signer.result is None
+    for t in others:
+        assert value(t.result, "hsmfs_token_present", key=k) == 1
+        assert value(t.result, "hsmfs_token_logged_in", key=k) == 1
+    first.join(120)
+    assert first.result is not None
 
 
 def status(mnt, *args):
