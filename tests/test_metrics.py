@@ -273,3 +273,39 @@ def test_status_tool_formats(mount):
     assert r.returncode == 2 and "--format=xml" in r.stderr
     r = status("/nonexistent", "--format=json")
     assert r.returncode == 2
+
+
+# Control characters are refused in key names (config check).
+ODD = 'zip "signer" \\ v1,a=b} é'
+ODD_XML = 'zip &quot;signer&quot; \\ v1,a=b} é'
+
+
+def test_odd_key_name_is_escaped(hsm, mount_factory, tmp_path):
+    """A key named with a quote, a backslash, a brace: the label value
+    is escaped as the exposition format says, round-trips through the
+    parser and `status --format=json`, and .status stays one line per
+    field."""
+    zk = "configZipSignerCertificateV1"
+    cfg = tmp_path / "odd.xml"
+    hsm.config(cfg)
+    text = cfg.read_text()
+    text = text.replace(f'<key name="{zk}">', f'<key name="{ODD_XML}">')
+    text = text.replace(f'key="{zk}"', f'key="{ODD_XML}"')
+    cfg.write_text(text)
+    m = mount_factory(config=str(cfg))
+    assert write(m.path("sign-out", "a.zip"), make_zip()) is None
+    raw = open(m.path(".metrics")).read()
+    assert 'key="zip \\"signer\\" \\\\ v1,a=b} é"' in raw
+    fams = parse(raw)
+    assert value(fams, "hsmfs_hsm_operations_total", key=ODD) >= 1
+    assert value(fams, "hsmfs_descriptor_version", descriptor="ConfigZipSigner",
+                 key=ODD) == 1
+    r = status(m.mnt, "--format=json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    ops = [s for f in doc["families"] if f["name"] == "hsmfs_hsm_operations_total"
+           for s in f["samples"]]
+    assert ODD in {s["labels"]["key"] for s in ops}
+    status_text = open(m.path(".status")).read()
+    for line in status_text.splitlines():
+        assert ": " in line or not line, line
