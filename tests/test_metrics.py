@@ -309,3 +309,68 @@ def test_odd_key_name_is_escaped(hsm, mount_factory, tmp_path):
     status_text = open(m.path(".status")).read()
     for line in status_text.splitlines():
         assert ": " in line or not line, line
+
+
+def series(fams):
+    return {(s.name, tuple(sorted(s.labels.items())))
+            for f in fams.values() for s in f.samples}
+
+
+MONOTONIC = ["hsmfs_signout_signed_total", "hsmfs_history_records_total",
+             "hsmfs_log_messages_total"]
+
+
+def test_concurrent_readers_during_signing_load(mount):
+    """8 threads read .metrics (and .status) over and over while 4 others
+    sign zips, append history and decrypt fields: every read parses, the
+    counters never go back between one reader's reads, and the load adds
+    no series (the text does not grow with the work done)."""
+    zk = "configZipSignerCertificateV1"
+    fk = "encryptedFieldsCertificateV1"
+    assert write(mount.path("fields", "pw"), b"s3cret") is None
+    before = metrics(mount)
+    zipdata = make_zip()
+    errors = []
+
+    def loader(i):
+        for n in range(15):
+            if write(mount.path("sign-out", f"l{i}-{n}.zip"), zipdata) is not None:
+                errors.append(f"sign {i} {n}")
+            if append(mount.path("history", f"o{i}"), b"x\n") is not None:
+                errors.append(f"history {i} {n}")
+            if read(mount.path("fields", "pw")) != (b"s3cret", None):
+                errors.append(f"fields {i} {n}")
+
+    def reader(i):
+        last = {}
+        for n in range(40):
+            try:
+                fams = metrics(mount)
+                open(mount.path(".status")).read()
+            except Exception as e:      # noqa: BLE001 (reported below)
+                errors.append(f"reader {i}: {e!r}")
+                return
+            for name in MONOTONIC + ["hsmfs_hsm_operations_total"]:
+                base = name[:-len("_total")]
+                for s in fams[base].samples:
+                    k = (s.name, tuple(sorted(s.labels.items())))
+                    if s.value < last.get(k, 0):
+                        errors.append(f"{k} went back: {last[k]} -> {s.value}")
+                    last[k] = s.value
+
+    threads = [threading.Thread(target=loader, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == [], errors[:10]
+    after = metrics(mount)
+    assert series(after) == series(before), series(after) ^ series(before)
+    assert value(after, "hsmfs_signout_signed_total") == \
+        value(before, "hsmfs_signout_signed_total") + 60
+    assert value(after, "hsmfs_hsm_operations_total", key=zk) >= \
+        value(before, "hsmfs_hsm_operations_total", key=zk) + 60
+    assert value(after, "hsmfs_hsm_latency_seconds_count", key=fk) == \
+        value(after, "hsmfs_hsm_operations_total", key=fk)
