@@ -118,7 +118,9 @@ def test_systemd_analyze_verify(inst, tmp_path):
         else:
             shutil.copy2(f, dest / f.name)
     env = dict(os.environ, MANPATH=str(inst.path(inst.man)), SYSTEMD_LOG_LEVEL="notice")
-    for unit in ("hsmfs.service", "hsmfs@idm.service"):
+    # Instance names as systemd-escape makes them (dashes, escapes).
+    for unit in ("hsmfs.service", "hsmfs@idm.service", "hsmfs@idm-prod.service",
+                 "hsmfs@idm\\x2dprod.service", "hsmfs@store\\x20two.service"):
         p = subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit],
                            capture_output=True, text=True, env=env, timeout=120)
         assert p.returncode == 0 and p.stderr.strip() == "", (unit, p.stderr)
