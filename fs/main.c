@@ -128,7 +128,7 @@ route(const char *path, const char **rest)
 /* ---- .status ---- */
 
 static char *
-status_text(size_t *len)
+status_text(size_t *len, int ask)
 {
 	char *buf = NULL;
 	size_t n = 0;
@@ -153,7 +153,7 @@ status_text(size_t *len)
 		    s.ops ? hsmfs_strerror(s.last_result) : "none");
 		fprintf(f, "key.%s.last_time: %lld\n", nm, s.last_time);
 		fprintf(f, "key.%s.pool: %u/%u\n", nm, s.pool_in_use, s.pool_size);
-		metrics_status_key(f, k);
+		metrics_status_key(f, k, ask);
 	}
 	for (size_t i = 0; i < NFOLDERS; i++) {
 		fprintf(f, "folder.%s: %s%s%s\n", folders[i]->name,
@@ -174,7 +174,7 @@ status_text(size_t *len)
 }
 
 static char *
-metrics_text(size_t *len)
+metrics_text(size_t *len, int ask)
 {
 	struct fs_folder_state st[NFOLDERS];
 	for (size_t i = 0; i < NFOLDERS; i++) {
@@ -184,7 +184,7 @@ metrics_text(size_t *len)
 		st[i].reason = folder_ok[i] ? "" : folder_why[i];
 		st[i].metrics = folders[i]->metrics;
 	}
-	return metrics_render(st, NFOLDERS, len);
+	return metrics_render(st, NFOLDERS, ask, len);
 }
 
 /* REF_STATUS or REF_METRICS for the path of a generated file, else 0. */
@@ -199,9 +199,10 @@ generated_of(const char *path)
 }
 
 static char *
-generated_text(int which, size_t *len)
+generated_text(int which, size_t *len, int ask)
 {
-	return which == REF_METRICS ? metrics_text(len) : status_text(len);
+	return which == REF_METRICS ? metrics_text(len, ask) :
+	    status_text(len, ask);
 }
 
 /* ---- open files ----
@@ -298,8 +299,10 @@ op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 	}
 	if (is_status(path, fi)) {
 		size_t n = 0;
+		/* Sizes only, never asking a module: a lookup holds the
+		 * kernel's lock of the root directory. */
 		char *s = generated_text(path ? generated_of(path) : ref_of(fi)->folder,
-		    &n);
+		    &n, 0);
 		free(s);
 		fs_stat_file(st, 0444, (off_t)n, time(NULL));
 		return 0;
@@ -375,7 +378,7 @@ op_open(const char *path, struct fuse_file_info *fi)
 			return -EACCES;
 		if ((ref = ref_new(i, "")) == NULL)
 			return -ENOMEM;
-		if ((ref->status = generated_text(i, &ref->status_len)) == NULL) {
+		if ((ref->status = generated_text(i, &ref->status_len, 1)) == NULL) {
 			free(ref);
 			return -ENOMEM;
 		}

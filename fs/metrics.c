@@ -285,7 +285,7 @@ asn1_time_unix(const ASN1_TIME *t)
 }
 
 static void
-key_metrics(struct metrics *m, hsm_key *k)
+key_metrics(struct metrics *m, hsm_key *k, int ask)
 {
 	const char *nm = hsm_key_name(k);
 	X509 *cert = hsm_key_cert(k);
@@ -294,7 +294,7 @@ key_metrics(struct metrics *m, hsm_key *k)
 	int present, logged_in;
 
 	hsm_key_get_stats(k, &s);
-	hsm_key_token_state(k, &present, &logged_in);
+	hsm_key_token_state(k, ask, &present, &logged_in);
 	metrics_add(m, METRIC_GAUGE, "hsmfs_key_info",
 	    "Configured keys that are open: backend and token (label or file)",
 	    1, "key", nm, "backend",
@@ -396,7 +396,7 @@ iso_utc(long long t, char *buf, size_t size)
 }
 
 void
-metrics_status_key(FILE *out, hsm_key *k)
+metrics_status_key(FILE *out, hsm_key *k, int ask)
 {
 	const char *nm = hsm_key_name(k);
 	X509 *cert = hsm_key_cert(k);
@@ -409,7 +409,7 @@ metrics_status_key(FILE *out, hsm_key *k)
 		fprintf(out, "key.%s.cert_not_after: %s (in %lld days)\n", nm, t,
 		    (na - (long long)time(NULL)) / 86400);
 	}
-	hsm_key_token_state(k, &present, &logged_in);
+	hsm_key_token_state(k, ask, &present, &logged_in);
 	fprintf(out, "key.%s.token_state: %s\n", nm, !present ? "absent" :
 	    logged_in ? "present, logged in" : "present, not logged in");
 }
@@ -447,7 +447,7 @@ static const char *const type_name[] = {
 
 char *
 metrics_render(const struct fs_folder_state *folders, size_t nfolders,
-    size_t *len)
+    int ask, size_t *len)
 {
 	struct metrics m = {0};
 	char *buf = NULL;
@@ -461,7 +461,7 @@ metrics_render(const struct fs_folder_state *folders, size_t nfolders,
 	    "Start of the daemon, Unix time", (double)hsmfs_ctx->started,
 	    (char *)NULL);
 	for (size_t i = 0; kr && i < keyring_count(kr); i++)
-		key_metrics(&m, keyring_at(kr, i));
+		key_metrics(&m, keyring_at(kr, i), ask);
 	for (size_t i = 0; i < nfolders; i++) {
 		int up = strcmp(folders[i].state, "ready") == 0;
 		metrics_add(&m, METRIC_GAUGE, "hsmfs_folder_up",

@@ -14,7 +14,7 @@ struct hsm_backend_ops {
 	    size_t inlen, uint8_t *out, size_t *outlen);
 	int (*store_cert)(hsm_key *k, X509 *cert);
 	void (*pool)(hsm_key *k, unsigned *in_use, unsigned *size);
-	void (*token_state)(hsm_key *k, int *present, int *logged_in);
+	void (*token_state)(hsm_key *k, int ask, int *present, int *logged_in);
 	void (*free)(hsm_key *k);
 };
 

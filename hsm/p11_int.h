@@ -114,8 +114,9 @@ void p11_pool_stats(struct p11_token *t, unsigned *in_use, unsigned *size);
  * is the slot's CKF_TOKEN_PRESENT, asked by one reader at a time (the
  * others get the last answer); logged in: present, and the daemon's
  * login stands as far as it knows (anchor open, no recovery running or
- * failed). The pool figures are the last seen when the lock is busy. */
-void p11_token_state(struct p11_token *t, int *present, int *logged_in);
+ * failed). !ask: the last answer only, no module call. The pool figures
+ * are the last seen when the lock is busy. */
+void p11_token_state(struct p11_token *t, int ask, int *present, int *logged_in);
 
 /* Object lookup (p11.c), also used by recovery with the token lock held. */
 int p11_key_lookup_locked(struct p11_key *pk, CK_SESSION_HANDLE s);

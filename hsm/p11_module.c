@@ -603,15 +603,15 @@ p11_pool_stats(struct p11_token *t, unsigned *in_use, unsigned *size)
 }
 
 void
-p11_token_state(struct p11_token *t, int *present, int *logged_in)
+p11_token_state(struct p11_token *t, int ask, int *present, int *logged_in)
 {
 	CK_SLOT_INFO si;
 	CK_SLOT_ID slot;
-	int ask;
 
 	pthread_mutex_lock(&t->mon_lock);
-	ask = !t->mon_asking;
-	t->mon_asking = 1;
+	ask = ask && !t->mon_asking;
+	if (ask)
+		t->mon_asking = 1;
 	slot = t->mon_slot;
 	pthread_mutex_unlock(&t->mon_lock);
 	/* Outside every lock: a module that hangs (a remote HSM gone) holds
