@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import TOOL
+from conftest import SRC, TOOL
 from faultshim import Shim
 from folderops import append, make_zip, read, write
 from helpers import run, wait_for
@@ -383,3 +383,25 @@ def test_concurrent_readers_during_signing_load(mount):
         value(before, "hsmfs_hsm_operations_total", key=zk) + 60
     assert value(after, "hsmfs_hsm_latency_seconds_count", key=fk) == \
         value(after, "hsmfs_hsm_operations_total", key=fk)
+
+
+def test_textfile_collector_example_of_the_docs(mount, tmp_path):
+    """docs/monitoring.md's ExecStart, as systemd runs it ($$ -> $): the
+    .prom file parses; with no mount it goes (absent() alerts)."""
+    doc = (SRC / "docs" / "monitoring.md").read_text()
+    start = doc.index("ExecStart=/bin/sh -c '") + len("ExecStart=/bin/sh -c '")
+    script = doc[start:doc.index("fi'\n", start) + 2].replace("\\\n", " ")
+    script = script.replace("$$", "$").replace("hsmfs-tool ", f"{TOOL} ")
+    d = tmp_path / "textfile"
+    d.mkdir()
+    script = script.replace("/var/lib/prometheus/node-exporter", str(d))
+
+    def run_it(mnt):
+        return subprocess.run(["/bin/sh", "-c", script.replace("/srv/hsmfs", mnt)],
+                              capture_output=True, text=True, timeout=60)
+    assert run_it(mount.mnt).returncode == 0
+    fams = parse((d / "hsmfs.prom").read_text())
+    assert value(fams, "hsmfs_info") == 1
+    assert os.listdir(d) == ["hsmfs.prom"]
+    p = run_it(str(tmp_path / "nomount"))
+    assert p.returncode == 1 and os.listdir(d) == [], p.stderr
