@@ -134,11 +134,46 @@ family_get(struct metrics *m, const char *name, enum metric_type t,
 	return f->f ? f : NULL;
 }
 
+/* Length of the valid UTF-8 sequence at s (1 to 4), 0 when invalid. */
+static size_t
+utf8_len(const unsigned char *s)
+{
+	size_t n;
+	unsigned cp;
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		n = 2, cp = s[0] & 0x1f;
+	else if (s[0] >= 0xe0 && s[0] <= 0xef)
+		n = 3, cp = s[0] & 0x0f;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		n = 4, cp = s[0] & 0x07;
+	else
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+	    (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+		return 0;
+	return n;
+}
+
+/* The format is UTF-8: a byte that is not (a path in another encoding)
+ * becomes U+FFFD. */
 static void
 put_escaped(FILE *out, const char *s, int quote)
 {
 	for (; *s; s++) {
-		if (*s == '\\')
+		size_t n = utf8_len((const unsigned char *)s);
+		if (n == 0) {
+			fputs("\xef\xbf\xbd", out);
+		} else if (n > 1) {
+			fwrite(s, 1, n, out);
+			s += n - 1;
+		} else if (*s == '\\')
 			fputs("\\\\", out);
 		else if (*s == '\n')
 			fputs("\\n", out);

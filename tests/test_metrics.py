@@ -405,3 +405,25 @@ def test_textfile_collector_example_of_the_docs(mount, tmp_path):
     assert os.listdir(d) == ["hsmfs.prom"]
     p = run_it(str(tmp_path / "nomount"))
     assert p.returncode == 1 and os.listdir(d) == [], p.stderr
+
+
+def test_store_path_not_utf8_and_long(mount_factory, tmp_path):
+    """A store path in another encoding (a byte that is not UTF-8) and
+    over 1 KiB long: .metrics stays UTF-8 (U+FFFD for the byte), and
+    `status --format=json` carries the whole label value."""
+    parts = ["caf\udce9"] + ["d" * 250] * 5      # b"caf\xe9" (Latin-1)
+    store = os.path.join(str(tmp_path), *parts, "store")
+    os.makedirs(os.path.dirname(store))
+    # fsname: /proc/self/mounts, which the harness reads as UTF-8.
+    m = mount_factory(store=store, opts="fsname=hsmfs")
+    with open(m.path(".metrics"), "rb") as f:
+        raw = f.read().decode("utf-8")           # strict: valid UTF-8
+    shown = store.replace("\udce9", "\ufffd")
+    [s] = parse(raw)["hsmfs_info"].samples
+    assert s.labels["store"] == shown
+    r = subprocess.run([TOOL, "status", m.mnt, "--format=json"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout.decode("utf-8"))
+    [info] = [f for f in doc["families"] if f["name"] == "hsmfs_info"]
+    assert info["samples"][0]["labels"]["store"] == shown
