@@ -195,3 +195,16 @@ def test_man_pages_clean_under_groff(page):
     else:
         for word in ("--format", "--version", "SOFTHSM2_CONF"):
             assert word in text, word
+
+
+def test_units_of_a_non_default_prefix(tmp_path):
+    """meson setup --prefix=/opt/hsmfs (configuring is enough: the units
+    are generated then): both units run the binaries of that prefix."""
+    b = tmp_path / "build-opt"
+    run(["meson", "setup", str(b), str(SRC), "--prefix=/opt/hsmfs"], timeout=300)
+    for unit in ("hsmfs.service", "hsmfs@.service"):
+        text = (b / unit).read_text()
+        assert "ExecStart=/opt/hsmfs/sbin/hsmfs " in text, unit
+        assert "ExecReload=/opt/hsmfs/bin/hsmfs-tool reload " in text, unit
+        assert "file:/opt/hsmfs/share/doc/hsmfs/README.md" in text, unit
+        assert "/usr/local" not in text, unit
