@@ -180,7 +180,7 @@ route(const char *path, const char **rest)
 /* ---- .status ---- */
 
 static char *
-status_text(size_t *len)
+status_text(size_t *len, int ask)
 {
 	char *buf = NULL;
 	size_t n = 0;
@@ -219,7 +219,7 @@ status_text(size_t *len)
 			fprintf(f, "key.%s.logins: %lu\n", nm, s.logins);
 			fprintf(f, "key.%s.reconnects: %lu\n", nm, s.reinits);
 		}
-		metrics_status_key(f, k);
+		metrics_status_key(f, k, ask);
 	}
 	/* Descriptors of the Identity Manager's file that hsmfs leaves alone. */
 	for (size_t i = 0; the_fs.engine && i < the_fs.engine->nunserved; i++) {
@@ -248,7 +248,7 @@ status_text(size_t *len)
 }
 
 static char *
-metrics_text(size_t *len)
+metrics_text(size_t *len, int ask)
 {
 	struct fs_folder_state st[NFOLDERS];
 	for (size_t i = 0; i < NFOLDERS; i++) {
@@ -258,7 +258,7 @@ metrics_text(size_t *len)
 		st[i].reason = folder_ok[i] ? "" : folder_why[i];
 		st[i].metrics = folders[i]->metrics;
 	}
-	return metrics_render(st, NFOLDERS, len);
+	return metrics_render(st, NFOLDERS, ask, len);
 }
 
 /* REF_STATUS or REF_METRICS for the path of a generated file, else 0. */
@@ -273,9 +273,10 @@ generated_of(const char *path)
 }
 
 static char *
-generated_text(int which, size_t *len)
+generated_text(int which, size_t *len, int ask)
 {
-	return which == REF_METRICS ? metrics_text(len) : status_text(len);
+	return which == REF_METRICS ? metrics_text(len, ask) :
+	    status_text(len, ask);
 }
 
 /* ---- open files ----
@@ -372,8 +373,10 @@ op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 	}
 	if (is_status(path, fi)) {
 		size_t n = 0;
+		/* Sizes only, never asking a module: a lookup holds the
+		 * kernel's lock of the root directory. */
 		char *s = generated_text(path ? generated_of(path) : ref_of(fi)->folder,
-		    &n);
+		    &n, 0);
 		free(s);
 		fs_stat_file(st, 0444, (off_t)n, time(NULL));
 		return 0;
@@ -449,7 +452,7 @@ op_open(const char *path, struct fuse_file_info *fi)
 			return -EACCES;
 		if ((ref = ref_new(i, "")) == NULL)
 			return -ENOMEM;
-		if ((ref->status = generated_text(i, &ref->status_len)) == NULL) {
+		if ((ref->status = generated_text(i, &ref->status_len, 1)) == NULL) {
 			free(ref);
 			return -ENOMEM;
 		}

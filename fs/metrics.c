@@ -134,11 +134,46 @@ family_get(struct metrics *m, const char *name, enum metric_type t,
 	return f->f ? f : NULL;
 }
 
+/* Length of the valid UTF-8 sequence at s (1 to 4), 0 when invalid. */
+static size_t
+utf8_len(const unsigned char *s)
+{
+	size_t n;
+	unsigned cp;
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		n = 2, cp = s[0] & 0x1f;
+	else if (s[0] >= 0xe0 && s[0] <= 0xef)
+		n = 3, cp = s[0] & 0x0f;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		n = 4, cp = s[0] & 0x07;
+	else
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+	    (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+		return 0;
+	return n;
+}
+
+/* The format is UTF-8: a byte that is not (a path in another encoding)
+ * becomes U+FFFD. */
 static void
 put_escaped(FILE *out, const char *s, int quote)
 {
 	for (; *s; s++) {
-		if (*s == '\\')
+		size_t n = utf8_len((const unsigned char *)s);
+		if (n == 0) {
+			fputs("\xef\xbf\xbd", out);
+		} else if (n > 1) {
+			fwrite(s, 1, n, out);
+			s += n - 1;
+		} else if (*s == '\\')
 			fputs("\\\\", out);
 		else if (*s == '\n')
 			fputs("\\n", out);
@@ -285,7 +320,7 @@ asn1_time_unix(const ASN1_TIME *t)
 }
 
 static void
-key_metrics(struct metrics *m, hsm_key *k)
+key_metrics(struct metrics *m, hsm_key *k, int ask)
 {
 	const char *nm = hsm_key_name(k);
 	X509 *cert = hsm_key_cert(k);
@@ -294,7 +329,7 @@ key_metrics(struct metrics *m, hsm_key *k)
 	int present, logged_in;
 
 	hsm_key_get_stats(k, &s);
-	hsm_key_token_state(k, &present, &logged_in);
+	hsm_key_token_state(k, ask, &present, &logged_in);
 	metrics_add(m, METRIC_GAUGE, "hsmfs_key_info",
 	    "Configured keys that are open: backend and token (label or file)",
 	    1, "key", nm, "backend",
@@ -396,7 +431,7 @@ iso_utc(long long t, char *buf, size_t size)
 }
 
 void
-metrics_status_key(FILE *out, hsm_key *k)
+metrics_status_key(FILE *out, hsm_key *k, int ask)
 {
 	const char *nm = hsm_key_name(k);
 	X509 *cert = hsm_key_cert(k);
@@ -409,7 +444,7 @@ metrics_status_key(FILE *out, hsm_key *k)
 		fprintf(out, "key.%s.cert_not_after: %s (in %lld days)\n", nm, t,
 		    (na - (long long)time(NULL)) / 86400);
 	}
-	hsm_key_token_state(k, &present, &logged_in);
+	hsm_key_token_state(k, ask, &present, &logged_in);
 	fprintf(out, "key.%s.token_state: %s\n", nm, !present ? "absent" :
 	    logged_in ? "present, logged in" : "present, not logged in");
 }
@@ -447,7 +482,7 @@ static const char *const type_name[] = {
 
 char *
 metrics_render(const struct fs_folder_state *folders, size_t nfolders,
-    size_t *len)
+    int ask, size_t *len)
 {
 	struct metrics m = {0};
 	char *buf = NULL;
@@ -461,7 +496,7 @@ metrics_render(const struct fs_folder_state *folders, size_t nfolders,
 	    "Start of the daemon, Unix time", (double)hsmfs_ctx->started,
 	    (char *)NULL);
 	for (size_t i = 0; kr && i < keyring_count(kr); i++)
-		key_metrics(&m, keyring_at(kr, i));
+		key_metrics(&m, keyring_at(kr, i), ask);
 	for (size_t i = 0; i < nfolders; i++) {
 		int up = strcmp(folders[i].state, "ready") == 0;
 		metrics_add(&m, METRIC_GAUGE, "hsmfs_folder_up",

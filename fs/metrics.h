@@ -45,8 +45,10 @@ const char *metrics_err_kind(int r);
 long long metrics_last_error(char *buf, size_t size);
 
 /* Lines for the human .status: a key's certificate expiry and token
- * state; the store's free space, error counts and the last error. */
-void metrics_status_key(FILE *out, hsm_key *k);
+ * state; the store's free space, error counts and the last error.
+ * ask: see hsm_key_token_state (0 in getattr, which runs under the
+ * kernel's lock of the root directory: it must never wait for a module). */
+void metrics_status_key(FILE *out, hsm_key *k, int ask);
 void metrics_status_tail(FILE *out);
 
 /* Folder state as fs/main.c knows it. */
@@ -56,8 +58,9 @@ struct fs_folder_state {
 	const char *reason;   /* why not ready ("" when ready) */
 	void (*metrics)(struct metrics *m);   /* the folder's own, or NULL */
 };
-/* Render .metrics (malloc'ed, *len bytes); NULL when out of memory. */
+/* Render .metrics (malloc'ed, *len bytes); NULL when out of memory.
+ * ask as for metrics_status_key. */
 char *metrics_render(const struct fs_folder_state *folders, size_t nfolders,
-    size_t *len);
+    int ask, size_t *len);
 
 #endif

@@ -216,9 +216,9 @@ hsm_key_get_stats(hsm_key *k, struct hsm_stats *out)
 }
 
 void
-hsm_key_token_state(hsm_key *k, int *present, int *logged_in)
+hsm_key_token_state(hsm_key *k, int ask, int *present, int *logged_in)
 {
 	*present = *logged_in = 1;
 	if (k->ops->token_state)
-		k->ops->token_state(k, present, logged_in);
+		k->ops->token_state(k, ask, present, logged_in);
 }

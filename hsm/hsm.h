@@ -103,8 +103,10 @@ struct hsm_stats {
 };
 void hsm_key_get_stats(hsm_key *k, struct hsm_stats *out);
 /* Token state for monitoring: present in its slot, and logged in (or no
- * login needed). PKCS#12 keys are always both. Asks the module (waits
- * for a recovery in progress on the token). */
-void hsm_key_token_state(hsm_key *k, int *present, int *logged_in);
+ * login needed). PKCS#12 keys are always both. Never waits for the
+ * token's lock; with ask, one caller per token at a time asks the module
+ * (which may hang while a remote HSM is down), the others and !ask get
+ * the last answer. */
+void hsm_key_token_state(hsm_key *k, int ask, int *present, int *logged_in);
 
 #endif

@@ -16,7 +16,7 @@ struct hsm_backend_ops {
 	void (*pool)(hsm_key *k, unsigned *in_use, unsigned *size);
 	/* Optional: token health for .status (hsm_stats.available...). */
 	void (*health)(hsm_key *k, struct hsm_stats *st);
-	void (*token_state)(hsm_key *k, int *present, int *logged_in);
+	void (*token_state)(hsm_key *k, int ask, int *present, int *logged_in);
 	void (*free)(hsm_key *k);
 };
 

@@ -635,10 +635,10 @@ p11_health(hsm_key *k, struct hsm_stats *st)
 }
 
 static void
-p11_token_state_of(hsm_key *k, int *present, int *logged_in)
+p11_token_state_of(hsm_key *k, int ask, int *present, int *logged_in)
 {
 	struct p11_key *pk = k->priv;
-	p11_token_state(pk->tok, present, logged_in);
+	p11_token_state(pk->tok, ask, present, logged_in);
 }
 
 static void

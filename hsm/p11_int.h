@@ -57,6 +57,17 @@ struct p11_token {
 	int dead;                    /* recovery failed: next op tries again */
 	unsigned long logins;        /* C_Login calls made (for .status) */
 	struct p11_key *keys;        /* keys to look up again after recovery */
+	/* For monitoring (p11_token_state, p11_pool_stats), which must never
+	 * wait for `lock`: recovery holds it across module calls that take
+	 * as long as a remote HSM is down. Written under mon_lock only
+	 * (with `lock` held or not); mon_lock is never held across a call. */
+	pthread_mutex_t mon_lock;
+	CK_SLOT_ID mon_slot;         /* t->slot as of the last publish */
+	int mon_ours;                /* anchor open, no recovery running or failed */
+	int mon_present;             /* the last C_GetSlotInfo answer */
+	int mon_asking;              /* a reader is in C_GetSlotInfo now */
+	int mon_hold;                /* module being re-initialised: no asking */
+	unsigned mon_in_use;         /* in_use when last seen */
 };
 
 /* Per-key state (hsm_key->priv). Handles are rewritten by recovery, under
@@ -107,9 +118,14 @@ void p11_pool_stats(struct p11_token *t, unsigned *in_use, unsigned *size);
 /* available (not dead), logins and module re-initialisations, for .status */
 void p11_token_health(struct p11_token *t, int *available,
     unsigned long *logins, unsigned long *reinits);
-/* CKF_TOKEN_PRESENT of the slot; logged in: our anchor session is in a
- * user state (or the token needs no login) and no recovery failed. */
-void p11_token_state(struct p11_token *t, int *present, int *logged_in);
+/* Token state for monitoring, never waiting for the token lock (a
+ * recovery may hold it for as long as the HSM does not answer): present
+ * is the slot's CKF_TOKEN_PRESENT, asked by one reader at a time (the
+ * others get the last answer); logged in: present, and the daemon's
+ * login stands as far as it knows (anchor open, no recovery running or
+ * failed). !ask: the last answer only, no module call. The pool figures
+ * are the last seen when the lock is busy. */
+void p11_token_state(struct p11_token *t, int ask, int *present, int *logged_in);
 
 /* Object lookup (p11.c), also used by recovery with the token lock held. */
 int p11_key_lookup_locked(struct p11_key *pk, CK_SESSION_HANDLE s);

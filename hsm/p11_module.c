@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Guards both lists and every token's refs. Lock order: p11_lock, then a
  * token's lock. Operations only take the token lock. */
@@ -372,6 +373,18 @@ open_session(struct p11_token *t, CK_SESSION_HANDLE *h)
 	    CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, h));
 }
 
+/* Publish the token's state for monitoring (t->lock held, or t not yet
+ * published). */
+static void
+mon_publish_locked(struct p11_token *t)
+{
+	pthread_mutex_lock(&t->mon_lock);
+	t->mon_slot = t->slot;
+	t->mon_ours = t->has_anchor && !t->dead && !t->recovering;
+	t->mon_in_use = t->in_use;
+	pthread_mutex_unlock(&t->mon_lock);
+}
+
 static void
 token_free(struct p11_token *t)
 {
@@ -386,6 +399,7 @@ token_free(struct p11_token *t)
 		secmem_free(t->pin, t->pin_len + 1);
 	free(t->idle);
 	pthread_mutex_destroy(&t->lock);
+	pthread_mutex_destroy(&t->mon_lock);
 	pthread_cond_destroy(&t->cond);
 	free(t);
 }
@@ -484,6 +498,7 @@ p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
 		goto out;
 	}
 	pthread_mutex_init(&t->lock, NULL);
+	pthread_mutex_init(&t->mon_lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
 	t->mod = mod;
 	t->slot = slot;
@@ -510,6 +525,8 @@ p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
 		}
 		memcpy(t->pin, spec->pin, t->pin_len + 1);
 	}
+	t->mon_present = 1;
+	mon_publish_locked(t);
 	t->next = p11_tokens;
 	p11_tokens = t;
 	__atomic_add_fetch(&mod->ntokens, 1, __ATOMIC_RELAXED);
@@ -620,10 +637,15 @@ p11_checkin(struct p11_key *pk, struct p11_sess *s, int bad)
 void
 p11_pool_stats(struct p11_token *t, unsigned *in_use, unsigned *size)
 {
-	pthread_mutex_lock(&t->lock);
-	*in_use = t->in_use;
+	/* Checkouts hold the lock for moments, a recovery for long. */
+	if (pthread_mutex_trylock(&t->lock) == 0) {
+		mon_publish_locked(t);
+		pthread_mutex_unlock(&t->lock);
+	}
+	pthread_mutex_lock(&t->mon_lock);
+	*in_use = t->mon_in_use;
+	pthread_mutex_unlock(&t->mon_lock);
 	*size = t->size;
-	pthread_mutex_unlock(&t->lock);
 }
 
 /* Without the token lock: a recovery holds it for as long as the module
@@ -638,23 +660,31 @@ p11_token_health(struct p11_token *t, int *available, unsigned long *logins,
 }
 
 void
-p11_token_state(struct p11_token *t, int *present, int *logged_in)
+p11_token_state(struct p11_token *t, int ask, int *present, int *logged_in)
 {
 	CK_SLOT_INFO si;
-	CK_SESSION_INFO ss;
+	CK_SLOT_ID slot;
 
-	*present = *logged_in = 0;
-	pthread_mutex_lock(&t->lock);
-	if (P11_CALL(t->mod->f->C_GetSlotInfo(t->slot, &si)) == CKR_OK)
-		*present = (si.flags & CKF_TOKEN_PRESENT) != 0;
-	if (*present && t->has_anchor && !t->dead) {
-		if (!t->login_required)
-			*logged_in = 1;
-		else if (P11_CALL(t->mod->f->C_GetSessionInfo(t->anchor, &ss)) == CKR_OK)
-			*logged_in = ss.state == CKS_RO_USER_FUNCTIONS ||
-			    ss.state == CKS_RW_USER_FUNCTIONS;
+	pthread_mutex_lock(&t->mon_lock);
+	ask = ask && !t->mon_asking && !t->mon_hold;
+	if (ask)
+		t->mon_asking = 1;
+	slot = t->mon_slot;
+	pthread_mutex_unlock(&t->mon_lock);
+	/* Outside every lock: a module that hangs (a remote HSM gone) holds
+	 * this one reader; the others answer with the last state. */
+	if (ask) {
+		int p = P11_CALL(t->mod->f->C_GetSlotInfo(slot, &si)) == CKR_OK &&
+		    (si.flags & CKF_TOKEN_PRESENT) != 0;
+		pthread_mutex_lock(&t->mon_lock);
+		t->mon_present = p;
+		t->mon_asking = 0;
+		pthread_mutex_unlock(&t->mon_lock);
 	}
-	pthread_mutex_unlock(&t->lock);
+	pthread_mutex_lock(&t->mon_lock);
+	*present = t->mon_present;
+	*logged_in = t->mon_present && t->mon_ours;
+	pthread_mutex_unlock(&t->mon_lock);
 }
 
 /* ---- recovery ---- */
@@ -755,10 +785,24 @@ module_reinit_locked(struct p11_token *t, const char *name, int quiet)
 		log_warn("key %s: re-initialising module %s (C_Finalize + "
 		    "C_Initialize) to reconnect to token \"%s\"", name, m->path,
 		    t->label);
+	/* A monitoring reader (p11_token_state) calls the module without the
+	 * token lock: hold new ones off and let one in a call finish before
+	 * the module is finalised under it. */
+	pthread_mutex_lock(&t->mon_lock);
+	t->mon_hold = 1;
+	while (t->mon_asking) {
+		pthread_mutex_unlock(&t->mon_lock);
+		usleep(1000);
+		pthread_mutex_lock(&t->mon_lock);
+	}
+	pthread_mutex_unlock(&t->mon_lock);
 	P11_CALL(m->f->C_Finalize(NULL));
 	memset(&args, 0, sizeof(args));
 	args.flags = CKF_OS_LOCKING_OK;
 	rv = P11_CALL(m->f->C_Initialize(&args));
+	pthread_mutex_lock(&t->mon_lock);
+	t->mon_hold = 0;
+	pthread_mutex_unlock(&t->mon_lock);
 	if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
 		return p11_fail(name, "C_Initialize", rv);
 	return 0;
@@ -783,6 +827,7 @@ p11_recover(struct p11_key *pk, unsigned gen)
 		return 0;
 	}
 	t->recovering = 1;
+	mon_publish_locked(t);
 	/* Let operations in flight finish first: closing a session under a
 	 * running C_Decrypt crashes some modules (SoftHSM frees the key). */
 	while (t->in_use > 0)
@@ -822,6 +867,7 @@ p11_recover(struct p11_key *pk, unsigned gen)
 	if (r != 0 && r != HSMFS_ERR_PIN_INCORRECT && r != HSMFS_ERR_PIN_LOCKED)
 		r = HSMFS_ERR_HSM;
 	t->recovering = 0;
+	mon_publish_locked(t);
 	pthread_cond_broadcast(&t->cond);
 	pthread_mutex_unlock(&t->lock);
 	return r;

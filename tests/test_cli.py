@@ -96,3 +96,12 @@ def _check_views(m, idm, other):
     for f in ("history/obj", "fields/new", "sign-out/b.zip", "mail/m"):
         p = as_user(other, "sh", "-c", f"echo x >> {m.path(f)}")
         assert p.returncode != 0 and b"Permission denied" in p.stderr, f
+    # The rest of the README's table.
+    for f, mode in ((".status", 0o444), (".metrics", 0o444),
+                    ("fields/.sealed/pw", 0o600), ("history/.journal/obj", 0o444)):
+        st = os.stat(m.path(f))
+        assert stat.S_IMODE(st.st_mode) == mode and st.st_uid == idm, (f, oct(st.st_mode))
+    p = as_user(other, "cat", m.path(".metrics"))
+    assert p.returncode == 0 and b"hsmfs_info" in p.stdout, p.stderr
+    p = as_user(other, "cat", m.path("fields", ".sealed", "pw"))
+    assert p.returncode != 0 and b"Permission denied" in p.stderr

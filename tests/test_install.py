@@ -118,7 +118,9 @@ def test_systemd_analyze_verify(inst, tmp_path):
         else:
             shutil.copy2(f, dest / f.name)
     env = dict(os.environ, MANPATH=str(inst.path(inst.man)), SYSTEMD_LOG_LEVEL="notice")
-    for unit in ("hsmfs.service", "hsmfs@idm.service"):
+    # Instance names as systemd-escape makes them (dashes, escapes).
+    for unit in ("hsmfs.service", "hsmfs@idm.service", "hsmfs@idm-prod.service",
+                 "hsmfs@idm\\x2dprod.service", "hsmfs@store\\x20two.service"):
         p = subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit],
                            capture_output=True, text=True, env=env, timeout=120)
         assert p.returncode == 0 and p.stderr.strip() == "", (unit, p.stderr)
@@ -193,3 +195,16 @@ def test_man_pages_clean_under_groff(page):
     else:
         for word in ("--format", "--version", "SOFTHSM2_CONF"):
             assert word in text, word
+
+
+def test_units_of_a_non_default_prefix(tmp_path):
+    """meson setup --prefix=/opt/hsmfs (configuring is enough: the units
+    are generated then): both units run the binaries of that prefix."""
+    b = tmp_path / "build-opt"
+    run(["meson", "setup", str(b), str(SRC), "--prefix=/opt/hsmfs"], timeout=300)
+    for unit in ("hsmfs.service", "hsmfs@.service"):
+        text = (b / unit).read_text()
+        assert "ExecStart=/opt/hsmfs/sbin/hsmfs " in text, unit
+        assert "ExecReload=/opt/hsmfs/bin/hsmfs-tool reload " in text, unit
+        assert "file:/opt/hsmfs/share/doc/hsmfs/README.md" in text, unit
+        assert "/usr/local" not in text, unit

@@ -7,15 +7,16 @@ import json
 import math
 import os
 import subprocess
+import threading
 from datetime import datetime, timezone
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import TOOL
+from conftest import SRC, TOOL
 from faultshim import Shim
-from folderops import append, make_zip, write
-from helpers import run
+from folderops import append, make_zip, read, write
+from helpers import run, wait_for
 
 KEYS = ["encryptedFieldsCertificateV1", "configZipSignerCertificateV1",
         "objectHistorySignerCertificateV1", "signEmailCertificateV1"]
@@ -179,6 +180,80 @@ def test_token_state_follows_the_token(hsm, mount_factory, tmp_path, monkeypatch
     assert value(fams, "hsmfs_token_logged_in", key=k) == 1
 
 
+NOT_DONE = object()
+
+
+class Background(threading.Thread):
+    """fn() in a thread; .result once it returned (else NOT_DONE)."""
+
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn, self.result = fn, NOT_DONE
+        self.start()
+
+    def run(self):
+        self.result = self.fn()
+
+
+def test_metrics_do_not_wait_for_a_token_recovery(hsm, mount_factory, tmp_path,
+                                                  monkeypatch):
+    """A recovery holds the token lock across module calls (here a C_Login
+    that hangs as a remote HSM does): .metrics and .status answer
+    meanwhile, and say the token is not logged in."""
+    shim = Shim(hsm, tmp_path / "shim").activate(monkeypatch)
+    m = mount_factory(config=shim.config(tmp_path / "shim.xml"))
+    k = "encryptedFieldsCertificateV1"
+    f = m.path("fields", "pw")
+    assert write(f, b"s3cret") is None
+    logins = shim.stats().get("calls.C_Login", 0)
+    shim.set("closeall", "delay C_Login ms=15000")
+    op = Background(lambda: read(f))
+    wait_for(lambda: shim.stats().get("calls.C_Login", 0) > logins,
+             what="the recovery's C_Login")
+    during = Background(lambda: (metrics(m), open(m.path(".status")).read()))
+    during.join(60)
+    assert during.result is not NOT_DONE, ".metrics waited for the recovery"
+    assert op.is_alive(), "the recovery ended before .metrics answered"
+    fams, text = during.result
+    assert value(fams, "hsmfs_token_logged_in", key=k) == 0
+    assert f"key.{k}.token_state: present, not logged in" in text
+    op.join(120)
+    assert op.result == (b"s3cret", None)
+    fams = metrics(m)
+    assert value(fams, "hsmfs_token_logged_in", key=k) == 1
+
+
+def test_metrics_do_not_hang_on_a_hanging_module(hsm, mount_factory, tmp_path,
+                                                 monkeypatch):
+    """C_GetSlotInfo hangs: one reader of .metrics waits for it, the
+    others answer with the last known state, and signing goes on (the
+    lookup of .metrics, under the kernel's lock of the root directory,
+    never asks the module: every path lookup in / would wait)."""
+    shim = Shim(hsm, tmp_path / "shim").activate(monkeypatch)
+    m = mount_factory(config=shim.config(tmp_path / "shim.xml"))
+    k = "configZipSignerCertificateV1"
+    asked = shim.stats().get("calls.C_GetSlotInfo", 0)
+    shim.set("delay C_GetSlotInfo ms=15000")
+    first = Background(lambda: metrics(m))
+    wait_for(lambda: shim.stats().get("calls.C_GetSlotInfo", 0) > asked,
+             what="a reader in C_GetSlotInfo")
+    others = [Background(lambda: metrics(m)) for _ in range(4)]
+    signer = Background(lambda: write(m.path("sign-out", "a.zip"), make_zip()))
+    for t in others + [signer]:
+        t.join(120)
+        assert t.result is not NOT_DONE
+    # All of that while the first reader is still in its first call.
+    assert shim.stats().get("calls.C_GetSlotInfo", 0) == asked + 1
+    assert first.is_alive()
+    assert signer.result is None, signer.result
+    shim.clear()     # the reader asks once per key and per getattr: let it go
+    for t in others:
+        assert value(t.result, "hsmfs_token_present", key=k) == 1
+        assert value(t.result, "hsmfs_token_logged_in", key=k) == 1
+    first.join(120)
+    assert value(first.result, "hsmfs_token_present", key=k) == 1
+
+
 def status(mnt, *args):
     return subprocess.run([TOOL, "status", mnt, *args], capture_output=True,
                           text=True, timeout=60)
@@ -207,3 +282,148 @@ def test_status_tool_formats(mount):
     assert r.returncode == 2 and "--format=xml" in r.stderr
     r = status("/nonexistent", "--format=json")
     assert r.returncode == 2
+
+
+# Control characters are refused in key names (config check).
+ODD = 'zip "signer" \\ v1,a=b} é'
+ODD_XML = 'zip &quot;signer&quot; \\ v1,a=b} é'
+
+
+def test_odd_key_name_is_escaped(hsm, mount_factory, tmp_path):
+    """A key named with a quote, a backslash, a brace: the label value
+    is escaped as the exposition format says, round-trips through the
+    parser and `status --format=json`, and .status stays one line per
+    field."""
+    zk = "configZipSignerCertificateV1"
+    cfg = tmp_path / "odd.xml"
+    hsm.config(cfg)
+    text = cfg.read_text()
+    text = text.replace(f'<key name="{zk}">', f'<key name="{ODD_XML}">')
+    text = text.replace(f'key="{zk}"', f'key="{ODD_XML}"')
+    cfg.write_text(text)
+    m = mount_factory(config=str(cfg))
+    assert write(m.path("sign-out", "a.zip"), make_zip()) is None
+    raw = open(m.path(".metrics")).read()
+    assert 'key="zip \\"signer\\" \\\\ v1,a=b} é"' in raw
+    fams = parse(raw)
+    assert value(fams, "hsmfs_hsm_operations_total", key=ODD) >= 1
+    assert value(fams, "hsmfs_descriptor_version", descriptor="ConfigZipSigner",
+                 key=ODD) == 1
+    r = status(m.mnt, "--format=json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    ops = [s for f in doc["families"] if f["name"] == "hsmfs_hsm_operations_total"
+           for s in f["samples"]]
+    assert ODD in {s["labels"]["key"] for s in ops}
+    status_text = open(m.path(".status")).read()
+    for line in status_text.splitlines():
+        assert ": " in line or not line, line
+
+
+def series(fams):
+    return {(s.name, tuple(sorted(s.labels.items())))
+            for f in fams.values() for s in f.samples}
+
+
+MONOTONIC = ["hsmfs_signout_signed_total", "hsmfs_history_records_total",
+             "hsmfs_log_messages_total"]
+
+
+def test_concurrent_readers_during_signing_load(mount):
+    """8 threads read .metrics (and .status) over and over while 4 others
+    sign zips, append history and decrypt fields: every read parses, the
+    counters never go back between one reader's reads, and the load adds
+    no series (the text does not grow with the work done)."""
+    zk = "configZipSignerCertificateV1"
+    fk = "encryptedFieldsCertificateV1"
+    assert write(mount.path("fields", "pw"), b"s3cret") is None
+    before = metrics(mount)
+    zipdata = make_zip()
+    errors = []
+
+    def loader(i):
+        for n in range(15):
+            if write(mount.path("sign-out", f"l{i}-{n}.zip"), zipdata) is not None:
+                errors.append(f"sign {i} {n}")
+            if append(mount.path("history", f"o{i}"), b"x\n") is not None:
+                errors.append(f"history {i} {n}")
+            if read(mount.path("fields", "pw")) != (b"s3cret", None):
+                errors.append(f"fields {i} {n}")
+
+    def reader(i):
+        last = {}
+        for n in range(40):
+            try:
+                fams = metrics(mount)
+                open(mount.path(".status")).read()
+            except Exception as e:      # noqa: BLE001 (reported below)
+                errors.append(f"reader {i}: {e!r}")
+                return
+            for name in MONOTONIC + ["hsmfs_hsm_operations_total"]:
+                base = name[:-len("_total")]
+                for s in fams[base].samples:
+                    k = (s.name, tuple(sorted(s.labels.items())))
+                    if s.value < last.get(k, 0):
+                        errors.append(f"{k} went back: {last[k]} -> {s.value}")
+                    last[k] = s.value
+
+    threads = [threading.Thread(target=loader, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == [], errors[:10]
+    after = metrics(mount)
+    assert series(after) == series(before), series(after) ^ series(before)
+    assert value(after, "hsmfs_signout_signed_total") == \
+        value(before, "hsmfs_signout_signed_total") + 60
+    assert value(after, "hsmfs_hsm_operations_total", key=zk) >= \
+        value(before, "hsmfs_hsm_operations_total", key=zk) + 60
+    assert value(after, "hsmfs_hsm_latency_seconds_count", key=fk) == \
+        value(after, "hsmfs_hsm_operations_total", key=fk)
+
+
+def test_textfile_collector_example_of_the_docs(mount, tmp_path):
+    """docs/monitoring.md's ExecStart, as systemd runs it ($$ -> $): the
+    .prom file parses; with no mount it goes (absent() alerts)."""
+    doc = (SRC / "docs" / "monitoring.md").read_text()
+    start = doc.index("ExecStart=/bin/sh -c '") + len("ExecStart=/bin/sh -c '")
+    script = doc[start:doc.index("fi'\n", start) + 2].replace("\\\n", " ")
+    script = script.replace("$$", "$").replace("hsmfs-tool ", f"{TOOL} ")
+    d = tmp_path / "textfile"
+    d.mkdir()
+    script = script.replace("/var/lib/prometheus/node-exporter", str(d))
+
+    def run_it(mnt):
+        return subprocess.run(["/bin/sh", "-c", script.replace("/srv/hsmfs", mnt)],
+                              capture_output=True, text=True, timeout=60)
+    assert run_it(mount.mnt).returncode == 0
+    fams = parse((d / "hsmfs.prom").read_text())
+    assert value(fams, "hsmfs_info") == 1
+    assert os.listdir(d) == ["hsmfs.prom"]
+    p = run_it(str(tmp_path / "nomount"))
+    assert p.returncode == 1 and os.listdir(d) == [], p.stderr
+
+
+def test_store_path_not_utf8_and_long(mount_factory, tmp_path):
+    """A store path in another encoding (a byte that is not UTF-8) and
+    over 1 KiB long: .metrics stays UTF-8 (U+FFFD for the byte), and
+    `status --format=json` carries the whole label value."""
+    parts = ["caf\udce9"] + ["d" * 250] * 5      # b"caf\xe9" (Latin-1)
+    store = os.path.join(str(tmp_path), *parts, "store")
+    os.makedirs(os.path.dirname(store))
+    # fsname: /proc/self/mounts, which the harness reads as UTF-8.
+    m = mount_factory(store=store, opts="fsname=hsmfs")
+    with open(m.path(".metrics"), "rb") as f:
+        raw = f.read().decode("utf-8")           # strict: valid UTF-8
+    shown = store.replace("\udce9", "\ufffd")
+    [s] = parse(raw)["hsmfs_info"].samples
+    assert s.labels["store"] == shown
+    r = subprocess.run([TOOL, "status", m.mnt, "--format=json"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout.decode("utf-8"))
+    [info] = [f for f in doc["families"] if f["name"] == "hsmfs_info"]
+    assert info["samples"][0]["labels"]["store"] == shown

@@ -80,21 +80,22 @@ json_string(const char *s, size_t n)
 	putchar('"');
 }
 
-/* Copy a Prometheus label value (after the opening quote) unescaped
- * into out; returns the position after the closing quote, or NULL. */
-static const char *
-label_value(const char *p, char *out, size_t size, size_t *n)
+/* Unescape a Prometheus label value (p: after the opening quote) in
+ * place, whatever its length: it starts at p, *n bytes. Returns the
+ * position after the closing quote, or NULL. */
+static char *
+label_value(char *p, size_t *n)
 {
-	*n = 0;
+	char *start = p, *w = p;
 	for (; *p && *p != '"'; p++) {
 		char c = *p;
 		if (c == '\\' && p[1]) {
 			p++;
 			c = *p == 'n' ? '\n' : *p;
 		}
-		if (*n + 1 < size)
-			out[(*n)++] = c;
+		*w++ = c;
 	}
+	*n = (size_t)(w - start);
 	return *p == '"' ? p + 1 : NULL;
 }
 
@@ -162,15 +163,15 @@ metrics_json(char *text)
 			if (*p == '{') {
 				p++;
 				while (*p && *p != '}') {
-					char v[1024];
+					char *v;
 					size_t klen = strcspn(p, "="), vlen;
 					if (p[klen] != '=' || p[klen + 1] != '"')
 						return -1;
 					printf("%s", nl++ ? ", " : "");
 					json_string(p, klen);
 					printf(": ");
-					if ((p = (char *)label_value(p + klen + 2, v, sizeof(v),
-					    &vlen)) == NULL)
+					v = p + klen + 2;
+					if ((p = label_value(v, &vlen)) == NULL)
 						return -1;
 					json_string(v, vlen);
 					if (*p == ',')
