@@ -486,7 +486,8 @@ so_rename(const char *from, const char *to, unsigned int flags)
 	/* A temporary is published onto a valid name; an item never
 	 * becomes a temporary (it would vanish). */
 	if (!temp_name_ok(from) || !temp_name_ok(to) ||
-	    (temp_name(to) && !temp_name(from)))
+	    (temp_name(to) && !temp_name(from)) ||
+	    (flags & RENAME_EXCHANGE))   /* the records follow one way only */
 		return -EINVAL;
 	has_file = fstatat(fd, from, &st, AT_SYMLINK_NOFOLLOW) == 0;
 	if (temp_name(from) && (!has_file || st.st_size == 0)) {

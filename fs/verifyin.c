@@ -536,7 +536,8 @@ vi_rename(const char *from, const char *to, unsigned int flags)
 	/* A temporary is published onto a valid name; an item never
 	 * becomes a temporary (it would vanish). */
 	if (!temp_name_ok(from) || !temp_name_ok(to) ||
-	    (temp_name(to) && !temp_name(from)))
+	    (temp_name(to) && !temp_name(from)) ||
+	    (flags & RENAME_EXCHANGE))   /* the records follow one way only */
 		return -EINVAL;
 	if (renameat2(dir_of(from), from, dir_of(to), to, flags) < 0)
 		return -errno;

@@ -633,3 +633,35 @@ def test_leftover_temporaries_removed_after_timeout(mount_factory):
     wait_for(gone, timeout=30, what="leftover temporaries swept")
     assert "temporary file(s) of writers older than 1 s" in m.log()
     m.unmount()
+
+
+def _renameat2(a, b, flags):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), flags) != 0:
+        return ctypes.get_errno()
+    return 0
+
+
+@pytest.mark.parametrize("folder", ["sign-out", "verify-in", "fields"])
+def test_rename_exchange_never_hides_an_item(env, folder):
+    """RENAME_EXCHANGE of a temporary and an item would turn the item into
+    a hidden temporary (and leave the per-name records behind);
+    RENAME_WHITEOUT would put a device node in the store: EINVAL, both
+    names as they were."""
+    e = env
+    item, tmp = e.m.path(folder, f"xchg-{folder}"), e.m.path(folder, ".xchg.t")
+    Path(item).write_bytes(content(e, folder, "xchg-item"))
+    before = Path(item).read_bytes()
+    Path(tmp).write_bytes(content(e, folder, "xchg-tmp"))
+    for flags in (2, 4):   # RENAME_EXCHANGE, RENAME_WHITEOUT
+        assert _renameat2(tmp, item, flags) == errno.EINVAL
+        assert _renameat2(item, tmp, flags) == errno.EINVAL
+        assert Path(item).read_bytes() == before
+        assert os.path.basename(item) in os.listdir(e.m.path(folder))
+        assert os.path.exists(tmp)
+    no_hidden(e, folder)
+    # A plain rename still publishes the temporary.
+    os.rename(tmp, item)
+    assert not os.path.exists(tmp)
+    check(e, folder, os.path.basename(item), content(e, folder, "xchg-tmp"))
