@@ -665,3 +665,39 @@ def test_rename_exchange_never_hides_an_item(env, folder):
     os.rename(tmp, item)
     assert not os.path.exists(tmp)
     check(e, folder, os.path.basename(item), content(e, folder, "xchg-tmp"))
+
+
+def test_sweep_spares_open_slow_writers(mount_factory):
+    """A writer slower than temp_max_age (a long rsync, a stalled Java
+    copy) keeps its temporary: the sweep removes only closed leftovers;
+    its bytes, written before and after the sweep, are published whole."""
+    m = mount_factory(opts={"temp_max_age": 1})
+    data = {"sign-out": small_zip("slow"), "verify-in": b"x" * 1000,
+            "fields": b"secret" * 100, "mail": message("slow")}
+    open_ = {}
+    for folder, d in data.items():
+        f = open(m.path(folder, ".slow.t"), "wb", buffering=0)
+        f.write(d[:len(d) // 2])
+        open_[folder] = f
+    left = m.path("fields", ".left.t")
+    Path(left).write_bytes(b"abandoned")
+
+    def swept():
+        for folder in data:
+            os.listdir(m.path(folder))
+        return not os.path.exists(left)
+    wait_for(swept, timeout=30, what="abandoned temporary swept")
+    for folder, d in data.items():
+        f = open_[folder]
+        f.write(d[len(d) // 2:])
+        f.close()
+        os.rename(m.path(folder, ".slow.t"), m.path(folder, "slow"))
+        assert "slow" in os.listdir(m.path(folder))
+    assert Path(m.path("fields", "slow")).read_bytes() == data["fields"]
+    # Stored as written (reading it fails: not a signed zip).
+    assert os.stat(m.path("verify-in", "slow")).st_size == 1000
+    with zipfile.ZipFile(m.path("sign-out", "slow")) as z:
+        assert z.read("config/app.properties") == b"tag=slow\n" * 20
+    assert os.getxattr(m.path("sign-out", "slow"),
+                       "user.hsmfs.sign").startswith(b"signed")
+    m.unmount()
