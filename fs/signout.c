@@ -378,6 +378,13 @@ sign_commit_locked(struct spool *s)
 	int r, fd, e, in_place = 0, dst = dir_of(s->name);
 	struct stat st;
 
+	if (s->write_err != 0) {
+		/* The bytes are not what was written (ENOSPC): nothing to
+		 * sign, the old item stays. */
+		log_err("sign-out/%s: not signed: a write failed: %s", s->name,
+		    strerror(-s->write_err));
+		return s->write_err;
+	}
 	if (fstat(s->fd, &st) == 0 && st.st_size == 0)
 		return pending_empty_locked(s);
 	if ((r = store_tmp_create(so.spooldir, &t)) != 0)

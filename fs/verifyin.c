@@ -506,7 +506,9 @@ vi_flush(const char *path, struct fuse_file_info *fi)
 		r = s->last_err;
 		goto out;
 	}
-	if ((r = spool_sha256(s, hash)) == 0 &&
+	if ((r = s->write_err) != 0)
+		;   /* a write failed (ENOSPC): the old item stays */
+	else if ((r = spool_sha256(s, hash)) == 0 &&
 	    (r = spool_commit(s, dir_of(s->name), s->name)) == 0)
 		meta_write(s->name, s->fd, hash);
 	if (r != 0)
