@@ -701,3 +701,27 @@ def test_sweep_spares_open_slow_writers(mount_factory):
     assert os.getxattr(m.path("sign-out", "slow"),
                        "user.hsmfs.sign").startswith(b"signed")
     m.unmount()
+
+
+@pytest.mark.parametrize("opts", [
+    "", "set backupcopy=yes", "set backupcopy=no", "set nobackup nowritebackup",
+    "set backup backupdir=/tmp"])
+def test_real_vim_saves_a_field(env, opts):
+    """vim.tiny itself edits MNT/fields/NAME (swap file in the folder,
+    each 'backupcopy'/'writebackup' variant): the field holds the edited
+    value, nothing else is listed, no plaintext reaches the store."""
+    e = env
+    d = e.m.path("fields")
+    name = f"rvim-{secrets.token_hex(3)}"
+    Path(d, name).write_bytes(b"user=alice\npassword=old\n")
+    secret = f"new-{secrets.token_hex(8)}".encode()
+    p = run(["vim.tiny", "-u", "NONE", "-i", "NONE", "-N", "-es",
+             "-c", "set directory=.", "-c", opts or "set nocompatible",
+             "-c", f"%s/password=old/password={secret.decode()}/", "-c", "wq",
+             name], cwd=d, check=False, env={**os.environ, "HOME": str(e.tmp)})
+    assert p.returncode == 0, p.stdout + p.stderr
+    check(e, "fields", name, b"user=alice\npassword=" + secret + b"\n")
+    assert name in os.listdir(d)
+    for f in (Path(e.m.store) / "fields").rglob("*"):
+        if f.is_file():
+            assert secret not in f.read_bytes(), f
