@@ -632,6 +632,8 @@ def test_leftover_temporaries_removed_after_timeout(mount_factory):
         return not os.path.exists(t) and not os.path.exists(f)
     wait_for(gone, timeout=30, what="leftover temporaries swept")
     assert "temporary file(s) of writers older than 1 s" in m.log()
+    # Each name, for whoever copied a dot file in on purpose.
+    assert "removed temporary .left.x1: not renamed onto a name" in m.log()
     m.unmount()
 
 
