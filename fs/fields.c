@@ -862,7 +862,8 @@ fields_rename(const char *from, const char *to, unsigned int flags)
 		return -ENOENT;
 	/* A temporary is published onto a valid name; a field never
 	 * becomes a temporary (it would vanish). */
-	if (temp_name(nt) && !temp_name(nf))
+	if ((temp_name(nt) && !temp_name(nf)) ||
+	    ((flags & RENAME_EXCHANGE) && temp_name(nf) != temp_name(nt)))
 		return -EINVAL;
 	/* Both views name the same store file: mv works within and
 	 * across them. */

@@ -621,6 +621,9 @@ op_rename(const char *from, const char *to, unsigned int flags)
 		return -EPERM;
 	if (fi_ != ti)
 		return -EXDEV;
+	/* RENAME_WHITEOUT would leave a device node in the store. */
+	if (flags & ~(unsigned int)(RENAME_NOREPLACE | RENAME_EXCHANGE))
+		return -EINVAL;
 	if (folders[fi_]->rename == NULL)
 		return -EPERM;
 	return folders[fi_]->rename(rf, rt, flags);

@@ -378,6 +378,13 @@ sign_commit_locked(struct spool *s)
 	int r, fd, e, in_place = 0, dst = dir_of(s->name);
 	struct stat st;
 
+	if (s->write_err != 0) {
+		/* The bytes are not what was written (ENOSPC): nothing to
+		 * sign, the old item stays. */
+		log_err("sign-out/%s: not signed: a write failed: %s", s->name,
+		    strerror(-s->write_err));
+		return s->write_err;
+	}
 	if (fstat(s->fd, &st) == 0 && st.st_size == 0)
 		return pending_empty_locked(s);
 	if ((r = store_tmp_create(so.spooldir, &t)) != 0)
@@ -486,7 +493,8 @@ so_rename(const char *from, const char *to, unsigned int flags)
 	/* A temporary is published onto a valid name; an item never
 	 * becomes a temporary (it would vanish). */
 	if (!temp_name_ok(from) || !temp_name_ok(to) ||
-	    (temp_name(to) && !temp_name(from)))
+	    (temp_name(to) && !temp_name(from)) ||
+	    (flags & RENAME_EXCHANGE))   /* the records follow one way only */
 		return -EINVAL;
 	has_file = fstatat(fd, from, &st, AT_SYMLINK_NOFOLLOW) == 0;
 	if (temp_name(from) && (!has_file || st.st_size == 0)) {

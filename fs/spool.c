@@ -125,13 +125,15 @@ spool_write(struct spool *s, const char *buf, size_t size, off_t off)
 	size_t done = 0;
 	int r;
 	if ((r = cow(s)) != 0)
-		return r;
+		return s->write_err = r;
 	while (done < size) {
 		n = pwrite(s->fd, buf + done, size - done, off + (off_t)done);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n < 0)
-			return -errno;
+		if (n < 0) {
+			s->dirty = 1;
+			return s->write_err = -errno;
+		}
 		done += (size_t)n;
 	}
 	if (!s->hash_broken && (uint64_t)off == s->hashed) {
@@ -149,10 +151,13 @@ spool_truncate(struct spool *s, off_t size)
 {
 	int r;
 	if ((r = cow(s)) != 0)
-		return r;
-	if (ftruncate(s->fd, size) < 0)
-		return -errno;
+		return s->write_err = r;
+	if (ftruncate(s->fd, size) < 0) {
+		s->dirty = 1;
+		return s->write_err = -errno;
+	}
 	if (size == 0) {
+		s->write_err = 0;
 		EVP_DigestInit_ex(s->hash, EVP_sha256(), NULL);
 		s->hashed = 0;
 		s->hash_broken = 0;

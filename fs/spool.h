@@ -24,6 +24,10 @@ struct spool {
 	char tmp[64];              /* temp name in dirfd, "" once renamed away */
 	int dirty;                 /* content changed since the last flush */
 	int last_err;              /* -errno of the last flush (0: ok) */
+	int write_err;             /* -errno of a failed write or truncate
+	                              since the content was last emptied:
+	                              the bytes are not what the writer sent,
+	                              so a flush must not publish them */
 	/* Running SHA-256 of the content while it grows sequentially. */
 	EVP_MD_CTX *hash;
 	uint64_t hashed;

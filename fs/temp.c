@@ -38,9 +38,12 @@ max_age(void)
 }
 
 /* Unlink the hidden regular files of dirfd modified before `before`
- * (0: all). Directories (.spool, .temp, ...) are left alone. */
+ * (0: all). Directories (.spool, .temp, ...) are left alone. With `tell`,
+ * each name removed by age is logged: a dot file copied in on purpose
+ * (cp -a or rsync -a of a folder holding .env) is only a temporary, and
+ * this line is where its owner finds out. */
 static int
-clean_dir(int dirfd, time_t before)
+clean_dir(int dirfd, time_t before, int tell)
 {
 	int fd = dup(dirfd), n = 0;
 	DIR *d;
@@ -57,8 +60,13 @@ clean_dir(int dirfd, time_t before)
 		    fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
 		    !S_ISREG(st.st_mode) || (before && st.st_mtime >= before))
 			continue;
-		if (unlinkat(dirfd, de->d_name, 0) == 0)
+		if (unlinkat(dirfd, de->d_name, 0) == 0) {
 			n++;
+			if (tell && before)
+				log_info("removed temporary %s: not renamed onto a "
+				    "name within %ld s (names starting with a dot are "
+				    "writers' temporaries)", de->d_name, max_age());
+		}
 	}
 	closedir(d);
 	return n;
@@ -75,10 +83,10 @@ temp_area_open(struct temp_area *a, int folder_dirfd, int also0, int also1)
 	a->also[1] = also1;
 	a->last_sweep = time(NULL);
 	/* Nobody can rename a temporary of the previous mount into place. */
-	n = clean_dir(fd, 0);
+	n = clean_dir(fd, 0, 0);
 	for (int i = 0; i < 2; i++)
 		if (a->also[i] >= 0)
-			n += clean_dir(a->also[i], 0);
+			n += clean_dir(a->also[i], 0, 0);
 	if (n > 0)
 		log_info("removed %d leftover temporary file(s) of writers", n);
 	return 0;
@@ -107,10 +115,10 @@ temp_area_sweep(struct temp_area *a)
 	}
 	a->last_sweep = now;
 	pthread_mutex_unlock(&a->lock);
-	n = clean_dir(a->dirfd, now - age);
+	n = clean_dir(a->dirfd, now - age, 1);
 	for (int i = 0; i < 2; i++)
 		if (a->also[i] >= 0)
-			n += clean_dir(a->also[i], now - age);
+			n += clean_dir(a->also[i], now - age, 0);
 	if (n > 0)
 		log_info("removed %d temporary file(s) of writers older than %ld s",
 		    n, age);

@@ -531,7 +531,9 @@ vi_flush(const char *path, struct fuse_file_info *fi)
 		r = s->last_err;
 		goto out;
 	}
-	if ((r = spool_sha256(s, hash)) == 0 &&
+	if ((r = s->write_err) != 0)
+		;   /* a write failed (ENOSPC): the old item stays */
+	else if ((r = spool_sha256(s, hash)) == 0 &&
 	    (r = spool_commit(s, dir_of(s->name), s->name)) == 0)
 		meta_write(s->name, s->fd, hash);
 	if (r != 0)
@@ -561,7 +563,8 @@ vi_rename(const char *from, const char *to, unsigned int flags)
 	/* A temporary is published onto a valid name; an item never
 	 * becomes a temporary (it would vanish). */
 	if (!temp_name_ok(from) || !temp_name_ok(to) ||
-	    (temp_name(to) && !temp_name(from)))
+	    (temp_name(to) && !temp_name(from)) ||
+	    (flags & RENAME_EXCHANGE))   /* the records follow one way only */
 		return -EINVAL;
 	if (renameat2(dir_of(from), from, dir_of(to), to, flags) < 0)
 		return -errno;

@@ -278,3 +278,29 @@ def test_daemon_not_dumpable(hsm, tmp_path):
         if dev_mode is not None:
             os.chmod("/dev/fuse", dev_mode)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("how", ["temporary", "overwrite"])
+def test_enospc_mid_write_publishes_nothing(tmpfs, mount_factory, how):
+    """A write that fails with ENOSPC leaves bytes that are not what the
+    writer sent: /verify-in and /sign-out must not store or sign them at
+    close, and a temporary that failed so cannot replace the item by
+    rename(); the item keeps its bytes (issue 13: never a half-state)."""
+    m = mount_factory(store=tmpfs / "store")
+    old = {"verify-in": b"v" * 5000, "sign-out": make_zip(seed=b"old")}
+    for f, d in old.items():
+        assert write(m.path(f, "item"), d) is None
+    stored = {f: (tmpfs / "store" / f / "item").read_bytes() for f in old}
+    fill(tmpfs / "ballast")
+    big = secrets.token_bytes(1 << 20)
+    new = {"verify-in": big, "sign-out": make_zip(seed=big[:64], size=1 << 20)}
+    for f, d in new.items():
+        target = m.path(f, ".item.t" if how == "temporary" else "item")
+        assert write(target, d) == errno.ENOSPC, f
+        if how == "temporary":
+            with pytest.raises(OSError):
+                os.rename(target, m.path(f, "item"))
+        assert (tmpfs / "store" / f / "item").read_bytes() == stored[f], f
+    os.unlink(tmpfs / "ballast")
+    assert read(m.path("sign-out", "item")) == (stored["sign-out"], None)
+    m.unmount()

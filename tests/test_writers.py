@@ -632,4 +632,98 @@ def test_leftover_temporaries_removed_after_timeout(mount_factory):
         return not os.path.exists(t) and not os.path.exists(f)
     wait_for(gone, timeout=30, what="leftover temporaries swept")
     assert "temporary file(s) of writers older than 1 s" in m.log()
+    # Each name, for whoever copied a dot file in on purpose.
+    assert "removed temporary .left.x1: not renamed onto a name" in m.log()
     m.unmount()
+
+
+def _renameat2(a, b, flags):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), flags) != 0:
+        return ctypes.get_errno()
+    return 0
+
+
+@pytest.mark.parametrize("folder", ["sign-out", "verify-in", "fields"])
+def test_rename_exchange_never_hides_an_item(env, folder):
+    """RENAME_EXCHANGE of a temporary and an item would turn the item into
+    a hidden temporary (and leave the per-name records behind);
+    RENAME_WHITEOUT would put a device node in the store: EINVAL, both
+    names as they were."""
+    e = env
+    item, tmp = e.m.path(folder, f"xchg-{folder}"), e.m.path(folder, ".xchg.t")
+    Path(item).write_bytes(content(e, folder, "xchg-item"))
+    before = Path(item).read_bytes()
+    Path(tmp).write_bytes(content(e, folder, "xchg-tmp"))
+    for flags in (2, 4):   # RENAME_EXCHANGE, RENAME_WHITEOUT
+        assert _renameat2(tmp, item, flags) == errno.EINVAL
+        assert _renameat2(item, tmp, flags) == errno.EINVAL
+        assert Path(item).read_bytes() == before
+        assert os.path.basename(item) in os.listdir(e.m.path(folder))
+        assert os.path.exists(tmp)
+    no_hidden(e, folder)
+    # A plain rename still publishes the temporary.
+    os.rename(tmp, item)
+    assert not os.path.exists(tmp)
+    check(e, folder, os.path.basename(item), content(e, folder, "xchg-tmp"))
+
+
+def test_sweep_spares_open_slow_writers(mount_factory):
+    """A writer slower than temp_max_age (a long rsync, a stalled Java
+    copy) keeps its temporary: the sweep removes only closed leftovers;
+    its bytes, written before and after the sweep, are published whole."""
+    m = mount_factory(opts={"temp_max_age": 1})
+    data = {"sign-out": small_zip("slow"), "verify-in": b"x" * 1000,
+            "fields": b"secret" * 100, "mail": message("slow")}
+    open_ = {}
+    for folder, d in data.items():
+        f = open(m.path(folder, ".slow.t"), "wb", buffering=0)
+        f.write(d[:len(d) // 2])
+        open_[folder] = f
+    left = m.path("fields", ".left.t")
+    Path(left).write_bytes(b"abandoned")
+
+    def swept():
+        for folder in data:
+            os.listdir(m.path(folder))
+        return not os.path.exists(left)
+    wait_for(swept, timeout=30, what="abandoned temporary swept")
+    for folder, d in data.items():
+        f = open_[folder]
+        f.write(d[len(d) // 2:])
+        f.close()
+        os.rename(m.path(folder, ".slow.t"), m.path(folder, "slow"))
+        assert "slow" in os.listdir(m.path(folder))
+    assert Path(m.path("fields", "slow")).read_bytes() == data["fields"]
+    # Stored as written (reading it fails: not a signed zip).
+    assert os.stat(m.path("verify-in", "slow")).st_size == 1000
+    with zipfile.ZipFile(m.path("sign-out", "slow")) as z:
+        assert z.read("config/app.properties") == b"tag=slow\n" * 20
+    assert os.getxattr(m.path("sign-out", "slow"),
+                       "user.hsmfs.sign").startswith(b"signed")
+    m.unmount()
+
+
+@pytest.mark.parametrize("opts", [
+    "", "set backupcopy=yes", "set backupcopy=no", "set nobackup nowritebackup",
+    "set backup backupdir=/tmp"])
+def test_real_vim_saves_a_field(env, opts):
+    """vim.tiny itself edits MNT/fields/NAME (swap file in the folder,
+    each 'backupcopy'/'writebackup' variant): the field holds the edited
+    value, nothing else is listed, no plaintext reaches the store."""
+    e = env
+    d = e.m.path("fields")
+    name = f"rvim-{secrets.token_hex(3)}"
+    Path(d, name).write_bytes(b"user=alice\npassword=old\n")
+    secret = f"new-{secrets.token_hex(8)}".encode()
+    p = run(["vim.tiny", "-u", "NONE", "-i", "NONE", "-N", "-es",
+             "-c", "set directory=.", "-c", opts or "set nocompatible",
+             "-c", f"%s/password=old/password={secret.decode()}/", "-c", "wq",
+             name], cwd=d, check=False, env={**os.environ, "HOME": str(e.tmp)})
+    assert p.returncode == 0, p.stdout + p.stderr
+    check(e, "fields", name, b"user=alice\npassword=" + secret + b"\n")
+    assert name in os.listdir(d)
+    for f in (Path(e.m.store) / "fields").rglob("*"):
+        if f.is_file():
+            assert secret not in f.read_bytes(), f
