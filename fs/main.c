@@ -1241,14 +1241,26 @@ usage(const char *prog)
 
 /* ---- start-up checks (SPEC §1) ---- */
 
+/* Whether path a is b or below it (both absolute, canonical). */
+static int
+path_within(const char *a, const char *b)
+{
+	size_t n = strlen(b);
+	while (n > 1 && b[n - 1] == '/')
+		n--;
+	if (n == 1 && b[0] == '/')
+		return 1;
+	return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
+}
+
 static int
 check_store(void)
 {
 	char path[PATH_MAX], holder[PATH_MAX + 64];
 	struct stat st;
-	int fd;
+	int fd, made = 1;
 
-	if (mkdir(cli.store, 0700) < 0 && errno != EEXIST) {
+	if (mkdir(cli.store, 0700) < 0 && (made = 0, errno != EEXIST)) {
 		fprintf(stderr, "hsmfs: store %s: cannot create: %s\n", cli.store,
 		    strerror(errno));
 		return -1;
@@ -1256,6 +1268,18 @@ check_store(void)
 	if (realpath(cli.store, path) == NULL || stat(path, &st) < 0 ||
 	    !S_ISDIR(st.st_mode)) {
 		fprintf(stderr, "hsmfs: store %s: not a directory\n", cli.store);
+		return -1;
+	}
+	/* Neither inside the other: a mount point in the store makes the
+	 * daemon's own scans of the store walk into its mount, and a store
+	 * under the mount point is hidden by it (and makes the mount point
+	 * non-empty at the next start). */
+	if (path_within(path, mnt_abs) || path_within(mnt_abs, path)) {
+		fprintf(stderr, "hsmfs: store %s and mount point %s overlap; put "
+		    "the mount point outside the store and the store outside the "
+		    "mount point\n", path, mnt_abs);
+		if (made)
+			rmdir(path);
 		return -1;
 	}
 	if (st.st_mode & 077)

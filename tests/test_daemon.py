@@ -398,3 +398,41 @@ def test_sd_notify_ready_reloading_stopping_watchdog(hsm, mount_factory, tmp_pat
     order = [w for msg in msgs for w in msg.split("\n")
              if w in ("READY=1", "RELOADING=1", "STOPPING=1")]
     assert order == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], msgs
+
+
+# ---- store and mount point overlap ----
+
+def test_store_and_mount_point_must_not_overlap(mount_factory, tmp_path):
+    m = mount_factory(start=False)
+    # A mount point inside the store: the daemon's scans of its store
+    # would walk into its own mount.
+    os.makedirs(m.store, mode=0o700, exist_ok=True)
+    inner = os.path.join(m.store, "mnt")
+    os.mkdir(inner)
+    m.mnt = inner
+    rc, out = start_fail(m)
+    assert rc != 0 and "overlap" in out, out
+    assert not is_mounted(inner)
+    # The same store reached through a symlink and a relative path.
+    os.symlink(m.store, tmp_path / "storelink")
+    p = subprocess.run([HSMFS, "storelink", os.path.relpath(inner, tmp_path),
+                        "-f", "-o", m._optstr(None)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "overlap" in p.stderr, p.stderr
+    os.rmdir(inner)
+    assert not os.path.exists(os.path.join(m.store, "lock"))
+    # A store inside the mount point would be hidden by the mount; a
+    # store that did not exist is not left behind.
+    m.mnt = str(m.root / "mnt")
+    m.store = os.path.join(m.mnt, "store")
+    rc, out = start_fail(m)
+    assert rc != 0 and "overlap" in out, out
+    assert os.listdir(m.mnt) == []
+    # The store as the mount point itself.
+    m.store = m.mnt
+    rc, out = start_fail(m)
+    assert rc != 0 and "overlap" in out, out
+    # Side by side they mount.
+    m.store = str(m.root / "store")
+    m.start()
+    assert os.path.exists(m.path(".status"))
