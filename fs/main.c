@@ -1690,12 +1690,18 @@ run_fuse(struct fuse_args *args)
 		sa.sa_handler = on_sighup;
 		sigemptyset(&sa.sa_mask);
 		sa.sa_flags = SA_RESTART;
+		sigset_t hup;
 		if (sem_init(&reload_sem, 0, 0) != 0 ||
 		    sigaction(SIGHUP, &sa, NULL) != 0) {
 			fprintf(stderr, "hsmfs: cannot handle SIGHUP: %s\n",
 			    strerror(errno));
 			goto out_signals;
 		}
+		/* Blocked since main(): a HUP sent while starting becomes a
+		 * reload once mounted. */
+		sigemptyset(&hup);
+		sigaddset(&hup, SIGHUP);
+		pthread_sigmask(SIG_UNBLOCK, &hup, NULL);
 	}
 	if (o.singlethread) {
 		res = fuse_loop(fuse);
@@ -1730,6 +1736,14 @@ main(int argc, char *argv[])
 	char fsname[PATH_MAX + 16];
 	int r;
 
+	/* SIGHUP means reload: until its handler is in place (after the
+	 * checks and the mount), hold it back instead of dying of it. */
+	{
+		sigset_t hup;
+		sigemptyset(&hup);
+		sigaddset(&hup, SIGHUP);
+		sigprocmask(SIG_BLOCK, &hup, NULL);
+	}
 	umask(077);
 	metrics_init();
 	the_fs.opt.mail_retry = 300;

@@ -436,3 +436,55 @@ def test_store_and_mount_point_must_not_overlap(mount_factory, tmp_path):
     m.store = str(m.root / "store")
     m.start()
     assert os.path.exists(m.path(".status"))
+
+
+def test_sighup_while_starting_becomes_a_reload(hsm, mount_factory, tmp_path):
+    """A HUP sent before the mount is up (here: while the keys are being
+    checked, the PIN coming from a FIFO nobody writes yet) must not kill
+    the daemon; it is held back and becomes a reload once mounted."""
+    import threading
+    import time
+    fifo = str(tmp_path / "pin.fifo")
+    os.mkfifo(fifo, 0o600)
+    m = mount_factory(start=False)
+    names = [d["key"] for d in __import__("conftest").DEFAULT_DESCRIPTORS]
+    hsm.config(m.config, key_attrs={n: {"pin": None, "pin.file": fifo}
+                                    for n in names})
+    m._log = open(m.logfile, "ab")
+    m.proc = subprocess.Popen([HSMFS, m.store, m.mnt, "-f", "-o",
+                               m._optstr(None)],
+                              stdout=m._log, stderr=subprocess.STDOUT)
+    children = f"/proc/{m.proc.pid}/task/{m.proc.pid}/children"
+    # The key check (a child process) now waits on the FIFO.
+    wait_for(lambda: m.proc.poll() is not None or
+             open(children).read().strip() != "", what="key check child")
+    assert m.proc.poll() is None, m.log()
+    m.proc.send_signal(signal.SIGHUP)
+    stop = threading.Event()
+
+    def feed():
+        while not stop.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:      # no reader right now
+                time.sleep(0.02)
+                continue
+            try:
+                os.write(fd, hsm.pin.encode() + b"\n")
+            finally:
+                os.close(fd)
+            time.sleep(0.02)
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: m.proc.poll() is not None or is_mounted(m.mnt),
+                 what="mount")
+        assert m.proc.poll() is None, m.log()
+        wait_for(lambda: status(m).get("config.reloads") == "1",
+                 what="the held-back HUP to reload")
+        assert status(m)["config.reload"] == "ok"
+    finally:
+        stop.set()
+        t.join()
+    m.unmount()
+
