@@ -488,3 +488,29 @@ def test_sighup_while_starting_becomes_a_reload(hsm, mount_factory, tmp_path):
         t.join()
     m.unmount()
 
+
+def test_reload_checks_a_changed_pin_source(hsm, mount_factory, tmp_path):
+    """A reload that changes only where a key's PIN comes from keeps the
+    logged-in session, but reads the new source: a PIN file that is not
+    there is refused now, not at the next start."""
+    from conftest import DEFAULT_DESCRIPTORS
+    m = mount_factory()
+    write_field(m, "a", "before")
+    names = [d["key"] for d in DEFAULT_DESCRIPTORS]
+    pinfile = str(tmp_path / "pin")
+    hsm.config(m.config, key_attrs={n: {"pin": None, "pin.file": pinfile}
+                                    for n in names})
+    p = run([TOOL, "reload", m.mnt], check=False)
+    assert p.returncode == 1 and pinfile in p.stderr, p.stderr
+    assert status(m)["config.generation"] == "1"
+    with open(pinfile, "w") as f:
+        f.write(hsm.pin + "\n")
+    os.chmod(pinfile, 0o600)
+    run([TOOL, "reload", m.mnt])
+    st = status(m)
+    assert st["config.reload"] == "ok" and st["config.generation"] == "2", st
+    assert open(m.path("fields", "a")).read() == "before"
+    # The same config starts a fresh daemon.
+    m.unmount()
+    m.start()
+    assert open(m.path("fields", "a")).read() == "before"
