@@ -856,6 +856,12 @@ reload_main(void *arg)
 				notify("WATCHDOG=1");
 			continue;
 		}
+		/* HUPs that came in meanwhile are all served by this one
+		 * reload (it reads the files after them). */
+		while (sem_trywait(&reload_sem) == 0)
+			;
+		if (reload_quit)
+			break;
 		reload_once();
 	}
 	return NULL;
