@@ -71,6 +71,7 @@ static int reload_running;
 static volatile sig_atomic_t reload_quit;
 static pthread_mutex_t reload_mu = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long reload_attempts, conf_generation = 1;
+static int reload_busy;   /* a reload has started reading the files */
 static char reload_result[600] = "none";   /* "ok" or "failed: ..." */
 static time_t reload_time;
 
@@ -196,6 +197,7 @@ status_text(size_t *len)
 	fprintf(f, "config.reloads: %lu\n", reload_attempts);
 	fprintf(f, "config.reload: %s\n", reload_result);
 	fprintf(f, "config.reload_time: %lld\n", (long long)reload_time);
+	fprintf(f, "config.reloading: %s\n", reload_busy ? "yes" : "no");
 	pthread_mutex_unlock(&reload_mu);
 	for (size_t i = 0; the_fs.keys && i < keyring_count(the_fs.keys); i++) {
 		hsm_key *k = keyring_at(the_fs.keys, i);
@@ -802,6 +804,7 @@ reload_once(void)
 	r = reload_config();
 	snprintf(why, sizeof(why), "%s (%s)", err_detail(), hsmfs_strerror(r));
 	pthread_mutex_lock(&reload_mu);
+	reload_busy = 0;
 	reload_attempts++;
 	reload_time = time(NULL);
 	if (r == 0) {
@@ -858,6 +861,9 @@ reload_main(void *arg)
 		}
 		/* HUPs that came in meanwhile are all served by this one
 		 * reload (it reads the files after them). */
+		pthread_mutex_lock(&reload_mu);
+		reload_busy = 1;
+		pthread_mutex_unlock(&reload_mu);
 		while (sem_trywait(&reload_sem) == 0)
 			;
 		if (reload_quit)

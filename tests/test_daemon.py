@@ -571,3 +571,51 @@ def test_sighup_storm_under_load(hsm, mount_factory):
     m.start()
     for i in range(3):
         assert open(m.path("fields", f"w{i}")).read().startswith(f"value {i} ")
+
+
+def test_reload_tool_waits_past_a_reload_in_progress(hsm, mount_factory,
+                                                     tmp_path):
+    """hsmfs-tool reload while another reload is still reading the old
+    files (here: a new key whose PIN comes from a FIFO nobody writes yet)
+    reports the outcome of a reload that read the files after it was
+    asked, not the one in progress."""
+    import threading
+    import time
+    if V2 not in hsm.keys:
+        hsm.make_key(V2, method="pkcs11-tool")
+    fifo1, fifo2 = str(tmp_path / "pin1"), str(tmp_path / "pin2")
+    os.mkfifo(fifo1, 0o600)
+    os.mkfifo(fifo2, 0o600)
+    m = mount_factory()
+    hsm.config(m.config, descriptors=[V2_DESC],
+               key_attrs={V2: {"pin": None, "pin.file": fifo1}})
+    m.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: status(m)["config.reloading"] == "yes",
+             what="a reload in progress")
+    # The operator's edit, then the tool: a key that does not exist (its
+    # PIN from a second FIFO, so that this reload is slow too).
+    bad = dict(V2_DESC, version=3, key="noSuchKeyAlias")
+    hsm.config(m.config, descriptors=[V2_DESC, bad],
+               key_attrs={V2: {"pin": None, "pin.file": fifo1},
+                          "noSuchKeyAlias": {"pin": None, "pin.file": fifo2}})
+    out = {}
+
+    def tool():
+        out["p"] = run([TOOL, "reload", m.mnt], check=False)
+    t = threading.Thread(target=tool)
+    t.start()
+    try:
+        time.sleep(1)        # the tool looks and signals meanwhile
+        for fifo, reloads in ((fifo1, "1"), (fifo2, "2")):
+            fd = os.open(fifo, os.O_WRONLY)
+            os.write(fd, hsm.pin.encode() + b"\n")
+            os.close(fd)
+            wait_for(lambda: status(m)["config.reloads"] == reloads,
+                     what=f"reload {reloads}")
+    finally:
+        t.join(timeout=120)
+    p = out["p"]
+    assert p.returncode == 1 and "noSuchKeyAlias" in p.stderr, (p.stdout,
+                                                                p.stderr)
+    st = status(m)
+    assert st["config.generation"] == "2" and st["config.reloading"] == "no"
