@@ -619,3 +619,21 @@ def test_reload_tool_waits_past_a_reload_in_progress(hsm, mount_factory,
                                                                 p.stderr)
     st = status(m)
     assert st["config.generation"] == "2" and st["config.reloading"] == "no"
+
+
+def test_planted_lock_symlink_refused(mount_factory, tmp_path):
+    """STORE/lock as a symlink (planted by someone who could write the
+    store) is not followed: the start is refused and the target untouched."""
+    m = mount_factory(start=False)
+    os.makedirs(m.store, mode=0o700, exist_ok=True)
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    os.symlink(target, os.path.join(m.store, "lock"))
+    rc, out = start_fail(m)
+    assert rc != 0 and "cannot lock" in out, out
+    assert len(out.strip().splitlines()) == 1, out
+    assert not is_mounted(m.mnt)
+    assert target.read_text() == "precious\n"
+    os.unlink(os.path.join(m.store, "lock"))
+    m.start()
+    assert os.path.exists(m.path(".status"))
