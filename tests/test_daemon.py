@@ -637,3 +637,41 @@ def test_planted_lock_symlink_refused(mount_factory, tmp_path):
     os.unlink(os.path.join(m.store, "lock"))
     m.start()
     assert os.path.exists(m.path(".status"))
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "fusermount3"])
+def test_sighup_storm_while_stopping(mount_factory, stop):
+    """HUPs keep coming while the daemon unmounts (STOPPING): it exits 0,
+    unmounted, and the store is free for the next start."""
+    import threading
+    m = mount_factory()
+    write_field(m, "a", "kept")
+    settle(m)
+    done = threading.Event()
+    # A pidfd: no HUP can reach another process that reuses the PID.
+    pidfd = os.pidfd_open(m.proc.pid)
+
+    def storm():
+        while not done.is_set():
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+            except ProcessLookupError:
+                return
+    t = threading.Thread(target=storm)
+    t.start()
+    try:
+        if stop == "SIGTERM":
+            m.proc.send_signal(signal.SIGTERM)
+        else:
+            run(["fusermount3", "-u", m.mnt])
+        rc = m.proc.wait(timeout=60)
+    finally:
+        done.set()
+        t.join()
+        os.close(pidfd)
+    m.proc = None
+    m._log.close()
+    assert rc == 0, m.log()
+    assert not is_mounted(m.mnt)
+    m.start()
+    assert open(m.path("fields", "a")).read() == "kept"
