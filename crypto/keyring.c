@@ -55,6 +55,14 @@ same_key(const struct engine_key *a, const struct engine_key *b)
 	    x.pool_size == y.pool_size;
 }
 
+static int
+same_pin_source(const struct engine_key *a, const struct engine_key *b)
+{
+	return str_eq(a->pin, b->pin) && str_eq(a->pin_encrypted,
+	    b->pin_encrypted) && str_eq(a->pin_file, b->pin_file) &&
+	    str_eq(a->pin_env, b->pin_env);
+}
+
 static void
 shared_put(struct shared_key *s)
 {
@@ -88,6 +96,17 @@ keyring_reopen(const struct keyring *old, const struct engine *e,
 			continue;
 		for (size_t j = 0; old != NULL && j < old->n; j++)
 			if (same_key(old->ekeys[j], ek)) {
+				/* Logged in already, but a changed PIN source is
+				 * read now: a reload that says ok must not leave a
+				 * config that fails at the next start. */
+				if (!same_pin_source(old->ekeys[j], ek)) {
+					if ((r = engine_key_pin(ek, &pin)) != 0) {
+						err_prefix("key %s: ", ek->name);
+						goto fail;
+					}
+					engine_pin_free(pin);
+					pin = NULL;
+				}
 				s = old->keys[j];
 				atomic_fetch_add(&s->refs, 1);
 				break;

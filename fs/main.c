@@ -72,6 +72,7 @@ static int reload_running;
 static volatile sig_atomic_t reload_quit;
 static pthread_mutex_t reload_mu = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long reload_attempts, conf_generation = 1;
+static int reload_busy;   /* a reload has started reading the files */
 static char reload_result[600] = "none";   /* "ok" or "failed: ..." */
 static time_t reload_time;
 
@@ -197,6 +198,7 @@ status_text(size_t *len, int ask)
 	fprintf(f, "config.reloads: %lu\n", reload_attempts);
 	fprintf(f, "config.reload: %s\n", reload_result);
 	fprintf(f, "config.reload_time: %lld\n", (long long)reload_time);
+	fprintf(f, "config.reloading: %s\n", reload_busy ? "yes" : "no");
 	pthread_mutex_unlock(&reload_mu);
 	for (size_t i = 0; the_fs.keys && i < keyring_count(the_fs.keys); i++) {
 		hsm_key *k = keyring_at(the_fs.keys, i);
@@ -809,6 +811,7 @@ reload_once(void)
 	r = reload_config();
 	snprintf(why, sizeof(why), "%s (%s)", err_detail(), hsmfs_strerror(r));
 	pthread_mutex_lock(&reload_mu);
+	reload_busy = 0;
 	reload_attempts++;
 	reload_time = time(NULL);
 	if (r == 0) {
@@ -863,6 +866,15 @@ reload_main(void *arg)
 				notify("WATCHDOG=1");
 			continue;
 		}
+		/* HUPs that came in meanwhile are all served by this one
+		 * reload (it reads the files after them). */
+		pthread_mutex_lock(&reload_mu);
+		reload_busy = 1;
+		pthread_mutex_unlock(&reload_mu);
+		while (sem_trywait(&reload_sem) == 0)
+			;
+		if (reload_quit)
+			break;
 		reload_once();
 	}
 	return NULL;
@@ -1248,14 +1260,26 @@ usage(const char *prog)
 
 /* ---- start-up checks (SPEC §1) ---- */
 
+/* Whether path a is b or below it (both absolute, canonical). */
+static int
+path_within(const char *a, const char *b)
+{
+	size_t n = strlen(b);
+	while (n > 1 && b[n - 1] == '/')
+		n--;
+	if (n == 1 && b[0] == '/')
+		return 1;
+	return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
+}
+
 static int
 check_store(void)
 {
 	char path[PATH_MAX], holder[PATH_MAX + 64];
 	struct stat st;
-	int fd;
+	int fd, made = 1;
 
-	if (mkdir(cli.store, 0700) < 0 && errno != EEXIST) {
+	if (mkdir(cli.store, 0700) < 0 && (made = 0, errno != EEXIST)) {
 		fprintf(stderr, "hsmfs: store %s: cannot create: %s\n", cli.store,
 		    strerror(errno));
 		return -1;
@@ -1263,6 +1287,18 @@ check_store(void)
 	if (realpath(cli.store, path) == NULL || stat(path, &st) < 0 ||
 	    !S_ISDIR(st.st_mode)) {
 		fprintf(stderr, "hsmfs: store %s: not a directory\n", cli.store);
+		return -1;
+	}
+	/* Neither inside the other: a mount point in the store makes the
+	 * daemon's own scans of the store walk into its mount, and a store
+	 * under the mount point is hidden by it (and makes the mount point
+	 * non-empty at the next start). */
+	if (path_within(path, mnt_abs) || path_within(mnt_abs, path)) {
+		fprintf(stderr, "hsmfs: store %s and mount point %s overlap; put "
+		    "the mount point outside the store and the store outside the "
+		    "mount point\n", path, mnt_abs);
+		if (made)
+			rmdir(path);
 		return -1;
 	}
 	if (st.st_mode & 077)
@@ -1673,12 +1709,18 @@ run_fuse(struct fuse_args *args)
 		sa.sa_handler = on_sighup;
 		sigemptyset(&sa.sa_mask);
 		sa.sa_flags = SA_RESTART;
+		sigset_t hup;
 		if (sem_init(&reload_sem, 0, 0) != 0 ||
 		    sigaction(SIGHUP, &sa, NULL) != 0) {
 			fprintf(stderr, "hsmfs: cannot handle SIGHUP: %s\n",
 			    strerror(errno));
 			goto out_signals;
 		}
+		/* Blocked since main(): a HUP sent while starting becomes a
+		 * reload once mounted. */
+		sigemptyset(&hup);
+		sigaddset(&hup, SIGHUP);
+		pthread_sigmask(SIG_UNBLOCK, &hup, NULL);
 	}
 	if (o.singlethread) {
 		res = fuse_loop(fuse);
@@ -1713,6 +1755,14 @@ main(int argc, char *argv[])
 	char fsname[PATH_MAX + 16];
 	int r;
 
+	/* SIGHUP means reload: until its handler is in place (after the
+	 * checks and the mount), hold it back instead of dying of it. */
+	{
+		sigset_t hup;
+		sigemptyset(&hup);
+		sigaddset(&hup, SIGHUP);
+		sigprocmask(SIG_BLOCK, &hup, NULL);
+	}
 	umask(077);
 	/* Again in op_init (after daemonising); here already because the
 	 * configuration, with its PINs, is read before that. */

@@ -398,3 +398,280 @@ def test_sd_notify_ready_reloading_stopping_watchdog(hsm, mount_factory, tmp_pat
     order = [w for msg in msgs for w in msg.split("\n")
              if w in ("READY=1", "RELOADING=1", "STOPPING=1")]
     assert order == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], msgs
+
+
+# ---- store and mount point overlap ----
+
+def test_store_and_mount_point_must_not_overlap(mount_factory, tmp_path):
+    m = mount_factory(start=False)
+    # A mount point inside the store: the daemon's scans of its store
+    # would walk into its own mount.
+    os.makedirs(m.store, mode=0o700, exist_ok=True)
+    inner = os.path.join(m.store, "mnt")
+    os.mkdir(inner)
+    m.mnt = inner
+    rc, out = start_fail(m)
+    assert rc != 0 and "overlap" in out, out
+    assert not is_mounted(inner)
+    # The same store reached through a symlink and a relative path.
+    os.symlink(m.store, tmp_path / "storelink")
+    p = subprocess.run([HSMFS, "storelink", os.path.relpath(inner, tmp_path),
+                        "-f", "-o", m._optstr(None)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "overlap" in p.stderr, p.stderr
+    os.rmdir(inner)
+    assert not os.path.exists(os.path.join(m.store, "lock"))
+    # A store inside the mount point would be hidden by the mount; a
+    # store that did not exist is not left behind.
+    m.mnt = str(m.root / "mnt")
+    m.store = os.path.join(m.mnt, "store")
+    rc, out = start_fail(m)
+    assert rc != 0 and "overlap" in out, out
+    assert os.listdir(m.mnt) == []
+    # The store as the mount point itself.
+    m.store = m.mnt
+    rc, out = start_fail(m)
+    assert rc != 0 and "overlap" in out, out
+    # Side by side they mount.
+    m.store = str(m.root / "store")
+    m.start()
+    assert os.path.exists(m.path(".status"))
+
+
+def test_sighup_while_starting_becomes_a_reload(hsm, mount_factory, tmp_path):
+    """A HUP sent before the mount is up (here: while the keys are being
+    checked, the PIN coming from a FIFO nobody writes yet) must not kill
+    the daemon; it is held back and becomes a reload once mounted."""
+    import threading
+    import time
+    fifo = str(tmp_path / "pin.fifo")
+    os.mkfifo(fifo, 0o600)
+    m = mount_factory(start=False)
+    names = [d["key"] for d in __import__("conftest").DEFAULT_DESCRIPTORS]
+    hsm.config(m.config, key_attrs={n: {"pin": None, "pin.file": fifo}
+                                    for n in names})
+    m._log = open(m.logfile, "ab")
+    m.proc = subprocess.Popen([HSMFS, m.store, m.mnt, "-f", "-o",
+                               m._optstr(None)],
+                              stdout=m._log, stderr=subprocess.STDOUT)
+    children = f"/proc/{m.proc.pid}/task/{m.proc.pid}/children"
+    # The key check (a child process) now waits on the FIFO.
+    wait_for(lambda: m.proc.poll() is not None or
+             open(children).read().strip() != "", what="key check child")
+    assert m.proc.poll() is None, m.log()
+    m.proc.send_signal(signal.SIGHUP)
+    stop = threading.Event()
+
+    def feed():
+        while not stop.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:      # no reader right now
+                time.sleep(0.02)
+                continue
+            try:
+                os.write(fd, hsm.pin.encode() + b"\n")
+            finally:
+                os.close(fd)
+            time.sleep(0.02)
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: m.proc.poll() is not None or is_mounted(m.mnt),
+                 what="mount")
+        assert m.proc.poll() is None, m.log()
+        wait_for(lambda: status(m).get("config.reloads") == "1",
+                 what="the held-back HUP to reload")
+        assert status(m)["config.reload"] == "ok"
+    finally:
+        stop.set()
+        t.join()
+    m.unmount()
+
+
+def test_reload_checks_a_changed_pin_source(hsm, mount_factory, tmp_path):
+    """A reload that changes only where a key's PIN comes from keeps the
+    logged-in session, but reads the new source: a PIN file that is not
+    there is refused now, not at the next start."""
+    from conftest import DEFAULT_DESCRIPTORS
+    m = mount_factory()
+    write_field(m, "a", "before")
+    names = [d["key"] for d in DEFAULT_DESCRIPTORS]
+    pinfile = str(tmp_path / "pin")
+    hsm.config(m.config, key_attrs={n: {"pin": None, "pin.file": pinfile}
+                                    for n in names})
+    p = run([TOOL, "reload", m.mnt], check=False)
+    assert p.returncode == 1 and pinfile in p.stderr, p.stderr
+    assert status(m)["config.generation"] == "1"
+    with open(pinfile, "w") as f:
+        f.write(hsm.pin + "\n")
+    os.chmod(pinfile, 0o600)
+    run([TOOL, "reload", m.mnt])
+    st = status(m)
+    assert st["config.reload"] == "ok" and st["config.generation"] == "2", st
+    assert open(m.path("fields", "a")).read() == "before"
+    # The same config starts a fresh daemon.
+    m.unmount()
+    m.start()
+    assert open(m.path("fields", "a")).read() == "before"
+
+
+def test_sighup_storm_under_load(hsm, mount_factory):
+    """100 HUPs in a row while fields are written and read and .metrics is
+    scraped: no crash, every HUP is one reload, the state is consistent
+    and the data intact."""
+    import threading
+    m = mount_factory()
+    errors = []
+    stop = threading.Event()
+
+    def writer(i):
+        n = 0
+        while not stop.is_set():
+            try:
+                write_field(m, f"w{i}", f"value {i} {n}")
+                assert open(m.path("fields", f"w{i}")).read() == \
+                    f"value {i} {n}"
+                n += 1
+            except Exception as e:      # reported below
+                errors.append(repr(e))
+                return
+
+    def scraper():
+        while not stop.is_set():
+            try:
+                text = open(m.path(".metrics")).read()
+                assert text.endswith("\n") and "hsmfs_" in text
+            except Exception as e:
+                errors.append(repr(e))
+                return
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+    threads.append(threading.Thread(target=scraper))
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(100):
+            m.proc.send_signal(signal.SIGHUP)
+        # HUPs that arrive while one is pending coalesce (signals do not
+        # queue); one more, waited for, ends the storm.
+        assert run([TOOL, "reload", m.mnt]).stdout.strip() == "reload: ok"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert m.proc.poll() is None, m.log()
+    assert not errors, errors
+    st = status(m)
+    reloads = int(st["config.reloads"])
+    assert 1 <= reloads <= 101, st
+    assert st["config.reload"] == "ok", st
+    assert st["config.generation"] == str(reloads + 1), st
+    settle(m)
+    m.unmount()
+    m.start()
+    for i in range(3):
+        assert open(m.path("fields", f"w{i}")).read().startswith(f"value {i} ")
+
+
+def test_reload_tool_waits_past_a_reload_in_progress(hsm, mount_factory,
+                                                     tmp_path):
+    """hsmfs-tool reload while another reload is still reading the old
+    files (here: a new key whose PIN comes from a FIFO nobody writes yet)
+    reports the outcome of a reload that read the files after it was
+    asked, not the one in progress."""
+    import threading
+    import time
+    if V2 not in hsm.keys:
+        hsm.make_key(V2, method="pkcs11-tool")
+    fifo1, fifo2 = str(tmp_path / "pin1"), str(tmp_path / "pin2")
+    os.mkfifo(fifo1, 0o600)
+    os.mkfifo(fifo2, 0o600)
+    m = mount_factory()
+    hsm.config(m.config, descriptors=[V2_DESC],
+               key_attrs={V2: {"pin": None, "pin.file": fifo1}})
+    m.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: status(m)["config.reloading"] == "yes",
+             what="a reload in progress")
+    # The operator's edit, then the tool: a key that does not exist (its
+    # PIN from a second FIFO, so that this reload is slow too).
+    bad = dict(V2_DESC, version=3, key="noSuchKeyAlias")
+    hsm.config(m.config, descriptors=[V2_DESC, bad],
+               key_attrs={V2: {"pin": None, "pin.file": fifo1},
+                          "noSuchKeyAlias": {"pin": None, "pin.file": fifo2}})
+    out = {}
+
+    def tool():
+        out["p"] = run([TOOL, "reload", m.mnt], check=False)
+    t = threading.Thread(target=tool)
+    t.start()
+    try:
+        time.sleep(1)        # the tool looks and signals meanwhile
+        for fifo, reloads in ((fifo1, "1"), (fifo2, "2")):
+            fd = os.open(fifo, os.O_WRONLY)
+            os.write(fd, hsm.pin.encode() + b"\n")
+            os.close(fd)
+            wait_for(lambda: status(m)["config.reloads"] == reloads,
+                     what=f"reload {reloads}")
+    finally:
+        t.join(timeout=120)
+    p = out["p"]
+    assert p.returncode == 1 and "noSuchKeyAlias" in p.stderr, (p.stdout,
+                                                                p.stderr)
+    st = status(m)
+    assert st["config.generation"] == "2" and st["config.reloading"] == "no"
+
+
+def test_planted_lock_symlink_refused(mount_factory, tmp_path):
+    """STORE/lock as a symlink (planted by someone who could write the
+    store) is not followed: the start is refused and the target untouched."""
+    m = mount_factory(start=False)
+    os.makedirs(m.store, mode=0o700, exist_ok=True)
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    os.symlink(target, os.path.join(m.store, "lock"))
+    rc, out = start_fail(m)
+    assert rc != 0 and "cannot lock" in out, out
+    assert len(out.strip().splitlines()) == 1, out
+    assert not is_mounted(m.mnt)
+    assert target.read_text() == "precious\n"
+    os.unlink(os.path.join(m.store, "lock"))
+    m.start()
+    assert os.path.exists(m.path(".status"))
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "fusermount3"])
+def test_sighup_storm_while_stopping(mount_factory, stop):
+    """HUPs keep coming while the daemon unmounts (STOPPING): it exits 0,
+    unmounted, and the store is free for the next start."""
+    import threading
+    m = mount_factory()
+    write_field(m, "a", "kept")
+    settle(m)
+    done = threading.Event()
+    # A pidfd: no HUP can reach another process that reuses the PID.
+    pidfd = os.pidfd_open(m.proc.pid)
+
+    def storm():
+        while not done.is_set():
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+            except ProcessLookupError:
+                return
+    t = threading.Thread(target=storm)
+    t.start()
+    try:
+        if stop == "SIGTERM":
+            m.proc.send_signal(signal.SIGTERM)
+        else:
+            run(["fusermount3", "-u", m.mnt])
+        rc = m.proc.wait(timeout=60)
+    finally:
+        done.set()
+        t.join()
+        os.close(pidfd)
+    m.proc = None
+    m._log.close()
+    assert rc == 0, m.log()
+    assert not is_mounted(m.mnt)
+    m.start()
+    assert open(m.path("fields", "a")).read() == "kept"

@@ -84,7 +84,7 @@ def test_units_carry_the_configured_paths(inst):
         assert f"ExecStart={inst.sbin}/hsmfs " in text, unit
         assert f"ExecReload={inst.bin}/hsmfs-tool reload " in text
         assert "Type=notify" in text
-        assert "ExecStartPre=-/bin/fusermount3 -uz ${HSMFS_MOUNT}" in text
+        assert "/bin/fusermount3 -uz \"$$HSMFS_MOUNT\"" in text
         assert "LoadCredential=pin:" in text
         assert "SystemCallFilter=@system-service @mount" in text
         assert "@" not in text.replace("%i", "").split("[Unit]")[1].replace(
@@ -208,3 +208,29 @@ def test_units_of_a_non_default_prefix(tmp_path):
         assert "ExecReload=/opt/hsmfs/bin/hsmfs-tool reload " in text, unit
         assert "file:/opt/hsmfs/share/doc/hsmfs/README.md" in text, unit
         assert "/usr/local" not in text, unit
+
+
+def test_unit_clears_a_dead_mount_but_not_a_live_one(inst, mount):
+    """The units' ExecStartPre, run as systemd would (its $$ is a literal
+    $, the variable comes from the environment): a live mount at
+    HSMFS_MOUNT is left alone, a dead one left by a crash is detached."""
+    import shlex
+    import signal
+    from helpers import is_mounted, wait_for
+    for unit in ("hsmfs.service", "hsmfs@.service"):
+        text = inst.path(inst.units / unit).read_text()
+        pre = [ln.split("=", 1)[1] for ln in text.splitlines()
+               if ln.startswith("ExecStartPre=-") and "fusermount3" in ln]
+        assert len(pre) == 1, unit
+        argv = shlex.split(pre[0][1:].replace("$$", "$"))
+        env = dict(os.environ, HSMFS_MOUNT=mount.mnt)
+        subprocess.run(argv, env=env, timeout=60)
+        assert is_mounted(mount.mnt), f"{unit} detached a live mount"
+        assert os.path.exists(mount.path(".status"))
+    mount.proc.send_signal(signal.SIGKILL)
+    mount.proc.wait(timeout=30)
+    mount.proc = None
+    mount._log.close()
+    subprocess.run(argv, env=env, timeout=60)
+    wait_for(lambda: not is_mounted(mount.mnt), what="dead mount cleared")
+    mount.start()

@@ -30,7 +30,8 @@ status_value(const char *text, const char *key)
 }
 
 static int
-read_status(const char *mnt, unsigned long *reloads, long *pid, char **result)
+read_status(const char *mnt, unsigned long *reloads, long *pid, char **result,
+    int *busy)
 {
 	char path[4096], *text = NULL, *v;
 	size_t len;
@@ -51,6 +52,10 @@ read_status(const char *mnt, unsigned long *reloads, long *pid, char **result)
 	}
 	if (result)
 		*result = status_value(text, "config.reload");
+	if (busy && (v = status_value(text, "config.reloading")) != NULL) {
+		*busy = strcmp(v, "yes") == 0;
+		free(v);
+	}
 	free(text);
 	return ok == 2 ? 0 : -1;
 }
@@ -62,17 +67,20 @@ cmd_reload(int argc, char **argv)
 	long pid = 0, pid2 = 0;
 	char *result = NULL;
 	struct timespec nap = { 0, 50 * 1000 * 1000 };
-	int rc;
+	int rc, busy = 0;
 
 	if (argc != 2 || argv[1][0] == '-') {
 		tool_usage(stderr, "reload");
 		return TOOL_USAGE;
 	}
-	if (read_status(argv[1], &before, &pid, NULL) != 0 || pid <= 0) {
+	if (read_status(argv[1], &before, &pid, NULL, &busy) != 0 || pid <= 0) {
 		fprintf(stderr, "hsmfs-tool reload: %s: not an hsmfs mount (no pid "
 		    "and config.reloads in its .status)\n", argv[1]);
 		return TOOL_USAGE;
 	}
+	/* A reload already reading the files when we looked may have read
+	 * them before the edit we are asked to apply: its outcome is not
+	 * ours, the next one is. */
 	if (kill((pid_t)pid, SIGHUP) != 0) {
 		fprintf(stderr, "hsmfs-tool reload: %s: cannot signal hsmfs PID %ld: "
 		    "%s\n", argv[1], pid, strerror(errno));
@@ -81,11 +89,12 @@ cmd_reload(int argc, char **argv)
 	for (int i = 0; i < RELOAD_WAIT_S * 20; i++) {
 		free(result);
 		result = NULL;
-		if (read_status(argv[1], &now, &pid2, &result) == 0 && now > before)
+		if (read_status(argv[1], &now, &pid2, &result, NULL) == 0 &&
+		    now > before + (unsigned long)busy)
 			break;
 		nanosleep(&nap, NULL);
 	}
-	if (now <= before) {
+	if (now <= before + (unsigned long)busy) {
 		fprintf(stderr, "hsmfs-tool reload: %s: no answer from PID %ld within "
 		    "%d s\n", argv[1], pid, RELOAD_WAIT_S);
 		rc = TOOL_USAGE;
