@@ -638,6 +638,27 @@ zarc_open(const char *path, struct zarc *z)
 			r = bad("stored entry with different sizes: %s", e->name);
 			goto out;
 		}
+		/* ZipInputStream (JarInputStream) refuses a data descriptor on a
+		 * stored entry and sees nothing from there on; Java never
+		 * writes one. */
+		if (e->method == 0 && (e->flags & 0x0008)) {
+			r = bad("stored entry with a data descriptor: %s", e->name);
+			goto out;
+		}
+		/* Unix mode (version made by: Unix): unzip creates what it says,
+		 * so only a regular file (or no type) for a file name and a
+		 * directory (or no type) for a directory name. */
+		if (h[5] == 3 && (le32(h + 38) >> 16) != 0) {
+			uint32_t type = (le32(h + 38) >> 16) & 0170000;
+			int dir = nlen > 0 && e->name[nlen - 1] == '/';
+			if (type != 0 && type != (dir ? 0040000u : 0100000u)) {
+				r = bad("entry is not a regular %s by its Unix mode 0%o "
+				    "(a symbolic link or device for unzip): %s",
+				    dir ? "directory" : "file", le32(h + 38) >> 16,
+				    e->name);
+				goto out;
+			}
+		}
 		if (e->method == 8 && e->usize > JAR_RATIO_MIN_SIZE &&
 		    e->usize / (e->csize ? e->csize : 1) > JAR_MAX_RATIO) {
 			r = bad("compression ratio above %d:1 (zip bomb?): %s",
@@ -716,6 +737,14 @@ zarc_open(const char *path, struct zarc *z)
 		free(buf);
 		if (z64 < 0) {
 			r = z64;
+			goto out;
+		}
+		/* A zip64 local header (and so a 64-bit data descriptor) only
+		 * where the sizes need it: ZipInputStream takes the descriptor
+		 * width from the sizes, and Java writes no other. */
+		if (z64 > 0 && e->csize < 0xffffffffu && e->usize < 0xffffffffu) {
+			r = bad("zip64 local header for an entry whose sizes do not "
+			    "need it: %s", e->name);
 			goto out;
 		}
 		/* The zip64 values count only where the 32-bit field is the
@@ -797,6 +826,34 @@ zarc_open(const char *path, struct zarc *z)
 			r = bad("duplicate entry name: %s", v[i]->name);
 			goto out;
 		}
+	/* A name is a file or a directory, not both: no file `a` beside a
+	 * directory `a/` or an entry `a/b` (unzip cannot extract both). */
+	for (size_t i = 0; i < z->n; i++) {
+		const struct zent *e = v[i];
+		size_t lo = i + 1, hi = z->n;
+		if (e->nlen == 0 || e->name[e->nlen - 1] == '/')
+			continue;
+		while (lo < hi) {          /* first name >= e->name + "/" */
+			size_t mid = lo + (hi - lo) / 2;
+			const struct zent *m = v[mid];
+			size_t n = m->nlen < e->nlen ? m->nlen : e->nlen;
+			int c = memcmp(m->name, e->name, n);
+			if (c == 0)
+				c = m->nlen <= e->nlen ? -1 :
+				    (unsigned char)m->name[e->nlen] - '/';
+			if (c < 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo < z->n && v[lo]->nlen > e->nlen &&
+		    memcmp(v[lo]->name, e->name, e->nlen) == 0 &&
+		    v[lo]->name[e->nlen] == '/') {
+			r = bad("name used as both a file and a directory: %s",
+			    e->name);
+			goto out;
+		}
+	}
 	z->byname = v;
 	v = NULL;
 	r = 0;

@@ -28,8 +28,11 @@
 /* Part of every verdict cache key: bump it whenever jar_verify (crypto/
  * jar.c) accepts or refuses anything differently, so that no verdict
  * reached under older rules is ever reused. 1 was the key without it
- * (content hash + trust only); 2: the strict reader of issue 12. */
-#define VERIFY_FORMAT "hsmfs jar_verify format 2"
+ * (content hash + trust only); 2: the strict reader of issue 12; 3: no
+ * symlink or other non-regular Unix modes, no name both file and
+ * directory, no descriptor on stored entries, no needless zip64 local
+ * header. */
+#define VERIFY_FORMAT "hsmfs jar_verify format 3"
 
 static struct {
 	int dirfd, spooldir, metadir, verdir;

@@ -17,7 +17,7 @@ import pytest
 from helpers import run
 from test_zip import SIGNER_KEY, jarsign, make_zip, pki, status, write_file, zm  # noqa: F401
 
-VERIFY_FORMAT = b"hsmfs jar_verify format 2"     # fs/verifyin.c
+VERIFY_FORMAT = b"hsmfs jar_verify format 3"     # fs/verifyin.c
 
 
 @pytest.fixture
