@@ -645,10 +645,12 @@ zarc_open(const char *path, struct zarc *z)
 			r = bad("stored entry with a data descriptor: %s", e->name);
 			goto out;
 		}
-		/* Unix mode (version made by: Unix): unzip creates what it says,
-		 * so only a regular file (or no type) for a file name and a
-		 * directory (or no type) for a directory name. */
-		if (h[5] == 3 && (le32(h + 38) >> 16) != 0) {
+		/* Unix mode (high half of the external attributes): unzip
+		 * creates what it says (a symbolic link for the hosts Unix, VMS,
+		 * Atari, BeOS and AtheOS alike), so whatever the host: only a
+		 * regular file (or no type) for a file name and a directory (or
+		 * no type) for a directory name. */
+		if ((le32(h + 38) >> 16) != 0) {
 			uint32_t type = (le32(h + 38) >> 16) & 0170000;
 			int dir = nlen > 0 && e->name[nlen - 1] == '/';
 			if (type != 0 && type != (dir ? 0040000u : 0100000u)) {

@@ -415,8 +415,9 @@ def m_time_attrs(r, a):
     k = r.choice(["time", "symlink", "exec", "dirmode", "vermade", "iattr"])
     if k == "time":
         e.time, e.date = r.randrange(0x10000), r.randrange(0x10000)
-    elif k == "symlink":
-        e.vermade, e.eattr = 0x031e, 0o120777 << 16
+    elif k == "symlink":      # unzip: a link for Unix, VMS, Atari, BeOS, AtheOS
+        e.vermade = r.choice([0x031e, 0x021e, 0x051e, 0x101e, 0x1e1e, 0x001e])
+        e.eattr = 0o120777 << 16
     elif k == "exec":
         e.vermade, e.eattr = 0x031e, 0o100755 << 16
     elif k == "dirmode":
