@@ -741,10 +741,13 @@ zarc_open(const char *path, struct zarc *z)
 			r = z64;
 			goto out;
 		}
-		/* A zip64 local header (and so a 64-bit data descriptor) only
-		 * where the sizes need it: ZipInputStream takes the descriptor
-		 * width from the sizes, and Java writes no other. */
-		if (z64 > 0 && e->csize < 0xffffffffu && e->usize < 0xffffffffu) {
+		/* A data descriptor after a zip64 local header is 64-bit: only
+		 * where the sizes need it, as ZipInputStream takes the width
+		 * from the sizes (Java writes no other). Without a descriptor a
+		 * needless zip64 local header is harmless (Python's
+		 * force_zip64 writes one). */
+		if (z64 > 0 && (e->flags & 0x0008) && e->csize < 0xffffffffu &&
+		    e->usize < 0xffffffffu) {
 			r = bad("zip64 local header for an entry whose sizes do not "
 			    "need it: %s", e->name);
 			goto out;

@@ -30,8 +30,8 @@
  * reached under older rules is ever reused. 1 was the key without it
  * (content hash + trust only); 2: the strict reader of issue 12; 3: no
  * symlink or other non-regular Unix modes, no name both file and
- * directory, no descriptor on stored entries, no needless zip64 local
- * header. */
+ * directory, no descriptor on stored entries nor after a needless zip64
+ * local header. */
 #define VERIFY_FORMAT "hsmfs jar_verify format 3"
 
 static struct {
