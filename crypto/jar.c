@@ -655,6 +655,13 @@ zarc_open(const char *path, struct zarc *z)
 			r = bad("stored entry with different sizes: %s", e->name);
 			goto out;
 		}
+		/* ZipInputStream (JarInputStream) refuses a data descriptor on a
+		 * stored entry and sees nothing from there on; Java never
+		 * writes one. */
+		if (e->method == 0 && (e->flags & 0x0008)) {
+			r = bad("stored entry with a data descriptor: %s", e->name);
+			goto out;
+		}
 		if (e->method == 8 && e->usize > JAR_RATIO_MIN_SIZE &&
 		    e->usize / (e->csize ? e->csize : 1) > JAR_MAX_RATIO) {
 			r = bad("compression ratio above %d:1 (zip bomb?): %s",
@@ -733,6 +740,17 @@ zarc_open(const char *path, struct zarc *z)
 		free(buf);
 		if (z64 < 0) {
 			r = z64;
+			goto out;
+		}
+		/* A data descriptor after a zip64 local header is 64-bit: only
+		 * where the sizes need it, as ZipInputStream takes the width
+		 * from the sizes (Java writes no other). Without a descriptor a
+		 * needless zip64 local header is harmless (Python's
+		 * force_zip64 writes one). */
+		if (z64 > 0 && (e->flags & 0x0008) && e->csize < 0xffffffffu &&
+		    e->usize < 0xffffffffu) {
+			r = bad("zip64 local header for an entry whose sizes do not "
+			    "need it: %s", e->name);
 			goto out;
 		}
 		/* The zip64 values count only where the 32-bit field is the

@@ -29,8 +29,9 @@
  * jar.c) accepts or refuses anything differently, so that no verdict
  * reached under older rules is ever reused. 1 was the key without it
  * (content hash + trust only); 2: the strict reader of issue 12; 3: external
- * attributes (symlink, setuid, DOS directory bit on a file) and names
- * going through a file refused. */
+ * attributes (symlink, setuid, DOS directory bit on a file), names going
+ * through a file, descriptors on stored entries and after a needless
+ * zip64 local header refused. */
 #define VERIFY_FORMAT "hsmfs jar_verify format 3"
 
 static struct {

@@ -32,9 +32,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent.parent
 EMPTY_SHA = hashlib.sha256(b"").hexdigest()
-READERS = ("libzip", "libzip-checkcons", "python", "unzip", "java")
-# Optional: java.util.zip.ZipInputStream, local headers only (streaming).
-EXTRA_READERS = ("java-stream",)
+# java-stream: java.util.zip.ZipInputStream, local headers only (streaming).
+READERS = ("libzip", "libzip-checkcons", "python", "unzip", "java", "java-stream")
+EXTRA_READERS = ()
 
 
 @dataclass
@@ -315,7 +315,7 @@ def main():
     ap.add_argument("-v", "--verbose", action="store_true", help="print every verdict")
     ap.add_argument("--readers", default=",".join(READERS),
                     help="comma-separated, from " + ", ".join(READERS + EXTRA_READERS) +
-                    " (default: all but java-stream)")
+                    " (default: all)")
     ap.add_argument("zips", nargs="+")
     a = ap.parse_args()
     tmp = None

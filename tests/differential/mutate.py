@@ -30,9 +30,6 @@ from pathlib import Path
 SIG_LOCAL, SIG_CD, SIG_EOCD = 0x04034b50, 0x02014b50, 0x06054b50
 SIG_Z64EOCD, SIG_Z64LOC, SIG_DD = 0x06064b50, 0x07064b50, 0x08074b50
 EVIL = b"admin.password=attacker\nurl=https://evil.example/\n"
-# Mutations that make disagreements hsmfs does not refuse yet (reproducers
-# in tests/differential/open/): left out unless HSMFS_DIFF_OPEN=1.
-OPEN = os.environ.get("HSMFS_DIFF_OPEN") == "1"
 
 
 class Late:
@@ -416,12 +413,11 @@ def m_extra_holding(r, a):
 def m_time_attrs(r, a):
     e = r.choice(a.ents)
     k = r.choice(["time", "symlink", "exec", "dirmode", "vermade", "iattr"])
-    if k == "symlink" and not OPEN:     # open/symlink-entry.zip
-        k = "exec"
     if k == "time":
         e.time, e.date = r.randrange(0x10000), r.randrange(0x10000)
-    elif k == "symlink":
-        e.vermade, e.eattr = 0x031e, 0o120777 << 16
+    elif k == "symlink":      # unzip: a link for Unix, VMS, Atari, BeOS, AtheOS
+        e.vermade = r.choice([0x031e, 0x021e, 0x051e, 0x101e, 0x1e1e, 0x001e])
+        e.eattr = 0o120777 << 16
     elif k == "exec":
         e.vermade, e.eattr = 0x031e, 0o100755 << 16
     elif k == "dirmode":
@@ -573,8 +569,6 @@ META_NAMES = [b"META-INF/SIG-X", b"META-INF/SIG-FIXTURE.SF", b"META-INF/FIXTURE.
 def m_meta_inf(r, a):
     """Class 3 and case variants: extra files under META-INF."""
     nm = r.choice(META_NAMES)
-    if nm == b"META-INF/MANIFEST.MF/" and not OPEN:   # open/file-and-dir.zip
-        nm = b"META-INF/x/"
     src = {e.name.upper().rsplit(b".", 1)[-1]: e for e in a.ents}
     kind = nm.upper().rsplit(b".", 1)[-1]
     f = evil_ent(r, a.ents[0], nm)
