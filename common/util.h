@@ -13,6 +13,9 @@ int util_name_valid(const char *name);
  * Returns 0 or a negative hsmfs_err with err_set(). */
 int util_read_file(const char *path, size_t max, char **out, size_t *len);
 
+/* ISO 8601 UTC ("2026-12-05T21:22:14Z") of unix seconds t into buf. */
+void util_iso_utc(long long t, char *buf, size_t size);
+
 /* Hex (lowercase) of len bytes into out (2*len+1 bytes). */
 void util_hex(const uint8_t *in, size_t len, char *out);
 

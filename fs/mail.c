@@ -133,15 +133,6 @@ now_s(void)
 	return (long long)time(NULL);
 }
 
-static void
-iso_time(long long t, char *buf, size_t size)
-{
-	time_t tt = (time_t)t;
-	struct tm tm;
-	gmtime_r(&tt, &tm);
-	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 /* One printable line: replies may carry CR/LF or control bytes. */
 static void
 clean_line(char *s)
@@ -674,7 +665,7 @@ fail_entry_locked(struct qent *e, const char *reason)
 	struct entry_hdr h;
 	int n;
 
-	iso_time(now_s(), t, sizeof(t));
+	util_iso_utc(now_s(), t, sizeof(t));
 	if (hdr_read_at(mail.qfd, e->name, &h) != 0)
 		snprintf(h.msgid, sizeof(h.msgid), "(unknown)");
 	n = snprintf(buf, sizeof(buf), "%s %s\nattempts: %u\nqueued: %lld\n"
@@ -1209,14 +1200,14 @@ mail_status(FILE *out)
 		fprintf(out, "mail.next_retry: %s\n", mail.url ? "none" :
 		    "waiting for a relay");
 	} else {
-		iso_time(next < now ? now : next, t, sizeof(t));
+		util_iso_utc(next < now ? now : next, t, sizeof(t));
 		fprintf(out, "mail.next_retry: %s (in %lld s)\n", t,
 		    next < now ? 0 : next - now);
 	}
 	fprintf(out, "mail.sent: %lu\n", mail.sent_total);
 	fprintf(out, "mail.failed: %zu\n", failed);
 	if (mail.last_error[0]) {
-		iso_time(mail.last_error_time, t, sizeof(t));
+		util_iso_utc(mail.last_error_time, t, sizeof(t));
 		fprintf(out, "mail.last_error: %s %s\n", t, mail.last_error);
 	}
 	pthread_mutex_unlock(&mail.lock);
@@ -1874,8 +1865,8 @@ mail_getxattr(const char *path, const char *xname, char *value, size_t size)
 	st = e->st;
 	n = e->inflight;
 	pthread_mutex_unlock(&mail.lock);
-	iso_time(st.queued, tq, sizeof(tq));
-	iso_time(st.next, tn, sizeof(tn));
+	util_iso_utc(st.queued, tq, sizeof(tq));
+	util_iso_utc(st.next, tn, sizeof(tn));
 	n = snprintf(buf, sizeof(buf), "state=%s queued=%s attempts=%u next=%s "
 	    "last=%s", n ? "sending" : "queued", tq, st.attempts,
 	    mail.url ? tn : "waiting-for-relay", st.last[0] ? st.last : "-");

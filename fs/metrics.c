@@ -8,6 +8,7 @@
 #include "fs/fs.h"
 
 #include "common/err.h"
+#include "common/util.h"
 #include "common/log.h"
 
 #include <math.h>
@@ -421,15 +422,6 @@ error_metrics(struct metrics *m)
 
 /* ---- .status lines ---- */
 
-static void
-iso_utc(long long t, char *buf, size_t size)
-{
-	time_t tt = (time_t)t;
-	struct tm tm;
-	gmtime_r(&tt, &tm);
-	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 void
 metrics_status_key(FILE *out, hsm_key *k, int ask)
 {
@@ -440,7 +432,7 @@ metrics_status_key(FILE *out, hsm_key *k, int ask)
 
 	if (cert != NULL) {
 		long long na = asn1_time_unix(X509_get0_notAfter(cert));
-		iso_utc(na, t, sizeof(t));
+		util_iso_utc(na, t, sizeof(t));
 		fprintf(out, "key.%s.cert_not_after: %s (in %lld days)\n", nm, t,
 		    (na - (long long)time(NULL)) / 86400);
 	}
@@ -467,7 +459,7 @@ metrics_status_tail(FILE *out)
 	    log_warnings);
 	if (last_error_time) {
 		char t[32];
-		iso_utc(last_error_time, t, sizeof(t));
+		util_iso_utc(last_error_time, t, sizeof(t));
 		fprintf(out, "log.last_error: %s %s\n", t, last_error);
 	}
 	pthread_mutex_unlock(&err_lock);
