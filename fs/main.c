@@ -18,7 +18,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <libgen.h>
 #include <limits.h>
 #include <signal.h>
@@ -59,14 +58,16 @@ static char mnt_abs[PATH_MAX];     /* the mount point, absolute */
 /* ---- configuration lock and reload (SIGHUP) ----
  * Operations hold conf_lock for reading; reload_thread builds the new
  * engine and keyring outside it and takes it for writing only to swap.
- * reload_sem is posted by the SIGHUP handler (async-signal-safe). */
+ * SIGHUP is blocked in every thread from main() on and taken by the
+ * reload thread with sigtimedwait: no handler ever interrupts another
+ * thread (an SA_RESTART handler on the main thread could restart its
+ * wait in libfuse's loop after a SIGTERM, and the unmount was lost). */
 static pthread_rwlock_t conf_lock = PTHREAD_RWLOCK_INITIALIZER;
 /* The reload gate (see op_enter). */
 #define RELOAD_GATE_MS 200
 static atomic_int reload_waiting;
 static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
-static sem_t reload_sem;
 static pthread_t reload_tid;
 static int reload_running;
 static volatile sig_atomic_t reload_quit;
@@ -834,35 +835,36 @@ reload_once(void)
 	}
 }
 
-/* Waits for SIGHUP (reload_sem); with a systemd watchdog, also pings it
- * at half its interval. */
+/* Waits for SIGHUP (blocked, taken here with sigtimedwait); with a
+ * systemd watchdog, also pings it at half its interval. op_destroy wakes
+ * it with a SIGHUP of its own after setting reload_quit. */
 static void *
 reload_main(void *arg)
 {
 	uint64_t wd_usec = 0;
+	sigset_t hup;
+	const struct timespec zero = { 0, 0 };
+
+	sigemptyset(&hup);
+	sigaddset(&hup, SIGHUP);
 #ifdef HAVE_SYSTEMD
 	if (sd_watchdog_enabled(0, &wd_usec) <= 0)
 		wd_usec = 0;
 #endif
-	for (;;) {
+	while (!reload_quit) {
 		int r;
 		if (wd_usec) {
 			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += (time_t)(wd_usec / 2 / 1000000);
-			ts.tv_nsec += (long)(wd_usec / 2 % 1000000) * 1000;
-			if (ts.tv_nsec >= 1000000000L) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000L;
-			}
-			r = sem_timedwait(&reload_sem, &ts);
+			ts.tv_sec = (time_t)(wd_usec / 2 / 1000000);
+			ts.tv_nsec = (long)(wd_usec / 2 % 1000000) * 1000;
+			r = sigtimedwait(&hup, NULL, &ts);
 		} else {
-			r = sem_wait(&reload_sem);
+			r = sigwaitinfo(&hup, NULL);
 		}
 		if (reload_quit)
 			break;
-		if (r != 0) {
-			if (errno == ETIMEDOUT)
+		if (r < 0) {
+			if (errno == EAGAIN)
 				notify("WATCHDOG=1");
 			continue;
 		}
@@ -871,7 +873,7 @@ reload_main(void *arg)
 		pthread_mutex_lock(&reload_mu);
 		reload_busy = 1;
 		pthread_mutex_unlock(&reload_mu);
-		while (sem_trywait(&reload_sem) == 0)
+		while (sigtimedwait(&hup, NULL, &zero) > 0)
 			;
 		if (reload_quit)
 			break;
@@ -880,18 +882,32 @@ reload_main(void *arg)
 	return NULL;
 }
 
+/* Never runs: SIGHUP stays blocked and the reload thread takes it. It
+ * replaces libfuse's handler, which would unmount. */
 static void
 on_sighup(int sig)
 {
-	int e = errno;
-	sem_post(&reload_sem);
-	errno = e;
+	(void)sig;
 }
 
 static void *
 op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
+	sigset_t sigs, oldsigs;
 	int r;
+
+	/* The threads started here (history committer and signers, mail
+	 * sender, reload thread, any a PKCS#11 module starts) inherit this
+	 * mask: SIGTERM, SIGINT and SIGHUP go only to libfuse's threads. A
+	 * SIGTERM taken by one of ours would set libfuse's exit flag with no
+	 * thread woken to see it (lost under a HUP storm, when the main
+	 * thread already has a signal pending). */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGQUIT);
+	pthread_sigmask(SIG_BLOCK, &sigs, &oldsigs);
 
 	/* We are past daemonize: logging target, no core dumps of secrets,
 	 * locked memory for plaintext, then PKCS#11 and threads. */
@@ -919,6 +935,7 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		log_err("cannot open keys after start: %s (%s); unmounting",
 		    err_detail(), hsmfs_strerror(r));
 		fuse_exit(fuse_get_context()->fuse);
+		pthread_sigmask(SIG_SETMASK, &oldsigs, NULL);
 		return &the_fs;
 	}
 	for (size_t i = 0; i < NFOLDERS; i++) {
@@ -946,6 +963,7 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	else
 		log_err("cannot start the reload thread: %s; SIGHUP is ignored",
 		    strerror(r));
+	pthread_sigmask(SIG_SETMASK, &oldsigs, NULL);
 	log_info("mounted store %s", the_fs.store);
 	notify("READY=1\nSTATUS=serving %s on %s", the_fs.store, mnt_abs);
 	return &the_fs;
@@ -957,7 +975,7 @@ op_destroy(void *data)
 	notify("STOPPING=1\nSTATUS=unmounting %s", mnt_abs);
 	if (reload_running) {
 		reload_quit = 1;
-		sem_post(&reload_sem);
+		pthread_kill(reload_tid, SIGHUP);
 		pthread_join(reload_tid, NULL);
 		reload_running = 0;
 	}
@@ -1702,25 +1720,20 @@ run_fuse(struct fuse_args *args)
 	se = fuse_get_session(fuse);
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_unmount;
-	/* SIGHUP reloads (libfuse's handler would unmount). */
+	/* SIGHUP reloads (libfuse's handler would unmount). It stays
+	 * blocked (since main(): a HUP sent while starting becomes a reload
+	 * once mounted) and the reload thread takes it. */
 	{
 		struct sigaction sa;
 		memset(&sa, 0, sizeof(sa));
 		sa.sa_handler = on_sighup;
 		sigemptyset(&sa.sa_mask);
 		sa.sa_flags = SA_RESTART;
-		sigset_t hup;
-		if (sem_init(&reload_sem, 0, 0) != 0 ||
-		    sigaction(SIGHUP, &sa, NULL) != 0) {
+		if (sigaction(SIGHUP, &sa, NULL) != 0) {
 			fprintf(stderr, "hsmfs: cannot handle SIGHUP: %s\n",
 			    strerror(errno));
 			goto out_signals;
 		}
-		/* Blocked since main(): a HUP sent while starting becomes a
-		 * reload once mounted. */
-		sigemptyset(&hup);
-		sigaddset(&hup, SIGHUP);
-		pthread_sigmask(SIG_UNBLOCK, &hup, NULL);
 	}
 	if (o.singlethread) {
 		res = fuse_loop(fuse);
@@ -1755,8 +1768,9 @@ main(int argc, char *argv[])
 	char fsname[PATH_MAX + 16];
 	int r;
 
-	/* SIGHUP means reload: until its handler is in place (after the
-	 * checks and the mount), hold it back instead of dying of it. */
+	/* SIGHUP means reload: blocked in every thread for the daemon's life
+	 * (the reload thread takes it with sigtimedwait), so one sent while
+	 * starting is held back and becomes a reload once mounted. */
 	{
 		sigset_t hup;
 		sigemptyset(&hup);
