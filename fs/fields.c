@@ -7,8 +7,8 @@
  * temp) are sealed at close like any value, kept in STORE/fields/.temp/
  * and published by rename(). */
 #include "fs/fs.h"
-#include "fs/fieldstore.h"
-#include "fs/store.h"
+#include "store/fieldstore.h"
+#include "store/store.h"
 #include "fs/temp.h"
 #include "crypto/envelope.h"
 #include "common/err.h"

@@ -4,8 +4,8 @@
  * anchor -> wake writers), mount-time recovery and the .journal view.
  * Formats are crypto/tlog.c; layout and verification fs/history_store.c. */
 #include "fs/fs.h"
-#include "fs/history_store.h"
-#include "fs/store.h"
+#include "store/history_store.h"
+#include "store/store.h"
 #include "fs/temp.h"
 #include "common/err.h"
 #include "common/log.h"

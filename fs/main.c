@@ -8,10 +8,10 @@
 #include "fs/fs.h"
 
 #include <fuse_lowlevel.h>
-#include "fs/store.h"
+#include "store/store.h"
 #include "common/err.h"
 #include "common/log.h"
-#include "common/storelock.h"
+#include "store/storelock.h"
 #include "common/util.h"
 
 #include <dirent.h>

@@ -2,7 +2,7 @@
  * (fs/temp.h). The folders own what a temporary holds. */
 #include "fs/temp.h"
 #include "fs/fs.h"
-#include "fs/store.h"
+#include "store/store.h"
 #include "common/log.h"
 #include "common/util.h"
 

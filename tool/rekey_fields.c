@@ -7,10 +7,10 @@
 #include "tool/tool.h"
 #include "tool/fieldtool.h"
 #include "crypto/envelope.h"
-#include "fs/fieldstore.h"
-#include "fs/store.h"
+#include "store/fieldstore.h"
+#include "store/store.h"
 #include "common/err.h"
-#include "common/storelock.h"
+#include "store/storelock.h"
 #include "common/util.h"
 
 #include <dirent.h>

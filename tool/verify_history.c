@@ -3,7 +3,7 @@
  * (fs/history_store.c), optionally against checkpoints kept elsewhere: an
  * auditor's --expect file and the -o history_anchor file (--anchor). */
 #include "tool/tool.h"
-#include "fs/history_store.h"
+#include "store/history_store.h"
 #include "common/err.h"
 #include "common/util.h"
 #include "crypto/engine.h"

@@ -2,8 +2,8 @@
  * that keeps the daemon and an online rekey-fields from losing each
  * other's updates (a rekey reads, rewraps and renames under the lock; the
  * daemon's rename of a new value takes the same lock). */
-#include "fs/fieldstore.h"
-#include "fs/store.h"
+#include "store/fieldstore.h"
+#include "store/store.h"
 #include "common/err.h"
 
 #include <errno.h>

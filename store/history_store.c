@@ -1,8 +1,8 @@
 /* Verification of the /history store, shared by the daemon and the
  * offline tool so that both judge a history by exactly the same rules. */
-#include "fs/history_store.h"
+#include "store/history_store.h"
 #include "common/err.h"
-#include "fs/store.h"
+#include "store/store.h"
 
 #include <errno.h>
 #include <inttypes.h>

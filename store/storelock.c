@@ -1,7 +1,7 @@
-/* STORE/lock: see common/storelock.h. flock locks belong to the open file
+/* STORE/lock: see store/storelock.h. flock locks belong to the open file
  * description, so a daemon that forks (libfuse's daemonize) keeps the lock
  * in the child after the parent exits. */
-#include "common/storelock.h"
+#include "store/storelock.h"
 #include "common/err.h"
 
 #include <errno.h>
