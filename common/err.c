@@ -45,8 +45,10 @@ hsmfs_err_errno(int r)
 	case HSMFS_ERR_UNSUPPORTED: return EOPNOTSUPP;
 	case HSMFS_ERR_PERM: return EPERM;
 	case HSMFS_ERR_TOOBIG: return EFBIG;
-	default: return EIO;
 	}
+	if (r < 0 && r > -1000)
+		return -r;
+	return EIO;
 }
 
 int

@@ -9,25 +9,32 @@
 
 enum hsmfs_err {
 	HSMFS_OK = 0,
-	HSMFS_ERR_NOMEM = -1,
-	HSMFS_ERR_INVALID = -2,      /* bad input from the user: EINVAL */
-	HSMFS_ERR_BADMSG = -3,       /* failed verification/authentication: EBADMSG */
-	HSMFS_ERR_HSM = -4,          /* token or module failure: EIO */
-	HSMFS_ERR_PIN_INCORRECT = -5,
-	HSMFS_ERR_PIN_LOCKED = -6,
-	HSMFS_ERR_NOTFOUND = -7,     /* key, certificate, slot, file missing */
-	HSMFS_ERR_CONFIG = -8,
-	HSMFS_ERR_IO = -9,           /* system call failed: detail has errno text */
-	HSMFS_ERR_NOSPC = -10,
-	HSMFS_ERR_UNSUPPORTED = -11, /* feature not configured: EOPNOTSUPP */
-	HSMFS_ERR_CRYPTO = -12,      /* OpenSSL failure not caused by input */
-	HSMFS_ERR_PERM = -13,        /* operation not allowed: EPERM */
-	HSMFS_ERR_TOOBIG = -14,      /* EFBIG */
+	HSMFS_ERR_NOMEM = -1001,
+	HSMFS_ERR_INVALID = -1002,      /* bad input from the user: EINVAL */
+	HSMFS_ERR_BADMSG = -1003,       /* failed verification/authentication: EBADMSG */
+	HSMFS_ERR_HSM = -1004,          /* token or module failure: EIO */
+	HSMFS_ERR_PIN_INCORRECT = -1005,
+	HSMFS_ERR_PIN_LOCKED = -1006,
+	HSMFS_ERR_NOTFOUND = -1007,     /* key, certificate, slot, file missing */
+	HSMFS_ERR_CONFIG = -1008,
+	HSMFS_ERR_IO = -1009,           /* system call failed: detail has errno text */
+	HSMFS_ERR_NOSPC = -1010,
+	HSMFS_ERR_UNSUPPORTED = -1011, /* feature not configured: EOPNOTSUPP */
+	HSMFS_ERR_CRYPTO = -1012,      /* OpenSSL failure not caused by input */
+	HSMFS_ERR_PERM = -1013,        /* operation not allowed: EPERM */
+	HSMFS_ERR_TOOBIG = -1014,      /* EFBIG */
 };
 
 /* Static name of a code, e.g. "verification failed". */
 const char *hsmfs_strerror(int r);
-/* errno for a code (positive), for FUSE replies. */
+/* The codes lie below -1000, apart from -errno values, so a result can
+ * be told apart without knowing which layer produced it. */
+#define HSMFS_ERR_MIN (-1014)
+#define HSMFS_ERR_MAX (-1001)
+#define HSMFS_IS_ERR(r) ((r) <= HSMFS_ERR_MAX && (r) >= HSMFS_ERR_MIN)
+/* errno (positive) for a code, for FUSE replies and exit messages; a
+ * -errno value passes through (-EPERM -> EPERM), so the op wrappers of
+ * fs/ convert whatever a lower layer returned exactly once. */
 int hsmfs_err_errno(int r);
 /* Code for an errno value (ENOSPC -> HSMFS_ERR_NOSPC, ...). */
 int hsmfs_errno_err(int e);
