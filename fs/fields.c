@@ -8,7 +8,7 @@
  * and published by rename(). */
 #include "fs/fs.h"
 #include "store/fieldstore.h"
-#include "store/store.h"
+#include "store/dirio.h"
 #include "fs/temp.h"
 #include "crypto/envelope.h"
 #include "common/err.h"

@@ -5,7 +5,7 @@
  * Formats are crypto/tlog.c; layout and verification fs/history_store.c. */
 #include "fs/fs.h"
 #include "store/history_store.h"
-#include "store/store.h"
+#include "store/dirio.h"
 #include "fs/temp.h"
 #include "common/err.h"
 #include "common/log.h"

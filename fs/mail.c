@@ -20,7 +20,7 @@
  * never holds it during signing or network I/O; an entry it works on is
  * marked inflight and left alone by the FUSE side. */
 #include "fs/fs.h"
-#include "store/store.h"
+#include "store/dirio.h"
 #include "fs/temp.h"
 #include "crypto/smime.h"
 #include "common/err.h"

@@ -8,7 +8,7 @@
 #include "fs/fs.h"
 
 #include <fuse_lowlevel.h>
-#include "store/store.h"
+#include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "store/storelock.h"

@@ -5,7 +5,7 @@
  * .temp/ (signed zips of writers' temporaries until their rename). */
 #include "fs/fs.h"
 #include "fs/spool.h"
-#include "store/store.h"
+#include "store/dirio.h"
 #include "fs/temp.h"
 #include "crypto/jar.h"
 #include "common/err.h"

@@ -1,7 +1,7 @@
 /* Write spools of the zip folders: temp file per open handle, running
  * SHA-256, copy-on-write after commit, the list of names in flight. */
 #include "fs/spool.h"
-#include "store/store.h"
+#include "store/dirio.h"
 #include "common/err.h"
 
 #include <errno.h>

@@ -2,7 +2,7 @@
  * (fs/temp.h). The folders own what a temporary holds. */
 #include "fs/temp.h"
 #include "fs/fs.h"
-#include "store/store.h"
+#include "store/dirio.h"
 #include "common/log.h"
 #include "common/util.h"
 

@@ -3,7 +3,7 @@
  * other's updates (a rekey reads, rewraps and renames under the lock; the
  * daemon's rename of a new value takes the same lock). */
 #include "store/fieldstore.h"
-#include "store/store.h"
+#include "store/dirio.h"
 #include "common/err.h"
 
 #include <errno.h>

@@ -2,7 +2,7 @@
  * offline tool so that both judge a history by exactly the same rules. */
 #include "store/history_store.h"
 #include "common/err.h"
-#include "store/store.h"
+#include "store/dirio.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -8,7 +8,7 @@
 #include "tool/fieldtool.h"
 #include "crypto/envelope.h"
 #include "store/fieldstore.h"
-#include "store/store.h"
+#include "store/dirio.h"
 #include "common/err.h"
 #include "store/storelock.h"
 #include "common/util.h"

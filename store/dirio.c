@@ -1,6 +1,6 @@
 /* Atomic, durable writes to the backing store (temp + fsync + rename +
  * fsync dir). Temp names start with a dot so no folder ever lists them. */
-#include "store/store.h"
+#include "store/dirio.h"
 #include "common/err.h"
 
 #include <dirent.h>

@@ -2,8 +2,8 @@
  * Every visible change is atomic and durable: write a temp file (a dot
  * name, never listed), fsync, rename into place, fsync the directory.
  * Returns 0 or a negative hsmfs_err (HSMFS_ERR_NOSPC for a full disk). */
-#ifndef HSMFS_FS_STORE_H
-#define HSMFS_FS_STORE_H
+#ifndef HSMFS_STORE_DIRIO_H
+#define HSMFS_STORE_DIRIO_H
 
 #include <stddef.h>
 #include <sys/types.h>
