@@ -1,8 +1,9 @@
-/* Names, whole-file reads, encodings and the secure heap wrapper. */
+/* Names, whole-file reads, write-all, directory walks, encodings and the secure heap wrapper. */
 #include "common/util.h"
 #include "common/err.h"
 #include "common/log.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -31,18 +32,26 @@ util_name_valid(const char *name)
 	return 1;
 }
 
+/* errno of the failed call as an hsmfs_err, with "what name: text". */
+static int
+sys_fail(const char *what, const char *name)
+{
+	int e = errno;
+	err_set("%s %s: %s", what, name, strerror(e));
+	return hsmfs_errno_err(e);
+}
+
 int
-util_read_file(const char *path, size_t max, char **out, size_t *len)
+util_read_file_at(int dirfd, const char *name, size_t max, char **out,
+    size_t *len)
 {
 	int fd, r = HSMFS_ERR_IO;
 	char *buf = NULL;
-	size_t n = 0, cap = 4096;
+	size_t n = 0, cap = max < 4096 ? max + 1 : 4096;
 	ssize_t got;
 
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-		err_set("%s: %s", path, strerror(errno));
-		return errno == ENOENT ? HSMFS_ERR_NOTFOUND : HSMFS_ERR_IO;
-	}
+	if ((fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC)) < 0)
+		return sys_fail("open", name);
 	if ((buf = malloc(cap + 1)) == NULL) {
 		r = HSMFS_ERR_NOMEM;
 		goto out;
@@ -50,12 +59,12 @@ util_read_file(const char *path, size_t max, char **out, size_t *len)
 	for (;;) {
 		if (n == cap) {
 			char *nb;
-			if (cap >= max) {
-				err_set("%s: larger than %zu bytes", path, max);
+			if (n > max) {
+				err_set("%s: larger than %zu bytes", name, max);
 				r = HSMFS_ERR_TOOBIG;
 				goto out;
 			}
-			cap *= 2;
+			cap = cap > max / 2 ? max + 1 : cap * 2;
 			if ((nb = realloc(buf, cap + 1)) == NULL) {
 				r = HSMFS_ERR_NOMEM;
 				goto out;
@@ -66,12 +75,17 @@ util_read_file(const char *path, size_t max, char **out, size_t *len)
 		if (got < 0) {
 			if (errno == EINTR)
 				continue;
-			err_set("%s: %s", path, strerror(errno));
+			r = sys_fail("read", name);
 			goto out;
 		}
 		if (got == 0)
 			break;
 		n += (size_t)got;
+	}
+	if (n > max) {
+		err_set("%s: larger than %zu bytes", name, max);
+		r = HSMFS_ERR_TOOBIG;
+		goto out;
 	}
 	buf[n] = '\0';
 	*out = buf;
@@ -82,6 +96,81 @@ util_read_file(const char *path, size_t max, char **out, size_t *len)
 out:
 	free(buf);
 	close(fd);
+	return r;
+}
+
+int
+util_read_file(const char *path, size_t max, char **out, size_t *len)
+{
+	return util_read_file_at(AT_FDCWD, path, max, out, len);
+}
+
+/* The one write loop: pwrite at off, or write at the file offset when
+ * off < 0; EINTR and short writes retried. */
+static int
+write_loop(int fd, const void *buf, size_t len, off_t off)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = off < 0 ? write(fd, p, len) : pwrite(fd, p, len, off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return sys_fail("write", "file");
+		}
+		if (n == 0) {
+			err_set("write file: no progress");
+			return HSMFS_ERR_IO;
+		}
+		p += n;
+		len -= (size_t)n;
+		if (off >= 0)
+			off += n;
+	}
+	return 0;
+}
+
+int
+util_write_all(int fd, const void *buf, size_t len)
+{
+	return write_loop(fd, buf, len, -1);
+}
+
+int
+util_pwrite_all(int fd, const void *buf, size_t len, off_t off)
+{
+	if (off < 0) {
+		err_set("write file: negative offset");
+		return HSMFS_ERR_INVALID;
+	}
+	return write_loop(fd, buf, len, off);
+}
+
+int
+util_foreach_dir(int dirfd, util_dir_fn fn, void *arg)
+{
+	int fd = dup(dirfd), r = 0;
+	struct dirent *de;
+	DIR *d;
+
+	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+		r = sys_fail("list", "directory");
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	/* The dup shares the offset of dirfd: start from the top. */
+	rewinddir(d);
+	errno = 0;
+	while (r == 0 && (de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		r = fn(dirfd, de->d_name, arg);
+		errno = 0;
+	}
+	if (r == 0 && errno != 0)
+		r = sys_fail("list", "directory");
+	closedir(d);
 	return r;
 }
 

@@ -1,17 +1,36 @@
-/* Small helpers every layer needs: names, whole-file reads, hex/base64
+/* Small helpers every layer needs: names, whole-file reads and writes,
+ * one directory walk, hex/base64
  * through OpenSSL, and secure (locked, wiped) buffers for secrets. */
 #ifndef HSMFS_COMMON_UTIL_H
 #define HSMFS_COMMON_UTIL_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* SPEC §1: 1..255 chars of [A-Za-z0-9._-], not starting with a dot. */
 int util_name_valid(const char *name);
 
-/* Read a whole (small) file; *out is NUL-terminated, caller frees.
- * Returns 0 or a negative hsmfs_err with err_set(). */
+/* Read a whole (small) file of at most max bytes; *out is NUL-terminated,
+ * caller frees. Returns 0 or a negative hsmfs_err with err_set()
+ * (HSMFS_ERR_NOTFOUND when missing, HSMFS_ERR_TOOBIG over max). The
+ * _at form opens name relative to dirfd (AT_FDCWD: the working dir). */
 int util_read_file(const char *path, size_t max, char **out, size_t *len);
+int util_read_file_at(int dirfd, const char *name, size_t max, char **out,
+    size_t *len);
+
+/* Write all of buf (at the file offset, or at off for the p form),
+ * retrying EINTR and short writes. 0 or a negative hsmfs_err
+ * (HSMFS_ERR_NOSPC for a full disk) with err_set(). */
+int util_write_all(int fd, const void *buf, size_t len);
+int util_pwrite_all(int fd, const void *buf, size_t len, off_t off);
+
+/* Call fn(dirfd, name, arg) for every entry of the directory open at
+ * dirfd but "." and "..", from its start; dirfd stays open. fn returns 0
+ * to go on; anything else stops the walk and is returned. Returns 0,
+ * fn's value, or a negative hsmfs_err when the directory cannot be read. */
+typedef int (*util_dir_fn)(int dirfd, const char *name, void *arg);
+int util_foreach_dir(int dirfd, util_dir_fn fn, void *arg);
 
 /* ISO 8601 UTC ("2026-12-05T21:22:14Z") of unix seconds t into buf. */
 void util_iso_utc(long long t, char *buf, size_t size);
