@@ -1,0 +1,439 @@
+/* Start-up checks of the hsmfs daemon (SPEC §1), run before mounting:
+ * store, mount point, path options, truststore, SMTP options and keys.
+ * Each prints one line to stderr and returns -1 on failure. */
+#include "fs/daemon.h"
+
+#include "common/err.h"
+#include "common/util.h"
+#include "store/dirio.h"
+#include "store/storelock.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+
+/* Whether path a is b or below it (both absolute, canonical). */
+static int
+path_within(const char *a, const char *b)
+{
+	size_t n = strlen(b);
+	while (n > 1 && b[n - 1] == '/')
+		n--;
+	if (n == 1 && b[0] == '/')
+		return 1;
+	return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
+}
+
+int
+check_store(void)
+{
+	char path[PATH_MAX], holder[PATH_MAX + 64];
+	struct stat st;
+	int fd, made = 1;
+
+	if (mkdir(cli.store, 0700) < 0 && (made = 0, errno != EEXIST)) {
+		fprintf(stderr, "hsmfs: store %s: cannot create: %s\n", cli.store,
+		    strerror(errno));
+		return -1;
+	}
+	if (realpath(cli.store, path) == NULL || stat(path, &st) < 0 ||
+	    !S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "hsmfs: store %s: not a directory\n", cli.store);
+		return -1;
+	}
+	/* Neither inside the other: a mount point in the store makes the
+	 * daemon's own scans of the store walk into its mount, and a store
+	 * under the mount point is hidden by it (and makes the mount point
+	 * non-empty at the next start). */
+	if (path_within(path, mnt_abs) || path_within(mnt_abs, path)) {
+		fprintf(stderr, "hsmfs: store %s and mount point %s overlap; put "
+		    "the mount point outside the store and the store outside the "
+		    "mount point\n", path, mnt_abs);
+		if (made)
+			rmdir(path);
+		return -1;
+	}
+	if (st.st_mode & 077)
+		fprintf(stderr, "hsmfs: warning: store %s is accessible by group "
+		    "or others (mode %03o); use chmod 700\n", path, st.st_mode & 0777);
+	the_fs.store = strdup(path);
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		fprintf(stderr, "hsmfs: store %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	/* One daemon per store, locked before anything in it is touched. */
+	switch (storelock_take(fd, &lock_fd, holder, sizeof(holder))) {
+	case 0:
+		storelock_set_owner(lock_fd, "hsmfs", mnt_abs);
+		break;
+	case 1:
+		fprintf(stderr, "hsmfs: store %s is in use by PID %s; one daemon "
+		    "per store: %s\n", path, holder, strstr(holder, " hsmfs ") ?
+		    "unmount it first" : "wait for it to finish");
+		close(fd);
+		return -1;
+	default:
+		fprintf(stderr, "hsmfs: store %s: cannot lock: %s\n", path,
+		    err_detail());
+		close(fd);
+		return -1;
+	}
+	if (!the_fs.opt.read_only) {
+		struct store_tmp t;
+		if (store_tmp_create(fd, &t) != 0) {
+			fprintf(stderr, "hsmfs: store %s is not writable: %s\n", path,
+			    err_detail());
+			close(fd);
+			return -1;
+		}
+		store_tmp_abort(&t);
+	}
+	the_fs.store_fd = fd;
+	return 0;
+}
+
+/* The file system type and source mounted exactly at path (absolute), from
+ * /proc/self/mountinfo; 0 when path is not a mount point. */
+static int
+mounted_at(const char *path, char *type, size_t tlen, char *src, size_t slen)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL, mp[PATH_MAX], ty[256], so[PATH_MAX];
+	size_t cap = 0;
+	int found = 0;
+
+	if (f == NULL)
+		return 0;
+	while (getline(&line, &cap, f) > 0) {
+		char *sep = strstr(line, " - ");
+		/* 5th field is the mount point (octal escapes for blanks). */
+		if (sep == NULL || sscanf(line, "%*s %*s %*s %*s %4095s", mp) != 1 ||
+		    sscanf(sep + 3, "%255s %4095s", ty, so) != 2)
+			continue;
+		for (char *r = mp, *w = mp;; r++, w++) {
+			if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] && r[3]) {
+				*w = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+				r += 3;
+			} else if ((*w = *r) == '\0')
+				break;
+		}
+		if (strcmp(mp, path) == 0) {
+			/* The last mount stacked on path is the visible one. */
+			snprintf(type, tlen, "%s", ty);
+			snprintf(src, slen, "%s", so);
+			found = 1;
+		}
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* SPEC §1: the mount point must be an empty directory (unless
+ * -o nonempty) and not a live hsmfs mount; a dead mount of a crashed
+ * daemon (ENOTCONN) is explained rather than reported as a bare errno. */
+int
+check_mountpoint(void)
+{
+	const char *mp = cli.mountpoint;
+	char type[256], src[PATH_MAX], cwd[PATH_MAX];
+	struct statfs sfs;
+	struct dirent *de;
+	struct stat st;
+	DIR *d;
+	int e = 0;
+
+	/* statfs, unlike stat, is never answered from the kernel's cache. */
+	if (statfs(mp, &sfs) < 0 && errno == ENOTCONN)
+		e = ENOTCONN;
+	else if (stat(mp, &st) < 0)
+		e = errno;
+	if (e == ENOTCONN) {
+		fprintf(stderr, "hsmfs: mount point %s: a dead mount left by an hsmfs "
+		    "that stopped without unmounting (Transport endpoint is not "
+		    "connected); clear it with 'fusermount3 -uz %s' and start "
+		    "again\n", mp, mp);
+		return -1;
+	}
+	if (realpath(mp, mnt_abs) == NULL) {
+		if (mp[0] == '/' || getcwd(cwd, sizeof(cwd)) == NULL)
+			snprintf(mnt_abs, sizeof(mnt_abs), "%s", mp);
+		else if (snprintf(mnt_abs, sizeof(mnt_abs), "%s/%s", cwd, mp) >=
+		    (int)sizeof(mnt_abs))
+			snprintf(mnt_abs, sizeof(mnt_abs), "%s", mp);
+	}
+	if (mounted_at(mnt_abs, type, sizeof(type), src, sizeof(src)) &&
+	    strcmp(type, "fuse.hsmfs") == 0) {
+		fprintf(stderr, "hsmfs: mount point %s is already an hsmfs mount "
+		    "(%s); unmount it first (fusermount3 -u %s)\n", mp, src, mp);
+		return -1;
+	}
+	if (e != 0) {
+		fprintf(stderr, "hsmfs: mount point %s: %s\n", mp, strerror(e));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "hsmfs: mount point %s is not a directory\n", mp);
+		return -1;
+	}
+	if (cli.nonempty)
+		return 0;
+	if ((d = opendir(mp)) == NULL) {
+		fprintf(stderr, "hsmfs: mount point %s: %s\n", mp, strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
+			e = 1;
+			break;
+		}
+	closedir(d);
+	if (e) {
+		fprintf(stderr, "hsmfs: mount point %s is not empty; its files would "
+		    "be hidden: use an empty directory, or -o nonempty to mount over "
+		    "them\n", mp);
+		return -1;
+	}
+	return 0;
+}
+
+/* The daemon runs with "/" as its working directory (libfuse's
+ * daemonize), so every path option becomes absolute before mounting. */
+int
+absolutize(char **opt, const char *what, int must_exist)
+{
+	char buf[PATH_MAX], *dir, *base, *copy, *abs;
+	if (*opt == NULL)
+		return 0;
+	if (must_exist) {
+		if (realpath(*opt, buf) == NULL) {
+			fprintf(stderr, "hsmfs: %s=%s: %s\n", what, *opt, strerror(errno));
+			return -1;
+		}
+		abs = strdup(buf);
+	} else {
+		/* The file may not exist yet; its directory must, writable. */
+		if ((copy = strdup(*opt)) == NULL)
+			return -1;
+		dir = dirname(copy);
+		if (realpath(dir, buf) == NULL || access(buf, W_OK) != 0) {
+			fprintf(stderr, "hsmfs: %s=%s: directory %s: %s\n", what, *opt,
+			    dir, strerror(errno));
+			free(copy);
+			return -1;
+		}
+		free(copy);
+		if ((copy = strdup(*opt)) == NULL)
+			return -1;
+		base = basename(copy);
+		if (asprintf(&abs, "%s/%s", buf, base) < 0)
+			abs = NULL;
+		free(copy);
+	}
+	if (abs == NULL)
+		return -1;
+	free(*opt);
+	*opt = abs;
+	return 0;
+}
+
+/* A PEM file of at least one certificate (truststore=, smtp_ca=);
+ * -1 with err_detail() naming the file when not. */
+int
+pem_certs_ok(const char *path)
+{
+	FILE *f;
+	X509 *x;
+	int n = 0;
+	if ((f = fopen(path, "re")) == NULL) {
+		err_set("%s: %s", path, strerror(errno));
+		return -1;
+	}
+	while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+		n++;
+		X509_free(x);
+	}
+	fclose(f);
+	ERR_clear_error();
+	if (n == 0) {
+		err_set("%s: no PEM certificate found", path);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+check_pem_certs(const char *what, const char *path)
+{
+	if (pem_certs_ok(path) == 0)
+		return 0;
+	fprintf(stderr, "hsmfs: %s %s\n", what, err_detail());
+	return -1;
+}
+
+int
+check_truststore(void)
+{
+	if (the_fs.opt.truststore == NULL)
+		return 0;
+	return check_pem_certs("truststore", the_fs.opt.truststore);
+}
+
+/* smtp=URL: smtp://, smtps:// or smtp+starttls://, a host (name, IPv4 or
+ * [IPv6]), an optional port 1-65535, nothing after but an optional "/".
+ * smtp_auth needs TLS and a user line and a password line; smtp_ca PEM
+ * certificates. The mail folder parses the same URL after mounting; this
+ * makes its mistakes start-up errors instead of "folder.mail: failed". */
+int
+check_smtp(void)
+{
+	static const char *const schemes[] = { "smtp://", "smtps://",
+	    "smtp+starttls://" };
+	const char *url = the_fs.opt.smtp, *p = NULL, *host, *end;
+	char *txt = NULL;
+	size_t len = 0, hl;
+	int tls = 0, ok;
+
+	if (url == NULL) {
+		if (the_fs.opt.smtp_auth || the_fs.opt.smtp_ca) {
+			fprintf(stderr, "hsmfs: smtp_%s= without smtp=URL: name the relay "
+			    "too\n", the_fs.opt.smtp_auth ? "auth" : "ca");
+			return -1;
+		}
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
+		if (strncmp(url, schemes[i], strlen(schemes[i])) == 0) {
+			p = url + strlen(schemes[i]);
+			tls = i > 0;
+		}
+	if (p == NULL) {
+		fprintf(stderr, "hsmfs: smtp=%s: unsupported scheme; use "
+		    "smtp://HOST[:PORT], smtp+starttls://HOST[:PORT] or "
+		    "smtps://HOST[:PORT]\n", url);
+		return -1;
+	}
+	host = p;
+	if (*p == '[') {
+		end = strchr(p, ']');
+		ok = end != NULL && end > p + 1 &&
+		    strspn(p + 1, "0123456789abcdefABCDEF:.") == (size_t)(end - p - 1);
+		p = end ? end + 1 : p;
+	} else {
+		hl = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		    "0123456789.-");
+		ok = hl > 0 && p[0] != '-' && p[0] != '.';
+		p += hl;
+	}
+	if (!ok) {
+		fprintf(stderr, "hsmfs: smtp=%s: no valid host name after the "
+		    "scheme\n", url);
+		return -1;
+	}
+	if (*p == ':') {
+		char *e2;
+		long port;
+		errno = 0;
+		port = strtol(p + 1, &e2, 10);
+		if (e2 == p + 1 || errno != 0 || port < 1 || port > 65535) {
+			fprintf(stderr, "hsmfs: smtp=%s: port must be a number from 1 to "
+			    "65535\n", url);
+			return -1;
+		}
+		p = e2;
+	}
+	if (strcmp(p, "") != 0 && strcmp(p, "/") != 0) {
+		fprintf(stderr, "hsmfs: smtp=%s: unexpected \"%s\" after the host%s\n",
+		    url, p, p > host ? " and port" : "");
+		return -1;
+	}
+	if (the_fs.opt.smtp_ca && check_pem_certs("smtp_ca", the_fs.opt.smtp_ca) != 0)
+		return -1;
+	if (the_fs.opt.smtp_auth == NULL)
+		return 0;
+	if (!tls) {
+		fprintf(stderr, "hsmfs: smtp_auth=%s needs TLS: use smtp+starttls:// "
+		    "or smtps://\n", the_fs.opt.smtp_auth);
+		return -1;
+	}
+	if (util_read_file(the_fs.opt.smtp_auth, 4096, &txt, &len) != 0) {
+		fprintf(stderr, "hsmfs: smtp_auth=%s: %s\n", the_fs.opt.smtp_auth,
+		    err_detail());
+		return -1;
+	}
+	{
+		char *nl = memchr(txt, '\n', len);
+		ok = nl != NULL && nl != txt &&
+		    memchr(txt, '\r', (size_t)(nl - txt)) == NULL &&
+		    nl + 1 < txt + len && nl[1] != '\n' && nl[1] != '\r';
+	}
+	OPENSSL_cleanse(txt, len);
+	free(txt);
+	if (!ok) {
+		fprintf(stderr, "hsmfs: smtp_auth=%s: expected a user name line and a "
+		    "password line\n", the_fs.opt.smtp_auth);
+		return -1;
+	}
+	return 0;
+}
+
+/* Open every key in a child process and report the first failure through
+ * a pipe, so the parent never initialises a PKCS#11 module before the
+ * fork of daemonize. A wrong PIN is tried exactly once here. */
+int
+check_keys(void)
+{
+	int pfd[2], status;
+	pid_t pid;
+	char msg[1200];
+	ssize_t n, got = 0;
+
+	if (pipe(pfd) < 0) {
+		perror("hsmfs: pipe");
+		return -1;
+	}
+	fflush(NULL);
+	if ((pid = fork()) < 0) {
+		perror("hsmfs: fork");
+		return -1;
+	}
+	if (pid == 0) {
+		struct keyring *kr = NULL;
+		int r;
+		close(pfd[0]);
+		secmem_harden(1 << 20);     /* it reads every PIN */
+		if ((r = keyring_open(the_fs.engine, &kr)) != 0) {
+			snprintf(msg, sizeof(msg), "%s (%s)", err_detail(),
+			    hsmfs_strerror(r));
+			if (write(pfd[1], msg, strlen(msg)) < 0)
+				_exit(2);
+			_exit(1);
+		}
+		keyring_free(kr);
+		_exit(0);
+	}
+	close(pfd[1]);
+	while (got < (ssize_t)sizeof(msg) - 1 &&
+	    (n = read(pfd[0], msg + got, sizeof(msg) - 1 - (size_t)got)) > 0)
+		got += n;
+	msg[got > 0 ? got : 0] = '\0';
+	close(pfd[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return 0;
+	fprintf(stderr, "hsmfs: %s: %s\n", the_fs.opt.config,
+	    got > 0 ? msg : "key check failed (the check process died)");
+	return -1;
+}
+
