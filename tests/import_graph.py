@@ -25,11 +25,11 @@ not link the FUSE daemon's code).
 Exit status: 0 when no forbidden edge exists, 1 otherwise, 2 on a usage
 error. `--report` prints the same and always exits 0.
 
-The tree as it stands before the redesign of issue #15 has forbidden edges
-(fs -> hsm through crypto/engine.h and crypto/keyring.h, tool -> fs,
-tool -> hsm): that is what #15 removes. Until then this script is a report
-only and is NOT run by meson test or CI; the redesign turns it on (a meson
-test running it without --report, which CI then runs with the suite).
+meson test runs it (suite "lint", test "import-graph"), and so do
+tests/run.sh and CI. PENDING lists the edges that other parts of issue #15
+remove in the same step (fs -> hsm and tool -> hsm: the keyring part);
+they are printed as pending and do not fail. Once they are gone, PENDING
+is emptied and any such edge fails like the others.
 """
 import argparse
 import os
@@ -42,6 +42,8 @@ LAYERS = ["common", "hsm", "crypto", "store", "fs", "tool", "tests", "bench"]
 RANK = {"common": 0, "hsm": 1, "crypto": 2, "store": 3, "fs": 4, "tool": 4,
         "tests": 5, "bench": 5}
 EXTRA_FORBIDDEN = {("fs", "hsm"), ("tool", "fs"), ("tool", "hsm")}
+# Removed by the keyring part of #15, merged together with this check.
+PENDING = {("fs", "hsm"), ("tool", "hsm")}
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
@@ -120,13 +122,23 @@ def include_edges(root):
     return edges
 
 
-def nm(obj, *flags):
+def nm(objs, *flags):
+    """{object: [symbols]} from one nm call over every object."""
+    out = {o: [] for o in objs}
+    if not objs:
+        return out
     try:
-        out = subprocess.run(["nm", "-g", *flags, obj], capture_output=True,
-                             text=True, check=True).stdout
+        text = subprocess.run(["nm", "-g", "-A", *flags, *objs],
+                              capture_output=True, text=True,
+                              check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return []
-    return [line.split()[-1] for line in out.splitlines() if line.strip()]
+        return out
+    for line in text.splitlines():
+        # "path/x.o:0000000000000000 T name" or "path/x.o:   U name"
+        obj, sep, rest = line.rpartition(".o:")
+        if sep and rest.split():
+            out.setdefault(obj + ".o", []).append(rest.split()[-1])
+    return out
 
 
 def symbol_edges(build):
@@ -142,10 +154,13 @@ def symbol_edges(build):
         return None
     defined = defaultdict(set)
     undefined = {}
+    paths = [o for _, o in objs]
+    defs = nm(paths, "--defined-only")
+    undefs = nm(paths, "--undefined-only")
     for top, o in objs:
-        for s in nm(o, "--defined-only"):
+        for s in defs.get(o, []):
             defined[s].add(top)
-        undefined[(top, o)] = nm(o, "--undefined-only")
+        undefined[(top, o)] = undefs.get(o, [])
     edges = defaultdict(lambda: defaultdict(set))
     for (a, o), syms in undefined.items():
         name = os.path.relpath(o, build)
@@ -186,11 +201,12 @@ def main():
         t = inc.get((a, b), {}).get("transitive", {})
         s = (sym or {}).get((a, b), {})
         no = forbidden(a, b)
-        if no:
+        if no and (a, b) not in PENDING:
             bad.append((a, b))
         print("%-6s -> %-6s direct %3d  transitive %3d  symbol %3s%s"
               % (a, b, len(d), len(t), len(s) if sym is not None else "-",
-                 "   FORBIDDEN" if no else ""))
+                 "" if not no else "   FORBIDDEN (pending, #15)"
+                 if (a, b) in PENDING else "   FORBIDDEN"))
         if no or args.v:
             for f, h in sorted(d.items()):
                 print("    direct      %s includes %s" % (f, h))
@@ -198,6 +214,10 @@ def main():
                 print("    transitive  %s: %s" % (f, chain))
             for o, names in sorted(s.items()):
                 print("    symbol      %s uses %s" % (o, " ".join(sorted(names))))
+    pend = sorted(p for p in pairs if forbidden(*p) and p in PENDING)
+    if pend:
+        print("# pending (other parts of #15): %s"
+              % ", ".join("%s -> %s" % p for p in pend))
     if bad:
         print("# %d forbidden edge(s): %s" % (len(bad), ", ".join("%s -> %s" % p for p in bad)))
     else:
