@@ -146,6 +146,14 @@ util_pwrite_all(int fd, const void *buf, size_t len, off_t off)
 	return write_loop(fd, buf, len, off);
 }
 
+void
+util_close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
 int
 util_foreach_dir(int dirfd, util_dir_fn fn, void *arg)
 {

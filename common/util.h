@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* SPEC §1: 1..255 chars of [A-Za-z0-9._-], not starting with a dot. */
+/* docs/contract.md §1: 1..255 chars of [A-Za-z0-9._-], not starting with a dot. */
 int util_name_valid(const char *name);
 
 /* Read a whole (small) file of at most max bytes; *out is NUL-terminated,
@@ -29,6 +29,9 @@ int util_pwrite_all(int fd, const void *buf, size_t len, off_t off);
  * dirfd but "." and "..", from its start; dirfd stays open. fn returns 0
  * to go on; anything else stops the walk and is returned. Returns 0,
  * fn's value, or a negative hsmfs_err when the directory cannot be read. */
+/* close(*fd) when open, then *fd = -1: safe to repeat. */
+void util_close_fd(int *fd);
+
 typedef int (*util_dir_fn)(int dirfd, const char *name, void *arg);
 int util_foreach_dir(int dirfd, util_dir_fn fn, void *arg);
 

@@ -1,4 +1,4 @@
-/* Start-up checks of the hsmfs daemon (SPEC §1), run before mounting:
+/* Start-up checks of the hsmfs daemon (docs/contract.md §1), run before mounting:
  * store, mount point, path options, truststore, SMTP options and keys.
  * Each prints one line to stderr and returns -1 on failure. */
 #include "fs/daemon.h"
@@ -8,7 +8,6 @@
 #include "store/dirio.h"
 #include "store/storelock.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -139,7 +138,17 @@ mounted_at(const char *path, char *type, size_t tlen, char *src, size_t slen)
 	return found;
 }
 
-/* SPEC §1: the mount point must be an empty directory (unless
+/* util_foreach_dir callback: stop at the first entry. */
+static int
+any_entry(int dirfd, const char *name, void *arg)
+{
+	(void)dirfd;
+	(void)name;
+	(void)arg;
+	return 1;
+}
+
+/* contract §1: the mount point must be an empty directory (unless
  * -o nonempty) and not a live hsmfs mount; a dead mount of a crashed
  * daemon (ENOTCONN) is explained rather than reported as a bare errno. */
 int
@@ -148,10 +157,8 @@ check_mountpoint(void)
 	const char *mp = cli.mountpoint;
 	char type[256], src[PATH_MAX], cwd[PATH_MAX];
 	struct statfs sfs;
-	struct dirent *de;
 	struct stat st;
-	DIR *d;
-	int e = 0;
+	int e = 0, fd;
 
 	/* statfs, unlike stat, is never answered from the kernel's cache. */
 	if (statfs(mp, &sfs) < 0 && errno == ENOTCONN)
@@ -188,16 +195,16 @@ check_mountpoint(void)
 	}
 	if (cli.nonempty)
 		return 0;
-	if ((d = opendir(mp)) == NULL) {
+	if ((fd = open(mp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
 		fprintf(stderr, "hsmfs: mount point %s: %s\n", mp, strerror(errno));
 		return -1;
 	}
-	while ((de = readdir(d)) != NULL)
-		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
-			e = 1;
-			break;
-		}
-	closedir(d);
+	e = util_foreach_dir(fd, any_entry, NULL);
+	close(fd);
+	if (e < 0) {
+		fprintf(stderr, "hsmfs: mount point %s: %s\n", mp, err_detail());
+		return -1;
+	}
 	if (e) {
 		fprintf(stderr, "hsmfs: mount point %s is not empty; its files would "
 		    "be hidden: use an empty directory, or -o nonempty to mount over "

@@ -56,7 +56,10 @@ struct folder_ops {
 	 * store, start threads. A failure is logged; the folder then refuses
 	 * writes with EOPNOTSUPP. */
 	int (*start)(void);
-	/* At unmount: finish or fail in-flight work, join threads. */
+	/* At unmount, in reverse order, for every folder whose start() ran,
+	 * also when it failed half way: finish or fail in-flight work, join
+	 * threads, close what start() opened. Must be safe after any failure
+	 * of start() and when called twice. */
 	void (*stop)(void);
 	/* Lines "key: value\n" for MNT/.status, prefixed by the folder. */
 	void (*status)(FILE *out);

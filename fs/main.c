@@ -181,7 +181,7 @@ usage(const char *prog)
 }
 
 /* fuse_main() without its one flaw for us: it reports an unmount by
- * SIGTERM as a failure, and the SPEC wants exit status 0 then. */
+ * SIGTERM as a failure, and docs/contract.md §1 wants exit status 0 then. */
 static int
 run_fuse(struct fuse_args *args)
 {

@@ -19,6 +19,8 @@
 
 #define STATUS_NAME ".status"
 #define METRICS_NAME ".metrics"
+/* start() was called (it may have failed half way): stop() at destroy */
+static int folder_started[NFOLDERS];
 /* open_ref.folder of the two generated files */
 #define REF_STATUS (-1)
 #define REF_METRICS (-3)
@@ -694,6 +696,7 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 			continue;
 		}
 		err_clear();
+		folder_started[i] = 1;
 		if ((r = folders[i]->start()) != 0) {
 			folder_err[i] = r;
 			snprintf(folder_why[i], sizeof(folder_why[i]), "%s",
@@ -720,9 +723,15 @@ op_destroy(void *data)
 {
 	notify("STOPPING=1\nSTATUS=unmounting %s", mnt_abs);
 	reload_stop();
-	for (size_t i = NFOLDERS; i-- > 0;)
-		if (folder_ok[i] && folders[i]->stop)
+	/* Every folder whose start() ran, in reverse order, also when it
+	 * failed: a folder that failed to start keeps serving what it opened
+	 * (reads of its items; only create is refused), and its stop() is
+	 * safe after any failure of start() and releases that. */
+	for (size_t i = NFOLDERS; i-- > 0;) {
+		if (folder_started[i] && folders[i]->stop)
 			folders[i]->stop();
+		folder_started[i] = 0;
+	}
 	keyring_free(the_fs.keys);
 	the_fs.keys = NULL;
 	log_info("unmounted store %s", the_fs.store);

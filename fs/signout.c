@@ -7,6 +7,7 @@
 #include "fs/spool.h"
 #include "store/dirio.h"
 #include "fs/temp.h"
+#include "fs/zipfolder.h"
 #include "crypto/jar.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -177,6 +178,7 @@ so_reload_finish(void *next, int commit)
 	free(k);
 }
 
+/* Safe after any failure of so_start, and twice. */
 static void
 so_stop(void)
 {
@@ -184,6 +186,9 @@ so_stop(void)
 	so.chain = NULL;
 	so.key = NULL;
 	temp_area_close(&so.temps);
+	util_close_fd(&so.spooldir);
+	util_close_fd(&so.recdir);
+	util_close_fd(&so.dirfd);
 }
 
 static void
@@ -214,11 +219,19 @@ so_metrics(struct metrics *m)
 		    "key", so.desc->key_name, (char *)NULL);
 }
 
-/* Where the file of a name lives: a temporary's in the temp area. */
+/* The parts shared with /verify-in (fs/zipfolder.c). */
+static struct zipfolder
+so_zip(void)
+{
+	struct zipfolder z = { so.dirfd, so.recdir, &so.temps, &so.spools };
+	return z;
+}
+
 static int
 dir_of(const char *name)
 {
-	return temp_name(name) ? so.temps.dirfd : so.dirfd;
+	struct zipfolder z = so_zip();
+	return zipfolder_dir_of(&z, name);
 }
 
 static int
@@ -238,58 +251,16 @@ rec_write(const char *name, const char *text)
 static int
 so_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
-	struct stat s;
-	off_t size;
-	if (*path == '\0')
-		return -ENOSYS;
-	if (!temp_name_ok(path))
-		return -ENOENT;
-	if (fstatat(dir_of(path), path, &s, AT_SYMLINK_NOFOLLOW) == 0) {
-		fs_stat_file(st, 0644, s.st_size, s.st_mtime);
-		return 0;
-	}
-	if (spool_lookup(&so.spools, path, &size)) {
-		fs_stat_file(st, 0644, size, time(NULL));
-		return 0;
-	}
-	/* A refused zip leaves only its reason, readable as an xattr. */
-	if (fstatat(so.recdir, path, &s, 0) == 0) {
-		fs_stat_file(st, 0644, 0, s.st_mtime);
-		return 0;
-	}
-	return -ENOENT;
+	struct zipfolder z = so_zip();
+	(void)fi;
+	return zipfolder_getattr(&z, path, st);
 }
 
 static int
 so_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 {
-	int fds[2] = {so.dirfd, so.recdir};
-	if (*path != '\0')
-		return -ENOTDIR;
-	fill(buf, ".", NULL, 0, 0);
-	fill(buf, "..", NULL, 0, 0);
-	temp_area_sweep(&so.temps);
-	for (int k = 0; k < 2; k++) {
-		int fd = dup(fds[k]);
-		DIR *d;
-		struct dirent *de;
-		if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-			if (fd >= 0)
-				close(fd);
-			return -EIO;
-		}
-		rewinddir(d);
-		while ((de = readdir(d)) != NULL) {
-			if (!util_name_valid(de->d_name))
-				continue;
-			if (k == 1 && faccessat(so.dirfd, de->d_name, F_OK,
-			    AT_SYMLINK_NOFOLLOW) == 0)
-				continue;   /* listed already */
-			fill(buf, de->d_name, NULL, 0, 0);
-		}
-		closedir(d);
-	}
-	return 0;
+	struct zipfolder z = so_zip();
+	return zipfolder_readdir(&z, path, buf, fill);
 }
 
 static int
@@ -313,10 +284,11 @@ open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 static int
 so_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-	if (!temp_name_ok(path))
-		return -EINVAL;
-	if (temp_name(path))
-		temp_area_sweep(&so.temps);
+	struct zipfolder z = so_zip();
+	int r;
+	(void)mode;
+	if ((r = zipfolder_create_ok(&z, path)) != 0)
+		return r;
 	return open_writer(path, fi, 1);
 }
 
@@ -490,12 +462,8 @@ so_rename(const char *from, const char *to, unsigned int flags)
 	struct stat st;
 	char *why = NULL;
 	int has_file, r, fd = dir_of(from), td = dir_of(to);
-	/* A temporary is published onto a valid name; an item never
-	 * becomes a temporary (it would vanish). */
-	if (!temp_name_ok(from) || !temp_name_ok(to) ||
-	    (temp_name(to) && !temp_name(from)) ||
-	    (flags & RENAME_EXCHANGE))   /* the records follow one way only */
-		return -EINVAL;
+	if ((r = zipfolder_rename_ok(from, to, flags)) != 0)
+		return r;
 	has_file = fstatat(fd, from, &st, AT_SYMLINK_NOFOLLOW) == 0;
 	if (temp_name(from) && (!has_file || st.st_size == 0)) {
 		/* Refused or empty: nothing signed to publish; the target
@@ -549,10 +517,7 @@ so_getxattr(const char *path, const char *name, char *value, size_t size)
 static int
 so_listxattr(const char *path, char *list, size_t size)
 {
-	static const char names[] = SIGN_XATTR;
-	if (!temp_name_ok(path) || !rec_exists(path))
-		return 0;
-	return fs_xattr_reply(names, sizeof(names), list, size);
+	return zipfolder_listxattr(path, so.recdir, SIGN_XATTR, list, size);
 }
 
 const struct folder_ops signout_folder = {

@@ -6,7 +6,6 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -42,34 +41,36 @@ max_age(void)
  * each name removed by age is logged: a dot file copied in on purpose
  * (cp -a or rsync -a of a folder holding .env) is only a temporary, and
  * this line is where its owner finds out. */
+struct clean {
+	time_t before;
+	int tell, n;
+};
+
+static int
+clean_one(int dirfd, const char *name, void *arg)
+{
+	struct clean *c = arg;
+	struct stat st;
+	if (!temp_name(name) ||
+	    fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    !S_ISREG(st.st_mode) || (c->before && st.st_mtime >= c->before))
+		return 0;
+	if (unlinkat(dirfd, name, 0) == 0) {
+		c->n++;
+		if (c->tell && c->before)
+			log_info("removed temporary %s: not renamed onto a "
+			    "name within %ld s (names starting with a dot are "
+			    "writers' temporaries)", name, max_age());
+	}
+	return 0;
+}
+
 static int
 clean_dir(int dirfd, time_t before, int tell)
 {
-	int fd = dup(dirfd), n = 0;
-	DIR *d;
-	struct dirent *de;
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		return 0;
-	}
-	rewinddir(d);
-	while ((de = readdir(d)) != NULL) {
-		struct stat st;
-		if (!temp_name(de->d_name) ||
-		    fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-		    !S_ISREG(st.st_mode) || (before && st.st_mtime >= before))
-			continue;
-		if (unlinkat(dirfd, de->d_name, 0) == 0) {
-			n++;
-			if (tell && before)
-				log_info("removed temporary %s: not renamed onto a "
-				    "name within %ld s (names starting with a dot are "
-				    "writers' temporaries)", de->d_name, max_age());
-		}
-	}
-	closedir(d);
-	return n;
+	struct clean c = { before, tell, 0 };
+	(void)util_foreach_dir(dirfd, clean_one, &c);
+	return c.n;
 }
 
 int

@@ -19,7 +19,7 @@
 /* 1 for a temporary's name: a dot, then 1..254 characters of
  * [A-Za-z0-9._-] (not "." or ".."). */
 int temp_name(const char *name);
-/* A name a folder accepts: valid (SPEC §1) or a temporary. */
+/* A name a folder accepts: valid (docs/contract.md §1) or a temporary. */
 int temp_name_ok(const char *name);
 
 struct temp_area {

@@ -7,6 +7,7 @@
 #include "fs/spool.h"
 #include "store/dirio.h"
 #include "fs/temp.h"
+#include "fs/zipfolder.h"
 #include "crypto/jar.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -206,6 +207,7 @@ vi_reload_finish(void *next, int commit)
 	free(t);
 }
 
+/* Safe after any failure of vi_start, and twice. */
 static void
 vi_stop(void)
 {
@@ -216,13 +218,26 @@ vi_stop(void)
 	vi.ncerts = 0;
 	vi.store = NULL;
 	temp_area_close(&vi.temps);
+	util_close_fd(&vi.verdir);
+	util_close_fd(&vi.metadir);
+	util_close_fd(&vi.spooldir);
+	util_close_fd(&vi.dirfd);
 }
 
 /* Where the file of a name lives: a temporary's in the temp area. */
+/* The parts shared with /sign-out (fs/zipfolder.c); no records here. */
+static struct zipfolder
+vi_zip(void)
+{
+	struct zipfolder z = { vi.dirfd, -1, &vi.temps, &vi.spools };
+	return z;
+}
+
 static int
 dir_of(const char *name)
 {
-	return temp_name(name) ? vi.temps.dirfd : vi.dirfd;
+	struct zipfolder z = vi_zip();
+	return zipfolder_dir_of(&z, name);
 }
 
 static void
@@ -393,45 +408,16 @@ verdict(const char *name, int fd, char *text, size_t tlen)
 static int
 vi_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
-	struct stat s;
-	off_t size;
-	if (*path == '\0')
-		return -ENOSYS;
-	if (!temp_name_ok(path))
-		return -ENOENT;
-	if (fstatat(dir_of(path), path, &s, AT_SYMLINK_NOFOLLOW) == 0) {
-		fs_stat_file(st, 0644, s.st_size, s.st_mtime);
-		return 0;
-	}
-	if (spool_lookup(&vi.spools, path, &size)) {
-		fs_stat_file(st, 0644, size, time(NULL));
-		return 0;
-	}
-	return -ENOENT;
+	struct zipfolder z = vi_zip();
+	(void)fi;
+	return zipfolder_getattr(&z, path, st);
 }
 
 static int
 vi_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 {
-	int fd;
-	DIR *d;
-	struct dirent *de;
-	if (*path != '\0')
-		return -ENOTDIR;
-	fill(buf, ".", NULL, 0, 0);
-	fill(buf, "..", NULL, 0, 0);
-	temp_area_sweep(&vi.temps);
-	if ((fd = dup(vi.dirfd)) < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		return -EIO;
-	}
-	rewinddir(d);
-	while ((de = readdir(d)) != NULL)
-		if (util_name_valid(de->d_name))
-			fill(buf, de->d_name, NULL, 0, 0);
-	closedir(d);
-	return 0;
+	struct zipfolder z = vi_zip();
+	return zipfolder_readdir(&z, path, buf, fill);
 }
 
 /* Every open of this folder is direct_io (see vi_open): a writer's bytes
@@ -458,10 +444,11 @@ open_writer(const char *path, struct fuse_file_info *fi, int trunc)
 static int
 vi_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-	if (!temp_name_ok(path))
-		return -EINVAL;
-	if (temp_name(path))
-		temp_area_sweep(&vi.temps);
+	struct zipfolder z = vi_zip();
+	int r;
+	(void)mode;
+	if ((r = zipfolder_create_ok(&z, path)) != 0)
+		return r;
 	return open_writer(path, fi, 1);
 }
 
@@ -561,12 +548,9 @@ vi_unlink(const char *path)
 static int
 vi_rename(const char *from, const char *to, unsigned int flags)
 {
-	/* A temporary is published onto a valid name; an item never
-	 * becomes a temporary (it would vanish). */
-	if (!temp_name_ok(from) || !temp_name_ok(to) ||
-	    (temp_name(to) && !temp_name(from)) ||
-	    (flags & RENAME_EXCHANGE))   /* the records follow one way only */
-		return -EINVAL;
+	int r;
+	if ((r = zipfolder_rename_ok(from, to, flags)) != 0)
+		return r;
 	if (renameat2(dir_of(from), from, dir_of(to), to, flags) < 0)
 		return -errno;
 	if (renameat(vi.metadir, from, vi.metadir, to) < 0)
@@ -597,11 +581,7 @@ vi_getxattr(const char *path, const char *name, char *value, size_t size)
 static int
 vi_listxattr(const char *path, char *list, size_t size)
 {
-	static const char names[] = VERIFY_XATTR;
-	if (!temp_name_ok(path) ||
-	    faccessat(dir_of(path), path, F_OK, AT_SYMLINK_NOFOLLOW) != 0)
-		return 0;
-	return fs_xattr_reply(names, sizeof(names), list, size);
+	return zipfolder_listxattr(path, dir_of(path), VERIFY_XATTR, list, size);
 }
 
 const struct folder_ops verifyin_folder = {

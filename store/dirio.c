@@ -2,8 +2,8 @@
  * fsync dir). Temp names start with a dot so no folder ever lists them. */
 #include "store/dirio.h"
 #include "common/err.h"
+#include "common/util.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -56,18 +56,7 @@ store_tmp_create(int dirfd, struct store_tmp *t)
 int
 store_write_all(int fd, const void *buf, size_t len)
 {
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return sys_err("write", "store file");
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
+	return util_write_all(fd, buf, len);
 }
 
 int
@@ -125,63 +114,23 @@ store_write_atomic(int dirfd, const char *name, const void *data, size_t len)
 	return store_tmp_commit(&t, name);
 }
 
+static int
+unlink_tmp(int dirfd, const char *name, void *arg)
+{
+	(void)arg;
+	if (strncmp(name, ".tmp.", 5) == 0)
+		unlinkat(dirfd, name, 0);
+	return 0;
+}
+
 void
 store_cleanup_tmp(int dirfd)
 {
-	int fd = dup(dirfd);
-	DIR *d;
-	struct dirent *de;
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		return;
-	}
-	rewinddir(d);
-	while ((de = readdir(d)) != NULL)
-		if (strncmp(de->d_name, ".tmp.", 5) == 0)
-			unlinkat(dirfd, de->d_name, 0);
-	closedir(d);
+	(void)util_foreach_dir(dirfd, unlink_tmp, NULL);
 }
 
 int
 store_read_file(int dirfd, const char *name, size_t max, char **out, size_t *len)
 {
-	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	char *buf;
-	size_t n = 0;
-	if (fd < 0)
-		return sys_err("open", name);
-	if (fstat(fd, &st) < 0) {
-		int r = sys_err("stat", name);
-		close(fd);
-		return r;
-	}
-	if ((size_t)st.st_size > max) {
-		close(fd);
-		err_set("%s: larger than %zu bytes", name, max);
-		return HSMFS_ERR_TOOBIG;
-	}
-	if ((buf = malloc((size_t)st.st_size + 1)) == NULL) {
-		close(fd);
-		return HSMFS_ERR_NOMEM;
-	}
-	while (n < (size_t)st.st_size) {
-		ssize_t got = read(fd, buf + n, (size_t)st.st_size - n);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got <= 0) {
-			int r = got < 0 ? sys_err("read", name) : HSMFS_ERR_IO;
-			free(buf);
-			close(fd);
-			return r;
-		}
-		n += (size_t)got;
-	}
-	close(fd);
-	buf[n] = '\0';
-	*out = buf;
-	if (len)
-		*len = n;
-	return 0;
+	return util_read_file_at(dirfd, name, max, out, len);
 }

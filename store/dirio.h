@@ -19,7 +19,7 @@ struct store_tmp {
 };
 
 int store_tmp_create(int dirfd, struct store_tmp *t);
-/* Write all of buf at the current offset (retries short writes). */
+/* Write all of buf at the current offset: util_write_all(). */
 int store_write_all(int fd, const void *buf, size_t len);
 /* fsync, rename onto name, fsync dir. The tmp is consumed either way. */
 int store_tmp_commit(struct store_tmp *t, const char *name);
@@ -29,7 +29,7 @@ int store_write_atomic(int dirfd, const char *name, const void *data, size_t len
 int store_fsync_dir(int dirfd);
 /* Remove leftover temp files (".tmp.*") after a crash. */
 void store_cleanup_tmp(int dirfd);
-/* Read a whole small file at dirfd/name. */
+/* Read a whole small file at dirfd/name: util_read_file_at(). */
 int store_read_file(int dirfd, const char *name, size_t max, char **out, size_t *len);
 
 #endif
