@@ -4,7 +4,7 @@
  * signer output before its rename), .sign/ (user.hsmfs.sign records) and
  * .temp/ (signed zips of writers' temporaries until their rename). */
 #include "fs/fs.h"
-#include "fs/spool.h"
+#include "fs/zipfh.h"
 #include "store/dirio.h"
 #include "fs/temp.h"
 #include "fs/zipfolder.h"

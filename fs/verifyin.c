@@ -4,7 +4,7 @@
  * name), .verdict/ (verdicts by content hash, trust configuration and
  * verifier format) and .temp/ (writers' temporaries until their rename). */
 #include "fs/fs.h"
-#include "fs/spool.h"
+#include "fs/zipfh.h"
 #include "store/dirio.h"
 #include "fs/temp.h"
 #include "fs/zipfolder.h"

@@ -8,7 +8,7 @@
 #include <fuse.h>
 #include <sys/stat.h>
 
-#include "fs/spool.h"
+#include "fs/zipfh.h"
 #include "fs/temp.h"
 
 struct zipfolder {

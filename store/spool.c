@@ -1,6 +1,8 @@
-/* Write spools of the zip folders: temp file per open handle, running
- * SHA-256, copy-on-write after commit, the list of names in flight. */
-#include "fs/spool.h"
+/* Write spools of the zip folders, the store side: temp file per open
+ * handle in the folder's store directory, running SHA-256, committed by
+ * rename, copy-on-write after commit, the list of names in flight. The
+ * FUSE handles on top are in fs/zipfh.c. */
+#include "store/spool.h"
 #include "store/dirio.h"
 #include "common/err.h"
 
@@ -268,118 +270,4 @@ spool_rename(struct spool_list *l, const char *from, const char *to)
 		if (strcmp(s->name, from) == 0)
 			snprintf(s->name, sizeof(s->name), "%s", to);
 	pthread_mutex_unlock(&l->lock);
-}
-
-int
-spool_fh_writer(struct spool_list *l, int spooldir, int dirfd, const char *name,
-    int trunc, struct spool_fh **out)
-{
-	int from = -1, r;
-	if (!trunc && (from = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0 &&
-	    errno != ENOENT)
-		return -errno;
-	r = spool_fh_writer_from(l, spooldir, name, from, out);
-	if (from >= 0)
-		close(from);
-	return r;
-}
-
-int
-spool_fh_writer_from(struct spool_list *l, int spooldir, const char *name,
-    int from_fd, struct spool_fh **out)
-{
-	struct spool_fh *h;
-	int r;
-	if ((h = calloc(1, sizeof(*h))) == NULL)
-		return -ENOMEM;
-	h->fd = -1;
-	if ((r = spool_open(l, spooldir, name, from_fd, &h->s)) != 0) {
-		free(h);
-		return r;
-	}
-	*out = h;
-	return 0;
-}
-
-int
-spool_fh_reader(int fd, struct spool_fh **out)
-{
-	struct spool_fh *h = calloc(1, sizeof(*h));
-	if (h == NULL) {
-		close(fd);
-		return -ENOMEM;
-	}
-	h->fd = fd;
-	*out = h;
-	return 0;
-}
-
-static struct spool_fh *
-fh_of(struct fuse_file_info *fi)
-{
-	return fi ? (struct spool_fh *)(uintptr_t)fi->fh : NULL;
-}
-
-int
-spool_op_read(const char *path, char *buf, size_t size, off_t off,
-    struct fuse_file_info *fi)
-{
-	struct spool_fh *h = fh_of(fi);
-	struct spool *s = h->s;
-	ssize_t n;
-	if (s)
-		pthread_mutex_lock(&s->lock);
-	do
-		n = pread(s ? s->fd : h->fd, buf, size, off);
-	while (n < 0 && errno == EINTR);
-	if (s)
-		pthread_mutex_unlock(&s->lock);
-	return n < 0 ? -errno : (int)n;
-}
-
-int
-spool_op_write(const char *path, const char *buf, size_t size, off_t off,
-    struct fuse_file_info *fi)
-{
-	struct spool_fh *h = fh_of(fi);
-	int r;
-	if (h->s == NULL)
-		return -EBADF;
-	pthread_mutex_lock(&h->s->lock);
-	r = spool_write(h->s, buf, size, off);
-	pthread_mutex_unlock(&h->s->lock);
-	return r;
-}
-
-int
-spool_op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
-{
-	struct spool_fh *h = fh_of(fi);
-	int r;
-	if (h == NULL || h->s == NULL)
-		return -EPERM;
-	pthread_mutex_lock(&h->s->lock);
-	r = spool_truncate(h->s, size);
-	pthread_mutex_unlock(&h->s->lock);
-	return r;
-}
-
-int
-spool_op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
-{
-	return 0;
-}
-
-int
-spool_op_release(const char *path, struct fuse_file_info *fi)
-{
-	struct spool_fh *h = fh_of(fi);
-	if (h == NULL)
-		return 0;
-	if (h->s)
-		spool_close(h->s);
-	if (h->fd >= 0)
-		close(h->fd);
-	free(h);
-	return 0;
 }
