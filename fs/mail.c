@@ -200,7 +200,10 @@ mail_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 		pthread_mutex_unlock(&mail.lock);
 		return 0;
 	case V_QUEUED:
-		mailq_find(mail.q, name, &it);
+		if (!mailq_find(mail.q, name, &it)) {
+			pthread_mutex_unlock(&mail.lock);
+			return -ENOENT;
+		}
 		fs_stat_file(st, MAIL_VIEW_MODE, (off_t)it.msglen,
 		    (time_t)it.st.queued);
 		pthread_mutex_unlock(&mail.lock);
