@@ -63,13 +63,13 @@ read_part(struct mailq *q, enum mailq_box box, const char *name,
 }
 
 static void
-test_queue(struct store_conf *conf)
+test_queue(struct store_conf *conf, long long now)
 {
 	struct mailq *q;
 	struct mailq_hdr h;
 	struct mailq_item it;
 	struct mailq_entry e;
-	long long now = (long long)time(NULL), soonest, oldest;
+	long long soonest, oldest;
 	size_t n;
 	char buf[1024];
 
@@ -136,11 +136,11 @@ test_queue(struct store_conf *conf)
 }
 
 static void
-test_recovery(struct store_conf *conf, int mailfd)
+test_recovery(struct store_conf *conf, int mailfd, long long now)
 {
 	struct mailq *q;
 	struct mailq_item it;
-	long long oldest, now = (long long)time(NULL);
+	long long oldest;
 	size_t n, nf;
 	int qfd = openat(mailfd, "queue", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	int rfd = openat(mailfd, "retry", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -171,7 +171,7 @@ main(void)
 	struct store_conf conf = { 0 };
 	struct mailq *q;
 	size_t n;
-	long long oldest;
+	long long oldest, now = (long long)time(NULL);
 	int mailfd;
 
 	if (mkdtemp(dir) == NULL)
@@ -180,9 +180,9 @@ main(void)
 	conf.shared = "postgresql://x@y/z";
 	CHECK(mailq_open(&conf, &q, &n, &oldest) == HSMFS_ERR_UNSUPPORTED && q == NULL);
 	conf.shared = NULL;
-	test_queue(&conf);
+	test_queue(&conf, now);
 	mailfd = openat(conf.dirfd, "mail", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	test_recovery(&conf, mailfd);
+	test_recovery(&conf, mailfd, now);
 	close(mailfd);
 	close(conf.dirfd);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
