@@ -795,23 +795,3 @@ engine_key_by_name(const struct engine *e, const char *name)
 			return &e->keys[i];
 	return NULL;
 }
-
-
-void
-engine_key_spec(const struct engine_key *k, const char *pin,
-    struct hsm_key_spec *spec)
-{
-	memset(spec, 0, sizeof(*spec));
-	spec->backend = k->type == ENGINE_KEY_HSM ? HSM_BACKEND_PKCS11 :
-	    HSM_BACKEND_P12;
-	spec->name = k->name;
-	spec->location = k->location;
-	spec->alias = k->alias;
-	spec->has_slot = k->has_slot;
-	spec->slot = k->slot;
-	spec->token_label = k->token_label;
-	spec->pin = pin;
-	spec->no_raw_rsa = k->no_raw_rsa;
-	spec->require_cert = 1;
-	spec->pool_size = 0;
-}

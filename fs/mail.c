@@ -391,7 +391,7 @@ mail_commit(struct writer *w)
 		goto out;
 	/* Receivers compare From with the certificate; sign anyway (the
 	 * relay may rewrite), but say why clients will flag it. */
-	if (X509_check_email(hsm_key_cert(mail.key), m.from, 0, 0) != 1)
+	if (X509_check_email(keyring_key_cert(mail.key), m.from, 0, 0) != 1)
 		log_warn("mail/%s: From %s is not an address of key %s's "
 		    "certificate; receivers will flag the signature", w->name,
 		    m.from, mail.key_name);
@@ -991,6 +991,7 @@ mail_start(void)
 	const struct engine_descriptor *d =
 	    engine_newest(hsmfs_ctx->engine, ENGINE_SIGN_EMAIL);
 	const char *url = hsmfs_ctx->opt.smtp;
+	struct keyring_signer ks;
 	struct { const char *name; int *fd; } dirs[] = {
 		{ "queue", &mail.qfd }, { "retry", &mail.retryfd },
 		{ "sent", &mail.sentfd }, { "failed", &mail.failfd },
@@ -1003,7 +1004,8 @@ mail_start(void)
 		    hsmfs_ctx->opt.config);
 		return HSMFS_ERR_UNSUPPORTED;
 	}
-	if ((mail.key = keyring_key(hsmfs_ctx->keys, d)) == NULL) {
+	if (keyring_signer_of(hsmfs_ctx->keys, d, &ks) != 0 ||
+	    (mail.key = ks.key) == NULL) {
 		err_set("key %s of %s is not open", d->key_name, ENGINE_SIGN_EMAIL);
 		return HSMFS_ERR_NOTFOUND;
 	}
@@ -1098,6 +1100,7 @@ static int
 mail_reload_prepare(const struct engine *e, struct keyring *kr, void **next)
 {
 	const struct engine_descriptor *d = engine_newest(e, ENGINE_SIGN_EMAIL);
+	struct keyring_signer ks;
 	struct mail_keys *k;
 
 	if (d == NULL) {
@@ -1107,7 +1110,7 @@ mail_reload_prepare(const struct engine *e, struct keyring *kr, void **next)
 	}
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		return HSMFS_ERR_NOMEM;
-	if ((k->key = keyring_key(kr, d)) == NULL) {
+	if (keyring_signer_of(kr, d, &ks) != 0 || (k->key = ks.key) == NULL) {
 		err_set("key %s of %s is not open", d->key_name, ENGINE_SIGN_EMAIL);
 		free(k);
 		return HSMFS_ERR_NOTFOUND;

@@ -35,7 +35,10 @@ struct hsm_key_spec {
 	unsigned pool_size;        /* PKCS#11 sessions per token (0: default 8) */
 };
 
-typedef struct hsm_key hsm_key;
+#ifndef HSMFS_HSM_KEY_T
+#define HSMFS_HSM_KEY_T
+typedef struct hsm_key hsm_key;   /* also forward-declared by crypto/ headers */
+#endif
 
 /* Open (load module, initialise once, find slot, log in once per token,
  * find key and certificate, check they match). */
