@@ -80,7 +80,8 @@ const char *keyring_key_where(const hsm_key *k);
 /* ---- status and metrics ---- */
 
 #define KEYRING_LATENCY_BUCKETS 14
-#define KEYRING_ERR_KINDS 16     /* errors_by[-r] for r in hsmfs_err */
+/* errors_by[-r - 1000] for r in hsmfs_err, [0] for anything else. */
+#define KEYRING_ERR_KINDS 16
 /* Upper bounds (ms, inclusive) of latency[]; the last bucket is open. */
 extern const double *const keyring_latency_bounds_ms;
 

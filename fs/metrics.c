@@ -47,6 +47,23 @@ static unsigned long log_errors, log_warnings;
 static char last_error[512];
 static long long last_error_time;
 
+/* Index of a result in the kind tables: -r - 1000 for an hsmfs_err, the
+ * matching code's for a -errno, 0 ("other") for anything else. */
+static int
+err_kind(int r)
+{
+	if (r < 0 && r > -4096 && !HSMFS_IS_ERR(r))
+		r = hsmfs_errno_err(-r);
+	return HSMFS_IS_ERR(r) && -r - 1000 < KEYRING_ERR_KINDS ? -r - 1000 : 0;
+}
+
+/* The hsmfs_err code of kind index i (0 for "other"). */
+static int
+kind_code(int i)
+{
+	return i > 0 ? -(i + 1000) : 0;
+}
+
 const char *
 metrics_err_kind(int r)
 {
@@ -55,13 +72,13 @@ metrics_err_kind(int r)
 		"pin_locked", "notfound", "config", "io", "nospc", "unsupported",
 		"crypto", "perm", "toobig", "other",
 	};
-	return r < 0 && -r < KEYRING_ERR_KINDS ? kinds[-r] : "other";
+	return kinds[err_kind(r)];
 }
 
 void
 metrics_count_error(const char *folder, int r)
 {
-	int kind = r < 0 && -r < KEYRING_ERR_KINDS ? -r : 0;
+	int kind = err_kind(r);
 	pthread_mutex_lock(&err_lock);
 	for (size_t i = 0; i < MAX_ERR_FOLDERS; i++) {
 		if (err_folder[i] == NULL)
@@ -360,12 +377,13 @@ key_metrics(struct metrics *m, struct keyring *kr, size_t i, int ask)
 	/* Every kind a token failure commonly has, so that rate() sees the
 	 * first one; other kinds once they occurred. */
 	for (int kind = 0; kind < KEYRING_ERR_KINDS; kind++) {
-		if (s.errors_by[kind] == 0 && -kind != HSMFS_ERR_HSM &&
-		    -kind != HSMFS_ERR_PIN_INCORRECT && -kind != HSMFS_ERR_PIN_LOCKED)
+		if (s.errors_by[kind] == 0 && kind_code(kind) != HSMFS_ERR_HSM &&
+		    kind_code(kind) != HSMFS_ERR_PIN_INCORRECT &&
+		    kind_code(kind) != HSMFS_ERR_PIN_LOCKED)
 			continue;
 		metrics_add(m, METRIC_COUNTER, "hsmfs_hsm_errors_total",
 		    "Failed private-key operations by kind", (double)s.errors_by[kind],
-		    "key", nm, "kind", metrics_err_kind(-kind), (char *)NULL);
+		    "key", nm, "kind", metrics_err_kind(kind_code(kind)), (char *)NULL);
 	}
 	for (size_t b = 0; b < KEYRING_LATENCY_BUCKETS - 1; b++)
 		bounds[b] = keyring_latency_bounds_ms[b] / 1000.0;
@@ -410,7 +428,7 @@ error_metrics(struct metrics *m)
 				metrics_add(m, METRIC_COUNTER, "hsmfs_errors_total",
 				    "Failed operations by folder and kind (one log line each)",
 				    (double)err_count[i][kind], "folder", err_folder[i],
-				    "kind", metrics_err_kind(-kind), (char *)NULL);
+				    "kind", metrics_err_kind(kind_code(kind)), (char *)NULL);
 	metrics_add(m, METRIC_COUNTER, "hsmfs_log_messages_total",
 	    "Error and warning lines logged", (double)log_errors,
 	    "level", "error", (char *)NULL);
@@ -455,7 +473,7 @@ metrics_status_tail(FILE *out)
 		for (int kind = 0; kind < KEYRING_ERR_KINDS; kind++)
 			if (err_count[i][kind] > 0)
 				fprintf(out, "errors.%s.%s: %lu\n", err_folder[i],
-				    metrics_err_kind(-kind), err_count[i][kind]);
+				    metrics_err_kind(kind_code(kind)), err_count[i][kind]);
 	fprintf(out, "log.errors: %lu\nlog.warnings: %lu\n", log_errors,
 	    log_warnings);
 	if (last_error_time) {

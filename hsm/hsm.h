@@ -89,7 +89,8 @@ int hsm_key_store_cert(hsm_key *k, X509 *cert);
  * hsm_stats.latency[]; the last bucket counts everything slower. */
 #define HSM_LATENCY_BUCKETS 14
 extern const double hsm_latency_bounds_ms[HSM_LATENCY_BUCKETS - 1];
-/* Error kinds counted per key: errors_by[-r] for r in hsmfs_err. */
+/* Error kinds counted per key: errors_by[-r - 1000] for r in hsmfs_err
+ * (HSMFS_ERR_NOMEM is 1), errors_by[0] for anything else. */
 #define HSM_ERR_KINDS 16
 
 struct hsm_stats {
