@@ -5,6 +5,7 @@
  *        thread loops open(O_APPEND)/write/close on FILE (one record each)
  * Prints one line "<what> <ops> <seconds> <ops/s>". */
 #include "crypto/engine.h"
+#include "hsm/hsm.h"
 #include "crypto/keyring.h"
 #include "common/err.h"
 
@@ -41,7 +42,7 @@ bench_sign(const char *config, double secs)
 		return 2;
 	}
 	d = engine_newest(e, ENGINE_OBJECT_HISTORY_SIGNER);
-	if (d == NULL || (k = keyring_key(kr, d)) == NULL) {
+	if (d == NULL || (k = keyring_unwrapper(kr, d)) == NULL) {
 		fprintf(stderr, "histbench: no ObjectHistorySigner key\n");
 		return 2;
 	}

@@ -1,13 +1,12 @@
 /* engineSignEncrypt.xml: descriptors (what to do, with which algorithm and
  * key) and keys (where the key lives). Parsed with libxml2, no network,
- * no DTD, no entity expansion. Also resolves PINs and opens the keys
- * (crypto/keyring.c) so that fs/ and tool/ never touch hsm/ specifics. */
+ * no DTD, no entity expansion. PINs: crypto/pin.h; the open keys:
+ * crypto/keyring.h (the only key API above hsm/). */
 #ifndef HSMFS_CRYPTO_ENGINE_H
 #define HSMFS_CRYPTO_ENGINE_H
 
 #include <stddef.h>
 #include <openssl/evp.h>
-#include "hsm/hsm.h"
 
 #define ENGINE_ENCRYPTED_FIELDS "EncryptedFields"
 #define ENGINE_CONFIG_ZIP_SIGNER "ConfigZipSigner"
@@ -119,22 +118,5 @@ const struct engine_descriptor *engine_version(const struct engine *e,
     const char *name, int version);
 const struct engine_key *engine_key_by_name(const struct engine *e,
     const char *name);
-
-/* The user PIN of a key from whichever source the config names; *pin is
- * in secure memory, NUL-terminated; release with engine_pin_free(). */
-int engine_key_pin(const struct engine_key *k, char **pin);
-void engine_pin_free(char *pin);
-
-/* After the keys are open: wipe the values of every pin.env variable in
- * place (so /proc/PID/environ no longer shows them) and unset them. */
-void engine_scrub_env_pins(const struct engine *e);
-
-/* pin.encrypted: a reversible scramble (obfuscation, not encryption). */
-char *engine_pin_scramble(const char *pin);
-int engine_pin_unscramble(const char *scrambled, char **pin);
-
-/* Fill an hsm_key_spec for k (pointers borrow from k and pin). */
-void engine_key_spec(const struct engine_key *k, const char *pin,
-    struct hsm_key_spec *spec);
 
 #endif

@@ -1,5 +1,5 @@
 /* Shared by the engineSignEncrypt.xml parser's files (engine.c,
- * engine_key.c); not for use outside crypto/engine*.c. */
+ * engine_desc.c, engine_key.c); not for use outside crypto/engine*.c. */
 #ifndef HSMFS_CRYPTO_ENGINE_INT_H
 #define HSMFS_CRYPTO_ENGINE_INT_H
 
@@ -23,6 +23,11 @@ struct parse {
 	char xml_err[256];
 };
 
+/* "prefix", ":", "name" for messages about namespaced elements. */
+#define QNAME(n) ((n)->ns && (n)->ns->prefix ? \
+	(const char *)(n)->ns->prefix : ""), ((n)->ns && (n)->ns->prefix ? \
+	":" : ""), (const char *)(n)->name
+
 /* err_set("FILE:LINE: message"); returns HSMFS_ERR_CONFIG. */
 int cfg_err(const struct parse *p, long line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -42,6 +47,17 @@ int only_type_child(const struct parse *p, xmlNodePtr n, const char *what,
     xmlNodePtr *type);
 /* Strict unsigned decimal (or 0x hex when allow_hex); -1 if not. */
 int parse_ulong(const char *s, int allow_hex, unsigned long *out);
+
+/* Element children of n, refusing stray text; *count gets how many. */
+int check_content(const struct parse *p, xmlNodePtr n, size_t *count);
+/* s is one of list (NULL-terminated); list joined with ", " into out. */
+int in_list(const char *s, const char *const *list);
+void list_join(const char *const *list, char *out, size_t outlen);
+
+/* The <descriptors> section (engine_desc.c): served descriptors into
+ * e->descs, others into e->unserved, in document order. */
+int parse_descriptors(const struct parse *p, xmlNodePtr sec,
+    struct engine *e);
 
 /* One <key> (engine_key.c). Needs p->e's descriptors parsed already:
  * whether the key is served decides how strictly it is checked. */

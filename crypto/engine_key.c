@@ -4,6 +4,7 @@
 #include "crypto/engine.h"
 #include "crypto/engine_int.h"
 #include "crypto/p11uri.h"
+#include "crypto/pin.h"
 #include "common/err.h"
 
 #include <ctype.h>
@@ -281,49 +282,20 @@ uri_conflict(const struct parse *p, xmlNodePtr t, const char *what,
 	    "name the same thing; keep one", what, attr, part);
 }
 
+/* Where the key lives: locationValue or the uri's module, resolved. */
 static int
-key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
-    const char *what)
+key_location(const struct parse *p, xmlNodePtr t, struct engine_key *k,
+    const char *what, struct p11uri *u)
 {
-	static const char *const hsm_attrs[] = {"name", "locationValue", "pin",
-		"pin.encrypted", "pin.file", "pin.env", "alias", "slot",
-		"tokenLabel", "rawRsaFallback", "uri", NULL};
-	static const char *const p12_attrs[] = {"name", "locationValue", "pin",
-		"pin.encrypted", "pin.file", "pin.env", "alias", NULL};
-	static const char *const pin_attrs[] = {"pin", "pin.encrypted",
-		"pin.file", "pin.env", NULL};
-	char why[1024], *v = NULL, *uri = NULL;
-	const char *first = NULL;
-	struct p11uri u;
-	int r, npin = 0, uri_pin = 0;
+	char why[1024];
+	char *v = NULL;
+	int r;
 
-	memset(&u, 0, sizeof(u));
-	if (key_type(k->type_name, &k->type) != 0)
-		return cfg_err(p, attr_line(p, t, "name"), "<type name=\"%s\"> of "
-		    "%s: unknown key type; use HSM, P12 or PKCS12 (any case)",
-		    k->type_name, what);
-	if ((r = check_attrs(p, t, k->type == ENGINE_KEY_HSM ? hsm_attrs :
-	    p12_attrs, k->type == ENGINE_KEY_HSM ? " of an HSM key" :
-	    " of a P12 key")) != 0)
-		return r;
-
-	if (k->type == ENGINE_KEY_HSM) {
-		/* May hold pin-value=: wiped, never kept. */
-		if ((r = attr_get(t, "uri", &uri)) != 0)
-			return r;
-		if (uri != NULL && p11uri_parse(uri, &u, why, sizeof(why)) != 0) {
-			OPENSSL_clear_free(uri, strlen(uri));
-			return cfg_err(p, attr_line(p, t, "uri"), "%s: %s", what, why);
-		}
-		k->has_uri = uri != NULL;
-		if (uri != NULL)
-			OPENSSL_clear_free(uri, strlen(uri));
-	}
-	if (u.module_path || u.module_name) {
-		if ((r = uri_conflict(p, t, what, "locationValue", u.module_path ?
+	if (u->module_path || u->module_name) {
+		if ((r = uri_conflict(p, t, what, "locationValue", u->module_path ?
 		    "module-path" : "module-name")) != 0)
 			goto out;
-		v = strdup(u.module_path ? u.module_path : u.module_name);
+		v = strdup(u->module_path ? u->module_path : u->module_name);
 		if (v == NULL) {
 			r = HSMFS_ERR_NOMEM;
 			goto out;
@@ -342,19 +314,31 @@ key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
 	r = resolve_location(p, v, k->type == ENGINE_KEY_P12, &k->location, why,
 	    sizeof(why));
 	if (r == 1)
-		r = cfg_err(p, attr_line(p, t, u.module_path || u.module_name ?
+		r = cfg_err(p, attr_line(p, t, u->module_path || u->module_name ?
 		    "uri" : "locationValue"), "%s: locationValue=\"%s\": %s", what,
 		    v, why);
 	free(v);
 	v = NULL;
 	if (r != 0)
 		goto out;
+	r = 0;
+out:
+	free(v);
+	return r;
+}
 
-	if (u.object != NULL) {
+/* The label: alias or the uri's object=. */
+static int
+key_alias(const struct parse *p, xmlNodePtr t, struct engine_key *k,
+    const char *what, struct p11uri *u)
+{
+	int r;
+
+	if (u->object != NULL) {
 		if ((r = uri_conflict(p, t, what, "alias", "object=")) != 0)
 			goto out;
-		k->alias = u.object;
-		u.object = NULL;
+		k->alias = u->object;
+		u->object = NULL;
 	} else if ((r = attr_get(t, "alias", &k->alias)) != 0)
 		goto out;
 	if (k->type == ENGINE_KEY_HSM && k->alias == NULL) {
@@ -368,12 +352,24 @@ key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
 		    "is empty; give the label or remove it", what);
 		goto out;
 	}
+	r = 0;
+out:
+	return r;
+}
+
+/* HSM keys: slot, token label (or the uri's), rawRsaFallback. */
+static int
+key_token(const struct parse *p, xmlNodePtr t, struct engine_key *k,
+    const char *what, struct p11uri *u)
+{
+	char *v = NULL;
+	int r;
 
 	if (k->type == ENGINE_KEY_HSM) {
 		if ((r = attr_get(t, "slot", &v)) != 0)
 			goto out;
 		if (v != NULL) {
-			if (u.has_slot) {
+			if (u->has_slot) {
 				r = uri_conflict(p, t, what, "slot", "slot-id=");
 				goto out;
 			}
@@ -386,15 +382,15 @@ key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
 			k->has_slot = 1;
 			free(v);
 			v = NULL;
-		} else if (u.has_slot) {
+		} else if (u->has_slot) {
 			k->has_slot = 1;
-			k->slot = u.slot;
+			k->slot = u->slot;
 		}
-		if (u.token != NULL) {
+		if (u->token != NULL) {
 			if ((r = uri_conflict(p, t, what, "tokenLabel", "token=")) != 0)
 				goto out;
-			k->token_label = u.token;
-			u.token = NULL;
+			k->token_label = u->token;
+			u->token = NULL;
 		} else if ((r = attr_get(t, "tokenLabel", &k->token_label)) != 0)
 			goto out;
 		if (k->token_label != NULL && k->token_label[0] == '\0') {
@@ -418,6 +414,22 @@ key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
 			v = NULL;
 		}
 	}
+	r = 0;
+out:
+	free(v);
+	return r;
+}
+
+/* Exactly one PIN source; a plain or scrambled PIN checked now. */
+static int
+key_pin(const struct parse *p, xmlNodePtr t, struct engine_key *k,
+    const char *what, struct p11uri *u)
+{
+	static const char *const pin_attrs[] = {"pin", "pin.encrypted",
+		"pin.file", "pin.env", NULL};
+	const char *first = NULL;
+	int npin = 0, uri_pin = 0;
+	int r;
 
 	/* Exactly one PIN source. */
 	for (size_t i = 0; pin_attrs[i]; i++) {
@@ -431,11 +443,11 @@ key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
 		}
 		first = pin_attrs[i];
 	}
-	if (u.pin_source || u.pin_value) {
+	if (u->pin_source || u->pin_value) {
 		if (npin > 0) {
 			r = cfg_err(p, attr_line(p, t, first), "%s has both '%s' and "
 			    "uri's %s; keep exactly one PIN source", what, first,
-			    u.pin_source ? "pin-source=" : "pin-value=");
+			    u->pin_source ? "pin-source=" : "pin-value=");
 			goto out;
 		}
 		npin = 1;
@@ -446,10 +458,10 @@ key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
 		    "pin.file or pin.env", what);
 		goto out;
 	}
-	if (u.pin_value != NULL) {
+	if (u->pin_value != NULL) {
 		uri_pin = 1;
-		k->pin = u.pin_value;
-		u.pin_value = NULL;
+		k->pin = u->pin_value;
+		u->pin_value = NULL;
 	} else if ((r = attr_get(t, "pin", &k->pin)) != 0)
 		goto out;
 	if ((r = attr_get(t, "pin.encrypted", &k->pin_encrypted)) != 0)
@@ -462,16 +474,29 @@ key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
 	}
 	if (k->pin_encrypted != NULL) {
 		char *pin = NULL;
-		if (engine_pin_unscramble(k->pin_encrypted, &pin) != 0) {
+		if (pin_unscramble(k->pin_encrypted, &pin) != 0) {
 			r = cfg_err(p, attr_line(p, t, "pin.encrypted"), "%s: "
 			    "%s", what, err_detail());
 			goto out;
 		}
-		engine_pin_free(pin);
+		pin_free(pin);
 	}
-	if (u.pin_source != NULL) {
-		v = u.pin_source;
-		u.pin_source = NULL;
+	r = 0;
+out:
+	return r;
+}
+
+/* pin.file (or the uri's pin-source=) made absolute; pin.env checked. */
+static int
+key_pin_file(const struct parse *p, xmlNodePtr t, struct engine_key *k,
+    const char *what, struct p11uri *u)
+{
+	char *v = NULL;
+	int r;
+
+	if (u->pin_source != NULL) {
+		v = u->pin_source;
+		u->pin_source = NULL;
 	} else if ((r = attr_get(t, "pin.file", &v)) != 0)
 		goto out;
 	if (v != NULL) {
@@ -517,6 +542,52 @@ key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
 	r = 0;
 out:
 	free(v);
+	return r;
+}
+
+static int
+key_strict(const struct parse *p, xmlNodePtr t, struct engine_key *k,
+    const char *what)
+{
+	static const char *const hsm_attrs[] = {"name", "locationValue", "pin",
+		"pin.encrypted", "pin.file", "pin.env", "alias", "slot",
+		"tokenLabel", "rawRsaFallback", "uri", NULL};
+	static const char *const p12_attrs[] = {"name", "locationValue", "pin",
+		"pin.encrypted", "pin.file", "pin.env", "alias", NULL};
+	char why[1024], *uri = NULL;
+	struct p11uri u;
+	int r;
+
+	memset(&u, 0, sizeof(u));
+	if (key_type(k->type_name, &k->type) != 0)
+		return cfg_err(p, attr_line(p, t, "name"), "<type name=\"%s\"> of "
+		    "%s: unknown key type; use HSM, P12 or PKCS12 (any case)",
+		    k->type_name, what);
+	if ((r = check_attrs(p, t, k->type == ENGINE_KEY_HSM ? hsm_attrs :
+	    p12_attrs, k->type == ENGINE_KEY_HSM ? " of an HSM key" :
+	    " of a P12 key")) != 0)
+		return r;
+
+	if (k->type == ENGINE_KEY_HSM) {
+		/* May hold pin-value=: wiped, never kept. */
+		if ((r = attr_get(t, "uri", &uri)) != 0)
+			return r;
+		if (uri != NULL && p11uri_parse(uri, &u, why, sizeof(why)) != 0) {
+			OPENSSL_clear_free(uri, strlen(uri));
+			return cfg_err(p, attr_line(p, t, "uri"), "%s: %s", what, why);
+		}
+		k->has_uri = uri != NULL;
+		if (uri != NULL)
+			OPENSSL_clear_free(uri, strlen(uri));
+	}
+	if ((r = key_location(p, t, k, what, &u)) != 0 ||
+	    (r = key_alias(p, t, k, what, &u)) != 0 ||
+	    (r = key_token(p, t, k, what, &u)) != 0 ||
+	    (r = key_pin(p, t, k, what, &u)) != 0 ||
+	    (r = key_pin_file(p, t, k, what, &u)) != 0)
+		goto out;
+	r = 0;
+out:
 	p11uri_clear(&u);
 	return r;
 }

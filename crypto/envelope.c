@@ -3,6 +3,7 @@
  * and rewrapping for key rotation. Owns every plaintext and key buffer it
  * makes: secure memory, wiped on every path. */
 #include "crypto/envelope.h"
+#include "hsm/hsm.h"
 #include "common/err.h"
 #include "common/util.h"
 
@@ -550,7 +551,7 @@ envelope_find_key(const struct engine *e, struct keyring *kr,
 		    "configured", h->version);
 		return HSMFS_ERR_INVALID;
 	}
-	if ((k = keyring_key(kr, d)) == NULL) {
+	if ((k = keyring_unwrapper(kr, d)) == NULL) {
 		err_set("EncryptedFields version %u: key %s is not open",
 		    h->version, d->key_name);
 		return HSMFS_ERR_INVALID;

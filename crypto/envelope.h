@@ -13,7 +13,15 @@
 
 #include "crypto/engine.h"
 #include "crypto/keyring.h"
-#include "hsm/hsm.h"
+#include <stddef.h>
+#include <stdint.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#ifndef HSMFS_HSM_KEY_T
+#define HSMFS_HSM_KEY_T
+typedef struct hsm_key hsm_key;   /* opaque (hsm/hsm.h) */
+#endif
 
 #define ENVELOPE_FORMAT "NX02"          /* descriptor result= value */
 #define ENVELOPE_TEXT_PREFIX "NX02:"

@@ -3,7 +3,8 @@
  * open keys whose location is unchanged with the previous keyring, so
  * their sessions and logins survive; each open key counts the keyrings
  * holding it and is closed when the last one is freed. */
-#include "crypto/keyring.h"
+#include "crypto/keyring_int.h"
+#include "crypto/pin.h"
 #include "common/err.h"
 
 #include <stdatomic.h>
@@ -46,8 +47,8 @@ static int
 same_key(const struct engine_key *a, const struct engine_key *b)
 {
 	struct hsm_key_spec x, y;
-	engine_key_spec(a, NULL, &x);
-	engine_key_spec(b, NULL, &y);
+	keyring_key_spec(a, NULL, &x);
+	keyring_key_spec(b, NULL, &y);
 	return str_eq(x.name, y.name) && x.backend == y.backend &&
 	    str_eq(x.location, y.location) && str_eq(x.alias, y.alias) &&
 	    x.has_slot == y.has_slot && (!x.has_slot || x.slot == y.slot) &&
@@ -90,7 +91,6 @@ keyring_reopen(const struct keyring *old, const struct engine *e,
 	for (size_t i = 0; i < e->nkeys; i++) {
 		const struct engine_key *ek = &e->keys[i];
 		struct shared_key *s = NULL;
-		struct hsm_key_spec spec;
 		char *pin = NULL;
 		if (!key_used(e, ek))
 			continue;
@@ -100,11 +100,11 @@ keyring_reopen(const struct keyring *old, const struct engine *e,
 				 * read now: a reload that says ok must not leave a
 				 * config that fails at the next start. */
 				if (!same_pin_source(old->ekeys[j], ek)) {
-					if ((r = engine_key_pin(ek, &pin)) != 0) {
+					if ((r = pin_of_key(ek, &pin)) != 0) {
 						err_prefix("key %s: ", ek->name);
 						goto fail;
 					}
-					engine_pin_free(pin);
+					pin_free(pin);
 					pin = NULL;
 				}
 				s = old->keys[j];
@@ -117,16 +117,7 @@ keyring_reopen(const struct keyring *old, const struct engine *e,
 				goto fail;
 			}
 			atomic_init(&s->refs, 1);
-			if ((r = engine_key_pin(ek, &pin)) != 0) {
-				err_prefix("key %s: ", ek->name);
-				free(s);
-				goto fail;
-			}
-			engine_key_spec(ek, pin, &spec);
-			spec.require_cert = 1;
-			r = hsm_key_open(&spec, &s->key);
-			engine_pin_free(pin);
-			if (r != 0) {
+			if ((r = keyring_open_key(ek, 1, &s->key)) != 0) {
 				free(s);
 				goto fail;
 			}
@@ -167,23 +158,142 @@ keyring_free(struct keyring *kr)
 	free(kr);
 }
 
-hsm_key *
-keyring_key_by_name(struct keyring *kr, const char *key_name)
+static hsm_key *
+key_by_name(struct keyring *kr, const char *key_name)
 {
-	for (size_t i = 0; kr && i < kr->n; i++)
+	for (size_t i = 0; kr && key_name && i < kr->n; i++)
 		if (strcmp(kr->ekeys[i]->name, key_name) == 0)
 			return kr->keys[i]->key;
 	return NULL;
 }
 
 hsm_key *
-keyring_key(struct keyring *kr, const struct engine_descriptor *d)
+keyring_unwrapper(struct keyring *kr, const struct engine_descriptor *d)
 {
-	return d ? keyring_key_by_name(kr, d->key_name) : NULL;
+	return d ? key_by_name(kr, d->key_name) : NULL;
 }
 
+static void
+signer_fill(const struct engine_descriptor *d, hsm_key *k,
+    struct keyring_signer *out)
+{
+	out->desc = d;
+	out->key = k;
+	out->cert = hsm_key_cert(k);
+	out->pubkey = hsm_key_pubkey(k);
+	out->name = d->key_name;
+}
+
+int
+keyring_signer_of(struct keyring *kr, const struct engine_descriptor *d,
+    struct keyring_signer *out)
+{
+	hsm_key *k = key_by_name(kr, d->key_name);
+
+	memset(out, 0, sizeof(*out));
+	if (k == NULL || hsm_key_cert(k) == NULL) {
+		err_set("%s version %d: key %s is not open", d->name, d->version,
+		    d->key_name);
+		return HSMFS_ERR_NOTFOUND;
+	}
+	signer_fill(d, k, out);
+	return 0;
+}
+
+int
+keyring_signer(struct keyring *kr, const char *descriptor,
+    struct keyring_signer *out)
+{
+	const struct engine_descriptor *d =
+	    kr ? engine_newest(kr->engine, descriptor) : NULL;
+
+	if (d == NULL) {
+		memset(out, 0, sizeof(*out));
+		err_set("no %s descriptor in %s", descriptor,
+		    kr ? kr->engine->path : "the config");
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	return keyring_signer_of(kr, d, out);
+}
+
+int
+keyring_verifiers(struct keyring *kr, const char *descriptor,
+    struct keyring_signer **out, size_t *n)
+{
+	const struct engine *e = kr ? kr->engine : NULL;
+	const struct engine_descriptor *newest =
+	    e ? engine_newest(e, descriptor) : NULL;
+	struct keyring_signer *v;
+	size_t c = 0;
+
+	*out = NULL;
+	*n = 0;
+	if (newest == NULL)
+		return 0;
+	if ((v = calloc(e->ndescs, sizeof(*v))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	/* The newest first, then the others in document order. */
+	for (size_t pass = 0; pass < 2; pass++)
+		for (size_t i = 0; i < e->ndescs; i++) {
+			const struct engine_descriptor *d = &e->descs[i];
+			hsm_key *k;
+			int dup = 0;
+			if (strcmp(d->name, descriptor) != 0 ||
+			    (pass == 0) != (d == newest) ||
+			    (k = key_by_name(kr, d->key_name)) == NULL ||
+			    hsm_key_cert(k) == NULL)
+				continue;
+			for (size_t j = 0; j < c; j++)
+				dup |= v[j].key == k;
+			if (!dup)
+				signer_fill(d, k, &v[c++]);
+		}
+	*out = v;
+	*n = c;
+	return 0;
+}
+
+const char *keyring_key_name(const hsm_key *k) { return hsm_key_name(k); }
+X509 *keyring_key_cert(const hsm_key *k) { return hsm_key_cert(k); }
+EVP_PKEY *keyring_key_pubkey(const hsm_key *k) { return hsm_key_pubkey(k); }
+EVP_PKEY *keyring_key_pkey(hsm_key *k) { return hsm_key_pkey(k); }
+const char *keyring_key_where(const hsm_key *k) { return hsm_key_where(k); }
+
 size_t keyring_count(const struct keyring *kr) { return kr ? kr->n : 0; }
-hsm_key *keyring_at(struct keyring *kr, size_t i) { return kr->keys[i]->key; }
+
+_Static_assert(KEYRING_LATENCY_BUCKETS == HSM_LATENCY_BUCKETS,
+    "keyring and hsm latency buckets");
+_Static_assert(KEYRING_ERR_KINDS == HSM_ERR_KINDS, "keyring and hsm error kinds");
+const double *const keyring_latency_bounds_ms = hsm_latency_bounds_ms;
+
+void
+keyring_status(struct keyring *kr, size_t i, int ask,
+    struct keyring_status *out)
+{
+	hsm_key *k = kr->keys[i]->key;
+	struct hsm_stats s;
+
+	memset(out, 0, sizeof(*out));
+	hsm_key_get_stats(k, &s);
+	hsm_key_token_state(k, ask, &out->present, &out->logged_in);
+	out->name = hsm_key_name(k);
+	out->pkcs11 = hsm_key_backend(k) == HSM_BACKEND_PKCS11;
+	out->backend = out->pkcs11 ? "pkcs11" : "pkcs12";
+	out->where = hsm_key_where(k);
+	out->cert = hsm_key_cert(k);
+	out->ops = s.ops;
+	out->errors = s.errors;
+	out->total_ms = s.total_ms;
+	out->pool_in_use = s.pool_in_use;
+	out->pool_size = s.pool_size;
+	out->last_result = s.last_result;
+	out->last_time = s.last_time;
+	out->available = s.available;
+	out->logins = s.logins;
+	out->reinits = s.reinits;
+	memcpy(out->latency, s.latency, sizeof(out->latency));
+	memcpy(out->errors_by, s.errors_by, sizeof(out->errors_by));
+}
 
 int
 keyring_shared(const struct keyring *kr, size_t i)

@@ -74,6 +74,97 @@ p11uri_clear(struct p11uri *u)
 	memset(u, 0, sizeof(*u));
 }
 
+/* A path attribute (sep ';'). Returns 0 or fail() when it is done with
+ * v (freed), 1 with *slot set (NULL: not a path attribute) when the
+ * caller stores v. */
+static int
+path_attribute(struct p11uri *u, const char *key, char *v, char ***slot,
+    char *why, size_t whylen)
+{
+	if (strcmp(key, "token") == 0)
+		*slot = &u->token;
+	else if (strcmp(key, "object") == 0)
+		*slot = &u->object;
+	else if (strcmp(key, "type") == 0) {
+		int ok = strcmp(v, "private") == 0;
+		free(v);
+		if (!ok)
+			return fail(why, whylen, "pkcs11: URI type= must be "
+			    "\"private\" (hsmfs finds the certificate by the "
+			    "same label)");
+		return 0;
+	} else if (strcmp(key, "slot-id") == 0) {
+		char *end;
+		errno = 0;
+		u->slot = strtoul(v, &end, 10);
+		if (!isdigit((unsigned char)v[0]) || *end != '\0' ||
+		    errno != 0) {
+			free(v);
+			return fail(why, whylen, "pkcs11: URI slot-id= must be "
+			    "a decimal slot ID");
+		}
+		if (u->has_slot++) {
+			free(v);
+			return fail(why, whylen, "pkcs11: URI has slot-id= "
+			    "twice; keep one");
+		}
+		free(v);
+		return 0;
+	}
+	return 1;
+}
+
+/* A query attribute (sep '&'); returns as path_attribute. */
+static int
+query_attribute(struct p11uri *u, const char *key, char *v, char ***slot,
+    char *why, size_t whylen)
+{
+	if (strcmp(key, "module-path") == 0) {
+		if (v[0] != '/') {
+			free(v);
+			return fail(why, whylen, "pkcs11: URI module-path= "
+			    "must be an absolute path (or use module-name=)");
+		}
+		*slot = &u->module_path;
+	} else if (strcmp(key, "module-name") == 0) {
+		if (strchr(v, '/') != NULL) {
+			free(v);
+			return fail(why, whylen, "pkcs11: URI module-name= is "
+			    "a name, not a path; use module-path= for a path");
+		}
+		*slot = &u->module_name;
+	} else if (strcmp(key, "pin-source") == 0) {
+		/* RFC 7512: a URI; file: is the one hsmfs reads. */
+		if (strncmp(v, "file:", 5) == 0) {
+			const char *p = v + 5;
+			if (strncmp(p, "//", 2) == 0) {
+				p += 2;
+				if (strncmp(p, "localhost/", 10) == 0)
+					p += 9;
+				else if (*p != '/') {
+					free(v);
+					return fail(why, whylen, "pkcs11: URI pin-source= "
+					    "names a remote host; give a local file");
+				}
+			}
+			memmove(v, p, strlen(p) + 1);
+		} else if (strchr(v, ':') != NULL && v[0] != '/') {
+			free(v);
+			return fail(why, whylen, "pkcs11: URI pin-source= must be "
+			    "a file: URI or a file path");
+		}
+		if (v[0] == '\0') {
+			free(v);
+			return fail(why, whylen, "pkcs11: URI pin-source= is "
+			    "empty");
+		}
+		*slot = &u->pin_source;
+	} else if (strcmp(key, "pin-value") == 0) {
+		*slot = &u->pin_value;
+	}
+	return 1;
+}
+
 /* One "name=value" of the path (sep ';') or the query (sep '&'). */
 static int
 attribute(struct p11uri *u, const char *a, size_t n, int query, char *why,
@@ -83,7 +174,7 @@ attribute(struct p11uri *u, const char *a, size_t n, int query, char *why,
 	size_t kl;
 	char key[32], *v;
 	char **slot = NULL;
-	int bad;
+	int bad, r;
 
 	/* The query may hold pin-value: never echo it into a log line. */
 	if (eq == NULL && query)
@@ -103,87 +194,14 @@ attribute(struct p11uri *u, const char *a, size_t n, int query, char *why,
 		    "%%-escape (or an encoded NUL) in its value", key) :
 		    fail(why, whylen, "out of memory");
 
-	if (!query) {
-		if (strcmp(key, "token") == 0)
-			slot = &u->token;
-		else if (strcmp(key, "object") == 0)
-			slot = &u->object;
-		else if (strcmp(key, "type") == 0) {
-			int ok = strcmp(v, "private") == 0;
-			free(v);
-			if (!ok)
-				return fail(why, whylen, "pkcs11: URI type= must be "
-				    "\"private\" (hsmfs finds the certificate by the "
-				    "same label)");
-			return 0;
-		} else if (strcmp(key, "slot-id") == 0) {
-			char *end;
-			errno = 0;
-			u->slot = strtoul(v, &end, 10);
-			if (!isdigit((unsigned char)v[0]) || *end != '\0' ||
-			    errno != 0) {
-				free(v);
-				return fail(why, whylen, "pkcs11: URI slot-id= must be "
-				    "a decimal slot ID");
-			}
-			if (u->has_slot++) {
-				free(v);
-				return fail(why, whylen, "pkcs11: URI has slot-id= "
-				    "twice; keep one");
-			}
-			free(v);
-			return 0;
-		}
-	} else {
-		if (strcmp(key, "module-path") == 0) {
-			if (v[0] != '/') {
-				free(v);
-				return fail(why, whylen, "pkcs11: URI module-path= "
-				    "must be an absolute path (or use module-name=)");
-			}
-			slot = &u->module_path;
-		} else if (strcmp(key, "module-name") == 0) {
-			if (strchr(v, '/') != NULL) {
-				free(v);
-				return fail(why, whylen, "pkcs11: URI module-name= is "
-				    "a name, not a path; use module-path= for a path");
-			}
-			slot = &u->module_name;
-		} else if (strcmp(key, "pin-source") == 0) {
-			/* RFC 7512: a URI; file: is the one hsmfs reads. */
-			if (strncmp(v, "file:", 5) == 0) {
-				const char *p = v + 5;
-				if (strncmp(p, "//", 2) == 0) {
-					p += 2;
-					if (strncmp(p, "localhost/", 10) == 0)
-						p += 9;
-					else if (*p != '/') {
-						free(v);
-						return fail(why, whylen, "pkcs11: URI pin-source= "
-						    "names a remote host; give a local file");
-					}
-				}
-				memmove(v, p, strlen(p) + 1);
-			} else if (strchr(v, ':') != NULL && v[0] != '/') {
-				free(v);
-				return fail(why, whylen, "pkcs11: URI pin-source= must be "
-				    "a file: URI or a file path");
-			}
-			if (v[0] == '\0') {
-				free(v);
-				return fail(why, whylen, "pkcs11: URI pin-source= is "
-				    "empty");
-			}
-			slot = &u->pin_source;
-		} else if (strcmp(key, "pin-value") == 0) {
-			slot = &u->pin_value;
-		}
-	}
+	r = query ? query_attribute(u, key, v, &slot, why, whylen) :
+	    path_attribute(u, key, v, &slot, why, whylen);
+	if (r != 1)
+		return r;
 	if (slot == NULL) {
 		static const char *const known[] = {"token", "object", "type",
 			"slot-id", "module-path", "module-name", "pin-source",
 			"pin-value", NULL};
-		int r;
 		for (size_t i = 0; known[i]; i++)
 			if (strcasecmp(key, known[i]) == 0) {
 				OPENSSL_clear_free(v, strlen(v));

@@ -3,6 +3,7 @@
  * safe to sign (CRLF, transfer encodings) and the CMS detached signature.
  * Everything works on whole in-memory messages; the caller owns I/O. */
 #include "crypto/smime.h"
+#include "hsm/hsm.h"
 #include "common/err.h"
 #include "common/util.h"
 

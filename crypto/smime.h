@@ -9,7 +9,15 @@
 #include <stdint.h>
 #include <time.h>
 #include <openssl/evp.h>
-#include "hsm/hsm.h"
+#include <stddef.h>
+#include <stdint.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#ifndef HSMFS_HSM_KEY_T
+#define HSMFS_HSM_KEY_T
+typedef struct hsm_key hsm_key;   /* opaque (hsm/hsm.h) */
+#endif
 
 /* Limits (RFC 5322 2.1.1 for lines; the rest keeps a hostile writer from
  * making the daemon allocate without bound). */

@@ -10,7 +10,15 @@
 #include <sys/types.h>
 #include <openssl/evp.h>
 
-#include "hsm/hsm.h"
+#include <stddef.h>
+#include <stdint.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#ifndef HSMFS_HSM_KEY_T
+#define HSMFS_HSM_KEY_T
+typedef struct hsm_key hsm_key;   /* opaque (hsm/hsm.h) */
+#endif
 
 #define TLOG_HASH_LEN 32
 

@@ -375,12 +375,14 @@ orphan:
 struct fields_keys {
 	const struct engine_descriptor *newest;
 	hsm_key *key;
+	X509 *cert;
 };
 
 static int
 fields_keys_of(const struct engine *e, struct keyring *kr,
     struct fields_keys *out)
 {
+	struct keyring_signer s;
 	int r;
 
 	for (size_t i = 0; i < e->ndescs; i++)
@@ -391,12 +393,10 @@ fields_keys_of(const struct engine *e, struct keyring *kr,
 		err_set("no EncryptedFields descriptor in %s", e->path);
 		return HSMFS_ERR_UNSUPPORTED;
 	}
-	if ((out->key = keyring_key(kr, out->newest)) == NULL ||
-	    hsm_key_cert(out->key) == NULL) {
-		err_set("EncryptedFields version %d: key %s is not open",
-		    out->newest->version, out->newest->key_name);
+	if (keyring_signer_of(kr, out->newest, &s) != 0)
 		return HSMFS_ERR_CONFIG;
-	}
+	out->key = s.key;
+	out->cert = s.cert;
 	return 0;
 }
 
@@ -416,7 +416,7 @@ fields_start(void)
 		return r;
 	newest = fk.newest;
 	newest_key = fk.key;
-	newest_cert = hsm_key_cert(newest_key);
+	newest_cert = fk.cert;
 	log_info("fields: new values use EncryptedFields version %d (key %s)",
 	    newest->version, newest->key_name);
 	return 0;
@@ -452,7 +452,7 @@ fields_reload_finish(void *next, int commit)
 			    "%d (key %s)", fk->newest->version, fk->newest->key_name);
 		newest = fk->newest;
 		newest_key = fk->key;
-		newest_cert = hsm_key_cert(newest_key);
+		newest_cert = fk->cert;
 	}
 	free(fk);
 }

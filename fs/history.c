@@ -532,7 +532,7 @@ sign_items(struct sign_job *j)
 		t->sign_err = tlog_checkpoint_sign(origin, t->end.nrec, root, &H.signer,
 		    1, &t->cp, &t->cp_len);
 		if (t->sign_err)
-			fs_log_fail("history", t->o->name, hsm_key_name(H.signer),
+			fs_log_fail("history", t->o->name, keyring_key_name(H.signer),
 			    "signing the checkpoint", t->sign_err);
 	}
 }
@@ -1320,36 +1320,33 @@ hkeys_of(const struct engine *e, struct keyring *kr, struct hkeys *hk)
 {
 	const struct engine_descriptor *newest =
 	    engine_newest(e, ENGINE_OBJECT_HISTORY_SIGNER);
+	struct keyring_signer s, *v;
+	size_t n;
+	int r;
 
 	memset(hk, 0, sizeof(*hk));
 	if (newest == NULL) {
 		err_set("no ObjectHistorySigner descriptor in the config");
 		return HSMFS_ERR_UNSUPPORTED;
 	}
-	if ((hk->signer = keyring_key(kr, newest)) == NULL) {
-		err_set("ObjectHistorySigner version %d: key %s is not open",
-		    newest->version, newest->key_name);
-		return HSMFS_ERR_NOTFOUND;
-	}
-	hk->vkeys = calloc(e->ndescs, sizeof(*hk->vkeys));
-	hk->vcerts = calloc(e->ndescs, sizeof(*hk->vcerts));
+	if ((r = keyring_signer_of(kr, newest, &s)) != 0)
+		return r;
+	hk->signer = s.key;
+	if ((r = keyring_verifiers(kr, ENGINE_OBJECT_HISTORY_SIGNER, &v, &n)) != 0)
+		return r;
+	hk->vkeys = calloc(n + 1, sizeof(*hk->vkeys));
+	hk->vcerts = calloc(n + 1, sizeof(*hk->vcerts));
 	if (hk->vkeys == NULL || hk->vcerts == NULL) {
 		free(hk->vkeys);
 		free(hk->vcerts);
+		free(v);
 		return HSMFS_ERR_NOMEM;
 	}
-	hk->vkeys[hk->nvkeys] = hsm_key_pubkey(hk->signer);
-	hk->vcerts[hk->nvkeys++] = hsm_key_cert(hk->signer);
-	for (size_t i = 0; i < e->ndescs; i++) {
-		const struct engine_descriptor *d = &e->descs[i];
-		hsm_key *k;
-		if (strcmp(d->name, ENGINE_OBJECT_HISTORY_SIGNER) != 0 || d == newest)
-			continue;
-		if ((k = keyring_key(kr, d)) == NULL || k == hk->signer)
-			continue;
-		hk->vkeys[hk->nvkeys] = hsm_key_pubkey(k);
-		hk->vcerts[hk->nvkeys++] = hsm_key_cert(k);
+	for (size_t i = 0; i < n; i++) {
+		hk->vkeys[hk->nvkeys] = v[i].pubkey;
+		hk->vcerts[hk->nvkeys++] = v[i].cert;
 	}
+	free(v);
 	return 0;
 }
 
@@ -1413,7 +1410,7 @@ history_reload_finish(void *next, int commit)
 			}
 		if (hk->signer != H.signer)
 			log_info("history: new checkpoints are signed with key %s",
-			    hsm_key_name(hk->signer));
+			    keyring_key_name(hk->signer));
 		free(H.vkeys);
 		free(H.vcerts);
 		H.signer = hk->signer;
@@ -1589,7 +1586,7 @@ history_start(void)
 	H.running = 1;
 	H.configured = 1;
 	log_info("history: %" PRIu64 " object(s), signing with %s%s%s", H.nobjects,
-	    hsm_key_name(H.signer), H.anchorfd >= 0 ? ", anchor " : "",
+	    keyring_key_name(H.signer), H.anchorfd >= 0 ? ", anchor " : "",
 	    H.anchorfd >= 0 ? hsmfs_ctx->opt.history_anchor : "");
 	return 0;
 }
@@ -1634,7 +1631,7 @@ history_status(FILE *out)
 	fprintf(out, "history.mean_close_ms: %.3f\n",
 	    H.nacks ? H.ack_ms / (double)H.nacks : 0.0);
 	fprintf(out, "history.last_checkpoint: %lld\n", (long long)H.last_commit);
-	fprintf(out, "history.signer: %s\n", H.signer ? hsm_key_name(H.signer) : "");
+	fprintf(out, "history.signer: %s\n", H.signer ? keyring_key_name(H.signer) : "");
 	fprintf(out, "history.anchor: %s\n", H.anchorfd >= 0 ?
 	    hsmfs_ctx->opt.history_anchor : "none");
 	pthread_mutex_unlock(&H.lock);
@@ -2110,7 +2107,7 @@ fh_commit(struct hfh *h)
 	h->pending = 0;
 	pthread_mutex_unlock(&h->mu);
 	if (r != 0) {
-		fs_log_fail("history", h->o->name, H.signer ? hsm_key_name(H.signer)
+		fs_log_fail("history", h->o->name, H.signer ? keyring_key_name(H.signer)
 		    : NULL, "record not committed", r);
 		return r == HSMFS_ERR_BADMSG ? -EBADMSG : -hsmfs_err_errno(r);
 	}

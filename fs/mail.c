@@ -57,7 +57,7 @@ mail_commit(struct writer *w)
 		goto out;
 	/* Receivers compare From with the certificate; sign anyway (the
 	 * relay may rewrite), but say why clients will flag it. */
-	if (X509_check_email(hsm_key_cert(mail.key), m.from, 0, 0) != 1)
+	if (X509_check_email(keyring_key_cert(mail.key), m.from, 0, 0) != 1)
 		log_warn("mail/%s: From %s is not an address of key %s's "
 		    "certificate; receivers will flag the signature", w->name,
 		    m.from, mail.key_name);

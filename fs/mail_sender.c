@@ -261,13 +261,15 @@ open_key(void)
 {
 	const struct engine_descriptor *d =
 	    engine_newest(hsmfs_ctx->engine, ENGINE_SIGN_EMAIL);
+	struct keyring_signer ks;
 
 	if (d == NULL) {
 		err_set("no %s descriptor in %s", ENGINE_SIGN_EMAIL,
 		    hsmfs_ctx->opt.config);
 		return HSMFS_ERR_UNSUPPORTED;
 	}
-	if ((mail.key = keyring_key(hsmfs_ctx->keys, d)) == NULL) {
+	if (keyring_signer_of(hsmfs_ctx->keys, d, &ks) != 0 ||
+	    (mail.key = ks.key) == NULL) {
 		err_set("key %s of %s is not open", d->key_name, ENGINE_SIGN_EMAIL);
 		return HSMFS_ERR_NOTFOUND;
 	}
@@ -379,6 +381,7 @@ int
 mail_reload_prepare(const struct engine *e, struct keyring *kr, void **next)
 {
 	const struct engine_descriptor *d = engine_newest(e, ENGINE_SIGN_EMAIL);
+	struct keyring_signer ks;
 	struct mail_keys *k;
 
 	if (d == NULL) {
@@ -388,7 +391,7 @@ mail_reload_prepare(const struct engine *e, struct keyring *kr, void **next)
 	}
 	if ((k = calloc(1, sizeof(*k))) == NULL)
 		return HSMFS_ERR_NOMEM;
-	if ((k->key = keyring_key(kr, d)) == NULL) {
+	if (keyring_signer_of(kr, d, &ks) != 0 || (k->key = ks.key) == NULL) {
 		err_set("key %s of %s is not open", d->key_name, ENGINE_SIGN_EMAIL);
 		free(k);
 		return HSMFS_ERR_NOTFOUND;

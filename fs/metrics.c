@@ -42,26 +42,43 @@ struct metrics {
 #define MAX_ERR_FOLDERS 8
 static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *err_folder[MAX_ERR_FOLDERS];   /* static folder names */
-static unsigned long err_count[MAX_ERR_FOLDERS][HSM_ERR_KINDS];
+static unsigned long err_count[MAX_ERR_FOLDERS][KEYRING_ERR_KINDS];
 static unsigned long log_errors, log_warnings;
 static char last_error[512];
 static long long last_error_time;
 
+/* Index of a result in the kind tables: -r - 1000 for an hsmfs_err, the
+ * matching code's for a -errno, 0 ("other") for anything else. */
+static int
+err_kind(int r)
+{
+	if (r < 0 && r > -4096 && !HSMFS_IS_ERR(r))
+		r = hsmfs_errno_err(-r);
+	return HSMFS_IS_ERR(r) && -r - 1000 < KEYRING_ERR_KINDS ? -r - 1000 : 0;
+}
+
+/* The hsmfs_err code of kind index i (0 for "other"). */
+static int
+kind_code(int i)
+{
+	return i > 0 ? -(i + 1000) : 0;
+}
+
 const char *
 metrics_err_kind(int r)
 {
-	static const char *const kinds[HSM_ERR_KINDS] = {
+	static const char *const kinds[KEYRING_ERR_KINDS] = {
 		"other", "nomem", "invalid", "badmsg", "hsm", "pin_incorrect",
 		"pin_locked", "notfound", "config", "io", "nospc", "unsupported",
 		"crypto", "perm", "toobig", "other",
 	};
-	return r < 0 && -r < HSM_ERR_KINDS ? kinds[-r] : "other";
+	return kinds[err_kind(r)];
 }
 
 void
 metrics_count_error(const char *folder, int r)
 {
-	int kind = r < 0 && -r < HSM_ERR_KINDS ? -r : 0;
+	int kind = err_kind(r);
 	pthread_mutex_lock(&err_lock);
 	for (size_t i = 0; i < MAX_ERR_FOLDERS; i++) {
 		if (err_folder[i] == NULL)
@@ -321,21 +338,23 @@ asn1_time_unix(const ASN1_TIME *t)
 }
 
 static void
-key_metrics(struct metrics *m, hsm_key *k, int ask)
+key_metrics(struct metrics *m, struct keyring *kr, size_t i, int ask)
 {
-	const char *nm = hsm_key_name(k);
-	X509 *cert = hsm_key_cert(k);
-	struct hsm_stats s;
-	double bounds[HSM_LATENCY_BUCKETS - 1];
+	struct keyring_status s;
+	const char *nm;
+	X509 *cert;
+	double bounds[KEYRING_LATENCY_BUCKETS - 1];
 	int present, logged_in;
 
-	hsm_key_get_stats(k, &s);
-	hsm_key_token_state(k, ask, &present, &logged_in);
+	keyring_status(kr, i, ask, &s);
+	nm = s.name;
+	cert = s.cert;
+	present = s.present;
+	logged_in = s.logged_in;
 	metrics_add(m, METRIC_GAUGE, "hsmfs_key_info",
 	    "Configured keys that are open: backend and token (label or file)",
 	    1, "key", nm, "backend",
-	    hsm_key_backend(k) == HSM_BACKEND_PKCS11 ? "pkcs11" : "pkcs12",
-	    "token", hsm_key_where(k), (char *)NULL);
+	    s.backend, "token", s.where, (char *)NULL);
 	if (cert != NULL) {
 		metrics_add(m, METRIC_GAUGE, "hsmfs_cert_not_after_seconds",
 		    "Expiry of the key's certificate (notAfter), Unix time",
@@ -357,19 +376,20 @@ key_metrics(struct metrics *m, hsm_key *k, int ask)
 	    "key", nm, (char *)NULL);
 	/* Every kind a token failure commonly has, so that rate() sees the
 	 * first one; other kinds once they occurred. */
-	for (int kind = 0; kind < HSM_ERR_KINDS; kind++) {
-		if (s.errors_by[kind] == 0 && -kind != HSMFS_ERR_HSM &&
-		    -kind != HSMFS_ERR_PIN_INCORRECT && -kind != HSMFS_ERR_PIN_LOCKED)
+	for (int kind = 0; kind < KEYRING_ERR_KINDS; kind++) {
+		if (s.errors_by[kind] == 0 && kind_code(kind) != HSMFS_ERR_HSM &&
+		    kind_code(kind) != HSMFS_ERR_PIN_INCORRECT &&
+		    kind_code(kind) != HSMFS_ERR_PIN_LOCKED)
 			continue;
 		metrics_add(m, METRIC_COUNTER, "hsmfs_hsm_errors_total",
 		    "Failed private-key operations by kind", (double)s.errors_by[kind],
-		    "key", nm, "kind", metrics_err_kind(-kind), (char *)NULL);
+		    "key", nm, "kind", metrics_err_kind(kind_code(kind)), (char *)NULL);
 	}
-	for (size_t i = 0; i < HSM_LATENCY_BUCKETS - 1; i++)
-		bounds[i] = hsm_latency_bounds_ms[i] / 1000.0;
+	for (size_t b = 0; b < KEYRING_LATENCY_BUCKETS - 1; b++)
+		bounds[b] = keyring_latency_bounds_ms[b] / 1000.0;
 	metrics_histogram(m, "hsmfs_hsm_latency_seconds",
 	    "Latency of private-key operations in the HSM", bounds, s.latency,
-	    HSM_LATENCY_BUCKETS - 1, s.total_ms / 1000.0, "key", nm, (char *)NULL);
+	    KEYRING_LATENCY_BUCKETS - 1, s.total_ms / 1000.0, "key", nm, (char *)NULL);
 	metrics_add(m, METRIC_GAUGE, "hsmfs_hsm_sessions_in_use",
 	    "PKCS#11 sessions of the key's token checked out now",
 	    s.pool_in_use, "key", nm, (char *)NULL);
@@ -403,12 +423,12 @@ error_metrics(struct metrics *m)
 {
 	pthread_mutex_lock(&err_lock);
 	for (size_t i = 0; i < MAX_ERR_FOLDERS && err_folder[i]; i++)
-		for (int kind = 0; kind < HSM_ERR_KINDS; kind++)
+		for (int kind = 0; kind < KEYRING_ERR_KINDS; kind++)
 			if (err_count[i][kind] > 0)
 				metrics_add(m, METRIC_COUNTER, "hsmfs_errors_total",
 				    "Failed operations by folder and kind (one log line each)",
 				    (double)err_count[i][kind], "folder", err_folder[i],
-				    "kind", metrics_err_kind(-kind), (char *)NULL);
+				    "kind", metrics_err_kind(kind_code(kind)), (char *)NULL);
 	metrics_add(m, METRIC_COUNTER, "hsmfs_log_messages_total",
 	    "Error and warning lines logged", (double)log_errors,
 	    "level", "error", (char *)NULL);
@@ -423,11 +443,11 @@ error_metrics(struct metrics *m)
 /* ---- .status lines ---- */
 
 void
-metrics_status_key(FILE *out, hsm_key *k, int ask)
+metrics_status_key(FILE *out, const struct keyring_status *s)
 {
-	const char *nm = hsm_key_name(k);
-	X509 *cert = hsm_key_cert(k);
-	int present, logged_in;
+	const char *nm = s->name;
+	X509 *cert = s->cert;
+	int present = s->present, logged_in = s->logged_in;
 	char t[32];
 
 	if (cert != NULL) {
@@ -436,7 +456,6 @@ metrics_status_key(FILE *out, hsm_key *k, int ask)
 		fprintf(out, "key.%s.cert_not_after: %s (in %lld days)\n", nm, t,
 		    (na - (long long)time(NULL)) / 86400);
 	}
-	hsm_key_token_state(k, ask, &present, &logged_in);
 	fprintf(out, "key.%s.token_state: %s\n", nm, !present ? "absent" :
 	    logged_in ? "present, logged in" : "present, not logged in");
 }
@@ -451,10 +470,10 @@ metrics_status_tail(FILE *out)
 		    sv.f_blocks ? 100.0 * (double)sv.f_bavail / (double)sv.f_blocks : 0.0);
 	pthread_mutex_lock(&err_lock);
 	for (size_t i = 0; i < MAX_ERR_FOLDERS && err_folder[i]; i++)
-		for (int kind = 0; kind < HSM_ERR_KINDS; kind++)
+		for (int kind = 0; kind < KEYRING_ERR_KINDS; kind++)
 			if (err_count[i][kind] > 0)
 				fprintf(out, "errors.%s.%s: %lu\n", err_folder[i],
-				    metrics_err_kind(-kind), err_count[i][kind]);
+				    metrics_err_kind(kind_code(kind)), err_count[i][kind]);
 	fprintf(out, "log.errors: %lu\nlog.warnings: %lu\n", log_errors,
 	    log_warnings);
 	if (last_error_time) {
@@ -488,7 +507,7 @@ metrics_render(const struct fs_folder_state *folders, size_t nfolders,
 	    "Start of the daemon, Unix time", (double)hsmfs_ctx->started,
 	    (char *)NULL);
 	for (size_t i = 0; kr && i < keyring_count(kr); i++)
-		key_metrics(&m, keyring_at(kr, i), ask);
+		key_metrics(&m, kr, i, ask);
 	for (size_t i = 0; i < nfolders; i++) {
 		int up = strcmp(folders[i].state, "ready") == 0;
 		metrics_add(&m, METRIC_GAUGE, "hsmfs_folder_up",

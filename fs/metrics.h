@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "hsm/hsm.h"
+#include "crypto/keyring.h"
 
 enum metric_type {
 	METRIC_COUNTER,
@@ -45,10 +45,10 @@ const char *metrics_err_kind(int r);
 long long metrics_last_error(char *buf, size_t size);
 
 /* Lines for the human .status: a key's certificate expiry and token
- * state; the store's free space, error counts and the last error.
- * ask: see hsm_key_token_state (0 in getattr, which runs under the
- * kernel's lock of the root directory: it must never wait for a module). */
-void metrics_status_key(FILE *out, hsm_key *k, int ask);
+ * state (from keyring_status(); its ask is 0 in getattr, which runs
+ * under the kernel's lock of the root directory: it must never wait for
+ * a module); the store's free space, error counts and the last error. */
+void metrics_status_key(FILE *out, const struct keyring_status *s);
 void metrics_status_tail(FILE *out);
 
 /* Folder state as fs/main.c knows it. */

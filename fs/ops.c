@@ -4,6 +4,7 @@
  * that hold the configuration lock, and init/destroy (folder start-up
  * and its unwinding). */
 #include "fs/daemon.h"
+#include "crypto/pin.h"
 
 #include "common/err.h"
 #include "common/log.h"
@@ -116,13 +117,12 @@ status_text(size_t *len, int ask)
 	fprintf(f, "pid: %ld\n", (long)getpid());
 	reload_status(f);
 	for (size_t i = 0; the_fs.keys && i < keyring_count(the_fs.keys); i++) {
-		hsm_key *k = keyring_at(the_fs.keys, i);
-		struct hsm_stats s;
-		const char *nm = hsm_key_name(k);
-		hsm_key_get_stats(k, &s);
-		fprintf(f, "key.%s.backend: %s\n", nm,
-		    hsm_key_backend(k) == HSM_BACKEND_PKCS11 ? "pkcs11" : "pkcs12");
-		fprintf(f, "key.%s.token: %s\n", nm, hsm_key_where(k));
+		struct keyring_status s;
+		const char *nm;
+		keyring_status(the_fs.keys, i, ask, &s);
+		nm = s.name;
+		fprintf(f, "key.%s.backend: %s\n", nm, s.backend);
+		fprintf(f, "key.%s.token: %s\n", nm, s.where);
 		fprintf(f, "key.%s.ops: %lu\n", nm, s.ops);
 		fprintf(f, "key.%s.errors: %lu\n", nm, s.errors);
 		fprintf(f, "key.%s.mean_ms: %.3f\n", nm, s.ops ? s.total_ms / s.ops : 0.0);
@@ -130,13 +130,13 @@ status_text(size_t *len, int ask)
 		    s.ops ? hsmfs_strerror(s.last_result) : "none");
 		fprintf(f, "key.%s.last_time: %lld\n", nm, s.last_time);
 		fprintf(f, "key.%s.pool: %u/%u\n", nm, s.pool_in_use, s.pool_size);
-		if (hsm_key_backend(k) == HSM_BACKEND_PKCS11) {
+		if (s.pkcs11) {
 			fprintf(f, "key.%s.state: %s\n", nm,
 			    s.available ? "available" : "unavailable");
 			fprintf(f, "key.%s.logins: %lu\n", nm, s.logins);
 			fprintf(f, "key.%s.reconnects: %lu\n", nm, s.reinits);
 		}
-		metrics_status_key(f, k, ask);
+		metrics_status_key(f, &s);
 	}
 	/* Descriptors of the Identity Manager's file that hsmfs leaves alone. */
 	for (size_t i = 0; the_fs.engine && i < the_fs.engine->nunserved; i++) {
@@ -682,7 +682,7 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	cfg->use_ino = 0;
 
 	r = keyring_open(the_fs.engine, &the_fs.keys);
-	engine_scrub_env_pins(the_fs.engine);
+	pin_scrub_env(the_fs.engine);
 	if (r != 0) {
 		log_err("cannot open keys after start: %s (%s); unmounting",
 		    err_detail(), hsmfs_strerror(r));

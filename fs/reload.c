@@ -1,6 +1,7 @@
 /* SIGHUP reload of the hsmfs daemon and the configuration lock every
  * operation holds for reading (fs/daemon.h). */
 #include "fs/daemon.h"
+#include "crypto/pin.h"
 
 #include "common/err.h"
 #include "common/log.h"
@@ -73,7 +74,7 @@ reload_config(void)
 	}
 	/* Only this thread changes the_fs.keys: no lock needed to read it. */
 	r = keyring_reopen(the_fs.keys, ne, &nk);
-	engine_scrub_env_pins(ne);
+	pin_scrub_env(ne);
 	if (r != 0)
 		goto fail;
 	atomic_store(&reload_waiting, 1);

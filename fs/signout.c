@@ -69,6 +69,7 @@ struct so_keys {
 static int
 so_keys_of(const struct engine *e, struct keyring *kr, struct so_keys *k)
 {
+	struct keyring_signer s;
 	int r;
 
 	memset(k, 0, sizeof(*k));
@@ -85,18 +86,15 @@ so_keys_of(const struct engine *e, struct keyring *kr, struct so_keys *k)
 		    k->desc->algorithm ? k->desc->algorithm : "?");
 		return HSMFS_ERR_CONFIG;
 	}
-	if ((k->key = keyring_key(kr, k->desc)) == NULL ||
-	    hsm_key_cert(k->key) == NULL) {
-		err_set("ConfigZipSigner version %d: key %s is not open",
-		    k->desc->version, k->desc->key_name);
-		return HSMFS_ERR_NOTFOUND;
-	}
-	dn_of(hsm_key_cert(k->key), k->dn, sizeof(k->dn));
+	if ((r = keyring_signer_of(kr, k->desc, &s)) != 0)
+		return r;
+	k->key = s.key;
+	dn_of(s.cert, k->dn, sizeof(k->dn));
 	if (hsmfs_ctx->opt.truststore) {
 		X509_STORE *st = NULL;
 		if ((r = jar_trust_load_pem(hsmfs_ctx->opt.truststore, &st)) != 0)
 			return r;
-		r = jar_chain_from_store(hsm_key_cert(k->key), st, &k->chain);
+		r = jar_chain_from_store(s.cert, st, &k->chain);
 		X509_STORE_free(st);
 		if (r != 0)
 			return r;

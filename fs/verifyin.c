@@ -113,12 +113,11 @@ trust_of(const struct engine *e, struct keyring *kr, struct vi_trust *t)
 	if ((t->certs = calloc(e->ndescs ? e->ndescs : 1, sizeof(*t->certs))) == NULL)
 		return HSMFS_ERR_NOMEM;
 	for (size_t i = 0; i < e->ndescs; i++) {
-		hsm_key *k;
+		struct keyring_signer s;
 		if (strcmp(e->descs[i].name, ENGINE_CONFIG_ZIP_SIGNER) != 0)
 			continue;
-		if ((k = keyring_key(kr, &e->descs[i])) != NULL &&
-		    hsm_key_cert(k) != NULL)
-			t->certs[t->ncerts++] = hsm_key_cert(k);
+		if (keyring_signer_of(kr, &e->descs[i], &s) == 0)
+			t->certs[t->ncerts++] = s.cert;
 	}
 	if ((hsmfs_ctx->opt.truststore &&
 	    (r = jar_trust_load_pem(hsmfs_ctx->opt.truststore, &t->store)) != 0) ||

@@ -135,7 +135,7 @@ hsm_account(hsm_key *k, double t0, int r)
 	k->stats.latency[b]++;
 	if (r != 0) {
 		k->stats.errors++;
-		k->stats.errors_by[-r > 0 && -r < HSM_ERR_KINDS ? -r : 0]++;
+		k->stats.errors_by[HSMFS_IS_ERR(r) ? -r - 1000 : 0]++;
 	}
 	k->stats.total_ms += dt;
 	k->stats.last_result = r;

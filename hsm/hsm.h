@@ -35,7 +35,10 @@ struct hsm_key_spec {
 	unsigned pool_size;        /* PKCS#11 sessions per token (0: default 8) */
 };
 
-typedef struct hsm_key hsm_key;
+#ifndef HSMFS_HSM_KEY_T
+#define HSMFS_HSM_KEY_T
+typedef struct hsm_key hsm_key;   /* also forward-declared by crypto/ headers */
+#endif
 
 /* Open (load module, initialise once, find slot, log in once per token,
  * find key and certificate, check they match). */
@@ -86,7 +89,8 @@ int hsm_key_store_cert(hsm_key *k, X509 *cert);
  * hsm_stats.latency[]; the last bucket counts everything slower. */
 #define HSM_LATENCY_BUCKETS 14
 extern const double hsm_latency_bounds_ms[HSM_LATENCY_BUCKETS - 1];
-/* Error kinds counted per key: errors_by[-r] for r in hsmfs_err. */
+/* Error kinds counted per key: errors_by[-r - 1000] for r in hsmfs_err
+ * (HSMFS_ERR_NOMEM is 1), errors_by[0] for anything else. */
 #define HSM_ERR_KINDS 16
 
 struct hsm_stats {

@@ -3,6 +3,7 @@
  * the certificate and unwrap through the HSM. Prints a table. */
 #include "tool/tool.h"
 #include "crypto/engine.h"
+#include "crypto/keyring.h"
 #include "common/err.h"
 #include "common/util.h"
 
@@ -41,9 +42,6 @@ same_token(const struct engine_key *a, const struct engine_key *b)
 static int
 open_one(struct opened *o, struct opened *all, size_t n)
 {
-	struct hsm_key_spec spec;
-	char *pin = NULL;
-
 	for (size_t i = 0; i < n; i++) {
 		if (&all[i] == o || all[i].ek == NULL)
 			continue;
@@ -56,76 +54,10 @@ open_one(struct opened *o, struct opened *all, size_t n)
 		}
 	}
 	err_clear();
-	if ((o->r = engine_key_pin(o->ek, &pin)) == 0) {
-		engine_key_spec(o->ek, pin, &spec);
-		spec.require_cert = 1;
-		o->r = hsm_key_open(&spec, &o->key);
-		engine_pin_free(pin);
-	}
+	o->r = keyring_open_key(o->ek, 1, &o->key);
 	if (o->r != 0)
 		snprintf(o->detail, sizeof(o->detail), "%s", err_detail());
 	return o->r;
-}
-
-static int
-sign_roundtrip(hsm_key *k, const EVP_MD *md, char *why, size_t whylen)
-{
-	uint8_t msg[64], sig[1024];
-	size_t siglen = sizeof(sig);
-	EVP_MD_CTX *ctx = NULL;
-	int r;
-
-	RAND_bytes(msg, sizeof(msg));
-	err_clear();
-	if ((r = hsm_key_sign(k, md, msg, sizeof(msg), sig, &siglen)) != 0) {
-		snprintf(why, whylen, "sign: %s", err_detail());
-		return r;
-	}
-	if ((ctx = EVP_MD_CTX_new()) == NULL ||
-	    EVP_DigestVerifyInit(ctx, NULL, md, NULL, hsm_key_pubkey(k)) != 1 ||
-	    EVP_DigestVerify(ctx, sig, siglen, msg, sizeof(msg)) != 1) {
-		ERR_clear_error();
-		snprintf(why, whylen, "signature does not verify with the certificate");
-		r = HSMFS_ERR_BADMSG;
-	}
-	EVP_MD_CTX_free(ctx);
-	return r;
-}
-
-static int
-oaep_roundtrip(hsm_key *k, const EVP_MD *md, char *why, size_t whylen)
-{
-	uint8_t secret[32], ct[1024], pt[1024];
-	size_t ctlen = sizeof(ct), ptlen = sizeof(pt);
-	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(hsm_key_pubkey(k), NULL);
-	int r = HSMFS_ERR_CRYPTO;
-
-	RAND_bytes(secret, sizeof(secret));
-	if (ctx == NULL || EVP_PKEY_encrypt_init(ctx) <= 0 ||
-	    EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
-	    EVP_PKEY_CTX_set_rsa_oaep_md(ctx, md) <= 0 ||
-	    EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md) <= 0 ||
-	    EVP_PKEY_encrypt(ctx, ct, &ctlen, secret, sizeof(secret)) <= 0) {
-		ERR_clear_error();
-		snprintf(why, whylen, "OAEP encryption with the certificate failed");
-		goto out;
-	}
-	err_clear();
-	if ((r = hsm_key_oaep_decrypt(k, md, ct, ctlen, pt, &ptlen)) != 0) {
-		snprintf(why, whylen, "unwrap: %s", err_detail());
-		goto out;
-	}
-	if (ptlen != sizeof(secret) || CRYPTO_memcmp(pt, secret, ptlen) != 0) {
-		snprintf(why, whylen, "unwrapped value differs");
-		r = HSMFS_ERR_BADMSG;
-		goto out;
-	}
-	r = 0;
-out:
-	OPENSSL_cleanse(pt, sizeof(pt));
-	OPENSSL_cleanse(secret, sizeof(secret));
-	EVP_PKEY_CTX_free(ctx);
-	return r;
 }
 
 int
@@ -184,11 +116,11 @@ cmd_check(int argc, char **argv)
 		if (ok->r == 0 && ok->key) {
 			const EVP_MD *md = ds->md ? ds->md : EVP_sha256();
 			load = "ok";
-			sign = sign_roundtrip(ok->key, md, why, sizeof(why)) == 0 ?
+			sign = keyring_probe_sign(ok->key, md, why, sizeof(why)) == 0 ?
 			    "ok" : "FAIL";
 			if (ds->oaep_md) {
 				char why2[600] = "";
-				dec = oaep_roundtrip(ok->key, ds->oaep_md, why2,
+				dec = keyring_probe_unwrap(ok->key, ds->oaep_md, why2,
 				    sizeof(why2)) == 0 ? "ok" : "FAIL";
 				if (*why2)
 					snprintf(why + strlen(why), sizeof(why) - strlen(why),
@@ -220,7 +152,7 @@ cmd_check(int argc, char **argv)
 	rc = failures ? TOOL_FAIL : TOOL_OK;
 out:
 	for (size_t i = 0; keys && i < e->nkeys; i++)
-		hsm_key_free(keys[i].key);
+		keyring_close_key(keys[i].key);
 	free(keys);
 	engine_free(e);
 	return rc;

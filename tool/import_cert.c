@@ -61,13 +61,12 @@ cmd_import_cert(int argc, char **argv)
 	}
 	if ((r = tool_key_load("import-cert", o.config, keyname, 1, &tk)) != TOOL_OK)
 		goto out;
-	tk.spec.require_cert = 0;
-	if (hsm_key_open(&tk.spec, &k) != 0) {
+	if (keyring_open_key(tk.ek, 0, &k) != 0) {
 		fprintf(stderr, "hsmfs-tool import-cert: %s\n", err_detail());
 		r = TOOL_USAGE;
 		goto out;
 	}
-	if ((e = hsm_key_store_cert(k, cert)) != 0) {
+	if ((e = keyring_store_cert(k, cert)) != 0) {
 		fprintf(stderr, "hsmfs-tool import-cert: %s: %s\n", file, err_detail());
 		/* A certificate for another key is a failed check. */
 		r = e == HSMFS_ERR_INVALID ? TOOL_FAIL : TOOL_USAGE;
@@ -77,7 +76,7 @@ cmd_import_cert(int argc, char **argv)
 		fprintf(stderr, "hsmfs-tool import-cert: warning: %s has expired\n",
 		    file);
 	printf("key %s: certificate from %s stored on token \"%s\" under label "
-	    "\"%s\"\n", keyname, file, hsm_key_where(k), tk.spec.alias);
+	    "\"%s\"\n", keyname, file, keyring_key_where(k), tk.ek->alias);
 	r = TOOL_OK;
 	goto out;
 usage:
@@ -85,7 +84,7 @@ usage:
 	r = TOOL_USAGE;
 out:
 	X509_free(cert);
-	hsm_key_free(k);
+	keyring_close_key(k);
 	tool_key_release(&tk);
 	return r;
 }

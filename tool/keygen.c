@@ -124,13 +124,13 @@ self_signed(hsm_key *k, X509_NAME *name)
 	        (long)KEYGEN_DAYS * 24 * 3600) != NULL &&
 	    X509_set_subject_name(cert, name) == 1 &&
 	    X509_set_issuer_name(cert, name) == 1 &&
-	    X509_set_pubkey(cert, hsm_key_pubkey(k)) == 1 &&
+	    X509_set_pubkey(cert, keyring_key_pubkey(k)) == 1 &&
 	    add_ext(cert, NID_basic_constraints, "critical,CA:FALSE") &&
 	    add_ext(cert, NID_key_usage,
 	        "critical,digitalSignature,keyEncipherment") &&
 	    add_ext(cert, NID_subject_key_identifier, "hash") &&
-	    X509_sign(cert, hsm_key_pkey(k), EVP_sha256()) > 0 &&
-	    X509_verify(cert, hsm_key_pubkey(k)) == 1;
+	    X509_sign(cert, keyring_key_pkey(k), EVP_sha256()) > 0 &&
+	    X509_verify(cert, keyring_key_pubkey(k)) == 1;
 out:
 	BN_free(bn);
 	ASN1_INTEGER_free(serial);
@@ -148,9 +148,9 @@ write_csr(hsm_key *k, X509_NAME *name, const char *path)
 	FILE *f = NULL;
 	int ok = req != NULL && X509_REQ_set_version(req, 0) == 1 &&
 	    X509_REQ_set_subject_name(req, name) == 1 &&
-	    X509_REQ_set_pubkey(req, hsm_key_pubkey(k)) == 1 &&
-	    X509_REQ_sign(req, hsm_key_pkey(k), EVP_sha256()) > 0 &&
-	    X509_REQ_verify(req, hsm_key_pubkey(k)) == 1;
+	    X509_REQ_set_pubkey(req, keyring_key_pubkey(k)) == 1 &&
+	    X509_REQ_sign(req, keyring_key_pkey(k), EVP_sha256()) > 0 &&
+	    X509_REQ_verify(req, keyring_key_pubkey(k)) == 1;
 
 	if (ok) {
 		ok = (f = fopen(path, "w")) != NULL &&
@@ -214,21 +214,20 @@ cmd_keygen(int argc, char **argv)
 	if ((r = tool_key_load("keygen", o.config, keyname, 1, &tk)) != TOOL_OK)
 		goto out;
 	r = TOOL_USAGE;
-	tk.spec.require_cert = 0;
 	if (name == NULL) {
-		if (asprintf(&dflt, "/CN=%s", tk.spec.alias) < 0 ||
+		if (asprintf(&dflt, "/CN=%s", tk.ek->alias) < 0 ||
 		    (name = parse_dn(dflt)) == NULL) {
 			fprintf(stderr, "hsmfs-tool keygen: alias \"%s\" cannot be a "
-			    "common name; give --subject\n", tk.spec.alias);
+			    "common name; give --subject\n", tk.ek->alias);
 			goto out;
 		}
 	}
-	if (hsm_keygen(&tk.spec, bits, &k) != 0) {
+	if (keyring_generate(tk.ek, bits, &k) != 0) {
 		fprintf(stderr, "hsmfs-tool keygen: %s\n", err_detail());
 		goto out;
 	}
 	printf("key %s: generated RSA-%d on token \"%s\" under label \"%s\"\n",
-	    keyname, bits, hsm_key_where(k), tk.spec.alias);
+	    keyname, bits, keyring_key_where(k), tk.ek->alias);
 	if (csr != NULL) {
 		if (!write_csr(k, name, csr)) {
 			fprintf(stderr, "hsmfs-tool keygen: key %s: %s\n", keyname,
@@ -244,12 +243,12 @@ cmd_keygen(int argc, char **argv)
 			    err_detail());
 			goto out;
 		}
-		if (hsm_key_store_cert(k, cert) != 0) {
+		if (keyring_store_cert(k, cert) != 0) {
 			fprintf(stderr, "hsmfs-tool keygen: %s\n", err_detail());
 			goto out;
 		}
 		printf("key %s: self-signed certificate (%d days) stored on the "
-		    "token under label \"%s\"\n", keyname, KEYGEN_DAYS, tk.spec.alias);
+		    "token under label \"%s\"\n", keyname, KEYGEN_DAYS, tk.ek->alias);
 	}
 	r = TOOL_OK;
 	goto out;
@@ -260,7 +259,7 @@ out:
 	free(dflt);
 	X509_free(cert);
 	X509_NAME_free(name);
-	hsm_key_free(k);
+	keyring_close_key(k);
 	tool_key_release(&tk);
 	return r;
 }

@@ -1,4 +1,4 @@
-/* Config + key name -> hsm_key_spec for hsmfs-tool keygen/import-cert. */
+/* Config + key name -> engine key for hsmfs-tool keygen/import-cert. */
 #include "tool/keyspec.h"
 #include "tool/tool.h"
 #include "common/err.h"
@@ -32,20 +32,12 @@ tool_key_load(const char *cmd, const char *config, const char *name,
 		    cmd, config, name);
 		return TOOL_USAGE;
 	}
-	if ((r = engine_key_pin(tk->ek, &tk->pin)) != 0) {
-		fprintf(stderr, "hsmfs-tool %s: key %s: %s\n", cmd, name,
-		    err_detail());
-		return TOOL_USAGE;
-	}
-	engine_key_spec(tk->ek, tk->pin, &tk->spec);
 	return TOOL_OK;
 }
 
 void
 tool_key_release(struct tool_key *tk)
 {
-	if (tk->pin)
-		engine_pin_free(tk->pin);
 	if (tk->engine)
 		engine_free(tk->engine);
 	memset(tk, 0, sizeof(*tk));

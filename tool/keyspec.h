@@ -1,15 +1,14 @@
 /* Shared by the key-management subcommands (keygen, import-cert): load
- * the config, find a key by name and fill its hsm_key_spec with the PIN. */
+ * the config and find a usable key by name; the keyring opens it. */
 #ifndef HSMFS_TOOL_KEYSPEC_H
 #define HSMFS_TOOL_KEYSPEC_H
 
 #include "crypto/engine.h"
+#include "crypto/keyring.h"
 
 struct tool_key {
 	struct engine *engine;
 	const struct engine_key *ek;
-	char *pin;                  /* secure memory, engine_pin_free() */
-	struct hsm_key_spec spec;   /* borrows from engine and pin */
 };
 
 /* Returns TOOL_OK, or TOOL_USAGE after printing one line naming cmd,

@@ -218,13 +218,13 @@ cmd_rekey_fields(int argc, char **argv)
 	}
 	if ((rc = fieldtool_open("rekey-fields", config, &t)) != TOOL_OK)
 		goto out_fd;
-	if ((k = keyring_key(t.keys, t.newest)) == NULL) {
+	if ((k = keyring_unwrapper(t.keys, t.newest)) == NULL) {
 		fprintf(stderr, "hsmfs-tool rekey-fields: key %s is not open\n",
 		    t.newest->key_name);
 		rc = TOOL_USAGE;
 		goto out;
 	}
-	new_cert = hsm_key_cert(k);
+	new_cert = keyring_key_cert(k);
 	if (envelope_key_id(new_cert, new_id) != 0) {
 		fprintf(stderr, "hsmfs-tool rekey-fields: %s\n", err_detail());
 		rc = TOOL_USAGE;

@@ -2,7 +2,7 @@
  * terminal), the pin.encrypted value on stdout. Reads with read(2) into
  * secure memory so the PIN never sits in a stdio buffer. */
 #include "tool/tool.h"
-#include "crypto/engine.h"
+#include "crypto/pin.h"
 #include "common/util.h"
 
 #include <errno.h>
@@ -134,7 +134,7 @@ cmd_scramble_pin(int argc, char **argv)
 			goto out;
 		}
 	}
-	if ((out = engine_pin_scramble(pin)) == NULL) {
+	if ((out = pin_scramble(pin)) == NULL) {
 		fprintf(stderr, "hsmfs-tool scramble-pin: scrambling failed\n");
 		r = TOOL_FAIL;
 		goto out;

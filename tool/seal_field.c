@@ -19,7 +19,7 @@ cmd_seal_field(int argc, char **argv)
 	char *pos[1], *text = NULL;
 	uint8_t *pt = NULL, *bin = NULL;
 	size_t ptl = 0, ptcap = 0, bl = 0, tl = 0;
-	hsm_key *k;
+	struct keyring_signer s;
 	int npos, rc, r;
 
 	if ((rc = fieldtool_args("seal-field", argc, argv, &config, pos, 0,
@@ -30,13 +30,13 @@ cmd_seal_field(int argc, char **argv)
 	if ((rc = fieldtool_read_stdin("seal-field", ENVELOPE_MAX_PLAINTEXT, &pt,
 	    &ptl, &ptcap)) != TOOL_OK)
 		goto out;
-	if ((k = keyring_key(t.keys, t.newest)) == NULL) {
+	if (keyring_signer_of(t.keys, t.newest, &s) != 0) {
 		fprintf(stderr, "hsmfs-tool seal-field: key %s is not open\n",
 		    t.newest->key_name);
 		rc = TOOL_USAGE;
 		goto out;
 	}
-	if ((r = envelope_seal(t.newest, hsm_key_cert(k), pt,
+	if ((r = envelope_seal(t.newest, s.cert, pt,
 	    ptl, &bin, &bl)) != 0 || (text = envelope_to_text(bin, bl, &tl)) == NULL) {
 		fprintf(stderr, "hsmfs-tool seal-field: %s\n", err_detail());
 		rc = TOOL_USAGE;

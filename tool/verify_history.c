@@ -181,10 +181,10 @@ cmd_verify_history(int argc, char **argv)
 		for (size_t i = 0; i < e->ndescs && nkeys < MAX_KEYS; i++) {
 			hsm_key *k;
 			if (strcmp(e->descs[i].name, ENGINE_OBJECT_HISTORY_SIGNER) != 0 ||
-			    (k = keyring_key(kr, &e->descs[i])) == NULL)
+			    (k = keyring_unwrapper(kr, &e->descs[i])) == NULL)
 				continue;
-			keys[nkeys] = hsm_key_pubkey(k);
-			certs[nkeys++] = hsm_key_cert(k);
+			keys[nkeys] = keyring_key_pubkey(k);
+			certs[nkeys++] = keyring_key_cert(k);
 		}
 	}
 	for (size_t i = 0; i < npems; i++) {

@@ -4,6 +4,7 @@
  * a PEM truststore (--truststore or -o truststore=). */
 #include "tool/tool.h"
 #include "crypto/engine.h"
+#include "crypto/keyring.h"
 #include "crypto/jar.h"
 #include "common/err.h"
 
@@ -25,28 +26,20 @@ load_config_certs(const char *config, X509 ***certs, size_t *n)
 	}
 	for (size_t i = 0; i < e->ndescs; i++) {
 		const struct engine_descriptor *d = &e->descs[i];
-		struct hsm_key_spec spec;
 		hsm_key *k = NULL;
-		char *pin = NULL;
 		X509 **nc;
 		if (strcmp(d->name, ENGINE_CONFIG_ZIP_SIGNER) != 0 || d->key == NULL)
 			continue;
-		if ((r = engine_key_pin(d->key, &pin)) != 0)
-			goto fail;
-		engine_key_spec(d->key, pin, &spec);
-		spec.require_cert = 1;
-		r = hsm_key_open(&spec, &k);
-		engine_pin_free(pin);
-		if (r != 0)
+		if ((r = keyring_open_key(d->key, 1, &k)) != 0)
 			goto fail;
 		if ((nc = realloc(*certs, (*n + 1) * sizeof(*nc))) == NULL) {
-			hsm_key_free(k);
+			keyring_close_key(k);
 			r = HSMFS_ERR_NOMEM;
 			goto fail;
 		}
 		*certs = nc;
-		(*certs)[(*n)++] = X509_dup(hsm_key_cert(k));
-		hsm_key_free(k);
+		(*certs)[(*n)++] = X509_dup(keyring_key_cert(k));
+		keyring_close_key(k);
 	}
 	engine_free(e);
 	return 0;

@@ -3,6 +3,7 @@
  * keys or reads PIN files: only what the parser does with hostile text. */
 #include "fuzz_common.h"
 #include "crypto/engine.h"
+#include "crypto/pin.h"
 #include "common/err.h"
 
 static const char *const fuzz_descs[] = {
@@ -40,14 +41,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
 		}
 		for (size_t i = 0; i < e->nkeys; i++)
 			if (e->keys[i].pin_encrypted &&
-			    engine_pin_unscramble(e->keys[i].pin_encrypted, &pin) == 0)
-				engine_pin_free(pin);
+			    pin_unscramble(e->keys[i].pin_encrypted, &pin) == 0)
+				pin_free(pin);
 		engine_free(e);
 	}
 	/* The unscrambler on the raw input as a string. */
 	if ((s = strndup((const char *)data, len)) != NULL) {
-		if (engine_pin_unscramble(s, &pin) == 0)
-			engine_pin_free(pin);
+		if (pin_unscramble(s, &pin) == 0)
+			pin_free(pin);
 		free(s);
 	}
 	err_clear();

@@ -2,6 +2,8 @@
  * validation error (code, FILE:LINE:, attribute named), spelling
  * normalisation, entity/DTD refusal, PIN sources and the scramble. */
 #include "crypto/engine.h"
+#include "crypto/keyring_int.h"
+#include "crypto/pin.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -183,7 +185,7 @@ case_spec_example(void)
 	struct hsm_key_spec spec;
 
 	cur_case = "spec-example";
-	scr = engine_pin_scramble("1234");
+	scr = pin_scramble("1234");
 	CHECK(scr != NULL);
 	snprintf(xml, sizeof(xml),
 	    "<engineSignEncrypt>\n"
@@ -258,28 +260,28 @@ case_spec_example(void)
 	k = engine_key_by_name(e, "encryptedFieldsCertificateV1");
 	CHECK(k && k->type == ENGINE_KEY_HSM && k->has_slot && k->slot == 0);
 	CHECK(k && k->line == 20 && !k->no_raw_rsa && k->pin_encrypted != NULL);
-	if (k && engine_key_pin(k, &pin) == 0) {
+	if (k && pin_of_key(k, &pin) == 0) {
 		CHECK(strcmp(pin, "1234") == 0);
-		engine_key_spec(k, pin, &spec);
+		keyring_key_spec(k, pin, &spec);
 		CHECK(spec.backend == HSM_BACKEND_PKCS11);
 		CHECK(strcmp(spec.location, "/usr/lib/softhsm/libsofthsm2") == 0);
 		CHECK(strcmp(spec.alias, "encryptedFieldsCertificateV1") == 0);
 		CHECK(spec.has_slot == 1 && spec.slot == 0);
 		CHECK(spec.pin == pin && spec.require_cert == 1 && spec.pool_size == 0);
 		CHECK(spec.token_label == NULL && spec.no_raw_rsa == 0);
-		engine_pin_free(pin);
+		pin_free(pin);
 	} else
 		CHECK_DETAIL(!"pin of encryptedFieldsCertificateV1");
 
 	k = engine_key_by_name(e, "configZipSignerCertificateV1");
 	CHECK(k && k->has_slot && k->slot == 26 && k->no_raw_rsa == 1);
 	CHECK(k && strcmp(k->token_label, "hsmfs") == 0);
-	if (k && engine_key_pin(k, &pin) == 0) {
+	if (k && pin_of_key(k, &pin) == 0) {
 		CHECK(strcmp(pin, "5678") == 0);
-		engine_key_spec(k, pin, &spec);
+		keyring_key_spec(k, pin, &spec);
 		CHECK(spec.no_raw_rsa == 1 && strcmp(spec.token_label, "hsmfs") == 0);
 		CHECK(spec.slot == 26);
-		engine_pin_free(pin);
+		pin_free(pin);
 	} else
 		CHECK_DETAIL(!"pin of configZipSignerCertificateV1");
 
@@ -291,11 +293,11 @@ case_spec_example(void)
 		snprintf(want, sizeof(want), "%s/history.p12", tmpdir);
 		CHECK(k && strcmp(k->location, want) == 0);
 	}
-	if (k && engine_key_pin(k, &pin) == 0) {
+	if (k && pin_of_key(k, &pin) == 0) {
 		CHECK(pin[0] == '\0');   /* empty P12 password is legitimate */
-		engine_key_spec(k, pin, &spec);
+		keyring_key_spec(k, pin, &spec);
 		CHECK(spec.backend == HSM_BACKEND_P12 && spec.alias == NULL);
-		engine_pin_free(pin);
+		pin_free(pin);
 	} else
 		CHECK_DETAIL(!"pin of objectHistorySignerCertificateV1");
 
@@ -769,35 +771,35 @@ case_scramble(void)
 	int r;
 
 	cur_case = "scramble-roundtrip";
-	a = engine_pin_scramble("123456");
-	b = engine_pin_scramble("123456");
+	a = pin_scramble("123456");
+	b = pin_scramble("123456");
 	CHECK(a && b);
 	if (!a || !b)
 		return;
 	CHECK(strncmp(a, "S1:", 3) == 0);
 	CHECK(strstr(a, "123456") == NULL);
 	CHECK(strcmp(a, b) != 0);      /* random salt */
-	r = engine_pin_unscramble(a, &pin);
+	r = pin_unscramble(a, &pin);
 	CHECK_DETAIL(r == 0);
 	if (r == 0) {
 		CHECK(strcmp(pin, "123456") == 0);
-		engine_pin_free(pin);
+		pin_free(pin);
 	}
-	r = engine_pin_unscramble(b, &pin);
+	r = pin_unscramble(b, &pin);
 	CHECK(r == 0 && strcmp(pin, "123456") == 0);
 	if (r == 0)
-		engine_pin_free(pin);
+		pin_free(pin);
 
 	cur_case = "scramble-known-answer";
 	/* Made by an independent implementation of the format documented in
 	 * docs/engine.md (Python hashlib, salt 01..08, 36-byte PIN: two
 	 * keystream blocks). */
-	r = engine_pin_unscramble("S1:AQIDBAUGBwhneA+r9dHBcBk8BA/vDBG3EmmhUZ4r"
+	r = pin_unscramble("S1:AQIDBAUGBwhneA+r9dHBcBk8BA/vDBG3EmmhUZ4r"
 	    "exO39r7TmWVMD5cEmp/vK6YV", &pin);
 	CHECK_DETAIL(r == 0);
 	if (r == 0) {
 		CHECK(strcmp(pin, "0123456789abcdef0123456789abcdef-kat") == 0);
-		engine_pin_free(pin);
+		pin_free(pin);
 	}
 
 	cur_case = "scramble-lengths";
@@ -806,20 +808,20 @@ case_scramble(void)
 		memset(big, 'a' + (int)(n % 26), n);
 		big[n] = '\0';
 		big[0] = '!';
-		char *s = engine_pin_scramble(big);
+		char *s = pin_scramble(big);
 		CHECK(s != NULL);
 		if (s == NULL)
 			continue;
-		r = engine_pin_unscramble(s, &pin);
+		r = pin_unscramble(s, &pin);
 		CHECK(r == 0 && strcmp(pin, big) == 0);
 		if (r == 0)
-			engine_pin_free(pin);
+			pin_free(pin);
 		free(s);
 	}
 	memset(big, 'x', 257);
 	big[257] = '\0';
-	CHECK(engine_pin_scramble(big) == NULL);
-	CHECK(engine_pin_scramble("") == NULL);
+	CHECK(pin_scramble(big) == NULL);
+	CHECK(pin_scramble("") == NULL);
 
 	cur_case = "scramble-tampered";
 	for (size_t i = 3; a[i]; i++) {
@@ -828,10 +830,10 @@ case_scramble(void)
 			continue;
 		a[i] = a[i] == 'A' ? 'B' : 'A';
 		pin = NULL;
-		r = engine_pin_unscramble(a, &pin);
+		r = pin_unscramble(a, &pin);
 		CHECK(r == HSMFS_ERR_CONFIG && pin == NULL);
 		if (r == 0)
-			engine_pin_free(pin);
+			pin_free(pin);
 		a[i] = saved;
 	}
 	CHECK_DETAIL(strstr(err_detail(), "scramble-pin") != NULL);
@@ -843,14 +845,14 @@ case_scramble(void)
 			"S1:AAAAAAAAAAAAAAAAAAAAAAAA====", " S1:AAAA", NULL};
 		for (size_t i = 0; bad[i]; i++) {
 			pin = NULL;
-			r = engine_pin_unscramble(bad[i], &pin);
+			r = pin_unscramble(bad[i], &pin);
 			CHECK(r == HSMFS_ERR_CONFIG && pin == NULL);
 			CHECK(err_detail()[0] != '\0');
 		}
 		/* A truncated (but still valid base64) value. */
 		size_t n = strlen(b);
 		b[n - 4] = '\0';
-		r = engine_pin_unscramble(b, &pin);
+		r = pin_unscramble(b, &pin);
 		CHECK(r == HSMFS_ERR_CONFIG);
 	}
 	free(a);
@@ -874,11 +876,11 @@ expect_pin(struct engine *e, const char *want)
 	int r;
 	if (e == NULL)
 		return;
-	r = engine_key_pin(engine_key_by_name(e, "k1"), &pin);
+	r = pin_of_key(engine_key_by_name(e, "k1"), &pin);
 	CHECK_DETAIL(r == 0);
 	if (r == 0) {
 		CHECK(strcmp(pin, want) == 0);
-		engine_pin_free(pin);
+		pin_free(pin);
 	}
 }
 
@@ -889,13 +891,13 @@ expect_pin_err(struct engine *e, const char *word, const char *secret)
 	int r;
 	if (e == NULL)
 		return;
-	r = engine_key_pin(engine_key_by_name(e, "k1"), &pin);
+	r = pin_of_key(engine_key_by_name(e, "k1"), &pin);
 	CHECK_DETAIL(r == HSMFS_ERR_CONFIG && pin == NULL);
 	CHECK_DETAIL(strstr(err_detail(), word) != NULL);
 	if (secret)
 		CHECK_DETAIL(strstr(err_detail(), secret) == NULL);
 	if (r == 0)
-		engine_pin_free(pin);
+		pin_free(pin);
 }
 
 static void
@@ -986,7 +988,7 @@ case_pin_sources(void)
 
 	cur_case = "pin-encrypted";
 	{
-		char *s = engine_pin_scramble("p&<\"w");
+		char *s = pin_scramble("p&<\"w");
 		snprintf(attrs, sizeof(attrs), "pin.encrypted=\"%s\"", s ? s : "");
 		free(s);
 		e = load_pin_key(attrs);

@@ -4,6 +4,7 @@
  * authenticity proof (every byte position changed, check recomputed like a
  * forger would: never a plaintext), truncation/extension, rewrap. */
 #include "crypto/envelope.h"
+#include "hsm/hsm.h"
 #include "common/err.h"
 #include "common/util.h"
 

@@ -2,6 +2,7 @@
  * throwaway CA made with the openssl CLI: sign, verify, and named tamper
  * and hostile-zip cases. Set TEST_JAR_KEEP=1 to keep the temp dir. */
 #include "crypto/jar.h"
+#include "hsm/hsm.h"
 #include "common/err.h"
 
 #include <stdarg.h>

@@ -2,6 +2,7 @@
  * MIME preparation, and S/MIME signatures verified by OpenSSL's own CMS
  * code, with a software key opened through the PKCS#12 backend. */
 #include "crypto/smime.h"
+#include "hsm/hsm.h"
 #include "common/err.h"
 
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* PIN sources of engineSignEncrypt.xml keys (pin, pin.encrypted,
  * pin.file, pin.env) and the pin.encrypted scramble. Split out of
  * engine.c; PINs only ever live in OpenSSL's secure heap. */
-#include "crypto/engine.h"
+#include "crypto/pin.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -105,7 +105,7 @@ out:
 }
 
 int
-engine_key_pin(const struct engine_key *k, char **pin)
+pin_of_key(const struct engine_key *k, char **pin)
 {
 	const char *v;
 
@@ -115,7 +115,7 @@ engine_key_pin(const struct engine_key *k, char **pin)
 		return 0;
 	}
 	if (k->pin_encrypted != NULL)
-		return engine_pin_unscramble(k->pin_encrypted, pin);
+		return pin_unscramble(k->pin_encrypted, pin);
 	if (k->pin_file != NULL)
 		return pin_from_file(k, pin);
 	if (k->pin_env != NULL) {
@@ -140,7 +140,7 @@ engine_key_pin(const struct engine_key *k, char **pin)
 }
 
 void
-engine_pin_free(char *pin)
+pin_free(char *pin)
 {
 	if (pin != NULL)
 		secmem_free(pin, strlen(pin) + 1);
@@ -207,7 +207,7 @@ scramble_check(const uint8_t *salt, const char *pin, size_t len,
 }
 
 char *
-engine_pin_scramble(const char *pin)
+pin_scramble(const char *pin)
 {
 	size_t n = pin ? strlen(pin) : 0, total = SCRAMBLE_SALT + n + SCRAMBLE_CHECK;
 	uint8_t *raw = NULL;
@@ -234,7 +234,7 @@ out:
 }
 
 int
-engine_pin_unscramble(const char *scrambled, char **pin)
+pin_unscramble(const char *scrambled, char **pin)
 {
 	uint8_t *raw = NULL, chk[SCRAMBLE_CHECK];
 	size_t rawlen = 0, n;
@@ -293,7 +293,7 @@ out:
 }
 
 void
-engine_scrub_env_pins(const struct engine *e)
+pin_scrub_env(const struct engine *e)
 {
 	extern char **environ;
 
