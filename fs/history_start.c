@@ -1,0 +1,629 @@
+/* /history: start-up (keys, store id, index and anchor, recovery of every
+ * object), verification of an object before reads, reload and stop. */
+#include "fs/history_int.h"
+#include "fs/fs.h"
+#include "store/history_store.h"
+#include "store/dirio.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "crypto/tlog.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+
+/* ---- loading and verification ---- */
+
+struct load_ctx {
+	struct hobj *o;
+	struct hrec *recs;
+	size_t cap;
+	uint64_t n, content;
+	struct tlog_tree tree;
+	int err;
+};
+
+static int
+load_frame(const struct tlog_frame *f, void *arg)
+{
+	struct load_ctx *l = arg;
+	struct hrec r = { f->payload_offset, f->payload_len, l->content,
+		f->rec.time_us, f->rec.uid, { 0 } };
+	memcpy(r.leaf_hash, f->leaf_hash, TLOG_HASH_LEN);
+	if (recs_push(&l->recs, &l->cap, l->n, &r) != 0) {
+		l->err = HSMFS_ERR_NOMEM;
+		return 1;
+	}
+	l->n++;
+	l->content += f->payload_len;
+	tlog_tree_append(&l->tree, f->leaf_hash);
+	return 0;
+}
+
+/* Fill c->known with what the index and anchor say about o. */
+static void
+known_of_locked(const struct hobj *o, struct hstore_check *c)
+{
+	c->nknown = 0;
+	if (o->known_size > 0) {
+		c->known[0].size = o->known_size;
+		memcpy(c->known[0].root, o->known_root, TLOG_HASH_LEN);
+		c->known[0].what = "newest known (index or anchor)";
+		c->nknown = 1;
+	}
+}
+
+/* Full check of o's file against its newest checkpoint, at mount
+ * (recover = 1: cut unsigned or torn frames after the signed size, load
+ * the record table) or when the file changed behind our back. */
+int
+obj_verify(struct hobj *o, int recover)
+{
+	struct tlog_checkpoint cp;
+	struct hstore_check c;
+	struct load_ctx l;
+	char *cp_text = NULL;
+	size_t used;
+	struct stat st;
+	int fd, r;
+
+	memset(&cp, 0, sizeof(cp));
+	memset(&c, 0, sizeof(c));
+	memset(&l, 0, sizeof(l));
+	tlog_tree_init(&l.tree);
+
+	pthread_mutex_lock(&H.lock);
+	fd = o->fd;
+	if (o->cp_text && (cp_text = strdup(o->cp_text)) == NULL) {
+		pthread_mutex_unlock(&H.lock);
+		return HSMFS_ERR_NOMEM;
+	}
+	known_of_locked(o, &c);
+	if (H.global_bad)
+		obj_set_bad_locked(o, H.global_bad);
+	r = o->bad && recover ? HSMFS_ERR_BADMSG : 0;
+	pthread_mutex_unlock(&H.lock);
+	if (r != 0)
+		goto out;
+
+	if (cp_text && tlog_checkpoint_parse(cp_text, strlen(cp_text), &cp,
+	    &used) != 0) {
+		pthread_mutex_lock(&H.lock);
+		obj_set_bad_locked(o, "newest checkpoint does not parse");
+		pthread_mutex_unlock(&H.lock);
+		r = HSMFS_ERR_BADMSG;
+		goto out;
+	}
+	c.cp = cp_text ? &cp : NULL;
+	c.keys = H.vkeys;
+	c.nkeys = H.nvkeys;
+	if (recover) {
+		c.cb = load_frame;
+		c.arg = &l;
+	}
+	if (fd < 0) {
+		if (c.cp != NULL || c.nknown > 0) {
+			pthread_mutex_lock(&H.lock);
+			obj_set_bad_locked(o, "history file is missing");
+			pthread_mutex_unlock(&H.lock);
+			r = HSMFS_ERR_BADMSG;
+		}
+		goto out;
+	}
+	if (fstat(fd, &st) < 0) {
+		r = HSMFS_ERR_IO;
+		goto out;
+	}
+	r = hstore_check_object(fd, &c);
+	if (r == 0 && l.err)
+		r = l.err;
+	if (r == HSMFS_ERR_BADMSG) {
+		pthread_mutex_lock(&H.lock);
+		obj_set_bad_locked(o, c.reason);
+		pthread_mutex_unlock(&H.lock);
+		goto out;
+	}
+	if (r != 0)
+		goto out;
+	if (recover) {
+		/* Everything after the signed size was never acknowledged. */
+		if (st.st_size > c.signed_end) {
+			log_warn("history/%s: cutting %lld unsigned byte(s) after "
+			    "record %" PRIu64 " (%s)", o->name,
+			    (long long)(st.st_size - c.signed_end), l.n,
+			    c.torn ? c.torn : "complete but unsigned records");
+			if (ftruncate(fd, c.signed_end) < 0 || fdatasync(fd) < 0) {
+				err_set("history/%s: cannot cut the torn tail: %s",
+				    o->name, strerror(errno));
+				r = HSMFS_ERR_IO;
+				goto out;
+			}
+			if (fstat(fd, &st) < 0) {
+				r = HSMFS_ERR_IO;
+				goto out;
+			}
+		}
+		pthread_mutex_lock(&H.lock);
+		free(o->recs);
+		o->recs = l.recs;
+		o->cap = l.cap;
+		l.recs = NULL;
+		o->nrec = l.n;
+		o->content_len = l.content;
+		o->file_len = c.signed_end;
+		o->tree = l.tree;
+		obj_pend_reset_locked(o);
+		o->signer = c.which_key;
+		o->stamp = st;
+		o->stamp_ok = 1;
+		pthread_mutex_unlock(&H.lock);
+	} else {
+		pthread_mutex_lock(&H.lock);
+		/* Only a file exactly as we left it refreshes the stamp; a
+		 * file with in-flight frames after it is checked again. */
+		if (st.st_size == o->file_len && c.good == o->nrec) {
+			o->stamp = st;
+			o->stamp_ok = 1;
+		}
+		o->signer = c.which_key;
+		pthread_mutex_unlock(&H.lock);
+	}
+	r = 0;
+out:
+	free(l.recs);
+	free(cp_text);
+	tlog_checkpoint_clear(&cp);
+	return r;
+}
+
+static int
+stamp_same(const struct stat *a, const struct stat *b)
+{
+	return a->st_ino == b->st_ino && a->st_dev == b->st_dev &&
+	    a->st_size == b->st_size &&
+	    a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	    a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+	    a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+	    a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Before reads: is o (still) valid? Cheap when the file is exactly as the
+ * last verification or our own last commit left it. */
+int
+obj_check(struct hobj *o)
+{
+	struct stat st;
+	int fd, ok;
+
+	pthread_mutex_lock(&H.lock);
+	if (o->bad) {
+		pthread_mutex_unlock(&H.lock);
+		return HSMFS_ERR_BADMSG;
+	}
+	fd = o->fd;
+	pthread_mutex_unlock(&H.lock);
+	if (fd < 0)
+		return 0;
+	/* The file by name, not our fd: a replaced file must be noticed. */
+	{
+		char fn[300];
+		snprintf(fn, sizeof(fn), "%s" HSTORE_SUFFIX, o->name);
+		if (fstatat(H.objfd, fn, &st, 0) < 0) {
+			pthread_mutex_lock(&H.lock);
+			obj_set_bad_locked(o, "history file is missing");
+			pthread_mutex_unlock(&H.lock);
+			return HSMFS_ERR_BADMSG;
+		}
+	}
+	pthread_mutex_lock(&H.lock);
+	ok = o->stamp_ok && stamp_same(&st, &o->stamp);
+	if (!ok && o->stamp_ok &&
+	    (st.st_ino != o->stamp.st_ino || st.st_dev != o->stamp.st_dev))
+		obj_set_bad_locked(o, "history file was replaced while mounted");
+	pthread_mutex_unlock(&H.lock);
+	if (ok)
+		return 0;
+	return obj_verify(o, 0);
+}
+
+/* ---- start / stop ---- */
+
+static int
+load_note(const char *object, const struct tlog_checkpoint *cp, void *arg)
+{
+	int is_anchor = *(int *)arg;
+	struct hobj *o;
+	if (!util_name_valid(object))
+		return 0;
+	pthread_mutex_lock(&H.lock);
+	o = obj_get_locked(object);
+	if (o == NULL) {
+		pthread_mutex_unlock(&H.lock);
+		return HSMFS_ERR_NOMEM;
+	}
+	if (!is_anchor) {
+		/* The index only grows: the last note of an object is newest. */
+		char *t = strdup(cp->text);
+		if (t == NULL) {
+			pthread_mutex_unlock(&H.lock);
+			return HSMFS_ERR_NOMEM;
+		}
+		if (o->cp_text && cp->size < o->known_size)
+			obj_set_bad_locked(o, "checkpoint index goes backwards");
+		free(o->cp_text);
+		o->cp_text = t;
+		o->cp_len = cp->text_len;
+	}
+	if (cp->size > o->known_size) {
+		o->known_size = cp->size;
+		memcpy(o->known_root, cp->root, TLOG_HASH_LEN);
+	} else if (cp->size == o->known_size &&
+	    memcmp(cp->root, o->known_root, TLOG_HASH_LEN) != 0) {
+		obj_set_bad_locked(o, is_anchor ? "anchor and index disagree on "
+		    "the root" : "two checkpoints of one size with different roots");
+	}
+	pthread_mutex_unlock(&H.lock);
+	return 0;
+}
+
+static int
+read_store_id(void)
+{
+	char *s = NULL;
+	int r = hstore_read_id(H.dirfd, &s);
+	if (r == HSMFS_ERR_NOTFOUND) {
+		/* A new store: a random id keeps origins of different stores
+		 * apart (one anchor file may serve several). */
+		uint8_t rnd[8];
+		char buf[18];
+		if (faccessat(H.dirfd, HSTORE_CHECKPOINTS, F_OK, 0) == 0) {
+			/* A fresh id would orphan every checkpoint, and recovery
+			 * would then cut every object: refuse instead. */
+			err_set("history/%s is missing but the store has "
+			    "checkpoints: restore it from a backup", HSTORE_ID);
+			return HSMFS_ERR_BADMSG;
+		}
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+			return HSMFS_ERR_CRYPTO;
+		util_hex(rnd, sizeof(rnd), buf);
+		buf[16] = '\n';
+		buf[17] = '\0';
+		if ((r = store_write_atomic(H.dirfd, HSTORE_ID, buf, 17)) != 0)
+			return r;
+		memcpy(H.store_id, buf, 16);
+		H.store_id[16] = '\0';
+		return 0;
+	}
+	if (r != 0) {
+		err_prefix("history/");
+		return r;
+	}
+	memcpy(H.store_id, s, 17);
+	free(s);
+	return 0;
+}
+
+/* Read (and cut the torn tail of) a notes file. */
+static int
+load_notes_file(int fd, int is_anchor, const char *what)
+{
+	off_t good;
+	struct stat st;
+	int r = hstore_read_notes(fd, H.prefix, load_note, &is_anchor, &good);
+	if (r != 0) {
+		char msg[400];
+		snprintf(msg, sizeof(msg), "%s is unreadable: %s", what, err_detail());
+		free(H.global_bad);
+		H.global_bad = strdup(msg);
+		log_err("history: %s; every object fails verification until it "
+		    "is repaired", msg);
+		return 0;
+	}
+	if (fstat(fd, &st) == 0 && st.st_size > good) {
+		log_warn("history: %s: cutting a torn tail of %lld byte(s)", what,
+		    (long long)(st.st_size - good));
+		if (ftruncate(fd, good) < 0 || fdatasync(fd) < 0) {
+			err_set("%s: cannot cut the torn tail: %s", what, strerror(errno));
+			return HSMFS_ERR_IO;
+		}
+	}
+	if (!is_anchor)
+		H.cp_len = good;
+	return 0;
+}
+
+/* The signer and verification keys of a configuration: the newest
+ * ObjectHistorySigner first (index 0 signs, o->signer = 0), then every
+ * other configured version. */
+struct hkeys {
+	hsm_key *signer;
+	EVP_PKEY **vkeys;
+	X509 **vcerts;
+	size_t nvkeys;
+};
+
+static int
+hkeys_of(const struct engine *e, struct keyring *kr, struct hkeys *hk)
+{
+	const struct engine_descriptor *newest =
+	    engine_newest(e, ENGINE_OBJECT_HISTORY_SIGNER);
+
+	memset(hk, 0, sizeof(*hk));
+	if (newest == NULL) {
+		err_set("no ObjectHistorySigner descriptor in the config");
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	if ((hk->signer = keyring_key(kr, newest)) == NULL) {
+		err_set("ObjectHistorySigner version %d: key %s is not open",
+		    newest->version, newest->key_name);
+		return HSMFS_ERR_NOTFOUND;
+	}
+	hk->vkeys = calloc(e->ndescs, sizeof(*hk->vkeys));
+	hk->vcerts = calloc(e->ndescs, sizeof(*hk->vcerts));
+	if (hk->vkeys == NULL || hk->vcerts == NULL) {
+		free(hk->vkeys);
+		free(hk->vcerts);
+		return HSMFS_ERR_NOMEM;
+	}
+	hk->vkeys[hk->nvkeys] = hsm_key_pubkey(hk->signer);
+	hk->vcerts[hk->nvkeys++] = hsm_key_cert(hk->signer);
+	for (size_t i = 0; i < e->ndescs; i++) {
+		const struct engine_descriptor *d = &e->descs[i];
+		hsm_key *k;
+		if (strcmp(d->name, ENGINE_OBJECT_HISTORY_SIGNER) != 0 || d == newest)
+			continue;
+		if ((k = keyring_key(kr, d)) == NULL || k == hk->signer)
+			continue;
+		hk->vkeys[hk->nvkeys] = hsm_key_pubkey(k);
+		hk->vcerts[hk->nvkeys++] = hsm_key_cert(k);
+	}
+	return 0;
+}
+
+static int
+load_keys(void)
+{
+	struct hkeys hk;
+	int r;
+
+	if ((r = hkeys_of(hsmfs_ctx->engine, hsmfs_ctx->keys, &hk)) != 0)
+		return r;
+	H.signer = hk.signer;
+	H.vkeys = hk.vkeys;
+	H.vcerts = hk.vcerts;
+	H.nvkeys = hk.nvkeys;
+	return 0;
+}
+
+/* Reload: new checkpoints are signed with the new newest version; every
+ * configured version verifies. The signer is read by committing threads
+ * under the configuration read lock (run_batch_locked), so the swap under
+ * the write lock is never seen half done. Objects remember their newest
+ * checkpoint's signer as an index: remap it to the new order. */
+int
+history_reload_prepare(const struct engine *e, struct keyring *kr, void **next)
+{
+	struct hkeys *hk = malloc(sizeof(*hk));
+	int r;
+
+	if (hk == NULL)
+		return HSMFS_ERR_NOMEM;
+	if ((r = hkeys_of(e, kr, hk)) != 0) {
+		free(hk);
+		return r;
+	}
+	*next = hk;
+	return 0;
+}
+
+void
+history_reload_finish(void *next, int commit)
+{
+	struct hkeys *hk = next;
+
+	if (hk == NULL)
+		return;
+	if (commit) {
+		pthread_mutex_lock(&H.lock);
+		for (unsigned b = 0; b < NBUCKETS; b++)
+			for (struct hobj *o = H.buckets[b]; o; o = o->next) {
+				X509 *c;
+				if (o->signer < 0 || (size_t)o->signer >= H.nvkeys)
+					continue;
+				c = H.vcerts[o->signer];
+				o->signer = -1;
+				for (size_t i = 0; c && i < hk->nvkeys; i++)
+					if (hk->vcerts[i] && X509_cmp(hk->vcerts[i], c) == 0) {
+						o->signer = (int)i;
+						break;
+					}
+			}
+		if (hk->signer != H.signer)
+			log_info("history: new checkpoints are signed with key %s",
+			    hsm_key_name(hk->signer));
+		free(H.vkeys);
+		free(H.vcerts);
+		H.signer = hk->signer;
+		H.vkeys = hk->vkeys;
+		H.vcerts = hk->vcerts;
+		H.nvkeys = hk->nvkeys;
+		pthread_mutex_unlock(&H.lock);
+	} else {
+		free(hk->vkeys);
+		free(hk->vcerts);
+	}
+	free(hk);
+}
+
+int
+history_start(void)
+{
+	DIR *d = NULL;
+	struct dirent *de;
+	int fd, r, anchor_flag;
+
+	if ((r = load_keys()) != 0)
+		return r;
+	if ((r = store_dir(hsmfs_ctx->store_fd, HSTORE_DIR)) < 0)
+		return r;
+	H.dirfd = r;
+	if ((r = store_dir(H.dirfd, HSTORE_OBJECTS)) < 0)
+		return r;
+	H.objfd = r;
+	/* New directories must survive a power loss before the first record
+	 * is acknowledged in them (once per mount, cheap). */
+	store_fsync_dir(H.dirfd);
+	store_fsync_dir(hsmfs_ctx->store_fd);
+	store_cleanup_tmp(H.dirfd);
+	if ((r = read_store_id()) != 0)
+		return r;
+	hstore_origin_prefix(H.store_id, H.prefix, sizeof(H.prefix));
+	H.cpfd = openat(H.dirfd, HSTORE_CHECKPOINTS, O_RDWR | O_CLOEXEC);
+	if (H.cpfd < 0 && errno == ENOENT) {
+		/* A store with objects but no index has lost its checkpoints:
+		 * never treat that as "nothing was signed". */
+		if ((H.cpfd = openat(H.dirfd, HSTORE_CHECKPOINTS,
+		    O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) >= 0)
+			store_fsync_dir(H.dirfd);
+		fd = dup(H.objfd);
+		if (fd >= 0 && (d = fdopendir(fd)) != NULL) {
+			while ((de = readdir(d)) != NULL)
+				if (de->d_name[0] != '.') {
+					H.global_bad = strdup("the checkpoint index is missing");
+					log_err("history: %s/%s is missing but objects exist",
+					    HSTORE_DIR, HSTORE_CHECKPOINTS);
+					break;
+				}
+			closedir(d);
+			d = NULL;
+		} else if (fd >= 0) {
+			close(fd);
+		}
+	}
+	if (H.cpfd < 0) {
+		err_set("history/%s: %s", HSTORE_CHECKPOINTS, strerror(errno));
+		return hsmfs_errno_err(errno);
+	}
+	anchor_flag = 0;
+	if ((r = load_notes_file(H.cpfd, anchor_flag, "checkpoint index")) != 0)
+		return r;
+	if (hsmfs_ctx->opt.history_anchor) {
+		if (hsmfs_ctx->opt.history_anchor[0] != '/') {
+			/* The daemon runs from "/" after daemonizing. */
+			err_set("history_anchor=%s: give an absolute path",
+			    hsmfs_ctx->opt.history_anchor);
+			return HSMFS_ERR_CONFIG;
+		}
+		H.anchorfd = open(hsmfs_ctx->opt.history_anchor,
+		    O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+		if (H.anchorfd < 0) {
+			err_set("history_anchor %s: %s", hsmfs_ctx->opt.history_anchor,
+			    strerror(errno));
+			return hsmfs_errno_err(errno);
+		}
+		anchor_flag = 1;
+		if ((r = load_notes_file(H.anchorfd, anchor_flag, "anchor")) != 0)
+			return r;
+		/* The anchor's own directory entry must survive a crash too. */
+		{
+			char *dir = strdup(hsmfs_ctx->opt.history_anchor), *sl;
+			int dfd;
+			if (dir && (sl = strrchr(dir, '/')) != NULL) {
+				*sl = '\0';
+				if ((dfd = open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY |
+				    O_CLOEXEC)) >= 0) {
+					fsync(dfd);
+					close(dfd);
+				}
+			}
+			free(dir);
+		}
+	}
+
+	/* Open every object file; objects named by the index but without a
+	 * file are reported by obj_verify. */
+	fd = dup(H.objfd);
+	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		err_set("history/objects: %s", strerror(errno));
+		return HSMFS_ERR_IO;
+	}
+	while ((de = readdir(d)) != NULL) {
+		size_t n = strlen(de->d_name), sl = strlen(HSTORE_SUFFIX);
+		char name[256];
+		struct hobj *o;
+		if (n <= sl || n - sl >= sizeof(name) ||
+		    strcmp(de->d_name + n - sl, HSTORE_SUFFIX) != 0)
+			continue;
+		memcpy(name, de->d_name, n - sl);
+		name[n - sl] = '\0';
+		if (!util_name_valid(name))
+			continue;
+		pthread_mutex_lock(&H.lock);
+		o = obj_get_locked(name);
+		pthread_mutex_unlock(&H.lock);
+		if (o == NULL) {
+			closedir(d);
+			return HSMFS_ERR_NOMEM;
+		}
+		if ((o->fd = obj_open_file(o, 0)) < 0) {
+			log_err("history/%s: %s", name, err_detail());
+			o->fd = -1;
+		}
+	}
+	closedir(d);
+	for (unsigned b = 0; b < NBUCKETS; b++) {
+		for (struct hobj *o = H.buckets[b]; o; o = o->next) {
+			err_clear();
+			r = obj_verify(o, 1);
+			if (r != 0 && r != HSMFS_ERR_BADMSG) {
+				fs_log_fail("history", o->name, NULL, "recovery", r);
+				pthread_mutex_lock(&H.lock);
+				obj_set_bad_locked(o, err_detail());
+				pthread_mutex_unlock(&H.lock);
+			}
+		}
+	}
+
+	H.compact_at = 64 << 20;
+	{
+		/* Tests shrink the threshold to exercise compaction. */
+		const char *c = getenv("HSMFS_HISTORY_COMPACT_BYTES");
+		if (c && atol(c) > 0)
+			H.compact_at = atol(c);
+	}
+	if ((r = history_commit_start()) != 0)
+		return r;
+	H.running = 1;
+	H.configured = 1;
+	log_info("history: %" PRIu64 " object(s), signing with %s%s%s", H.nobjects,
+	    hsm_key_name(H.signer), H.anchorfd >= 0 ? ", anchor " : "",
+	    H.anchorfd >= 0 ? hsmfs_ctx->opt.history_anchor : "");
+	return 0;
+}
+
+void
+history_stop(void)
+{
+	pthread_mutex_lock(&H.lock);
+	if (!H.running) {
+		pthread_mutex_unlock(&H.lock);
+		return;
+	}
+	H.stopping = 1;
+	pthread_cond_signal(&H.queue_cv);
+	pthread_mutex_unlock(&H.lock);
+	history_commit_stop();
+	pthread_mutex_lock(&H.lock);
+	H.running = 0;
+	pthread_mutex_unlock(&H.lock);
+}
+
