@@ -342,10 +342,8 @@ static int
 verify_errno(struct hobj *o)
 {
 	int r = obj_check(o);
-	if (r == 0)
-		return 0;
-	if (r == HSMFS_ERR_BADMSG)
-		return -EBADMSG;
+	if (r == 0 || r == HSMFS_ERR_BADMSG)
+		return -hsmfs_err_errno(r);
 	fs_log_fail("history", o->name, NULL, "verifying", r);
 	return -hsmfs_err_errno(r);
 }
@@ -518,9 +516,10 @@ history_read(const char *path, char *buf, size_t size, off_t off,
 	return (int)done;
 }
 
-/* An unlinked temp file in the store for a large record. */
+/* An unlinked temp file in the store for a large record (not the
+ * sign-out/verify-in spool of fs/spool.h). Returns it or -errno. */
 static int
-spool_open(void)
+record_spool_open(void)
 {
 	struct store_tmp t;
 	int fd = openat(H.dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
@@ -558,7 +557,7 @@ history_write(const char *path, const char *buf, size_t size, off_t off,
 	}
 	if (h->spool_fd < 0 && h->len + size > SPOOL_AFTER) {
 		int e;
-		if ((h->spool_fd = spool_open()) < 0) {
+		if ((h->spool_fd = record_spool_open()) < 0) {
 			r = h->spool_fd;
 			h->spool_fd = -1;
 			goto out;
@@ -619,7 +618,7 @@ fh_commit(struct hfh *h)
 	err_clear();
 	if (h->werr != 0) {
 		err_set("a write of this record failed; record dropped");
-		r = hsmfs_errno_err(-h->werr);
+		r = hsmfs_errno_err(-h->werr);   /* for the log line's text */
 		h->werr = 0;
 	} else {
 		r = commit_record(h->o, h->buf, h->spool_fd, h->pending, h->uid);
@@ -637,7 +636,7 @@ fh_commit(struct hfh *h)
 	if (r != 0) {
 		fs_log_fail("history", h->o->name, H.signer ? hsm_key_name(H.signer)
 		    : NULL, "record not committed", r);
-		return r == HSMFS_ERR_BADMSG ? -EBADMSG : -hsmfs_err_errno(r);
+		return -hsmfs_err_errno(r);
 	}
 	return 0;
 }

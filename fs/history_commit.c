@@ -757,6 +757,18 @@ commit_record(struct hobj *o, uint8_t *buf, int spool_fd, uint64_t len,
 	return q.result;
 }
 
+static void
+sign_pool_stop(void)
+{
+	pthread_mutex_lock(&SP.mu);
+	SP.quit = 1;
+	pthread_cond_broadcast(&SP.cv);
+	pthread_mutex_unlock(&SP.mu);
+	for (int i = 0; i < SP.nth; i++)
+		pthread_join(SP.th[i], NULL);
+	SP.nth = 0;
+}
+
 /* Compact an index grown past the threshold, then start the sign pool,
  * the finisher and the committer (history_start's last step). */
 int
@@ -779,6 +791,7 @@ history_commit_start(void)
 			pthread_mutex_unlock(&H.lock);
 			pthread_join(H.finisher, NULL);
 		}
+		sign_pool_stop();
 		err_set("cannot start the committer thread");
 		return HSMFS_ERR_NOMEM;
 	}
@@ -793,10 +806,5 @@ history_commit_stop(void)
 	pthread_join(H.committer, NULL);
 	if (H.finisher_up)
 		pthread_join(H.finisher, NULL);
-	pthread_mutex_lock(&SP.mu);
-	SP.quit = 1;
-	pthread_cond_broadcast(&SP.cv);
-	pthread_mutex_unlock(&SP.mu);
-	for (int i = 0; i < SP.nth; i++)
-		pthread_join(SP.th[i], NULL);
+	sign_pool_stop();
 }

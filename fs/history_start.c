@@ -462,15 +462,12 @@ history_reload_finish(void *next, int commit)
 	free(hk);
 }
 
-int
-history_start(void)
+/* Start step: STORE/history and its objects directory. */
+static int
+start_dirs(void)
 {
-	DIR *d = NULL;
-	struct dirent *de;
-	int fd, r, anchor_flag;
+	int r;
 
-	if ((r = load_keys()) != 0)
-		return r;
 	if ((r = store_dir(hsmfs_ctx->store_fd, HSTORE_DIR)) < 0)
 		return r;
 	H.dirfd = r;
@@ -482,9 +479,36 @@ history_start(void)
 	store_fsync_dir(H.dirfd);
 	store_fsync_dir(hsmfs_ctx->store_fd);
 	store_cleanup_tmp(H.dirfd);
-	if ((r = read_store_id()) != 0)
-		return r;
-	hstore_origin_prefix(H.store_id, H.prefix, sizeof(H.prefix));
+	return 0;
+}
+
+/* Does the objects directory hold any entry? */
+static int
+objects_exist(void)
+{
+	struct dirent *de;
+	DIR *d;
+	int fd = dup(H.objfd), any = 0;
+
+	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.') {
+			any = 1;
+			break;
+		}
+	closedir(d);
+	return any;
+}
+
+/* Start step: open (for a new store, create) the checkpoint index and
+ * read it. */
+static int
+start_index(void)
+{
 	H.cpfd = openat(H.dirfd, HSTORE_CHECKPOINTS, O_RDWR | O_CLOEXEC);
 	if (H.cpfd < 0 && errno == ENOENT) {
 		/* A store with objects but no index has lost its checkpoints:
@@ -492,64 +516,74 @@ history_start(void)
 		if ((H.cpfd = openat(H.dirfd, HSTORE_CHECKPOINTS,
 		    O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) >= 0)
 			store_fsync_dir(H.dirfd);
-		fd = dup(H.objfd);
-		if (fd >= 0 && (d = fdopendir(fd)) != NULL) {
-			while ((de = readdir(d)) != NULL)
-				if (de->d_name[0] != '.') {
-					H.global_bad = strdup("the checkpoint index is missing");
-					log_err("history: %s/%s is missing but objects exist",
-					    HSTORE_DIR, HSTORE_CHECKPOINTS);
-					break;
-				}
-			closedir(d);
-			d = NULL;
-		} else if (fd >= 0) {
-			close(fd);
+		if (objects_exist()) {
+			H.global_bad = strdup("the checkpoint index is missing");
+			log_err("history: %s/%s is missing but objects exist",
+			    HSTORE_DIR, HSTORE_CHECKPOINTS);
 		}
 	}
 	if (H.cpfd < 0) {
-		err_set("history/%s: %s", HSTORE_CHECKPOINTS, strerror(errno));
-		return hsmfs_errno_err(errno);
+		int e = errno;
+		err_set("history/%s: %s", HSTORE_CHECKPOINTS, strerror(e));
+		return hsmfs_errno_err(e);
 	}
-	anchor_flag = 0;
-	if ((r = load_notes_file(H.cpfd, anchor_flag, "checkpoint index")) != 0)
-		return r;
-	if (hsmfs_ctx->opt.history_anchor) {
-		if (hsmfs_ctx->opt.history_anchor[0] != '/') {
-			/* The daemon runs from "/" after daemonizing. */
-			err_set("history_anchor=%s: give an absolute path",
-			    hsmfs_ctx->opt.history_anchor);
-			return HSMFS_ERR_CONFIG;
-		}
-		H.anchorfd = open(hsmfs_ctx->opt.history_anchor,
-		    O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-		if (H.anchorfd < 0) {
-			err_set("history_anchor %s: %s", hsmfs_ctx->opt.history_anchor,
-			    strerror(errno));
-			return hsmfs_errno_err(errno);
-		}
-		anchor_flag = 1;
-		if ((r = load_notes_file(H.anchorfd, anchor_flag, "anchor")) != 0)
-			return r;
-		/* The anchor's own directory entry must survive a crash too. */
-		{
-			char *dir = strdup(hsmfs_ctx->opt.history_anchor), *sl;
-			int dfd;
-			if (dir && (sl = strrchr(dir, '/')) != NULL) {
-				*sl = '\0';
-				if ((dfd = open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY |
-				    O_CLOEXEC)) >= 0) {
-					fsync(dfd);
-					close(dfd);
-				}
-			}
-			free(dir);
-		}
-	}
+	return load_notes_file(H.cpfd, 0, "checkpoint index");
+}
 
-	/* Open every object file; objects named by the index but without a
-	 * file are reported by obj_verify. */
-	fd = dup(H.objfd);
+/* fsync the directory holding path (an absolute path). */
+static void
+fsync_parent(const char *path)
+{
+	char *dir = strdup(path), *sl;
+	int dfd;
+
+	if (dir && (sl = strrchr(dir, '/')) != NULL) {
+		*sl = '\0';
+		if ((dfd = open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY |
+		    O_CLOEXEC)) >= 0) {
+			fsync(dfd);
+			close(dfd);
+		}
+	}
+	free(dir);
+}
+
+/* Start step: open and read the anchor (-o history_anchor), if any. */
+static int
+start_anchor(void)
+{
+	const char *path = hsmfs_ctx->opt.history_anchor;
+	int r;
+
+	if (path == NULL)
+		return 0;
+	if (path[0] != '/') {
+		/* The daemon runs from "/" after daemonizing. */
+		err_set("history_anchor=%s: give an absolute path", path);
+		return HSMFS_ERR_CONFIG;
+	}
+	H.anchorfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (H.anchorfd < 0) {
+		int e = errno;
+		err_set("history_anchor %s: %s", path, strerror(e));
+		return hsmfs_errno_err(e);
+	}
+	if ((r = load_notes_file(H.anchorfd, 1, "anchor")) != 0)
+		return r;
+	/* The anchor's own directory entry must survive a crash too. */
+	fsync_parent(path);
+	return 0;
+}
+
+/* Start step: open every object file; objects named by the index but
+ * without a file are reported by obj_verify. */
+static int
+start_objects(void)
+{
+	struct dirent *de;
+	DIR *d;
+	int fd = dup(H.objfd);
+
 	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
 		if (fd >= 0)
 			close(fd);
@@ -580,8 +614,17 @@ history_start(void)
 		}
 	}
 	closedir(d);
+	return 0;
+}
+
+/* Start step: verify every object, cutting what was never acknowledged.
+ * An object that cannot be checked fails verification; start goes on. */
+static void
+start_recover(void)
+{
 	for (unsigned b = 0; b < NBUCKETS; b++) {
 		for (struct hobj *o = H.buckets[b]; o; o = o->next) {
+			int r;
 			err_clear();
 			r = obj_verify(o, 1);
 			if (r != 0 && r != HSMFS_ERR_BADMSG) {
@@ -592,7 +635,68 @@ history_start(void)
 			}
 		}
 	}
+}
 
+static void
+close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+/* Release everything start opened or loaded: after a failed start (no
+ * thread runs) and at stop (threads joined). Leaves H as before start. */
+static void
+history_release(void)
+{
+	pthread_mutex_lock(&H.lock);
+	for (unsigned b = 0; b < NBUCKETS; b++) {
+		struct hobj *o = H.buckets[b], *next;
+		for (; o; o = next) {
+			next = o->next;
+			close_fd(&o->fd);
+			free(o->name);
+			free(o->bad);
+			free(o->recs);
+			free(o->cp_text);
+			free(o);
+		}
+		H.buckets[b] = NULL;
+	}
+	H.nobjects = 0;
+	close_fd(&H.dirfd);
+	close_fd(&H.objfd);
+	close_fd(&H.cpfd);
+	close_fd(&H.anchorfd);
+	free(H.global_bad);
+	H.global_bad = NULL;
+	free(H.vkeys);
+	free(H.vcerts);
+	H.vkeys = NULL;
+	H.vcerts = NULL;
+	H.nvkeys = 0;
+	H.signer = NULL;
+	H.cp_len = 0;
+	pthread_mutex_unlock(&H.lock);
+}
+
+/* Start: keys, directories, store id, index, anchor, objects, recovery,
+ * then the committer. Any failure releases what the steps before opened,
+ * so a folder that did not start holds nothing. */
+int
+history_start(void)
+{
+	int r;
+
+	if ((r = load_keys()) != 0 || (r = start_dirs()) != 0 ||
+	    (r = read_store_id()) != 0)
+		goto fail;
+	hstore_origin_prefix(H.store_id, H.prefix, sizeof(H.prefix));
+	if ((r = start_index()) != 0 || (r = start_anchor()) != 0 ||
+	    (r = start_objects()) != 0)
+		goto fail;
+	start_recover();
 	H.compact_at = 64 << 20;
 	{
 		/* Tests shrink the threshold to exercise compaction. */
@@ -601,15 +705,22 @@ history_start(void)
 			H.compact_at = atol(c);
 	}
 	if ((r = history_commit_start()) != 0)
-		return r;
+		goto fail;
 	H.running = 1;
 	H.configured = 1;
 	log_info("history: %" PRIu64 " object(s), signing with %s%s%s", H.nobjects,
 	    hsm_key_name(H.signer), H.anchorfd >= 0 ? ", anchor " : "",
 	    H.anchorfd >= 0 ? hsmfs_ctx->opt.history_anchor : "");
 	return 0;
+fail:
+	history_release();
+	return r;
 }
 
+/* Safe whatever start did: a failed start released everything itself
+ * (nothing runs); after a successful one the threads are joined and the
+ * queue drained. Objects and descriptors stay: ops may still look them
+ * up until the mount is gone, and the process exits after it. */
 void
 history_stop(void)
 {
@@ -626,4 +737,3 @@ history_stop(void)
 	H.running = 0;
 	pthread_mutex_unlock(&H.lock);
 }
-
