@@ -6,7 +6,7 @@
  * the committer is fs/history_commit.c, start-up fs/history_start.c. */
 #include "fs/history_int.h"
 #include "fs/fs.h"
-#include "store/history_store.h"
+#include "store/history.h"
 #include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"

@@ -5,7 +5,7 @@
  * (docs/history.md "Group commit"). */
 #include "fs/history_int.h"
 #include "fs/fs.h"
-#include "store/history_store.h"
+#include "store/history.h"
 #include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"

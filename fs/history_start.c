@@ -2,7 +2,7 @@
  * object), verification of an object before reads, reload and stop. */
 #include "fs/history_int.h"
 #include "fs/fs.h"
-#include "store/history_store.h"
+#include "store/history.h"
 #include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"

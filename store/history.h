@@ -1,19 +1,22 @@
-/* The /history store layout and its verification, shared by the daemon
- * (fs/history.c) and `hsmfs-tool verify-history` (offline):
+/* The history area of the store: its layout, the verification of an
+ * object, and the verification policy of one object as a whole
+ * (hstore_verify_object), shared by the daemon (fs/history*.c) and
+ * `hsmfs-tool verify-history` (offline). Directory backend:
  *   STORE/history/store-id       16 hex digits, part of every origin
  *   STORE/history/objects/N.log  frames of object N (crypto/tlog.h)
  *   STORE/history/checkpoints    append-only concatenation of every signed
  *                                checkpoint (the store-level index: the
  *                                last note per origin is the newest)
  * An anchor file (-o history_anchor) has the checkpoints' format. */
-#ifndef HSMFS_FS_HISTORY_STORE_H
-#define HSMFS_FS_HISTORY_STORE_H
+#ifndef HSMFS_STORE_HISTORY_H
+#define HSMFS_STORE_HISTORY_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
 #include "crypto/tlog.h"
+#include "store/store.h"
 
 #define HSTORE_DIR "history"
 #define HSTORE_OBJECTS "objects"
@@ -69,5 +72,33 @@ struct hstore_check {
  * (also copied to err_set()); other codes for I/O errors. Frames after
  * the signed size are reported (good, bad_off) but not judged. */
 int hstore_check_object(int fd, struct hstore_check *c);
+
+/* The verification policy of one object, whole (what `hsmfs-tool
+ * verify-history` reports): the store id and checkpoint index, the
+ * newest checkpoint of the object, the anchor and an auditor's expected
+ * checkpoint if given (each a known size and root the object must
+ * extend), then every frame against the newest checkpoint.
+ * Returns 0: valid, v's out fields filled; HSMFS_ERR_BADMSG: the history
+ * does not verify, v->reason says why (the text after "invalid: OBJECT: ");
+ * HSMFS_ERR_NOTFOUND with err_set(): no such object (nothing signed for
+ * it either); HSMFS_ERR_UNSUPPORTED for a shared store (not yet); other
+ * codes with err_set() when the store, anchor or expected file cannot be
+ * read. */
+struct hstore_verify {
+	/* in */
+	const char *object;
+	EVP_PKEY *const *keys;              /* every accepted signer */
+	size_t nkeys;
+	const char *anchor;                 /* NULL, or an anchor file */
+	const char *expect;                 /* NULL, or a checkpoint note file */
+	/* out */
+	uint64_t records;                   /* signed size */
+	uint8_t root[TLOG_HASH_LEN];        /* signed root */
+	int which_key;                      /* index in keys, -1: none */
+	uint64_t unsigned_after;            /* complete frames after it */
+	const char *torn;                   /* torn data after it (static text) */
+	char reason[400];
+};
+int hstore_verify_object(const struct store_conf *conf, struct hstore_verify *v);
 
 #endif
