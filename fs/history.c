@@ -46,7 +46,7 @@ struct hfh {
 };
 
 
-struct history_state H = { .dirfd = -1, .objfd = -1, .cpfd = -1, .anchorfd = -1,
+struct history_state H = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.queue_cv = PTHREAD_COND_INITIALIZER,
 	.slot_cv = PTHREAD_COND_INITIALIZER,
@@ -141,7 +141,7 @@ recs_push(struct hrec **recs, size_t *cap, uint64_t n, const struct hrec *r)
 void
 origin_of(const char *name, char *out, size_t outlen)
 {
-	snprintf(out, outlen, "%s%s", H.prefix, name);
+	snprintf(out, outlen, "%s%s", hstore_prefix(H.hs), name);
 }
 
 static void
@@ -160,8 +160,8 @@ history_status(FILE *out)
 	    H.nacks ? H.ack_ms / (double)H.nacks : 0.0);
 	fprintf(out, "history.last_checkpoint: %lld\n", (long long)H.last_commit);
 	fprintf(out, "history.signer: %s\n", H.signer ? hsm_key_name(H.signer) : "");
-	fprintf(out, "history.anchor: %s\n", H.anchorfd >= 0 ?
-	    hsmfs_ctx->opt.history_anchor : "none");
+	fprintf(out, "history.anchor: %s\n", H.hs && hstore_anchor(H.hs) ?
+	    hstore_anchor(H.hs) : "none");
 	pthread_mutex_unlock(&H.lock);
 }
 
@@ -521,14 +521,8 @@ history_read(const char *path, char *buf, size_t size, off_t off,
 static int
 record_spool_open(void)
 {
-	struct store_tmp t;
-	int fd = openat(H.dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR))
-		return fd >= 0 ? fd : -errno;
-	if (store_tmp_create(H.dirfd, &t) != 0)
-		return -EIO;
-	unlinkat(H.dirfd, t.name, 0);
-	return t.fd;
+	int fd = hstore_spool_open(H.hs);
+	return fd >= 0 ? fd : -hsmfs_err_errno(fd);
 }
 
 static int

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -290,16 +291,7 @@ out:
 int
 obj_open_file(struct hobj *o, int create)
 {
-	char fn[300];
-	int fd;
-	snprintf(fn, sizeof(fn), "%s" HSTORE_SUFFIX, o->name);
-	fd = openat(H.objfd, fn, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
-	if (fd < 0) {
-		int e = errno;
-		err_set("open %s: %s", fn, strerror(e));
-		return hsmfs_errno_err(e);
-	}
-	return fd;
+	return hstore_object_open(H.hs, o->name, create);
 }
 
 /* One batch on its way: framed and signed by the committer, then
@@ -423,7 +415,7 @@ stage_frame_sign(struct batch *b)
 	for (size_t i = 0; i < nt; i++)
 		if (!t[i].err)
 			t[i].err = t[i].sync_err ? t[i].sync_err : t[i].sign_err;
-	if (new_dirent && fsync(H.objfd) < 0) {
+	if (new_dirent && hstore_objects_sync(H.hs) != 0) {
 		for (size_t i = 0; i < nt; i++)
 			if (t[i].created && !t[i].err)
 				t[i].err = HSMFS_ERR_IO;
@@ -467,33 +459,15 @@ stage_index_publish(struct batch *b)
 	int r = 0;
 
 	if (b->all_len > 0) {
-		r = pwrite_all(H.cpfd, b->all, b->all_len, H.cp_len);
-		if (r == 0 && fdatasync(H.cpfd) < 0) {
-			err_set("fdatasync checkpoints: %s", strerror(errno));
-			r = hsmfs_errno_err(errno);
-		}
-		if (r != 0) {
+		/* The batch's durable unit (the anchor after it, logged). */
+		if ((r = hstore_index_append(H.hs, b->all, b->all_len)) != 0)
 			fs_log_fail("history", HSTORE_CHECKPOINTS, NULL,
 			    "writing checkpoints", r);
-			if (ftruncate(H.cpfd, H.cp_len) < 0)
-				log_err("history: cannot cut the checkpoint index back: %s",
-				    strerror(errno));
-		} else if (H.anchorfd >= 0) {
-			/* The anchor is a second copy on another volume: if it
-			 * fails the records are still durable and signed here, so
-			 * they are acknowledged and the failure is logged. */
-			if (store_write_all(H.anchorfd, b->all, b->all_len) != 0 ||
-			    fdatasync(H.anchorfd) < 0)
-				log_err("history: anchor %s: cannot append checkpoints: "
-				    "%s", hsmfs_ctx->opt.history_anchor, err_detail());
-		}
 	}
 	pthread_mutex_lock(&H.lock);
 	if (r != 0) {
 		H.broken = 1;
 		H.broken_err = r;
-	} else {
-		H.cp_len += (off_t)b->all_len;
 	}
 	for (size_t i = 0; i < nt && r == 0; i++) {
 		struct hobj *o = t[i].o;
@@ -547,49 +521,31 @@ cut_back_locked(void)
 static void
 index_compact(void)
 {
-	struct store_tmp tmp;
-	off_t len = 0;
-	int r, fd;
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	int r = HSMFS_ERR_NOMEM;
 
-	if ((r = store_tmp_create(H.dirfd, &tmp)) != 0)
-		goto fail;
-	pthread_mutex_lock(&H.lock);
-	for (unsigned b = 0; b < NBUCKETS && r == 0; b++)
-		for (struct hobj *o = H.buckets[b]; o && r == 0; o = o->next)
-			if (o->cp_text) {
-				r = store_write_all(tmp.fd, o->cp_text, o->cp_len);
-				len += (off_t)o->cp_len;
-			}
-	pthread_mutex_unlock(&H.lock);
-	if (r != 0) {
-		store_tmp_abort(&tmp);
-		goto fail;
+	if (f != NULL) {
+		pthread_mutex_lock(&H.lock);
+		for (unsigned b = 0; b < NBUCKETS; b++)
+			for (struct hobj *o = H.buckets[b]; o; o = o->next)
+				if (o->cp_text)
+					fwrite(o->cp_text, 1, o->cp_len, f);
+		pthread_mutex_unlock(&H.lock);
+		if (fclose(f) == 0)
+			r = hstore_index_rewrite(H.hs, buf, len);
 	}
-	if ((r = store_tmp_commit(&tmp, HSTORE_CHECKPOINTS)) != 0)
-		goto fail;
-	if ((fd = openat(H.dirfd, HSTORE_CHECKPOINTS, O_RDWR | O_CLOEXEC)) < 0) {
-		/* The new index is in place; without a handle on it no batch
-		 * can be acknowledged, so say so loudly. */
-		log_err("history: cannot reopen the compacted index: %s",
-		    strerror(errno));
-		return;
-	}
-	close(H.cpfd);
-	H.cpfd = fd;
-	log_info("history: checkpoint index compacted from %lld to %lld bytes",
-	    (long long)H.cp_len, (long long)len);
-	pthread_mutex_lock(&H.lock);
-	H.cp_len = len;
-	pthread_mutex_unlock(&H.lock);
-	return;
-fail:
-	fs_log_fail("history", HSTORE_CHECKPOINTS, NULL, "compacting the index", r);
+	free(buf);
+	if (r != 0)
+		fs_log_fail("history", HSTORE_CHECKPOINTS, NULL,
+		    "compacting the index", r);
 }
 
 static void
 index_maybe_compact(void)
 {
-	if (H.cp_len > H.compact_at)
+	if (hstore_index_size(H.hs) > H.compact_at)
 		index_compact();
 }
 
@@ -774,7 +730,7 @@ sign_pool_stop(void)
 int
 history_commit_start(void)
 {
-	if (H.cp_len > H.compact_at)
+	if (hstore_index_size(H.hs) > H.compact_at)
 		index_compact();
 	H.queue_tail = &H.queue;
 	for (SP.nth = 0; SP.nth < SIGN_THREADS; SP.nth++)

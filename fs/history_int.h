@@ -16,6 +16,7 @@
 
 #include "fs/fs.h"
 #include "crypto/tlog.h"
+#include "store/history.h"
 
 #define JOURNAL ".journal"
 #define XATTR_VERIFY "user.hsmfs.verify"
@@ -91,9 +92,7 @@ struct hreq {
 
 struct history_state {
 	int configured;
-	int dirfd, objfd, cpfd, anchorfd;
-	char store_id[17];
-	char prefix[64];
+	struct hstore *hs;                /* the history area of the store */
 	hsm_key *signer;                  /* newest ObjectHistorySigner */
 	EVP_PKEY **vkeys;                 /* every configured version */
 	X509 **vcerts;
@@ -111,7 +110,6 @@ struct history_state {
 	int broken;                       /* a batch failed at the index:
 	                                     cut back before the next one */
 	int broken_err;
-	off_t cp_len;
 	off_t compact_at;                 /* rewrite the index past this size */
 	struct hobj *buckets[NBUCKETS];
 	uint64_t nobjects;

@@ -9,14 +9,12 @@
 #include "common/util.h"
 #include "crypto/tlog.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <openssl/rand.h>
 #include <openssl/x509.h>
 
 /* ---- loading and verification ---- */
@@ -212,15 +210,11 @@ obj_check(struct hobj *o)
 	if (fd < 0)
 		return 0;
 	/* The file by name, not our fd: a replaced file must be noticed. */
-	{
-		char fn[300];
-		snprintf(fn, sizeof(fn), "%s" HSTORE_SUFFIX, o->name);
-		if (fstatat(H.objfd, fn, &st, 0) < 0) {
-			pthread_mutex_lock(&H.lock);
-			obj_set_bad_locked(o, "history file is missing");
-			pthread_mutex_unlock(&H.lock);
-			return HSMFS_ERR_BADMSG;
-		}
+	if (hstore_object_stat(H.hs, o->name, &st) != 0) {
+		pthread_mutex_lock(&H.lock);
+		obj_set_bad_locked(o, "history file is missing");
+		pthread_mutex_unlock(&H.lock);
+		return HSMFS_ERR_BADMSG;
 	}
 	pthread_mutex_lock(&H.lock);
 	ok = o->stamp_ok && stamp_same(&st, &o->stamp);
@@ -273,70 +267,20 @@ load_note(const char *object, const struct tlog_checkpoint *cp, void *arg)
 	return 0;
 }
 
+/* Read the index or the anchor (and cut a torn tail). Text that is not
+ * notes fails every object, not the start. */
 static int
-read_store_id(void)
+load_notes(int is_anchor)
 {
-	char *s = NULL;
-	int r = hstore_read_id(H.dirfd, &s);
-	if (r == HSMFS_ERR_NOTFOUND) {
-		/* A new store: a random id keeps origins of different stores
-		 * apart (one anchor file may serve several). */
-		uint8_t rnd[8];
-		char buf[18];
-		if (faccessat(H.dirfd, HSTORE_CHECKPOINTS, F_OK, 0) == 0) {
-			/* A fresh id would orphan every checkpoint, and recovery
-			 * would then cut every object: refuse instead. */
-			err_set("history/%s is missing but the store has "
-			    "checkpoints: restore it from a backup", HSTORE_ID);
-			return HSMFS_ERR_BADMSG;
-		}
-		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
-			return HSMFS_ERR_CRYPTO;
-		util_hex(rnd, sizeof(rnd), buf);
-		buf[16] = '\n';
-		buf[17] = '\0';
-		if ((r = store_write_atomic(H.dirfd, HSTORE_ID, buf, 17)) != 0)
-			return r;
-		memcpy(H.store_id, buf, 16);
-		H.store_id[16] = '\0';
-		return 0;
-	}
-	if (r != 0) {
-		err_prefix("history/");
-		return r;
-	}
-	memcpy(H.store_id, s, 17);
-	free(s);
-	return 0;
-}
-
-/* Read (and cut the torn tail of) a notes file. */
-static int
-load_notes_file(int fd, int is_anchor, const char *what)
-{
-	off_t good;
-	struct stat st;
-	int r = hstore_read_notes(fd, H.prefix, load_note, &is_anchor, &good);
-	if (r != 0) {
-		char msg[400];
-		snprintf(msg, sizeof(msg), "%s is unreadable: %s", what, err_detail());
+	int r = hstore_load_notes(H.hs, is_anchor, load_note, &is_anchor);
+	if (r == HSMFS_ERR_BADMSG) {
 		free(H.global_bad);
-		H.global_bad = strdup(msg);
+		H.global_bad = strdup(err_detail());
 		log_err("history: %s; every object fails verification until it "
-		    "is repaired", msg);
+		    "is repaired", err_detail());
 		return 0;
 	}
-	if (fstat(fd, &st) == 0 && st.st_size > good) {
-		log_warn("history: %s: cutting a torn tail of %lld byte(s)", what,
-		    (long long)(st.st_size - good));
-		if (ftruncate(fd, good) < 0 || fdatasync(fd) < 0) {
-			err_set("%s: cannot cut the torn tail: %s", what, strerror(errno));
-			return HSMFS_ERR_IO;
-		}
-	}
-	if (!is_anchor)
-		H.cp_len = good;
-	return 0;
+	return r;
 }
 
 /* The signer and verification keys of a configuration: the newest
@@ -462,158 +406,42 @@ history_reload_finish(void *next, int commit)
 	free(hk);
 }
 
-/* Start step: STORE/history and its objects directory. */
+/* Start step: the history area (directories, store id, index, anchor)
+ * and what its index and anchor know. */
 static int
-start_dirs(void)
+start_area(void)
 {
+	struct store_conf conf = { .dirfd = hsmfs_ctx->store_fd };
 	int r;
 
-	if ((r = store_dir(hsmfs_ctx->store_fd, HSTORE_DIR)) < 0)
+	if ((r = hstore_open(&conf, hsmfs_ctx->opt.history_anchor, &H.hs)) != 0)
 		return r;
-	H.dirfd = r;
-	if ((r = store_dir(H.dirfd, HSTORE_OBJECTS)) < 0)
+	if (hstore_index_lost(H.hs)) {
+		H.global_bad = strdup("the checkpoint index is missing");
+		log_err("history: %s/%s is missing but objects exist",
+		    HSTORE_DIR, HSTORE_CHECKPOINTS);
+	}
+	if ((r = load_notes(0)) != 0)
 		return r;
-	H.objfd = r;
-	/* New directories must survive a power loss before the first record
-	 * is acknowledged in them (once per mount, cheap). */
-	store_fsync_dir(H.dirfd);
-	store_fsync_dir(hsmfs_ctx->store_fd);
-	store_cleanup_tmp(H.dirfd);
-	return 0;
-}
-
-/* Does the objects directory hold any entry? */
-static int
-objects_exist(void)
-{
-	struct dirent *de;
-	DIR *d;
-	int fd = dup(H.objfd), any = 0;
-
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		return 0;
-	}
-	while ((de = readdir(d)) != NULL)
-		if (de->d_name[0] != '.') {
-			any = 1;
-			break;
-		}
-	closedir(d);
-	return any;
-}
-
-/* Start step: open (for a new store, create) the checkpoint index and
- * read it. */
-static int
-start_index(void)
-{
-	H.cpfd = openat(H.dirfd, HSTORE_CHECKPOINTS, O_RDWR | O_CLOEXEC);
-	if (H.cpfd < 0 && errno == ENOENT) {
-		/* A store with objects but no index has lost its checkpoints:
-		 * never treat that as "nothing was signed". */
-		if ((H.cpfd = openat(H.dirfd, HSTORE_CHECKPOINTS,
-		    O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) >= 0)
-			store_fsync_dir(H.dirfd);
-		if (objects_exist()) {
-			H.global_bad = strdup("the checkpoint index is missing");
-			log_err("history: %s/%s is missing but objects exist",
-			    HSTORE_DIR, HSTORE_CHECKPOINTS);
-		}
-	}
-	if (H.cpfd < 0) {
-		int e = errno;
-		err_set("history/%s: %s", HSTORE_CHECKPOINTS, strerror(e));
-		return hsmfs_errno_err(e);
-	}
-	return load_notes_file(H.cpfd, 0, "checkpoint index");
-}
-
-/* fsync the directory holding path (an absolute path). */
-static void
-fsync_parent(const char *path)
-{
-	char *dir = strdup(path), *sl;
-	int dfd;
-
-	if (dir && (sl = strrchr(dir, '/')) != NULL) {
-		*sl = '\0';
-		if ((dfd = open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY |
-		    O_CLOEXEC)) >= 0) {
-			fsync(dfd);
-			close(dfd);
-		}
-	}
-	free(dir);
-}
-
-/* Start step: open and read the anchor (-o history_anchor), if any. */
-static int
-start_anchor(void)
-{
-	const char *path = hsmfs_ctx->opt.history_anchor;
-	int r;
-
-	if (path == NULL)
-		return 0;
-	if (path[0] != '/') {
-		/* The daemon runs from "/" after daemonizing. */
-		err_set("history_anchor=%s: give an absolute path", path);
-		return HSMFS_ERR_CONFIG;
-	}
-	H.anchorfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-	if (H.anchorfd < 0) {
-		int e = errno;
-		err_set("history_anchor %s: %s", path, strerror(e));
-		return hsmfs_errno_err(e);
-	}
-	if ((r = load_notes_file(H.anchorfd, 1, "anchor")) != 0)
-		return r;
-	/* The anchor's own directory entry must survive a crash too. */
-	fsync_parent(path);
-	return 0;
+	return load_notes(1);
 }
 
 /* Start step: open every object file; objects named by the index but
  * without a file are reported by obj_verify. */
 static int
-start_objects(void)
+open_one(const char *name, void *arg)
 {
-	struct dirent *de;
-	DIR *d;
-	int fd = dup(H.objfd);
+	struct hobj *o;
 
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		err_set("history/objects: %s", strerror(errno));
-		return HSMFS_ERR_IO;
+	pthread_mutex_lock(&H.lock);
+	o = obj_get_locked(name);
+	pthread_mutex_unlock(&H.lock);
+	if (o == NULL)
+		return HSMFS_ERR_NOMEM;
+	if ((o->fd = obj_open_file(o, 0)) < 0) {
+		log_err("history/%s: %s", name, err_detail());
+		o->fd = -1;
 	}
-	while ((de = readdir(d)) != NULL) {
-		size_t n = strlen(de->d_name), sl = strlen(HSTORE_SUFFIX);
-		char name[256];
-		struct hobj *o;
-		if (n <= sl || n - sl >= sizeof(name) ||
-		    strcmp(de->d_name + n - sl, HSTORE_SUFFIX) != 0)
-			continue;
-		memcpy(name, de->d_name, n - sl);
-		name[n - sl] = '\0';
-		if (!util_name_valid(name))
-			continue;
-		pthread_mutex_lock(&H.lock);
-		o = obj_get_locked(name);
-		pthread_mutex_unlock(&H.lock);
-		if (o == NULL) {
-			closedir(d);
-			return HSMFS_ERR_NOMEM;
-		}
-		if ((o->fd = obj_open_file(o, 0)) < 0) {
-			log_err("history/%s: %s", name, err_detail());
-			o->fd = -1;
-		}
-	}
-	closedir(d);
 	return 0;
 }
 
@@ -665,10 +493,8 @@ history_release(void)
 		H.buckets[b] = NULL;
 	}
 	H.nobjects = 0;
-	close_fd(&H.dirfd);
-	close_fd(&H.objfd);
-	close_fd(&H.cpfd);
-	close_fd(&H.anchorfd);
+	hstore_close(H.hs);
+	H.hs = NULL;
 	free(H.global_bad);
 	H.global_bad = NULL;
 	free(H.vkeys);
@@ -677,7 +503,6 @@ history_release(void)
 	H.vcerts = NULL;
 	H.nvkeys = 0;
 	H.signer = NULL;
-	H.cp_len = 0;
 	pthread_mutex_unlock(&H.lock);
 }
 
@@ -689,12 +514,8 @@ history_start(void)
 {
 	int r;
 
-	if ((r = load_keys()) != 0 || (r = start_dirs()) != 0 ||
-	    (r = read_store_id()) != 0)
-		goto fail;
-	hstore_origin_prefix(H.store_id, H.prefix, sizeof(H.prefix));
-	if ((r = start_index()) != 0 || (r = start_anchor()) != 0 ||
-	    (r = start_objects()) != 0)
+	if ((r = load_keys()) != 0 || (r = start_area()) != 0 ||
+	    (r = hstore_list_objects(H.hs, open_one, NULL)) != 0)
 		goto fail;
 	start_recover();
 	H.compact_at = 64 << 20;
@@ -709,8 +530,8 @@ history_start(void)
 	H.running = 1;
 	H.configured = 1;
 	log_info("history: %" PRIu64 " object(s), signing with %s%s%s", H.nobjects,
-	    hsm_key_name(H.signer), H.anchorfd >= 0 ? ", anchor " : "",
-	    H.anchorfd >= 0 ? hsmfs_ctx->opt.history_anchor : "");
+	    hsm_key_name(H.signer), hstore_anchor(H.hs) ? ", anchor " : "",
+	    hstore_anchor(H.hs) ? hstore_anchor(H.hs) : "");
 	return 0;
 fail:
 	history_release();

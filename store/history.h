@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "crypto/tlog.h"
@@ -100,5 +101,53 @@ struct hstore_verify {
 	char reason[400];
 };
 int hstore_verify_object(const struct store_conf *conf, struct hstore_verify *v);
+
+/* ---- the area, opened by the daemon ----
+ * One handle per mount. The unit of durability is hstore_index_append:
+ * a batch's frames (written to the object files beforehand, and made
+ * durable by the caller's fdatasync beside the signing) become records
+ * once their checkpoints are in the index; until then a crash or a
+ * failure cuts them off (recovery at the next open). A shared backend
+ * does the batch as one transaction at hstore_index_append.
+ * Not yet behind the interface: the per-object frame I/O (the daemon
+ * writes, syncs, cuts and reads object files through the descriptor
+ * hstore_object_open returns). */
+struct hstore;
+
+/* Open (creating for a new store) STORE/history, its store id and index,
+ * and the anchor (NULL: none; an absolute path). HSMFS_ERR_UNSUPPORTED
+ * for conf->shared (not yet). *out is NULL on failure, nothing left open. */
+int hstore_open(const struct store_conf *conf, const char *anchor,
+    struct hstore **out);
+void hstore_close(struct hstore *hs);
+const char *hstore_prefix(const struct hstore *hs);     /* origin prefix */
+const char *hstore_anchor(const struct hstore *hs);     /* path or NULL */
+/* The index was missing while objects exist (never "nothing signed"). */
+int hstore_index_lost(const struct hstore *hs);
+off_t hstore_index_size(const struct hstore *hs);
+/* Every note of this store in the index (anchor = 0) or the anchor, in
+ * order, then a torn tail cut. HSMFS_ERR_BADMSG (err_detail says why)
+ * when the text is not notes; HSMFS_ERR_IO when the tail cannot be cut. */
+int hstore_load_notes(struct hstore *hs, int anchor, hstore_note_cb cb,
+    void *arg);
+/* Objects with a file, by name. cb returning non-zero stops (returned). */
+typedef int (*hstore_name_cb)(const char *object, void *arg);
+int hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg);
+/* The object's file (O_RDWR, created if asked), or a negative code. */
+int hstore_object_open(struct hstore *hs, const char *name, int create);
+/* The object's file by name (a replaced file is noticed). */
+int hstore_object_stat(struct hstore *hs, const char *name, struct stat *st);
+/* New object files' directory entries made durable. */
+int hstore_objects_sync(struct hstore *hs);
+/* An unlinked temporary file in the area (a large record being written),
+ * or a negative code. */
+int hstore_spool_open(struct hstore *hs);
+/* A batch's checkpoints, in order, appended to the index as one durable
+ * unit (directory: pwrite + fdatasync; cut back on failure), then to the
+ * anchor (a failure there is logged, not returned). */
+int hstore_index_append(struct hstore *hs, const char *notes, size_t len);
+/* Replace the index with notes (the newest checkpoint of every object):
+ * a crash leaves the old or the new index. */
+int hstore_index_rewrite(struct hstore *hs, const char *notes, size_t len);
 
 #endif
