@@ -3,6 +3,7 @@
  * that an independent verifier (examples/verify-history.py, docs/history.md)
  * reproduces the same bytes. */
 #include "crypto/tlog.h"
+#include "hsm/hsm.h"
 #include "common/err.h"
 #include "common/util.h"
 

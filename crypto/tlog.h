@@ -1,7 +1,7 @@
 /* History records and checkpoints (SPEC §5): the record leaf encoding, the
  * on-disk frame around each leaf, RFC 6962 Merkle hashing with O(log n)
  * right-edge state, and C2SP tlog-checkpoint / signed-note checkpoints.
- * Pure format code: no FUSE, no store layout (fs/history.c owns that). */
+ * Pure format code: no FUSE, no store layout (store/history.h owns that). */
 #ifndef HSMFS_CRYPTO_TLOG_H
 #define HSMFS_CRYPTO_TLOG_H
 
@@ -10,7 +10,8 @@
 #include <sys/types.h>
 #include <openssl/evp.h>
 
-#include "hsm/hsm.h"
+/* A signing key of hsm/ (opaque here: no hsm header above crypto). */
+typedef struct hsm_key hsm_key;
 
 #define TLOG_HASH_LEN 32
 

@@ -3,6 +3,7 @@
  * checkpoints signed through the hsm_key interface (PKCS#12 backend with
  * a software key made here), including forgeries and torn notes. */
 #include "crypto/tlog.h"
+#include "hsm/hsm.h"
 #include "common/err.h"
 #include "common/util.h"
 
