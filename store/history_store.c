@@ -1,6 +1,6 @@
 /* Verification of the /history store, shared by the daemon and the
  * offline tool so that both judge a history by exactly the same rules. */
-#include "store/history_store.h"
+#include "store/history.h"
 #include "common/err.h"
 #include "store/dirio.h"
 

@@ -711,3 +711,28 @@ def test_hsm_failure_fails_the_append_then_recovers(hsm, mount_factory, tmp_path
     m.unmount()
     assert b"lost" not in obj_log(m, "h").read_bytes()
     assert tool_verify(m, "h").returncode == 0
+
+
+def test_failed_start_releases_what_it_opened(mount_factory, tmp_path):
+    """A start that fails half way (here at the anchor, a directory, after
+    the index and the store directories were opened) leaves no descriptor
+    of the history store open, the folder reports failed and refuses
+    records; a remount with a good option serves the history as before."""
+    m = mount_factory()
+    append(m, "u", b"one\n")
+    m.unmount()
+    m.start(opts={"history_anchor": str(tmp_path)})
+    hist = os.path.realpath(Path(m.store) / "history")
+    fds = Path(f"/proc/{m.proc.pid}/fd")
+    held = [os.readlink(fds / fd) for fd in os.listdir(fds)
+            if (fds / fd).is_symlink()]
+    assert not [p for p in held if p.startswith(hist)], held
+    status = Path(m.path(".status")).read_text()
+    assert "history" in status and "Is a directory" in status, status
+    with pytest.raises(OSError):
+        append(m, "u", b"two\n")
+    m.unmount()
+    m.start(opts="")
+    assert read(m, "u") == b"one\n"
+    append(m, "u", b"two\n")
+    assert read(m, "u") == b"one\ntwo\n"

@@ -1,0 +1,153 @@
+/* The history area of the store: its layout, the verification of an
+ * object, and the verification policy of one object as a whole
+ * (hstore_verify_object), shared by the daemon (fs/history*.c) and
+ * `hsmfs-tool verify-history` (offline). Directory backend:
+ *   STORE/history/store-id       16 hex digits, part of every origin
+ *   STORE/history/objects/N.log  frames of object N (crypto/tlog.h)
+ *   STORE/history/checkpoints    append-only concatenation of every signed
+ *                                checkpoint (the store-level index: the
+ *                                last note per origin is the newest)
+ * An anchor file (-o history_anchor) has the checkpoints' format. */
+#ifndef HSMFS_STORE_HISTORY_H
+#define HSMFS_STORE_HISTORY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include "crypto/tlog.h"
+#include "store/store.h"
+
+#define HSTORE_DIR "history"
+#define HSTORE_OBJECTS "objects"
+#define HSTORE_CHECKPOINTS "checkpoints"
+#define HSTORE_ID "store-id"
+#define HSTORE_SUFFIX ".log"
+
+/* Read STORE/history/store-id (16 lowercase hex digits and a newline)
+ * into *out (malloc'd, 16 chars). HSMFS_ERR_NOTFOUND when missing. */
+int hstore_read_id(int dirfd, char **out);
+
+/* "hsmfs/<store id>/history/" */
+int hstore_origin_prefix(const char *store_id, char *out, size_t outlen);
+
+/* Read the concatenated notes of fd. For each complete note whose origin
+ * starts with prefix, cb gets the object name (origin minus prefix) and
+ * the parsed checkpoint (borrowed for the call). *good_len = bytes of
+ * complete notes (a torn tail, if any, starts there). Returns 0, or
+ * HSMFS_ERR_INVALID with err_set() for text that is not notes. */
+typedef int (*hstore_note_cb)(const char *object, const struct tlog_checkpoint *cp,
+    void *arg);
+int hstore_read_notes(int fd, const char *prefix, hstore_note_cb cb, void *arg,
+    off_t *good_len);
+
+/* Checks one object's frames against its newest signed checkpoint and
+ * any other checkpoints known for it (index, anchor, an auditor's
+ * --expect): each must have size <= the signed size and the root of the
+ * tree at its size (a shorter object is a rollback). */
+#define HSTORE_MAX_KNOWN 4
+struct hstore_check {
+	/* in */
+	const struct tlog_checkpoint *cp;   /* newest signed; NULL: none */
+	EVP_PKEY *const *keys;
+	size_t nkeys;
+	struct {
+		uint64_t size;
+		uint8_t root[TLOG_HASH_LEN];
+		const char *what;               /* "anchor", "expected checkpoint" */
+	} known[HSTORE_MAX_KNOWN];
+	size_t nknown;
+	tlog_frame_cb cb;                   /* each signed frame, in order */
+	void *arg;
+	/* out */
+	uint64_t good;                      /* good frames in the file */
+	off_t signed_end;                   /* end of frame cp->size */
+	off_t bad_off;                      /* first bad frame or EOF */
+	const char *torn;                   /* why the frame at bad_off is bad */
+	int which_key;                      /* key that verified cp */
+	char reason[320];                   /* why verification failed */
+};
+
+/* 0 when the object verifies; HSMFS_ERR_BADMSG with c->reason otherwise
+ * (also copied to err_set()); other codes for I/O errors. Frames after
+ * the signed size are reported (good, bad_off) but not judged. */
+int hstore_check_object(int fd, struct hstore_check *c);
+
+/* The verification policy of one object, whole (what `hsmfs-tool
+ * verify-history` reports): the store id and checkpoint index, the
+ * newest checkpoint of the object, the anchor and an auditor's expected
+ * checkpoint if given (each a known size and root the object must
+ * extend), then every frame against the newest checkpoint.
+ * Returns 0: valid, v's out fields filled; HSMFS_ERR_BADMSG: the history
+ * does not verify, v->reason says why (the text after "invalid: OBJECT: ");
+ * HSMFS_ERR_NOTFOUND with err_set(): no such object (nothing signed for
+ * it either); HSMFS_ERR_UNSUPPORTED for a shared store (not yet); other
+ * codes with err_set() when the store, anchor or expected file cannot be
+ * read. */
+struct hstore_verify {
+	/* in */
+	const char *object;
+	EVP_PKEY *const *keys;              /* every accepted signer */
+	size_t nkeys;
+	const char *anchor;                 /* NULL, or an anchor file */
+	const char *expect;                 /* NULL, or a checkpoint note file */
+	/* out */
+	uint64_t records;                   /* signed size */
+	uint8_t root[TLOG_HASH_LEN];        /* signed root */
+	int which_key;                      /* index in keys, -1: none */
+	uint64_t unsigned_after;            /* complete frames after it */
+	const char *torn;                   /* torn data after it (static text) */
+	char reason[400];
+};
+int hstore_verify_object(const struct store_conf *conf, struct hstore_verify *v);
+
+/* ---- the area, opened by the daemon ----
+ * One handle per mount. The unit of durability is hstore_index_append:
+ * a batch's frames (written to the object files beforehand, and made
+ * durable by the caller's fdatasync beside the signing) become records
+ * once their checkpoints are in the index; until then a crash or a
+ * failure cuts them off (recovery at the next open). A shared backend
+ * does the batch as one transaction at hstore_index_append.
+ * Not yet behind the interface: the per-object frame I/O (the daemon
+ * writes, syncs, cuts and reads object files through the descriptor
+ * hstore_object_open returns). */
+struct hstore;
+
+/* Open (creating for a new store) STORE/history, its store id and index,
+ * and the anchor (NULL: none; an absolute path). HSMFS_ERR_UNSUPPORTED
+ * for conf->shared (not yet). *out is NULL on failure, nothing left open. */
+int hstore_open(const struct store_conf *conf, const char *anchor,
+    struct hstore **out);
+void hstore_close(struct hstore *hs);
+const char *hstore_prefix(const struct hstore *hs);     /* origin prefix */
+const char *hstore_anchor(const struct hstore *hs);     /* path or NULL */
+/* The index was missing while objects exist (never "nothing signed"). */
+int hstore_index_lost(const struct hstore *hs);
+off_t hstore_index_size(const struct hstore *hs);
+/* Every note of this store in the index (anchor = 0) or the anchor, in
+ * order, then a torn tail cut. HSMFS_ERR_BADMSG (err_detail says why)
+ * when the text is not notes; HSMFS_ERR_IO when the tail cannot be cut. */
+int hstore_load_notes(struct hstore *hs, int anchor, hstore_note_cb cb,
+    void *arg);
+/* Objects with a file, by name. cb returning non-zero stops (returned). */
+typedef int (*hstore_name_cb)(const char *object, void *arg);
+int hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg);
+/* The object's file (O_RDWR, created if asked), or a negative code. */
+int hstore_object_open(struct hstore *hs, const char *name, int create);
+/* The object's file by name (a replaced file is noticed). */
+int hstore_object_stat(struct hstore *hs, const char *name, struct stat *st);
+/* New object files' directory entries made durable. */
+int hstore_objects_sync(struct hstore *hs);
+/* An unlinked temporary file in the area (a large record being written),
+ * or a negative code. */
+int hstore_spool_open(struct hstore *hs);
+/* A batch's checkpoints, in order, appended to the index as one durable
+ * unit (directory: pwrite + fdatasync; cut back on failure), then to the
+ * anchor (a failure there is logged, not returned). */
+int hstore_index_append(struct hstore *hs, const char *notes, size_t len);
+/* Replace the index with notes (the newest checkpoint of every object):
+ * a crash leaves the old or the new index. */
+int hstore_index_rewrite(struct hstore *hs, const char *notes, size_t len);
+
+#endif

@@ -1,0 +1,414 @@
+/* The history area of the store, directory backend (store/history.h):
+ * STORE/history with its store id, objects directory, checkpoint index,
+ * and the anchor file. Moved here from fs/history_start.c and
+ * fs/history_commit.c; the daemon holds one struct hstore. */
+#include "store/history.h"
+#include "store/dirio.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/rand.h>
+
+struct hstore {
+	int dirfd, objfd, cpfd, anchorfd;
+	char *anchor;                /* path, or NULL */
+	char store_id[17];
+	char prefix[64];
+	off_t cp_len;                /* good length of the index */
+	int index_lost;              /* objects exist but the index was missing */
+};
+
+static int
+sys_fail(const char *what, int e)
+{
+	err_set("%s: %s", what, strerror(e));
+	return hsmfs_errno_err(e);
+}
+
+/* STORE/history/store-id, created (random) for a new store. */
+static int
+read_store_id(struct hstore *hs)
+{
+	char *s = NULL;
+	int r = hstore_read_id(hs->dirfd, &s);
+	if (r == HSMFS_ERR_NOTFOUND) {
+		/* A new store: a random id keeps origins of different stores
+		 * apart (one anchor file may serve several). */
+		uint8_t rnd[8];
+		char buf[18];
+		if (faccessat(hs->dirfd, HSTORE_CHECKPOINTS, F_OK, 0) == 0) {
+			/* A fresh id would orphan every checkpoint, and recovery
+			 * would then cut every object: refuse instead. */
+			err_set("history/%s is missing but the store has "
+			    "checkpoints: restore it from a backup", HSTORE_ID);
+			return HSMFS_ERR_BADMSG;
+		}
+		if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+			return HSMFS_ERR_CRYPTO;
+		util_hex(rnd, sizeof(rnd), buf);
+		buf[16] = '\n';
+		buf[17] = '\0';
+		if ((r = store_write_atomic(hs->dirfd, HSTORE_ID, buf, 17)) != 0)
+			return r;
+		memcpy(hs->store_id, buf, 16);
+		hs->store_id[16] = '\0';
+		return 0;
+	}
+	if (r != 0) {
+		err_prefix("history/");
+		return r;
+	}
+	memcpy(hs->store_id, s, 17);
+	free(s);
+	return 0;
+}
+
+/* Does the objects directory hold any entry? */
+static int
+objects_exist(struct hstore *hs)
+{
+	struct dirent *de;
+	DIR *d;
+	int fd = dup(hs->objfd), any = 0;
+
+	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.') {
+			any = 1;
+			break;
+		}
+	closedir(d);
+	return any;
+}
+
+/* The checkpoint index, created for a new store. */
+static int
+open_index(struct hstore *hs)
+{
+	hs->cpfd = openat(hs->dirfd, HSTORE_CHECKPOINTS, O_RDWR | O_CLOEXEC);
+	if (hs->cpfd < 0 && errno == ENOENT) {
+		/* A store with objects but no index has lost its checkpoints:
+		 * never treat that as "nothing was signed". */
+		if ((hs->cpfd = openat(hs->dirfd, HSTORE_CHECKPOINTS,
+		    O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) >= 0)
+			store_fsync_dir(hs->dirfd);
+		hs->index_lost = objects_exist(hs);
+	}
+	if (hs->cpfd < 0)
+		return sys_fail("history/" HSTORE_CHECKPOINTS, errno);
+	return 0;
+}
+
+/* fsync the directory holding path (an absolute path). */
+static void
+fsync_parent(const char *path)
+{
+	char *dir = strdup(path), *sl;
+	int dfd;
+
+	if (dir && (sl = strrchr(dir, '/')) != NULL) {
+		*sl = '\0';
+		if ((dfd = open(*dir ? dir : "/", O_RDONLY | O_DIRECTORY |
+		    O_CLOEXEC)) >= 0) {
+			fsync(dfd);
+			close(dfd);
+		}
+	}
+	free(dir);
+}
+
+static int
+open_anchor(struct hstore *hs, const char *path)
+{
+	if (path == NULL)
+		return 0;
+	if (path[0] != '/') {
+		/* The daemon runs from "/" after daemonizing. */
+		err_set("history_anchor=%s: give an absolute path", path);
+		return HSMFS_ERR_CONFIG;
+	}
+	if ((hs->anchor = strdup(path)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	hs->anchorfd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (hs->anchorfd < 0) {
+		int e = errno;
+		err_set("history_anchor %s: %s", path, strerror(e));
+		return hsmfs_errno_err(e);
+	}
+	/* The anchor's own directory entry must survive a crash too. */
+	fsync_parent(path);
+	return 0;
+}
+
+int
+hstore_open(const struct store_conf *conf, const char *anchor,
+    struct hstore **out)
+{
+	struct hstore *hs;
+	int r;
+
+	*out = NULL;
+	if (conf->shared != NULL) {
+		err_set("history: a shared store is not supported yet");
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	if ((hs = calloc(1, sizeof(*hs))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	hs->dirfd = hs->objfd = hs->cpfd = hs->anchorfd = -1;
+	if ((r = store_dir(conf->dirfd, HSTORE_DIR)) < 0)
+		goto fail;
+	hs->dirfd = r;
+	if ((r = store_dir(hs->dirfd, HSTORE_OBJECTS)) < 0)
+		goto fail;
+	hs->objfd = r;
+	/* New directories must survive a power loss before the first record
+	 * is acknowledged in them (once per open, cheap). */
+	store_fsync_dir(hs->dirfd);
+	store_fsync_dir(conf->dirfd);
+	store_cleanup_tmp(hs->dirfd);
+	if ((r = read_store_id(hs)) != 0 || (r = open_index(hs)) != 0 ||
+	    (r = open_anchor(hs, anchor)) != 0)
+		goto fail;
+	hstore_origin_prefix(hs->store_id, hs->prefix, sizeof(hs->prefix));
+	*out = hs;
+	return 0;
+fail:
+	hstore_close(hs);
+	return r;
+}
+
+void
+hstore_close(struct hstore *hs)
+{
+	if (hs == NULL)
+		return;
+	if (hs->dirfd >= 0)
+		close(hs->dirfd);
+	if (hs->objfd >= 0)
+		close(hs->objfd);
+	if (hs->cpfd >= 0)
+		close(hs->cpfd);
+	if (hs->anchorfd >= 0)
+		close(hs->anchorfd);
+	free(hs->anchor);
+	free(hs);
+}
+
+const char *
+hstore_prefix(const struct hstore *hs)
+{
+	return hs->prefix;
+}
+
+const char *
+hstore_anchor(const struct hstore *hs)
+{
+	return hs->anchor;
+}
+
+int
+hstore_index_lost(const struct hstore *hs)
+{
+	return hs->index_lost;
+}
+
+off_t
+hstore_index_size(const struct hstore *hs)
+{
+	return hs->cp_len;
+}
+
+int
+hstore_load_notes(struct hstore *hs, int anchor, hstore_note_cb cb, void *arg)
+{
+	const char *what = anchor ? "anchor" : "checkpoint index";
+	int fd = anchor ? hs->anchorfd : hs->cpfd;
+	struct stat st;
+	off_t good;
+	int r;
+
+	if (fd < 0)
+		return 0;
+	if ((r = hstore_read_notes(fd, hs->prefix, cb, arg, &good)) != 0) {
+		err_prefix("%s is unreadable: ", what);
+		return HSMFS_ERR_BADMSG;
+	}
+	if (fstat(fd, &st) == 0 && st.st_size > good) {
+		log_warn("history: %s: cutting a torn tail of %lld byte(s)", what,
+		    (long long)(st.st_size - good));
+		if (ftruncate(fd, good) < 0 || fdatasync(fd) < 0) {
+			err_set("%s: cannot cut the torn tail: %s", what, strerror(errno));
+			return HSMFS_ERR_IO;
+		}
+	}
+	if (!anchor)
+		hs->cp_len = good;
+	return 0;
+}
+
+int
+hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg)
+{
+	struct dirent *de;
+	DIR *d;
+	int fd = dup(hs->objfd), r = 0;
+
+	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		err_set("history/objects: %s", strerror(errno));
+		return HSMFS_ERR_IO;
+	}
+	while (r == 0 && (de = readdir(d)) != NULL) {
+		size_t n = strlen(de->d_name), sl = strlen(HSTORE_SUFFIX);
+		char name[256];
+		if (n <= sl || n - sl >= sizeof(name) ||
+		    strcmp(de->d_name + n - sl, HSTORE_SUFFIX) != 0)
+			continue;
+		memcpy(name, de->d_name, n - sl);
+		name[n - sl] = '\0';
+		if (util_name_valid(name))
+			r = cb(name, arg);
+	}
+	closedir(d);
+	return r;
+}
+
+int
+hstore_object_open(struct hstore *hs, const char *name, int create)
+{
+	char fn[300];
+	int fd;
+	snprintf(fn, sizeof(fn), "%s" HSTORE_SUFFIX, name);
+	fd = openat(hs->objfd, fn, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+	if (fd < 0) {
+		int e = errno;
+		err_set("open %s: %s", fn, strerror(e));
+		return hsmfs_errno_err(e);
+	}
+	return fd;
+}
+
+int
+hstore_object_stat(struct hstore *hs, const char *name, struct stat *st)
+{
+	char fn[300];
+	snprintf(fn, sizeof(fn), "%s" HSTORE_SUFFIX, name);
+	if (fstatat(hs->objfd, fn, st, 0) < 0)
+		return sys_fail(fn, errno);
+	return 0;
+}
+
+int
+hstore_objects_sync(struct hstore *hs)
+{
+	return fsync(hs->objfd) < 0 ? sys_fail("history/objects", errno) : 0;
+}
+
+int
+hstore_spool_open(struct hstore *hs)
+{
+	struct store_tmp t;
+	int r, fd = openat(hs->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		return fd;
+	if (errno != EOPNOTSUPP && errno != EISDIR)
+		return sys_fail("history spool", errno);
+	if ((r = store_tmp_create(hs->dirfd, &t)) != 0)
+		return r;
+	unlinkat(hs->dirfd, t.name, 0);
+	return t.fd;
+}
+
+/* pwrite until everything is written. */
+static int
+pwrite_all(int fd, const void *buf, size_t len, off_t off)
+{
+	const uint8_t *p = buf;
+	while (len > 0) {
+		ssize_t w = pwrite(fd, p, len, off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return sys_fail("write", errno);
+		p += w;
+		len -= (size_t)w;
+		off += w;
+	}
+	return 0;
+}
+
+int
+hstore_index_append(struct hstore *hs, const char *notes, size_t len)
+{
+	int r;
+
+	if (len == 0)
+		return 0;
+	r = pwrite_all(hs->cpfd, notes, len, hs->cp_len);
+	if (r == 0 && fdatasync(hs->cpfd) < 0)
+		r = sys_fail("fdatasync checkpoints", errno);
+	if (r != 0) {
+		int keep = r;
+		char why[300];
+		snprintf(why, sizeof(why), "%s", err_detail());
+		if (ftruncate(hs->cpfd, hs->cp_len) < 0)
+			log_err("history: cannot cut the checkpoint index back: %s",
+			    strerror(errno));
+		err_set("%s", why);
+		return keep;
+	}
+	hs->cp_len += (off_t)len;
+	if (hs->anchorfd >= 0) {
+		/* The anchor is a second copy on another volume: if it fails
+		 * the records are still durable and signed here, so they are
+		 * acknowledged and the failure is logged. */
+		if (store_write_all(hs->anchorfd, notes, len) != 0 ||
+		    fdatasync(hs->anchorfd) < 0)
+			log_err("history: anchor %s: cannot append checkpoints: %s",
+			    hs->anchor, err_detail());
+	}
+	return 0;
+}
+
+int
+hstore_index_rewrite(struct hstore *hs, const char *notes, size_t len)
+{
+	struct store_tmp tmp;
+	int r, fd;
+
+	if ((r = store_tmp_create(hs->dirfd, &tmp)) != 0)
+		return r;
+	if ((r = store_write_all(tmp.fd, notes, len)) != 0) {
+		store_tmp_abort(&tmp);
+		return r;
+	}
+	if ((r = store_tmp_commit(&tmp, HSTORE_CHECKPOINTS)) != 0)
+		return r;
+	if ((fd = openat(hs->dirfd, HSTORE_CHECKPOINTS, O_RDWR | O_CLOEXEC)) < 0) {
+		/* The new index is in place; without a handle on it no batch
+		 * can be acknowledged, so say so loudly. */
+		log_err("history: cannot reopen the compacted index: %s",
+		    strerror(errno));
+		return 0;
+	}
+	close(hs->cpfd);
+	hs->cpfd = fd;
+	log_info("history: checkpoint index compacted from %lld to %lld bytes",
+	    (long long)hs->cp_len, (long long)len);
+	hs->cp_len = (off_t)len;
+	return 0;
+}
