@@ -7,7 +7,7 @@
  * temp) are sealed at close like any value, kept in STORE/fields/.temp/
  * and published by rename(). */
 #include "fs/fs.h"
-#include "store/fieldstore.h"
+#include "store/fields_dir.h"
 #include "store/dirio.h"
 #include "fs/temp.h"
 #include "crypto/envelope.h"

@@ -7,7 +7,7 @@
 #include "tool/tool.h"
 #include "tool/fieldtool.h"
 #include "crypto/envelope.h"
-#include "store/fieldstore.h"
+#include "store/fields_dir.h"
 #include "store/dirio.h"
 #include "common/err.h"
 #include "store/storelock.h"

@@ -2,7 +2,7 @@
  * that keeps the daemon and an online rekey-fields from losing each
  * other's updates (a rekey reads, rewraps and renames under the lock; the
  * daemon's rename of a new value takes the same lock). */
-#include "store/fieldstore.h"
+#include "store/fields_dir.h"
 #include "store/dirio.h"
 #include "common/err.h"
 
