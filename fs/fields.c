@@ -1,21 +1,22 @@
 /* /fields: secret fields as plaintext files (NAME) and as their NX02
  * envelopes (.sealed/NAME). Owns the open-file state of both views; the
- * store layout is fs/fieldstore.c. A plaintext exists only in the secure
- * buffer of an open file (filled by an HSM unwrap at open, or by writes),
- * and is wiped at release and on every error path; only envelopes reach
- * STORE/fields/. Writers' temporaries (".NAME": vim's swap file, rsync's
- * temp) are sealed at close like any value, kept in STORE/fields/.temp/
- * and published by rename(). */
+ * values live in the fields area of the store (store/fields.h). A
+ * plaintext exists only in the secure buffer of an open file (filled by
+ * an HSM unwrap at open, or by writes), and is wiped at release and on
+ * every error path; only envelopes reach the store. Writers' temporaries
+ * (".NAME": vim's swap file, rsync's temp) are sealed at close like any
+ * value, kept node-local in STORE/fields/.temp/ (a directory
+ * fields_store) and published by rename(), which puts their text into
+ * the store. */
 #include "fs/fs.h"
-#include "store/fieldstore.h"
-#include "store/dirio.h"
+#include "store/fields.h"
+#include "store/store.h"
 #include "fs/temp.h"
 #include "crypto/envelope.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -28,7 +29,8 @@
 #define SEALED ".sealed"
 
 /* Set in start() and by a reload (under the configuration write lock). */
-static int dirfd_ = -1;
+static struct fields_store *store_;   /* the fields */
+static struct fields_store *tstore;   /* writers' temporaries, node-local */
 static struct temp_area temps = TEMP_AREA_INIT;
 static const struct engine_descriptor *newest;  /* NULL: writes refused */
 static hsm_key *newest_key;
@@ -84,10 +86,17 @@ parse_path(const char *path, enum kind *kind, const char **name)
 }
 
 /* Where the envelope of a name lives: a temporary's in the temp area. */
-static int
-dir_of(const char *name)
+static struct fields_store *
+store_of(const char *name)
 {
-	return temp_name(name) ? temps.dirfd : dirfd_;
+	return temp_name(name) ? tstore : store_;
+}
+
+static int
+stored(const char *name)
+{
+	struct fields_meta m;
+	return fields_store_stat(store_of(name), name, &m, NULL, 0) == 0;
 }
 
 static int
@@ -202,7 +211,7 @@ fh_reserve(struct fh *f, size_t n)
 static size_t
 view_max(enum kind k)
 {
-	return k == K_FIELD ? ENVELOPE_MAX_PLAINTEXT : FIELDSTORE_TEXT_MAX;
+	return k == K_FIELD ? ENVELOPE_MAX_PLAINTEXT : FIELDS_TEXT_MAX;
 }
 
 /* Decrypt the stored field into f->buf (HSM unwrap). */
@@ -217,7 +226,7 @@ load_plain(struct fh *f)
 	size_t tl = 0, ptl = 0;
 	int r;
 
-	if ((r = fieldstore_read(dir_of(f->name), f->name, &text, &tl)) != 0)
+	if ((r = fields_store_get(store_of(f->name), f->name, &text, &tl)) != 0)
 		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, NULL, "read", r);
 	r = envelope_parse_text(text, tl, &env);
 	free(text);
@@ -244,7 +253,7 @@ load_sealed(struct fh *f)
 	char *text = NULL;
 	size_t tl = 0;
 	int r;
-	if ((r = fieldstore_read(dir_of(f->name), f->name, &text, &tl)) != 0)
+	if ((r = fields_store_get(store_of(f->name), f->name, &text, &tl)) != 0)
 		return r == HSMFS_ERR_NOTFOUND ? -ENOENT : fail(f->name, NULL, "read", r);
 	if ((r = fh_reserve(f, tl)) == 0 && tl > 0) {
 		memcpy(f->buf, text, tl);
@@ -309,17 +318,17 @@ writer_name(struct fh *f, char name[256])
 	return alive;
 }
 
-/* Seal or check, write the temp file, then rename it onto the writer's
- * name under that name's lock. The name is read again under the lock: a
- * mv or rm of the open file (which take the same lock) either happened
- * before, and we follow it, or waits until the value is in place. */
+/* Seal or check, then put the text under the writer's name, holding
+ * that name's lock. The name is read again under the lock: a mv or rm of
+ * the open file (which take the same lock) either happened before, and
+ * we follow it, or waits until the value is in place. */
 static int
 commit_locked(struct fh *f)
 {
 	char name[256], again[256], *text = NULL;
-	struct store_tmp t;
+	struct fields_lock *lk;
 	size_t tl = 0;
-	int r, h;
+	int r;
 
 	if (!f->writable || !f->dirty)
 		return 0;
@@ -329,36 +338,24 @@ commit_locked(struct fh *f)
 	    text_sealed_locked(f, name, &text, &tl);
 	if (r != 0)
 		return r;
-again:
-	r = fieldstore_write_tmp(dir_of(name), text, tl, &t);
-	if (r != 0) {
-		free(text);
-		return fail(name, NULL, "store", r);
-	}
 	for (;;) {
-		if ((h = fieldstore_lock(dirfd_, name)) < 0) {
-			store_tmp_abort(&t);
-			return fail(name, NULL, "lock", h);
+		if ((r = fields_store_lock(store_, name, NULL, &lk)) != 0) {
+			free(text);
+			return fail(name, NULL, "lock", r);
 		}
 		if (!writer_name(f, again)) {
-			fieldstore_unlock(h);
-			store_tmp_abort(&t);
+			fields_store_unlock(store_, lk);
 			free(text);
 			goto orphan;
 		}
 		if (strcmp(again, name) == 0)
 			break;
-		fieldstore_unlock(h);
+		fields_store_unlock(store_, lk);
 		memcpy(name, again, sizeof(name));
-		if (dir_of(name) != t.dirfd) {
-			/* Renamed between a temporary and a valid name. */
-			store_tmp_abort(&t);
-			goto again;
-		}
 	}
+	r = fields_store_put(store_of(name), name, text, tl, 0);
+	fields_store_unlock(store_, lk);
 	free(text);
-	r = store_tmp_commit(&t, name);
-	fieldstore_unlock(h);
 	if (r != 0)
 		return fail(name, NULL, "store", r);
 	f->dirty = 0;
@@ -403,14 +400,18 @@ fields_keys_of(const struct engine *e, struct keyring *kr,
 static int
 fields_start(void)
 {
+	struct store_conf sc = { .dirfd = hsmfs_ctx->store_fd };
 	struct fields_keys fk;
 	int fd, r;
 
-	if ((fd = store_dir(hsmfs_ctx->store_fd, FIELDSTORE_DIR)) < 0)
+	if ((r = fields_store_open(&sc, &store_)) != 0)
+		return r;
+	fields_store_recover(store_, 0);   /* no other writer while mounted */
+	if ((fd = fields_store_node_dir(&sc)) < 0)
 		return fd;
-	dirfd_ = fd;
-	store_cleanup_tmp(dirfd_);
-	if ((r = temp_area_open(&temps, dirfd_, -1, -1)) != 0)
+	r = temp_area_open(&temps, fd, -1, -1);
+	close(fd);
+	if (r != 0 || (r = fields_store_open_dir(temps.dirfd, &tstore)) != 0)
 		return r;
 	if ((r = fields_keys_of(hsmfs_ctx->engine, hsmfs_ctx->keys, &fk)) != 0)
 		return r;
@@ -460,9 +461,9 @@ fields_reload_finish(void *next, int commit)
 static void
 fields_stop(void)
 {
-	if (dirfd_ >= 0)
-		close(dirfd_);
-	dirfd_ = -1;
+	fields_store_close(tstore);
+	fields_store_close(store_);
+	tstore = store_ = NULL;
 	temp_area_close(&temps);
 }
 
@@ -484,12 +485,27 @@ fields_metrics(struct metrics *m)
 		    "key", newest->key_name, (char *)NULL);
 }
 
+/* Plaintext size from the envelope header: no HSM. A damaged value
+ * shows 0 and fails at open, where it is logged. */
+static off_t
+plain_size(const char *head, size_t n)
+{
+	struct envelope_header h;
+
+	if (n == ENVELOPE_TEXT_HEADER_LEN &&
+	    envelope_peek_text_header(head, n, &h) == 0 &&
+	    h.plain_len <= ENVELOPE_MAX_PLAINTEXT)
+		return (off_t)h.plain_len;
+	return 0;
+}
+
 static int
 fields_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
+	char head[ENVELOPE_TEXT_HEADER_LEN];
 	enum kind kind;
 	const char *name;
-	struct stat sst;
+	struct fields_meta m;
 	struct fh *f = fh_of(fi);
 	off_t sz;
 	int r;
@@ -500,53 +516,49 @@ fields_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 		fs_stat_dir(st);
 		return 0;
 	}
-	if (dirfd_ < 0)
+	if (store_ == NULL)
 		return -ENOENT;
 	if (f != NULL && f->writable) {
 		fs_stat_file(st, 0600, (off_t)f->len, time(NULL));
 		return 0;
 	}
-	if (fstatat(dir_of(name), name, &sst, AT_SYMLINK_NOFOLLOW) < 0) {
-		if (errno != ENOENT)
-			return -errno;
+	sz = writer_size(name, kind, 0);
+	r = fields_store_stat(store_of(name), name, &m,
+	    sz < 0 && kind == K_FIELD ? head : NULL, sizeof(head));
+	if (r == HSMFS_ERR_NOTFOUND) {
 		if ((sz = writer_size(name, kind, 1)) < 0)
 			return -ENOENT;
 		fs_stat_file(st, 0600, sz, time(NULL));
 		return 0;
 	}
-	if (!S_ISREG(sst.st_mode))
-		return -ENOENT;
-	if ((sz = writer_size(name, kind, 0)) < 0) {
-		if (kind == K_SEALED) {
-			sz = sst.st_size;
-		} else {
-			/* Plaintext size from the header: no HSM. A damaged
-			 * file shows 0 and fails at open, where it is logged. */
-			char head[ENVELOPE_TEXT_HEADER_LEN];
-			struct envelope_header h;
-			int fd = openat(dir_of(name), name, O_RDONLY | O_CLOEXEC);
-			ssize_t n = fd < 0 ? -1 : pread(fd, head, sizeof(head), 0);
-			if (fd >= 0)
-				close(fd);
-			sz = 0;
-			if (n == (ssize_t)sizeof(head) &&
-			    envelope_peek_text_header(head, sizeof(head), &h) == 0 &&
-			    h.plain_len <= ENVELOPE_MAX_PLAINTEXT)
-				sz = (off_t)h.plain_len;
-		}
-	}
-	fs_stat_file(st, 0600, sz, sst.st_mtime);
+	if (r != 0)
+		return -hsmfs_err_errno(r);
+	if (sz < 0)
+		sz = kind == K_SEALED ? (off_t)m.size : plain_size(head, m.head_len);
+	fs_stat_file(st, 0600, sz, m.mtime);
+	return 0;
+}
+
+struct fill_arg {
+	void *buf;
+	fuse_fill_dir_t fill;
+};
+
+static int
+fill_one(void *arg, const char *name)
+{
+	struct fill_arg *fa = arg;
+	fa->fill(fa->buf, name, NULL, 0, 0);
 	return 0;
 }
 
 static int
 fields_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 {
+	struct fill_arg fa = { buf, fill };
 	enum kind kind, want;
 	const char *name;
-	struct dirent *de;
-	DIR *d;
-	int fd, r;
+	int r;
 
 	if ((r = parse_path(path, &kind, &name)) != 0)
 		return r;
@@ -558,25 +570,16 @@ fields_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 	/* .sealed is reachable by name but not listed (like a .snapshot
 	 * directory): find, backups and scripts iterating over the fields
 	 * see each field once, as plaintext. */
-	if (dirfd_ < 0)
+	if (store_ == NULL)
 		return 0;
 	temp_area_sweep(&temps);
-	if ((fd = dup(dirfd_)) < 0 || (d = fdopendir(fd)) == NULL) {
-		r = -errno;
-		if (fd >= 0)
-			close(fd);
-		return r;
-	}
-	rewinddir(d);
-	while ((de = readdir(d)) != NULL)
-		if (util_name_valid(de->d_name))
-			fill(buf, de->d_name, NULL, 0, 0);
-	closedir(d);
+	if ((r = fields_store_list(store_, fill_one, &fa)) != 0)
+		return fail("", NULL, "list", r);
 	/* Created but not yet closed: visible like a new regular file. */
 	pthread_mutex_lock(&writers_lock);
 	for (struct fh *f = writers; f; f = f->next)
 		if (f->kind == want && f->created && util_name_valid(f->name) &&
-		    faccessat(dirfd_, f->name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
+		    !stored(f->name))
 			fill(buf, f->name, NULL, 0, 0);
 	pthread_mutex_unlock(&writers_lock);
 	return 0;
@@ -618,21 +621,19 @@ fields_open(const char *path, struct fuse_file_info *fi)
 		return r;
 	if (kind == K_ROOT || kind == K_SEALED_DIR)
 		return -EISDIR;
-	if (dirfd_ < 0)
+	if (store_ == NULL)
 		return -ENOENT;
 	if ((fi->flags & O_ACCMODE) != O_RDONLY && newest == NULL)
 		return refuse_write(name);
 	if ((r = fh_new(kind, name, fi, &f)) != 0)
 		return r;
-	if (f->writable && (fi->flags & O_TRUNC ||
-	    faccessat(dir_of(name), name, F_OK, AT_SYMLINK_NOFOLLOW) < 0)) {
+	if (f->writable && (fi->flags & O_TRUNC || !stored(name))) {
 		/* Truncation is a change even if nothing is written. A
 		 * name missing from the store here was created (the kernel
 		 * strips O_CREAT from open) or its create failed at close
 		 * while the kernel still caches the entry: start empty. */
 		f->dirty = 1;
-		f->created = faccessat(dir_of(name), name, F_OK,
-		    AT_SYMLINK_NOFOLLOW) < 0;
+		f->created = !stored(name);
 	} else {
 		r = kind == K_FIELD ? load_plain(f) : load_sealed(f);
 		if (r != 0) {
@@ -660,7 +661,7 @@ fields_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		return r;
 	if (kind == K_ROOT || kind == K_SEALED_DIR)
 		return -EEXIST;
-	if (newest == NULL || dirfd_ < 0)
+	if (newest == NULL || store_ == NULL)
 		return refuse_write(name);
 	if (temp_name(name))
 		temp_area_sweep(&temps);
@@ -668,7 +669,7 @@ fields_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		return r;
 	f->writable = 1;
 	f->dirty = 1;
-	f->created = faccessat(dir_of(name), name, F_OK, AT_SYMLINK_NOFOLLOW) < 0;
+	f->created = !stored(name);
 	fi->direct_io = 1;
 	fi->keep_cache = 0;
 	fi->fh = (uint64_t)(uintptr_t)f;
@@ -821,36 +822,72 @@ fields_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 	return r;
 }
 
+/* A store's answer to rm/mv: a missing name or an existing target is
+ * the caller's business (no log line), anything else is logged. */
+static int
+name_result(const char *name, const char *what, int r)
+{
+	if (r == 0 || r == -EEXIST)
+		return r;
+	if (r == HSMFS_ERR_NOTFOUND || r == HSMFS_ERR_INVALID)
+		return -hsmfs_err_errno(r);
+	return fail(name, NULL, what, r);
+}
+
 static int
 fields_unlink(const char *path)
 {
+	struct fields_lock *lk;
 	enum kind kind;
 	const char *name;
-	int r, h;
+	int r;
 
 	if ((r = parse_path(path, &kind, &name)) != 0)
 		return r;
 	if (kind == K_ROOT || kind == K_SEALED_DIR)
 		return -EPERM;
-	if (dirfd_ < 0)
+	if (store_ == NULL)
 		return -ENOENT;
-	if ((h = fieldstore_lock(dirfd_, name)) < 0)
-		return fail(name, NULL, "lock", h);
-	r = unlinkat(dir_of(name), name, 0) < 0 ? -errno : 0;
-	if (r == 0)
+	if ((r = fields_store_lock(store_, name, NULL, &lk)) != 0)
+		return fail(name, NULL, "lock", r);
+	if ((r = fields_store_remove(store_of(name), name)) == 0)
 		writers_renamed(name, NULL, 0);
-	fieldstore_unlock(h);
-	if (r == 0 && (h = store_fsync_dir(dir_of(name))) != 0)
-		r = fail(name, NULL, "unlink", h);
+	fields_store_unlock(store_, lk);
+	return name_result(name, "unlink", r);
+}
+
+/* mv .NAME NAME: the temporary's text becomes NAME's value in the
+ * store; the node-local temporary then goes. Under both names' locks. */
+static int
+publish(const char *tmp, const char *name, unsigned flags)
+{
+	char *text = NULL;
+	size_t tl = 0;
+	int r;
+
+	if ((r = fields_store_get(tstore, tmp, &text, &tl)) != 0)
+		return r;
+	if (tl > 0 && text[tl - 1] == '\n')
+		tl--;
+	r = fields_store_put(store_, name, text, tl, flags);
+	free(text);
+	if (r == 0 && (r = fields_store_remove(tstore, tmp)) != 0) {
+		/* Published; the leftover is swept like any old temporary. */
+		fs_log_fail(FOLDER, tmp, NULL, "remove published temporary", r);
+		r = 0;
+	}
 	return r;
 }
 
 static int
 fields_rename(const char *from, const char *to, unsigned int flags)
 {
+	struct fields_lock *lk;
 	enum kind kf, kt;
 	const char *nf, *nt;
-	int r, h1, h2;
+	unsigned sf = (flags & RENAME_NOREPLACE ? FIELDS_NOREPLACE : 0) |
+	    (flags & RENAME_EXCHANGE ? FIELDS_EXCHANGE : 0);
+	int r;
 
 	if ((r = parse_path(from, &kf, &nf)) != 0 ||
 	    (r = parse_path(to, &kt, &nt)) != 0)
@@ -858,27 +895,25 @@ fields_rename(const char *from, const char *to, unsigned int flags)
 	if (kf == K_ROOT || kf == K_SEALED_DIR || kt == K_ROOT ||
 	    kt == K_SEALED_DIR)
 		return -EPERM;
-	if (dirfd_ < 0)
+	if (store_ == NULL)
 		return -ENOENT;
 	/* A temporary is published onto a valid name; a field never
 	 * becomes a temporary (it would vanish). */
 	if ((temp_name(nt) && !temp_name(nf)) ||
 	    ((flags & RENAME_EXCHANGE) && temp_name(nf) != temp_name(nt)))
 		return -EINVAL;
-	/* Both views name the same store file: mv works within and
+	/* Both views name the same stored value: mv works within and
 	 * across them. */
-	if ((r = fieldstore_lock2(dirfd_, nf, nt, &h1, &h2)) != 0)
+	if ((r = fields_store_lock(store_, nf, nt, &lk)) != 0)
 		return fail(nf, NULL, "lock", r);
-	r = renameat2(dir_of(nf), nf, dir_of(nt), nt, flags) < 0 ? -errno : 0;
+	if (temp_name(nf) && !temp_name(nt))
+		r = publish(nf, nt, sf);
+	else
+		r = fields_store_rename(store_of(nf), nf, nt, sf);
 	if (r == 0)
 		writers_renamed(nf, nt, flags & RENAME_EXCHANGE);
-	fieldstore_unlock(h2);
-	fieldstore_unlock(h1);
-	if (r == 0 && dir_of(nf) != dir_of(nt))
-		store_fsync_dir(dir_of(nf));
-	if (r == 0 && (h1 = store_fsync_dir(dir_of(nt))) != 0)
-		r = fail(nt, NULL, "rename", h1);
-	return r;
+	fields_store_unlock(store_, lk);
+	return name_result(nt, "rename", r);
 }
 
 static int

@@ -1,28 +1,28 @@
-/* hsmfs-tool rekey-fields -o config=FILE STORE: rewrap every field in
- * STORE/fields/ to the newest EncryptedFields version without changing a
- * plaintext. Safe while the store is mounted (each field is read,
- * rewrapped and replaced under the per-name lock the daemon also takes)
- * and resumable (each field is replaced atomically; fields already on the
- * newest version are skipped, so a rerun after a crash finishes the job). */
+/* hsmfs-tool rekey-fields -o config=FILE STORE: rewrap every field of
+ * the store to the newest EncryptedFields version without changing a
+ * plaintext. Safe while the store is mounted and never locks readers
+ * out: fields are read in batches, rewrapped, and each replaced by a
+ * compare-and-replace (only if it still holds the text read; a value
+ * the mount wrote meanwhile is left to the next pass). Resumable: each
+ * replacement is atomic and fields already current are skipped, so a
+ * rerun after a crash finishes the job. Uses only store/fields.h. */
 #include "tool/tool.h"
 #include "tool/fieldtool.h"
 #include "crypto/envelope.h"
-#include "store/fieldstore.h"
-#include "store/dirio.h"
+#include "store/fields.h"
+#include "store/store.h"
 #include "common/err.h"
 #include "store/storelock.h"
-#include "common/util.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 #include <openssl/x509.h>
+
+/* Fields read per batch (one round trip to a shared store). */
+#define BATCH 32
 
 struct names {
 	char **v;
@@ -39,133 +39,173 @@ names_free(struct names *ns)
 }
 
 static int
-list_fields(int dirfd, struct names *ns)
+names_add(void *arg, const char *name)
 {
-	int fd = dup(dirfd);
-	struct dirent *de;
-	DIR *d;
-
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		return -1;
+	struct names *ns = arg;
+	if (ns->n == ns->cap) {
+		size_t cap = ns->cap ? ns->cap * 2 : 64;
+		char **nv = realloc(ns->v, cap * sizeof(*nv));
+		if (nv == NULL)
+			return HSMFS_ERR_NOMEM;
+		ns->v = nv;
+		ns->cap = cap;
 	}
-	rewinddir(d);
-	while ((de = readdir(d)) != NULL) {
-		if (!util_name_valid(de->d_name))
-			continue;
-		if (ns->n == ns->cap) {
-			size_t cap = ns->cap ? ns->cap * 2 : 64;
-			char **nv = realloc(ns->v, cap * sizeof(*nv));
-			if (nv == NULL)
-				break;
-			ns->v = nv;
-			ns->cap = cap;
-		}
-		if ((ns->v[ns->n] = strdup(de->d_name)) != NULL)
-			ns->n++;
-	}
-	closedir(d);
+	if ((ns->v[ns->n] = strdup(name)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	ns->n++;
 	return 0;
 }
 
-/* Temp files of a replacement that a crash interrupted are invisible
- * and hold only envelopes; remove those old enough that no live
- * replacement (the daemon's or ours) can still own them. */
-static void
-cleanup_old_tmp(int dirfd)
-{
-	int fd = dup(dirfd);
-	struct dirent *de;
-	struct stat st;
-	DIR *d;
-	time_t now = time(NULL);
+enum outcome { DONE_CURRENT, DONE_REWRAPPED, DONE_CHANGED, DONE_GONE,
+	DONE_FAILED };
 
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		return;
-	}
-	rewinddir(d);
-	while ((de = readdir(d)) != NULL)
-		if (strncmp(de->d_name, ".tmp.", 5) == 0 &&
-		    fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-		    now - st.st_mtime > 600)
-			unlinkat(dirfd, de->d_name, 0);
-	closedir(d);
-}
+struct rekey {
+	struct fields_store *fs;
+	struct fieldtool *t;
+	const uint8_t *new_id;
+	X509 *new_cert;
+};
 
-enum outcome { DONE_CURRENT, DONE_REWRAPPED, DONE_GONE, DONE_FAILED };
-
-/* One field, under its lock: read, skip if current, rewrap, replace. */
+/* One field read before: skip if current, rewrap, compare-and-replace. */
 static enum outcome
-rekey_one(int dirfd, struct fieldtool *t, const uint8_t *new_id,
-    X509 *new_cert, const char *name)
+rekey_one(const struct rekey *k, const char *name, int got, const char *text,
+    size_t tl)
 {
 	const struct engine_descriptor *d;
 	struct envelope env;
 	enum outcome o = DONE_FAILED;
-	char *text = NULL, *nt = NULL;
+	char *nt = NULL;
 	uint8_t *bin = NULL;
-	size_t tl = 0, bl = 0, ntl = 0;
-	hsm_key *k;
-	int h, r;
+	size_t bl = 0, ntl = 0;
+	hsm_key *hk;
+	int r = got;
 
 	memset(&env, 0, sizeof(env));
-	if ((h = fieldstore_lock(dirfd, name)) < 0) {
-		fprintf(stderr, "hsmfs-tool rekey-fields: %s: %s\n", name, err_detail());
-		return DONE_FAILED;
-	}
-	if ((r = fieldstore_read(dirfd, name, &text, &tl)) != 0) {
-		if (r == HSMFS_ERR_NOTFOUND) {
-			o = DONE_GONE;   /* removed or renamed meanwhile */
-			goto out;
-		}
+	if (r == HSMFS_ERR_NOTFOUND)
+		return DONE_GONE;   /* removed or renamed meanwhile */
+	if (r != 0 || (r = envelope_parse_text(text, tl, &env)) != 0)
 		goto fail;
-	}
-	if ((r = envelope_parse_text(text, tl, &env)) != 0)
-		goto fail;
-	if (envelope_is_current(&env.h, t->newest, new_id)) {
+	if (envelope_is_current(&env.h, k->t->newest, k->new_id)) {
 		o = DONE_CURRENT;
 		goto out;
 	}
-	if ((r = envelope_find_key(t->engine, t->keys, &env.h, &d, &k)) != 0 ||
-	    (r = envelope_rewrap(&env, k, t->newest, new_cert, &bin, &bl)) != 0)
+	if ((r = envelope_find_key(k->t->engine, k->t->keys, &env.h, &d, &hk)) != 0 ||
+	    (r = envelope_rewrap(&env, hk, k->t->newest, k->new_cert, &bin,
+	    &bl)) != 0)
 		goto fail;
 	if ((nt = envelope_to_text(bin, bl, &ntl)) == NULL) {
 		r = HSMFS_ERR_NOMEM;
 		goto fail;
 	}
-	if ((r = fieldstore_replace_locked(dirfd, name, nt, ntl)) != 0)
-		goto fail;
-	o = DONE_REWRAPPED;
-	goto out;
+	r = fields_store_cas(k->fs, name, text, tl, nt, ntl);
+	if (r == 0 || r == 1 || r == HSMFS_ERR_NOTFOUND) {
+		o = r == 0 ? DONE_REWRAPPED : r == 1 ? DONE_CHANGED : DONE_GONE;
+		goto out;
+	}
 fail:
 	fprintf(stderr, "%shsmfs-tool rekey-fields: field %s: %s (%s)\n",
 	    tool_progress_enabled() ? "\n" : "", name, err_detail(),
 	    hsmfs_strerror(r));
 out:
-	fieldstore_unlock(h);
 	envelope_clear(&env);
-	free(text);
 	free(bin);
 	free(nt);
 	return o;
+}
+
+struct tally {
+	unsigned long current, rewrapped, changed, failed;
+};
+
+/* Names [from, from + n) of ns: read them all, then rewrap each. */
+static void
+rekey_batch(const struct rekey *k, const struct names *ns, size_t from,
+    size_t n, struct tally *c)
+{
+	char *text[BATCH];
+	size_t tl[BATCH];
+	int got[BATCH];
+
+	for (size_t i = 0; i < n; i++) {
+		text[i] = NULL;
+		tl[i] = 0;
+		got[i] = fields_store_get(k->fs, ns->v[from + i], &text[i], &tl[i]);
+	}
+	for (size_t i = 0; i < n; i++) {
+		switch (rekey_one(k, ns->v[from + i], got[i], text[i], tl[i])) {
+		case DONE_CURRENT: c->current++; break;
+		case DONE_REWRAPPED: c->rewrapped++; break;
+		case DONE_CHANGED: c->changed++; break;
+		case DONE_GONE: break;
+		case DONE_FAILED: c->failed++; break;
+		}
+		free(text[i]);
+		if (tool_progress_enabled())
+			fprintf(stderr, "\rrekey-fields: %zu/%zu", from + i + 1, ns->n);
+	}
+}
+
+/* The store lock: held by a daemon, rewrap alongside it; free, hold it
+ * so no daemon starts on the store meanwhile; held by anything else,
+ * refuse. Opens the fields of STORE. */
+static int
+open_store(const char *store, int *slock, struct fields_store **fs)
+{
+	struct store_conf sc = { .dirfd = -1 };
+	char holder[4200];
+	int rc, r;
+
+	*fs = NULL;
+	if ((sc.dirfd = open(store, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		int e = errno;
+		fprintf(stderr, "hsmfs-tool rekey-fields: %s: %s\n", store,
+		    e == ENOENT ? "no fields in this store" : strerror(e));
+		return e == ENOENT ? TOOL_OK : TOOL_USAGE;
+	}
+	rc = storelock_take(sc.dirfd, slock, holder, sizeof(holder));
+	if (rc == 0)
+		storelock_set_owner(*slock, "hsmfs-tool-rekey-fields", NULL);
+	else if (rc == 1 && !strstr(holder, " hsmfs ")) {
+		fprintf(stderr, "hsmfs-tool rekey-fields: store %s is in use by "
+		    "PID %s; wait for it to finish\n", store, holder);
+		close(sc.dirfd);
+		return TOOL_USAGE;
+	} else if (rc < 0) {
+		fprintf(stderr, "hsmfs-tool rekey-fields: store %s: cannot lock: "
+		    "%s\n", store, err_detail());
+		close(sc.dirfd);
+		return TOOL_USAGE;
+	}
+	r = fields_store_open(&sc, fs);
+	close(sc.dirfd);
+	/* One rekey at a time. */
+	if (r == 0 && (r = fields_store_maint_lock(*fs)) != 0) {
+		fields_store_close(*fs);
+		*fs = NULL;
+	}
+	if (r == 1)
+		fprintf(stderr, "hsmfs-tool rekey-fields: %s: another rekey-fields "
+		    "is running\n", store);
+	else if (r != 0)
+		fprintf(stderr, "hsmfs-tool rekey-fields: %s: %s\n", store,
+		    err_detail());
+	return r == 0 ? TOOL_OK : TOOL_USAGE;
 }
 
 int
 cmd_rekey_fields(int argc, char **argv)
 {
 	struct fieldtool t;
+	struct fields_store *fs = NULL;
 	struct names ns = {0};
+	struct tally c = {0};
+	struct rekey rk;
 	const char *config;
-	char *pos[1], path[4096];
+	char *pos[1];
 	uint8_t new_id[ENVELOPE_KEY_ID_LEN];
 	X509 *new_cert;
-	unsigned long rewrapped = 0, current = 0, first_current = 0, failed = 0;
-	int npos, rc, dirfd = -1, lockfd = -1, storefd = -1, slock = -1;
-	int progress = tool_progress_enabled();
-	char holder[4200];
+	unsigned long rewrapped = 0, first_current = 0;
+	int npos, rc, r, slock = -1;
 	hsm_key *k;
 
 	if ((rc = fieldtool_args("rekey-fields", argc, argv, &config, pos, 1,
@@ -175,47 +215,8 @@ cmd_rekey_fields(int argc, char **argv)
 		tool_usage(stderr, "rekey-fields");
 		return TOOL_USAGE;
 	}
-	/* The store lock: held by a daemon, rewrap alongside it (per-name
-	 * locks); free, hold it so no daemon starts on the store meanwhile;
-	 * held by anything else, refuse. */
-	if ((storefd = open(pos[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
-		rc = storelock_take(storefd, &slock, holder, sizeof(holder));
-		close(storefd);
-		if (rc == 0)
-			storelock_set_owner(slock, "hsmfs-tool-rekey-fields", NULL);
-		else if (rc == 1 && !strstr(holder, " hsmfs ")) {
-			fprintf(stderr, "hsmfs-tool rekey-fields: store %s is in use by "
-			    "PID %s; wait for it to finish\n", pos[0], holder);
-			return TOOL_USAGE;
-		} else if (rc < 0) {
-			fprintf(stderr, "hsmfs-tool rekey-fields: store %s: cannot lock: "
-			    "%s\n", pos[0], err_detail());
-			return TOOL_USAGE;
-		}
-	}
-	snprintf(path, sizeof(path), "%s/%s", pos[0], FIELDSTORE_DIR);
-	if ((dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
-		int e = errno;
-		fprintf(stderr, "hsmfs-tool rekey-fields: %s: %s\n", path,
-		    e == ENOENT ? "no fields in this store" : strerror(e));
-		if (slock >= 0)
-			close(slock);
-		return e == ENOENT ? TOOL_OK : TOOL_USAGE;
-	}
-	/* One rekey at a time (flock is independent of the per-name OFD
-	 * locks on the same file, which the daemon uses). */
-	if ((lockfd = openat(dirfd, FIELDSTORE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC,
-	    0600)) < 0 || flock(lockfd, LOCK_EX | LOCK_NB) < 0) {
-		fprintf(stderr, "hsmfs-tool rekey-fields: %s: %s\n", path,
-		    lockfd >= 0 && errno == EWOULDBLOCK ?
-		    "another rekey-fields is running" : strerror(errno));
-		if (lockfd >= 0)
-			close(lockfd);
-		if (slock >= 0)
-			close(slock);
-		close(dirfd);
-		return TOOL_USAGE;
-	}
+	if ((rc = open_store(pos[0], &slock, &fs)) != TOOL_OK || fs == NULL)
+		goto out_fd;
 	if ((rc = fieldtool_open("rekey-fields", config, &t)) != TOOL_OK)
 		goto out_fd;
 	if ((k = keyring_unwrapper(t.keys, t.newest)) == NULL) {
@@ -230,49 +231,42 @@ cmd_rekey_fields(int argc, char **argv)
 		rc = TOOL_USAGE;
 		goto out;
 	}
-	cleanup_old_tmp(dirfd);
-	/* Passes until one rewraps nothing: a field renamed by the mount
-	 * during a pass is picked up by the next one. */
+	fields_store_recover(fs, 600);   /* never a live put's temp file */
+	rk = (struct rekey){ fs, &t, new_id, new_cert };
+	/* Passes until one rewraps nothing: a field renamed or rewritten by
+	 * the mount during a pass is looked at again by the next one. */
 	for (int pass = 0; pass < 4; pass++) {
-		unsigned long pass_rewrapped = 0;
+		unsigned long pass_rewrapped;
 		names_free(&ns);
-		if (list_fields(dirfd, &ns) != 0) {
-			fprintf(stderr, "hsmfs-tool rekey-fields: %s: %s\n", path,
-			    strerror(errno));
+		if ((r = fields_store_list(fs, names_add, &ns)) != 0) {
+			fprintf(stderr, "hsmfs-tool rekey-fields: %s: %s\n", pos[0],
+			    err_detail());
 			rc = TOOL_USAGE;
 			goto out;
 		}
-		current = failed = 0;
-		for (size_t i = 0; i < ns.n; i++) {
-			switch (rekey_one(dirfd, &t, new_id, new_cert, ns.v[i])) {
-			case DONE_CURRENT: current++; break;
-			case DONE_REWRAPPED: pass_rewrapped++; break;
-			case DONE_GONE: break;
-			case DONE_FAILED: failed++; break;
-			}
-			if (progress)
-				fprintf(stderr, "\rrekey-fields: %zu/%zu", i + 1, ns.n);
-		}
-		if (progress && ns.n)
+		memset(&c, 0, sizeof(c));
+		for (size_t i = 0; i < ns.n; i += BATCH)
+			rekey_batch(&rk, &ns, i, ns.n - i < BATCH ? ns.n - i : BATCH, &c);
+		if (tool_progress_enabled() && ns.n)
 			fputc('\n', stderr);
+		pass_rewrapped = c.rewrapped;
 		rewrapped += pass_rewrapped;
 		if (pass == 0)
-			first_current = current;
+			first_current = c.current;
 		/* A failed field would fail again: report it once. */
-		if (pass_rewrapped == 0 || failed > 0)
+		if ((pass_rewrapped == 0 && c.changed == 0) || c.failed > 0)
 			break;
 	}
 	printf("rekey-fields: %lu rewrapped to EncryptedFields version %d, "
 	    "%lu already current, %lu failed\n", rewrapped, t.newest->version,
-	    first_current, failed);
-	rc = failed ? TOOL_FAIL : TOOL_OK;
+	    first_current, c.failed);
+	rc = c.failed ? TOOL_FAIL : TOOL_OK;
 out:
 	names_free(&ns);
 	fieldtool_close(&t);
 out_fd:
-	close(lockfd);
+	fields_store_close(fs);
 	if (slock >= 0)
 		close(slock);
-	close(dirfd);
 	return rc;
 }
