@@ -45,7 +45,7 @@ struct jar_sign_opts {
 int jar_sign(const char *in_path, const char *out_path,
     const struct jar_sign_opts *o);
 /* Same, but when in_place is given the input file may be signed where it
- * is (no entry copied: see write_in_place in jar.c); *in_place says
+ * is (no entry copied: see write_in_place in jar_sign.c); *in_place says
  * whether that happened (the signed zip is then at in_path, out_path is
  * untouched). After a failure the input may be unusable. */
 int jar_sign_ex(const char *in_path, const char *out_path,

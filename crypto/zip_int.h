@@ -1,0 +1,71 @@
+/* Internal to crypto/: the strict zip reader (zip.c) and entry data
+ * (zip_data.c) shared by the JAR signer and verifier. Not named zip.h:
+ * crypto/ is on the include path of its own files, and <zip.h> is
+ * libzip's. */
+#ifndef HSMFS_CRYPTO_ZIP_INT_H
+#define HSMFS_CRYPTO_ZIP_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <zip.h>
+#include <openssl/evp.h>
+
+#include "crypto/jar.h"          /* JAR_MAX_ENTRIES and the bomb limits */
+
+#define CHUNK (64 * 1024)
+#define MAX_META (16u << 20)    /* manifest / .SF / block size cap */
+
+struct zent {
+	char *name;              /* raw bytes, NUL-terminated (no NUL inside) */
+	size_t nlen;
+	uint16_t flags, method, dtime, ddate;
+	uint32_t crc;
+	uint64_t csize, usize;
+	uint64_t loff;           /* local header */
+	uint64_t doff;           /* compressed data */
+	uint64_t end;            /* after data (and data descriptor) */
+	uint64_t cdoff;          /* its central directory record ... */
+	uint32_t cdlen;          /* ... and that record's length */
+	int cd64;                /* the record uses zip64 fields */
+};
+
+struct zarc {
+	int fd;
+	uint64_t size;
+	struct zent *e;
+	size_t n;
+	uint64_t cd_off;
+	struct zent **byname;    /* sorted by name, for lookups */
+	int zip64;               /* zip64 end record */
+	uint64_t z64rec_off;     /* zip64 end record (locator: 56 bytes on) */
+	uint64_t eocd_off;       /* end of central directory record */
+	uint64_t comment_off;    /* archive comment */
+	uint16_t comment_len;
+};
+
+static inline int
+zent_is_dir(const struct zent *e)
+{
+	return e->nlen > 0 && e->name[e->nlen - 1] == '/';
+}
+
+/* err_set the reason; returns HSMFS_ERR_BADMSG. */
+int jar_bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* zip.c: open and check the whole structure (SPEC §8); libzip's view must
+ * agree (keep: libzip's handle, for the libzip writer). */
+int zarc_read(const struct zarc *z, uint64_t off, void *buf, size_t len);
+void zarc_close(struct zarc *z);
+int zarc_open(const char *path, struct zarc *z);
+int zarc_libzip_check(const char *path, const struct zarc *z, zip_t **keep);
+int zarc_find(const struct zarc *z, const char *name);
+
+/* zip_data.c: entry bytes, exactly as declared. */
+int zent_digest(const struct zarc *z, const struct zent *e, const EVP_MD *const *mds,
+    size_t nmd, uint8_t out[][EVP_MAX_MD_SIZE]);
+int zarc_par_for(size_t n, uint64_t bytes, int (*fn)(void *, size_t), void *ctx);
+uint64_t zarc_total_csize(const struct zarc *z);
+int zent_slurp(const struct zarc *z, const struct zent *e, uint8_t **out,
+    size_t *len);
+
+#endif
