@@ -46,20 +46,6 @@ sign_dig_one(void *ctx, size_t i)
 	return 0;
 }
 
-static void
-put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void
-put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)v);
-	put16(p + 2, (uint16_t)(v >> 16));
-}
-
 static int
 write_all(int fd, const void *buf, size_t len)
 {
@@ -121,16 +107,6 @@ copy_range(int in, uint64_t off, int out, uint64_t len)
 	return r;
 }
 
-struct new_entry {
-	const char *name;
-	const uint8_t *data;
-	size_t len;
-	uint8_t *comp;           /* raw deflate of data */
-	size_t clen;
-	uint32_t crc;
-	uint64_t off;
-};
-
 static int
 deflate_buf(struct new_entry *ne)
 {
@@ -159,18 +135,23 @@ deflate_buf(struct new_entry *ne)
 	return 0;
 }
 
-static void
-dos_time(time_t t, uint16_t *dtime, uint16_t *ddate)
+/* The central directory records of the three new entries, at fd's
+ * position; *off grows by what was written. */
+static int
+write_new_central(int fd, const struct new_entry *ne, uint16_t dtime,
+    uint16_t ddate, uint64_t *off)
 {
-	struct tm tm;
-	localtime_r(&t, &tm);
-	if (tm.tm_year < 80) {
-		*dtime = 0;
-		*ddate = (1 << 5) | 1;
-		return;
+	uint8_t h[ZHDR_CENTRAL];
+	int r;
+	for (int k = 0; k < 3; k++) {
+		size_t nl = strlen(ne[k].name);
+		zhdr_central(h, &ne[k], dtime, ddate);
+		if ((r = write_all(fd, h, ZHDR_CENTRAL)) != 0 ||
+		    (r = write_all(fd, ne[k].name, nl)) != 0)
+			return r;
+		*off += ZHDR_CENTRAL + nl;
 	}
-	*dtime = (uint16_t)(tm.tm_hour << 11 | tm.tm_min << 5 | tm.tm_sec / 2);
-	*ddate = (uint16_t)((tm.tm_year - 80) << 9 | (tm.tm_mon + 1) << 5 | tm.tm_mday);
+	return 0;
 }
 
 /* The signed zip without libzip: the three signature entries, then every
@@ -183,35 +164,26 @@ static int
 write_raw(const struct zarc *z, const char *out_path, struct new_entry *ne,
     const uint8_t *keep, time_t now)
 {
-	uint8_t h[46], *cd = NULL;
+	uint8_t h[ZHDR_LOCAL > ZHDR_END ? ZHDR_LOCAL : ZHDR_END], *cd = NULL;
 	uint16_t dtime, ddate;
 	uint64_t off = 0, cd_start, nout = 3;
 	int fd = -1, r;
 	size_t cdcap = 1 << 16;
 
-	dos_time(now, &dtime, &ddate);
+	zhdr_dos_time(now, &dtime, &ddate);
 	if ((fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
 		err_set("%s: %s", out_path, strerror(errno));
 		return hsmfs_errno_err(errno);
 	}
 	for (int k = 0; k < 3; k++) {
 		size_t nl = strlen(ne[k].name);
-		memset(h, 0, 30);
-		put32(h, 0x04034b50);
-		put16(h + 4, 20);
-		put16(h + 8, 8);
-		put16(h + 10, dtime);
-		put16(h + 12, ddate);
-		put32(h + 14, ne[k].crc);
-		put32(h + 18, (uint32_t)ne[k].clen);
-		put32(h + 22, (uint32_t)ne[k].len);
-		put16(h + 26, (uint16_t)nl);
+		zhdr_local(h, &ne[k], dtime, ddate, 0);
 		ne[k].off = off;
-		if ((r = write_all(fd, h, 30)) != 0 ||
+		if ((r = write_all(fd, h, ZHDR_LOCAL)) != 0 ||
 		    (r = write_all(fd, ne[k].name, nl)) != 0 ||
 		    (r = write_all(fd, ne[k].comp, ne[k].clen)) != 0)
 			goto out;
-		off += 30 + nl + ne[k].clen;
+		off += ZHDR_LOCAL + nl + ne[k].clen;
 	}
 	/* Runs of consecutive kept entries are one copy. */
 	for (size_t i = 0; i < z->n;) {
@@ -229,25 +201,8 @@ write_raw(const struct zarc *z, const char *out_path, struct new_entry *ne,
 		i = j;
 	}
 	cd_start = off;
-	for (int k = 0; k < 3; k++) {
-		size_t nl = strlen(ne[k].name);
-		memset(h, 0, 46);
-		put32(h, 0x02014b50);
-		put16(h + 4, 0x0314);            /* made by: Unix, 2.0 */
-		put16(h + 6, 20);
-		put16(h + 10, 8);
-		put16(h + 12, dtime);
-		put16(h + 14, ddate);
-		put32(h + 16, ne[k].crc);
-		put32(h + 20, (uint32_t)ne[k].clen);
-		put32(h + 24, (uint32_t)ne[k].len);
-		put16(h + 28, (uint16_t)nl);
-		put32(h + 38, 0100644u << 16);   /* -rw-r--r-- */
-		put32(h + 42, (uint32_t)ne[k].off);
-		if ((r = write_all(fd, h, 46)) != 0 || (r = write_all(fd, ne[k].name, nl)) != 0)
-			goto out;
-		off += 46 + nl;
-	}
+	if ((r = write_new_central(fd, ne, dtime, ddate, &off)) != 0)
+		goto out;
 	if ((cd = malloc(cdcap)) == NULL) {
 		r = HSMFS_ERR_NOMEM;
 		goto out;
@@ -256,7 +211,7 @@ write_raw(const struct zarc *z, const char *out_path, struct new_entry *ne,
 		uint64_t data_off = 0;
 		/* New local offsets follow from the copy order above. */
 		for (int k = 0; k < 3; k++)
-			data_off += 30 + strlen(ne[k].name) + ne[k].clen;
+			data_off += ZHDR_LOCAL + strlen(ne[k].name) + ne[k].clen;
 		for (size_t i = 0; i < z->n; i++) {
 			const struct zent *e = &z->e[i];
 			if (!keep[i])
@@ -267,7 +222,7 @@ write_raw(const struct zarc *z, const char *out_path, struct new_entry *ne,
 			}
 			if ((r = zarc_read(z, e->cdoff, cd, e->cdlen)) != 0)
 				goto out;
-			put32(cd + 42, (uint32_t)data_off);
+			zhdr_set_offset(cd, data_off);
 			if ((r = write_all(fd, cd, e->cdlen)) != 0)
 				goto out;
 			data_off += e->end - e->loff;
@@ -275,14 +230,8 @@ write_raw(const struct zarc *z, const char *out_path, struct new_entry *ne,
 			nout++;
 		}
 	}
-	memset(h, 0, 22);
-	put32(h, 0x06054b50);
-	put16(h + 8, (uint16_t)nout);
-	put16(h + 10, (uint16_t)nout);
-	put32(h + 12, (uint32_t)(off - cd_start));
-	put32(h + 16, (uint32_t)cd_start);
-	put16(h + 20, z->comment_len);
-	if ((r = write_all(fd, h, 22)) != 0)
+	zhdr_end(h, nout, off - cd_start, cd_start, z->comment_len);
+	if ((r = write_all(fd, h, ZHDR_END)) != 0)
 		goto out;
 	if (z->comment_len > 0 &&
 	    (r = copy_range(z->fd, z->comment_off, fd, z->comment_len)) != 0)
@@ -310,8 +259,6 @@ out:
  * dropped from, on filesystems that support it (ext4, XFS); *done = 0
  * otherwise, with the file untouched. After the insertion a failure
  * leaves the file unusable (it is the caller's spool, never user data). */
-#define PAD_EXTRA_ID 0xd935      /* zipalign's alignment padding field */
-
 #define INPLACE_MAX_CD (16u << 20)
 
 static int
@@ -319,7 +266,7 @@ write_in_place(const struct zarc *z, const char *path, struct new_entry *ne,
     time_t now, int *done)
 {
 	struct stat st;
-	uint8_t h[46], *cd = NULL, *pre = NULL;
+	uint8_t h[ZHDR_END], *cd = NULL, *pre = NULL;
 	uint16_t dtime, ddate;
 	uint64_t cd_size = 0, p = 0, gap, pad, off;
 	int fd = -1, r = 0;
@@ -328,7 +275,7 @@ write_in_place(const struct zarc *z, const char *path, struct new_entry *ne,
 	for (size_t i = 0; i < z->n; i++)
 		cd_size += z->e[i].cdlen;
 	for (int k = 0; k < 3; k++)
-		p += 30 + strlen(ne[k].name) + ne[k].clen;
+		p += ZHDR_LOCAL + strlen(ne[k].name) + ne[k].clen;
 	if (cd_size > INPLACE_MAX_CD || z->comment_len > 0)
 		return 0;
 	if ((fd = open(path, O_RDWR | O_CLOEXEC)) < 0 || fstat(fd, &st) < 0 ||
@@ -347,27 +294,17 @@ write_in_place(const struct zarc *z, const char *path, struct new_entry *ne,
 	}
 	if (cd_size > 0 && (r = zarc_read(z, z->cd_off, cd, cd_size)) != 0)
 		goto out;
-	dos_time(now, &dtime, &ddate);
+	zhdr_dos_time(now, &dtime, &ddate);
 	off = 0;
 	for (int k = 0; k < 3; k++) {
 		size_t nl = strlen(ne[k].name);
 		uint8_t *l = pre + off;
-		put32(l, 0x04034b50);
-		put16(l + 4, 20);
-		put16(l + 8, 8);
-		put16(l + 10, dtime);
-		put16(l + 12, ddate);
-		put32(l + 14, ne[k].crc);
-		put32(l + 18, (uint32_t)ne[k].clen);
-		put32(l + 22, (uint32_t)ne[k].len);
-		put16(l + 26, (uint16_t)nl);
-		put16(l + 28, k == 2 ? (uint16_t)pad : 0);
-		memcpy(l + 30, ne[k].name, nl);
+		zhdr_local(l, &ne[k], dtime, ddate, k == 2 ? (uint16_t)pad : 0);
+		memcpy(l + ZHDR_LOCAL, ne[k].name, nl);
 		ne[k].off = off;
-		off += 30 + nl;
+		off += ZHDR_LOCAL + nl;
 		if (k == 2) {
-			put16(pre + off, PAD_EXTRA_ID);
-			put16(pre + off + 2, (uint16_t)(pad - 4));
+			zhdr_pad(pre + off, (uint16_t)pad);
 			off += pad;
 		}
 		memcpy(pre + off, ne[k].comp, ne[k].clen);
@@ -386,40 +323,18 @@ write_in_place(const struct zarc *z, const char *path, struct new_entry *ne,
 		goto out;
 	}
 	off = 0;
-	for (int k = 0; k < 3; k++) {
-		size_t nl = strlen(ne[k].name);
-		memset(h, 0, 46);
-		put32(h, 0x02014b50);
-		put16(h + 4, 0x0314);
-		put16(h + 6, 20);
-		put16(h + 10, 8);
-		put16(h + 12, dtime);
-		put16(h + 14, ddate);
-		put32(h + 16, ne[k].crc);
-		put32(h + 20, (uint32_t)ne[k].clen);
-		put32(h + 24, (uint32_t)ne[k].len);
-		put16(h + 28, (uint16_t)nl);
-		put32(h + 38, 0100644u << 16);
-		put32(h + 42, (uint32_t)ne[k].off);
-		if ((r = write_all(fd, h, 46)) != 0 || (r = write_all(fd, ne[k].name, nl)) != 0)
-			goto out;
-		off += 46 + nl;
-	}
+	if ((r = write_new_central(fd, ne, dtime, ddate, &off)) != 0)
+		goto out;
 	/* The old records, in their order, each pointing gap bytes further. */
 	for (size_t i = 0; i < z->n; i++) {
 		uint8_t *rec = cd + (z->e[i].cdoff - z->cd_off);
-		put32(rec + 42, (uint32_t)(z->e[i].loff + gap));
+		zhdr_set_offset(rec, z->e[i].loff + gap);
 	}
 	if ((r = write_all(fd, cd, cd_size)) != 0)
 		goto out;
 	off += cd_size;
-	memset(h, 0, 22);
-	put32(h, 0x06054b50);
-	put16(h + 8, (uint16_t)(z->n + 3));
-	put16(h + 10, (uint16_t)(z->n + 3));
-	put32(h + 12, (uint32_t)off);
-	put32(h + 16, (uint32_t)(gap + z->cd_off));
-	if ((r = write_all(fd, h, 22)) != 0)
+	zhdr_end(h, z->n + 3, off, gap + z->cd_off, 0);
+	if ((r = write_all(fd, h, ZHDR_END)) != 0)
 		goto out;
 	r = 0;
 out:
@@ -436,11 +351,11 @@ out:
 static int
 raw_possible(const struct zarc *z, const struct new_entry *ne, const uint8_t *keep)
 {
-	uint64_t size = 22 + (uint64_t)z->comment_len, n = 3;
+	uint64_t size = ZHDR_END + (uint64_t)z->comment_len, n = 3;
 	if (z->zip64)
 		return 0;
 	for (int k = 0; k < 3; k++)
-		size += 76 + 2 * strlen(ne[k].name) + ne[k].clen;
+		size += ZHDR_LOCAL + ZHDR_CENTRAL + 2 * strlen(ne[k].name) + ne[k].clen;
 	for (size_t i = 0; i < z->n; i++) {
 		if (!keep[i])
 			continue;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Where readers look for the end record: a maximal comment, the record
@@ -903,4 +904,97 @@ zarc_find(const struct zarc *z, const char *name)
 	key.nlen = strlen(name);
 	p = bsearch(&kp, z->byname, z->n, sizeof(*z->byname), cmp_name);
 	return p ? (int)(*p - z->e) : -1;
+}
+
+/* ---------------------------------------------------------------- */
+/* Header emitter (both writers)                                     */
+
+static void
+put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static void
+put32(uint8_t *p, uint32_t v)
+{
+	put16(p, (uint16_t)v);
+	put16(p + 2, (uint16_t)(v >> 16));
+}
+
+void
+zhdr_dos_time(time_t t, uint16_t *dtime, uint16_t *ddate)
+{
+	struct tm tm;
+	localtime_r(&t, &tm);
+	if (tm.tm_year < 80) {
+		*dtime = 0;
+		*ddate = (1 << 5) | 1;
+		return;
+	}
+	*dtime = (uint16_t)(tm.tm_hour << 11 | tm.tm_min << 5 | tm.tm_sec / 2);
+	*ddate = (uint16_t)((tm.tm_year - 80) << 9 | (tm.tm_mon + 1) << 5 | tm.tm_mday);
+}
+
+void
+zhdr_local(uint8_t *h, const struct new_entry *ne, uint16_t dtime,
+    uint16_t ddate, uint16_t xlen)
+{
+	memset(h, 0, ZHDR_LOCAL);
+	put32(h, 0x04034b50);
+	put16(h + 4, 20);
+	put16(h + 8, 8);
+	put16(h + 10, dtime);
+	put16(h + 12, ddate);
+	put32(h + 14, ne->crc);
+	put32(h + 18, (uint32_t)ne->clen);
+	put32(h + 22, (uint32_t)ne->len);
+	put16(h + 26, (uint16_t)strlen(ne->name));
+	put16(h + 28, xlen);
+}
+
+void
+zhdr_central(uint8_t *h, const struct new_entry *ne, uint16_t dtime,
+    uint16_t ddate)
+{
+	memset(h, 0, ZHDR_CENTRAL);
+	put32(h, 0x02014b50);
+	put16(h + 4, 0x0314);            /* made by: Unix, 2.0 */
+	put16(h + 6, 20);
+	put16(h + 10, 8);
+	put16(h + 12, dtime);
+	put16(h + 14, ddate);
+	put32(h + 16, ne->crc);
+	put32(h + 20, (uint32_t)ne->clen);
+	put32(h + 24, (uint32_t)ne->len);
+	put16(h + 28, (uint16_t)strlen(ne->name));
+	put32(h + 38, 0100644u << 16);   /* -rw-r--r-- */
+	put32(h + 42, (uint32_t)ne->off);
+}
+
+void
+zhdr_pad(uint8_t *x, uint16_t len)
+{
+	put16(x, ZHDR_PAD_ID);
+	put16(x + 2, (uint16_t)(len - 4));
+}
+
+void
+zhdr_end(uint8_t *h, uint64_t n, uint64_t cd_size, uint64_t cd_off,
+    uint16_t comment_len)
+{
+	memset(h, 0, ZHDR_END);
+	put32(h, 0x06054b50);
+	put16(h + 8, (uint16_t)n);
+	put16(h + 10, (uint16_t)n);
+	put32(h + 12, (uint32_t)cd_size);
+	put32(h + 16, (uint32_t)cd_off);
+	put16(h + 20, comment_len);
+}
+
+void
+zhdr_set_offset(uint8_t *cdrec, uint64_t loff)
+{
+	put32(cdrec + 42, (uint32_t)loff);
 }

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <zip.h>
 #include <openssl/evp.h>
 
@@ -67,5 +68,36 @@ int zarc_par_for(size_t n, uint64_t bytes, int (*fn)(void *, size_t), void *ctx)
 uint64_t zarc_total_csize(const struct zarc *z);
 int zent_slurp(const struct zarc *z, const struct zent *e, uint8_t **out,
     size_t *len);
+
+/* A new entry of the signed zip (the three signature files), deflated. */
+struct new_entry {
+	const char *name;
+	const uint8_t *data;
+	size_t len;
+	uint8_t *comp;           /* raw deflate of data */
+	size_t clen;
+	uint32_t crc;
+	uint64_t off;
+};
+
+/* The zip header emitter, one for both writers (jar_sign.c): each call
+ * fills the fixed part of one record (the name, then the extra field,
+ * follow it). New entries are deflated, version 2.0, mode -rw-r--r--. */
+#define ZHDR_LOCAL 30
+#define ZHDR_CENTRAL 46
+#define ZHDR_END 22
+#define ZHDR_PAD_ID 0xd935       /* zipalign's alignment padding field */
+void zhdr_dos_time(time_t t, uint16_t *dtime, uint16_t *ddate);
+void zhdr_local(uint8_t *h, const struct new_entry *ne, uint16_t dtime,
+    uint16_t ddate, uint16_t xlen);
+void zhdr_central(uint8_t *h, const struct new_entry *ne, uint16_t dtime,
+    uint16_t ddate);
+/* A padding extra field of len bytes in all (len >= 4). */
+void zhdr_pad(uint8_t *x, uint16_t len);
+/* The end record (no zip64: the caller checked that none is needed). */
+void zhdr_end(uint8_t *h, uint64_t n, uint64_t cd_size, uint64_t cd_off,
+    uint16_t comment_len);
+/* Point a copied central directory record at its new local header. */
+void zhdr_set_offset(uint8_t *cdrec, uint64_t loff);
 
 #endif
