@@ -55,6 +55,9 @@ size_t section_digests(const struct mf_section *s, const char *suffix,
 int mf_build_main(struct sbuf *mf, const struct mf *old, const char *created_by);
 int mf_build_section(struct sbuf *mf, const struct mf *old, const char *name,
     const char *attr, const char *b64);
+int mf_build_sf(struct sbuf *sf, const EVP_MD *md, const char *created,
+    const struct sbuf *mf, size_t main_len, const struct zarc *z,
+    char *const *sections);
 
 /* jar_verify.c, used by the signer too */
 int jar_meta_roles(const struct zarc *z, const char *own, uint8_t *role, int *block);

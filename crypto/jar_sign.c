@@ -512,230 +512,248 @@ jar_sign(const char *in_path, const char *out_path, const struct jar_sign_opts *
 	return jar_sign_ex(in_path, out_path, o, NULL);
 }
 
-int
-jar_sign_ex(const char *in_path, const char *out_path,
-    const struct jar_sign_opts *o, int *in_place)
-{
-	struct zarc z;
-	zip_t *in = NULL, *out = NULL;
-	struct mf old;
-	struct sbuf mf = {0}, sf = {0};
-	uint8_t *oldmf = NULL, *block = NULL;
-	size_t oldmflen = 0, blocklen = 0, main_len;
+/* One signing, from the input zip to the signed output (jar_sign_ex). */
+struct sign_job {
+	const struct jar_sign_opts *o;
+	const char *alg;         /* Java name of o->md */
 	char signer[9], created[64], path_sf[32], path_blk[32], attr[32];
-	char **sections = NULL;  /* per-entry manifest section digests (b64) */
-	char *b64 = NULL;
-	const char *alg = o->md ? md_java_name(o->md) : NULL;
-	long mf_index = -1;
-	struct sign_dig dig = {0};
+	struct zarc z;
+	zip_t *in;               /* libzip's view of the input */
+	uint8_t *role;           /* per entry: ROLE_* */
+	int *blockof;
+	struct mf old;           /* the input's manifest, when have_old */
+	int have_old;
+	uint8_t *oldmf;
+	size_t oldmflen;
+	struct sbuf mf, sf;      /* the new manifest and signature file */
+	size_t main_len;         /* of the manifest's main section */
+	char **sections;         /* per-entry manifest section digests (b64) */
+	struct sign_dig dig;
+	uint8_t *block;          /* the CMS signature (DER) */
+	size_t blocklen;
+	uint8_t *keep;           /* per entry: copied to the output */
 	struct new_entry ne[3];
-	uint8_t *keep = NULL, *role = NULL;
-	int *blockof = NULL;
-	time_t now = time(NULL);
-	int r, have_old = 0;
+	time_t now;
+};
 
-	if (in_place)
-		*in_place = 0;
-	memset(&old, 0, sizeof(old));
-	memset(ne, 0, sizeof(ne));
-	z.fd = -1;
-	z.e = NULL;
-	if (alg == NULL) {
-		err_set("JAR digest must be SHA-256, SHA-384 or SHA-512");
-		return HSMFS_ERR_CONFIG;
-	}
-	jar_signer_name(o->signer, signer);
-	snprintf(created, sizeof(created), "%s",
-	    o->created_by ? o->created_by : "hsmfs " HSMFS_VERSION);
-	snprintf(path_sf, sizeof(path_sf), "META-INF/%s.SF", signer);
-	snprintf(path_blk, sizeof(path_blk), "META-INF/%s.RSA", signer);
-	snprintf(attr, sizeof(attr), "%s-Digest", alg);
+static void
+sign_job_free(struct sign_job *j)
+{
+	if (j->in)
+		zip_discard(j->in);
+	for (size_t i = 0; j->sections && i < j->z.n; i++)
+		free(j->sections[i]);
+	free(j->sections);
+	free(j->dig.digests);
+	free(j->keep);
+	free(j->role);
+	free(j->blockof);
+	for (int k = 0; k < 3; k++)
+		free(j->ne[k].comp);
+	free(j->mf.b);
+	free(j->sf.b);
+	free(j->oldmf);
+	OPENSSL_free(j->block);
+	mf_free(&j->old);
+	zarc_close(&j->z);
+}
 
-	if ((r = zarc_open(in_path, &z)) != 0 ||
-	    (r = zarc_libzip_check(in_path, &z, &in)) != 0)
-		goto out;
-	if ((r = jar_find_manifest(&z, &mf_index)) != 0)
-		goto out;
-	if ((role = calloc(z.n ? z.n : 1, 1)) == NULL ||
-	    (blockof = calloc(z.n ? z.n : 1, sizeof(*blockof))) == NULL) {
-		r = HSMFS_ERR_NOMEM;
-		goto out;
-	}
-	if ((r = jar_meta_roles(&z, signer, role, blockof)) != 0)
-		goto out;
+/* Open and check the input, find each entry's role, read the manifest
+ * being extended. */
+static int
+sign_read(struct sign_job *j, const char *in_path)
+{
+	struct zarc *z = &j->z;
+	long mf_index = -1;
+	int r;
+
+	if ((r = zarc_open(in_path, z)) != 0 ||
+	    (r = zarc_libzip_check(in_path, z, &j->in)) != 0)
+		return r;
+	if ((r = jar_find_manifest(z, &mf_index)) != 0)
+		return r;
+	if ((j->role = calloc(z->n ? z->n : 1, 1)) == NULL ||
+	    (j->blockof = calloc(z->n ? z->n : 1, sizeof(*j->blockof))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	if ((r = jar_meta_roles(z, j->signer, j->role, j->blockof)) != 0)
+		return r;
 	/* Other signers' files are kept as they are: they too must inflate
 	 * exactly, so that no byte of the output goes unchecked. */
-	for (size_t i = 0; i < z.n; i++) {
+	for (size_t i = 0; i < z->n; i++) {
 		uint8_t *b = NULL;
 		size_t bl = 0;
-		if (role[i] != ROLE_SF && role[i] != ROLE_BLOCK)
+		if (j->role[i] != ROLE_SF && j->role[i] != ROLE_BLOCK)
 			continue;
-		if ((r = zent_slurp(&z, &z.e[i], &b, &bl)) != 0)
-			goto out;
+		if ((r = zent_slurp(z, &z->e[i], &b, &bl)) != 0)
+			return r;
 		free(b);
 	}
 	if (mf_index >= 0) {
-		if ((r = zent_slurp(&z, &z.e[mf_index], &oldmf, &oldmflen)) != 0 ||
-		    (r = mf_parse((char *)oldmf, oldmflen, &old, "META-INF/MANIFEST.MF")) != 0)
-			goto out;
-		have_old = 1;
+		if ((r = zent_slurp(z, &z->e[mf_index], &j->oldmf, &j->oldmflen)) != 0 ||
+		    (r = mf_parse((char *)j->oldmf, j->oldmflen, &j->old,
+		    "META-INF/MANIFEST.MF")) != 0)
+			return r;
+		j->have_old = 1;
 	}
-	if ((r = mf_build_main(&mf, have_old ? &old : NULL, created)) != 0)
-		goto out;
-	main_len = mf.n;
-	if ((sections = calloc(z.n ? z.n : 1, sizeof(*sections))) == NULL) {
-		r = HSMFS_ERR_NOMEM;
-		goto out;
-	}
-	dig.z = &z;
-	dig.role = role;
-	dig.md = o->md;
-	dig.mdlen = (size_t)EVP_MD_get_size(o->md);
-	if ((dig.digests = calloc(z.n ? z.n : 1, dig.mdlen)) == NULL) {
-		r = HSMFS_ERR_NOMEM;
-		goto out;
-	}
-	if ((r = zarc_par_for(z.n, zarc_total_csize(&z), sign_dig_one, &dig)) != 0)
-		goto out;
-	for (size_t i = 0; i < z.n; i++) {
-		const struct zent *e = &z.e[i];
-		size_t start = mf.n;
-		if (role[i] != ROLE_ENTRY)
-			continue;
-		if ((r = jar_b64(dig.digests + i * dig.mdlen, dig.mdlen, &b64)) != 0 ||
-		    (r = mf_build_section(&mf, have_old ? &old : NULL, e->name, attr,
-		    b64)) != 0)
-			goto out;
-		free(b64);
-		b64 = NULL;
-		if ((r = jar_digest_b64(o->md, mf.b + start, mf.n - start,
-		    &sections[i])) != 0)
-			goto out;
-	}
-	/* The signature file: whole-manifest and main-section digests, then
-	 * one section per entry over its exact manifest section bytes. */
-	{
-		char name[48];
-		if ((r = sb_header(&sf, "Signature-Version", "1.0")) != 0 ||
-		    (r = sb_header(&sf, "Created-By", created)) != 0 ||
-		    (r = jar_digest_b64(o->md, mf.b, main_len, &b64)) != 0)
-			goto out;
-		snprintf(name, sizeof(name), "%s-Digest-Manifest-Main-Attributes", alg);
-		if ((r = sb_header(&sf, name, b64)) != 0)
-			goto out;
-		free(b64);
-		b64 = NULL;
-		if ((r = jar_digest_b64(o->md, mf.b, mf.n, &b64)) != 0)
-			goto out;
-		snprintf(name, sizeof(name), "%s-Digest-Manifest", alg);
-		if ((r = sb_header(&sf, name, b64)) != 0 ||
-		    (r = sb_put(&sf, "\r\n", 2)) != 0)
-			goto out;
-		free(b64);
-		b64 = NULL;
-		for (size_t i = 0; i < z.n; i++) {
-			if (sections[i] == NULL)
-				continue;
-			if ((r = sb_header(&sf, "Name", z.e[i].name)) != 0 ||
-			    (r = sb_header(&sf, attr, sections[i])) != 0 ||
-			    (r = sb_put(&sf, "\r\n", 2)) != 0)
-				goto out;
-		}
-	}
-	if ((r = cms_sign_sf(o, &sf, &block, &blocklen)) != 0)
-		goto out;
+	return 0;
+}
 
-	if ((keep = calloc(z.n ? z.n : 1, 1)) == NULL) {
-		r = HSMFS_ERR_NOMEM;
-		goto out;
-	}
-	for (size_t i = 0; i < z.n; i++) {
-		/* Our own earlier signature is replaced; other signers stay. */
-		if (role[i] == ROLE_MANIFEST || role[i] == ROLE_OWN)
+/* The new manifest (entry digests in parallel) and, per entry, the
+ * digest of its manifest section for the .SF. */
+static int
+sign_manifest(struct sign_job *j)
+{
+	const struct zarc *z = &j->z;
+	const struct mf *old = j->have_old ? &j->old : NULL;
+	char *b64 = NULL;
+	int r;
+
+	if ((r = mf_build_main(&j->mf, old, j->created)) != 0)
+		return r;
+	j->main_len = j->mf.n;
+	if ((j->sections = calloc(z->n ? z->n : 1, sizeof(*j->sections))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	j->dig.z = z;
+	j->dig.role = j->role;
+	j->dig.md = j->o->md;
+	j->dig.mdlen = (size_t)EVP_MD_get_size(j->o->md);
+	if ((j->dig.digests = calloc(z->n ? z->n : 1, j->dig.mdlen)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	if ((r = zarc_par_for(z->n, zarc_total_csize(z), sign_dig_one, &j->dig)) != 0)
+		return r;
+	for (size_t i = 0; i < z->n; i++) {
+		size_t start = j->mf.n;
+		if (j->role[i] != ROLE_ENTRY)
 			continue;
-		keep[i] = 1;
+		if ((r = jar_b64(j->dig.digests + i * j->dig.mdlen, j->dig.mdlen,
+		    &b64)) != 0 ||
+		    (r = mf_build_section(&j->mf, old, z->e[i].name, j->attr, b64)) != 0)
+			break;
+		free(b64);
+		b64 = NULL;
+		if ((r = jar_digest_b64(j->o->md, j->mf.b + start, j->mf.n - start,
+		    &j->sections[i])) != 0)
+			break;
 	}
-	ne[0].name = "META-INF/MANIFEST.MF";
-	ne[0].data = (uint8_t *)mf.b;
-	ne[0].len = mf.n;
-	ne[1].name = path_sf;
-	ne[1].data = (uint8_t *)sf.b;
-	ne[1].len = sf.n;
-	ne[2].name = path_blk;
-	ne[2].data = block;
-	ne[2].len = blocklen;
-	for (int k = 0; k < 3; k++)
-		if ((r = deflate_buf(&ne[k])) != 0)
-			goto out;
-	if (raw_possible(&z, ne, keep)) {
-		int all_kept = 1;
-		for (size_t i = 0; i < z.n; i++)
-			all_kept &= keep[i];
-		if (in_place && all_kept) {
-			if ((r = write_in_place(&z, in_path, ne, now, in_place)) != 0 ||
-			    *in_place)
-				goto out;
-		}
-		r = write_raw(&z, out_path, ne, keep, now);
+	free(b64);
+	return r;
+}
+
+/* The signed zip through libzip (when zip64 structures are needed):
+ * jarsigner's order, manifest, .SF, block, then the kept entries. */
+static int
+write_libzip(struct sign_job *j, const char *out_path)
+{
+	zip_t *out;
+	int ze = 0, r, clen = 0;
+	const char *c;
+
+	if ((out = zip_open(out_path, ZIP_CREATE | ZIP_TRUNCATE, &ze)) == NULL) {
+		zip_error_t er;
+		zip_error_init_with_code(&er, ze);
+		err_set("%s: %s", out_path, zip_error_strerror(&er));
+		zip_error_fini(&er);
+		return HSMFS_ERR_IO;
+	}
+	if ((r = add_buffer(out, "META-INF/MANIFEST.MF", j->mf.b, j->mf.n,
+	    j->now)) != 0 ||
+	    (r = add_buffer(out, j->path_sf, j->sf.b, j->sf.n, j->now)) != 0 ||
+	    (r = add_buffer(out, j->path_blk, j->block, j->blocklen, j->now)) != 0)
 		goto out;
-	}
-	{
-		int ze = 0;
-		if ((out = zip_open(out_path, ZIP_CREATE | ZIP_TRUNCATE, &ze)) == NULL) {
-			zip_error_t er;
-			zip_error_init_with_code(&er, ze);
-			err_set("%s: %s", out_path, zip_error_strerror(&er));
-			zip_error_fini(&er);
-			r = HSMFS_ERR_IO;
+	for (size_t i = 0; i < j->z.n; i++)
+		if (j->keep[i] && (r = copy_entry(out, j->in, &j->z.e[i], i)) != 0)
 			goto out;
-		}
-	}
-	/* jarsigner's order: manifest, .SF, block, then the entries. */
-	if ((r = add_buffer(out, "META-INF/MANIFEST.MF", mf.b, mf.n, now)) != 0 ||
-	    (r = add_buffer(out, path_sf, sf.b, sf.n, now)) != 0 ||
-	    (r = add_buffer(out, path_blk, block, blocklen, now)) != 0)
+	c = zip_get_archive_comment(j->in, &clen, ZIP_FL_ENC_RAW);
+	if (c && clen > 0 && zip_set_archive_comment(out, c,
+	    (zip_uint16_t)clen) < 0) {
+		r = zip_fail(out, "archive comment");
 		goto out;
-	for (size_t i = 0; i < z.n; i++)
-		if (keep[i] && (r = copy_entry(out, in, &z.e[i], i)) != 0)
-			goto out;
-	{
-		int clen = 0;
-		const char *c = zip_get_archive_comment(in, &clen, ZIP_FL_ENC_RAW);
-		if (c && clen > 0 && zip_set_archive_comment(out, c,
-		    (zip_uint16_t)clen) < 0) {
-			r = zip_fail(out, "archive comment");
-			goto out;
-		}
 	}
 	if (zip_close(out) < 0) {
 		r = zip_fail(out, out_path);
 		goto out;
 	}
-	out = NULL;
-	r = 0;
+	return 0;
 out:
+	zip_discard(out);
+	return r;
+}
+
+/* Write the signed zip: in place when allowed and possible, else with
+ * our raw writer, else with libzip. */
+static int
+sign_write(struct sign_job *j, const char *in_path, const char *out_path,
+    int *in_place)
+{
+	const struct zarc *z = &j->z;
+	int r;
+
+	if ((j->keep = calloc(z->n ? z->n : 1, 1)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (size_t i = 0; i < z->n; i++) {
+		/* Our own earlier signature is replaced; other signers stay. */
+		if (j->role[i] == ROLE_MANIFEST || j->role[i] == ROLE_OWN)
+			continue;
+		j->keep[i] = 1;
+	}
+	j->ne[0].name = "META-INF/MANIFEST.MF";
+	j->ne[0].data = (uint8_t *)j->mf.b;
+	j->ne[0].len = j->mf.n;
+	j->ne[1].name = j->path_sf;
+	j->ne[1].data = (uint8_t *)j->sf.b;
+	j->ne[1].len = j->sf.n;
+	j->ne[2].name = j->path_blk;
+	j->ne[2].data = j->block;
+	j->ne[2].len = j->blocklen;
+	for (int k = 0; k < 3; k++)
+		if ((r = deflate_buf(&j->ne[k])) != 0)
+			return r;
+	if (!raw_possible(z, j->ne, j->keep))
+		return write_libzip(j, out_path);
+	if (in_place) {
+		int all_kept = 1;
+		for (size_t i = 0; i < z->n; i++)
+			all_kept &= j->keep[i];
+		if (all_kept && ((r = write_in_place(z, in_path, j->ne, j->now,
+		    in_place)) != 0 || *in_place))
+			return r;
+	}
+	return write_raw(z, out_path, j->ne, j->keep, j->now);
+}
+
+int
+jar_sign_ex(const char *in_path, const char *out_path,
+    const struct jar_sign_opts *o, int *in_place)
+{
+	struct sign_job j;
+	int r;
+
+	if (in_place)
+		*in_place = 0;
+	memset(&j, 0, sizeof(j));
+	j.z.fd = -1;
+	j.o = o;
+	j.now = time(NULL);
+	if ((j.alg = o->md ? md_java_name(o->md) : NULL) == NULL) {
+		err_set("JAR digest must be SHA-256, SHA-384 or SHA-512");
+		return HSMFS_ERR_CONFIG;
+	}
+	jar_signer_name(o->signer, j.signer);
+	snprintf(j.created, sizeof(j.created), "%s",
+	    o->created_by ? o->created_by : "hsmfs " HSMFS_VERSION);
+	snprintf(j.path_sf, sizeof(j.path_sf), "META-INF/%s.SF", j.signer);
+	snprintf(j.path_blk, sizeof(j.path_blk), "META-INF/%s.RSA", j.signer);
+	snprintf(j.attr, sizeof(j.attr), "%s-Digest", j.alg);
+
+	if ((r = sign_read(&j, in_path)) == 0 &&
+	    (r = sign_manifest(&j)) == 0 &&
+	    (r = mf_build_sf(&j.sf, o->md, j.created, &j.mf, j.main_len, &j.z,
+	    j.sections)) == 0 &&
+	    (r = cms_sign_sf(o, &j.sf, &j.block, &j.blocklen)) == 0)
+		r = sign_write(&j, in_path, out_path, in_place);
 	if (r == HSMFS_ERR_BADMSG)
 		r = HSMFS_ERR_INVALID;  /* for the signer, bad input is EINVAL */
-	if (out)
-		zip_discard(out);
-	if (in)
-		zip_discard(in);
-	for (size_t i = 0; sections && i < z.n; i++)
-		free(sections[i]);
-	free(sections);
-	free(dig.digests);
-	free(keep);
-	free(role);
-	free(blockof);
-	for (int k = 0; k < 3; k++)
-		free(ne[k].comp);
-	free(b64);
-	free(mf.b);
-	free(sf.b);
-	free(oldmf);
-	OPENSSL_free(block);
-	mf_free(&old);
-	zarc_close(&z);
+	sign_job_free(&j);
 	return r;
 }
 

@@ -236,15 +236,15 @@ signer_trusted(X509 *cert, STACK_OF(X509) *chain, const struct jar_trust *t,
 	return 0;
 }
 
-/* One signer: CMS over the .SF, then .SF against the manifest. */
+/* A signer's block over its .SF bytes: a detached CMS SignedData with one
+ * signer and a SHA-2 digest, whose signature verifies and whose
+ * certificate is trusted (v: its subject, the chain's expiry). */
 static int
-verify_signer(const struct zarc *z, int sf_i, int blk_i, const char *mfb,
-    size_t mfl, const struct mf *m, const struct jar_trust *t,
-    struct jar_verdict *v, struct mf *sfm)
+signer_block(const struct zarc *z, int sf_i, int blk_i, const uint8_t *sfb,
+    size_t sfl, const uint8_t *blk, size_t blkl, const struct jar_trust *t,
+    struct jar_verdict *v)
 {
-	uint8_t *sfb = NULL, *blk = NULL;
-	size_t sfl = 0, blkl = 0;
-	const unsigned char *p;
+	const unsigned char *p = blk;
 	CMS_ContentInfo *cms = NULL;
 	BIO *content = NULL;
 	STACK_OF(X509) *signers = NULL, *certs = NULL;
@@ -252,14 +252,8 @@ verify_signer(const struct zarc *z, int sf_i, int blk_i, const char *mfb,
 	X509_ALGOR *dig = NULL;
 	const ASN1_OBJECT *obj;
 	X509 *cert;
-	struct dattr d[3];
-	int weak = 0, r;
-	size_t nd;
+	int r;
 
-	if ((r = zent_slurp(z, &z->e[sf_i], &sfb, &sfl)) != 0 ||
-	    (r = zent_slurp(z, &z->e[blk_i], &blk, &blkl)) != 0)
-		goto out;
-	p = blk;
 	if ((cms = d2i_CMS_ContentInfo(NULL, &p, (long)blkl)) == NULL ||
 	    p != blk + blkl) {
 		ERR_clear_error();
@@ -314,69 +308,92 @@ verify_signer(const struct zarc *z, int sf_i, int blk_i, const char *mfb,
 		goto out;
 	if (v->signer[0] == '\0')
 		dn_rfc2253(X509_get_subject_name(cert), v->signer, sizeof(v->signer));
+	r = 0;
+out:
+	sk_X509_pop_free(certs, X509_free);
+	sk_X509_free(signers);
+	BIO_free(content);
+	CMS_ContentInfo_free(cms);
+	return r;
+}
 
-	if ((r = mf_parse((char *)sfb, sfl, sfm, z->e[sf_i].name)) != 0)
-		goto out;
-	if (sfm->dup != NULL) {
-		r = jar_bad("%s has two sections for %s", z->e[sf_i].name, sfm->dup);
-		goto out;
-	}
+/* The parsed .SF (sfm) against the manifest (m, raw bytes mfb): the main
+ * section's digests and every .SF section against its manifest section,
+ * byte for byte. */
+static int
+sf_matches_manifest(const struct zarc *z, int sf_i, const char *mfb,
+    const struct mf *m, const struct mf *sfm)
+{
+	struct dattr d[3];
+	int weak = 0;
+	size_t nd;
+
 	/* Main attributes: whole-manifest digest (strong only). */
 	nd = section_digests(&sfm->s[0], "-Digest-Manifest", d, &weak);
-	if (nd == 0) {
-		r = weak ? jar_bad("SHA-1 digests in %s are not accepted", z->e[sf_i].name) :
+	if (nd == 0)
+		return weak ? jar_bad("SHA-1 digests in %s are not accepted",
+		    z->e[sf_i].name) :
 		    jar_bad("%s has no manifest digest", z->e[sf_i].name);
-		goto out;
-	}
 	/* A stale whole-manifest digest is tolerated, as in Java (another
 	 * signer may have grown the manifest): the main-section and per-entry
 	 * section digests below are what bind this signer to the entries. */
-	(void)mfl;
 	weak = 0;
 	nd = section_digests(&sfm->s[0], "-Digest-Manifest-Main-Attributes", d, &weak);
 	for (size_t i = 0; i < nd; i++) {
 		int ok = digest_matches(d[i].md, mfb, m->s[0].len, d[i].b64);
-		if (ok <= 0) {
-			r = ok < 0 ? HSMFS_ERR_CRYPTO :
-			    jar_bad("%s: manifest main attributes modified", z->e[sf_i].name);
-			goto out;
-		}
+		if (ok <= 0)
+			return ok < 0 ? HSMFS_ERR_CRYPTO :
+			    jar_bad("%s: manifest main attributes modified",
+			    z->e[sf_i].name);
 	}
 	/* Every .SF section must match its manifest section byte for byte. */
 	for (size_t s = 1; s < sfm->ns; s++) {
 		const struct mf_section *ss = &sfm->s[s];
 		const struct mf_section *ms = mf_find(m, ss->name);
 		weak = 0;
-		if (ms == NULL) {
-			r = jar_bad("%s names %s, which is not in the manifest",
+		if (ms == NULL)
+			return jar_bad("%s names %s, which is not in the manifest",
 			    z->e[sf_i].name, ss->name);
-			goto out;
-		}
 		nd = section_digests(ss, "-Digest", d, &weak);
-		if (nd == 0) {
-			r = weak ? jar_bad("SHA-1 digests in %s are not accepted",
+		if (nd == 0)
+			return weak ? jar_bad("SHA-1 digests in %s are not accepted",
 			    z->e[sf_i].name) :
 			    jar_bad("%s: no digest for %s", z->e[sf_i].name, ss->name);
-			goto out;
-		}
 		for (size_t i = 0; i < nd; i++) {
 			int ok = digest_matches(d[i].md, mfb + ms->off, ms->len, d[i].b64);
-			if (ok <= 0) {
-				r = ok < 0 ? HSMFS_ERR_CRYPTO :
+			if (ok <= 0)
+				return ok < 0 ? HSMFS_ERR_CRYPTO :
 				    jar_bad("manifest section of %s does not match %s",
 				    ss->name, z->e[sf_i].name);
-				goto out;
-			}
 		}
 	}
-	r = 0;
+	return 0;
+}
+
+/* One signer: CMS over the .SF, then .SF against the manifest. */
+static int
+verify_signer(const struct zarc *z, int sf_i, int blk_i, const char *mfb,
+    const struct mf *m, const struct jar_trust *t, struct jar_verdict *v,
+    struct mf *sfm)
+{
+	uint8_t *sfb = NULL, *blk = NULL;
+	size_t sfl = 0, blkl = 0;
+	int r;
+
+	if ((r = zent_slurp(z, &z->e[sf_i], &sfb, &sfl)) != 0 ||
+	    (r = zent_slurp(z, &z->e[blk_i], &blk, &blkl)) != 0 ||
+	    (r = signer_block(z, sf_i, blk_i, sfb, sfl, blk, blkl, t, v)) != 0)
+		goto out;
+	if ((r = mf_parse((char *)sfb, sfl, sfm, z->e[sf_i].name)) != 0)
+		goto out;
+	if (sfm->dup != NULL) {
+		r = jar_bad("%s has two sections for %s", z->e[sf_i].name, sfm->dup);
+		goto out;
+	}
+	r = sf_matches_manifest(z, sf_i, mfb, m, sfm);
 out:
 	if (r != 0)
 		mf_free(sfm);
-	sk_X509_pop_free(certs, X509_free);
-	sk_X509_free(signers);
-	BIO_free(content);
-	CMS_ContentInfo_free(cms);
 	free(sfb);
 	free(blk);
 	return r;
@@ -471,8 +488,8 @@ jar_verify(const char *path, const struct jar_trust *t, struct jar_verdict *v)
 	for (size_t i = 0; i < z.n; i++) {
 		if (role[i] != ROLE_SF)
 			continue;
-		if ((r = verify_signer(&z, (int)i, blockof[i], (char *)mfb, mfl, &m,
-		    t, v, &sfm[nsig])) != 0)
+		if ((r = verify_signer(&z, (int)i, blockof[i], (char *)mfb, &m, t, v,
+		    &sfm[nsig])) != 0)
 			goto out;
 		nsig++;
 	}

@@ -5,6 +5,7 @@
 #include "common/err.h"
 #include "common/util.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -381,5 +382,47 @@ mf_build_section(struct sbuf *mf, const struct mf *old, const char *name,
 		r = sb_header(mf, attr, b64);
 	if (r == 0)
 		r = sb_put(mf, "\r\n", 2);
+	return r;
+}
+
+/* The signature file: whole-manifest and main-section digests, then one
+ * section per entry (sections[i] not NULL) over its exact manifest
+ * section bytes. main_len: length of the manifest's main section. */
+int
+mf_build_sf(struct sbuf *sf, const EVP_MD *md, const char *created,
+    const struct sbuf *mf, size_t main_len, const struct zarc *z,
+    char *const *sections)
+{
+	const char *alg = md_java_name(md);
+	char name[48], attr[32];
+	char *b64 = NULL;
+	int r;
+
+	snprintf(attr, sizeof(attr), "%s-Digest", alg);
+	if ((r = sb_header(sf, "Signature-Version", "1.0")) != 0 ||
+	    (r = sb_header(sf, "Created-By", created)) != 0 ||
+	    (r = jar_digest_b64(md, mf->b, main_len, &b64)) != 0)
+		goto out;
+	snprintf(name, sizeof(name), "%s-Digest-Manifest-Main-Attributes", alg);
+	if ((r = sb_header(sf, name, b64)) != 0)
+		goto out;
+	free(b64);
+	b64 = NULL;
+	if ((r = jar_digest_b64(md, mf->b, mf->n, &b64)) != 0)
+		goto out;
+	snprintf(name, sizeof(name), "%s-Digest-Manifest", alg);
+	if ((r = sb_header(sf, name, b64)) != 0 ||
+	    (r = sb_put(sf, "\r\n", 2)) != 0)
+		goto out;
+	for (size_t i = 0; i < z->n; i++) {
+		if (sections[i] == NULL)
+			continue;
+		if ((r = sb_header(sf, "Name", z->e[i].name)) != 0 ||
+		    (r = sb_header(sf, attr, sections[i])) != 0 ||
+		    (r = sb_put(sf, "\r\n", 2)) != 0)
+			goto out;
+	}
+out:
+	free(b64);
 	return r;
 }

@@ -222,7 +222,8 @@ rfc5322_addrs_free(struct addrs *a)
 }
 
 /* One mailbox ("Name <a@b>", "a@b (comment)", "\"x y\" <a@b>") to its
- * addr-spec. Empty input gives an empty result (list separators). */
+ * addr-spec. Empty input gives an empty result (list separators). A
+ * parser: its length is the grammar's (one scan, state by state). */
 static int
 mailbox_addr(const char *s, size_t n, const char *field, struct addrs *out)
 {

@@ -265,7 +265,8 @@ extra_check(const uint8_t *x, size_t xlen, const struct zent *e, const char *whe
  * comment is where a second directory hides). A zip64 end record and
  * locator must be there exactly when a classic field holds its 0xffff /
  * 0xffffffff marker, directly before the end record, and every classic
- * field must be either that marker or equal to the zip64 value. */
+ * field must be either that marker or equal to the zip64 value. A
+ * parser of the end records: its length is their fields' checks. */
 static int
 zarc_find_end(struct zarc *z, uint64_t *cd_off, uint64_t *cd_size,
     uint64_t *count, uint64_t *cd_end_expect)
@@ -440,6 +441,279 @@ zarc_scan_tail(const struct zarc *z, uint64_t cd_off)
 	return r;
 }
 
+/* The checks on one central directory record that need no other record
+ * (h: its fixed part; the name and extra field are already checked). */
+static int
+cd_record_check(const struct zent *e, const uint8_t *h)
+{
+	int ascii = 1;
+	if (h[6] > 45)
+		return jar_bad("entry needs zip version %u.%u to extract: %s",
+		    h[6] / 10, h[6] % 10, e->name);
+	for (size_t k = 0; k < e->nlen; k++)
+		ascii &= (unsigned char)e->name[k] < 0x80;
+	if (!ascii && !(e->flags & 0x0800))
+		return jar_bad("non-ASCII entry name without the UTF-8 flag "
+		    "(readers would decode it differently): %s", e->name);
+	if (e->flags & 0x2041)
+		return jar_bad("encrypted entry: %s", e->name);
+	if (e->flags & ~0x080eu)
+		return jar_bad("unsupported general purpose flags 0x%04x: %s",
+		    e->flags, e->name);
+	if (e->method != 0 && e->method != 8)
+		return jar_bad("unsupported compression method %u: %s", e->method,
+		    e->name);
+	/* Readers skip directories when checking digests: a directory
+	 * entry must not carry bytes the signature does not cover. */
+	if (zent_is_dir(e) && (e->usize != 0 || e->csize != 0 ||
+	    e->method != 0 || e->crc != 0))
+		return jar_bad("directory entry with data (must be stored, sizes 0, "
+		    "CRC 0): %s", e->name);
+	/* The external attributes are not signed but decide how unzip
+	 * extracts the signed bytes: a Unix mode (high 16 bits) may only
+	 * say regular file (directory for directories) or nothing, with
+	 * no setuid, setgid or sticky bit, and the MS-DOS directory
+	 * attribute only on a directory (README.txt would otherwise be
+	 * extracted as a symlink pointing at its content). */
+	{
+		uint32_t xa = le32(h + 38), type = (xa >> 16) & 0170000;
+		int dir = zent_is_dir(e);
+		if ((type != 0 && type != (dir ? 0040000u : 0100000u)) ||
+		    ((xa >> 16) & 07000) != 0 || (!dir && (xa & 0x10)))
+			return jar_bad("entry with external attributes 0x%08x (only a "
+			    "plain %s mode is allowed): %s", (unsigned)xa,
+			    dir ? "directory" : "file", e->name);
+	}
+	if (e->method == 0 && e->csize != e->usize)
+		return jar_bad("stored entry with different sizes: %s", e->name);
+	/* ZipInputStream (JarInputStream) refuses a data descriptor on a
+	 * stored entry and sees nothing from there on; Java never
+	 * writes one. */
+	if (e->method == 0 && (e->flags & 0x0008))
+		return jar_bad("stored entry with a data descriptor: %s", e->name);
+	if (e->method == 8 && e->usize > JAR_RATIO_MIN_SIZE &&
+	    e->usize / (e->csize ? e->csize : 1) > JAR_MAX_RATIO)
+		return jar_bad("compression ratio above %d:1 (zip bomb?): %s",
+		    JAR_MAX_RATIO, e->name);
+	return 0;
+}
+
+/* The central directory record at *p (before cd_end) into the next
+ * entry z->e[z->n] (counted in z->n once it owns its name); *p moves
+ * past it. */
+static int
+cd_record(struct zarc *z, uint64_t *p, uint64_t cd_end)
+{
+	struct zent *e = &z->e[z->n];
+	uint16_t nlen, xlen, clen;
+	uint8_t h[46], *x = NULL;
+	int r;
+
+	if (*p + 46 > cd_end)
+		return jar_bad("central directory shorter than its entry count");
+	if ((r = zarc_read(z, *p, h, 46)) != 0)
+		return r;
+	if (le32(h) != 0x02014b50)
+		return jar_bad("bad central directory entry signature");
+	e->flags = le16(h + 8);
+	e->method = le16(h + 10);
+	e->dtime = le16(h + 12);
+	e->ddate = le16(h + 14);
+	e->crc = le32(h + 16);
+	e->csize = le32(h + 20);
+	e->usize = le32(h + 24);
+	nlen = le16(h + 28);
+	xlen = le16(h + 30);
+	clen = le16(h + 32);
+	e->loff = le32(h + 42);
+	e->cdoff = *p;
+	e->cdlen = 46u + nlen + xlen + clen;
+	e->cd64 = e->csize == 0xffffffffu || e->usize == 0xffffffffu ||
+	    e->loff == 0xffffffffu;
+	if (le16(h + 34) != 0)
+		return jar_bad("multi-disk zips are not supported");
+	if (*p + 46 + nlen + xlen + clen > cd_end)
+		return jar_bad("central directory entry overruns the directory");
+	if ((e->name = malloc((size_t)nlen + 1)) == NULL ||
+	    (xlen && (x = malloc(xlen)) == NULL))
+		return HSMFS_ERR_NOMEM;
+	z->n++;
+	e->nlen = nlen;
+	if ((r = zarc_read(z, *p + 46, e->name, nlen)) != 0 ||
+	    (xlen && (r = zarc_read(z, *p + 46 + nlen, x, xlen)) != 0))
+		goto out;
+	e->name[nlen] = '\0';
+	if (memchr(e->name, '\0', nlen) != NULL) {
+		r = jar_bad("entry name contains a NUL byte");
+		goto out;
+	}
+	if ((r = name_check(e->name, nlen)) != 0 ||
+	    (r = extra_check(x, xlen, e, "central")) != 0)
+		goto out;
+	if ((r = zip64_extra(x, xlen, &e->usize, &e->csize, &e->loff, 0)) < 0)
+		goto out;
+	if (clen != 0) {
+		r = jar_bad("entry comment (refused: a comment can hide a second "
+		    "directory): %s", e->name);
+		goto out;
+	}
+	if ((r = cd_record_check(e, h)) != 0)
+		goto out;
+	*p += 46 + (uint64_t)nlen + xlen + clen;
+	r = 0;
+out:
+	free(x);
+	return r;
+}
+
+/* The data descriptor after entry e (lh: its local header; lc, lu: the
+ * local sizes; z64: the local header is zip64): optional signature, then
+ * CRC and sizes (64-bit when the entry is zip64: a zip64 local header or
+ * a size that needs it). The local header holds zeros or the same
+ * values. e->end moves past it. */
+static int
+data_descriptor(const struct zarc *z, struct zent *e, const uint8_t *lh,
+    uint64_t lc, uint64_t lu, int z64)
+{
+	uint8_t dd[24];
+	int d64 = z64 > 0 || e->csize >= 0xffffffffu || e->usize >= 0xffffffffu;
+	size_t dl = d64 ? 20 : 12, off = 0;
+	int r;
+	if ((le32(lh + 14) != 0 && le32(lh + 14) != e->crc) ||
+	    (lc != 0 && lc != 0xffffffffu && lc != e->csize) ||
+	    (lu != 0 && lu != 0xffffffffu && lu != e->usize))
+		return jar_bad("local and central headers differ (CRC or sizes): %s",
+		    e->name);
+	if ((r = zarc_read(z, e->end, dd, 4)) != 0)
+		return r;
+	if (le32(dd) == 0x08074b50)
+		off = 4;
+	if ((r = zarc_read(z, e->end, dd, off + dl)) != 0)
+		return r;
+	if (le32(dd + off) != e->crc ||
+	    (d64 ? le64(dd + off + 4) : le32(dd + off + 4)) != e->csize ||
+	    (d64 ? le64(dd + off + 12) : le32(dd + off + 8)) != e->usize)
+		return jar_bad("data descriptor and central directory differ: %s",
+		    e->name);
+	e->end += off + dl;
+	return 0;
+}
+
+/* Entry i's local header, which must sit at p (where entry i - 1 ended)
+ * and agree with the central directory; sets e->doff and e->end. */
+static int
+local_record(const struct zarc *z, size_t i, uint64_t p)
+{
+	struct zent *e = &z->e[i];
+	uint8_t lh[30];
+	uint64_t lu, lc;
+	uint16_t nlen, xlen;
+	uint8_t *buf = NULL;
+	int z64, r;
+	if (e->loff != p)
+		return e->loff < p ? jar_bad("overlapping entries: %s", e->name) :
+		    i == 0 ? jar_bad("data before the first local header "
+		    "(prepended bytes)") :
+		    jar_bad("unaccounted data before entry %s (entries must follow "
+		    "each other in central directory order)", e->name);
+	if ((r = zarc_read(z, e->loff, lh, 30)) != 0)
+		return jar_bad("local header out of range: %s", e->name);
+	if (le32(lh) != 0x04034b50)
+		return jar_bad("no local header where the central directory points "
+		    "(data prepended or shifted?): %s", e->name);
+	nlen = le16(lh + 26);
+	xlen = le16(lh + 28);
+	if ((buf = malloc((size_t)nlen + xlen + 1)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	if ((r = zarc_read(z, e->loff + 30, buf, (size_t)nlen + xlen)) != 0) {
+		free(buf);
+		return r;
+	}
+	if (nlen != e->nlen || memcmp(buf, e->name, nlen) != 0) {
+		free(buf);
+		return jar_bad("local and central header names differ: %s", e->name);
+	}
+	if ((r = extra_check(buf + nlen, xlen, e, "local")) != 0) {
+		free(buf);
+		return r;
+	}
+	lu = le32(lh + 22);
+	lc = le32(lh + 18);
+	z64 = zip64_extra(buf + nlen, xlen, &lu, &lc, NULL, 1);
+	free(buf);
+	if (z64 < 0)
+		return z64;
+	/* A data descriptor after a zip64 local header is 64-bit: only
+	 * where the sizes need it, as ZipInputStream takes the width
+	 * from the sizes (Java writes no other). Without a descriptor a
+	 * needless zip64 local header is harmless (Python's
+	 * force_zip64 writes one). */
+	if (z64 > 0 && (e->flags & 0x0008) && e->csize < 0xffffffffu &&
+	    e->usize < 0xffffffffu)
+		return jar_bad("zip64 local header for an entry whose sizes do not "
+		    "need it: %s", e->name);
+	/* The zip64 values count only where the 32-bit field is the
+	 * marker (as libzip reads it): the 32-bit fields are checked too. */
+	if (le32(lh + 22) != 0xffffffffu)
+		lu = le32(lh + 22);
+	if (le32(lh + 18) != 0xffffffffu)
+		lc = le32(lh + 18);
+	if (le16(lh + 8) != e->method || le16(lh + 6) != e->flags)
+		return jar_bad("local and central headers differ (method or flags): %s",
+		    e->name);
+	if (lh[4] > 45)
+		return jar_bad("entry needs zip version %u.%u to extract: %s",
+		    lh[4] / 10, lh[4] % 10, e->name);
+	e->doff = e->loff + 30 + nlen + xlen;
+	if (e->doff > z->size || e->csize > z->size - e->doff)
+		return jar_bad("entry data past the end of the file: %s", e->name);
+	e->end = e->doff + e->csize;
+	if (e->flags & 0x0008)
+		return data_descriptor(z, e, lh, lc, lu, z64);
+	if (le32(lh + 14) != e->crc || lc != e->csize || lu != e->usize)
+		return jar_bad("local and central headers differ (CRC or sizes): %s",
+		    e->name);
+	return 0;
+}
+
+/* The name index (z->byname): no duplicate, and no path through a file:
+ * a directory "x/" (or any "x/...") beside a file "x" makes extraction
+ * fail or keep one of them, and java.util.zip's getEntry("x") gives "x/"
+ * when "x" is missing. */
+static int
+zarc_index(struct zarc *z)
+{
+	struct zent **v;
+	int r = 0;
+	if ((v = calloc(z->n ? z->n : 1, sizeof(*v))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (size_t i = 0; i < z->n; i++)
+		v[i] = &z->e[i];
+	qsort(v, z->n, sizeof(*v), cmp_name);
+	for (size_t i = 1; i < z->n && r == 0; i++)
+		if (cmp_name(&v[i - 1], &v[i]) == 0)
+			r = jar_bad("duplicate entry name: %s", v[i]->name);
+	for (size_t i = 0; i < z->n && r == 0; i++) {
+		struct zent key = z->e[i], *kp = &key;
+		for (size_t k = 1; k < z->e[i].nlen; k++) {
+			if (z->e[i].name[k] != '/')
+				continue;
+			key.nlen = k;
+			if (bsearch(&kp, v, z->n, sizeof(*v), cmp_name) != NULL) {
+				r = jar_bad("entry name goes through a file: %s",
+				    z->e[i].name);
+				break;
+			}
+		}
+	}
+	if (r != 0) {
+		free(v);
+		return r;
+	}
+	z->byname = v;
+	return 0;
+}
+
 /* Read the archive once, every byte accounted for: the entries (local
  * header, data, data descriptor) tile the file from offset 0 in central
  * directory order, then the central directory, then the zip64 end record
@@ -450,8 +724,6 @@ zarc_open(const char *path, struct zarc *z)
 	struct stat st;
 	uint64_t cd_off = 0, cd_size = 0, count = 0, cd_end_expect = 0, p;
 	uint64_t inflated = 0, budget;
-	uint8_t h[46];
-	struct zent **v = NULL;
 	int r;
 
 	memset(z, 0, sizeof(*z));
@@ -479,145 +751,9 @@ zarc_open(const char *path, struct zarc *z)
 	z->cd_off = cd_off;
 	p = cd_off;
 	for (uint64_t i = 0; i < count; i++) {
-		struct zent *e = &z->e[z->n];
-		uint16_t nlen, xlen, clen;
-		uint8_t *x = NULL;
-		int ascii = 1;
-		if (p + 46 > cd_end_expect) {
-			r = jar_bad("central directory shorter than its entry count");
+		if ((r = cd_record(z, &p, cd_end_expect)) != 0)
 			goto out;
-		}
-		if ((r = zarc_read(z, p, h, 46)) != 0)
-			goto out;
-		if (le32(h) != 0x02014b50) {
-			r = jar_bad("bad central directory entry signature");
-			goto out;
-		}
-		e->flags = le16(h + 8);
-		e->method = le16(h + 10);
-		e->dtime = le16(h + 12);
-		e->ddate = le16(h + 14);
-		e->crc = le32(h + 16);
-		e->csize = le32(h + 20);
-		e->usize = le32(h + 24);
-		nlen = le16(h + 28);
-		xlen = le16(h + 30);
-		clen = le16(h + 32);
-		e->loff = le32(h + 42);
-		e->cdoff = p;
-		e->cdlen = 46u + nlen + xlen + clen;
-		e->cd64 = e->csize == 0xffffffffu || e->usize == 0xffffffffu ||
-		    e->loff == 0xffffffffu;
-		if (le16(h + 34) != 0) {
-			r = jar_bad("multi-disk zips are not supported");
-			goto out;
-		}
-		if (p + 46 + nlen + xlen + clen > cd_end_expect) {
-			r = jar_bad("central directory entry overruns the directory");
-			goto out;
-		}
-		if ((e->name = malloc((size_t)nlen + 1)) == NULL ||
-		    (xlen && (x = malloc(xlen)) == NULL)) {
-			r = HSMFS_ERR_NOMEM;
-			goto out;
-		}
-		z->n++;
-		e->nlen = nlen;
-		if ((r = zarc_read(z, p + 46, e->name, nlen)) != 0 ||
-		    (xlen && (r = zarc_read(z, p + 46 + nlen, x, xlen)) != 0)) {
-			free(x);
-			goto out;
-		}
-		e->name[nlen] = '\0';
-		if (memchr(e->name, '\0', nlen) != NULL) {
-			free(x);
-			r = jar_bad("entry name contains a NUL byte");
-			goto out;
-		}
-		if ((r = name_check(e->name, nlen)) != 0 ||
-		    (r = extra_check(x, xlen, e, "central")) != 0) {
-			free(x);
-			goto out;
-		}
-		r = zip64_extra(x, xlen, &e->usize, &e->csize, &e->loff, 0);
-		free(x);
-		if (r < 0)
-			goto out;
-		if (clen != 0) {
-			r = jar_bad("entry comment (refused: a comment can hide a second "
-			    "directory): %s", e->name);
-			goto out;
-		}
-		if (h[6] > 45) {
-			r = jar_bad("entry needs zip version %u.%u to extract: %s",
-			    h[6] / 10, h[6] % 10, e->name);
-			goto out;
-		}
-		for (size_t k = 0; k < nlen; k++)
-			ascii &= (unsigned char)e->name[k] < 0x80;
-		if (!ascii && !(e->flags & 0x0800)) {
-			r = jar_bad("non-ASCII entry name without the UTF-8 flag "
-			    "(readers would decode it differently): %s", e->name);
-			goto out;
-		}
-		if (e->flags & 0x2041) {
-			r = jar_bad("encrypted entry: %s", e->name);
-			goto out;
-		}
-		if (e->flags & ~0x080eu) {
-			r = jar_bad("unsupported general purpose flags 0x%04x: %s",
-			    e->flags, e->name);
-			goto out;
-		}
-		if (e->method != 0 && e->method != 8) {
-			r = jar_bad("unsupported compression method %u: %s", e->method,
-			    e->name);
-			goto out;
-		}
-		/* Readers skip directories when checking digests: a directory
-		 * entry must not carry bytes the signature does not cover. */
-		if (nlen > 0 && e->name[nlen - 1] == '/' && (e->usize != 0 ||
-		    e->csize != 0 || e->method != 0 || e->crc != 0)) {
-			r = jar_bad("directory entry with data (must be stored, sizes 0, "
-			    "CRC 0): %s", e->name);
-			goto out;
-		}
-		/* The external attributes are not signed but decide how unzip
-		 * extracts the signed bytes: a Unix mode (high 16 bits) may only
-		 * say regular file (directory for directories) or nothing, with
-		 * no setuid, setgid or sticky bit, and the MS-DOS directory
-		 * attribute only on a directory (README.txt would otherwise be
-		 * extracted as a symlink pointing at its content). */
-		{
-			uint32_t xa = le32(h + 38), type = (xa >> 16) & 0170000;
-			int dir = nlen > 0 && e->name[nlen - 1] == '/';
-			if ((type != 0 && type != (dir ? 0040000u : 0100000u)) ||
-			    ((xa >> 16) & 07000) != 0 || (!dir && (xa & 0x10))) {
-				r = jar_bad("entry with external attributes 0x%08x (only a "
-				    "plain %s mode is allowed): %s", (unsigned)xa,
-				    dir ? "directory" : "file", e->name);
-				goto out;
-			}
-		}
-		if (e->method == 0 && e->csize != e->usize) {
-			r = jar_bad("stored entry with different sizes: %s", e->name);
-			goto out;
-		}
-		/* ZipInputStream (JarInputStream) refuses a data descriptor on a
-		 * stored entry and sees nothing from there on; Java never
-		 * writes one. */
-		if (e->method == 0 && (e->flags & 0x0008)) {
-			r = jar_bad("stored entry with a data descriptor: %s", e->name);
-			goto out;
-		}
-		if (e->method == 8 && e->usize > JAR_RATIO_MIN_SIZE &&
-		    e->usize / (e->csize ? e->csize : 1) > JAR_MAX_RATIO) {
-			r = jar_bad("compression ratio above %d:1 (zip bomb?): %s",
-			    JAR_MAX_RATIO, e->name);
-			goto out;
-		}
-		inflated += e->usize;
-		p += 46 + (uint64_t)nlen + xlen + clen;
+		inflated += z->e[z->n - 1].usize;
 	}
 	if (p != cd_end_expect) {
 		r = jar_bad("central directory longer than its entry count");
@@ -640,125 +776,9 @@ zarc_open(const char *path, struct zarc *z)
 	 * (overlapping bombs), no hidden gaps. */
 	p = 0;
 	for (size_t i = 0; i < z->n; i++) {
-		struct zent *e = &z->e[i];
-		uint8_t lh[30], dd[24];
-		uint64_t lu, lc;
-		uint16_t nlen, xlen;
-		uint8_t *buf = NULL;
-		int z64;
-		if (e->loff != p) {
-			r = e->loff < p ? jar_bad("overlapping entries: %s", e->name) :
-			    i == 0 ? jar_bad("data before the first local header "
-			    "(prepended bytes)") :
-			    jar_bad("unaccounted data before entry %s (entries must follow "
-			    "each other in central directory order)", e->name);
+		if ((r = local_record(z, i, p)) != 0)
 			goto out;
-		}
-		if ((r = zarc_read(z, e->loff, lh, 30)) != 0) {
-			r = jar_bad("local header out of range: %s", e->name);
-			goto out;
-		}
-		if (le32(lh) != 0x04034b50) {
-			r = jar_bad("no local header where the central directory points "
-			    "(data prepended or shifted?): %s", e->name);
-			goto out;
-		}
-		nlen = le16(lh + 26);
-		xlen = le16(lh + 28);
-		if ((buf = malloc((size_t)nlen + xlen + 1)) == NULL) {
-			r = HSMFS_ERR_NOMEM;
-			goto out;
-		}
-		if ((r = zarc_read(z, e->loff + 30, buf, (size_t)nlen + xlen)) != 0) {
-			free(buf);
-			goto out;
-		}
-		if (nlen != e->nlen || memcmp(buf, e->name, nlen) != 0) {
-			free(buf);
-			r = jar_bad("local and central header names differ: %s", e->name);
-			goto out;
-		}
-		if ((r = extra_check(buf + nlen, xlen, e, "local")) != 0) {
-			free(buf);
-			goto out;
-		}
-		lu = le32(lh + 22);
-		lc = le32(lh + 18);
-		z64 = zip64_extra(buf + nlen, xlen, &lu, &lc, NULL, 1);
-		free(buf);
-		if (z64 < 0) {
-			r = z64;
-			goto out;
-		}
-		/* A data descriptor after a zip64 local header is 64-bit: only
-		 * where the sizes need it, as ZipInputStream takes the width
-		 * from the sizes (Java writes no other). Without a descriptor a
-		 * needless zip64 local header is harmless (Python's
-		 * force_zip64 writes one). */
-		if (z64 > 0 && (e->flags & 0x0008) && e->csize < 0xffffffffu &&
-		    e->usize < 0xffffffffu) {
-			r = jar_bad("zip64 local header for an entry whose sizes do not "
-			    "need it: %s", e->name);
-			goto out;
-		}
-		/* The zip64 values count only where the 32-bit field is the
-		 * marker (as libzip reads it): the 32-bit fields are checked too. */
-		if (le32(lh + 22) != 0xffffffffu)
-			lu = le32(lh + 22);
-		if (le32(lh + 18) != 0xffffffffu)
-			lc = le32(lh + 18);
-		if (le16(lh + 8) != e->method || le16(lh + 6) != e->flags) {
-			r = jar_bad("local and central headers differ (method or flags): %s",
-			    e->name);
-			goto out;
-		}
-		if (lh[4] > 45) {
-			r = jar_bad("entry needs zip version %u.%u to extract: %s",
-			    lh[4] / 10, lh[4] % 10, e->name);
-			goto out;
-		}
-		e->doff = e->loff + 30 + nlen + xlen;
-		if (e->doff > z->size || e->csize > z->size - e->doff) {
-			r = jar_bad("entry data past the end of the file: %s", e->name);
-			goto out;
-		}
-		e->end = e->doff + e->csize;
-		if (e->flags & 0x0008) {
-			/* Data descriptor: optional signature, then CRC and sizes
-			 * (64-bit when the entry is zip64: a zip64 local header or a
-			 * size that needs it). The local header holds zeros or the
-			 * same values. */
-			int d64 = z64 > 0 || e->csize >= 0xffffffffu ||
-			    e->usize >= 0xffffffffu;
-			size_t dl = d64 ? 20 : 12, off = 0;
-			if ((le32(lh + 14) != 0 && le32(lh + 14) != e->crc) ||
-			    (lc != 0 && lc != 0xffffffffu && lc != e->csize) ||
-			    (lu != 0 && lu != 0xffffffffu && lu != e->usize)) {
-				r = jar_bad("local and central headers differ (CRC or sizes): %s",
-				    e->name);
-				goto out;
-			}
-			if ((r = zarc_read(z, e->end, dd, 4)) != 0)
-				goto out;
-			if (le32(dd) == 0x08074b50)
-				off = 4;
-			if ((r = zarc_read(z, e->end, dd, off + dl)) != 0)
-				goto out;
-			if (le32(dd + off) != e->crc ||
-			    (d64 ? le64(dd + off + 4) : le32(dd + off + 4)) != e->csize ||
-			    (d64 ? le64(dd + off + 12) : le32(dd + off + 8)) != e->usize) {
-				r = jar_bad("data descriptor and central directory differ: %s",
-				    e->name);
-				goto out;
-			}
-			e->end += off + dl;
-		} else if (le32(lh + 14) != e->crc || lc != e->csize ||
-		    lu != e->usize) {
-			r = jar_bad("local and central headers differ (CRC or sizes): %s",
-			    e->name);
-			goto out;
-		}
-		p = e->end;
+		p = z->e[i].end;
 	}
 	if (p != cd_off) {
 		r = p > cd_off ? jar_bad("entry data overlaps the central directory") :
@@ -768,39 +788,8 @@ zarc_open(const char *path, struct zarc *z)
 	}
 	if ((r = zarc_scan_tail(z, cd_off)) != 0)
 		goto out;
-	if ((v = calloc(z->n ? z->n : 1, sizeof(*v))) == NULL) {
-		r = HSMFS_ERR_NOMEM;
-		goto out;
-	}
-	for (size_t i = 0; i < z->n; i++)
-		v[i] = &z->e[i];
-	qsort(v, z->n, sizeof(*v), cmp_name);
-	for (size_t i = 1; i < z->n; i++)
-		if (cmp_name(&v[i - 1], &v[i]) == 0) {
-			r = jar_bad("duplicate entry name: %s", v[i]->name);
-			goto out;
-		}
-	/* No path through a file: a directory "x/" (or any "x/...") beside
-	 * a file "x" makes extraction fail or keep one of them, and
-	 * java.util.zip's getEntry("x") gives "x/" when "x" is missing. */
-	for (size_t i = 0; i < z->n; i++) {
-		struct zent key = z->e[i], *kp = &key;
-		for (size_t k = 1; k < z->e[i].nlen; k++) {
-			if (z->e[i].name[k] != '/')
-				continue;
-			key.nlen = k;
-			if (bsearch(&kp, v, z->n, sizeof(*v), cmp_name) != NULL) {
-				r = jar_bad("entry name goes through a file: %s",
-				    z->e[i].name);
-				goto out;
-			}
-		}
-	}
-	z->byname = v;
-	v = NULL;
-	r = 0;
+	r = zarc_index(z);
 out:
-	free(v);
 	if (r != 0)
 		zarc_close(z);
 	return r;
