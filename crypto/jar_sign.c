@@ -4,7 +4,9 @@
  * a range; libzip's when zip64 structures are needed). */
 #include "crypto/jar.h"
 #include "crypto/jar_int.h"
+#include "crypto/engine.h"
 #include "common/err.h"
+#include "hsm/hsm.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -504,6 +506,19 @@ out:
 	CMS_ContentInfo_free(cms);
 	BIO_free(in);
 	return r;
+}
+
+int
+jar_descriptor_check(const struct engine_descriptor *d)
+{
+	int t = d->md ? EVP_MD_get_type(d->md) : NID_undef;
+	if (t != NID_sha256 && t != NID_sha384 && t != NID_sha512) {
+		err_set("ConfigZipSigner version %d: algorithm %s cannot sign zips "
+		    "(use SHA-256, SHA-384 or SHA-512)", d->version,
+		    d->algorithm ? d->algorithm : "?");
+		return HSMFS_ERR_CONFIG;
+	}
+	return 0;
 }
 
 int

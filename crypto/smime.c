@@ -7,6 +7,7 @@
 #include "crypto/rfc5322.h"
 #include "common/err.h"
 #include "common/util.h"
+#include "hsm/hsm.h"
 
 #include <ctype.h>
 #include <stdio.h>

@@ -9,7 +9,11 @@
 #include <stdint.h>
 #include <time.h>
 #include <openssl/evp.h>
-#include "hsm/hsm.h"
+/* The key type of hsm/hsm.h (see crypto/jar.h). */
+#ifndef HSMFS_HSM_KEY_TYPEDEF
+#define HSMFS_HSM_KEY_TYPEDEF
+typedef struct hsm_key hsm_key;
+#endif
 
 /* Limits (RFC 5322 2.1.1 for lines; the rest keeps a hostile writer from
  * making the daemon allocate without bound). */

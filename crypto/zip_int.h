@@ -53,15 +53,21 @@ zent_is_dir(const struct zent *e)
 /* err_set the reason; returns HSMFS_ERR_BADMSG. */
 int jar_bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* zip.c: open and check the whole structure (SPEC §8); libzip's view must
- * agree (keep: libzip's handle, for the libzip writer). */
+/* zip.c. pread exactly len bytes at off (short: a format error). */
 int zarc_read(const struct zarc *z, uint64_t off, void *buf, size_t len);
-void zarc_close(struct zarc *z);
+/* Open and check the whole structure (SPEC §8); zarc_close on failure. */
 int zarc_open(const char *path, struct zarc *z);
+void zarc_close(struct zarc *z);
+/* libzip's view of the same file must agree entry by entry (keep, when
+ * not NULL: libzip's handle, for the libzip writer). */
 int zarc_libzip_check(const char *path, const struct zarc *z, zip_t **keep);
+/* Index of the entry named name, or -1. */
 int zarc_find(const struct zarc *z, const char *name);
 
-/* zip_data.c: entry bytes, exactly as declared. */
+/* zip_data.c: entry bytes, exactly as declared. zent_digest streams an
+ * entry through up to 3 digests; zarc_par_for runs fn(ctx, i) for every
+ * i < n on up to 4 threads (the failure of the lowest i wins);
+ * zent_slurp reads a whole small entry (at most MAX_META). */
 int zent_digest(const struct zarc *z, const struct zent *e, const EVP_MD *const *mds,
     size_t nmd, uint8_t out[][EVP_MAX_MD_SIZE]);
 int zarc_par_for(size_t n, uint64_t bytes, int (*fn)(void *, size_t), void *ctx);

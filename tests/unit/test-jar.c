@@ -3,6 +3,7 @@
  * CLI: sign, verify, and named tamper and hostile-zip cases. Set TEST_JAR_KEEP=1 to keep the temp dir. */
 #include "crypto/jar.h"
 #include "common/err.h"
+#include "hsm/hsm.h"
 
 #include <stdarg.h>
 #include <stdio.h>

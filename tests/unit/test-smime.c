@@ -3,6 +3,7 @@
  * code, with a software key opened through the PKCS#12 backend. */
 #include "crypto/smime.h"
 #include "common/err.h"
+#include "hsm/hsm.h"
 
 #include <stdio.h>
 #include <stdlib.h>
