@@ -11,7 +11,14 @@
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 
-#include "hsm/hsm.h"
+/* The key type of hsm/hsm.h, declared here so that users of this header
+ * do not see the hsm layer (the same typedef may appear in several
+ * crypto headers: C11 allows the repetition). */
+#ifndef HSMFS_HSM_KEY_T
+#define HSMFS_HSM_KEY_T
+typedef struct hsm_key hsm_key;
+#endif
+struct engine_descriptor;
 
 /* Limits against hostile zips. */
 #define JAR_MAX_ENTRIES 200000
@@ -45,11 +52,16 @@ struct jar_sign_opts {
 int jar_sign(const char *in_path, const char *out_path,
     const struct jar_sign_opts *o);
 /* Same, but when in_place is given the input file may be signed where it
- * is (no entry copied: see write_in_place in jar.c); *in_place says
+ * is (no entry copied: see write_in_place in jar_sign.c); *in_place says
  * whether that happened (the signed zip is then at in_path, out_path is
  * untouched). After a failure the input may be unusable. */
 int jar_sign_ex(const char *in_path, const char *out_path,
     const struct jar_sign_opts *o, int *in_place);
+
+/* Is d a ConfigZipSigner descriptor this code can sign zips with (its
+ * digest SHA-256, SHA-384 or SHA-512)? Returns 0, or HSMFS_ERR_CONFIG
+ * with err_set() naming the version and algorithm. */
+int jar_descriptor_check(const struct engine_descriptor *d);
 
 /* Who may sign: certificates configured as ConfigZipSigner (any version),
  * accepted as they are (validity and key usage still checked), and/or a

@@ -78,14 +78,8 @@ so_keys_of(const struct engine *e, struct keyring *kr, struct so_keys *k)
 		err_set("no ConfigZipSigner descriptor in %s", e->path);
 		return HSMFS_ERR_UNSUPPORTED;
 	}
-	if (k->desc->md == NULL || (EVP_MD_get_type(k->desc->md) != NID_sha256 &&
-	    EVP_MD_get_type(k->desc->md) != NID_sha384 &&
-	    EVP_MD_get_type(k->desc->md) != NID_sha512)) {
-		err_set("ConfigZipSigner version %d: algorithm %s cannot sign zips "
-		    "(use SHA-256, SHA-384 or SHA-512)", k->desc->version,
-		    k->desc->algorithm ? k->desc->algorithm : "?");
-		return HSMFS_ERR_CONFIG;
-	}
+	if ((r = jar_descriptor_check(k->desc)) != 0)
+		return r;
 	if ((r = keyring_signer_of(kr, k->desc, &s)) != 0)
 		return r;
 	k->key = s.key;

@@ -4,8 +4,9 @@
  * central-directory order, with the SHA-256 of the bytes it reads for each
  * (the same streaming inflate the verifier digests entries with).
  *
- * White-box on purpose: crypto/jar.c is included, so that the parse shown
- * is the verifier's own and not a re-implementation of it.
+ * White-box on purpose: it uses crypto/zip_int.h (the reader's internal
+ * API), so that the parse shown is the verifier's own and not a
+ * re-implementation of it.
  *
  * Usage: hsmfs-zipdump [--trust CERTS.pem] ZIP...   (or "-" alone: one path
  * per line on stdin). For each zip, on stdout:
@@ -17,7 +18,13 @@
  *   entry <name in hex> error <reason>            (hsmfs cannot read it)
  *   end
  */
-#include "crypto/jar.c"
+#include "crypto/jar.h"
+#include "crypto/zip_int.h"
+#include "common/err.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common/log.h"
 
@@ -68,7 +75,7 @@ dump(const char *path, const struct jar_trust *t)
 		uint8_t d[1][EVP_MAX_MD_SIZE];
 		printf("entry ");
 		put_hex((const uint8_t *)e->name, e->nlen);
-		if (is_dir(e)) {
+		if (zent_is_dir(e)) {
 			/* The verifier reads no bytes of a directory: what it
 			 * vouches for is an empty directory. */
 			printf(" dir\n");

@@ -1,4 +1,4 @@
-/* libFuzzer target: the zip verifier (crypto/jar.c) on a zip as copied
+/* libFuzzer target: the zip verifier (crypto/jar_verify.c) on a zip as copied
  * into MNT/verify-in, and the signer-name normaliser. No trusted signer is
  * configured: everything up to the trust decision is exercised. */
 #include "fuzz_common.h"

@@ -1,9 +1,10 @@
-/* Unit tests for crypto/jar.c with a software (PKCS#12) key issued by a
- * throwaway CA made with the openssl CLI: sign, verify, and named tamper
- * and hostile-zip cases. Set TEST_JAR_KEEP=1 to keep the temp dir. */
+/* Unit tests for crypto/jar_sign.c and crypto/jar_verify.c with a
+ * software (PKCS#12) key issued by a throwaway CA made with the openssl
+ * CLI: sign, verify, and named tamper and hostile-zip cases. Set TEST_JAR_KEEP=1 to keep the temp dir. */
 #include "crypto/jar.h"
 #include "hsm/hsm.h"
 #include "common/err.h"
+#include "hsm/hsm.h"
 
 #include <stdarg.h>
 #include <stdio.h>

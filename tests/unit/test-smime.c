@@ -4,6 +4,7 @@
 #include "crypto/smime.h"
 #include "hsm/hsm.h"
 #include "common/err.h"
+#include "hsm/hsm.h"
 
 #include <stdio.h>
 #include <stdlib.h>
