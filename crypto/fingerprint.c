@@ -1,5 +1,7 @@
 /* Configuration fingerprint and its comparison (crypto/fingerprint.h). */
 #include "crypto/fingerprint.h"
+#include "crypto/engine.h"
+#include "crypto/keyring.h"
 #include "common/err.h"
 #include "common/util.h"
 
@@ -150,6 +152,21 @@ out:
 	for (size_t i = 0; i < n; i++)
 		free(lines[i]);
 	free(lines);
+	return r;
+}
+
+int
+fingerprint_config_file(const char *config, char **out)
+{
+	struct engine *e = NULL;
+	struct keyring *kr = NULL;
+	int r;
+
+	if ((r = engine_load(config, &e)) == 0 &&
+	    (r = keyring_open(e, &kr)) == 0)
+		r = fingerprint_lines(e, kr, out);
+	keyring_free(kr);
+	engine_free(e);
 	return r;
 }
 

@@ -14,12 +14,16 @@
 #ifndef HSMFS_CRYPTO_FINGERPRINT_H
 #define HSMFS_CRYPTO_FINGERPRINT_H
 
-#include "crypto/engine.h"
-#include "crypto/keyring.h"
+struct engine;
+struct keyring;
 
 /* The lines of e with the certificates of kr's keys (kr may be NULL: every
  * cert=-). *out is malloc'd, LF-terminated lines. */
 int fingerprint_lines(const struct engine *e, struct keyring *kr, char **out);
+/* The lines of a configuration file: engine_load, keyring_open (PINs
+ * resolved, used, wiped), fingerprint_lines. The one call of tools that
+ * only need the fingerprint (db-init). err_detail() on failure. */
+int fingerprint_config_file(const char *config, char **out);
 /* SHA-256 hex of the lines into hex[65]. */
 void fingerprint_hash(const char *lines, char hex[65]);
 

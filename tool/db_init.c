@@ -6,9 +6,7 @@
  * makes at mount (schema version, configuration) and reports them. */
 #include "tool/tool.h"
 #include "store/pg.h"
-#include "crypto/engine.h"
 #include "crypto/fingerprint.h"
-#include "crypto/keyring.h"
 #include "common/err.h"
 
 #include <stdio.h>
@@ -249,8 +247,6 @@ cmd_db_init(int argc, char **argv)
 {
 	struct dbopts o = {0};
 	struct pg_conf pc = {0};
-	struct engine *e = NULL;
-	struct keyring *kr = NULL;
 	struct pg *p = NULL;
 	struct pg_conn *c = NULL;
 	char *lines = NULL;
@@ -258,12 +254,8 @@ cmd_db_init(int argc, char **argv)
 
 	if ((r = parse(argc, argv, &o)) >= 0)
 		return r;
-	if (engine_load(o.config, &e) != 0 || keyring_open(e, &kr) != 0) {
+	if (fingerprint_config_file(o.config, &lines) != 0) {
 		fprintf(stderr, "hsmfs-tool db-init: %s\n", err_detail());
-		goto out;
-	}
-	if (fingerprint_lines(e, kr, &lines) != 0) {
-		fprintf(stderr, "hsmfs-tool db-init: out of memory\n");
 		goto out;
 	}
 	pc.uri = o.shared;
@@ -285,7 +277,5 @@ out:
 		pg_release(p, c);
 	pg_close(p);
 	free(lines);
-	keyring_free(kr);
-	engine_free(e);
 	return rc;
 }
