@@ -52,6 +52,11 @@ one_line(const char *in, char *out, size_t size)
 	size_t n = 0;
 
 	for (; in && *in && n + 1 < size; in++) {
+		if (*in == '\t') {
+			if (n > 0 && out[n - 1] != ' ')
+				out[n++] = ' ';
+			continue;
+		}
 		if (*in == '\n' || *in == '\r') {
 			if (in[1] != '\0' && n + 3 < size && n > 0) {
 				out[n++] = ';';
@@ -140,6 +145,15 @@ out:
 	return r;
 }
 
+/* Server NOTICEs (e.g. "already exists, skipping") are not errors: libpq
+ * would print them on stderr. */
+static void
+quiet_notice(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
 /* Our defaults first, the URI after them (so it overrides them), the
  * password file's content last. */
 static PGconn *
@@ -186,30 +200,30 @@ connect_one(struct pg *p, int *r)
 		*r = HSMFS_ERR_IO;
 		return NULL;
 	}
+	PQsetNoticeProcessor(conn, quiet_notice, NULL);
 	*r = 0;
 	return conn;
 }
 
 /* An idle connection the server has closed (restart, failover, idle
- * timeout) has something to read, or an EOF: replace it before use. */
+ * timeout) has something to read (its FATAL message) or an EOF: replace
+ * it before use. Pool connections never LISTEN, so an idle connection
+ * has nothing else to say; a rare unsolicited ParameterStatus costs one
+ * reconnect. */
 static int
 idle_conn_dead(PGconn *conn)
 {
 	struct pollfd pfd;
 
-	if (PQstatus(conn) != CONNECTION_OK)
+	if (PQstatus(conn) != CONNECTION_OK ||
+	    PQtransactionStatus(conn) != PQTRANS_IDLE)
 		return 1;
 	pfd.fd = PQsocket(conn);
 	pfd.events = POLLIN;
 	pfd.revents = 0;
 	if (pfd.fd < 0)
 		return 1;
-	if (poll(&pfd, 1, 0) <= 0)
-		return 0;
-	if (!PQconsumeInput(conn) || PQstatus(conn) != CONNECTION_OK)
-		return 1;
-	/* A server that announced its shutdown: FATAL and then EOF. */
-	return PQtransactionStatus(conn) != PQTRANS_IDLE;
+	return poll(&pfd, 1, 0) != 0;
 }
 
 int
@@ -509,7 +523,12 @@ pg_tx(struct pg *p, int (*fn)(struct pg_conn *c, void *arg), void *arg,
 	for (int attempt = 0; attempt < 3; attempt++) {
 		if ((r = pg_acquire(p, &c)) != 0)
 			return r;
-		if ((r = pg_begin(c)) == 0 && (r = fn(c, arg)) == 0)
+		if ((r = pg_begin(c)) != 0 && c->dead && attempt == 0) {
+			/* Lost before anything was done: once more, reconnected. */
+			pg_release(p, c);
+			continue;
+		}
+		if (r == 0 && (r = fn(c, arg)) == 0)
 			r = pg_commit(c, unknown);
 		if (r != 0) {
 			int retry = strcmp(c->sqlstate, "40001") == 0 ||

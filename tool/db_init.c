@@ -126,14 +126,14 @@ out:
 	return r;
 }
 
-/* Version found before (0: none), or a code for a newer schema. */
+/* Version found before (-1: no schema), or a code for a newer schema. */
 static int
 schema_version(struct pg_conn *c, int *found)
 {
 	PGresult *res = NULL;
 	int r;
 
-	*found = 0;
+	*found = -1;
 	if ((r = pg_exec(c, "SELECT to_regclass('hsmfs_schema_version') IS NOT NULL",
 	    0, NULL, NULL, NULL, 0, &res)) != 0)
 		return r;
@@ -220,7 +220,7 @@ init_db(struct pg_conn *c, const struct dbopts *o, const char *lines)
 		/* Migrations from `before` go here, one per version. */
 		if ((r = pg_exec_script(c, pg_schema_sql)) != 0)
 			return r;
-		if (before == 0)
+		if (before < 0)
 			schema = "created";
 		else if (before < PG_SCHEMA_VERSION)
 			schema = "migrated";
