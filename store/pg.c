@@ -21,6 +21,7 @@ struct pg_conn {
 	PGconn *conn;
 	int busy;
 	int dead;            /* replace at the next acquire */
+	int timed_out;       /* the last query had no answer in time */
 	char sqlstate[6];
 };
 
@@ -418,11 +419,89 @@ result_error(struct pg_conn *c, PGresult *res)
 	if (PQstatus(c->conn) != CONNECTION_OK || (state && strncmp(state, "08", 2) == 0))
 		c->dead = 1;
 	one_line(prim ? prim : PQerrorMessage(c->conn), line, sizeof(line));
-	if (c->dead && (state == NULL || *state == '\0'))
+	if (c->timed_out) {
+		c->timed_out = 0;
+		err_set("database: no answer within %d ms (server hung or "
+		    "unreachable); connection dropped", PG_CLIENT_DEADLINE);
+	} else if (c->dead && (state == NULL || *state == '\0'))
 		err_set("database: connection lost: %s", line);
 	else
 		err_set("database: %s (SQLSTATE %s)", line, state ? state : "?");
 	return map_sqlstate(state);
+}
+
+/* The answer to the query just sent, within PG_CLIENT_DEADLINE ms: a
+ * server that accepts but never answers (stopped, hung, a dead peer whose
+ * kernel still ACKs) would otherwise block the caller for ever, since
+ * statement_timeout runs in the server and keepalives see a live kernel.
+ * Past the deadline the connection is dropped
+ * (NULL, c->dead, a COMMIT's outcome unknown). Returns the last result. */
+static PGresult *
+wait_result(struct pg_conn *c, int *timed_out)
+{
+	uint64_t end = now_us() + (uint64_t)PG_CLIENT_DEADLINE * 1000u;
+	PGresult *last = NULL, *rs;
+	struct pollfd pfd;
+
+	*timed_out = 0;
+	for (;;) {
+		int flush = PQflush(c->conn);
+		uint64_t now;
+
+		if (flush < 0)
+			break;
+		if (flush == 0 && !PQisBusy(c->conn)) {
+			if ((rs = PQgetResult(c->conn)) == NULL)
+				return last;
+			PQclear(last);
+			last = rs;
+			continue;
+		}
+		if ((now = now_us()) >= end) {
+			/* No PQcancel: it waits, unbounded, for the postmaster
+			 * to close its socket. Dropping the connection is
+			 * enough: the server's statement_timeout ends the
+			 * statement, and a backend whose client is gone rolls
+			 * its transaction back. */
+			*timed_out = 1;
+			break;
+		}
+		pfd.fd = PQsocket(c->conn);
+		pfd.events = POLLIN | (flush ? POLLOUT : 0);
+		pfd.revents = 0;
+		if (poll(&pfd, 1, (int)((end - now) / 1000u) + 1) < 0 && errno != EINTR)
+			break;
+		if ((pfd.revents & (POLLIN | POLLERR | POLLHUP)) &&
+		    !PQconsumeInput(c->conn))
+			break;
+	}
+	PQclear(last);
+	c->dead = 1;
+	return NULL;
+}
+
+static PGresult *
+run_query(struct pg_conn *c, const char *sql, int nparams,
+    const char *const *values, const int *lengths, const int *formats,
+    int result_binary, int script)
+{
+	PGresult *rs;
+	int sent, timed_out = 0;
+
+	if (script)
+		sent = PQsendQuery(c->conn, sql);
+	else
+		sent = PQsendQueryParams(c->conn, sql, nparams, NULL, values, lengths,
+		    formats, result_binary);
+	if (!sent) {
+		if (PQstatus(c->conn) != CONNECTION_OK)
+			c->dead = 1;
+		return NULL;
+	}
+	rs = wait_result(c, &timed_out);
+	if (timed_out)
+		c->timed_out = 1;
+	return rs;
 }
 
 int
@@ -436,8 +515,7 @@ pg_exec(struct pg_conn *c, const char *sql, int nparams,
 	if (res)
 		*res = NULL;
 	c->sqlstate[0] = '\0';
-	rs = PQexecParams(c->conn, sql, nparams, NULL, values, lengths, formats,
-	    result_binary);
+	rs = run_query(c, sql, nparams, values, lengths, formats, result_binary, 0);
 	t = rs ? PQresultStatus(rs) : PGRES_FATAL_ERROR;
 	if (t != PGRES_COMMAND_OK && t != PGRES_TUPLES_OK) {
 		int r = result_error(c, rs);
@@ -454,10 +532,13 @@ pg_exec(struct pg_conn *c, const char *sql, int nparams,
 int
 pg_exec_script(struct pg_conn *c, const char *sql)
 {
-	PGresult *rs = PQexec(c->conn, sql);
-	ExecStatusType t = rs ? PQresultStatus(rs) : PGRES_FATAL_ERROR;
+	PGresult *rs;
+	ExecStatusType t;
 	int r = 0;
 
+	c->sqlstate[0] = '\0';
+	rs = run_query(c, sql, 0, NULL, NULL, NULL, 0, 1);
+	t = rs ? PQresultStatus(rs) : PGRES_FATAL_ERROR;
 	if (t != PGRES_COMMAND_OK && t != PGRES_TUPLES_OK)
 		r = result_error(c, rs);
 	PQclear(rs);
@@ -505,7 +586,7 @@ pg_rollback(struct pg_conn *c)
 		c->dead = 1;
 		return;
 	}
-	rs = PQexec(c->conn, "ROLLBACK");
+	rs = run_query(c, "ROLLBACK", 0, NULL, NULL, NULL, 0, 0);
 	if (rs == NULL || PQresultStatus(rs) != PGRES_COMMAND_OK)
 		c->dead = 1;
 	PQclear(rs);

@@ -23,7 +23,10 @@
  *
  * Reconnection is automatic: a checked-out connection that is dead (the
  * server closed it, or a statement failed with the connection lost) is
- * replaced at the next pg_acquire. Errors are HSMFS_ERR_* with one
+ * replaced at the next pg_acquire. Every statement waits at most
+ * PG_CLIENT_DEADLINE for its answer (then the
+ * connection dropped), so no call blocks longer than connect_timeout +
+ * PG_CLIENT_DEADLINE whatever the server does. Errors are HSMFS_ERR_* with one
  * err_set() line "database: <server message> (SQLSTATE x)"; a lost or
  * unreachable server, a statement timeout: HSMFS_ERR_IO (EIO). */
 #ifndef HSMFS_STORE_PG_H
@@ -38,6 +41,10 @@
 #define PG_DEFAULT_CONNECT_TIMEOUT 5        /* s */
 #define PG_DEFAULT_STATEMENT_TIMEOUT 10000  /* ms */
 #define PG_DEFAULT_TCP_USER_TIMEOUT 15000   /* ms */
+/* Client-side bound on any one statement's answer: statement_timeout
+ * (server side) plus a margin; a server that never answers (hung, or
+ * stopped with its kernel alive) costs at most this, then EIO. */
+#define PG_CLIENT_DEADLINE (PG_DEFAULT_STATEMENT_TIMEOUT + 5000)  /* ms */
 
 struct pg_conf {
 	const char *uri;            /* shared=: a libpq URI or conninfo */

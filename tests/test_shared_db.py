@@ -6,6 +6,7 @@ docs/scale.md), and store/pg.c's behaviour when the server stops or
 restarts (through tests/unit/test-pg-probe.c). The mounts on a shared
 store come with the areas' backends (issue #16, next round)."""
 import os
+import signal
 import subprocess
 import time
 
@@ -349,3 +350,33 @@ def test_server_stopped_and_restarted(pg, db, owner, tcp, tmp_path):
         probe.close()
     assert owner_sql(pg, db, "SELECT string_agg(id, ',' ORDER BY id) FROM t"
                      ).stdout.strip() == "a,b,c"
+
+
+def test_server_hung(pg, db, owner):
+    """A server that accepts but never answers (here: every PostgreSQL
+    process stopped with SIGSTOP, the kernel still ACKs): a statement
+    fails with EIO once the client-side deadline (statement_timeout 10 s
+    + 5 s, store/pg.h PG_CLIENT_DEADLINE) passes, a new connection once
+    connect_timeout (5 s) passes; no hang. Resumed: served again."""
+    uri, pw = owner
+    probe = Probe(uri, pw)
+    pids = []
+    try:
+        assert probe.cmd("ping").startswith("ok ")
+        with open(os.path.join(pg.data, "postmaster.pid")) as f:
+            pm = int(f.readline())
+        pids = [pm] + [int(x) for x in run(["pgrep", "-P", str(pm)],
+                                           check=False).stdout.split()]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        out = probe.cmd("ping")
+        assert out.startswith("err -1009 ") and "no answer within 15000 ms" in out, out
+        out = probe.cmd("ping")
+        assert out.startswith("err -1009 ") and "timeout expired" in out, out
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    try:
+        assert probe.cmd("ping").startswith("ok ")
+    finally:
+        probe.close()
