@@ -364,8 +364,9 @@ pg_release(struct pg *p, struct pg_conn *c)
 	if (c == NULL)
 		return;
 	/* Never hand out a connection inside a transaction. */
-	if (c->conn && PQtransactionStatus(c->conn) != PQTRANS_IDLE) {
-		if (PQtransactionStatus(c->conn) == PQTRANS_UNKNOWN)
+	if (c->conn && !c->dead && PQtransactionStatus(c->conn) != PQTRANS_IDLE) {
+		PGTransactionStatusType t = PQtransactionStatus(c->conn);
+		if (t == PQTRANS_UNKNOWN || t == PQTRANS_ACTIVE)
 			c->dead = 1;
 		else
 			pg_rollback(c);
