@@ -290,6 +290,45 @@ def test_fingerprint_rule(hsm, pg, db, owner, config, tmp_path):
     db_init(rot, uri, pw, check=True)
 
 
+def test_node_join(pg, db, owner, config, tmp_path):
+    """What a node does at mount (store/pg_cluster.h, JOIN): the schema
+    check, the configuration rule, the union recorded on a rolling
+    rotation, the node registered; the cluster's origin returned."""
+    uri, pw = owner
+    probe0 = Probe(uri, pw)
+    try:
+        f = tmp_path / "lines"
+        f.write_text("EncryptedFields v1 size=256 cert=aa\n")
+        out = probe0.cmd(f"join n0 {f}")
+        assert "no hsmfs schema; run hsmfs-tool db-init" in out
+    finally:
+        probe0.close()
+    db_init(config, uri, pw, role=pgcluster.DAEMON)
+    lines = pg.sql("SELECT config_lines FROM hsmfs_cluster", db=db) + "\n"
+    same, newer, lacking = (tmp_path / n for n in ("same", "newer", "lacking"))
+    same.write_text(lines)
+    extra = "EncryptedFields v7 algorithm=AES/CBC/PKCS7Padding size=256 key=k7 cert=77"
+    newer.write_text("".join(sorted(lines.splitlines(True) + [extra + "\n"])))
+    lacking.write_text("".join(l for l in lines.splitlines(True)
+                               if not l.startswith("ObjectHistorySigner v1 ")))
+    probe = Probe(uri, pw)
+    try:
+        assert probe.cmd(f"join node-a {same}") == f"ok 0 hsmfs/{db}"
+        out = probe.cmd(f"join node-b {lacking}")
+        assert out.startswith("err -1008 ") and "ObjectHistorySigner version 1 is " \
+            "in the cluster's configuration, not in this node's" in out
+        assert probe.cmd(f"join node-b {newer}") == f"ok 1 hsmfs/{db}"
+        assert extra in pg.sql("SELECT config_lines FROM hsmfs_cluster", db=db)
+        # node-a, not yet rotated, must now add version 7 too.
+        out = probe.cmd(f"join node-a {same}")
+        assert "EncryptedFields version 7 is in the cluster's" in out
+        assert probe.cmd(f"join node-a {newer}") == f"ok 0 hsmfs/{db}"
+    finally:
+        probe.close()
+    assert pg.sql("SELECT string_agg(name, ',' ORDER BY name) FROM hsmfs_nodes",
+                  db=db) == "node-a,node-b"
+
+
 class Probe:
     """tests/unit/test-pg-probe.c: one store/pg pool in a process."""
 

@@ -6,6 +6,7 @@
  * makes at mount (schema version, configuration) and reports them. */
 #include "tool/tool.h"
 #include "store/pg.h"
+#include "store/pg_cluster.h"
 #include "crypto/fingerprint.h"
 #include "common/err.h"
 
@@ -155,56 +156,16 @@ schema_version(struct pg_conn *c, int *found)
 	return 0;
 }
 
-/* Compare with the recorded configuration; record it (first time, or the
- * union of a rolling rotation) unless check_only. *what: for the output. */
-static int
-record_config(struct pg_conn *c, const struct dbopts *o, const char *lines,
-    const char **what)
-{
-	PGresult *res = NULL;
-	char hex[65];
-	const char *v[3];
-	int r;
-
-	fingerprint_hash(lines, hex);
-	if ((r = pg_exec(c, "SELECT config_lines FROM hsmfs_cluster FOR UPDATE",
-	    0, NULL, NULL, NULL, 0, &res)) != 0)
-		return r;
-	v[0] = hex;
-	v[1] = lines;
-	if (PQntuples(res) == 0) {
-		PQclear(res);
-		*what = "recorded";
-		if (o->check) {
-			err_set("the database has no configuration recorded; run "
-			    "hsmfs-tool db-init");
-			return HSMFS_ERR_CONFIG;
-		}
-		v[2] = o->origin;
-		return pg_exec(c, "INSERT INTO hsmfs_cluster (fingerprint, "
-		    "config_lines, origin) VALUES ($1, $2, coalesce($3, 'hsmfs/' || "
-		    "current_database()))", 3, v, NULL, NULL, 0, NULL);
-	}
-	r = fingerprint_compare(PQgetvalue(res, 0, 0), lines);
-	PQclear(res);
-	if (r < 0)
-		return r;
-	if (r == 0) {
-		*what = "unchanged";
-		return 0;
-	}
-	*what = o->check ? "accepted as a rolling rotation" :
-	    "extended (rolling rotation: the newer versions are recorded)";
-	if (o->check)
-		return 0;
-	return pg_exec(c, "UPDATE hsmfs_cluster SET fingerprint = $1, "
-	    "config_lines = $2, updated = now()", 2, v, NULL, NULL, 0, NULL);
-}
-
 static int
 init_db(struct pg_conn *c, const struct dbopts *o, const char *lines)
 {
-	const char *what = "", *schema = "up to date";
+	static const char *const what[2][3] = {
+		{ "unchanged", "extended (rolling rotation: the newer versions are "
+		    "recorded)", "recorded" },
+		{ "unchanged", "accepted as a rolling rotation", "recorded" },
+	};
+	struct pg_cluster_info info;
+	const char *schema = "up to date";
 	int r, before;
 
 	if ((r = pg_begin(c)) != 0)
@@ -227,18 +188,16 @@ init_db(struct pg_conn *c, const struct dbopts *o, const char *lines)
 		if (o->role && (r = grant(c, o->role)) != 0)
 			return r;
 	}
-	if ((r = record_config(c, o, lines, &what)) != 0)
+	if ((r = pg_cluster_config(c, o->check ? PG_CLUSTER_CHECK : PG_CLUSTER_INIT,
+	    NULL, lines, o->origin, &info)) != 0)
 		return r;
 	if (o->check)
 		pg_rollback(c);
 	else if ((r = pg_commit(c, NULL)) != 0)
 		return r;
-	{
-		char hex[65];
-		fingerprint_hash(lines, hex);
-		printf("db-init: schema version %d %s; configuration %.16s %s\n",
-		    PG_SCHEMA_VERSION, o->check ? "ok" : schema, hex, what);
-	}
+	printf("db-init: schema version %d %s; configuration %.16s %s; origin %s\n",
+	    PG_SCHEMA_VERSION, o->check ? "ok" : schema, info.fingerprint,
+	    what[o->check][info.outcome], info.origin);
 	return 0;
 }
 

@@ -5,8 +5,11 @@
  *   status        -> "state=up|down reconnects=N failures=N open=N"
  *   tx TABLE ID   -> inserts ID into TABLE (id text) in pg_tx: "ok" | "err ..." |
  *                    "unknown ..." (COMMIT outcome unknown)
+ *   join NODE FILE -> pg_cluster_config(JOIN) with FILE's fingerprint lines:
+ *                    "ok OUTCOME ORIGIN" | "err CODE MS detail"
  * It opens the pool first: "open" or "err CODE MS detail" and exit 1. */
 #include "store/pg.h"
+#include "store/pg_cluster.h"
 #include "common/err.h"
 
 #include <stdio.h>
@@ -43,6 +46,18 @@ insert(struct pg_conn *c, void *arg)
 	return pg_exec(c, sql, 1, &in->id, NULL, NULL, 0, NULL);
 }
 
+struct join { const char *node; char lines[8192]; struct pg_cluster_info info; };
+
+static int
+join(struct pg_conn *c, void *arg)
+{
+	struct join *j = arg;
+	int r = pg_schema_check(c);
+
+	return r ? r : pg_cluster_config(c, PG_CLUSTER_JOIN, j->node, j->lines,
+	    NULL, &j->info);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -67,7 +82,7 @@ main(int argc, char **argv)
 	}
 	printf("open\n");
 	while (fgets(line, sizeof(line), stdin)) {
-		char table[64], id[64];
+		char table[64], id[64], node[64], file[256];
 		unsigned long n;
 		uint64_t rtt;
 
@@ -103,6 +118,18 @@ main(int argc, char **argv)
 			else
 				printf("%s %d %.0f %s\n", unknown ? "unknown" : "err", r,
 				    now_ms() - t0, err_detail());
+		} else if (sscanf(line, "join %63s %255s", node, file) == 2) {
+			static struct join j;
+			FILE *f = fopen(file, "r");
+			size_t n = f ? fread(j.lines, 1, sizeof(j.lines) - 1, f) : 0;
+			if (f)
+				fclose(f);
+			j.lines[n] = '\0';
+			j.node = node;
+			if ((r = pg_tx(p, join, &j, NULL)) == 0)
+				printf("ok %d %s\n", (int)j.info.outcome, j.info.origin);
+			else
+				printf("err %d %.0f %s\n", r, now_ms() - t0, err_detail());
 		} else {
 			printf("? %s\n", line);
 		}
