@@ -18,7 +18,8 @@ libssl-dev openssl libcurl4-openssl-dev libp11-kit-dev softhsm2 opensc python3 p
 python3-aiosmtpd python3-asn1crypto python3-prometheus-client default-jdk-headless attr unzip zip
 procps curl psmisc systemd groff-base util-linux p11-kit p11-kit-modules swtpm swtpm-tools
 tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools dbus-daemon
-libsystemd-dev rsync vim-tiny"
+libsystemd-dev rsync vim-tiny
+libpq-dev postgresql-15"
 [ -n "$fuzz" ] && PKGS="$PKGS clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do

@@ -8,10 +8,16 @@
 #ifndef HSMFS_STORE_STORE_H
 #define HSMFS_STORE_STORE_H
 
+struct pg;
+
 struct store_conf {
 	int dirfd;                   /* STORE (O_DIRECTORY), node-local state */
 	const char *shared;          /* NULL, or a libpq URI (shared=) */
 	const char *shared_password; /* NULL, or a file holding the password */
+	struct pg *pg;               /* the shared store's connections
+	                                (store/pg.h), opened once by the
+	                                daemon or tool from shared=; NULL:
+	                                the directory backend */
 };
 
 #endif

@@ -33,6 +33,8 @@ static const struct tool_cmd cmds[] = {
 	    "read a plaintext on stdin, print an NX02 envelope", 1},
 	{"rekey-fields", cmd_rekey_fields, "-o config=FILE STORE",
 	    "rewrap every field to the newest EncryptedFields version", 1},
+	{"db-init", cmd_db_init, "[--check] -o config=FILE,shared=URL[,shared_password=FILE][,daemon_role=NAME][,origin=NAME]",
+	    "create or migrate the shared store's schema, record the configuration", 1},
 	{"status", cmd_status, "MOUNTPOINT [--format=text|prometheus|json]",
 	    "show a mount's status (text), or its metrics (prometheus, json)", 0},
 	{"reload", cmd_reload, "MOUNTPOINT",

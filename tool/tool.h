@@ -44,5 +44,6 @@ int cmd_seal_field(int argc, char **argv);
 int cmd_rekey_fields(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_reload(int argc, char **argv);
+int cmd_db_init(int argc, char **argv);
 
 #endif
