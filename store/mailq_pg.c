@@ -40,6 +40,9 @@
  * sender looks at the queue at least this often (s); also the retry
  * period while the database is unreachable. */
 #define MAILQ_PG_POLL 5
+/* Leases this handle holds (one per sender thread in practice), and
+ * deliveries whose completion could not reach the database yet. */
+#define MAILQ_PG_HELD 16
 
 struct mailq {
 	struct pg *pg;
@@ -49,6 +52,10 @@ struct mailq {
 	int down;                     /* the outage is logged (once) */
 	size_t nq, nfailed;           /* the last summary that worked */
 	long long oldest, next;
+	struct mailq_item held[MAILQ_PG_HELD];  /* leased here (lock) */
+	size_t nheld;
+	char pending[MAILQ_PG_HELD][MAILQ_NAME_MAX];  /* sent, to record */
+	size_t npending;
 };
 
 struct mailq_reader {
@@ -108,6 +115,43 @@ note_state(struct mailq *q, int r)
 		log_info("mail: the shared queue's database is back");
 	q->down = io;
 	pthread_mutex_unlock(&q->lock);
+}
+
+/* The leases held here (lock taken inside). */
+static void
+held_add(struct mailq *q, const struct mailq_item *it)
+{
+	pthread_mutex_lock(&q->lock);
+	if (q->nheld < MAILQ_PG_HELD)
+		q->held[q->nheld++] = *it;
+	pthread_mutex_unlock(&q->lock);
+}
+
+static void
+held_del(struct mailq *q, const char *name)
+{
+	pthread_mutex_lock(&q->lock);
+	for (size_t i = 0; i < q->nheld; i++)
+		if (strcmp(q->held[i].name, name) == 0) {
+			q->held[i] = q->held[--q->nheld];
+			break;
+		}
+	pthread_mutex_unlock(&q->lock);
+}
+
+static int
+held_find(struct mailq *q, const char *name, struct mailq_item *out)
+{
+	int found = 0;
+	pthread_mutex_lock(&q->lock);
+	for (size_t i = 0; i < q->nheld && !found; i++)
+		if (strcmp(q->held[i].name, name) == 0) {
+			found = 1;
+			if (out)
+				*out = q->held[i];
+		}
+	pthread_mutex_unlock(&q->lock);
+	return found;
 }
 
 /* One statement on a pool connection: binary results, text parameters
@@ -313,6 +357,8 @@ mailq_requeue(struct mailq *q, const char *name)
 
 /* ---- delivery ---- */
 
+static int flush_pending(struct mailq *q);
+
 /* When the sender should look again: the earliest due time or lease
  * expiry, at most MAILQ_PG_POLL s away (other nodes queue too). */
 static long long
@@ -355,7 +401,8 @@ mailq_lease(struct mailq *q, long long now, long long lease_s,
 
 	(void)now;      /* the database's clock decides, the same for all nodes */
 	snprintf(ls, sizeof(ls), "%lld", lease_s);
-	if ((r = q_exec(q, sql, 2, v, NULL, NULL, &res)) != 0) {
+	if ((r = flush_pending(q)) != 0 ||
+	    (r = q_exec(q, sql, 2, v, NULL, NULL, &res)) != 0) {
 		if (soonest)
 			*soonest = now_s() + MAILQ_PG_POLL;
 		return r;
@@ -375,6 +422,7 @@ mailq_lease(struct mailq *q, long long now, long long lease_s,
 	out->msglen = (size_t)col_i64(res, 0, 5);
 	out->leased = 1;
 	PQclear(res);
+	held_add(q, out);
 	if (soonest)
 		*soonest = -1;
 	return 0;
@@ -416,20 +464,58 @@ finish(struct mailq *q, const char *name, const char *outcome,
 
 	if (r == HSMFS_ERR_NOTFOUND)
 		log_warn("%s", err_detail());
+	if (r == 0 || r == HSMFS_ERR_NOTFOUND)
+		held_del(q, name);
 	return r;
+}
+
+/* Record the deliveries the database missed (lock not held): 0 when
+ * none is left. They stay ours while their lease runs, so recorded
+ * before it expires nothing is sent twice. */
+static int
+flush_pending(struct mailq *q)
+{
+	char name[MAILQ_NAME_MAX];
+	int r = 0;
+
+	for (;;) {
+		pthread_mutex_lock(&q->lock);
+		if (q->npending == 0) {
+			pthread_mutex_unlock(&q->lock);
+			return 0;
+		}
+		memcpy(name, q->pending[q->npending - 1], sizeof(name));
+		pthread_mutex_unlock(&q->lock);
+		if ((r = finish(q, name, "sent", NULL)) == HSMFS_ERR_IO)
+			return r;
+		pthread_mutex_lock(&q->lock);
+		q->npending--;
+		pthread_mutex_unlock(&q->lock);
+	}
 }
 
 int
 mailq_complete(struct mailq *q, const char *name)
 {
-	return finish(q, name, "sent", NULL);
+	int r = finish(q, name, "sent", NULL);
+
+	/* Delivered but not recorded: like the directory backend's batches
+	 * (mailq.h), recorded at the next mailq_sync or lease. */
+	if (r == HSMFS_ERR_IO) {
+		pthread_mutex_lock(&q->lock);
+		if (q->npending < MAILQ_PG_HELD) {
+			snprintf(q->pending[q->npending++], MAILQ_NAME_MAX, "%s", name);
+			r = 0;
+		}
+		pthread_mutex_unlock(&q->lock);
+	}
+	return r;
 }
 
 int
 mailq_sync(struct mailq *q)
 {
-	(void)q;        /* every call commits */
-	return 0;
+	return flush_pending(q);     /* every other call commits */
 }
 
 int
@@ -448,13 +534,17 @@ mailq_defer(struct mailq *q, const char *name, long long next,
 {
 	char when[24];
 	const char *v[4] = { name, q->holder, when, reason };
+	int r;
 
 	snprintf(when, sizeof(when), "%lld", next);
-	return q_exec_one(q, "UPDATE hsmfs_mail_queue SET state = 'queued', "
+	r = q_exec_one(q, "UPDATE hsmfs_mail_queue SET state = 'queued', "
 	    "due = to_timestamp($3::bigint), reason = $4, lease_holder = NULL, "
 	    "lease_expiry = NULL WHERE name = $1 AND state = 'sending' AND "
 	    "lease_holder = $2", 4, v, NULL, NULL, name,
 	    "the lease passed to another node");
+	if (r == 0 || r == HSMFS_ERR_NOTFOUND)
+		held_del(q, name);
+	return r;
 }
 
 /* ---- views ---- */
@@ -471,9 +561,10 @@ mailq_find(struct mailq *q, const char *name, struct mailq_item *out)
 	PGresult *res;
 	int found;
 
-	/* An unreachable database: not found (the view shows nothing). */
+	/* An unreachable database: only the leases held here (so the
+	 * sender settles them), else not found (the view shows nothing). */
 	if (q_exec(q, sql, 1, &name, NULL, NULL, &res) != 0)
-		return 0;
+		return held_find(q, name, out);
 	if ((found = PQntuples(res) == 1) && out != NULL) {
 		memset(out, 0, sizeof(*out));
 		snprintf(out->name, sizeof(out->name), "%s", name);

@@ -196,23 +196,34 @@ def test_fail_defer_requeue_stage(pg, db, nodes):
 def test_database_stops_and_returns(pg, db, nodes):
     """Stopped: every call fails with EIO (HSMFS_ERR_IO) at once (bounded
     by the pg deadlines), a failed lease says when to look again (the
-    sender's retry), views are empty, the summary is the last known one;
-    started: the same handles work again without reopening."""
+    sender's retry), views are empty but for the leases a node holds, the
+    summary is the last known one; a delivery completed meanwhile is
+    recorded at the next sync (its lease still runs: not sent twice).
+    Started: the same handles work again without reopening."""
     nodes.ok("enq A p1 <p1@test>")
-    assert nodes.ok("summary A") == "1 0"
+    nodes.ok("enq A p2 <p2@test>")
+    assert nodes.ok("summary A") == "2 0"
+    held = nodes.ok("lease B 600").split()[0]
+    other = ({"p1", "p2"} - {held}).pop()
     pg.stop()
     try:
         out = nodes.err("lease B 600", IO)
         soonest = int(out.split("soonest=")[1].split()[0])
         assert 0 < soonest <= 5
-        nodes.err("enq A p2 <p2@test>", IO)
+        nodes.ok(f"complete B {held}")          # delivered; recorded later
+        nodes.err("sync B", IO)
+        assert nodes.ok(f"find B {held}").split()[:2] == ["1", "1"]
+        assert nodes(f"find A {held}") == "none"
+        nodes.err("enq A p3 <p3@test>", IO)
         nodes.err("list A s", IO)
-        assert nodes("find A p1") == "none"
-        assert nodes.ok("summary A") == "1 0"     # the last known
+        assert nodes.ok("summary A") == "2 0"   # the last known
     finally:
         pg.start()
-    assert nodes.ok("lease B 600") == "p1 1"
-    nodes.ok("complete B p1")
-    nodes.ok("enq A p2 <p2@test>")
-    assert nodes.ok("list A s") == "p1"
-    assert nodes.ok("list B q") == "p2"
+    nodes.ok("sync B")
+    assert nodes.ok("list A s") == held
+    assert nodes.ok("lease B 600") == f"{other} 1"
+    nodes.ok(f"complete B {other}")
+    nodes.ok("enq A p3 <p3@test>")
+    assert nodes.ok("list A s") == "p1,p2"
+    assert nodes.ok("list B q") == "p3"
+    assert len(done_rows(pg, db)) == 2

@@ -6,7 +6,7 @@
  * queued, sent, failed, staged; PART: msg sig reason):
  *   enq H NAME MSGID         queue "Subject: NAME" signed "SIG NAME"
  *   lease H SECS             -> "ok NAME ATTEMPTS" | "none SOONEST-NOW"
- *   complete|requeue H NAME  fail H NAME REASON   defer H NAME SECS REASON
+ *   complete|requeue H NAME  sync H  fail H NAME REASON   defer H NAME SECS REASON
  *   setsig H NAME SIG        remove H BOX NAME
  *   stage H TMP | stage0 H TMP | publish H TMP NAME
  *   list H BOX               -> "ok a,b,c" (sorted)
@@ -171,6 +171,8 @@ command(struct mailq *q, const char *cmd, char *a1, char *a2, char *rest)
 		}
 	} else if (strcmp(cmd, "complete") == 0) {
 		r = mailq_complete(q, a1);
+	} else if (strcmp(cmd, "sync") == 0) {
+		r = mailq_sync(q);
 	} else if (strcmp(cmd, "requeue") == 0) {
 		r = mailq_requeue(q, a1);
 	} else if (strcmp(cmd, "fail") == 0) {
