@@ -198,8 +198,8 @@ def test_daemon_role_cannot_alter_history(pg, db, owner, config):
     p = daemon_sql(pg, db, "INSERT INTO hsmfs_fields (name, envelope) VALUES "
                    "('a', 'NX02...'); UPDATE hsmfs_fields SET version = 2; "
                    "DELETE FROM hsmfs_fields; UPDATE hsmfs_history_objects SET "
-                   "size = 1; INSERT INTO hsmfs_mail_queue (message_id, entry) "
-                   "VALUES ('<m1@x>', '\\x00'::bytea); DELETE FROM hsmfs_mail_queue")
+                   "size = 1; INSERT INTO hsmfs_mail_queue (name, message_id, entry) "
+                   "VALUES ('m1', '<m1@x>', '\\x00'::bytea); DELETE FROM hsmfs_mail_queue")
     assert p.returncode == 0, p.stderr
     # ... but not the schema version.
     p = daemon_sql(pg, db, "UPDATE hsmfs_schema_version SET version = 2")

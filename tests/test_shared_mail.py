@@ -13,7 +13,8 @@ import pytest
 
 import pgcluster
 from conftest import BUILD
-from test_shared_db import config, db, db_init, owner, pg, pwfile  # noqa: F401
+from test_shared_db import (config, db, db_init, owner, owner_sql, pg,  # noqa: F401
+                            pwfile)
 
 PROBE = os.path.join(BUILD, "tests", "test-mailq-pg")
 IO, NOTFOUND, PERM, INVALID = -1009, -1007, -1013, -1002
@@ -227,3 +228,36 @@ def test_database_stops_and_returns(pg, db, nodes):
     assert nodes.ok("list A s") == "p1,p2"
     assert nodes.ok("list B q") == "p3"
     assert len(done_rows(pg, db)) == 2
+
+
+def test_schema_1_migrates(pg, db, owner, config, tmp_path):
+    """A version 1 database (its mail tables as version 1 made them, a
+    queued row in them) is migrated in place by db-init: the row keeps its
+    message and gets a name; a node then works on it."""
+    uri, pw = owner
+    db_init(config, uri, pw, role=pgcluster.DAEMON)
+    p = owner_sql(pg, db, """
+        DROP INDEX hsmfs_mail_queue_name, hsmfs_mail_queue_message_id,
+            hsmfs_mail_done_name, hsmfs_mail_done_message_id;
+        ALTER TABLE hsmfs_mail_queue DROP COLUMN name, DROP COLUMN signed,
+            DROP COLUMN msg_date, ADD UNIQUE (message_id);
+        ALTER TABLE hsmfs_mail_done DROP COLUMN name, DROP COLUMN signed,
+            DROP COLUMN msg_date, DROP COLUMN queued;
+        DELETE FROM hsmfs_schema_version WHERE version > 1;
+        INSERT INTO hsmfs_mail_queue (message_id, entry)
+            VALUES ('<old@test>', 'Subject: old');""")
+    assert p.returncode == 0, p.stderr
+    p = db_init(config, uri, pw, role=pgcluster.DAEMON)
+    assert "schema version 2 migrated" in p.stdout
+    name = pg.sql("SELECT name FROM hsmfs_mail_queue", db=db)
+    assert name.startswith("queued-")
+    dpw = pwfile(tmp_path / "daemon.pw", pgcluster.DAEMON_PW)
+    n = Nodes(pg.uri(pgcluster.DAEMON, db), dpw, tmp_path)
+    try:
+        assert n.ok("list A q") == name
+        assert n.ok(f"part B q msg {name}") == "12 Subject: old"
+        assert n.ok("lease B 600") == f"{name} 1"
+        n.ok(f"complete B {name}")
+        n.ok("enq A new <old@test>")     # Message-ID no longer unique
+    finally:
+        n.close()
