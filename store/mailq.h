@@ -7,9 +7,9 @@
  * Every call is the unit of durability: when it returns 0 its change is
  * stored (mailq_complete excepted, see there). Callers never see how:
  * the directory backend (store/mailq_dir.c) renames files under
- * STORE/mail/ and keeps an in-memory index with in-process leases; a
- * shared backend keeps rows and claims with SELECT ... FOR UPDATE SKIP
- * LOCKED and lease columns. Returns 0 or a negative HSMFS_ERR_* (detail
+ * STORE/mail/ and keeps an in-memory index with in-process leases; the
+ * shared backend (store/mailq_pg.c) keeps rows and claims with SELECT
+ * ... FOR UPDATE SKIP LOCKED and lease columns (store/mailq.c picks). Returns 0 or a negative HSMFS_ERR_* (detail
  * in err_detail()). Thread-safe: one internal lock, never held across a
  * caller's code except a listing callback. */
 #ifndef HSMFS_STORE_MAILQ_H
@@ -68,7 +68,10 @@ void mailq_entry_free(struct mailq_entry *e);
  * orphan schedules and reasons, move an entry that does not parse to
  * failed/ ("queue entry damaged (not sent)"), index the queue. *nqueued
  * and *oldest (queueing time; now when empty) describe what was found.
- * conf->shared != NULL: HSMFS_ERR_UNSUPPORTED (no shared backend yet). */
+ * conf->pg != NULL: the cluster's queue in PostgreSQL (store/mailq_pg.c;
+ * staged entries stay under STORE), where recovery is the lease expiry;
+ * else the directory under STORE (store/mailq_dir.c), which refuses
+ * conf->shared without conf->pg (HSMFS_ERR_UNSUPPORTED). */
 int mailq_open(const struct store_conf *conf, struct mailq **out,
     size_t *nqueued, long long *oldest);
 void mailq_close(struct mailq *q);
@@ -96,7 +99,10 @@ int mailq_requeue(struct mailq *q, const char *name);
  * time (then the oldest) for lease_s seconds; its attempts count goes up
  * by one. HSMFS_ERR_NOTFOUND when none is due; *soonest (may be NULL)
  * gets the earliest next time of any unleased entry, or -1. A lease ends
- * with mailq_complete, mailq_fail or mailq_defer. */
+ * with mailq_complete, mailq_fail or mailq_defer. The shared backend
+ * uses the database's clock for now and the lease (the same for every
+ * node), and sets *soonest at most a few seconds ahead (other nodes
+ * queue too; after HSMFS_ERR_IO: when to retry). */
 int mailq_lease(struct mailq *q, long long now, long long lease_s,
     struct mailq_item *out, long long *soonest);
 /* Re-sign an entry queued unsigned: its signed form is stored; Date and
@@ -105,7 +111,9 @@ int mailq_set_signed(struct mailq *q, const char *name,
     const struct mailq_hdr *h, const void *msg, const void *sig);
 /* Delivered: queued -> sent. At-least-once: the directory backend makes
  * completions durable in batches, at mailq_sync (a crash before only
- * re-sends, same Message-ID); where every call commits, sync is a no-op. */
+ * re-sends, same Message-ID); the shared backend commits each call and
+ * keeps for its next sync or lease only a completion the database missed
+ * (while the lease runs: not sent twice). */
 int mailq_complete(struct mailq *q, const char *name);
 int mailq_sync(struct mailq *q);
 /* Permanent failure: queued -> failed with "UTC-TIME reason", attempts,

@@ -13,7 +13,8 @@
  * one state after a crash. The index of queue/ (names, schedules,
  * leases) is in memory, guarded by q->lock with every rename into or
  * out of queue/. */
-#include "store/mailq.h"
+#define MAILQ_BE mailq_dir  /* store/mailq.c dispatches */
+#include "store/mailq_backend.h"
 #include "store/dirio.h"
 #include "crypto/smime.h"
 #include "common/err.h"

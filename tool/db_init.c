@@ -86,7 +86,7 @@ grant(struct pg_conn *c, const char *role)
 		"REVOKE UPDATE, DELETE, TRUNCATE ON hsmfs_history_records, "
 		    "hsmfs_checkpoints FROM %s",
 		"GRANT SELECT, INSERT, UPDATE, DELETE ON hsmfs_mail_queue TO %s",
-		"GRANT SELECT, INSERT ON hsmfs_mail_done TO %s",
+		"GRANT SELECT, INSERT, DELETE ON hsmfs_mail_done TO %s",
 		"GRANT USAGE ON ALL SEQUENCES IN SCHEMA %s TO %s",
 	};
 	PGresult *res = NULL;

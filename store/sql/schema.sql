@@ -1,4 +1,5 @@
--- hsmfs shared store (docs/scale.md, SPEC §9): schema version 1.
+-- hsmfs shared store (docs/scale.md, SPEC §9): schema version 2 (version 1
+-- plus the additive mail section at the end).
 -- Run by `hsmfs-tool db-init` as the schema owner, in one transaction under
 -- an advisory lock, every time (idempotent: IF NOT EXISTS / OR REPLACE).
 -- The GRANTs to the daemon role are issued by db-init (the role name is an
@@ -122,4 +123,28 @@ CREATE TRIGGER hsmfs_checkpoints_no_truncate
 	BEFORE TRUNCATE ON hsmfs_checkpoints
 	FOR EACH STATEMENT EXECUTE FUNCTION hsmfs_append_only();
 
-INSERT INTO hsmfs_schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+-- Version 2 (additive; migrates a version 1 database in place): the mail
+-- views by name (store/mailq_pg.c, docs/mail.md). A queued or done row
+-- keeps the entry's name (unique among queued ones), the message as
+-- written (entry), its signed wire form (signed, empty while signing is
+-- to be retried) and its Date; sent/ and failed/ keep the queueing time.
+-- Message-ID is indexed, no longer unique: two messages may carry the same
+-- one (as in a STORE), and it is how a duplicate delivery is recognised.
+ALTER TABLE hsmfs_mail_queue ADD COLUMN IF NOT EXISTS name text;
+UPDATE hsmfs_mail_queue SET name = 'queued-' || id WHERE name IS NULL;
+ALTER TABLE hsmfs_mail_queue ALTER COLUMN name SET NOT NULL;
+ALTER TABLE hsmfs_mail_queue ADD COLUMN IF NOT EXISTS signed bytea NOT NULL DEFAULT '\x'::bytea;
+ALTER TABLE hsmfs_mail_queue ADD COLUMN IF NOT EXISTS msg_date bigint NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX IF NOT EXISTS hsmfs_mail_queue_name ON hsmfs_mail_queue (name);
+ALTER TABLE hsmfs_mail_queue DROP CONSTRAINT IF EXISTS hsmfs_mail_queue_message_id_key;
+CREATE INDEX IF NOT EXISTS hsmfs_mail_queue_message_id ON hsmfs_mail_queue (message_id);
+ALTER TABLE hsmfs_mail_done ADD COLUMN IF NOT EXISTS name text;
+UPDATE hsmfs_mail_done SET name = 'done-' || id WHERE name IS NULL;
+ALTER TABLE hsmfs_mail_done ALTER COLUMN name SET NOT NULL;
+ALTER TABLE hsmfs_mail_done ADD COLUMN IF NOT EXISTS signed bytea NOT NULL DEFAULT '\x'::bytea;
+ALTER TABLE hsmfs_mail_done ADD COLUMN IF NOT EXISTS msg_date bigint NOT NULL DEFAULT 0;
+ALTER TABLE hsmfs_mail_done ADD COLUMN IF NOT EXISTS queued timestamptz NOT NULL DEFAULT now();
+CREATE INDEX IF NOT EXISTS hsmfs_mail_done_name ON hsmfs_mail_done (name, outcome);
+CREATE INDEX IF NOT EXISTS hsmfs_mail_done_message_id ON hsmfs_mail_done (message_id);
+
+INSERT INTO hsmfs_schema_version (version) VALUES (1), (2) ON CONFLICT DO NOTHING;
