@@ -1,4 +1,4 @@
-/* engineSignEncrypt.xml: parsing and validation (SPEC §2), descriptor and
+/* engineSignEncrypt.xml: parsing and validation (contract §2), descriptor and
  * key lookups, PIN sources and the pin.encrypted scramble. Owns every
  * string of struct engine; descriptors borrow their key from e->keys.
  * The parser refuses any DOCTYPE, so no entity or DTD is ever resolved. */
@@ -581,7 +581,7 @@ read_config(const char *path, char **buf, size_t *len)
 		    ENGINE_MAX_CONFIG);
 		goto out;
 	}
-	/* SPEC §2: the file holds PINs (or their scramble). */
+	/* contract §2: the file holds PINs (or their scramble). */
 	if (st.st_mode & 077)
 		log_warn("%s: accessible by group or others (mode %04o) but may "
 		    "hold PINs; run chmod 600 %s", path,

@@ -1,4 +1,4 @@
-/* JAR signing (SPEC §3): META-INF/MANIFEST.MF, <SIGNER>.SF and a detached
+/* JAR signing (contract §3): META-INF/MANIFEST.MF, <SIGNER>.SF and a detached
  * CMS <SIGNER>.RSA made the way jarsigner does. Signed zips copy the
  * entries' bytes raw (our writer, in place when the filesystem can insert
  * a range; libzip's when zip64 structures are needed). */

@@ -1,4 +1,4 @@
-/* The strict zip reader (SPEC §8): our own parse of the end record,
+/* The strict zip reader (contract §8): our own parse of the end record,
  * central directory and local headers (every byte of the file accounted
  * for, the work budget against bombs), then libzip's ZIP_CHECKCONS view
  * cross-checked entry by entry. Entry data (inflate, digests) is in
@@ -113,7 +113,7 @@ utf8_valid(const uint8_t *s, size_t n)
 }
 
 /* Entry names that could escape an extraction directory or confuse
- * readers are refused outright (SPEC §8). */
+ * readers are refused outright (contract §8). */
 static int
 name_check(const char *name, size_t n)
 {
@@ -219,7 +219,7 @@ cmp_name(const void *a, const void *b)
 	return c ? c : (x->nlen < y->nlen ? -1 : x->nlen > y->nlen);
 }
 
-/* Extra fields (SPEC §8): well-formed records that tile the field exactly,
+/* Extra fields (contract §8): well-formed records that tile the field exactly,
  * each id at most once, no record that changes an entry's name for some
  * readers only (Unicode path 0x7075 must repeat the name; Unicode comment
  * 0x6375 refused) and no zip structure signature anywhere inside (a
@@ -717,7 +717,7 @@ zarc_index(struct zarc *z)
 /* Read the archive once, every byte accounted for: the entries (local
  * header, data, data descriptor) tile the file from offset 0 in central
  * directory order, then the central directory, then the zip64 end record
- * and locator when needed, then the end record (SPEC §8). */
+ * and locator when needed, then the end record (contract §8). */
 int
 zarc_open(const char *path, struct zarc *z)
 {
