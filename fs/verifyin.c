@@ -298,7 +298,7 @@ content_hash(const char *name, int fd, uint8_t h[32])
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
-	if (store_read_file(vi.metadir, name, 256, &text, NULL) == 0 &&
+	if (util_read_file_at(vi.metadir, name, 256, &text, NULL) == 0 &&
 	    sscanf(text, "%llu %lld %lld %ld %lld %ld %64s", &ino, &size, &sec,
 	    &nsec, &csec, &cnsec, hex) == 7 && strlen(hex) == 64 &&
 	    ino == st.st_ino && size == st.st_size && sec == st.st_mtim.tv_sec &&
@@ -356,7 +356,7 @@ verdict(const char *name, int fd, char *text, size_t tlen)
 	EVP_MD_CTX_free(c);
 	util_hex(key, 32, hex);
 
-	if (store_read_file(vi.verdir, hex, VERDICT_MAX + 64, &cached, NULL) == 0) {
+	if (util_read_file_at(vi.verdir, hex, VERDICT_MAX + 64, &cached, NULL) == 0) {
 		long long until = 0;
 		char *sp = strchr(cached, ' ');
 		int valid = sp && strncmp(sp + 1, "valid ", 6) == 0;
