@@ -27,7 +27,7 @@
 #define VERIFY_XATTR "user.hsmfs.verify"
 #define VERDICT_MAX 1024
 /* Part of every verdict cache key: bump it whenever jar_verify (crypto/
- * jar.c) accepts or refuses anything differently, so that no verdict
+ * jar_verify.c) accepts or refuses anything differently, so that no verdict
  * reached under older rules is ever reused. 1 was the key without it
  * (content hash + trust only); 2: the strict reader of issue 12; 3: external
  * attributes (symlink, setuid, DOS directory bit on a file), names going

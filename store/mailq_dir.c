@@ -499,6 +499,19 @@ mailq_stage(struct mailq *q, const char *name, const struct mailq_hdr *h,
 	return store_fsync_dir(q->stagefd);
 }
 
+/* fromfd/from -> queue/name (never over an entry), both directories
+ * synced, then into the table. Lock held. */
+static int
+queue_in_locked(struct mailq *q, int fromfd, const char *from,
+    const char *name, const struct mailq_sched *st, size_t msglen)
+{
+	if (renameat2(fromfd, from, q->qfd, name, RENAME_NOREPLACE) < 0)
+		return hsmfs_errno_err(errno);
+	store_fsync_dir(q->qfd);
+	store_fsync_dir(fromfd);
+	return q_add_locked(q, name, st, msglen);
+}
+
 int
 mailq_publish(struct mailq *q, const char *tmp, const char *name,
     long long first_delay, struct mailq_hdr *h)
@@ -524,13 +537,9 @@ mailq_publish(struct mailq *q, const char *tmp, const char *name,
 		goto out;
 	}
 	unlinkat(q->retryfd, name, 0);
-	if (renameat2(q->stagefd, tmp, q->qfd, name, RENAME_NOREPLACE) < 0) {
-		r = hsmfs_errno_err(errno);
+	if ((r = queue_in_locked(q, q->stagefd, tmp, name, &st,
+	    eh.h.msglen)) != 0)
 		goto out;
-	}
-	store_fsync_dir(q->qfd);
-	store_fsync_dir(q->stagefd);
-	r = q_add_locked(q, name, &st, eh.h.msglen);
 	*h = eh.h;
 out:
 	pthread_mutex_unlock(&q->lock);
@@ -557,15 +566,13 @@ mailq_requeue(struct mailq *q, const char *name)
 		r = HSMFS_ERR_IO;
 		goto out;
 	}
-	if (renameat2(q->failfd, name, q->qfd, name, RENAME_NOREPLACE) < 0) {
-		r = hsmfs_errno_err(errno);
-		unlinkat(q->retryfd, name, 0);
+	if ((r = queue_in_locked(q, q->failfd, name, name, &st,
+	    eh.h.msglen)) != 0) {
+		if (!file_exists(q->qfd, name))
+			unlinkat(q->retryfd, name, 0);
 		goto out;
 	}
 	unlinkat(q->errfd, name, 0);
-	store_fsync_dir(q->qfd);
-	store_fsync_dir(q->failfd);
-	r = q_add_locked(q, name, &st, eh.h.msglen);
 out:
 	pthread_mutex_unlock(&q->lock);
 	return r;
