@@ -123,17 +123,18 @@ status_text(size_t *len, int ask)
 		nm = s.name;
 		fprintf(f, "key.%s.backend: %s\n", nm, s.backend);
 		fprintf(f, "key.%s.token: %s\n", nm, s.where);
-		fprintf(f, "key.%s.st.ops: %lu\n", nm, s.st.ops);
-		fprintf(f, "key.%s.st.errors: %lu\n", nm, s.st.errors);
-		fprintf(f, "key.%s.mean_ms: %.3f\n", nm, s.st.ops ? s.st.total_ms / s.st.ops : 0.0);
-		fprintf(f, "key.%s.st.last_result: %s\n", nm,
+		fprintf(f, "key.%s.ops: %lu\n", nm, s.st.ops);
+		fprintf(f, "key.%s.errors: %lu\n", nm, s.st.errors);
+		fprintf(f, "key.%s.mean_ms: %.3f\n", nm,
+		    s.st.ops ? s.st.total_ms / s.st.ops : 0.0);
+		fprintf(f, "key.%s.last_result: %s\n", nm,
 		    s.st.ops ? hsmfs_strerror(s.st.last_result) : "none");
-		fprintf(f, "key.%s.st.last_time: %lld\n", nm, s.st.last_time);
+		fprintf(f, "key.%s.last_time: %lld\n", nm, s.st.last_time);
 		fprintf(f, "key.%s.pool: %u/%u\n", nm, s.st.pool_in_use, s.st.pool_size);
 		if (s.pkcs11) {
 			fprintf(f, "key.%s.state: %s\n", nm,
 			    s.st.available ? "available" : "unavailable");
-			fprintf(f, "key.%s.st.logins: %lu\n", nm, s.st.logins);
+			fprintf(f, "key.%s.logins: %lu\n", nm, s.st.logins);
 			fprintf(f, "key.%s.reconnects: %lu\n", nm, s.st.reinits);
 		}
 		metrics_status_key(f, &s);
