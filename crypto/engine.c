@@ -1,4 +1,4 @@
-/* engineSignEncrypt.xml: parsing and validation (SPEC §2), descriptor and
+/* engineSignEncrypt.xml: parsing and validation (contract §2), descriptor and
  * key lookups, PIN sources and the pin.encrypted scramble. Owns every
  * string of struct engine; descriptors borrow their key from e->keys.
  * The parser refuses any DOCTYPE, so no entity or DTD is ever resolved. */
@@ -562,8 +562,7 @@ static int
 read_config(const char *path, char **buf, size_t *len)
 {
 	struct stat st;
-	char *b = NULL;
-	size_t n = 0;
+	char why[256];
 	int fd, r = HSMFS_ERR_CONFIG;
 
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) < 0) {
@@ -581,34 +580,23 @@ read_config(const char *path, char **buf, size_t *len)
 		    ENGINE_MAX_CONFIG);
 		goto out;
 	}
-	/* SPEC §2: the file holds PINs (or their scramble). */
+	/* contract §2: the file holds PINs (or their scramble). */
 	if (st.st_mode & 077)
 		log_warn("%s: accessible by group or others (mode %04o) but may "
 		    "hold PINs; run chmod 600 %s", path,
 		    (unsigned)(st.st_mode & 07777), path);
-	if ((b = malloc((size_t)st.st_size + 1)) == NULL) {
-		r = HSMFS_ERR_NOMEM;
+	/* The bytes come from the one whole-file reader (which opens path
+	 * again and enforces the same size limit). */
+	if ((r = util_read_file(path, ENGINE_MAX_CONFIG, buf, len)) != 0) {
+		if (r != HSMFS_ERR_NOMEM) {
+			snprintf(why, sizeof(why), "%s", err_detail());
+			err_set("%s: cannot read the configuration: %s", path, why);
+			r = HSMFS_ERR_CONFIG;
+		}
 		goto out;
 	}
-	while (n < (size_t)st.st_size) {
-		ssize_t got = read(fd, b + n, (size_t)st.st_size - n);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got < 0) {
-			err_set("%s: read: %s", path, strerror(errno));
-			goto out;
-		}
-		if (got == 0)
-			break;
-		n += (size_t)got;
-	}
-	b[n] = '\0';
-	*buf = b;
-	*len = n;
-	b = NULL;
 	r = 0;
 out:
-	free(b);
 	close(fd);
 	return r;
 }

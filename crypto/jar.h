@@ -1,6 +1,6 @@
-/* JAR signatures over zip files (SPEC §3): META-INF/MANIFEST.MF, <SIGNER>.SF
+/* JAR signatures over zip files (contract §3): META-INF/MANIFEST.MF, <SIGNER>.SF
  * and a detached CMS <SIGNER>.RSA, made and checked the way jarsigner does,
- * but stricter on input (SPEC §8). Everything streams: memory does not grow
+ * but stricter on input (contract §8). Everything streams: memory does not grow
  * with the size of the entries, only (a little) with their number. */
 #ifndef HSMFS_CRYPTO_JAR_H
 #define HSMFS_CRYPTO_JAR_H

@@ -1,4 +1,4 @@
-/* JAR signing (SPEC §3): META-INF/MANIFEST.MF, <SIGNER>.SF and a detached
+/* JAR signing (contract §3): META-INF/MANIFEST.MF, <SIGNER>.SF and a detached
  * CMS <SIGNER>.RSA made the way jarsigner does. Signed zips copy the
  * entries' bytes raw (our writer, in place when the filesystem can insert
  * a range; libzip's when zip64 structures are needed). */
@@ -6,6 +6,7 @@
 #include "crypto/jar_int.h"
 #include "crypto/engine.h"
 #include "common/err.h"
+#include "common/util.h"
 #include "hsm/hsm.h"
 
 #include <errno.h>
@@ -48,24 +49,6 @@ sign_dig_one(void *ctx, size_t i)
 	return 0;
 }
 
-static int
-write_all(int fd, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			err_set("write: %s", strerror(errno));
-			return hsmfs_errno_err(errno);
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* Copy [off, off+len) of the input to the output's position, in the
  * kernel when it can (copy_file_range), else through a buffer. */
 static int
@@ -101,7 +84,7 @@ copy_range(int in, uint64_t off, int out, uint64_t len)
 			r = HSMFS_ERR_IO;
 			break;
 		}
-		r = write_all(out, buf, (size_t)n);
+		r = util_write_all(out, buf, (size_t)n);
 		o += n;
 		len -= (uint64_t)n;
 	}
@@ -148,8 +131,8 @@ write_new_central(int fd, const struct new_entry *ne, uint16_t dtime,
 	for (int k = 0; k < 3; k++) {
 		size_t nl = strlen(ne[k].name);
 		zhdr_central(h, &ne[k], dtime, ddate);
-		if ((r = write_all(fd, h, ZHDR_CENTRAL)) != 0 ||
-		    (r = write_all(fd, ne[k].name, nl)) != 0)
+		if ((r = util_write_all(fd, h, ZHDR_CENTRAL)) != 0 ||
+		    (r = util_write_all(fd, ne[k].name, nl)) != 0)
 			return r;
 		*off += ZHDR_CENTRAL + nl;
 	}
@@ -181,9 +164,9 @@ write_raw(const struct zarc *z, const char *out_path, struct new_entry *ne,
 		size_t nl = strlen(ne[k].name);
 		zhdr_local(h, &ne[k], dtime, ddate, 0);
 		ne[k].off = off;
-		if ((r = write_all(fd, h, ZHDR_LOCAL)) != 0 ||
-		    (r = write_all(fd, ne[k].name, nl)) != 0 ||
-		    (r = write_all(fd, ne[k].comp, ne[k].clen)) != 0)
+		if ((r = util_write_all(fd, h, ZHDR_LOCAL)) != 0 ||
+		    (r = util_write_all(fd, ne[k].name, nl)) != 0 ||
+		    (r = util_write_all(fd, ne[k].comp, ne[k].clen)) != 0)
 			goto out;
 		off += ZHDR_LOCAL + nl + ne[k].clen;
 	}
@@ -225,7 +208,7 @@ write_raw(const struct zarc *z, const char *out_path, struct new_entry *ne,
 			if ((r = zarc_read(z, e->cdoff, cd, e->cdlen)) != 0)
 				goto out;
 			zhdr_set_offset(cd, data_off);
-			if ((r = write_all(fd, cd, e->cdlen)) != 0)
+			if ((r = util_write_all(fd, cd, e->cdlen)) != 0)
 				goto out;
 			data_off += e->end - e->loff;
 			off += e->cdlen;
@@ -233,7 +216,7 @@ write_raw(const struct zarc *z, const char *out_path, struct new_entry *ne,
 		}
 	}
 	zhdr_end(h, nout, off - cd_start, cd_start, z->comment_len);
-	if ((r = write_all(fd, h, ZHDR_END)) != 0)
+	if ((r = util_write_all(fd, h, ZHDR_END)) != 0)
 		goto out;
 	if (z->comment_len > 0 &&
 	    (r = copy_range(z->fd, z->comment_off, fd, z->comment_len)) != 0)
@@ -332,11 +315,11 @@ write_in_place(const struct zarc *z, const char *path, struct new_entry *ne,
 		uint8_t *rec = cd + (z->e[i].cdoff - z->cd_off);
 		zhdr_set_offset(rec, z->e[i].loff + gap);
 	}
-	if ((r = write_all(fd, cd, cd_size)) != 0)
+	if ((r = util_write_all(fd, cd, cd_size)) != 0)
 		goto out;
 	off += cd_size;
 	zhdr_end(h, z->n + 3, off, gap + z->cd_off, 0);
-	if ((r = write_all(fd, h, ZHDR_END)) != 0)
+	if ((r = util_write_all(fd, h, ZHDR_END)) != 0)
 		goto out;
 	r = 0;
 out:

@@ -1,4 +1,4 @@
-/* JAR verification (SPEC §3): the META-INF roles of the entries, each
+/* JAR verification (contract §3): the META-INF roles of the entries, each
  * signer's CMS block over its .SF (trust, key usage, EKU, expiry), the .SF
  * against the manifest, and every entry against its manifest digests. */
 #include "crypto/jar.h"

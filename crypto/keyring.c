@@ -261,9 +261,6 @@ const char *keyring_key_where(const hsm_key *k) { return hsm_key_where(k); }
 
 size_t keyring_count(const struct keyring *kr) { return kr ? kr->n : 0; }
 
-_Static_assert(KEYRING_LATENCY_BUCKETS == HSM_LATENCY_BUCKETS,
-    "keyring and hsm latency buckets");
-_Static_assert(KEYRING_ERR_KINDS == HSM_ERR_KINDS, "keyring and hsm error kinds");
 const double *const keyring_latency_bounds_ms = hsm_latency_bounds_ms;
 
 void
@@ -271,28 +268,15 @@ keyring_status(struct keyring *kr, size_t i, int ask,
     struct keyring_status *out)
 {
 	hsm_key *k = kr->keys[i]->key;
-	struct hsm_stats s;
 
 	memset(out, 0, sizeof(*out));
-	hsm_key_get_stats(k, &s);
+	hsm_key_get_stats(k, &out->st);
 	hsm_key_token_state(k, ask, &out->present, &out->logged_in);
 	out->name = hsm_key_name(k);
 	out->pkcs11 = hsm_key_backend(k) == HSM_BACKEND_PKCS11;
 	out->backend = out->pkcs11 ? "pkcs11" : "pkcs12";
 	out->where = hsm_key_where(k);
 	out->cert = hsm_key_cert(k);
-	out->ops = s.ops;
-	out->errors = s.errors;
-	out->total_ms = s.total_ms;
-	out->pool_in_use = s.pool_in_use;
-	out->pool_size = s.pool_size;
-	out->last_result = s.last_result;
-	out->last_time = s.last_time;
-	out->available = s.available;
-	out->logins = s.logins;
-	out->reinits = s.reinits;
-	memcpy(out->latency, s.latency, sizeof(out->latency));
-	memcpy(out->errors_by, s.errors_by, sizeof(out->errors_by));
 }
 
 int

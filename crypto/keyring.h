@@ -7,6 +7,7 @@
 #ifndef HSMFS_CRYPTO_KEYRING_H
 #define HSMFS_CRYPTO_KEYRING_H
 
+#include "common/keystats.h"
 #include <stddef.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -79,10 +80,9 @@ const char *keyring_key_where(const hsm_key *k);
 
 /* ---- status and metrics ---- */
 
-#define KEYRING_LATENCY_BUCKETS 14
-/* errors_by[-r - 1000] for r in hsmfs_err, [0] for anything else. */
-#define KEYRING_ERR_KINDS 16
-/* Upper bounds (ms, inclusive) of latency[]; the last bucket is open. */
+#define KEYRING_LATENCY_BUCKETS KEY_LATENCY_BUCKETS
+#define KEYRING_ERR_KINDS KEY_ERR_KINDS
+/* Upper bounds (ms, inclusive) of st.latency[]; the last bucket is open. */
 extern const double *const keyring_latency_bounds_ms;
 
 struct keyring_status {
@@ -92,15 +92,7 @@ struct keyring_status {
 	const char *where;         /* token label or file */
 	X509 *cert;                /* borrowed */
 	int present, logged_in;    /* token state */
-	unsigned long ops, errors;
-	double total_ms;           /* sum of operation latencies */
-	unsigned pool_in_use, pool_size;
-	int last_result;           /* hsmfs_err of the last operation */
-	long long last_time;       /* unix seconds of the last operation */
-	int available;             /* 0 while the token is gone (PKCS#11) */
-	unsigned long logins, reinits;
-	unsigned long latency[KEYRING_LATENCY_BUCKETS];
-	unsigned long errors_by[KEYRING_ERR_KINDS];
+	struct key_stats st;       /* operations, pool, latency, errors */
 };
 
 /* Number of open keys, and the state and counters of key i. ask: ask

@@ -266,7 +266,7 @@ md_java_name(const EVP_MD *md)
 }
 
 /* Accepted digest attribute prefixes; SHA-1 and MD5 are deliberately
- * absent (SPEC §3: a SHA-1 signature is invalid). */
+ * absent (contract §3: a SHA-1 signature is invalid). */
 const EVP_MD *
 md_from_java(const char *s, size_t n)
 {

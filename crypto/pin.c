@@ -33,7 +33,9 @@ secure_strndup(const char *s, size_t n)
 }
 
 /* pin.file: the whole file, one trailing LF or CRLF stripped. Read
- * straight into secure memory (no stdio buffers). */
+ * straight into secure memory (no stdio buffers): not util_read_file,
+ * which reads into plain malloc memory (tool/fieldtool.c's stdin reader
+ * differs from it for the same reason). */
 static int
 pin_from_file(const struct engine_key *k, char **pin)
 {

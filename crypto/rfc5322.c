@@ -221,9 +221,126 @@ rfc5322_addrs_free(struct addrs *a)
 	memset(a, 0, sizeof(*a));
 }
 
+/* One step of the scans below over quoted strings and comments: with
+ * s[*i] inside either (a backslash skipping the next byte) or opening one,
+ * the state moves and 1 is returned; 0 when s[*i] stands outside both. */
+static int
+qc_step(const char *s, size_t *i, int *inq, int *depth)
+{
+	char c = s[*i];
+	if (*inq) {
+		if (c == '\\')
+			(*i)++;
+		else if (c == '"')
+			*inq = 0;
+		return 1;
+	}
+	if (*depth > 0) {
+		if (c == '\\')
+			(*i)++;
+		else if (c == '(')
+			(*depth)++;
+		else if (c == ')')
+			(*depth)--;
+		return 1;
+	}
+	if (c == '"')
+		*inq = 1;
+	else if (c == '(')
+		*depth = 1;
+	else
+		return 0;
+	return 1;
+}
+
+/* "<addr>" between lt and gt of s[0..n) into tmp (*j bytes): an obsolete
+ * route dropped, only white space or comments after it. */
+static int
+angle_addr(const char *s, size_t n, const char *lt, const char *gt,
+    const char *field, char *tmp, size_t *j)
+{
+	const char *b = lt + 1, *e;
+	if (gt == NULL) {
+		err_set("%s: '<' without '>'", field);
+		return HSMFS_ERR_INVALID;
+	}
+	/* Obsolete source route "<@a,@b:x@y>". */
+	if (*b == '@') {
+		const char *c = memchr(b, ':', (size_t)(gt - b));
+		if (c == NULL) {
+			err_set("%s: malformed route address", field);
+			return HSMFS_ERR_INVALID;
+		}
+		b = c + 1;
+	}
+	/* Only white space or comments may follow the address: anything else
+	 * would reach the SMTP command line. */
+	for (const char *t = gt + 1; t < s + n; t++) {
+		if (*t == '(') {
+			int d = 1;
+			while (++t < s + n && d > 0)
+				d += *t == '(' ? 1 : *t == ')' ? -1 : 0;
+			t--;
+			continue;
+		}
+		if (*t != ' ' && *t != '\t') {
+			err_set("%s: text after <address>", field);
+			return HSMFS_ERR_INVALID;
+		}
+	}
+	e = gt;
+	while (b < e && (*b == ' ' || *b == '\t'))
+		b++;
+	while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+		e--;
+	memcpy(tmp, b, (size_t)(e - b));
+	*j = (size_t)(e - b);
+	return 0;
+}
+
+/* Bare addr-spec s[0..n) into tmp: comments and surrounding white space
+ * dropped. Returns its length. */
+static size_t
+bare_addr(const char *s, size_t n, char *tmp)
+{
+	size_t j = 0;
+	int depth = 0, inq = 0;
+	char *a;
+
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		if (!inq && c == '(') {
+			depth++;
+			continue;
+		}
+		if (depth > 0) {
+			if (c == '\\')
+				i++;
+			else if (c == ')')
+				depth--;
+			continue;
+		}
+		if (c == '"')
+			inq = !inq;
+		else if (inq && c == '\\' && i + 1 < n)
+			tmp[j++] = s[i++];
+		if (!inq && (c == ' ' || c == '\t')) {
+			tmp[j++] = ' ';
+			continue;
+		}
+		tmp[j++] = c;
+	}
+	while (j > 0 && tmp[j - 1] == ' ')
+		j--;
+	a = tmp;
+	while (*a == ' ' && a < tmp + j)
+		a++;
+	memmove(tmp, a, j - (size_t)(a - tmp));
+	return j - (size_t)(a - tmp);
+}
+
 /* One mailbox ("Name <a@b>", "a@b (comment)", "\"x y\" <a@b>") to its
- * addr-spec. Empty input gives an empty result (list separators). A
- * parser: its length is the grammar's (one scan, state by state). */
+ * addr-spec. Empty input gives an empty result (list separators). */
 static int
 mailbox_addr(const char *s, size_t n, const char *field, struct addrs *out)
 {
@@ -231,110 +348,27 @@ mailbox_addr(const char *s, size_t n, const char *field, struct addrs *out)
 	size_t j = 0;
 	int depth = 0, inq = 0, r = HSMFS_ERR_INVALID;
 	const char *lt = NULL, *gt = NULL;
-	char *a;
 
 	if (tmp == NULL)
 		return HSMFS_ERR_NOMEM;
 	/* Find <...> outside quotes and comments. */
 	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (inq) {
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				inq = 0;
-		} else if (depth > 0) {
-			if (c == '\\')
-				i++;
-			else if (c == '(')
-				depth++;
-			else if (c == ')')
-				depth--;
-		} else if (c == '"') {
-			inq = 1;
-		} else if (c == '(') {
-			depth = 1;
-		} else if (c == '<' && lt == NULL) {
+		if (qc_step(s, &i, &inq, &depth))
+			continue;
+		if (s[i] == '<' && lt == NULL)
 			lt = s + i;
-		} else if (c == '>' && lt != NULL && gt == NULL) {
+		else if (s[i] == '>' && lt != NULL && gt == NULL)
 			gt = s + i;
-		}
 	}
 	if (inq || depth) {
 		err_set("%s: unbalanced quote or parenthesis", field);
 		goto out;
 	}
 	if (lt != NULL) {
-		const char *b = lt + 1, *e;
-		if (gt == NULL) {
-			err_set("%s: '<' without '>'", field);
+		if (angle_addr(s, n, lt, gt, field, tmp, &j) != 0)
 			goto out;
-		}
-		/* Obsolete source route "<@a,@b:x@y>". */
-		if (*b == '@') {
-			const char *c = memchr(b, ':', (size_t)(gt - b));
-			if (c == NULL) {
-				err_set("%s: malformed route address", field);
-				goto out;
-			}
-			b = c + 1;
-		}
-		/* Only white space or comments may follow the address: anything
-		 * else would reach the SMTP command line. */
-		for (const char *t = gt + 1; t < s + n; t++) {
-			if (*t == '(') {
-				int d = 1;
-				while (++t < s + n && d > 0)
-					d += *t == '(' ? 1 : *t == ')' ? -1 : 0;
-				t--;
-				continue;
-			}
-			if (*t != ' ' && *t != '\t') {
-				err_set("%s: text after <address>", field);
-				goto out;
-			}
-		}
-		e = gt;
-		while (b < e && (*b == ' ' || *b == '\t'))
-			b++;
-		while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
-			e--;
-		memcpy(tmp, b, (size_t)(e - b));
-		j = (size_t)(e - b);
 	} else {
-		/* Bare addr-spec: drop comments and surrounding white space. */
-		depth = 0;
-		inq = 0;
-		for (size_t i = 0; i < n; i++) {
-			char c = s[i];
-			if (!inq && c == '(') {
-				depth++;
-				continue;
-			}
-			if (depth > 0) {
-				if (c == '\\')
-					i++;
-				else if (c == ')')
-					depth--;
-				continue;
-			}
-			if (c == '"')
-				inq = !inq;
-			else if (inq && c == '\\' && i + 1 < n)
-				tmp[j++] = s[i++];
-			if (!inq && (c == ' ' || c == '\t')) {
-				tmp[j++] = ' ';
-				continue;
-			}
-			tmp[j++] = c;
-		}
-		while (j > 0 && tmp[j - 1] == ' ')
-			j--;
-		a = tmp;
-		while (*a == ' ' && a < tmp + j)
-			a++;
-		memmove(tmp, a, j - (size_t)(a - tmp));
-		j -= (size_t)(a - tmp);
+		j = bare_addr(s, n, tmp);
 	}
 	tmp[j] = '\0';
 	if (j == 0) {
@@ -361,26 +395,13 @@ rfc5322_address_list(const char *v, const char *field, struct addrs *out)
 	int depth = 0, inq = 0, angle = 0, ingroup = 0, r;
 
 	for (size_t i = 0; i <= n; i++) {
+		/* v[n] is the NUL: outside quotes it ends the last mailbox. */
 		char c = i < n ? v[i] : ',';
-		if (inq) {
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				inq = 0;
+		if (i < n && qc_step(v, &i, &inq, &depth))
 			continue;
-		}
-		if (depth > 0) {
-			if (c == '\\')
-				i++;
-			else if (c == '(')
-				depth++;
-			else if (c == ')')
-				depth--;
+		if (i == n && (inq || depth))
 			continue;
-		}
 		switch (c) {
-		case '"': inq = 1; break;
-		case '(': depth = 1; break;
 		case '<': angle = 1; break;
 		case '>': angle = 0; break;
 		case ':':

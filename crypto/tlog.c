@@ -474,6 +474,73 @@ next_line(const char *text, size_t len, size_t *pos, const char **line,
 	return 1;
 }
 
+/* The signature lines of a checkpoint from *posp: as many as start with
+ * the em dash; those under the origin's name (o, on) go into c->sigs.
+ * *posp moves past them. 0 or an hsmfs_err with err_set(). */
+static int
+parse_sigs(const char *text, size_t len, size_t *posp, const char *o,
+    size_t on, struct tlog_checkpoint *c)
+{
+	size_t pos = *posp, ln, rawlen = 0;
+	const char *line;
+	uint8_t *raw = NULL;
+	int r = HSMFS_ERR_INVALID;
+
+	for (;;) {
+		size_t save = pos, plen = strlen(SIG_PREFIX);
+		const char *sp;
+		if (pos + plen <= len && memcmp(text + pos, SIG_PREFIX, plen) != 0)
+			break;
+		if (pos >= len)
+			break;
+		if (!next_line(text, len, &pos, &line, &ln)) {
+			/* A signature line cut short: a torn tail. */
+			r = HSMFS_ERR_NOTFOUND;
+			err_set("checkpoint: incomplete signature line");
+			goto fail;
+		}
+		if (ln < plen || memcmp(line, SIG_PREFIX, plen) != 0) {
+			pos = save;
+			break;
+		}
+		line += plen;
+		ln -= plen;
+		sp = memchr(line, ' ', ln);
+		if (sp == NULL || !origin_valid(line, (size_t)(sp - line))) {
+			err_set("checkpoint: bad signature line");
+			goto fail;
+		}
+		if (c->nsigs == TLOG_SIG_MAX) {
+			err_set("checkpoint: too many signatures");
+			goto fail;
+		}
+		if ((size_t)(sp - line) != on || memcmp(line, o, on) != 0) {
+			/* Signed by a key of another name: not ours to check. */
+			continue;
+		}
+		if (util_b64_decode(sp + 1, ln - (size_t)(sp + 1 - line), &raw,
+		    &rawlen) != 0 || rawlen < 5) {
+			err_set("checkpoint: bad signature encoding");
+			goto fail;
+		}
+		memcpy(c->sigs[c->nsigs].key_id, raw, 4);
+		c->sigs[c->nsigs].sig_len = rawlen - 4;
+		if ((c->sigs[c->nsigs].sig = malloc(rawlen - 4)) == NULL) {
+			r = HSMFS_ERR_NOMEM;
+			goto fail;
+		}
+		memcpy(c->sigs[c->nsigs].sig, raw + 4, rawlen - 4);
+		c->nsigs++;
+		free(raw);
+		raw = NULL;
+	}
+	*posp = pos;
+	return 0;
+fail:
+	free(raw);
+	return r;
+}
+
 int
 tlog_checkpoint_parse(const char *text, size_t len,
     struct tlog_checkpoint *cp, size_t *used)
@@ -532,65 +599,14 @@ tlog_checkpoint_parse(const char *text, size_t len,
 		err_set("checkpoint: extension lines are not accepted");
 		goto out;
 	}
-	/* Signature lines: as many as start with the em dash. */
-	for (;;) {
-		size_t save = pos, plen = strlen(SIG_PREFIX);
-		const char *sp;
-		if (pos + plen <= len && memcmp(text + pos, SIG_PREFIX, plen) != 0)
-			break;
-		if (pos >= len)
-			break;
-		if (!next_line(text, len, &pos, &line, &ln)) {
-			/* A signature line cut short: a torn tail. */
-			pos = save;
-			r = HSMFS_ERR_NOTFOUND;
-			err_set("checkpoint: incomplete signature line");
-			goto out;
-		}
-		if (ln < plen || memcmp(line, SIG_PREFIX, plen) != 0) {
-			pos = save;
-			break;
-		}
-		line += plen;
-		ln -= plen;
-		sp = memchr(line, ' ', ln);
-		if (sp == NULL || !origin_valid(line, (size_t)(sp - line))) {
-			err_set("checkpoint: bad signature line");
-			goto out;
-		}
-		if (c.nsigs == TLOG_SIG_MAX) {
-			err_set("checkpoint: too many signatures");
-			goto out;
-		}
-		if ((size_t)(sp - line) != n[0] || memcmp(line, l[0], n[0]) != 0) {
-			/* Signed by a key of another name: not ours to check. */
-			continue;
-		}
-		if (util_b64_decode(sp + 1, ln - (size_t)(sp + 1 - line), &raw,
-		    &rawlen) != 0 || rawlen < 5) {
-			free(raw);
-			raw = NULL;
-			err_set("checkpoint: bad signature encoding");
-			goto out;
-		}
-		memcpy(c.sigs[c.nsigs].key_id, raw, 4);
-		c.sigs[c.nsigs].sig_len = rawlen - 4;
-		if ((c.sigs[c.nsigs].sig = malloc(rawlen - 4)) == NULL) {
-			free(raw);
-			raw = NULL;
-			r = HSMFS_ERR_NOMEM;
-			goto out;
-		}
-		memcpy(c.sigs[c.nsigs].sig, raw + 4, rawlen - 4);
-		c.nsigs++;
-		free(raw);
-		raw = NULL;
-	}
+	if ((r = parse_sigs(text, len, &pos, l[0], n[0], &c)) != 0)
+		goto out;
 	if (c.nsigs == 0) {
 		if (pos >= len) {
 			r = HSMFS_ERR_NOTFOUND;
 			err_set("checkpoint: no signature yet");
 		} else {
+			r = HSMFS_ERR_INVALID;
 			err_set("checkpoint: no signature by the origin's key");
 		}
 		goto out;

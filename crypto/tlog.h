@@ -1,4 +1,4 @@
-/* History records and checkpoints (SPEC §5): the record leaf encoding, the
+/* History records and checkpoints (contract §5): the record leaf encoding, the
  * on-disk frame around each leaf, RFC 6962 Merkle hashing with O(log n)
  * right-edge state, and C2SP tlog-checkpoint / signed-note checkpoints.
  * Pure format code: no FUSE, no store layout (fs/history.c owns that). */

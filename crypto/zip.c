@@ -1,4 +1,4 @@
-/* The strict zip reader (SPEC §8): our own parse of the end record,
+/* The strict zip reader (contract §8): our own parse of the end record,
  * central directory and local headers (every byte of the file accounted
  * for, the work budget against bombs), then libzip's ZIP_CHECKCONS view
  * cross-checked entry by entry. Entry data (inflate, digests) is in
@@ -113,7 +113,7 @@ utf8_valid(const uint8_t *s, size_t n)
 }
 
 /* Entry names that could escape an extraction directory or confuse
- * readers are refused outright (SPEC §8). */
+ * readers are refused outright (contract §8). */
 static int
 name_check(const char *name, size_t n)
 {
@@ -219,7 +219,7 @@ cmp_name(const void *a, const void *b)
 	return c ? c : (x->nlen < y->nlen ? -1 : x->nlen > y->nlen);
 }
 
-/* Extra fields (SPEC §8): well-formed records that tile the field exactly,
+/* Extra fields (contract §8): well-formed records that tile the field exactly,
  * each id at most once, no record that changes an entry's name for some
  * readers only (Unicode path 0x7075 must repeat the name; Unicode comment
  * 0x6375 refused) and no zip structure signature anywhere inside (a
@@ -717,7 +717,7 @@ zarc_index(struct zarc *z)
 /* Read the archive once, every byte accounted for: the entries (local
  * header, data, data descriptor) tile the file from offset 0 in central
  * directory order, then the central directory, then the zip64 end record
- * and locator when needed, then the end record (SPEC §8). */
+ * and locator when needed, then the end record (contract §8). */
 int
 zarc_open(const char *path, struct zarc *z)
 {
@@ -926,20 +926,29 @@ zhdr_dos_time(time_t t, uint16_t *dtime, uint16_t *ddate)
 	*ddate = (uint16_t)((tm.tm_year - 80) << 9 | (tm.tm_mon + 1) << 5 | tm.tm_mday);
 }
 
+/* The fields the local and central headers share, in the same order:
+ * version needed, flags, method, time, date, CRC, sizes, name length. */
+static void
+zhdr_common(uint8_t *p, const struct new_entry *ne, uint16_t dtime,
+    uint16_t ddate)
+{
+	put16(p, 20);
+	put16(p + 4, 8);
+	put16(p + 6, dtime);
+	put16(p + 8, ddate);
+	put32(p + 10, ne->crc);
+	put32(p + 14, (uint32_t)ne->clen);
+	put32(p + 18, (uint32_t)ne->len);
+	put16(p + 22, (uint16_t)strlen(ne->name));
+}
+
 void
 zhdr_local(uint8_t *h, const struct new_entry *ne, uint16_t dtime,
     uint16_t ddate, uint16_t xlen)
 {
 	memset(h, 0, ZHDR_LOCAL);
 	put32(h, 0x04034b50);
-	put16(h + 4, 20);
-	put16(h + 8, 8);
-	put16(h + 10, dtime);
-	put16(h + 12, ddate);
-	put32(h + 14, ne->crc);
-	put32(h + 18, (uint32_t)ne->clen);
-	put32(h + 22, (uint32_t)ne->len);
-	put16(h + 26, (uint16_t)strlen(ne->name));
+	zhdr_common(h + 4, ne, dtime, ddate);
 	put16(h + 28, xlen);
 }
 
@@ -950,14 +959,7 @@ zhdr_central(uint8_t *h, const struct new_entry *ne, uint16_t dtime,
 	memset(h, 0, ZHDR_CENTRAL);
 	put32(h, 0x02014b50);
 	put16(h + 4, 0x0314);            /* made by: Unix, 2.0 */
-	put16(h + 6, 20);
-	put16(h + 10, 8);
-	put16(h + 12, dtime);
-	put16(h + 14, ddate);
-	put32(h + 16, ne->crc);
-	put32(h + 20, (uint32_t)ne->clen);
-	put32(h + 24, (uint32_t)ne->len);
-	put16(h + 28, (uint16_t)strlen(ne->name));
+	zhdr_common(h + 6, ne, dtime, ddate);
 	put32(h + 38, 0100644u << 16);   /* -rw-r--r-- */
 	put32(h + 42, (uint32_t)ne->off);
 }

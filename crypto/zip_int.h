@@ -55,7 +55,7 @@ int jar_bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* zip.c. pread exactly len bytes at off (short: a format error). */
 int zarc_read(const struct zarc *z, uint64_t off, void *buf, size_t len);
-/* Open and check the whole structure (SPEC §8); zarc_close on failure. */
+/* Open and check the whole structure (contract §8); zarc_close on failure. */
 int zarc_open(const char *path, struct zarc *z);
 void zarc_close(struct zarc *z);
 /* libzip's view of the same file must agree entry by entry (keep, when

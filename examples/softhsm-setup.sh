@@ -1,6 +1,6 @@
 #!/bin/sh
 # Create a SoftHSM2 token in DIR (default ./demo) with the four keys of the
-# SPEC example, generated on the token (sensitive, not extractable) by
+# contract's example (docs/contract.md §7), generated on the token (sensitive, not extractable) by
 # `hsmfs-tool keygen --self-signed`, and write DIR/engineSignEncrypt.xml.
 # For demos and first experiments: the PIN is 1234 and the certificates are
 # self-signed. On a real HSM use keygen --csr and import-cert (README).

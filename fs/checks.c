@@ -1,6 +1,7 @@
 /* Start-up checks of the hsmfs daemon (docs/contract.md §1), run before mounting:
  * store, mount point, path options, truststore, SMTP options and keys.
  * Each prints one line to stderr and returns -1 on failure. */
+#include "fs/smtp.h"
 #include "fs/daemon.h"
 
 #include "common/err.h"
@@ -304,12 +305,8 @@ check_truststore(void)
 int
 check_smtp(void)
 {
-	static const char *const schemes[] = { "smtp://", "smtps://",
-	    "smtp+starttls://" };
-	const char *url = the_fs.opt.smtp, *p = NULL, *host, *end;
-	char *txt = NULL;
-	size_t len = 0, hl;
-	int tls = 0, ok;
+	const char *url = the_fs.opt.smtp;
+	struct smtp_relay rl;
 
 	if (url == NULL) {
 		if (the_fs.opt.smtp_auth || the_fs.opt.smtp_ca) {
@@ -319,78 +316,14 @@ check_smtp(void)
 		}
 		return 0;
 	}
-	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
-		if (strncmp(url, schemes[i], strlen(schemes[i])) == 0) {
-			p = url + strlen(schemes[i]);
-			tls = i > 0;
-		}
-	if (p == NULL) {
-		fprintf(stderr, "hsmfs: smtp=%s: unsupported scheme; use "
-		    "smtp://HOST[:PORT], smtp+starttls://HOST[:PORT] or "
-		    "smtps://HOST[:PORT]\n", url);
+	/* The parse the mail sender uses: scheme, host, port, AUTH file. */
+	if (smtp_relay_init(&rl, url, NULL, the_fs.opt.smtp_auth) != 0) {
+		fprintf(stderr, "hsmfs: %s\n", err_detail());
 		return -1;
 	}
-	host = p;
-	if (*p == '[') {
-		end = strchr(p, ']');
-		ok = end != NULL && end > p + 1 &&
-		    strspn(p + 1, "0123456789abcdefABCDEF:.") == (size_t)(end - p - 1);
-		p = end ? end + 1 : p;
-	} else {
-		hl = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-		    "0123456789.-");
-		ok = hl > 0 && p[0] != '-' && p[0] != '.';
-		p += hl;
-	}
-	if (!ok) {
-		fprintf(stderr, "hsmfs: smtp=%s: no valid host name after the "
-		    "scheme\n", url);
-		return -1;
-	}
-	if (*p == ':') {
-		char *e2;
-		long port;
-		errno = 0;
-		port = strtol(p + 1, &e2, 10);
-		if (e2 == p + 1 || errno != 0 || port < 1 || port > 65535) {
-			fprintf(stderr, "hsmfs: smtp=%s: port must be a number from 1 to "
-			    "65535\n", url);
-			return -1;
-		}
-		p = e2;
-	}
-	if (strcmp(p, "") != 0 && strcmp(p, "/") != 0) {
-		fprintf(stderr, "hsmfs: smtp=%s: unexpected \"%s\" after the host%s\n",
-		    url, p, p > host ? " and port" : "");
-		return -1;
-	}
+	smtp_relay_clear(&rl);
 	if (the_fs.opt.smtp_ca && check_pem_certs("smtp_ca", the_fs.opt.smtp_ca) != 0)
 		return -1;
-	if (the_fs.opt.smtp_auth == NULL)
-		return 0;
-	if (!tls) {
-		fprintf(stderr, "hsmfs: smtp_auth=%s needs TLS: use smtp+starttls:// "
-		    "or smtps://\n", the_fs.opt.smtp_auth);
-		return -1;
-	}
-	if (util_read_file(the_fs.opt.smtp_auth, 4096, &txt, &len) != 0) {
-		fprintf(stderr, "hsmfs: smtp_auth=%s: %s\n", the_fs.opt.smtp_auth,
-		    err_detail());
-		return -1;
-	}
-	{
-		char *nl = memchr(txt, '\n', len);
-		ok = nl != NULL && nl != txt &&
-		    memchr(txt, '\r', (size_t)(nl - txt)) == NULL &&
-		    nl + 1 < txt + len && nl[1] != '\n' && nl[1] != '\r';
-	}
-	OPENSSL_cleanse(txt, len);
-	free(txt);
-	if (!ok) {
-		fprintf(stderr, "hsmfs: smtp_auth=%s: expected a user name line and a "
-		    "password line\n", the_fs.opt.smtp_auth);
-		return -1;
-	}
 	return 0;
 }
 

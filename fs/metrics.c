@@ -372,33 +372,33 @@ key_metrics(struct metrics *m, struct keyring *kr, size_t i, int ask)
 	    "1 when the daemon is logged in to the key's token (or it needs no login)",
 	    logged_in, "key", nm, (char *)NULL);
 	metrics_add(m, METRIC_COUNTER, "hsmfs_hsm_operations_total",
-	    "Private-key operations (sign, decrypt) with the key", (double)s.ops,
+	    "Private-key operations (sign, decrypt) with the key", (double)s.st.ops,
 	    "key", nm, (char *)NULL);
 	/* Every kind a token failure commonly has, so that rate() sees the
 	 * first one; other kinds once they occurred. */
 	for (int kind = 0; kind < KEYRING_ERR_KINDS; kind++) {
-		if (s.errors_by[kind] == 0 && kind_code(kind) != HSMFS_ERR_HSM &&
+		if (s.st.errors_by[kind] == 0 && kind_code(kind) != HSMFS_ERR_HSM &&
 		    kind_code(kind) != HSMFS_ERR_PIN_INCORRECT &&
 		    kind_code(kind) != HSMFS_ERR_PIN_LOCKED)
 			continue;
 		metrics_add(m, METRIC_COUNTER, "hsmfs_hsm_errors_total",
-		    "Failed private-key operations by kind", (double)s.errors_by[kind],
+		    "Failed private-key operations by kind", (double)s.st.errors_by[kind],
 		    "key", nm, "kind", metrics_err_kind(kind_code(kind)), (char *)NULL);
 	}
 	for (size_t b = 0; b < KEYRING_LATENCY_BUCKETS - 1; b++)
 		bounds[b] = keyring_latency_bounds_ms[b] / 1000.0;
 	metrics_histogram(m, "hsmfs_hsm_latency_seconds",
-	    "Latency of private-key operations in the HSM", bounds, s.latency,
-	    KEYRING_LATENCY_BUCKETS - 1, s.total_ms / 1000.0, "key", nm, (char *)NULL);
+	    "Latency of private-key operations in the HSM", bounds, s.st.latency,
+	    KEYRING_LATENCY_BUCKETS - 1, s.st.total_ms / 1000.0, "key", nm, (char *)NULL);
 	metrics_add(m, METRIC_GAUGE, "hsmfs_hsm_sessions_in_use",
 	    "PKCS#11 sessions of the key's token checked out now",
-	    s.pool_in_use, "key", nm, (char *)NULL);
+	    s.st.pool_in_use, "key", nm, (char *)NULL);
 	metrics_add(m, METRIC_GAUGE, "hsmfs_hsm_sessions_max",
-	    "Size of the key's token session pool", s.pool_size,
+	    "Size of the key's token session pool", s.st.pool_size,
 	    "key", nm, (char *)NULL);
 	metrics_add(m, METRIC_GAUGE, "hsmfs_hsm_last_operation_timestamp_seconds",
 	    "Time of the key's last operation, Unix time (0: none yet)",
-	    (double)s.last_time, "key", nm, (char *)NULL);
+	    (double)s.st.last_time, "key", nm, (char *)NULL);
 }
 
 static void

@@ -123,18 +123,19 @@ status_text(size_t *len, int ask)
 		nm = s.name;
 		fprintf(f, "key.%s.backend: %s\n", nm, s.backend);
 		fprintf(f, "key.%s.token: %s\n", nm, s.where);
-		fprintf(f, "key.%s.ops: %lu\n", nm, s.ops);
-		fprintf(f, "key.%s.errors: %lu\n", nm, s.errors);
-		fprintf(f, "key.%s.mean_ms: %.3f\n", nm, s.ops ? s.total_ms / s.ops : 0.0);
+		fprintf(f, "key.%s.ops: %lu\n", nm, s.st.ops);
+		fprintf(f, "key.%s.errors: %lu\n", nm, s.st.errors);
+		fprintf(f, "key.%s.mean_ms: %.3f\n", nm,
+		    s.st.ops ? s.st.total_ms / s.st.ops : 0.0);
 		fprintf(f, "key.%s.last_result: %s\n", nm,
-		    s.ops ? hsmfs_strerror(s.last_result) : "none");
-		fprintf(f, "key.%s.last_time: %lld\n", nm, s.last_time);
-		fprintf(f, "key.%s.pool: %u/%u\n", nm, s.pool_in_use, s.pool_size);
+		    s.st.ops ? hsmfs_strerror(s.st.last_result) : "none");
+		fprintf(f, "key.%s.last_time: %lld\n", nm, s.st.last_time);
+		fprintf(f, "key.%s.pool: %u/%u\n", nm, s.st.pool_in_use, s.st.pool_size);
 		if (s.pkcs11) {
 			fprintf(f, "key.%s.state: %s\n", nm,
-			    s.available ? "available" : "unavailable");
-			fprintf(f, "key.%s.logins: %lu\n", nm, s.logins);
-			fprintf(f, "key.%s.reconnects: %lu\n", nm, s.reinits);
+			    s.st.available ? "available" : "unavailable");
+			fprintf(f, "key.%s.logins: %lu\n", nm, s.st.logins);
+			fprintf(f, "key.%s.reconnects: %lu\n", nm, s.st.reinits);
 		}
 		metrics_status_key(f, &s);
 	}
@@ -748,118 +749,58 @@ op_destroy(void *data)
 	return r_;                                \
 } while (0)
 
-static int
-l_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
-{
-	LOCKED(op_getattr(path, st, fi));
-}
+/* The FUSE operations that reach a folder: l_NAME calls op_NAME under
+ * the configuration lock. A table (name, parameters, arguments). */
+#define LOCKED_OP(name, params, args) \
+static int l_##name params { LOCKED(op_##name args); }
 
-static int
-l_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
-    struct fuse_file_info *fi, enum fuse_readdir_flags flags)
-{
-	LOCKED(op_readdir(path, buf, fill, off, fi, flags));
-}
-
-static int
-l_open(const char *path, struct fuse_file_info *fi)
-{
-	LOCKED(op_open(path, fi));
-}
-
-static int
-l_create(const char *path, mode_t mode, struct fuse_file_info *fi)
-{
-	LOCKED(op_create(path, mode, fi));
-}
-
-static int
-l_read(const char *path, char *buf, size_t size, off_t off,
-    struct fuse_file_info *fi)
-{
-	LOCKED(op_read(path, buf, size, off, fi));
-}
-
-static int
-l_write(const char *path, const char *buf, size_t size, off_t off,
-    struct fuse_file_info *fi)
-{
-	LOCKED(op_write(path, buf, size, off, fi));
-}
-
-static int
-l_flush(const char *path, struct fuse_file_info *fi)
-{
-	LOCKED(op_flush(path, fi));
-}
-
-static int
-l_fsync(const char *path, int datasync, struct fuse_file_info *fi)
-{
-	LOCKED(op_fsync(path, datasync, fi));
-}
-
-static int
-l_release(const char *path, struct fuse_file_info *fi)
-{
-	LOCKED(op_release(path, fi));
-}
-
-static int
-l_truncate(const char *path, off_t size, struct fuse_file_info *fi)
-{
-	LOCKED(op_truncate(path, size, fi));
-}
-
-static int
-l_unlink(const char *path)
-{
-	LOCKED(op_unlink(path));
-}
-
-static int
-l_rename(const char *from, const char *to, unsigned int flags)
-{
-	LOCKED(op_rename(from, to, flags));
-}
-
-static int
-l_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
-{
-	LOCKED(op_chmod(path, mode, fi));
-}
-
-static int
-l_utimens(const char *path, const struct timespec tv[2],
-    struct fuse_file_info *fi)
-{
-	LOCKED(op_utimens(path, tv, fi));
-}
-
-static int
-l_getxattr(const char *path, const char *name, char *value, size_t size)
-{
-	LOCKED(op_getxattr(path, name, value, size));
-}
-
-static int
-l_setxattr(const char *path, const char *name, const char *value,
-    size_t size, int flags)
-{
-	LOCKED(op_setxattr(path, name, value, size, flags));
-}
-
-static int
-l_listxattr(const char *path, char *list, size_t size)
-{
-	LOCKED(op_listxattr(path, list, size));
-}
-
-static int
-l_removexattr(const char *path, const char *name)
-{
-	LOCKED(op_removexattr(path, name));
-}
+LOCKED_OP(getattr,
+    (const char *path, struct stat *st, struct fuse_file_info *fi),
+    (path, st, fi))
+LOCKED_OP(readdir,
+    (const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
+    struct fuse_file_info *fi, enum fuse_readdir_flags flags),
+    (path, buf, fill, off, fi, flags))
+LOCKED_OP(open, (const char *path, struct fuse_file_info *fi),
+    (path, fi))
+LOCKED_OP(create, (const char *path, mode_t mode, struct fuse_file_info *fi),
+    (path, mode, fi))
+LOCKED_OP(read,
+    (const char *path, char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi),
+    (path, buf, size, off, fi))
+LOCKED_OP(write,
+    (const char *path, const char *buf, size_t size, off_t off,
+    struct fuse_file_info *fi),
+    (path, buf, size, off, fi))
+LOCKED_OP(flush, (const char *path, struct fuse_file_info *fi),
+    (path, fi))
+LOCKED_OP(fsync, (const char *path, int datasync, struct fuse_file_info *fi),
+    (path, datasync, fi))
+LOCKED_OP(release, (const char *path, struct fuse_file_info *fi),
+    (path, fi))
+LOCKED_OP(truncate, (const char *path, off_t size, struct fuse_file_info *fi),
+    (path, size, fi))
+LOCKED_OP(unlink, (const char *path),
+    (path))
+LOCKED_OP(rename, (const char *from, const char *to, unsigned int flags),
+    (from, to, flags))
+LOCKED_OP(chmod, (const char *path, mode_t mode, struct fuse_file_info *fi),
+    (path, mode, fi))
+LOCKED_OP(utimens,
+    (const char *path, const struct timespec tv[2], struct fuse_file_info *fi),
+    (path, tv, fi))
+LOCKED_OP(getxattr,
+    (const char *path, const char *name, char *value, size_t size),
+    (path, name, value, size))
+LOCKED_OP(setxattr,
+    (const char *path, const char *name, const char *value, size_t size,
+    int flags),
+    (path, name, value, size, flags))
+LOCKED_OP(listxattr, (const char *path, char *list, size_t size),
+    (path, list, size))
+LOCKED_OP(removexattr, (const char *path, const char *name),
+    (path, name))
 
 const struct fuse_operations hsmfs_ops = {
 	.init = op_init,

@@ -465,7 +465,7 @@ so_rename(const char *from, const char *to, unsigned int flags)
 		if (has_file)
 			rec_write(from, "invalid: empty file is not a zip; nothing "
 			    "signed");
-		if (store_read_file(so.recdir, from, REC_MAX, &why, NULL) != 0)
+		if (util_read_file_at(so.recdir, from, REC_MAX, &why, NULL) != 0)
 			why = NULL;
 		log_err("sign-out/%s: not renamed onto %s: %s", from, to,
 		    why ? why : "not signed");
@@ -499,7 +499,7 @@ so_getxattr(const char *path, const char *name, char *value, size_t size)
 	int r;
 	if (strcmp(name, SIGN_XATTR) != 0 || !temp_name_ok(path))
 		return -ENODATA;
-	if (store_read_file(so.recdir, path, REC_MAX, &text, &len) != 0)
+	if (util_read_file_at(so.recdir, path, REC_MAX, &text, &len) != 0)
 		return -ENODATA;
 	r = fs_xattr_reply(text, len, value, size);
 	free(text);

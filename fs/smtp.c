@@ -7,6 +7,7 @@
 #include "common/util.h"
 
 #include <stdio.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -57,8 +58,6 @@ auth_load(struct smtp_relay *rl, const char *path, int tls)
 	}
 	if ((r = util_read_file(path, 4096, &txt, &len)) != 0)
 		return r;
-	if (stat(path, &st) == 0 && (st.st_mode & 077))
-		log_warn("mail: %s is readable by group or others; chmod 600 it", path);
 	r = HSMFS_ERR_CONFIG;
 	if ((nl = strchr(txt, '\n')) == NULL || nl == txt) {
 		err_set("%s: expected a user name line and a password line", path);
@@ -79,6 +78,9 @@ auth_load(struct smtp_relay *rl, const char *path, int tls)
 	rl->auth_pass_size = pwlen + 1;
 	memcpy(rl->auth_pass, pw, pwlen);
 	rl->auth_pass[pwlen] = '\0';
+	/* Warned once the file is known to be an AUTH file. */
+	if (stat(path, &st) == 0 && (st.st_mode & 077))
+		log_warn("mail: %s is readable by group or others; chmod 600 it", path);
 	r = 0;
 out:
 	OPENSSL_cleanse(txt, len);
@@ -86,31 +88,83 @@ out:
 	return r;
 }
 
+/* HOST, [IPv6] or HOST:PORT, optionally "/", after the scheme of url
+ * (rest points there). 0 or HSMFS_ERR_CONFIG with err_set(). */
+static int
+host_port_check(const char *url, const char *rest)
+{
+	const char *p = rest, *end;
+	size_t hl;
+	int ok;
+
+	if (*p == '[') {
+		end = strchr(p, ']');
+		ok = end != NULL && end > p + 1 &&
+		    strspn(p + 1, "0123456789abcdefABCDEF:.") == (size_t)(end - p - 1);
+		p = end ? end + 1 : p;
+	} else {
+		hl = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		    "0123456789.-");
+		ok = hl > 0 && p[0] != '-' && p[0] != '.';
+		p += hl;
+	}
+	if (!ok) {
+		err_set("smtp=%s: no valid host name after the scheme", url);
+		return HSMFS_ERR_CONFIG;
+	}
+	if (*p == ':') {
+		char *e2;
+		long port;
+		errno = 0;
+		port = strtol(p + 1, &e2, 10);
+		if (e2 == p + 1 || errno != 0 || port < 1 || port > 65535) {
+			err_set("smtp=%s: port must be a number from 1 to 65535", url);
+			return HSMFS_ERR_CONFIG;
+		}
+		p = e2;
+	}
+	if (strcmp(p, "") != 0 && strcmp(p, "/") != 0) {
+		err_set("smtp=%s: unexpected \"%s\" after the host%s", url, p,
+		    p > rest ? " and port" : "");
+		return HSMFS_ERR_CONFIG;
+	}
+	return 0;
+}
+
 int
 smtp_relay_init(struct smtp_relay *rl, const char *url, const char *ca,
     const char *auth_file)
 {
-	int r = 0;
+	const char *rest;
+	int r = 0, tls = 1;
 
 	memset(rl, 0, sizeof(*rl));
 	rl->ca = ca;
 	if (strncmp(url, "smtp+starttls://", 16) == 0) {
 		rl->starttls = 1;
-		if (asprintf(&rl->url, "smtp://%s", url + 16) < 0)
-			rl->url = NULL;
-	} else if (strncmp(url, "smtp://", 7) == 0 ||
-	    strncmp(url, "smtps://", 8) == 0) {
-		rl->url = strdup(url);
+		rest = url + 16;
+	} else if (strncmp(url, "smtps://", 8) == 0) {
+		rest = url + 8;
+	} else if (strncmp(url, "smtp://", 7) == 0) {
+		rest = url + 7;
+		tls = 0;
 	} else {
-		err_set("smtp=%s: use smtp://HOST[:PORT], "
+		err_set("smtp=%s: unsupported scheme; use smtp://HOST[:PORT], "
 		    "smtp+starttls://HOST[:PORT] or smtps://HOST[:PORT]", url);
 		return HSMFS_ERR_CONFIG;
+	}
+	if ((r = host_port_check(url, rest)) != 0)
+		return r;
+	if (rl->starttls) {
+		if (asprintf(&rl->url, "smtp://%s", rest) < 0)
+			rl->url = NULL;
+	} else {
+		rl->url = strdup(url);
 	}
 	if (rl->url == NULL)
 		r = HSMFS_ERR_NOMEM;
 	else if (auth_file != NULL)
-		r = auth_load(rl, auth_file, rl->starttls ||
-		    strncmp(url, "smtps://", 8) == 0);
+		r = auth_load(rl, auth_file, tls);
 	if (r != 0)
 		smtp_relay_clear(rl);
 	return r;

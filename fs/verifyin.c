@@ -27,7 +27,7 @@
 #define VERIFY_XATTR "user.hsmfs.verify"
 #define VERDICT_MAX 1024
 /* Part of every verdict cache key: bump it whenever jar_verify (crypto/
- * jar.c) accepts or refuses anything differently, so that no verdict
+ * jar_verify.c) accepts or refuses anything differently, so that no verdict
  * reached under older rules is ever reused. 1 was the key without it
  * (content hash + trust only); 2: the strict reader of issue 12; 3: external
  * attributes (symlink, setuid, DOS directory bit on a file), names going
@@ -298,7 +298,7 @@ content_hash(const char *name, int fd, uint8_t h[32])
 
 	if (fstat(fd, &st) < 0)
 		return -errno;
-	if (store_read_file(vi.metadir, name, 256, &text, NULL) == 0 &&
+	if (util_read_file_at(vi.metadir, name, 256, &text, NULL) == 0 &&
 	    sscanf(text, "%llu %lld %lld %ld %lld %ld %64s", &ino, &size, &sec,
 	    &nsec, &csec, &cnsec, hex) == 7 && strlen(hex) == 64 &&
 	    ino == st.st_ino && size == st.st_size && sec == st.st_mtim.tv_sec &&
@@ -356,7 +356,7 @@ verdict(const char *name, int fd, char *text, size_t tlen)
 	EVP_MD_CTX_free(c);
 	util_hex(key, 32, hex);
 
-	if (store_read_file(vi.verdir, hex, VERDICT_MAX + 64, &cached, NULL) == 0) {
+	if (util_read_file_at(vi.verdir, hex, VERDICT_MAX + 64, &cached, NULL) == 0) {
 		long long until = 0;
 		char *sp = strchr(cached, ' ');
 		int valid = sp && strncmp(sp + 1, "valid ", 6) == 0;

@@ -201,7 +201,7 @@ hsm_key_store_cert(hsm_key *k, X509 *cert)
 }
 
 void
-hsm_key_get_stats(hsm_key *k, struct hsm_stats *out)
+hsm_key_get_stats(hsm_key *k, struct key_stats *out)
 {
 	pthread_mutex_lock(&k->stats_lock);
 	*out = k->stats;

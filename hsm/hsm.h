@@ -10,6 +10,7 @@
 #ifndef HSMFS_HSM_H
 #define HSMFS_HSM_H
 
+#include "common/keystats.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <openssl/evp.h>
@@ -86,26 +87,12 @@ int hsm_keygen(const struct hsm_key_spec *spec, int bits, hsm_key **out);
 int hsm_key_store_cert(hsm_key *k, X509 *cert);
 
 /* Latency histogram bounds (upper, inclusive, milliseconds) of
- * hsm_stats.latency[]; the last bucket counts everything slower. */
-#define HSM_LATENCY_BUCKETS 14
+ * key_stats.latency[] (common/keystats.h). */
+#define HSM_LATENCY_BUCKETS KEY_LATENCY_BUCKETS
 extern const double hsm_latency_bounds_ms[HSM_LATENCY_BUCKETS - 1];
-/* Error kinds counted per key: errors_by[-r - 1000] for r in hsmfs_err
- * (HSMFS_ERR_NOMEM is 1), errors_by[0] for anything else. */
-#define HSM_ERR_KINDS 16
+#define HSM_ERR_KINDS KEY_ERR_KINDS
 
-struct hsm_stats {
-	unsigned long ops, errors;
-	double total_ms;           /* sum of operation latencies */
-	unsigned pool_in_use, pool_size;
-	int last_result;           /* hsmfs_err of the last operation */
-	long long last_time;       /* unix seconds of the last operation */
-	int available;             /* 0 while the token is gone (PKCS#11) */
-	unsigned long logins;      /* C_Login calls on the key's token */
-	unsigned long reinits;     /* module re-initialisations (reconnects) */
-	unsigned long latency[HSM_LATENCY_BUCKETS];  /* per bucket, not cumulative */
-	unsigned long errors_by[HSM_ERR_KINDS];
-};
-void hsm_key_get_stats(hsm_key *k, struct hsm_stats *out);
+void hsm_key_get_stats(hsm_key *k, struct key_stats *out);
 /* Token state for monitoring: present in its slot, and logged in (or no
  * login needed). PKCS#12 keys are always both. Never waits for the
  * token's lock; with ask, one caller per token at a time asks the module

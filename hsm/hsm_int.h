@@ -14,8 +14,8 @@ struct hsm_backend_ops {
 	    size_t inlen, uint8_t *out, size_t *outlen);
 	int (*store_cert)(hsm_key *k, X509 *cert);
 	void (*pool)(hsm_key *k, unsigned *in_use, unsigned *size);
-	/* Optional: token health for .status (hsm_stats.available...). */
-	void (*health)(hsm_key *k, struct hsm_stats *st);
+	/* Optional: token health for .status (key_stats.available...). */
+	void (*health)(hsm_key *k, struct key_stats *st);
 	void (*token_state)(hsm_key *k, int ask, int *present, int *logged_in);
 	void (*free)(hsm_key *k);
 };
@@ -34,7 +34,7 @@ struct hsm_key {
 	void *priv;            /* backend state */
 
 	pthread_mutex_t stats_lock;
-	struct hsm_stats stats;
+	struct key_stats stats;
 };
 
 /* Statistics: every private-key operation, including those OpenSSL makes

@@ -628,7 +628,7 @@ p11_pool(hsm_key *k, unsigned *in_use, unsigned *size)
 }
 
 static void
-p11_health(hsm_key *k, struct hsm_stats *st)
+p11_health(hsm_key *k, struct key_stats *st)
 {
 	struct p11_key *pk = k->priv;
 	p11_token_health(pk->tok, &st->available, &st->logins, &st->reinits);

@@ -404,20 +404,19 @@ token_free(struct p11_token *t)
 	free(t);
 }
 
-int
-p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
-    struct p11_token **out)
+/* Step 1 of p11_token_get: the slot the spec names (slot=, a unique
+ * token label, or the first initialised token). p11_lock held. */
+static int
+find_slot(const struct hsm_key_spec *spec, struct p11_module *mod,
+    CK_SLOT_ID *out)
 {
 	const char *name = spec->name;
 	CK_SLOT_ID *slots = NULL, slot = 0;
 	CK_ULONG n = 0, i;
 	CK_TOKEN_INFO ti;
-	struct p11_token *t = NULL;
 	char label[33], list[2048];
-	CK_RV rv;
 	int r, found = 0;
 
-	pthread_mutex_lock(&p11_lock);
 	if ((r = slot_list(name, mod, &slots, &n)) != 0)
 		goto out;
 	for (i = 0; i < n && !found; i++) {
@@ -469,6 +468,30 @@ p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
 		r = HSMFS_ERR_NOTFOUND;
 		goto out;
 	}
+	*out = slot;
+	r = 0;
+out:
+	free(slots);
+	return r;
+}
+
+/* Steps: find the slot, check its token, share an open token or open
+ * and log in a new one. */
+int
+p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
+    struct p11_token **out)
+{
+	const char *name = spec->name;
+	CK_SLOT_ID slot = 0;
+	CK_TOKEN_INFO ti;
+	struct p11_token *t = NULL;
+	char label[33];
+	CK_RV rv;
+	int r, found = 0;
+
+	pthread_mutex_lock(&p11_lock);
+	if ((r = find_slot(spec, mod, &slot)) != 0)
+		goto out;
 	if ((rv = P11_CALL(mod->f->C_GetTokenInfo(slot, &ti))) != CKR_OK) {
 		r = p11_fail(name, "C_GetTokenInfo", rv);
 		goto out;
@@ -536,7 +559,6 @@ p11_token_get(const struct hsm_key_spec *spec, struct p11_module *mod,
 out:
 	if (t)
 		token_free(t);
-	free(slots);
 	pthread_mutex_unlock(&p11_lock);
 	return r;
 }

@@ -107,7 +107,7 @@ store_write_atomic(int dirfd, const char *name, const void *data, size_t len)
 	int r;
 	if ((r = store_tmp_create(dirfd, &t)) != 0)
 		return r;
-	if ((r = store_write_all(t.fd, data, len)) != 0) {
+	if ((r = util_write_all(t.fd, data, len)) != 0) {
 		store_tmp_abort(&t);
 		return r;
 	}

@@ -19,6 +19,9 @@ struct store_tmp {
 };
 
 int store_tmp_create(int dirfd, struct store_tmp *t);
+/* Delegates kept only for fs/history* and store/history*, which still
+ * call them (issue #15, history part); everything else calls
+ * util_write_all / util_read_file_at directly. */
 /* Write all of buf at the current offset: util_write_all(). */
 int store_write_all(int fd, const void *buf, size_t len);
 /* fsync, rename onto name, fsync dir. The tmp is consumed either way. */

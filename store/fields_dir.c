@@ -11,7 +11,6 @@
 #include "common/err.h"
 #include "common/util.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -48,28 +47,6 @@ sys_err(const char *what, const char *name)
 	int e = errno;
 	err_set("%s %s: %s", what, name, strerror(e));
 	return hsmfs_errno_err(e);
-}
-
-/* The one directory walk of this file (common/util.c gets a shared
- * one; this stays local until then). */
-static int
-foreach_entry(int dirfd, int (*cb)(void *, int, const char *), void *arg)
-{
-	int fd = dup(dirfd), r = 0;
-	struct dirent *de;
-	DIR *d;
-
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		r = sys_err("list", FIELDS_DIR);
-		if (fd >= 0)
-			close(fd);
-		return r;
-	}
-	rewinddir(d);
-	while (r == 0 && (de = readdir(d)) != NULL)
-		r = cb(arg, dirfd, de->d_name);
-	closedir(d);
-	return r;
 }
 
 static off_t
@@ -147,7 +124,7 @@ fail:
 static int
 dir_get(struct fields_store *fs, const char *name, char **text, size_t *len)
 {
-	return store_read_file(dirfd_of(fs), name, FIELDS_TEXT_MAX, text, len);
+	return util_read_file_at(dirfd_of(fs), name, FIELDS_TEXT_MAX, text, len);
 }
 
 static int
@@ -193,8 +170,8 @@ dir_put(struct fields_store *fs, const char *name, const char *text,
 	}
 	if ((r = store_tmp_create(dirfd_of(fs), &t)) != 0)
 		return r;
-	if ((r = store_write_all(t.fd, text, len)) != 0 ||
-	    (r = store_write_all(t.fd, "\n", 1)) != 0) {
+	if ((r = util_write_all(t.fd, text, len)) != 0 ||
+	    (r = util_write_all(t.fd, "\n", 1)) != 0) {
 		store_tmp_abort(&t);
 		return r;
 	}
@@ -254,7 +231,7 @@ struct list_arg {
 };
 
 static int
-list_one(void *arg, int dirfd, const char *name)
+list_one(int dirfd, const char *name, void *arg)
 {
 	struct list_arg *la = arg;
 	(void)dirfd;
@@ -265,7 +242,7 @@ static int
 dir_list(struct fields_store *fs, fields_name_cb cb, void *arg)
 {
 	struct list_arg la = { cb, arg };
-	return foreach_entry(dirfd_of(fs), list_one, &la);
+	return util_foreach_dir(dirfd_of(fs), list_one, &la);
 }
 
 static int
@@ -292,7 +269,7 @@ dir_maint_lock(struct fields_store *fs)
 /* Temp files of a put that a crash interrupted are invisible and hold
  * only envelopes. */
 static int
-recover_one(void *arg, int dirfd, const char *name)
+recover_one(int dirfd, const char *name, void *arg)
 {
 	time_t before = *(time_t *)arg;
 	struct stat st;
@@ -311,7 +288,7 @@ dir_recover(struct fields_store *fs, long min_age)
 	if (min_age <= 0)
 		store_cleanup_tmp(dirfd_of(fs));
 	else
-		foreach_entry(dirfd_of(fs), recover_one, &before);
+		util_foreach_dir(dirfd_of(fs), recover_one, &before);
 }
 
 static void

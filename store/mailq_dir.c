@@ -21,7 +21,6 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -204,7 +203,7 @@ entry_read(int dirfd, const char *name, struct mailq_entry *e)
 	size_t len;
 	int r;
 	memset(e, 0, sizeof(*e));
-	if ((r = store_read_file(dirfd, name, MAIL_HDR_MAX + 3 * (size_t)SMIME_MAX_MSG,
+	if ((r = util_read_file_at(dirfd, name, MAIL_HDR_MAX + 3 * (size_t)SMIME_MAX_MSG,
 	    &e->buf, &len)) != 0)
 		return r;
 	if ((r = hdr_parse(e->buf, len, &eh)) == 0 &&
@@ -242,9 +241,9 @@ entry_tmp(struct mailq *q, const struct mailq_hdr *h, const void *msg,
 	}
 	if ((r = store_tmp_create(q->qfd, t)) != 0)
 		return r;
-	if ((r = store_write_all(t->fd, hb, (size_t)n)) != 0 ||
-	    (r = store_write_all(t->fd, msg, h->msglen)) != 0 ||
-	    (h->siglen && (r = store_write_all(t->fd, sig, h->siglen)) != 0))
+	if ((r = util_write_all(t->fd, hb, (size_t)n)) != 0 ||
+	    (r = util_write_all(t->fd, msg, h->msglen)) != 0 ||
+	    (h->siglen && (r = util_write_all(t->fd, sig, h->siglen)) != 0))
 		goto fail;
 	if (fsync(t->fd) < 0) {
 		err_set("fsync: %s", strerror(errno));
@@ -276,7 +275,7 @@ sched_read(struct mailq *q, const char *name, const struct mailq_hdr *h,
 	char *txt = NULL, *line, *save = NULL;
 	memset(st, 0, sizeof(*st));
 	st->queued = st->next = h->queued;
-	if (store_read_file(q->retryfd, name, 4096, &txt, NULL) != 0)
+	if (util_read_file_at(q->retryfd, name, 4096, &txt, NULL) != 0)
 		return;
 	for (line = strtok_r(txt, "\n", &save); line;
 	    line = strtok_r(NULL, "\n", &save)) {
@@ -295,25 +294,19 @@ sched_read(struct mailq *q, const char *name, const struct mailq_hdr *h,
 /* ---- open / recovery / close ---- */
 
 /* Remove temp files and schedules or reasons whose entry is gone. */
+static int
+prune_one(int dirfd, const char *name, void *arg)
+{
+	int ownerfd = *(int *)arg;
+	if (name[0] == '.' || (ownerfd >= 0 && !file_exists(ownerfd, name)))
+		unlinkat(dirfd, name, 0);
+	return 0;
+}
+
 static void
 prune_orphans(int dirfd, int ownerfd)
 {
-	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d;
-	struct dirent *de;
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		return;
-	}
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		if (de->d_name[0] == '.' || (ownerfd >= 0 &&
-		    !file_exists(ownerfd, de->d_name)))
-			unlinkat(dirfd, de->d_name, 0);
-	}
-	closedir(d);
+	(void)util_foreach_dir(dirfd, prune_one, &ownerfd);
 }
 
 /* queue/NAME -> failed/NAME with errors/NAME (lock held). */
@@ -340,46 +333,46 @@ fail_locked(struct mailq *q, struct mailq_item *e, const char *reason)
 	q_del_locked(q, e);
 }
 
+struct recover_arg {
+	struct mailq *q;
+	long long now, oldest;
+};
+
+static int
+recover_one(int dirfd, const char *name, void *arg)
+{
+	struct recover_arg *ra = arg;
+	struct mailq *q = ra->q;
+	struct ehdr eh;
+	struct mailq_sched st;
+
+	if (name[0] == '.')
+		return 0;
+	if (hdr_read_at(dirfd, name, &eh) != 0) {
+		struct mailq_sched bad = { .queued = ra->now, .next = ra->now };
+		const char *why = "queue entry damaged (not sent)";
+		/* Entries are renamed into place complete; a damaged one goes
+		 * to failed/ for inspection, it is never sent. */
+		log_err("mail/%s: %s", name, err_detail());
+		if (q_add_locked(q, name, &bad, 0) == 0) {
+			fail_locked(q, &q->q[q->nq - 1], why);
+			log_err("mail/%s: delivery failed permanently, see "
+			    "failed/%s.error: %s", name, name, why);
+		}
+		return 0;
+	}
+	sched_read(q, name, &eh.h, &st);
+	if (st.queued < ra->oldest)
+		ra->oldest = st.queued;
+	return q_add_locked(q, name, &st, eh.h.msglen);
+}
+
 static int
 recover_queue(struct mailq *q, long long *oldest)
 {
-	int fd = openat(q->qfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
-	DIR *d;
-	struct dirent *de;
-	long long now = now_s();
-
-	*oldest = now;
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		err_set("cannot list the mail queue: %s", strerror(errno));
-		return HSMFS_ERR_IO;
-	}
-	while ((de = readdir(d)) != NULL) {
-		struct ehdr eh;
-		struct mailq_sched st;
-		if (de->d_name[0] == '.')
-			continue;
-		if (hdr_read_at(q->qfd, de->d_name, &eh) != 0) {
-			struct mailq_sched bad = { .queued = now, .next = now };
-			const char *why = "queue entry damaged (not sent)";
-			/* Entries are renamed into place complete; a damaged one
-			 * goes to failed/ for inspection, it is never sent. */
-			log_err("mail/%s: %s", de->d_name, err_detail());
-			if (q_add_locked(q, de->d_name, &bad, 0) == 0) {
-				fail_locked(q, &q->q[q->nq - 1], why);
-				log_err("mail/%s: delivery failed permanently, see "
-				    "failed/%s.error: %s", de->d_name, de->d_name, why);
-			}
-			continue;
-		}
-		sched_read(q, de->d_name, &eh.h, &st);
-		if (st.queued < *oldest)
-			*oldest = st.queued;
-		if ((r = q_add_locked(q, de->d_name, &st, eh.h.msglen)) != 0)
-			break;
-	}
-	closedir(d);
+	struct recover_arg ra = { q, now_s(), now_s() };
+	int r = util_foreach_dir(q->qfd, recover_one, &ra);
+	*oldest = ra.oldest;
 	return r;
 }
 
@@ -507,6 +500,19 @@ mailq_stage(struct mailq *q, const char *name, const struct mailq_hdr *h,
 	return store_fsync_dir(q->stagefd);
 }
 
+/* fromfd/from -> queue/name (never over an entry), both directories
+ * synced, then into the table. Lock held. */
+static int
+queue_in_locked(struct mailq *q, int fromfd, const char *from,
+    const char *name, const struct mailq_sched *st, size_t msglen)
+{
+	if (renameat2(fromfd, from, q->qfd, name, RENAME_NOREPLACE) < 0)
+		return hsmfs_errno_err(errno);
+	store_fsync_dir(q->qfd);
+	store_fsync_dir(fromfd);
+	return q_add_locked(q, name, st, msglen);
+}
+
 int
 mailq_publish(struct mailq *q, const char *tmp, const char *name,
     long long first_delay, struct mailq_hdr *h)
@@ -532,13 +538,9 @@ mailq_publish(struct mailq *q, const char *tmp, const char *name,
 		goto out;
 	}
 	unlinkat(q->retryfd, name, 0);
-	if (renameat2(q->stagefd, tmp, q->qfd, name, RENAME_NOREPLACE) < 0) {
-		r = hsmfs_errno_err(errno);
+	if ((r = queue_in_locked(q, q->stagefd, tmp, name, &st,
+	    eh.h.msglen)) != 0)
 		goto out;
-	}
-	store_fsync_dir(q->qfd);
-	store_fsync_dir(q->stagefd);
-	r = q_add_locked(q, name, &st, eh.h.msglen);
 	*h = eh.h;
 out:
 	pthread_mutex_unlock(&q->lock);
@@ -565,15 +567,13 @@ mailq_requeue(struct mailq *q, const char *name)
 		r = HSMFS_ERR_IO;
 		goto out;
 	}
-	if (renameat2(q->failfd, name, q->qfd, name, RENAME_NOREPLACE) < 0) {
-		r = hsmfs_errno_err(errno);
-		unlinkat(q->retryfd, name, 0);
+	if ((r = queue_in_locked(q, q->failfd, name, name, &st,
+	    eh.h.msglen)) != 0) {
+		if (!file_exists(q->qfd, name))
+			unlinkat(q->retryfd, name, 0);
 		goto out;
 	}
 	unlinkat(q->errfd, name, 0);
-	store_fsync_dir(q->qfd);
-	store_fsync_dir(q->failfd);
-	r = q_add_locked(q, name, &st, eh.h.msglen);
 out:
 	pthread_mutex_unlock(&q->lock);
 	return r;
@@ -713,22 +713,35 @@ mailq_exists(struct mailq *q, enum mailq_box box, const char *name)
 	return file_exists(box_fd(q, box), name);
 }
 
+static int
+count_one(int dirfd, const char *name, void *arg)
+{
+	(void)dirfd;
+	*(size_t *)arg += name[0] != '.';
+	return 0;
+}
+
 static size_t
 count_dir(int dirfd)
 {
-	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d;
-	struct dirent *de;
 	size_t n = 0;
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		return 0;
-	}
-	while ((de = readdir(d)) != NULL)
-		n += de->d_name[0] != '.';
-	closedir(d);
+	(void)util_foreach_dir(dirfd, count_one, &n);
 	return n;
+}
+
+struct list_arg {
+	void (*cb)(void *arg, const char *name);
+	void *arg;
+};
+
+static int
+list_one(int dirfd, const char *name, void *arg)
+{
+	struct list_arg *la = arg;
+	(void)dirfd;
+	if (name[0] != '.')
+		la->cb(la->arg, name);
+	return 0;
 }
 
 void
@@ -757,9 +770,7 @@ int
 mailq_list(struct mailq *q, enum mailq_box box,
     void (*cb)(void *arg, const char *name), void *arg)
 {
-	int fd;
-	DIR *d;
-	struct dirent *de;
+	struct list_arg la = { cb, arg };
 
 	if (box == MAILQ_QUEUED) {
 		pthread_mutex_lock(&q->lock);
@@ -768,19 +779,7 @@ mailq_list(struct mailq *q, enum mailq_box box,
 		pthread_mutex_unlock(&q->lock);
 		return 0;
 	}
-	if ((fd = openat(box_fd(q, box), ".", O_RDONLY | O_DIRECTORY |
-	    O_CLOEXEC)) < 0 || (d = fdopendir(fd)) == NULL) {
-		int e = errno;
-		if (fd >= 0)
-			close(fd);
-		err_set("cannot list the mail store: %s", strerror(e));
-		return hsmfs_errno_err(e);
-	}
-	while ((de = readdir(d)) != NULL)
-		if (de->d_name[0] != '.')
-			cb(arg, de->d_name);
-	closedir(d);
-	return 0;
+	return util_foreach_dir(box_fd(q, box), list_one, &la);
 }
 
 int

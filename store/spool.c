@@ -5,6 +5,7 @@
 #include "store/spool.h"
 #include "store/dirio.h"
 #include "common/err.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -42,7 +43,7 @@ each_chunk(int fd, int (*fn)(void *arg, const char *buf, size_t n), void *arg)
 static int
 write_chunk(void *arg, const char *buf, size_t n)
 {
-	return store_write_all(*(int *)arg, buf, n) != 0 ? -EIO : 0;
+	return util_write_all(*(int *)arg, buf, n) != 0 ? -EIO : 0;
 }
 
 static int
@@ -123,20 +124,12 @@ cow(struct spool *s)
 int
 spool_write(struct spool *s, const char *buf, size_t size, off_t off)
 {
-	ssize_t n;
-	size_t done = 0;
 	int r;
 	if ((r = cow(s)) != 0)
 		return s->write_err = r;
-	while (done < size) {
-		n = pwrite(s->fd, buf + done, size - done, off + (off_t)done);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			s->dirty = 1;
-			return s->write_err = -errno;
-		}
-		done += (size_t)n;
+	if ((r = util_pwrite_all(s->fd, buf, size, off)) != 0) {
+		s->dirty = 1;
+		return s->write_err = -hsmfs_err_errno(r);
 	}
 	if (!s->hash_broken && (uint64_t)off == s->hashed) {
 		EVP_DigestUpdate(s->hash, buf, size);

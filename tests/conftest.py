@@ -1,4 +1,4 @@
-"""pytest harness for hsmfs: a private SoftHSM token with the four SPEC keys
+"""pytest harness for hsmfs: a private SoftHSM token with the four contract keys (§7)
 (made two ways: `hsmfs-tool keygen` + import-cert, and `pkcs11-tool
 --keypairgen` + a CA-issued certificate written next to it), a throwaway
 CA, config writing, and real FUSE mounts. Binary paths come from the
@@ -224,7 +224,7 @@ class Hsm:
 
 
 def make_spec_keys(h):
-    """The four SPEC keys, made both ways the issue asks for."""
+    """The four contract keys, made both ways the issue asks for."""
     h.make_key("encryptedFieldsCertificateV1", method="keygen")
     h.make_key("configZipSignerCertificateV1", method="pkcs11-tool")
     h.make_key("objectHistorySignerCertificateV1", method="keygen")

@@ -511,7 +511,7 @@ main(int argc, char **argv)
 		t.until = now_s() + seconds;
 		r = run_jobs(k, threads, &t, "bench-unwrap", 1);
 	} else if (strcmp(cmd, "pool") == 0) {
-		struct hsm_stats st;
+		struct key_stats st;
 		hsm_key_get_stats(k, &st);
 		printf("pool_in_use=%u pool_size=%u ops=%lu errors=%lu\n",
 		    st.pool_in_use, st.pool_size, st.ops, st.errors);

@@ -26,10 +26,8 @@ Exit status: 0 when no forbidden edge exists, 1 otherwise, 2 on a usage
 error. `--report` prints the same and always exits 0.
 
 meson test runs it (suite "lint", test "import-graph"), and so do
-tests/run.sh and CI. PENDING lists the edges that other parts of issue #15
-remove in the same step (fs -> hsm and tool -> hsm: the keyring part);
-they are printed as pending and do not fail. Once they are gone, PENDING
-is emptied and any such edge fails like the others.
+tests/run.sh and CI. PENDING (edges printed but not failed while a
+branch removes them) is empty: every forbidden edge fails.
 """
 import argparse
 import os
@@ -42,8 +40,8 @@ LAYERS = ["common", "hsm", "crypto", "store", "fs", "tool", "tests", "bench"]
 RANK = {"common": 0, "hsm": 1, "crypto": 2, "store": 3, "fs": 4, "tool": 4,
         "tests": 5, "bench": 5}
 EXTRA_FORBIDDEN = {("fs", "hsm"), ("tool", "fs"), ("tool", "hsm")}
-# Removed by the keyring part of #15, merged together with this check.
-PENDING = {("fs", "hsm"), ("tool", "hsm")}
+# Empty since issue #15 landed; an entry is a temporary exception.
+PENDING = set()
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 

@@ -5,7 +5,7 @@ thread owns its names, records every operation whose close() returned 0
 store holds exactly that: nothing acknowledged lost, nothing else visible
 but complete in-flight items.
 
-Outcome classes: ok; clean failure (EIO: the HSM failed, SPEC §8); wrong
+Outcome classes: ok; clean failure (EIO: the HSM failed, contract §8); wrong
 (anything else: another errno, wrong bytes, an item lost or half visible)."""
 import errno
 import os
@@ -188,7 +188,7 @@ class HistoryWorker(Worker):
 
 def refusal_only(m, name):
     """A zip whose close() failed may leave its name behind only as a
-    refusal record (SPEC §3): empty, unreadable (EINVAL), the reason in
+    refusal record (contract §3): empty, unreadable (EINVAL), the reason in
     user.hsmfs.sign. Anything else (a partial or unsigned zip) is not."""
     p = m.path("sign-out", name)
     try:

@@ -1,4 +1,4 @@
-"""Start-up checks (SPEC §1, §2): config errors with line numbers, module
+"""Start-up checks (contract §1, §2): config errors with line numbers, module
 and slot resolution, PIN handling, hsmfs-tool check."""
 import os
 import re

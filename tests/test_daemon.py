@@ -59,7 +59,7 @@ def test_daemonized_daemon_keeps_the_lock(hsm, mount_factory, tmp_path):
 def test_offline_rekey_holds_the_lock_mounted_rekey_cooperates(hsm, mount):
     with open(mount.path("fields", "a"), "w") as f:
         f.write("s3cret")
-    # Mounted: rekey-fields works alongside the daemon (SPEC §4).
+    # Mounted: rekey-fields works alongside the daemon (contract §4).
     out = run([TOOL, "rekey-fields", "-o", f"config={mount.config}",
                mount.store]).stdout
     assert "0 failed" in out

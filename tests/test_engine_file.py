@@ -1,4 +1,4 @@
-"""The Identity Manager's own engine file (issue 18, SPEC §2) and PKCS#11
+"""The Identity Manager's own engine file (issue 18, contract §2) and PKCS#11
 naming (issue 14): a vendor-style engineSignEncrypt.xml with descriptors
 hsmfs does not serve, pkcs12 keys at classpath: locations (one missing),
 CRLF line ends and a BOM mounts unchanged; a served descriptor with a

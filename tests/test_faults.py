@@ -1,4 +1,4 @@
-"""SPEC §8, an HSM that fails: every key goes through tests/p11shim.c, which
+"""contract §8, an HSM that fails: every key goes through tests/p11shim.c, which
 injects PKCS#11 errors, latency and token removal on command. Operations
 fail cleanly with EIO while the faults last, the daemon keeps serving, and
 the same operations succeed once the faults clear, without a remount."""

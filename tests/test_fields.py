@@ -637,7 +637,7 @@ def test_documented_format_independent_decoder(mount_factory, hsm, tmp_path):
 
 def test_hsm_failure_is_eio_then_recovers(mount_factory, hsm, tmp_path,
                                           monkeypatch):
-    """SPEC §8: an HSM failing mid-operation fails the read with EIO, the
+    """contract §8: an HSM failing mid-operation fails the read with EIO, the
     mount keeps serving, and reads work again when the HSM is back."""
     from conftest import BUILD
     shim = os.environ.get("HSMFS_P11SHIM", str(BUILD / "tests" / "p11shim.so"))
@@ -695,7 +695,7 @@ def test_rekey_leaves_damaged_field_alone(mount_factory, hsm, v2key, tmp_path):
 
 
 def test_daemon_kill9_keeps_acknowledged_values(mount_factory):
-    """SPEC §8: kill -9 of the daemon at any moment; every value whose
+    """contract §8: kill -9 of the daemon at any moment; every value whose
     close() returned 0 survives and opens after restart."""
     m = mount_factory()
     script = r"""

@@ -1,4 +1,4 @@
-"""/history (SPEC §5, §8): append-only signed object histories on a real
+"""/history (contract §5, §8): append-only signed object histories on a real
 mount with the SoftHSM ObjectHistorySigner key. Formats: docs/history.md."""
 import base64
 import errno
@@ -687,7 +687,7 @@ def test_full_disk_under_concurrent_writers(mount_factory, small_store):
 
 def test_hsm_failure_fails_the_append_then_recovers(hsm, mount_factory, tmp_path,
                                                     monkeypatch):
-    """SPEC §8: an HSM failing mid-operation fails that close() with EIO,
+    """contract §8: an HSM failing mid-operation fails that close() with EIO,
     nothing of the record stays, and appends work again once it is back
     (tests/p11shim injects CKR_DEVICE_ERROR in front of SoftHSM)."""
     from conftest import BUILD

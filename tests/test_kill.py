@@ -1,4 +1,4 @@
-"""SPEC §8, kill -9 at any moment: writers under sustained load on one
+"""contract §8, kill -9 at any moment: writers under sustained load on one
 folder record every operation whose close() returned 0; the daemon is
 killed with SIGKILL at a random moment, the dead mount cleared, the store
 remounted; every acknowledged item must be there and verify, and nothing

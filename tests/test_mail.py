@@ -1,4 +1,4 @@
-"""/mail (SPEC §6, §8): messages written to the mount are checked, durably
+"""/mail (contract §6, §8): messages written to the mount are checked, durably
 queued, S/MIME-signed with the SignEmailDescriptor key on the token and
 delivered to a real SMTP relay (aiosmtpd in this process) that records
 envelopes and data and answers 4xx/5xx on demand."""
@@ -474,7 +474,7 @@ def test_damaged_queue_entry_not_sent(mount_factory, relay):
 
 def test_hsm_failure_at_close_queues_unsigned_then_signs(hsm, mount_factory, relay,
                                                         tmp_path, monkeypatch):
-    """SPEC §8: a failing HSM loses no mail. close() still queues the
+    """contract §8: a failing HSM loses no mail. close() still queues the
     message (unsigned); the sender signs it once the token works again
     (tests/p11shim injects CKR_DEVICE_ERROR in front of SoftHSM)."""
     from conftest import BUILD

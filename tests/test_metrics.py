@@ -1,4 +1,4 @@
-"""MNT/.metrics (SPEC §1): the Prometheus text exposition format, parsed
+"""MNT/.metrics (contract §1): the Prometheus text exposition format, parsed
 with python3-prometheus-client's parser plus the checks it leaves out
 (every family typed, no family twice, histograms cumulative), carrying
 the named series, and values that follow operations; `hsmfs-tool status

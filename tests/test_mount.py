@@ -1,4 +1,4 @@
-"""The mount itself (SPEC §1): folders, store, unconfigured folders,
+"""The mount itself (contract §1): folders, store, unconfigured folders,
 clean unmount by fusermount3 and SIGTERM, daemonized mode."""
 import errno
 import os

@@ -1,4 +1,4 @@
-"""SPEC §8, a full disk and a hostile environment: the store on a 4 MiB
+"""contract §8, a full disk and a hostile environment: the store on a 4 MiB
 tmpfs filled to the last block (writes fail with ENOSPC, nothing corrupt or
 half visible, everything works again once space is freed), store files
 never readable by group/other even under umask 000, the PIN never in the
@@ -133,7 +133,7 @@ def test_store_never_group_or_other_readable(mount_factory, hsm, tmp_path):
 @pytest.fixture
 def pin_token(hsm, tmp_path_factory):
     """A second token with a PIN that cannot occur by chance, holding the
-    four SPEC keys (removed again afterwards: other tests rely on one
+    four contract keys (removed again afterwards: other tests rely on one
     token)."""
     h = copy.copy(hsm)
     h.root = tmp_path_factory.mktemp("pintoken")

@@ -1,4 +1,4 @@
-"""/sign-out and /verify-in (issue 3, SPEC §3 and §8): JAR-signed zips,
+"""/sign-out and /verify-in (issue 3, contract §3 and §8): JAR-signed zips,
 checked with the real jarsigner and openssl both ways, hostile zips
 rejected with a reason, and the daemon's memory on a large zip."""
 import errno
@@ -375,7 +375,7 @@ def small_store(tmp_path):
 
 
 def test_sign_out_full_disk(mount_factory, small_store, tmp_path):
-    """SPEC §8: ENOSPC at close, the previous signed zip intact, no temp
+    """contract §8: ENOSPC at close, the previous signed zip intact, no temp
     files left behind, and signing works again once there is room."""
     m = mount_factory(store=str(small_store / "store"))
     small = make_zip(tmp_path / "small.zip").read_bytes()
@@ -393,7 +393,7 @@ def test_sign_out_full_disk(mount_factory, small_store, tmp_path):
 
 
 def test_sign_out_hsm_failure_then_recovery(hsm, mount_factory, tmp_path, monkeypatch):
-    """SPEC §8: the HSM failing mid-operation fails close() with EIO,
+    """contract §8: the HSM failing mid-operation fails close() with EIO,
     nothing is stored, and signing works again once it is back
     (tests/p11shim injects CKR_DEVICE_ERROR in front of SoftHSM)."""
     from conftest import BUILD
@@ -834,7 +834,7 @@ def test_verify_in_code_signing_eku_and_chain_expiry(zm, pki, tmp_path):
 
 
 def test_kill9_keeps_acknowledged_zips(hsm, mount_factory, tmp_path):
-    """SPEC §8: what close() acknowledged survives kill -9 and verifies."""
+    """contract §8: what close() acknowledged survives kill -9 and verifies."""
     m = mount_factory(opts={"truststore": hsm.ca_cert})
     data = make_zip(tmp_path / "a.zip").read_bytes()
     assert write_file(m.path("sign-out", "a.zip"), data) == 0

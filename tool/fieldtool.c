@@ -81,6 +81,10 @@ fieldtool_close(struct fieldtool *t)
 	memset(t, 0, sizeof(*t));
 }
 
+/* Not util_read_file: the plaintext read here goes into the secure heap
+ * (secmem_alloc/secmem_realloc, wiped on free), and util_read_file uses
+ * plain malloc. crypto/pin.c reads pin.file the same way for the same
+ * reason. */
 int
 fieldtool_read_stdin(const char *cmd, size_t max, uint8_t **buf, size_t *len,
     size_t *cap)
@@ -129,20 +133,4 @@ fieldtool_read_stdin(const char *cmd, size_t max, uint8_t **buf, size_t *len,
 	*len = n;
 	*cap = c;
 	return TOOL_OK;
-}
-
-int
-fieldtool_write_stdout(const void *buf, size_t len)
-{
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t n = write(STDOUT_FILENO, p, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
 }

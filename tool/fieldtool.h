@@ -26,7 +26,5 @@ void fieldtool_close(struct fieldtool *t);
  * allocation size for secmem_free. */
 int fieldtool_read_stdin(const char *cmd, size_t max, uint8_t **buf,
     size_t *len, size_t *cap);
-/* write(2) all of buf to stdout (never stdio: no copies in its buffers). */
-int fieldtool_write_stdout(const void *buf, size_t len);
 
 #endif

@@ -7,6 +7,7 @@
 #include "common/util.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 int
 cmd_open_field(int argc, char **argv)
@@ -42,8 +43,8 @@ cmd_open_field(int argc, char **argv)
 		    TOOL_USAGE;
 		goto out;
 	}
-	if (fieldtool_write_stdout(pt, ptl) != 0) {
-		perror("hsmfs-tool open-field: stdout");
+	if (util_write_all(STDOUT_FILENO, pt, ptl) != 0) {
+		fprintf(stderr, "hsmfs-tool open-field: stdout: %s\n", err_detail());
 		rc = TOOL_USAGE;
 		goto out;
 	}

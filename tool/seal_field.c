@@ -8,6 +8,7 @@
 #include "common/util.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 #include <openssl/x509.h>
 
@@ -43,8 +44,8 @@ cmd_seal_field(int argc, char **argv)
 		goto out;
 	}
 	text[tl] = '\n';   /* replaces the NUL: one line */
-	if (fieldtool_write_stdout(text, tl + 1) != 0) {
-		perror("hsmfs-tool seal-field: stdout");
+	if (util_write_all(STDOUT_FILENO, text, tl + 1) != 0) {
+		fprintf(stderr, "hsmfs-tool seal-field: stdout: %s\n", err_detail());
 		rc = TOOL_USAGE;
 		goto out;
 	}

@@ -1,5 +1,5 @@
 /* hsmfs-tool: one subcommand per file, dispatched from tool/main.c.
- * Exit codes (SPEC §7): 0 success, 1 failed check or verification,
+ * Exit codes (contract §7): 0 success, 1 failed check or verification,
  * 2 usage or environment error. */
 #ifndef HSMFS_TOOL_H
 #define HSMFS_TOOL_H

@@ -1,5 +1,5 @@
 /* hsmfs-tool verify-zip: verify a JAR-signed zip offline, with the same
- * rules as MNT/verify-in (crypto/jar.c). Trusted signers: the certificates
+ * rules as MNT/verify-in (crypto/jar_verify.c). Trusted signers: the certificates
  * of every configured ConfigZipSigner version (-o config=) and/or CAs of
  * a PEM truststore (--truststore or -o truststore=). */
 #include "tool/tool.h"
