@@ -400,7 +400,7 @@ fields_keys_of(const struct engine *e, struct keyring *kr,
 static int
 fields_start(void)
 {
-	struct store_conf sc = { .dirfd = hsmfs_ctx->store_fd };
+	const struct store_conf sc = hsmfs_ctx->sconf;
 	struct fields_keys fk;
 	int fd, r;
 
