@@ -201,7 +201,7 @@ def test_database_stopped_then_started(nodes, pg):
     assert "g" in nodes.sql("SELECT string_agg(name, ',') FROM hsmfs_fields")
 
 
-def test_status_and_metrics(nodes):
+def test_status_and_metrics(nodes, mount_factory):
     a = nodes.mount("A")
     st = status(a)
     assert st["database.state"] == "up"
@@ -211,8 +211,13 @@ def test_status_and_metrics(nodes):
         met = f.read()
     assert "hsmfs_database_up 1" in met
     assert "hsmfs_database_rtt_seconds " in met
-    # Without shared=, no database lines.
-    assert "a" == "a"
+    # Without shared=, no database lines, and fields stay in STORE.
+    local = mount_factory()
+    assert not [k for k in status(local) if k.startswith("database.")]
+    put(local, "here", b"local")
+    assert os.path.exists(os.path.join(local.store, "fields", "here"))
+    assert "here" not in nodes.sql("SELECT coalesce(string_agg(name, ','), '') "
+                                   "FROM hsmfs_fields")
 
 
 def test_rekey_on_database_while_node_reads(nodes, hsm, v2key, tmp_path):
