@@ -146,16 +146,28 @@ def test_rolling_rotation(nodes, hsm, v2key, tmp_path):
     a, b = nodes.mount("A"), nodes.mount("B")
     put(a, "old", b"under v1")
     rot = hsm.config(tmp_path / "rot.xml", descriptors=[ef(2, V2, "SHA-512")])
-    # Step 1: the new version added on every node (one at a time).
-    for m in (a, b):
-        m.unmount()
-        m.config = rot
-        m.start()
+    # Step 1: the new version added on every node, one at a time. A has
+    # it first: it keeps sealing with version 1, which B can open.
+    a.unmount()
+    a.config = rot
+    a.start()
     assert "EncryptedFields v2 " in nodes.sql("SELECT config_lines FROM hsmfs_cluster")
-    # Step 2: used (new values are v2), read by the other node.
+    put(a, "early", b"A has v2, B not yet")
+    assert envelope_version(get(b, ".sealed/early")) == 1
+    assert get(b, "early") == b"A has v2, B not yet"
+    b.unmount()
+    b.config = rot
+    b.start()
+    # Step 2: used once every node has it (B now; A after its remount),
+    # read by the other node.
     put(b, "new", b"under v2")
     assert envelope_version(get(a, ".sealed/new")) == 2
     assert get(a, "new") == b"under v2" and get(b, "old") == b"under v1"
+    a.unmount()
+    a.start()
+    put(a, "newer", b"A on v2")
+    assert envelope_version(get(b, ".sealed/newer")) == 2
+    assert get(b, "newer") == b"A on v2"
     # A node still without version 2 is refused now, naming it.
     c = nodes.mount("C", start=False)
     assert c.start(expect_fail=True) != 0
