@@ -5,9 +5,13 @@
 #include "fs/daemon.h"
 
 #include "common/err.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "store/dirio.h"
 #include "store/storelock.h"
+#include "store/pg.h"
+#include "store/pg_cluster.h"
+#include "crypto/fingerprint.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -99,6 +103,7 @@ check_store(void)
 		store_tmp_abort(&t);
 	}
 	the_fs.store_fd = fd;
+	the_fs.sconf.dirfd = fd;
 	return 0;
 }
 
@@ -359,6 +364,15 @@ check_keys(void)
 				_exit(2);
 			_exit(1);
 		}
+		/* The shared store's checks need the keys' certificates. */
+		if (the_fs.opt.shared != NULL &&
+		    shared_join(kr, PG_CLUSTER_CHECK, NULL, NULL, 0) != 0) {
+			snprintf(msg, sizeof(msg), "%s", err_detail());
+			keyring_free(kr);
+			if (write(pfd[1], msg, strlen(msg)) < 0)
+				_exit(2);
+			_exit(3);
+		}
 		keyring_free(kr);
 		_exit(0);
 	}
@@ -372,8 +386,77 @@ check_keys(void)
 		;
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 3) {
+		fprintf(stderr, "hsmfs: shared store: %s\n", msg);
+		return -1;
+	}
 	fprintf(stderr, "hsmfs: %s: %s\n", the_fs.opt.config,
 	    got > 0 ? msg : "key check failed (the check process died)");
 	return -1;
 }
 
+
+/* The shared store at start: open a pool, check the schema, compare this
+ * node's configuration fingerprint with the cluster's (mode CHECK before
+ * mounting; JOIN in FUSE init: record a rolling rotation, register the
+ * node) in one transaction. *out (NULL: closed again) keeps the pool;
+ * origin gets the cluster's name. err_detail() names the failure. */
+int
+shared_join(struct keyring *kr, enum pg_cluster_mode mode, struct pg **out,
+    char *origin, size_t origin_size)
+{
+	struct pg_conf pc = {0};
+	struct pg_cluster_info info;
+	struct pg_conn *c = NULL;
+	struct pg *p = NULL;
+	char *lines = NULL;
+	int r;
+
+	if (out)
+		*out = NULL;
+	pc.uri = the_fs.opt.shared;
+	pc.password_file = the_fs.opt.shared_password;
+	pc.node = the_fs.opt.node;
+	pc.pool_size = SHARED_POOL;
+	if ((r = fingerprint_lines(the_fs.engine, kr, &lines)) != 0 ||
+	    (r = pg_open(&pc, &p)) != 0 || (r = pg_acquire(p, &c)) != 0)
+		goto out;
+	if ((r = pg_schema_check(c)) != 0 || (r = pg_begin(c)) != 0)
+		goto out;
+	if ((r = pg_cluster_config(c, mode, mode == PG_CLUSTER_CHECK ? NULL :
+	    node_name(), lines, NULL, &info)) != 0) {
+		pg_rollback(c);
+		goto out;
+	}
+	if (mode == PG_CLUSTER_CHECK)
+		pg_rollback(c);
+	else if ((r = pg_commit(c, NULL)) != 0)
+		goto out;
+	if (origin)
+		snprintf(origin, origin_size, "%s", info.origin);
+	if (mode != PG_CLUSTER_CHECK && info.outcome == PG_CLUSTER_ROTATION)
+		log_info("shared store: configuration %.16s recorded (rolling "
+		    "rotation: newer versions added)", info.fingerprint);
+out:
+	free(lines);
+	if (c)
+		pg_release(p, c);
+	if (r == 0 && out)
+		*out = p;
+	else
+		pg_close(p);
+	return r;
+}
+
+/* -o node=NAME, else the host name (as pg_open names the connection). */
+const char *
+node_name(void)
+{
+	static char host[64];
+
+	if (the_fs.opt.node)
+		return the_fs.opt.node;
+	if (host[0] == '\0' && gethostname(host, sizeof(host) - 1) != 0)
+		snprintf(host, sizeof(host), "unknown");
+	return host;
+}

@@ -6,6 +6,7 @@
 #define HSMFS_FS_DAEMON_H
 
 #include "fs/fs.h"
+#include "store/pg_cluster.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -43,6 +44,11 @@ int check_keys(void);
 int absolutize(char **opt, const char *what, int must_exist);
 /* A PEM file of at least one certificate; -1 with err_detail() if not. */
 int pem_certs_ok(const char *path);
+/* shared=: the database pool, schema and configuration check (fs/checks.c). */
+#define SHARED_POOL 8
+int shared_join(struct keyring *kr, enum pg_cluster_mode mode, struct pg **out,
+    char *origin, size_t origin_size);
+const char *node_name(void);
 
 /* ---- fs/ops.c ---- */
 extern const struct fuse_operations hsmfs_ops;

@@ -12,6 +12,7 @@
 #include "crypto/engine.h"
 #include "crypto/keyring.h"
 #include "fs/metrics.h"
+#include "store/store.h"
 
 struct hsmfs_opts {
 	char *config;
@@ -24,6 +25,9 @@ struct hsmfs_opts {
 	long mail_retry;      /* seconds, default 300 */
 	long mail_max_age;    /* seconds, default 5 days */
 	long temp_max_age;    /* seconds a writer's temporary may wait for its rename */
+	char *shared;         /* libpq URI of the shared store (SPEC §9), or NULL */
+	char *shared_password; /* file holding the database password, or NULL */
+	char *node;           /* this node's name in the cluster (NULL: hostname) */
 	int log_level;
 	int foreground;
 	int read_only;        /* -o ro */
@@ -33,6 +37,12 @@ struct hsmfs {
 	struct hsmfs_opts opt;
 	char *store;          /* absolute path of STORE */
 	int store_fd;         /* O_DIRECTORY fd of STORE */
+	/* Where every area keeps its state: dirfd = store_fd, and with
+	 * shared= the database pool (opened in FUSE init, before any folder
+	 * starts; closed at destroy after they stopped). Folders open their
+	 * areas from this and never build their own. */
+	struct store_conf sconf;
+	char cluster_origin[256]; /* the cluster's name when shared */
 	struct engine *engine;
 	struct keyring *keys; /* opened in init, after daemonizing */
 	time_t started;

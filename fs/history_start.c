@@ -408,7 +408,7 @@ history_reload_finish(void *next, int commit)
 static int
 start_area(void)
 {
-	struct store_conf conf = { .dirfd = hsmfs_ctx->store_fd };
+	struct store_conf conf = hsmfs_ctx->sconf;
 	int r;
 
 	if ((r = hstore_open(&conf, hsmfs_ctx->opt.history_anchor, &H.hs)) != 0)

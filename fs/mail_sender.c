@@ -282,7 +282,7 @@ open_key(void)
 static int
 open_store(void)
 {
-	struct store_conf conf = { .dirfd = hsmfs_ctx->store_fd };
+	struct store_conf conf = hsmfs_ctx->sconf;
 	long long oldest;
 	size_t n;
 	int r, fd;

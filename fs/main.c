@@ -91,6 +91,9 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("mail_retry=%ld", mail_retry),
 	OPT("mail_max_age=%ld", mail_max_age),
 	OPT("temp_max_age=%ld", temp_max_age),
+	OPT("shared=%s", shared),
+	OPT("shared_password=%s", shared_password),
+	OPT("node=%s", node),
 	FUSE_OPT_KEY("-h", KEY_HELP),
 	FUSE_OPT_KEY("--help", KEY_HELP),
 	FUSE_OPT_KEY("-V", KEY_VERSION),
@@ -161,6 +164,10 @@ usage(const char *prog)
 	    "                            up (default: the config file's directory)\n"
 	    "    -o temp_max_age=S       remove writers' temporaries (.NAME) not renamed\n"
 	    "                            into place after S seconds (3600)\n"
+	    "    -o shared=URI           keep /fields in PostgreSQL (a libpq URI,\n"
+	    "                            no password in it; docs/scale.md)\n"
+	    "    -o shared_password=FILE the database password (mode 0600)\n"
+	    "    -o node=NAME            this node's name in the cluster (hostname)\n"
 	    "    -o log_level=LEVEL      error, warning, info (default), debug\n"
 	    "    -o nonempty             allow a mount point that is not empty\n"
 	    "    -V, --version           print the version\n\n"
@@ -323,8 +330,16 @@ main(int argc, char *argv[])
 	    absolutize(&the_fs.opt.history_anchor, "history_anchor", 0) != 0 ||
 	    absolutize(&the_fs.opt.smtp_ca, "smtp_ca", 1) != 0 ||
 	    absolutize(&the_fs.opt.smtp_auth, "smtp_auth", 1) != 0 ||
-	    absolutize(&the_fs.opt.config, "config", 1) != 0)
+	    absolutize(&the_fs.opt.config, "config", 1) != 0 ||
+	    absolutize(&the_fs.opt.shared_password, "shared_password", 1) != 0)
 		return 1;
+	if (the_fs.opt.shared_password && the_fs.opt.shared == NULL) {
+		fprintf(stderr, "hsmfs: shared_password= needs shared=URI\n");
+		return 2;
+	}
+	the_fs.sconf.dirfd = -1;
+	the_fs.sconf.shared = the_fs.opt.shared;
+	the_fs.sconf.shared_password = the_fs.opt.shared_password;
 	if (check_mountpoint() != 0 || check_store() != 0 ||
 	    check_truststore() != 0 || check_smtp() != 0 || check_keys() != 0)
 		return 1;

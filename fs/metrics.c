@@ -10,6 +10,7 @@
 #include "common/err.h"
 #include "common/util.h"
 #include "common/log.h"
+#include "store/pg.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -418,6 +419,62 @@ store_metrics(struct metrics *m)
 	    (double)sv.f_favail, (char *)NULL);
 }
 
+/* The shared store's pool (store/pg.h): state, reconnects, failures,
+ * round trip; ask: measured now (one SELECT 1, bounded by the pool's
+ * timeouts), else the last measure. */
+static int
+database_state(int ask, struct pg_status *st)
+{
+	struct pg *p = hsmfs_ctx->sconf.pg;
+
+	if (p == NULL)
+		return 0;
+	if (ask)
+		pg_ping(p, NULL);
+	pg_status(p, st);
+	return 1;
+}
+
+static void
+database_metrics(struct metrics *m, int ask)
+{
+	struct pg_status st;
+
+	if (!database_state(ask, &st))
+		return;
+	metrics_add(m, METRIC_GAUGE, "hsmfs_database_up",
+	    "1 when the shared store's database answered the last statement",
+	    st.state == PG_STATE_UP, (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_database_reconnects_total",
+	    "Database connections opened after the first", (double)st.reconnects,
+	    (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_database_failures_total",
+	    "Failed database connects and statements", (double)st.failures,
+	    (char *)NULL);
+	metrics_add(m, METRIC_GAUGE, "hsmfs_database_connections",
+	    "Database connections open now", (double)st.open, (char *)NULL);
+	metrics_add(m, METRIC_GAUGE, "hsmfs_database_rtt_seconds",
+	    "Round trip of the last SELECT 1 (0: never measured)",
+	    (double)st.rtt_us / 1e6, (char *)NULL);
+}
+
+void
+metrics_status_database(FILE *out, int ask)
+{
+	struct pg_status st;
+
+	if (!database_state(ask, &st))
+		return;
+	fprintf(out, "database.state: %s\n", st.state == PG_STATE_UP ? "up" : "down");
+	fprintf(out, "database.cluster: %s\n", hsmfs_ctx->cluster_origin);
+	fprintf(out, "database.reconnects: %lu\n", st.reconnects);
+	fprintf(out, "database.failures: %lu\n", st.failures);
+	fprintf(out, "database.connections: %u\n", st.open);
+	fprintf(out, "database.rtt_ms: %.3f\n", (double)st.rtt_us / 1000.0);
+	fprintf(out, "database.last_error: %s\n",
+	    st.last_error[0] ? st.last_error : "none");
+}
+
 static void
 error_metrics(struct metrics *m)
 {
@@ -522,6 +579,7 @@ metrics_render(const struct fs_folder_state *folders, size_t nfolders,
 		if (folders[i].metrics && strcmp(folders[i].state, "ready") == 0)
 			folders[i].metrics(&m);
 	store_metrics(&m);
+	database_metrics(&m, ask);
 	error_metrics(&m);
 
 	if ((out = open_memstream(&buf, &n)) == NULL)

@@ -50,6 +50,8 @@ long long metrics_last_error(char *buf, size_t size);
  * a module); the store's free space, error counts and the last error. */
 void metrics_status_key(FILE *out, const struct keyring_status *s);
 void metrics_status_tail(FILE *out);
+/* database.* lines of .status when shared= (ask: ping it first). */
+void metrics_status_database(FILE *out, int ask);
 
 /* Folder state as fs/main.c knows it. */
 struct fs_folder_state {

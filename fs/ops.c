@@ -147,6 +147,7 @@ status_text(size_t *len, int ask)
 		    u->key_name ? u->key_name : "none");
 	}
 	fprintf(f, "secmem.fallbacks: %lu\n", secmem_fallbacks());
+	metrics_status_database(f, ask);
 	for (size_t i = 0; i < NFOLDERS; i++) {
 		fprintf(f, "folder.%s: %s%s%s\n", folders[i]->name,
 		    folder_ok[i] ? "ready" :
@@ -691,6 +692,16 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 		pthread_sigmask(SIG_SETMASK, &oldsigs, NULL);
 		return &the_fs;
 	}
+	/* shared=: one pool for every area, checked (schema, configuration)
+	 * and the node registered before any folder starts. */
+	if (the_fs.opt.shared != NULL &&
+	    (r = shared_join(the_fs.keys, PG_CLUSTER_JOIN, &the_fs.sconf.pg,
+	    the_fs.cluster_origin, sizeof(the_fs.cluster_origin))) != 0) {
+		log_err("shared store: %s; unmounting", err_detail());
+		fuse_exit(fuse_get_context()->fuse);
+		pthread_sigmask(SIG_SETMASK, &oldsigs, NULL);
+		return &the_fs;
+	}
 	for (size_t i = 0; i < NFOLDERS; i++) {
 		if (folders[i]->start == NULL) {
 			folder_err[i] = HSMFS_ERR_UNSUPPORTED;
@@ -715,7 +726,14 @@ op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	reload_start();
 	pthread_sigmask(SIG_SETMASK, &oldsigs, NULL);
 	log_info("mounted store %s", the_fs.store);
-	notify("READY=1\nSTATUS=serving %s on %s", the_fs.store, mnt_abs);
+	if (the_fs.sconf.pg != NULL) {
+		log_info("shared store: node %s of cluster %s", node_name(),
+		    the_fs.cluster_origin);
+		notify("READY=1\nSTATUS=serving %s on %s, shared database (cluster "
+		    "%s, node %s)", the_fs.store, mnt_abs, the_fs.cluster_origin,
+		    node_name());
+	} else
+		notify("READY=1\nSTATUS=serving %s on %s", the_fs.store, mnt_abs);
 	return &the_fs;
 }
 
@@ -733,6 +751,8 @@ op_destroy(void *data)
 			folders[i]->stop();
 		folder_started[i] = 0;
 	}
+	pg_close(the_fs.sconf.pg);   /* after every folder stopped */
+	the_fs.sconf.pg = NULL;
 	keyring_free(the_fs.keys);
 	the_fs.keys = NULL;
 	log_info("unmounted store %s", the_fs.store);

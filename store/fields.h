@@ -21,9 +21,17 @@ struct fields_lock;
 /* A stored envelope line is at most this long, with room to spare. */
 #define FIELDS_TEXT_MAX ((size_t)2 << 20)
 
-/* The fields of the store conf names (STORE/fields/; shared != NULL:
- * not yet, HSMFS_ERR_UNSUPPORTED). */
+/* The fields of the store conf names: rows of the shared store when
+ * c->pg != NULL (store/fields_pg.c, table hsmfs_fields), else
+ * STORE/fields/ (store/fields_dir.c). */
 int fields_store_open(const struct store_conf *c, struct fields_store **out);
+/* The PostgreSQL backend itself (fields_store_open picks it). */
+int fields_store_open_pg(const struct store_conf *c, struct fields_store **out);
+/* Shared store: the newest version of descriptor desc that every node
+ * registered in the cluster has (0: none, or not shared), so that new
+ * values are sealed only with a version every node can open. */
+int fields_store_cluster_version(const struct store_conf *c, const char *desc,
+    int *version);
 /* A node-local directory store over dirfd (kept open by the caller):
  * writers' temporaries (fs/temp.c's area), whatever the shared store. */
 int fields_store_open_dir(int dirfd, struct fields_store **out);

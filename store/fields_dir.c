@@ -352,6 +352,8 @@ fields_store_open(const struct store_conf *c, struct fields_store **out)
 	int fd;
 
 	*out = NULL;
+	if (c->pg != NULL)
+		return fields_store_open_pg(c, out);
 	if (c->shared != NULL) {
 		err_set("fields: a shared store is not supported yet");
 		return HSMFS_ERR_UNSUPPORTED;

@@ -11,6 +11,15 @@
 #include <string.h>
 #include <unistd.h>
 
+static const char *shared_uri, *shared_pw;
+
+void
+fieldtool_shared(const char **uri, const char **password)
+{
+	*uri = shared_uri;
+	*password = shared_pw;
+}
+
 int
 fieldtool_args(const char *cmd, int argc, char **argv, const char **config,
     char **pos, int maxpos, int *npos)
@@ -37,6 +46,8 @@ fieldtool_args(const char *cmd, int argc, char **argv, const char **config,
 		return TOOL_USAGE;
 	}
 	*config = o.config;
+	shared_uri = o.shared;
+	shared_pw = o.shared_password;
 	return TOOL_OK;
 }
 

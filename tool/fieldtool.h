@@ -22,6 +22,8 @@ int fieldtool_args(const char *cmd, int argc, char **argv, const char **config,
  * Prints one line and returns TOOL_USAGE on failure. */
 int fieldtool_open(const char *cmd, const char *config, struct fieldtool *t);
 void fieldtool_close(struct fieldtool *t);
+/* shared= and shared_password= of the last fieldtool_args (NULL: none). */
+void fieldtool_shared(const char **uri, const char **password);
 /* All of stdin (at most max bytes) into secure memory; *cap is the
  * allocation size for secmem_free. */
 int fieldtool_read_stdin(const char *cmd, size_t max, uint8_t **buf,

@@ -31,7 +31,7 @@ static const struct tool_cmd cmds[] = {
 	    "read an NX02 envelope on stdin, print the plaintext", 1},
 	{"seal-field", cmd_seal_field, "-o config=FILE",
 	    "read a plaintext on stdin, print an NX02 envelope", 1},
-	{"rekey-fields", cmd_rekey_fields, "-o config=FILE STORE",
+	{"rekey-fields", cmd_rekey_fields, "-o config=FILE[,shared=URI[,shared_password=FILE]] [STORE]",
 	    "rewrap every field to the newest EncryptedFields version", 1},
 	{"db-init", cmd_db_init, "[--check] -o config=FILE,shared=URL[,shared_password=FILE][,daemon_role=NAME][,origin=NAME]",
 	    "create or migrate the shared store's schema, record the configuration", 1},
@@ -89,6 +89,10 @@ tool_common_opt(int argc, char **argv, int *i, struct tool_opts *o)
 			o->config = tok + 7;
 		else if (strncmp(tok, "truststore=", 11) == 0)
 			o->truststore = tok + 11;
+		else if (strncmp(tok, "shared=", 7) == 0)
+			o->shared = tok + 7;
+		else if (strncmp(tok, "shared_password=", 16) == 0)
+			o->shared_password = tok + 16;
 		else if (strncmp(tok, "classpath=", 10) == 0) {
 			/* Process-wide: every engine_load() of the command. */
 			if (engine_set_classpath(tok + 10) != 0) {

@@ -5,7 +5,10 @@
  * compare-and-replace (only if it still holds the text read; a value
  * the mount wrote meanwhile is left to the next pass). Resumable: each
  * replacement is atomic and fields already current are skipped, so a
- * rerun after a crash finishes the job. Uses only store/fields.h. */
+ * rerun after a crash finishes the job. Uses only store/fields.h.
+ * With -o shared=URI the fields are the database's (no STORE): the same
+ * batches, each replacement one UPDATE ... WHERE envelope = old, and
+ * one rekey-fields per cluster (an advisory lock). */
 #include "tool/tool.h"
 #include "tool/fieldtool.h"
 #include "crypto/envelope.h"
@@ -13,6 +16,7 @@
 #include "store/store.h"
 #include "common/err.h"
 #include "store/storelock.h"
+#include "store/pg.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -192,6 +196,41 @@ open_store(const char *store, int *slock, struct fields_store **fs)
 	return r == 0 ? TOOL_OK : TOOL_USAGE;
 }
 
+/* The shared store's fields (shared=): a pool of one connection for the
+ * batches and one for the maintenance lock. */
+static int
+open_shared(const char *uri, const char *pw, struct pg **p,
+    struct fields_store **fs)
+{
+	struct pg_conf pc = { .uri = uri, .password_file = pw,
+		.node = "rekey-fields", .pool_size = 2 };
+	struct store_conf sc = { .dirfd = -1, .shared = uri,
+		.shared_password = pw };
+	struct pg_conn *c;
+	int r;
+
+	*fs = NULL;
+	if ((r = pg_open(&pc, p)) == 0 && (r = pg_acquire(*p, &c)) == 0) {
+		r = pg_schema_check(c);
+		pg_release(*p, c);
+	}
+	if (r == 0) {
+		sc.pg = *p;
+		r = fields_store_open(&sc, fs);
+	}
+	if (r == 0 && (r = fields_store_maint_lock(*fs)) != 0) {
+		fields_store_close(*fs);
+		*fs = NULL;
+	}
+	if (r == 1)
+		fprintf(stderr, "hsmfs-tool rekey-fields: another rekey-fields is "
+		    "running on the shared store\n");
+	else if (r != 0)
+		fprintf(stderr, "hsmfs-tool rekey-fields: shared store: %s\n",
+		    err_detail());
+	return r == 0 ? TOOL_OK : TOOL_USAGE;
+}
+
 int
 cmd_rekey_fields(int argc, char **argv)
 {
@@ -206,16 +245,22 @@ cmd_rekey_fields(int argc, char **argv)
 	X509 *new_cert;
 	unsigned long rewrapped = 0, first_current = 0;
 	int npos, rc, r, slock = -1;
+	const char *shared, *shared_pw;
+	struct pg *pg = NULL;
 	hsm_key *k;
 
 	if ((rc = fieldtool_args("rekey-fields", argc, argv, &config, pos, 1,
 	    &npos)) != TOOL_OK)
 		return rc;
-	if (npos != 1) {
+	fieldtool_shared(&shared, &shared_pw);
+	if (npos != (shared ? 0 : 1)) {
 		tool_usage(stderr, "rekey-fields");
 		return TOOL_USAGE;
 	}
-	if ((rc = open_store(pos[0], &slock, &fs)) != TOOL_OK || fs == NULL)
+	if (shared)
+		pos[0] = "shared store";
+	if ((rc = shared ? open_shared(shared, shared_pw, &pg, &fs) :
+	    open_store(pos[0], &slock, &fs)) != TOOL_OK || fs == NULL)
 		goto out_fd;
 	if ((rc = fieldtool_open("rekey-fields", config, &t)) != TOOL_OK)
 		goto out_fd;
@@ -266,6 +311,7 @@ out:
 	fieldtool_close(&t);
 out_fd:
 	fields_store_close(fs);
+	pg_close(pg);
 	if (slock >= 0)
 		close(slock);
 	return rc;

@@ -26,6 +26,8 @@ struct tool_cmd {
 struct tool_opts {
 	const char *config;
 	const char *truststore;
+	const char *shared;           /* shared=URI (the fields tools) */
+	const char *shared_password;  /* shared_password=FILE */
 };
 int tool_common_opt(int argc, char **argv, int *i, struct tool_opts *o);
 /* Print the command's usage and help to f. */
