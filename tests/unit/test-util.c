@@ -69,6 +69,7 @@ main(void)
 		CHECK(util_pwritev_all(fd, iov, 1, -1) == HSMFS_ERR_INVALID);
 	}
 	close(fd);
+	CHECK(unlinkat(dfd, "v", 0) == 0);
 	{
 		char x[] = "x";
 		struct iovec iov = { x, 1 };
