@@ -84,7 +84,7 @@ obj_get_locked(const char *name)
 		free(o);
 		return NULL;
 	}
-	o->fd = -1;
+	o->so = NULL;
 	o->signer = -1;
 	tlog_tree_init(&o->tree);
 	tlog_tree_init(&o->pend.tree);
@@ -482,7 +482,7 @@ history_read(const char *path, char *buf, size_t size, off_t off,
 		off_t foff;
 		size_t take;
 		ssize_t n;
-		int fd;
+		struct hstore_obj *so;
 
 		pthread_mutex_lock(&H.lock);
 		hi = h->o->nrec;
@@ -502,13 +502,11 @@ history_read(const char *path, char *buf, size_t size, off_t off,
 			if (take > r->payload_len - in)
 				take = (size_t)(r->payload_len - in);
 		}
-		fd = h->o->fd;
+		so = h->o->so;
 		pthread_mutex_unlock(&H.lock);
 		if (take == 0)
 			break;
-		n = pread(fd, buf + done, take, foff);
-		if (n < 0 && errno == EINTR)
-			continue;
+		n = hstore_obj_read(so, buf + done, take, foff);
 		if (n <= 0)
 			return done > 0 ? (int)done : -EIO;
 		done += (size_t)n;
