@@ -6,7 +6,6 @@
 #include "fs/history_int.h"
 #include "fs/fs.h"
 #include "store/history.h"
-#include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -172,12 +171,12 @@ write_spooled(struct hstore_batch *sb, struct hobj *o, struct hreq *q,
 	if ((chunk = malloc(1 << 16)) == NULL)
 		return HSMFS_ERR_NOMEM;
 	for (uint64_t done = 0; done < q->len;) {
-		ssize_t n = pread(q->spool_fd, chunk, 1 << 16, (off_t)done);
-		if (n < 0 && errno == EINTR)
-			continue;
+		ssize_t n = hstore_spool_read(q->spool, chunk, 1 << 16,
+		    (off_t)done);
 		if (n <= 0) {
-			err_set("read spool: %s", n < 0 ? strerror(errno) : "short");
-			r = HSMFS_ERR_IO;
+			if (n == 0)
+				err_set("read spool: short");
+			r = n < 0 ? (int)n : HSMFS_ERR_IO;
 			goto out;
 		}
 		if (EVP_DigestUpdate(md, chunk, (size_t)n) != 1) {
@@ -225,7 +224,7 @@ write_frame(struct hstore_batch *sb, struct touched *t, struct hreq *q)
 	    EVP_DigestUpdate(md, hdr + TLOG_FRAME_HDR, TLOG_LEAF_HDR) != 1)
 		goto out;
 	hr.payload_off = off + (off_t)sizeof(hdr);
-	if (q->spool_fd >= 0) {
+	if (q->spool != NULL) {
 		if ((r = write_spooled(sb, t->o, q, hdr, sizeof(hdr), md, hash,
 		    &off)) != 0)
 			goto out;
@@ -643,8 +642,8 @@ finisher_main(void *arg)
 
 /* Queue a record and wait until it is durable and signed. */
 int
-commit_record(struct hobj *o, uint8_t *buf, int spool_fd, uint64_t len,
-    uint32_t uid)
+commit_record(struct hobj *o, uint8_t *buf, struct hstore_spool *spool,
+    uint64_t len, uint32_t uid)
 {
 	struct hreq q;
 	struct batch *fast;
@@ -652,7 +651,7 @@ commit_record(struct hobj *o, uint8_t *buf, int spool_fd, uint64_t len,
 	memset(&q, 0, sizeof(q));
 	q.o = o;
 	q.buf = buf;
-	q.spool_fd = spool_fd;
+	q.spool = spool;
 	q.len = len;
 	q.uid = uid;
 	pthread_cond_init(&q.cv, NULL);

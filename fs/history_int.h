@@ -79,7 +79,7 @@ struct hreq {
 	struct hreq *next;
 	struct hobj *o;
 	uint8_t *buf;             /* payload in memory, or */
-	int spool_fd;             /* spooled (>= 0) */
+	struct hstore_spool *spool;  /* or spooled (non-NULL) */
 	uint64_t len;
 	uint32_t uid;
 	int done, result;
@@ -139,8 +139,8 @@ int history_reload_prepare(const struct engine *e, struct keyring *kr,
 void history_reload_finish(void *next, int commit);
 
 /* fs/history_commit.c */
-int commit_record(struct hobj *o, uint8_t *buf, int spool_fd, uint64_t len,
-    uint32_t uid);
+int commit_record(struct hobj *o, uint8_t *buf, struct hstore_spool *spool,
+    uint64_t len, uint32_t uid);
 int history_commit_start(void);
 void history_commit_stop(void);
 

@@ -3,7 +3,6 @@
 #include "fs/history_int.h"
 #include "fs/fs.h"
 #include "store/history.h"
-#include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"

@@ -184,9 +184,16 @@ void hstore_batch_end(struct hstore_batch *b);         /* NULL: nothing */
 int hstore_object_stat(struct hstore *hs, const char *name, struct stat *st);
 /* New object files' directory entries made durable. */
 int hstore_objects_sync(struct hstore *hs);
-/* An unlinked temporary file in the area (a large record being written),
- * or a negative code. */
-int hstore_spool_open(struct hstore *hs);
+/* A spool for a large record being written (directory: an unlinked
+ * temporary file in the area): appended to, then read back by offset
+ * when its frame is written. */
+struct hstore_spool;
+int hstore_spool_open(struct hstore *hs, struct hstore_spool **out);
+int hstore_spool_write(struct hstore_spool *sp, const void *buf, size_t len);
+/* Bytes read (0 at the end) or a negative code with err_set(). */
+ssize_t hstore_spool_read(struct hstore_spool *sp, void *buf, size_t len,
+    off_t off);
+void hstore_spool_close(struct hstore_spool *sp);      /* NULL: nothing */
 /* Replace the index with notes (the newest checkpoint of every object):
  * a crash leaves the old or the new index. */
 int hstore_index_rewrite(struct hstore *hs, const char *notes, size_t len);

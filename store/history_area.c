@@ -289,21 +289,6 @@ hstore_objects_sync(struct hstore *hs)
 }
 
 int
-hstore_spool_open(struct hstore *hs)
-{
-	struct store_tmp t;
-	int r, fd = openat(hs->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (fd >= 0)
-		return fd;
-	if (errno != EOPNOTSUPP && errno != EISDIR)
-		return sys_fail("history spool", errno);
-	if ((r = store_tmp_create(hs->dirfd, &t)) != 0)
-		return r;
-	unlinkat(hs->dirfd, t.name, 0);
-	return t.fd;
-}
-
-int
 hstore_index_append(struct hstore *hs, const char *notes, size_t len)
 {
 	int r;

@@ -3,6 +3,7 @@
  * batch the list of objects it wrote to and where it began in each. */
 #include "store/history.h"
 #include "store/history_dir.h"
+#include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -105,6 +106,69 @@ hstore_obj_cut(struct hstore_obj *ob, off_t len, int durable)
 	if (ftruncate(ob->fd, len) < 0 || (durable && fdatasync(ob->fd) < 0))
 		return obj_fail(ob, "cut", errno);
 	return 0;
+}
+
+struct hstore_spool {
+	int fd;
+};
+
+int
+hstore_spool_open(struct hstore *hs, struct hstore_spool **out)
+{
+	struct hstore_spool *sp;
+	struct store_tmp t;
+	int r;
+
+	*out = NULL;
+	if ((sp = malloc(sizeof(*sp))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	sp->fd = openat(hs->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (sp->fd < 0 && errno != EOPNOTSUPP && errno != EISDIR) {
+		err_set("history spool: %s", strerror(errno));
+		r = hsmfs_errno_err(errno);
+		free(sp);
+		return r;
+	}
+	if (sp->fd < 0) {
+		if ((r = store_tmp_create(hs->dirfd, &t)) != 0) {
+			free(sp);
+			return r;
+		}
+		unlinkat(hs->dirfd, t.name, 0);
+		sp->fd = t.fd;
+	}
+	*out = sp;
+	return 0;
+}
+
+int
+hstore_spool_write(struct hstore_spool *sp, const void *buf, size_t len)
+{
+	return util_write_all(sp->fd, buf, len);
+}
+
+ssize_t
+hstore_spool_read(struct hstore_spool *sp, void *buf, size_t len, off_t off)
+{
+	for (;;) {
+		ssize_t n = pread(sp->fd, buf, len, off);
+		if (n >= 0)
+			return n;
+		if (errno != EINTR) {
+			int e = errno;
+			err_set("read spool: %s", strerror(e));
+			return hsmfs_errno_err(e);
+		}
+	}
+}
+
+void
+hstore_spool_close(struct hstore_spool *sp)
+{
+	if (sp == NULL)
+		return;
+	util_close_fd(&sp->fd);
+	free(sp);
 }
 
 int
