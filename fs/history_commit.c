@@ -148,8 +148,7 @@ now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-/* The frame of a spooled record: header, payload copied from the spool
- * in chunks (hashed on the way), hash. *off advances. */
+/* One part of a frame, at off. */
 static int
 frame_part(struct hstore_batch *sb, struct hobj *o, const void *p, size_t len,
     off_t off)
@@ -158,6 +157,8 @@ frame_part(struct hstore_batch *sb, struct hobj *o, const void *p, size_t len,
 	return hstore_batch_frame(sb, o->so, off, &iov, 1);
 }
 
+/* The frame of a spooled record: header, payload copied from the spool
+ * in chunks (hashed on the way), hash. *off advances. */
 static int
 write_spooled(struct hstore_batch *sb, struct hobj *o, struct hreq *q,
     const uint8_t *hdr, size_t hlen, EVP_MD_CTX *md,
