@@ -113,7 +113,10 @@ int hstore_verify_object(const struct store_conf *conf, struct hstore_verify *v)
  * next open cuts what is after the signed size). A shared backend does a
  * batch as one transaction (prepare a flush or nothing, commit the
  * COMMIT). The caller keeps each object's tree, size and record table
- * (it is the only writer of the area while the store lock is held). */
+ * (it is the only writer of the area while the store lock is held); a
+ * shared backend will have to hand the object's state (size, record
+ * count, frontier) read under a row lock to the caller at its first
+ * frame of a batch -- not part of this interface yet. */
 struct hstore;
 struct hstore_obj;      /* one object of the area, open */
 struct hstore_batch;    /* frames on their way to the index */
