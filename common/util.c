@@ -11,6 +11,7 @@
 #include <time.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -144,6 +145,42 @@ util_pwrite_all(int fd, const void *buf, size_t len, off_t off)
 		return HSMFS_ERR_INVALID;
 	}
 	return write_loop(fd, buf, len, off);
+}
+
+int
+util_pwritev_all(int fd, struct iovec *iov, int n, off_t off)
+{
+	if (off < 0) {
+		err_set("write file: negative offset");
+		return HSMFS_ERR_INVALID;
+	}
+	while (n > 0 && iov->iov_len == 0) {
+		iov++;
+		n--;
+	}
+	while (n > 0) {
+		ssize_t w = pwritev(fd, iov, n, off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return sys_fail("write", "file");
+		}
+		if (w == 0) {
+			err_set("write file: no progress");
+			return HSMFS_ERR_IO;
+		}
+		off += w;
+		while (n > 0 && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
+		}
+	}
+	return 0;
 }
 
 void

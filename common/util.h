@@ -24,6 +24,10 @@ int util_read_file_at(int dirfd, const char *name, size_t max, char **out,
  * (HSMFS_ERR_NOSPC for a full disk) with err_set(). */
 int util_write_all(int fd, const void *buf, size_t len);
 int util_pwrite_all(int fd, const void *buf, size_t len, off_t off);
+/* The same for n buffers written one after the other from off (pwritev);
+ * iov is consumed (its entries are changed). */
+struct iovec;
+int util_pwritev_all(int fd, struct iovec *iov, int n, off_t off);
 
 /* Call fn(dirfd, name, arg) for every entry of the directory open at
  * dirfd but "." and "..", from its start; dirfd stays open. fn returns 0

@@ -7,7 +7,6 @@
 #include "fs/history_int.h"
 #include "fs/fs.h"
 #include "store/history.h"
-#include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -33,7 +32,7 @@ struct hfh {
 	int append;
 	uint8_t *buf;
 	size_t len, cap;
-	int spool_fd;
+	struct hstore_spool *spool;  /* a large record, or NULL */
 	uint64_t pending;         /* bytes since the last commit */
 	uint64_t next_off;        /* non-O_APPEND: where the next write must be */
 	int werr;                 /* a write failed: the record is void (-errno) */
@@ -84,7 +83,7 @@ obj_get_locked(const char *name)
 		free(o);
 		return NULL;
 	}
-	o->fd = -1;
+	o->so = NULL;
 	o->signer = -1;
 	tlog_tree_init(&o->tree);
 	tlog_tree_init(&o->pend.tree);
@@ -320,7 +319,7 @@ fh_new(int kind, struct hobj *o)
 		return NULL;
 	h->kind = kind;
 	h->o = o;
-	h->spool_fd = -1;
+	h->spool = NULL;
 	pthread_mutex_init(&h->mu, NULL);
 	return h;
 }
@@ -331,8 +330,7 @@ fh_free(struct hfh *h)
 	if (h == NULL)
 		return;
 	free(h->buf);
-	if (h->spool_fd >= 0)
-		close(h->spool_fd);
+	hstore_spool_close(h->spool);
 	free(h->text);
 	pthread_mutex_destroy(&h->mu);
 	free(h);
@@ -482,7 +480,7 @@ history_read(const char *path, char *buf, size_t size, off_t off,
 		off_t foff;
 		size_t take;
 		ssize_t n;
-		int fd;
+		struct hstore_obj *so;
 
 		pthread_mutex_lock(&H.lock);
 		hi = h->o->nrec;
@@ -502,27 +500,16 @@ history_read(const char *path, char *buf, size_t size, off_t off,
 			if (take > r->payload_len - in)
 				take = (size_t)(r->payload_len - in);
 		}
-		fd = h->o->fd;
+		so = h->o->so;
 		pthread_mutex_unlock(&H.lock);
 		if (take == 0)
 			break;
-		n = pread(fd, buf + done, take, foff);
-		if (n < 0 && errno == EINTR)
-			continue;
+		n = hstore_obj_read(so, buf + done, take, foff);
 		if (n <= 0)
 			return done > 0 ? (int)done : -EIO;
 		done += (size_t)n;
 	}
 	return (int)done;
-}
-
-/* An unlinked temp file in the store for a large record (not the
- * sign-out/verify-in spool of fs/spool.h). Returns it or -errno. */
-static int
-record_spool_open(void)
-{
-	int fd = hstore_spool_open(H.hs);
-	return fd >= 0 ? fd : -hsmfs_err_errno(fd);
 }
 
 static int
@@ -549,25 +536,25 @@ history_write(const char *path, const char *buf, size_t size, off_t off,
 		r = -EFBIG;
 		goto out;
 	}
-	if (h->spool_fd < 0 && h->len + size > SPOOL_AFTER) {
-		int e;
-		if ((h->spool_fd = record_spool_open()) < 0) {
-			r = h->spool_fd;
-			h->spool_fd = -1;
-			goto out;
+	if (h->spool == NULL && h->len + size > SPOOL_AFTER) {
+		/* A spool in the store (not the sign-out/verify-in spool of
+		 * fs/spool.h). */
+		int e = hstore_spool_open(H.hs, &h->spool);
+		if (e == 0 && (e = hstore_spool_write(h->spool, h->buf,
+		    h->len)) != 0) {
+			hstore_spool_close(h->spool);
+			h->spool = NULL;
 		}
-		if ((e = store_write_all(h->spool_fd, h->buf, h->len)) != 0) {
+		if (e != 0) {
 			r = -hsmfs_err_errno(e);
-			close(h->spool_fd);
-			h->spool_fd = -1;
 			goto out;
 		}
 		free(h->buf);
 		h->buf = NULL;
 		h->len = h->cap = 0;
 	}
-	if (h->spool_fd >= 0) {
-		int e = store_write_all(h->spool_fd, buf, size);
+	if (h->spool != NULL) {
+		int e = hstore_spool_write(h->spool, buf, size);
 		if (e != 0) {
 			r = -hsmfs_err_errno(e);
 			goto out;
@@ -615,16 +602,15 @@ fh_commit(struct hfh *h)
 		r = hsmfs_errno_err(-h->werr);   /* for the log line's text */
 		h->werr = 0;
 	} else {
-		r = commit_record(h->o, h->buf, h->spool_fd, h->pending, h->uid);
+		r = commit_record(h->o, h->buf, h->spool, h->pending, h->uid);
 	}
 	/* Committed or not, this data is done with: a failed record was
 	 * never acknowledged, and close() reports the failure. */
 	free(h->buf);
 	h->buf = NULL;
 	h->len = h->cap = 0;
-	if (h->spool_fd >= 0)
-		close(h->spool_fd);
-	h->spool_fd = -1;
+	hstore_spool_close(h->spool);
+	h->spool = NULL;
 	h->pending = 0;
 	pthread_mutex_unlock(&h->mu);
 	if (r != 0) {

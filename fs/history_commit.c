@@ -6,7 +6,6 @@
 #include "fs/history_int.h"
 #include "fs/fs.h"
 #include "store/history.h"
-#include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -35,10 +34,10 @@ struct touched {
 	char *cp;
 	size_t cp_len;
 	int created;
-	off_t start_len;          /* file length before this batch's frames */
 };
 
 struct sign_job {
+	struct hstore_batch *sb;
 	struct touched *t;
 	size_t n;
 	atomic_size_t next;
@@ -77,13 +76,10 @@ sign_items(struct sign_job *j)
 		if (t->err)
 			continue;
 		if (i % 2 == 0) {
-			if (fdatasync(t->o->fd) < 0) {
-				int e = errno;
-				err_set("fdatasync: %s", strerror(e));
-				t->sync_err = hsmfs_errno_err(e);
+			t->sync_err = hstore_batch_prepare(j->sb, t->o->so);
+			if (t->sync_err)
 				fs_log_fail("history", t->o->name, NULL, "syncing records",
 				    t->sync_err);
-			}
 			continue;
 		}
 		tlog_tree_root(&t->end.tree, root);
@@ -144,40 +140,6 @@ sign_finish(struct sign_job *j)
 	pthread_mutex_unlock(&SP.mu);
 }
 
-/* pwritev until everything is written (iov is consumed). */
-static int
-pwritev_all(int fd, struct iovec *iov, int n, off_t off)
-{
-	while (n > 0) {
-		ssize_t w = pwritev(fd, iov, n, off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0) {
-			int e = errno;
-			err_set("write: %s", strerror(e));
-			return hsmfs_errno_err(e);
-		}
-		off += w;
-		while (n > 0 && (size_t)w >= iov->iov_len) {
-			w -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (uint8_t *)iov->iov_base + w;
-			iov->iov_len -= (size_t)w;
-		}
-	}
-	return 0;
-}
-
-static int
-pwrite_all(int fd, const void *buf, size_t len, off_t off)
-{
-	struct iovec iov = { (void *)buf, len };
-	return pwritev_all(fd, &iov, 1, off);
-}
-
 static uint64_t
 now_us(void)
 {
@@ -186,33 +148,43 @@ now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* One part of a frame, at off. */
+static int
+frame_part(struct hstore_batch *sb, struct hobj *o, const void *p, size_t len,
+    off_t off)
+{
+	struct iovec iov = { (void *)p, len };
+	return hstore_batch_frame(sb, o->so, off, &iov, 1);
+}
+
 /* The frame of a spooled record: header, payload copied from the spool
  * in chunks (hashed on the way), hash. *off advances. */
 static int
-write_spooled(int fd, struct hreq *q, const uint8_t *hdr, size_t hlen,
-    EVP_MD_CTX *md, uint8_t hash[TLOG_HASH_LEN], off_t *off)
+write_spooled(struct hstore_batch *sb, struct hobj *o, struct hreq *q,
+    const uint8_t *hdr, size_t hlen, EVP_MD_CTX *md,
+    uint8_t hash[TLOG_HASH_LEN], off_t *off)
 {
 	uint8_t *chunk;
 	int r;
-	if ((r = pwrite_all(fd, hdr, hlen, *off)) != 0)
+	if ((r = frame_part(sb, o, hdr, hlen, *off)) != 0)
 		return r;
 	*off += (off_t)hlen;
 	if ((chunk = malloc(1 << 16)) == NULL)
 		return HSMFS_ERR_NOMEM;
 	for (uint64_t done = 0; done < q->len;) {
-		ssize_t n = pread(q->spool_fd, chunk, 1 << 16, (off_t)done);
-		if (n < 0 && errno == EINTR)
-			continue;
+		ssize_t n = hstore_spool_read(q->spool, chunk, 1 << 16,
+		    (off_t)done);
 		if (n <= 0) {
-			err_set("read spool: %s", n < 0 ? strerror(errno) : "short");
-			r = HSMFS_ERR_IO;
+			if (n == 0)
+				err_set("read spool: short");
+			r = n < 0 ? (int)n : HSMFS_ERR_IO;
 			goto out;
 		}
 		if (EVP_DigestUpdate(md, chunk, (size_t)n) != 1) {
 			r = HSMFS_ERR_CRYPTO;
 			goto out;
 		}
-		if ((r = pwrite_all(fd, chunk, (size_t)n, *off)) != 0)
+		if ((r = frame_part(sb, o, chunk, (size_t)n, *off)) != 0)
 			goto out;
 		*off += n;
 		done += (uint64_t)n;
@@ -220,7 +192,7 @@ write_spooled(int fd, struct hreq *q, const uint8_t *hdr, size_t hlen,
 	r = HSMFS_ERR_CRYPTO;
 	if (EVP_DigestFinal_ex(md, hash, NULL) != 1)
 		goto out;
-	if ((r = pwrite_all(fd, hash, TLOG_HASH_LEN, *off)) != 0)
+	if ((r = frame_part(sb, o, hash, TLOG_HASH_LEN, *off)) != 0)
 		goto out;
 	*off += TLOG_HASH_LEN;
 out:
@@ -230,7 +202,7 @@ out:
 
 /* Append one frame for q at t's end. */
 static int
-write_frame(struct touched *t, struct hreq *q)
+write_frame(struct hstore_batch *sb, struct touched *t, struct hreq *q)
 {
 	struct tlog_record rec;
 	uint8_t hdr[TLOG_FRAME_HDR + TLOG_LEAF_HDR], hash[TLOG_HASH_LEN];
@@ -253,8 +225,8 @@ write_frame(struct touched *t, struct hreq *q)
 	    EVP_DigestUpdate(md, hdr + TLOG_FRAME_HDR, TLOG_LEAF_HDR) != 1)
 		goto out;
 	hr.payload_off = off + (off_t)sizeof(hdr);
-	if (q->spool_fd >= 0) {
-		if ((r = write_spooled(t->o->fd, q, hdr, sizeof(hdr), md, hash,
+	if (q->spool != NULL) {
+		if ((r = write_spooled(sb, t->o, q, hdr, sizeof(hdr), md, hash,
 		    &off)) != 0)
 			goto out;
 	} else {
@@ -265,7 +237,7 @@ write_frame(struct touched *t, struct hreq *q)
 		if (EVP_DigestUpdate(md, q->buf, q->len) != 1 ||
 		    EVP_DigestFinal_ex(md, hash, NULL) != 1)
 			goto out;
-		if ((r = pwritev_all(t->o->fd, iov, 3, off)) != 0)
+		if ((r = hstore_batch_frame(sb, t->o->so, off, iov, 3)) != 0)
 			goto out;
 		off += (off_t)(sizeof(hdr) + q->len + sizeof(hash));
 	}
@@ -288,16 +260,11 @@ out:
 	return r;
 }
 
-int
-obj_open_file(struct hobj *o, int create)
-{
-	return hstore_object_open(H.hs, o->name, create);
-}
-
 /* One batch on its way: framed and signed by the committer, then
  * taken to the index and published by the finisher (or by the committer
  * itself when nothing else is waiting). */
 struct batch {
+	struct hstore_batch *sb;  /* its frames in the store */
 	struct hreq *reqs;
 	size_t nreq;
 	struct touched *t;
@@ -315,6 +282,7 @@ batch_free(struct batch *b)
 	}
 	free(b->t);
 	free(b->all);
+	hstore_batch_end(b->sb);
 	free(b);
 }
 
@@ -356,6 +324,13 @@ stage_frame_sign(struct batch *b)
 	int r, new_dirent = 0;
 	struct sign_job job;
 
+	if ((r = hstore_batch_begin(H.hs, &b->sb)) != 0) {
+		for (struct hreq *q = b->reqs; q; q = q->next) {
+			b->nreq++;
+			q->result = r;
+		}
+		return;
+	}
 	for (struct hreq *q = b->reqs; q; q = q->next) {
 		struct touched *x = NULL;
 		b->nreq++;
@@ -378,17 +353,16 @@ stage_frame_sign(struct batch *b)
 			x->o = q->o;
 			pthread_mutex_lock(&H.lock);
 			x->end = q->o->pend;
-			x->start_len = x->end.file_len;
 			if (q->o->bad)
 				x->err = HSMFS_ERR_BADMSG;
 			pthread_mutex_unlock(&H.lock);
-			if (!x->err && x->o->fd < 0) {
-				int fd = obj_open_file(x->o, 1);
-				if (fd < 0) {
-					x->err = fd;
+			if (!x->err && x->o->so == NULL) {
+				struct hstore_obj *so;
+				if ((r = hstore_obj_open(H.hs, x->o->name, 1, &so)) != 0) {
+					x->err = r;
 				} else {
 					pthread_mutex_lock(&H.lock);
-					x->o->fd = fd;
+					x->o->so = so;
 					pthread_mutex_unlock(&H.lock);
 					x->created = 1;
 					new_dirent = 1;
@@ -397,7 +371,7 @@ stage_frame_sign(struct batch *b)
 		}
 		if (x->err)
 			continue;
-		if ((r = write_frame(x, q)) != 0) {
+		if ((r = write_frame(b->sb, x, q)) != 0) {
 			fs_log_fail("history", x->o->name, NULL, "appending a record", r);
 			x->err = r;
 		}
@@ -407,6 +381,7 @@ stage_frame_sign(struct batch *b)
 	if (nt == 0)
 		return;
 	memset(&job, 0, sizeof(job));
+	job.sb = b->sb;
 	job.t = t;
 	job.n = nt;
 	atomic_init(&job.next, 0);
@@ -434,9 +409,8 @@ stage_frame_sign(struct batch *b)
 		}
 		if (t[i].err) {
 			/* Never acknowledged: cut this batch's frames off. */
-			if (o->fd >= 0 && ftruncate(o->fd, t[i].start_len) < 0)
-				log_err("history/%s: cannot cut unacknowledged records: %s",
-				    o->name, strerror(errno));
+			if (o->so != NULL)
+				hstore_batch_abort(b->sb, o->so);
 			continue;
 		}
 		pthread_mutex_lock(&H.lock);
@@ -460,7 +434,7 @@ stage_index_publish(struct batch *b)
 
 	if (b->all_len > 0) {
 		/* The batch's durable unit (the anchor after it, logged). */
-		if ((r = hstore_index_append(H.hs, b->all, b->all_len)) != 0)
+		if ((r = hstore_batch_commit(b->sb, b->all, b->all_len)) != 0)
 			fs_log_fail("history", HSTORE_CHECKPOINTS, NULL,
 			    "writing checkpoints", r);
 	}
@@ -489,7 +463,7 @@ stage_index_publish(struct batch *b)
 		tlog_tree_root(&o->tree, o->known_root);
 		/* Frames of the next batch may already follow: the stamp
 		 * vouches for the file, reads stop at file_len. */
-		o->stamp_ok = fstat(o->fd, &o->stamp) == 0;
+		o->stamp_ok = hstore_obj_stat(o->so, &o->stamp) == 0;
 		H.signatures++;
 	}
 	batch_answer_locked(b, r);
@@ -506,9 +480,9 @@ cut_back_locked(void)
 		for (struct hobj *o = H.buckets[k]; o; o = o->next) {
 			if (o->pend.file_len == o->file_len && o->pend.nrec == o->nrec)
 				continue;
-			if (o->fd >= 0 && ftruncate(o->fd, o->file_len) < 0)
+			if (o->so != NULL && hstore_obj_cut(o->so, o->file_len, 0) != 0)
 				log_err("history/%s: cannot cut unacknowledged records: %s",
-				    o->name, strerror(errno));
+				    o->name, err_detail());
 			obj_pend_reset_locked(o);
 		}
 	H.broken = 0;
@@ -669,8 +643,8 @@ finisher_main(void *arg)
 
 /* Queue a record and wait until it is durable and signed. */
 int
-commit_record(struct hobj *o, uint8_t *buf, int spool_fd, uint64_t len,
-    uint32_t uid)
+commit_record(struct hobj *o, uint8_t *buf, struct hstore_spool *spool,
+    uint64_t len, uint32_t uid)
 {
 	struct hreq q;
 	struct batch *fast;
@@ -678,7 +652,7 @@ commit_record(struct hobj *o, uint8_t *buf, int spool_fd, uint64_t len,
 	memset(&q, 0, sizeof(q));
 	q.o = o;
 	q.buf = buf;
-	q.spool_fd = spool_fd;
+	q.spool = spool;
 	q.len = len;
 	q.uid = uid;
 	pthread_cond_init(&q.cv, NULL);

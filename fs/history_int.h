@@ -51,7 +51,7 @@ struct hstate {
 struct hobj {
 	struct hobj *next;
 	char *name;
-	int fd;                   /* objects/NAME.log, -1 until the first record */
+	struct hstore_obj *so;    /* its frames in the store, NULL until the first record */
 	char *bad;                /* why it fails verification (NULL: good) */
 	uint64_t nrec;
 	off_t file_len;           /* bytes of the nrec frames */
@@ -79,14 +79,12 @@ struct hreq {
 	struct hreq *next;
 	struct hobj *o;
 	uint8_t *buf;             /* payload in memory, or */
-	int spool_fd;             /* spooled (>= 0) */
+	struct hstore_spool *spool;  /* or spooled (non-NULL) */
 	uint64_t len;
 	uint32_t uid;
 	int done, result;
 	pthread_cond_t cv;        /* signalled under H.lock when done */
 };
-
-#define NBUCKETS 1024
 
 #define NBUCKETS 1024
 
@@ -141,9 +139,8 @@ int history_reload_prepare(const struct engine *e, struct keyring *kr,
 void history_reload_finish(void *next, int commit);
 
 /* fs/history_commit.c */
-int obj_open_file(struct hobj *o, int create);
-int commit_record(struct hobj *o, uint8_t *buf, int spool_fd, uint64_t len,
-    uint32_t uid);
+int commit_record(struct hobj *o, uint8_t *buf, struct hstore_spool *spool,
+    uint64_t len, uint32_t uid);
 int history_commit_start(void);
 void history_commit_stop(void);
 

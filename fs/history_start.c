@@ -3,7 +3,6 @@
 #include "fs/history_int.h"
 #include "fs/fs.h"
 #include "store/history.h"
-#include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -70,7 +69,8 @@ obj_verify(struct hobj *o, int recover)
 	char *cp_text = NULL;
 	size_t used;
 	struct stat st;
-	int fd, r;
+	struct hstore_obj *so;
+	int r;
 
 	memset(&cp, 0, sizeof(cp));
 	memset(&c, 0, sizeof(c));
@@ -78,7 +78,7 @@ obj_verify(struct hobj *o, int recover)
 	tlog_tree_init(&l.tree);
 
 	pthread_mutex_lock(&H.lock);
-	fd = o->fd;
+	so = o->so;
 	if (o->cp_text && (cp_text = strdup(o->cp_text)) == NULL) {
 		pthread_mutex_unlock(&H.lock);
 		return HSMFS_ERR_NOMEM;
@@ -106,7 +106,7 @@ obj_verify(struct hobj *o, int recover)
 		c.cb = load_frame;
 		c.arg = &l;
 	}
-	if (fd < 0) {
+	if (so == NULL) {
 		if (c.cp != NULL || c.nknown > 0) {
 			pthread_mutex_lock(&H.lock);
 			obj_set_bad_locked(o, "history file is missing");
@@ -115,11 +115,9 @@ obj_verify(struct hobj *o, int recover)
 		}
 		goto out;
 	}
-	if (fstat(fd, &st) < 0) {
-		r = HSMFS_ERR_IO;
+	if ((r = hstore_obj_stat(so, &st)) != 0)
 		goto out;
-	}
-	r = hstore_check_object(fd, &c);
+	r = hstore_obj_check(so, &c);
 	if (r == 0 && l.err)
 		r = l.err;
 	if (r == HSMFS_ERR_BADMSG) {
@@ -137,16 +135,13 @@ obj_verify(struct hobj *o, int recover)
 			    "record %" PRIu64 " (%s)", o->name,
 			    (long long)(st.st_size - c.signed_end), l.n,
 			    c.torn ? c.torn : "complete but unsigned records");
-			if (ftruncate(fd, c.signed_end) < 0 || fdatasync(fd) < 0) {
-				err_set("history/%s: cannot cut the torn tail: %s",
-				    o->name, strerror(errno));
-				r = HSMFS_ERR_IO;
+			if ((r = hstore_obj_cut(so, c.signed_end, 1)) != 0) {
+				err_prefix("history/%s: cannot cut the torn tail: ",
+				    o->name);
 				goto out;
 			}
-			if (fstat(fd, &st) < 0) {
-				r = HSMFS_ERR_IO;
+			if ((r = hstore_obj_stat(so, &st)) != 0)
 				goto out;
-			}
 		}
 		pthread_mutex_lock(&H.lock);
 		free(o->recs);
@@ -198,16 +193,17 @@ int
 obj_check(struct hobj *o)
 {
 	struct stat st;
-	int fd, ok;
+	int ok;
+	struct hstore_obj *so;
 
 	pthread_mutex_lock(&H.lock);
 	if (o->bad) {
 		pthread_mutex_unlock(&H.lock);
 		return HSMFS_ERR_BADMSG;
 	}
-	fd = o->fd;
+	so = o->so;
 	pthread_mutex_unlock(&H.lock);
-	if (fd < 0)
+	if (so == NULL)
 		return 0;
 	/* The file by name, not our fd: a replaced file must be noticed. */
 	if (hstore_object_stat(H.hs, o->name, &st) != 0) {
@@ -435,10 +431,8 @@ open_one(const char *name, void *arg)
 	pthread_mutex_unlock(&H.lock);
 	if (o == NULL)
 		return HSMFS_ERR_NOMEM;
-	if ((o->fd = obj_open_file(o, 0)) < 0) {
+	if (hstore_obj_open(H.hs, name, 0, &o->so) != 0)
 		log_err("history/%s: %s", name, err_detail());
-		o->fd = -1;
-	}
 	return 0;
 }
 
@@ -462,14 +456,6 @@ start_recover(void)
 	}
 }
 
-static void
-close_fd(int *fd)
-{
-	if (*fd >= 0)
-		close(*fd);
-	*fd = -1;
-}
-
 /* Release everything start opened or loaded: after a failed start (no
  * thread runs) and at stop (threads joined). Leaves H as before start. */
 static void
@@ -480,7 +466,7 @@ history_release(void)
 		struct hobj *o = H.buckets[b], *next;
 		for (; o; o = next) {
 			next = o->next;
-			close_fd(&o->fd);
+			hstore_obj_close(o->so);
 			free(o->name);
 			free(o->bad);
 			free(o->recs);

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "crypto/tlog.h"
 #include "store/store.h"
@@ -103,16 +104,22 @@ struct hstore_verify {
 int hstore_verify_object(const struct store_conf *conf, struct hstore_verify *v);
 
 /* ---- the area, opened by the daemon ----
- * One handle per mount. The unit of durability is hstore_index_append:
- * a batch's frames (written to the object files beforehand, and made
- * durable by the caller's fdatasync beside the signing) become records
- * once their checkpoints are in the index; until then a crash or a
- * failure cuts them off (recovery at the next open). A shared backend
- * does the batch as one transaction at hstore_index_append.
- * Not yet behind the interface: the per-object frame I/O (the daemon
- * writes, syncs, cuts and reads object files through the descriptor
- * hstore_object_open returns). */
+ * One handle per mount. Frames reach an object only through a batch
+ * (hstore_batch_*): written at hstore_batch_frame, made durable at
+ * hstore_batch_prepare (directory: the object's fdatasync; it runs while
+ * the checkpoints are signed), and records once hstore_batch_commit has
+ * put the batch's checkpoints in the index -- the unit of durability.
+ * Until then a crash or hstore_batch_abort cuts them off (recovery at the
+ * next open cuts what is after the signed size). A shared backend does a
+ * batch as one transaction (prepare a flush or nothing, commit the
+ * COMMIT). The caller keeps each object's tree, size and record table
+ * (it is the only writer of the area while the store lock is held); a
+ * shared backend will have to hand the object's state (size, record
+ * count, frontier) read under a row lock to the caller at its first
+ * frame of a batch -- not part of this interface yet. */
 struct hstore;
+struct hstore_obj;      /* one object of the area, open */
+struct hstore_batch;    /* frames on their way to the index */
 
 /* Open (creating for a new store) STORE/history, its store id and index,
  * and the anchor (NULL: none; an absolute path). HSMFS_ERR_UNSUPPORTED
@@ -133,19 +140,63 @@ int hstore_load_notes(struct hstore *hs, int anchor, hstore_note_cb cb,
 /* Objects with a file, by name. cb returning non-zero stops (returned). */
 typedef int (*hstore_name_cb)(const char *object, void *arg);
 int hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg);
-/* The object's file (O_RDWR, created if asked), or a negative code. */
-int hstore_object_open(struct hstore *hs, const char *name, int create);
+
+/* An object by name (created, empty, if asked and missing: its entry is
+ * durable after the next hstore_objects_sync). HSMFS_ERR_NOTFOUND when
+ * missing and not created; *out NULL on failure. */
+int hstore_obj_open(struct hstore *hs, const char *name, int create,
+    struct hstore_obj **out);
+void hstore_obj_close(struct hstore_obj *ob);          /* NULL: nothing */
+/* Its state now: size (bytes of frames) and a stamp that changes when
+ * anything else changes it (directory: its fstat). */
+int hstore_obj_stat(struct hstore_obj *ob, struct stat *st);
+/* Up to len bytes of its frames from off (a payload range of a record).
+ * Bytes read (0 at the end) or a negative code with err_set(). */
+ssize_t hstore_obj_read(struct hstore_obj *ob, void *buf, size_t len,
+    off_t off);
+/* hstore_check_object over its frames. */
+int hstore_obj_check(struct hstore_obj *ob, struct hstore_check *c);
+/* Cut its frames back to len bytes: never acknowledged, or found after
+ * the signed size at recovery (durable = 1: made durable before return). */
+int hstore_obj_cut(struct hstore_obj *ob, off_t len, int durable);
+
+/* A new batch (directory: a list of the objects it touches). */
+int hstore_batch_begin(struct hstore *hs, struct hstore_batch **out);
+/* Append part of a frame (iov[0..n), consumed) to ob at off, the end of
+ * what was written before (the caller frames: crypto/tlog.h). The first
+ * call for ob remembers off as where the batch began for it. */
+int hstore_batch_frame(struct hstore_batch *b, struct hstore_obj *ob,
+    off_t off, struct iovec *iov, int n);
+/* Make ob's frames of this batch durable (ob NULL: every object's). Calls
+ * for different objects may run at once, and beside the signing; not
+ * beside hstore_batch_frame. */
+int hstore_batch_prepare(struct hstore_batch *b, struct hstore_obj *ob);
+/* Cut ob's frames of this batch off (ob NULL: every object's): they are
+ * never acknowledged. */
+void hstore_batch_abort(struct hstore_batch *b, struct hstore_obj *ob);
+/* The batch's checkpoints, in order, appended to the index as one durable
+ * unit (directory: pwrite + fdatasync; cut back on failure), then to the
+ * anchor (a failure there is logged, not returned). On failure the
+ * frames are not records: the caller cuts them (hstore_obj_cut) before
+ * it answers another batch. */
+int hstore_batch_commit(struct hstore_batch *b, const char *notes,
+    size_t len);
+void hstore_batch_end(struct hstore_batch *b);         /* NULL: nothing */
+
 /* The object's file by name (a replaced file is noticed). */
 int hstore_object_stat(struct hstore *hs, const char *name, struct stat *st);
 /* New object files' directory entries made durable. */
 int hstore_objects_sync(struct hstore *hs);
-/* An unlinked temporary file in the area (a large record being written),
- * or a negative code. */
-int hstore_spool_open(struct hstore *hs);
-/* A batch's checkpoints, in order, appended to the index as one durable
- * unit (directory: pwrite + fdatasync; cut back on failure), then to the
- * anchor (a failure there is logged, not returned). */
-int hstore_index_append(struct hstore *hs, const char *notes, size_t len);
+/* A spool for a large record being written (directory: an unlinked
+ * temporary file in the area): appended to, then read back by offset
+ * when its frame is written. */
+struct hstore_spool;
+int hstore_spool_open(struct hstore *hs, struct hstore_spool **out);
+int hstore_spool_write(struct hstore_spool *sp, const void *buf, size_t len);
+/* Bytes read (0 at the end) or a negative code with err_set(). */
+ssize_t hstore_spool_read(struct hstore_spool *sp, void *buf, size_t len,
+    off_t off);
+void hstore_spool_close(struct hstore_spool *sp);      /* NULL: nothing */
 /* Replace the index with notes (the newest checkpoint of every object):
  * a crash leaves the old or the new index. */
 int hstore_index_rewrite(struct hstore *hs, const char *notes, size_t len);

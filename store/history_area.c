@@ -3,6 +3,7 @@
  * and the anchor file. Moved here from fs/history_start.c and
  * fs/history_commit.c; the daemon holds one struct hstore. */
 #include "store/history.h"
+#include "store/history_dir.h"
 #include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -18,14 +19,6 @@
 #include <unistd.h>
 #include <openssl/rand.h>
 
-struct hstore {
-	int dirfd, objfd, cpfd, anchorfd;
-	char *anchor;                /* path, or NULL */
-	char store_id[17];
-	char prefix[64];
-	off_t cp_len;                /* good length of the index */
-	int index_lost;              /* objects exist but the index was missing */
-};
 
 static int
 sys_fail(const char *what, int e)
@@ -74,24 +67,17 @@ read_store_id(struct hstore *hs)
 
 /* Does the objects directory hold any entry? */
 static int
+any_entry(int dirfd, const char *name, void *arg)
+{
+	(void)dirfd;
+	(void)arg;
+	return name[0] != '.';
+}
+
+static int
 objects_exist(struct hstore *hs)
 {
-	struct dirent *de;
-	DIR *d;
-	int fd = dup(hs->objfd), any = 0;
-
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		return 0;
-	}
-	while ((de = readdir(d)) != NULL)
-		if (de->d_name[0] != '.') {
-			any = 1;
-			break;
-		}
-	closedir(d);
-	return any;
+	return util_foreach_dir(hs->objfd, any_entry, NULL) == 1;
 }
 
 /* The checkpoint index, created for a new store. */
@@ -259,47 +245,31 @@ hstore_load_notes(struct hstore *hs, int anchor, hstore_note_cb cb, void *arg)
 	return 0;
 }
 
-int
-hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg)
-{
-	struct dirent *de;
-	DIR *d;
-	int fd = dup(hs->objfd), r = 0;
+struct list_ctx {
+	hstore_name_cb cb;
+	void *arg;
+};
 
-	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
-		if (fd >= 0)
-			close(fd);
-		err_set("history/objects: %s", strerror(errno));
-		return HSMFS_ERR_IO;
-	}
-	while (r == 0 && (de = readdir(d)) != NULL) {
-		size_t n = strlen(de->d_name), sl = strlen(HSTORE_SUFFIX);
-		char name[256];
-		if (n <= sl || n - sl >= sizeof(name) ||
-		    strcmp(de->d_name + n - sl, HSTORE_SUFFIX) != 0)
-			continue;
-		memcpy(name, de->d_name, n - sl);
-		name[n - sl] = '\0';
-		if (util_name_valid(name))
-			r = cb(name, arg);
-	}
-	closedir(d);
-	return r;
+static int
+list_one(int dirfd, const char *ent, void *arg)
+{
+	struct list_ctx *l = arg;
+	size_t n = strlen(ent), sl = strlen(HSTORE_SUFFIX);
+	char name[256];
+	(void)dirfd;
+	if (n <= sl || n - sl >= sizeof(name) ||
+	    strcmp(ent + n - sl, HSTORE_SUFFIX) != 0)
+		return 0;
+	memcpy(name, ent, n - sl);
+	name[n - sl] = '\0';
+	return util_name_valid(name) ? l->cb(name, l->arg) : 0;
 }
 
 int
-hstore_object_open(struct hstore *hs, const char *name, int create)
+hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg)
 {
-	char fn[300];
-	int fd;
-	snprintf(fn, sizeof(fn), "%s" HSTORE_SUFFIX, name);
-	fd = openat(hs->objfd, fn, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
-	if (fd < 0) {
-		int e = errno;
-		err_set("open %s: %s", fn, strerror(e));
-		return hsmfs_errno_err(e);
-	}
-	return fd;
+	struct list_ctx l = { cb, arg };
+	return util_foreach_dir(hs->objfd, list_one, &l);
 }
 
 int
@@ -319,46 +289,13 @@ hstore_objects_sync(struct hstore *hs)
 }
 
 int
-hstore_spool_open(struct hstore *hs)
-{
-	struct store_tmp t;
-	int r, fd = openat(hs->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (fd >= 0)
-		return fd;
-	if (errno != EOPNOTSUPP && errno != EISDIR)
-		return sys_fail("history spool", errno);
-	if ((r = store_tmp_create(hs->dirfd, &t)) != 0)
-		return r;
-	unlinkat(hs->dirfd, t.name, 0);
-	return t.fd;
-}
-
-/* pwrite until everything is written. */
-static int
-pwrite_all(int fd, const void *buf, size_t len, off_t off)
-{
-	const uint8_t *p = buf;
-	while (len > 0) {
-		ssize_t w = pwrite(fd, p, len, off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return sys_fail("write", errno);
-		p += w;
-		len -= (size_t)w;
-		off += w;
-	}
-	return 0;
-}
-
-int
 hstore_index_append(struct hstore *hs, const char *notes, size_t len)
 {
 	int r;
 
 	if (len == 0)
 		return 0;
-	r = pwrite_all(hs->cpfd, notes, len, hs->cp_len);
+	r = util_pwrite_all(hs->cpfd, notes, len, hs->cp_len);
 	if (r == 0 && fdatasync(hs->cpfd) < 0)
 		r = sys_fail("fdatasync checkpoints", errno);
 	if (r != 0) {
@@ -376,7 +313,7 @@ hstore_index_append(struct hstore *hs, const char *notes, size_t len)
 		/* The anchor is a second copy on another volume: if it fails
 		 * the records are still durable and signed here, so they are
 		 * acknowledged and the failure is logged. */
-		if (store_write_all(hs->anchorfd, notes, len) != 0 ||
+		if (util_write_all(hs->anchorfd, notes, len) != 0 ||
 		    fdatasync(hs->anchorfd) < 0)
 			log_err("history: anchor %s: cannot append checkpoints: %s",
 			    hs->anchor, err_detail());
@@ -392,7 +329,7 @@ hstore_index_rewrite(struct hstore *hs, const char *notes, size_t len)
 
 	if ((r = store_tmp_create(hs->dirfd, &tmp)) != 0)
 		return r;
-	if ((r = store_write_all(tmp.fd, notes, len)) != 0) {
+	if ((r = util_write_all(tmp.fd, notes, len)) != 0) {
 		store_tmp_abort(&tmp);
 		return r;
 	}

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static int failures;
@@ -54,6 +55,26 @@ main(void)
 	CHECK(util_pwrite_all(fd, "x", 1, -1) == HSMFS_ERR_INVALID);
 	close(fd);
 	CHECK(util_write_all(-1, "x", 1) == HSMFS_ERR_IO);
+
+	/* pwritev-all: several buffers (an empty one among them) in order */
+	fd = openat(dfd, "v", O_RDWR | O_CREAT | O_EXCL, 0600);
+	CHECK(fd >= 0);
+	{
+		char a[] = "ab", c[] = "cde";
+		struct iovec iov[3] = { { a, 2 }, { c, 0 }, { c, 3 } };
+		char back[8] = { 0 };
+		CHECK(util_pwritev_all(fd, iov, 3, 2) == 0);
+		CHECK(pread(fd, back, sizeof(back), 0) == 7);
+		CHECK(memcmp(back, "\0\0abcde", 7) == 0);
+		CHECK(util_pwritev_all(fd, iov, 1, -1) == HSMFS_ERR_INVALID);
+	}
+	close(fd);
+	CHECK(unlinkat(dfd, "v", 0) == 0);
+	{
+		char x[] = "x";
+		struct iovec iov = { x, 1 };
+		CHECK(util_pwritev_all(-1, &iov, 1, 0) == HSMFS_ERR_IO);
+	}
 
 	/* read: exact limit, one byte over, missing */
 	CHECK(util_read_file_at(dfd, "a", 11, &text, &len) == 0);
