@@ -1,4 +1,4 @@
-/* The configuration fingerprint of a node (SPEC §9, docs/scale.md): every
+/* The configuration fingerprint of a node (contract §9, docs/scale.md): every
  * node on one database must run the same engineSignEncrypt.xml. The
  * fingerprint is text, one line per descriptor version, sorted:
  *

@@ -25,7 +25,7 @@ struct hsmfs_opts {
 	long mail_retry;      /* seconds, default 300 */
 	long mail_max_age;    /* seconds, default 5 days */
 	long temp_max_age;    /* seconds a writer's temporary may wait for its rename */
-	char *shared;         /* libpq URI of the shared store (SPEC §9), or NULL */
+	char *shared;         /* libpq URI of the shared store (contract §9), or NULL */
 	char *shared_password; /* file holding the database password, or NULL */
 	char *node;           /* this node's name in the cluster (NULL: hostname) */
 	int log_level;

@@ -1,4 +1,4 @@
-/* /history: append-only signed object histories (SPEC §5). Owns the
+/* /history: append-only signed object histories (contract §5). Owns the
  * in-memory object table, the per-open record buffers, the group
  * committer thread (frames -> fdatasync -> signed checkpoints -> index and
  * anchor -> wake writers), mount-time recovery and the .journal view.

@@ -1,4 +1,4 @@
-/* The PostgreSQL connection layer of the shared store (SPEC §9,
+/* The PostgreSQL connection layer of the shared store (contract §9,
  * docs/scale.md): every area's PostgreSQL backend (fields, history, mail
  * queue) talks to the database only through here.
  *

@@ -1,7 +1,7 @@
 """The shared store's database layer against a real PostgreSQL 15
 (tests/pgcluster.py): hsmfs-tool db-init (creates, idempotent, schema
 versions, the daemon role's privileges, the append-only history trigger),
-shared_password= handling, the configuration fingerprint rule (SPEC §9,
+shared_password= handling, the configuration fingerprint rule (contract §9,
 docs/scale.md), and store/pg.c's behaviour when the server stops or
 restarts (through tests/unit/test-pg-probe.c). The mounts on a shared
 store come with the areas' backends (issue #16, next round)."""

@@ -1,4 +1,4 @@
-"""/fields on the shared store (SPEC §9, docs/scale.md): two daemons A and
+"""/fields on the shared store (contract §9, docs/scale.md): two daemons A and
 B, each with its own STORE and mount point, on one real PostgreSQL 15
 database (tests/pgcluster.py, tests/shared_nodes.py). Read-after-write
 across nodes, rename and unlink, the configuration check at mount and the
