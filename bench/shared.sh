@@ -1,5 +1,5 @@
 #!/bin/bash
-# The shared store (SPEC §9, docs/scale.md), fields part: field reads per
+# The shared store (contract §9, docs/scale.md), fields part: field reads per
 # second through a mount on a local STORE vs a mount on PostgreSQL (one
 # reader process, each read = open + fetch + HSM unwrap + decrypt +
 # close), the database round trip alone (SELECT 1, from .status), and

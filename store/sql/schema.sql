@@ -1,4 +1,4 @@
--- hsmfs shared store (docs/scale.md, SPEC §9): schema version 2 (version 1
+-- hsmfs shared store (docs/scale.md, contract §9): schema version 2 (version 1
 -- plus the additive mail section at the end).
 -- Run by `hsmfs-tool db-init` as the schema owner, in one transaction under
 -- an advisory lock, every time (idempotent: IF NOT EXISTS / OR REPLACE).
