@@ -88,29 +88,44 @@ line_len(const char *text, size_t len)
 	return len > 0 && text[len - 1] == '\n' ? len - 1 : len;
 }
 
+/* The row of field NAME: one statement on a pool (or the held lock's)
+ * connection; HSMFS_ERR_NOTFOUND when there is none. */
 static int
-pgs_get(struct fields_store *fs, const char *name, char **text, size_t *len)
+field_row(struct pg_store *s, const char *name, const char *sql, int n,
+    const char *const *v, PGresult **res)
 {
-	struct pg_store *s = ps_of(fs);
-	PGresult *res = NULL;
 	struct pg_conn *c;
-	size_t n;
 	int own, r;
 
-	*text = NULL;
-	*len = 0;
+	*res = NULL;
 	if ((r = conn_get(s, &c, &own)) != 0)
 		return r;
-	r = pg_exec(c, "SELECT envelope FROM hsmfs_fields WHERE name = $1", 1,
-	    &name, NULL, NULL, 0, &res);
+	r = pg_exec(c, sql, n, v, NULL, NULL, 0, res);
 	conn_put(s, c, own);
 	if (r != 0)
 		return r;
-	if (PQntuples(res) != 1) {
-		PQclear(res);
+	if (PQntuples(*res) != 1) {
+		PQclear(*res);
+		*res = NULL;
 		err_set("%s: no such field", name);
 		return HSMFS_ERR_NOTFOUND;
 	}
+	return 0;
+}
+
+static int
+pgs_get(struct fields_store *fs, const char *name, char **text, size_t *len)
+{
+	PGresult *res;
+	size_t n;
+	int r;
+
+	*text = NULL;
+	*len = 0;
+	if ((r = field_row(ps_of(fs), name,
+	    "SELECT envelope FROM hsmfs_fields WHERE name = $1", 1, &name,
+	    &res)) != 0)
+		return r;
 	n = (size_t)PQgetlength(res, 0, 0);
 	if ((*text = malloc(n + 2)) == NULL) {
 		PQclear(res);
@@ -128,28 +143,17 @@ static int
 pgs_stat(struct fields_store *fs, const char *name, struct fields_meta *m,
     char *head, size_t headlen)
 {
-	struct pg_store *s = ps_of(fs);
-	PGresult *res = NULL;
-	struct pg_conn *c;
+	PGresult *res;
 	char hl[24];
 	const char *v[2] = { name, hl };
-	int own, r;
+	int r;
 
 	memset(m, 0, sizeof(*m));
 	snprintf(hl, sizeof(hl), "%zu", head ? headlen : 0);
-	if ((r = conn_get(s, &c, &own)) != 0)
-		return r;
-	r = pg_exec(c, "SELECT octet_length(envelope) + 1, "
+	if ((r = field_row(ps_of(fs), name, "SELECT octet_length(envelope) + 1, "
 	    "extract(epoch FROM mtime)::bigint, left(envelope, $2::int) "
-	    "FROM hsmfs_fields WHERE name = $1", 2, v, NULL, NULL, 0, &res);
-	conn_put(s, c, own);
-	if (r != 0)
+	    "FROM hsmfs_fields WHERE name = $1", 2, v, &res)) != 0)
 		return r;
-	if (PQntuples(res) != 1) {
-		PQclear(res);
-		err_set("%s: no such field", name);
-		return HSMFS_ERR_NOTFOUND;
-	}
 	m->size = (size_t)strtoull(PQgetvalue(res, 0, 0), NULL, 10);
 	m->mtime = (time_t)strtoll(PQgetvalue(res, 0, 1), NULL, 10);
 	if (head != NULL && headlen > 0) {
