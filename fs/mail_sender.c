@@ -16,7 +16,6 @@
 
 #define MAIL_MAX_BACKOFF 3600        /* RFC 5321 4.5.4.1 doubling cap */
 #define MAIL_SYNC_BATCH 64           /* deliveries per durable sync of sent/ */
-#define MAIL_LEASE 600               /* s; in-process for the directory store */
 
 struct mail_state mail = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
@@ -193,7 +192,8 @@ settle_locked(const struct mailq_item *it, enum smtp_outcome o,
 	defer_locked(it, reason);
 	/* RFC 5321 4.5.4.1: do not hammer a relay that is down; every
 	 * message due now counts this as its attempt. */
-	while (conn_fail && mailq_lease(mail.q, now, MAIL_LEASE, &e, NULL) == 0)
+	while (conn_fail && mailq_lease(mail.q, now, hsmfs_ctx->opt.mail_lease,
+	    &e, NULL) == 0)
 		defer_locked(&e, reason);
 }
 
@@ -218,7 +218,8 @@ sender_main(void *arg)
 			continue;
 		}
 		if (unsynced >= MAIL_SYNC_BATCH ||
-		    mailq_lease(mail.q, now, MAIL_LEASE, &it, &soonest) != 0) {
+		    mailq_lease(mail.q, now, hsmfs_ctx->opt.mail_lease, &it,
+		    &soonest) != 0) {
 			if (unsynced > 0) {
 				/* Deliveries become durable in batches; a crash
 				 * before this only re-sends (same Message-ID). */
