@@ -24,6 +24,7 @@ struct hsmfs_opts {
 	char *classpath;      /* DIR[:DIR...] for locationValue="classpath:" */
 	long mail_retry;      /* seconds, default 300 */
 	long mail_max_age;    /* seconds, default 5 days */
+	long mail_lease;      /* seconds a claimed message stays this node's (600) */
 	long temp_max_age;    /* seconds a writer's temporary may wait for its rename */
 	char *shared;         /* libpq URI of the shared store (contract §9), or NULL */
 	char *shared_password; /* file holding the database password, or NULL */

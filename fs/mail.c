@@ -577,6 +577,7 @@ publish_locked(const char *tmp, const char *to, enum view tv)
 	}
 	if (r != 0)
 		return r == HSMFS_ERR_PERM ? -EEXIST : -hsmfs_err_errno(r);
+	mail.wakes++;
 	pthread_cond_signal(&mail.cond);
 	log_debug("mail/%s: queued from %s, Message-ID %s", to, tmp, h.msgid);
 	return 0;
@@ -613,6 +614,7 @@ mail_rename(const char *from, const char *to, unsigned int flags)
 		goto out;
 	}
 	log_info("mail/%s: queued again from failed/", name);
+	mail.wakes++;
 	pthread_cond_signal(&mail.cond);
 out:
 	pthread_mutex_unlock(&mail.lock);

@@ -4,10 +4,16 @@
  * store's (store/mailq.h), SMTP is fs/smtp.c.
  *
  * Locking: mail.lock guards the open writers, the sender's wake-up
- * (mail.cond) and the status fields below; it may be held while calling
- * into the queue (which has its own lock, taken after it). The sender
- * never holds it during signing or network I/O; an entry it works on is
- * leased and left alone by the FUSE side. */
+ * (mail.cond, mail.wakes) and the status fields below; it may be held
+ * while calling into the queue (which has its own lock, taken after it).
+ * The sender never holds it during signing or network I/O; an entry it
+ * works on is leased and left alone by the FUSE side. On the shared
+ * store (PostgreSQL) the sender does not hold it during its queue calls
+ * either (each is one transaction, safe against the other nodes and so
+ * against this node's FUSE side): a hung database then does not stall
+ * the views through the sender. Whoever signals mail.cond increments
+ * mail.wakes, so the sender sees a wake-up that came while it was
+ * unlocked. */
 #ifndef HSMFS_FS_MAIL_INT_H
 #define HSMFS_FS_MAIL_INT_H
 
@@ -37,6 +43,7 @@ struct mail_state {
 	pthread_cond_t cond;
 	pthread_t thread;
 	int started, thread_running, stopping;
+	unsigned long wakes;         /* incremented with each signal of cond */
 	struct mailq *q;
 	/* key, md, key_name: set at start and by a reload under the
 	 * configuration write lock; the sender reads them holding it. */

@@ -16,7 +16,6 @@
 
 #define MAIL_MAX_BACKOFF 3600        /* RFC 5321 4.5.4.1 doubling cap */
 #define MAIL_SYNC_BATCH 64           /* deliveries per durable sync of sent/ */
-#define MAIL_LEASE 600               /* s; in-process for the directory store */
 
 struct mail_state mail = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
@@ -34,17 +33,44 @@ void
 mail_wake(void)
 {
 	pthread_mutex_lock(&mail.lock);
+	mail.wakes++;
 	pthread_cond_signal(&mail.cond);
 	pthread_mutex_unlock(&mail.lock);
 }
 
-/* ---- outcomes (mail.lock held) ---- */
+/* The shared store: the sender's queue calls run without mail.lock
+ * (fs/mail_int.h), and the status fields take it by themselves. With
+ * the directory store the sender holds mail.lock around its queue calls
+ * and these do nothing. */
+static int
+q_shared(void)
+{
+	return hsmfs_ctx->sconf.pg != NULL;
+}
+
+static void
+q_unlock(void)
+{
+	if (q_shared())
+		pthread_mutex_unlock(&mail.lock);
+}
+
+static void
+q_relock(void)
+{
+	if (q_shared())
+		pthread_mutex_lock(&mail.lock);
+}
+
+/* ---- outcomes (mail.lock held, or the shared store: q_unlock) ---- */
 
 static void
 note_error_locked(const char *reason)
 {
+	q_relock();
 	snprintf(mail.last_error, sizeof(mail.last_error), "%s", reason);
 	mail.last_error_time = now_s();
+	q_unlock();
 }
 
 static void
@@ -91,7 +117,9 @@ sent_locked(const char *name, const char *reply)
 	if (r != 0)
 		log_err("mail/%s: delivered, but %s", name, err_detail());
 	log_debug("mail/%s: delivered (%s)", name, reply);
+	q_relock();
 	mail.sent_total++;
+	q_unlock();
 }
 
 /* ---- one attempt ---- */
@@ -172,7 +200,7 @@ wait_locked(long long soonest)
 	pthread_cond_timedwait(&mail.cond, &mail.lock, &ts);
 }
 
-/* The outcome of one attempt (lock held). */
+/* The outcome of one attempt (lock held; not on the shared store). */
 static void
 settle_locked(const struct mailq_item *it, enum smtp_outcome o,
     const char *reason, int conn_fail, long long now, int *unsynced)
@@ -193,8 +221,22 @@ settle_locked(const struct mailq_item *it, enum smtp_outcome o,
 	defer_locked(it, reason);
 	/* RFC 5321 4.5.4.1: do not hammer a relay that is down; every
 	 * message due now counts this as its attempt. */
-	while (conn_fail && mailq_lease(mail.q, now, MAIL_LEASE, &e, NULL) == 0)
+	while (conn_fail && mailq_lease(mail.q, now, hsmfs_ctx->opt.mail_lease,
+	    &e, NULL) == 0)
 		defer_locked(&e, reason);
+}
+
+/* Lease the next due entry (lock held; released around the call on the
+ * shared store): 1 when there is none or the queue failed. */
+static int
+lease_next(long long now, struct mailq_item *it, long long *soonest)
+{
+	int r;
+
+	q_unlock();
+	r = mailq_lease(mail.q, now, hsmfs_ctx->opt.mail_lease, it, soonest);
+	q_relock();
+	return r != 0;
 }
 
 static void *
@@ -211,14 +253,15 @@ sender_main(void *arg)
 		struct mailq_item it;
 		char reason[MAILQ_REASON_MAX];
 		enum smtp_outcome o;
+		unsigned long wakes;
 		int conn_fail;
 
 		if (mail.relay.url == NULL || h == NULL) {
 			wait_locked(-1);
 			continue;
 		}
-		if (unsynced >= MAIL_SYNC_BATCH ||
-		    mailq_lease(mail.q, now, MAIL_LEASE, &it, &soonest) != 0) {
+		wakes = mail.wakes;
+		if (unsynced >= MAIL_SYNC_BATCH || lease_next(now, &it, &soonest)) {
 			if (unsynced > 0) {
 				/* Deliveries become durable in batches; a crash
 				 * before this only re-sends (same Message-ID). */
@@ -228,13 +271,16 @@ sender_main(void *arg)
 				pthread_mutex_lock(&mail.lock);
 				continue;
 			}
-			wait_locked(soonest);
+			if (mail.wakes == wakes && !mail.stopping)
+				wait_locked(soonest);
 			continue;
 		}
 		pthread_mutex_unlock(&mail.lock);
 		o = deliver(h, it.name, reason, sizeof(reason), &conn_fail);
 		pthread_mutex_lock(&mail.lock);
+		q_unlock();
 		settle_locked(&it, o, reason, conn_fail, now, &unsynced);
+		q_relock();
 	}
 	pthread_mutex_unlock(&mail.lock);
 	if (unsynced > 0)

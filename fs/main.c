@@ -90,6 +90,7 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("classpath=%s", classpath),
 	OPT("mail_retry=%ld", mail_retry),
 	OPT("mail_max_age=%ld", mail_max_age),
+	OPT("mail_lease=%ld", mail_lease),
 	OPT("temp_max_age=%ld", temp_max_age),
 	OPT("shared=%s", shared),
 	OPT("shared_password=%s", shared_password),
@@ -159,6 +160,7 @@ usage(const char *prog)
 	    "    -o smtp_auth=FILE       SMTP AUTH user and password (two lines; TLS only)\n"
 	    "    -o mail_retry=S         first retry backoff in seconds (300)\n"
 	    "    -o mail_max_age=S       give up on a message after S seconds (432000)\n"
+	    "    -o mail_lease=S         a claimed message stays this node's S seconds (600)\n"
 	    "    -o history_anchor=FILE  copy of history checkpoints on another volume\n"
 	    "    -o classpath=DIR[:DIR]  where locationValue=\"classpath:NAME\" is looked\n"
 	    "                            up (default: the config file's directory)\n"
@@ -278,6 +280,7 @@ main(int argc, char *argv[])
 	metrics_init();
 	the_fs.opt.mail_retry = 300;
 	the_fs.opt.mail_max_age = 5L * 24 * 3600;
+	the_fs.opt.mail_lease = 600;
 	the_fs.opt.temp_max_age = 3600;
 	the_fs.store_fd = -1;
 	the_fs.uid = getuid();
@@ -312,8 +315,9 @@ main(int argc, char *argv[])
 		return 2;
 	}
 	if (the_fs.opt.mail_retry <= 0 || the_fs.opt.mail_max_age <= 0 ||
-	    the_fs.opt.temp_max_age <= 0) {
-		fprintf(stderr, "hsmfs: mail_retry, mail_max_age and temp_max_age must be "
+	    the_fs.opt.mail_lease <= 0 || the_fs.opt.temp_max_age <= 0) {
+		fprintf(stderr, "hsmfs: mail_retry, mail_max_age, mail_lease and "
+		    "temp_max_age must be "
 		    "positive numbers of seconds\n");
 		return 2;
 	}
