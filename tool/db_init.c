@@ -78,7 +78,11 @@ grant(struct pg_conn *c, const char *role)
 	static const char *const fmt[] = {
 		"GRANT USAGE ON SCHEMA %s TO %s",
 		"GRANT SELECT ON hsmfs_schema_version TO %s",
-		"GRANT SELECT, UPDATE ON hsmfs_cluster TO %s",
+		/* The rotation's columns only, never origin (checkpoints
+		 * name it); the REVOKE takes back an older db-init's grant. */
+		"REVOKE UPDATE ON hsmfs_cluster FROM %s",
+		"GRANT SELECT, UPDATE (fingerprint, config_lines, updated) "
+		    "ON hsmfs_cluster TO %s",
 		"GRANT SELECT, INSERT, UPDATE ON hsmfs_nodes TO %s",
 		"GRANT SELECT, INSERT, UPDATE, DELETE ON hsmfs_fields TO %s",
 		"GRANT SELECT, INSERT, UPDATE ON hsmfs_history_objects TO %s",
