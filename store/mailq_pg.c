@@ -53,6 +53,7 @@ struct mailq {
 	size_t nq, nfailed;           /* the last summary that worked */
 	long long oldest, next;
 	struct mailq_item held[MAILQ_PG_HELD];  /* leased here (lock) */
+	long long held_id[MAILQ_PG_HELD];       /* their rows' ids */
 	size_t nheld;
 	char pending[MAILQ_PG_HELD][MAILQ_NAME_MAX];  /* sent, to record */
 	size_t npending;
@@ -119,12 +120,27 @@ note_state(struct mailq *q, int r)
 
 /* The leases held here (lock taken inside). */
 static void
-held_add(struct mailq *q, const struct mailq_item *it)
+held_add(struct mailq *q, const struct mailq_item *it, long long id)
 {
 	pthread_mutex_lock(&q->lock);
-	if (q->nheld < MAILQ_PG_HELD)
+	if (q->nheld < MAILQ_PG_HELD) {
+		q->held_id[q->nheld] = id;
 		q->held[q->nheld++] = *it;
+	}
 	pthread_mutex_unlock(&q->lock);
+}
+
+/* The row id of a lease held here, -1 when none. */
+static long long
+held_row(struct mailq *q, const char *name)
+{
+	long long id = -1;
+	pthread_mutex_lock(&q->lock);
+	for (size_t i = 0; i < q->nheld && id < 0; i++)
+		if (strcmp(q->held[i].name, name) == 0)
+			id = q->held_id[i];
+	pthread_mutex_unlock(&q->lock);
+	return id;
 }
 
 static void
@@ -133,6 +149,7 @@ held_del(struct mailq *q, const char *name)
 	pthread_mutex_lock(&q->lock);
 	for (size_t i = 0; i < q->nheld; i++)
 		if (strcmp(q->held[i].name, name) == 0) {
+			q->held_id[i] = q->held_id[q->nheld - 1];
 			q->held[i] = q->held[--q->nheld];
 			break;
 		}
@@ -393,7 +410,7 @@ mailq_lease(struct mailq *q, long long now, long long lease_s,
 	    "attempts = m.attempts + 1 FROM c WHERE m.id = c.id RETURNING m.name, "
 	    "extract(epoch FROM m.queued)::bigint, "
 	    "ceil(extract(epoch FROM m.due))::bigint, m.attempts, "
-	    "coalesce(m.reason, ''), octet_length(m.entry)::bigint";
+	    "coalesce(m.reason, ''), octet_length(m.entry)::bigint, m.id";
 	char ls[24];
 	const char *v[2] = { q->holder, ls };
 	PGresult *res;
@@ -421,8 +438,8 @@ mailq_lease(struct mailq *q, long long now, long long lease_s,
 	col_str(res, 0, 4, out->st.last, sizeof(out->st.last));
 	out->msglen = (size_t)col_i64(res, 0, 5);
 	out->leased = 1;
+	held_add(q, out, col_i64(res, 0, 6));
 	PQclear(res);
-	held_add(q, out);
 	if (soonest)
 		*soonest = -1;
 	return 0;
@@ -441,14 +458,19 @@ mailq_set_signed(struct mailq *q, const char *name, const struct mailq_hdr *h,
 }
 
 /* queued -> done (outcome $3) in one statement, only while this handle
- * holds the lease; a former done entry of that name and outcome goes. */
+ * holds the lease; a former done entry of that name and outcome goes.
+ * A delivery ("sent") also ends the row it leased when the lease has
+ * passed to another node meanwhile (id $5): otherwise, with a relay
+ * slower than the lease, the nodes would take the row from each other
+ * and send it again for ever. */
 static int
 finish(struct mailq *q, const char *name, const char *outcome,
     const char *reason)
 {
 	static const char sql[] =
 	    "WITH d AS (DELETE FROM hsmfs_mail_queue WHERE name = $1 AND "
-	    "state = 'sending' AND lease_holder = $2 RETURNING *), "
+	    "((state = 'sending' AND lease_holder = $2) OR id = $5::bigint) "
+	    "RETURNING *), "
 	    "x AS (DELETE FROM hsmfs_mail_done WHERE name = $1 AND outcome = $3 "
 	    "AND EXISTS (SELECT 1 FROM d)) "
 	    "INSERT INTO hsmfs_mail_done (id, name, message_id, outcome, attempts, "
@@ -457,8 +479,13 @@ finish(struct mailq *q, const char *name, const char *outcome,
 	    "CASE WHEN $4::text IS NULL THEN NULL ELSE $4 || E'\\nattempts: ' || "
 	    "attempts || E'\\nqueued: ' || extract(epoch FROM queued)::bigint || "
 	    "E'\\nmessage-id: ' || message_id || E'\\n' END FROM d";
-	const char *v[4] = { name, q->holder, outcome, reason };
-	int r = q_exec_one(q, sql, 4, v, NULL, NULL, name,
+	char id[24];
+	const char *v[5] = { name, q->holder, outcome, reason, id };
+	int r;
+
+	snprintf(id, sizeof(id), "%lld",
+	    strcmp(outcome, "sent") == 0 ? held_row(q, name) : -1LL);
+	r = q_exec_one(q, sql, 5, v, NULL, NULL, name,
 	    "the lease passed to another node (it delivers; a duplicate "
 	    "carries the same Message-ID)");
 

@@ -4,15 +4,20 @@ database connection killed in the middle of writes (nothing acknowledged
 lost, the next operation reconnects), and writers on two nodes racing a
 rename of the same name. Real PostgreSQL 15 (tests/pgcluster.py), two real
 mounts (tests/shared_nodes.py)."""
+import asyncio
+import email
 import errno
 import os
 import threading
+import time
 
 import pytest
 
 import pgcluster
 from folderops import read as fread, write as fwrite
+from helpers import wait_for
 from shared_nodes import SharedNodes
+from test_mail import Relay, message
 
 pytestmark = pytest.mark.skipif(not pgcluster.available(),
                                 reason="postgresql-15 is not installed")
@@ -133,3 +138,37 @@ def test_rename_races_writer_on_other_node(nodes):
         db_, eb = fread(b.path("fields", n))
         assert ea is None and eb is None and da == db_ and da.startswith(b"v"), \
             (n, da, db_)
+
+
+class SlowRelay(Relay):
+    """A relay whose DATA answer takes `delay` seconds (longer than the
+    nodes' lease)."""
+    delay = 3
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(self.delay)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_short_lease_slow_relay_bounded(nodes):
+    """mail_lease=1 and a relay slower than it: a live node's lease
+    passes to the other node while it sends (a second copy, docs/mail.md),
+    but the first delivery that ends records the message as sent: the
+    copies are bounded by the number of nodes, never a loop."""
+    relay = SlowRelay().start()
+    try:
+        o = {"mail_retry": 1, "mail_lease": 1, "smtp": relay.url}
+        a, b = nodes.mount("A", extra=o), nodes.mount("B", extra=o)
+        e = fwrite(a.path("mail", "m0"), message(subject="slow"))
+        assert e is None, a.log()
+        wait_for(lambda: os.listdir(a.path("mail", "sent")) == ["m0"] and
+                 os.listdir(b.path("mail", "sent")) == ["m0"],
+                 timeout=60, what="m0 in sent/ on both nodes")
+        time.sleep(2 * SlowRelay.delay)   # copies still in flight land
+        with relay.lock:
+            ids = [email.message_from_bytes(d)["Message-ID"]
+                   for _, _, d in relay.messages]
+        assert len(set(ids)) == 1 and len(ids) <= 2, ids
+        assert nodes.sql("SELECT count(*) FROM hsmfs_mail_queue") == "0"
+    finally:
+        relay.stop()
