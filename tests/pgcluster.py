@@ -118,3 +118,21 @@ class PgCluster:
                          "-w", "stop"], check=False)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+# For every tests/test_shared_*.py: the skip on a machine without
+# postgresql-15 (a failure in CI, like every skip) and one private cluster
+# per test module, stopped and removed after it.
+import pytest  # noqa: E402
+
+requires_pg = pytest.mark.skipif(not available(),
+                                 reason="postgresql-15 is not installed")
+
+
+@pytest.fixture(scope="module")
+def pg():
+    c = PgCluster()
+    try:
+        yield c
+    finally:
+        c.close()

@@ -11,6 +11,8 @@ shared_password=FILE and node=NAME.
 """
 import os
 
+import pytest
+
 import pgcluster
 from conftest import TOOL
 from helpers import run
@@ -58,3 +60,9 @@ class SharedNodes:
     def sql(self, sql):
         """As the superuser (rows as 'a|b' lines)."""
         return self.pg.sql(sql, db=self.db)
+
+
+@pytest.fixture
+def nodes(pg, hsm, mount_factory, tmp_path):
+    """Two daemons, A and B, on one database of the module's cluster."""
+    return SharedNodes(pg, hsm, mount_factory, tmp_path)

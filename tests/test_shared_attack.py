@@ -14,27 +14,15 @@ import time
 import pytest
 
 import pgcluster
+from pgcluster import pg  # noqa: F401 (fixture)
 from folderops import read as fread, write as fwrite
 from helpers import wait_for
-from shared_nodes import SharedNodes
+from shared_nodes import nodes  # noqa: F401 (fixture)
 from test_mail import Relay, message
 
-pytestmark = pytest.mark.skipif(not pgcluster.available(),
-                                reason="postgresql-15 is not installed")
+pytestmark = pgcluster.requires_pg
 
 
-@pytest.fixture(scope="module")
-def pg():
-    c = pgcluster.PgCluster()
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture
-def nodes(pg, hsm, mount_factory, tmp_path):
-    return SharedNodes(pg, hsm, mount_factory, tmp_path)
 
 
 def daemon_sql(nodes, sql):

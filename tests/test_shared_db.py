@@ -13,23 +13,15 @@ import time
 import pytest
 
 import pgcluster
+from pgcluster import pg  # noqa: F401 (fixture)
 from conftest import BUILD, TOOL
 from helpers import run
 
 PROBE = os.path.join(BUILD, "tests", "test-pg-probe")
 EF = "encryptedFieldsCertificateV1"
 
-pytestmark = pytest.mark.skipif(not pgcluster.available(),
-                                reason="postgresql-15 is not installed")
+pytestmark = pgcluster.requires_pg
 
-
-@pytest.fixture(scope="session")
-def pg():
-    c = pgcluster.PgCluster()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture

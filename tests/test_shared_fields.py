@@ -17,30 +17,18 @@ import time
 import pytest
 
 import pgcluster
+from pgcluster import pg  # noqa: F401 (fixture)
 from conftest import TOOL
 from folderops import make_zip, read as fread, verify_zip, write as fwrite
 from helpers import run
-from shared_nodes import SharedNodes
+from shared_nodes import nodes  # noqa: F401 (fixture)
 
 V1 = "encryptedFieldsCertificateV1"
 V2 = "encryptedFieldsCertificateV2"
 
-pytestmark = pytest.mark.skipif(not pgcluster.available(),
-                                reason="postgresql-15 is not installed")
+pytestmark = pgcluster.requires_pg
 
 
-@pytest.fixture(scope="module")
-def pg():
-    c = pgcluster.PgCluster()
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture
-def nodes(pg, hsm, mount_factory, tmp_path):
-    return SharedNodes(pg, hsm, mount_factory, tmp_path)
 
 
 @pytest.fixture(scope="module")
