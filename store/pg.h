@@ -36,7 +36,7 @@
 #include <stdint.h>
 #include <libpq-fe.h>
 
-#define PG_SCHEMA_VERSION 2
+#define PG_SCHEMA_VERSION 3
 #define PG_DEFAULT_POOL 4
 #define PG_DEFAULT_CONNECT_TIMEOUT 5        /* s */
 #define PG_DEFAULT_STATEMENT_TIMEOUT 10000  /* ms */

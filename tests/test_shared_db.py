@@ -82,7 +82,7 @@ TABLES = {"hsmfs_schema_version", "hsmfs_cluster", "hsmfs_nodes", "hsmfs_fields"
 def test_db_init_creates_and_is_idempotent(pg, db, owner, config):
     uri, pw = owner
     p = db_init(config, uri, pw, role=pgcluster.DAEMON)
-    assert "schema version 2 created" in p.stdout and "recorded" in p.stdout
+    assert "schema version 3 created" in p.stdout and "recorded" in p.stdout
     tables = set(pg.sql("SELECT tablename FROM pg_tables WHERE tablename "
                         "LIKE 'hsmfs_%'", db=db).split())
     assert tables == TABLES
@@ -96,11 +96,11 @@ def test_db_init_creates_and_is_idempotent(pg, db, owner, config):
     # Again, twice: nothing changes, nothing fails.
     for _ in range(2):
         p = db_init(config, uri, pw, role=pgcluster.DAEMON)
-        assert "schema version 2 up to date" in p.stdout
+        assert "schema version 3 up to date" in p.stdout
         assert "unchanged" in p.stdout
     assert pg.sql("SELECT count(*) FROM hsmfs_cluster", db=db) == "1"
     assert pg.sql("SELECT string_agg(version::text, ',' ORDER BY version) "
-                  "FROM hsmfs_schema_version", db=db) == "1,2"
+                  "FROM hsmfs_schema_version", db=db) == "1,2,3"
     assert pg.sql("SELECT fingerprint || ' ' || origin FROM hsmfs_cluster",
                   db=db) == fp1
 
@@ -115,13 +115,13 @@ def test_daemon_check_through_passfile(pg, db, owner, config, tmp_path):
                       f"{pgcluster.DAEMON_PW}")
     env = dict(os.environ, PGPASSFILE=passfile)
     p = db_init(config, pg.uri(pgcluster.DAEMON, db), check=True, env=env)
-    assert "schema version 2 ok" in p.stdout and "unchanged" in p.stdout
+    assert "schema version 3 ok" in p.stdout and "unchanged" in p.stdout
     # Over the unix socket too, with passfile= in the URI.
     sock = pwfile(tmp_path / "pgpass2", f"*:*:*:{pgcluster.DAEMON}:"
                   f"{pgcluster.DAEMON_PW}")
     p = db_init(config, pg.uri(pgcluster.DAEMON, db, tcp=False,
                                extra=f"passfile={sock}"), check=True)
-    assert "schema version 2 ok" in p.stdout
+    assert "schema version 3 ok" in p.stdout
     # The daemon role cannot create the schema (least privilege).
     p = db_init(config, pg.uri(pgcluster.DAEMON, db), ok=False, env=env)
     assert p.returncode != 0 and "permission denied" in one_line(p)
@@ -144,10 +144,10 @@ def test_schema_version_refused(pg, db, owner, config):
               "INSERT INTO hsmfs_schema_version (version) VALUES (0)")
     p = db_init(config, uri, pw, check=True, ok=False)
     assert p.returncode == 1
-    assert "schema version 0 is older than this hsmfs's 2; run hsmfs-tool " \
+    assert "schema version 0 is older than this hsmfs's 3; run hsmfs-tool " \
         "db-init" in one_line(p)
     p = db_init(config, uri, pw)
-    assert "schema version 2 migrated" in p.stdout
+    assert "schema version 3 migrated" in p.stdout
     db_init(config, uri, pw, check=True)
 
 

@@ -248,7 +248,7 @@ def test_schema_1_migrates(pg, db, owner, config, tmp_path):
             VALUES ('<old@test>', 'Subject: old');""")
     assert p.returncode == 0, p.stderr
     p = db_init(config, uri, pw, role=pgcluster.DAEMON)
-    assert "schema version 2 migrated" in p.stdout
+    assert "schema version 3 migrated" in p.stdout
     name = pg.sql("SELECT name FROM hsmfs_mail_queue", db=db)
     assert name.startswith("queued-")
     dpw = pwfile(tmp_path / "daemon.pw", pgcluster.DAEMON_PW)

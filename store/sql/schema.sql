@@ -1,5 +1,5 @@
--- hsmfs shared store (docs/scale.md, contract §9): schema version 2 (version 1
--- plus the additive mail section at the end).
+-- hsmfs shared store (docs/scale.md, contract §9): schema version 3 (version 1
+-- plus the additive mail (2) and history (3) sections at the end).
 -- Run by `hsmfs-tool db-init` as the schema owner, in one transaction under
 -- an advisory lock, every time (idempotent: IF NOT EXISTS / OR REPLACE).
 -- The GRANTs to the daemon role are issued by db-init (the role name is an
@@ -147,4 +147,15 @@ ALTER TABLE hsmfs_mail_done ADD COLUMN IF NOT EXISTS queued timestamptz NOT NULL
 CREATE INDEX IF NOT EXISTS hsmfs_mail_done_name ON hsmfs_mail_done (name, outcome);
 CREATE INDEX IF NOT EXISTS hsmfs_mail_done_message_id ON hsmfs_mail_done (message_id);
 
-INSERT INTO hsmfs_schema_version (version) VALUES (1), (2) ON CONFLICT DO NOTHING;
+-- Version 3 (additive; version 2 kept no history rows): a history row is
+-- one record as the directory store frames it (crypto/tlog.h): `leaf` is the
+-- record leaf, `off` where its frame starts in the object's frames (frame =
+-- "HSR1" || leaf length || seq || leaf || SHA-256(0x00 || leaf)), so a node
+-- reads any byte range of an object by offset. The object row carries the
+-- frames' total length (`bytes`) besides the record count (`size`).
+ALTER TABLE hsmfs_history_objects ADD COLUMN IF NOT EXISTS bytes bigint NOT NULL DEFAULT 0 CHECK (bytes >= 0);
+ALTER TABLE hsmfs_history_records ADD COLUMN IF NOT EXISTS off bigint NOT NULL DEFAULT 0 CHECK (off >= 0);
+ALTER TABLE hsmfs_history_records ALTER COLUMN off DROP DEFAULT;
+CREATE UNIQUE INDEX IF NOT EXISTS hsmfs_history_records_off ON hsmfs_history_records (object, off);
+
+INSERT INTO hsmfs_schema_version (version) VALUES (1), (2), (3) ON CONFLICT DO NOTHING;
