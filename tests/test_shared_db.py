@@ -155,8 +155,8 @@ def test_daemon_role_cannot_alter_history(pg, db, owner, config):
     uri, pw = owner
     db_init(config, uri, pw, role=pgcluster.DAEMON)
     ins = ("INSERT INTO hsmfs_history_objects (name) VALUES ('user-42'); "
-           "INSERT INTO hsmfs_history_records (object, seq, record_id, leaf) "
-           "VALUES ('user-42', 0, gen_random_uuid(), '\\x00'::bytea); "
+           "INSERT INTO hsmfs_history_records (object, seq, off, record_id, leaf) "
+           "VALUES ('user-42', 0, 0, gen_random_uuid(), '\\x00'::bytea); "
            "INSERT INTO hsmfs_checkpoints (object, size, checkpoint) "
            "VALUES ('user-42', 1, '\\x01'::bytea)")
     p = daemon_sql(pg, db, ins)
