@@ -396,30 +396,22 @@ check_keys(void)
 }
 
 
-/* The shared store at start: open a pool, check the schema, compare this
- * node's configuration fingerprint with the cluster's (mode CHECK before
- * mounting; JOIN in FUSE init: record a rolling rotation, register the
- * node) in one transaction. *out (NULL: closed again) keeps the pool;
- * origin gets the cluster's name. err_detail() names the failure. */
+/* One transaction on pool p: compare the configuration (e, kr) with the
+ * cluster's (CHECK), or also record it (JOIN: a rolling rotation's union
+ * in hsmfs_cluster, this node's row in hsmfs_nodes). At mount (below) and
+ * at a reload (fs/reload.c). origin (may be NULL) gets the cluster's
+ * name. err_detail() names the failure or the difference. */
 int
-shared_join(struct keyring *kr, enum pg_cluster_mode mode, struct pg **out,
-    char *origin, size_t origin_size)
+shared_config(struct pg *p, const struct engine *e, struct keyring *kr,
+    enum pg_cluster_mode mode, char *origin, size_t origin_size)
 {
-	struct pg_conf pc = {0};
 	struct pg_cluster_info info;
 	struct pg_conn *c = NULL;
-	struct pg *p = NULL;
 	char *lines = NULL;
 	int r;
 
-	if (out)
-		*out = NULL;
-	pc.uri = the_fs.opt.shared;
-	pc.password_file = the_fs.opt.shared_password;
-	pc.node = the_fs.opt.node;
-	pc.pool_size = SHARED_POOL;
-	if ((r = fingerprint_lines(the_fs.engine, kr, &lines)) != 0 ||
-	    (r = pg_open(&pc, &p)) != 0 || (r = pg_acquire(p, &c)) != 0)
+	if ((r = fingerprint_lines(e, kr, &lines)) != 0 ||
+	    (r = pg_acquire(p, &c)) != 0)
 		goto out;
 	if ((r = pg_schema_check(c)) != 0 || (r = pg_begin(c)) != 0)
 		goto out;
@@ -441,6 +433,30 @@ out:
 	free(lines);
 	if (c)
 		pg_release(p, c);
+	return r;
+}
+
+/* The shared store at start: open a pool, check the schema, compare this
+ * node's configuration fingerprint with the cluster's (mode CHECK before
+ * mounting; JOIN in FUSE init: record a rolling rotation, register the
+ * node) in one transaction. *out (NULL: closed again) keeps the pool;
+ * origin gets the cluster's name. err_detail() names the failure. */
+int
+shared_join(struct keyring *kr, enum pg_cluster_mode mode, struct pg **out,
+    char *origin, size_t origin_size)
+{
+	struct pg_conf pc = {0};
+	struct pg *p = NULL;
+	int r;
+
+	if (out)
+		*out = NULL;
+	pc.uri = the_fs.opt.shared;
+	pc.password_file = the_fs.opt.shared_password;
+	pc.node = the_fs.opt.node;
+	pc.pool_size = SHARED_POOL;
+	if ((r = pg_open(&pc, &p)) == 0)
+		r = shared_config(p, the_fs.engine, kr, mode, origin, origin_size);
 	if (r == 0 && out)
 		*out = p;
 	else

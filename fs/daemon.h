@@ -48,6 +48,8 @@ int pem_certs_ok(const char *path);
 #define SHARED_POOL 8
 int shared_join(struct keyring *kr, enum pg_cluster_mode mode, struct pg **out,
     char *origin, size_t origin_size);
+int shared_config(struct pg *p, const struct engine *e, struct keyring *kr,
+    enum pg_cluster_mode mode, char *origin, size_t origin_size);
 const char *node_name(void);
 
 /* ---- fs/ops.c ---- */

@@ -62,7 +62,7 @@ reload_config(void)
 	struct keyring *nk = NULL, *ok;
 	void *next[NFOLDERS] = { 0 };
 	size_t prepared = 0;
-	int r;
+	int r, recorded = 0;
 
 	err_clear();
 	if ((r = engine_load(the_fs.opt.config, &ne)) != 0)
@@ -77,6 +77,20 @@ reload_config(void)
 	pin_scrub_env(ne);
 	if (r != 0)
 		goto fail;
+	/* Shared store: what the mount does (fs/checks.c shared_config, JOIN):
+	 * a configuration the cluster would refuse at mount is refused here,
+	 * an accepted one is recorded (this node's row; the cluster's during
+	 * a rolling rotation) before the folders prepare, since /fields reads
+	 * the nodes' rows to pick the version it seals with. */
+	if (the_fs.sconf.pg != NULL) {
+		err_clear();
+		if ((r = shared_config(the_fs.sconf.pg, ne, nk, PG_CLUSTER_JOIN,
+		    NULL, 0)) != 0) {
+			err_prefix("shared store: ");
+			goto fail;
+		}
+		recorded = 1;
+	}
 	atomic_store(&reload_waiting, 1);
 	pthread_rwlock_wrlock(&conf_lock);
 	reload_gate_open();
@@ -95,6 +109,10 @@ reload_config(void)
 			folders[i]->reload_finish(next[i], r == 0);
 	if (r != 0) {
 		pthread_rwlock_unlock(&conf_lock);
+		if (recorded)
+			log_warn("shared store: the database keeps this node's new "
+			    "configuration recorded although the reload failed; "
+			    "fix %s and reload again", the_fs.opt.config);
 		goto fail;
 	}
 	oe = the_fs.engine;
