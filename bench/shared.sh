@@ -1,10 +1,13 @@
 #!/bin/bash
-# The shared store (contract §9, docs/scale.md), fields part: field reads per
+# The shared store (contract §9, docs/scale.md). Fields: field reads per
 # second through a mount on a local STORE vs a mount on PostgreSQL (one
 # reader process, each read = open + fetch + HSM unwrap + decrypt +
 # close), the database round trip alone (SELECT 1, from .status), and
 # the time a field read and a write take to fail with EIO once the
-# database is stopped. A private PostgreSQL 15 (Debian's postgresql-15,
+# database is stopped. History: acknowledged appends/s (open(O_APPEND) +
+# write + close, bench/histbench) with 1 node vs 2 nodes on the database,
+# 16 writers per node, each writer on an object of its own and all on one
+# object, beside the raw HSM signature rate (one thread). A private PostgreSQL 15 (Debian's postgresql-15,
 # run as `postgres`, unix socket only, trust) and SoftHSM token, both
 # removed at the end. Interleaved rounds, medians.
 #   usage: bench/shared.sh [BUILD_DIR] [SECONDS] [ROUNDS]
@@ -16,8 +19,9 @@ ROUNDS=${3:-3}
 HSMFS=$BUILD/fs/hsmfs
 TOOL=$BUILD/tool/hsmfs-tool
 READER=$BUILD/bench/field-reader
+HISTBENCH=$BUILD/bench/histbench
 PGBIN=/usr/lib/postgresql/15/bin
-for b in "$HSMFS" "$TOOL" "$READER" "$PGBIN/pg_ctl"; do
+for b in "$HSMFS" "$TOOL" "$READER" "$HISTBENCH" "$PGBIN/pg_ctl"; do
 	[ -x "$b" ] || { echo "bench/shared.sh: $b missing" >&2; exit 2; }
 done
 
@@ -71,6 +75,7 @@ mount_node() {
 }
 mount_node local
 mount_node shared "shared=$URI,node=bench"
+mount_node shared2 "shared=$URI,node=bench2"
 
 : > "$T/rounds"
 for round in $(seq 1 "$ROUNDS"); do
@@ -79,6 +84,48 @@ for round in $(seq 1 "$ROUNDS"); do
 	rtt=$(sed -n 's/^database.rtt_ms: //p' "$T/mnt-shared/.status")
 	echo "$l $s $rtt" >> "$T/rounds"
 	echo "round $round: local=$l shared=$s rtt_ms=$rtt" >&2
+done
+
+# appends NODES MODE ROUND: acknowledged appends/s of 16 writers on each of
+# the NODES (shared, or shared shared2) for SECS; MODE distinct: one
+# process per writer, each on its own object; one: one process of 16
+# threads per node, all on one object. Any failed append aborts the bench.
+appends() {
+	local nodes=$1 mode=$2 round=$3 n out=$T/appends.out pids=
+	: > "$out"
+	for n in $nodes; do
+		if [ "$mode" = one ]; then
+			"$HISTBENCH" append "$T/mnt-$n/history/one-$round-${nodes// /}" 16 \
+				"$SECS" >> "$out" & pids="$pids $!"
+		else
+			for w in $(seq 1 16); do
+				"$HISTBENCH" append "$T/mnt-$n/history/d-$round-$n-$w-${nodes// /}" \
+					1 "$SECS" >> "$out" & pids="$pids $!"
+			done
+		fi
+	done
+	for p in $pids; do
+		wait "$p" || { echo "bench/shared.sh: append errors:" >&2; cat "$out" >&2; exit 1; }
+	done
+	awk '{ ops += $2; if ($3 > t) t = $3 } END { printf "%.1f", ops / t }' "$out"
+}
+"$HISTBENCH" append "$T/mnt-shared/history/warm-up" 4 1 >/dev/null
+"$HISTBENCH" append "$T/mnt-shared2/history/warm-up" 4 1 >/dev/null
+: > "$T/arounds"
+for round in $(seq 1 "$ROUNDS"); do
+	sign=$("$HISTBENCH" sign "$CFG" "$SECS" | awk '{print $4}')
+	d1=$(appends shared distinct "$round")
+	d2=$(appends "shared shared2" distinct "$round")
+	o1=$(appends shared one "$round")
+	o2=$(appends "shared shared2" one "$round")
+	echo "$d1 $d2 $o1 $o2 $sign" >> "$T/arounds"
+	echo "round $round: distinct 1 node=$d1 2 nodes=$d2; one object 1 node=$o1" \
+		"2 nodes=$o2; sign=$sign" >&2
+done
+# Every node sees one history per object that verifies.
+for f in "$T"/mnt-shared/history/one-*; do
+	getfattr -n user.hsmfs.verify --only-values "$T/mnt-shared2/history/${f##*/}" |
+		grep -q '^valid' || { echo "bench/shared.sh: ${f##*/} does not verify" >&2; exit 1; }
 done
 
 # Time to EIO: the database stopped (the pool's connections see the
@@ -116,4 +163,24 @@ END {
 	printf "  database round trip (SELECT 1) %8.3f ms\n", rtt
 	printf "  database stopped: read EIO after %.3f s, write EIO after %.3f s\n", tr, tw
 }' "$T/rounds"
+awk -v s="$SECS" -v rounds="$ROUNDS" '
+function median(a, n,    i, j, t) {
+	for (i = 1; i <= n; i++)
+		for (j = i + 1; j <= n; j++)
+			if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+	return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+{ D1[NR] = $1; D2[NR] = $2; O1[NR] = $3; O2[NR] = $4; S[NR] = $5 }
+END {
+	d1 = median(D1, NR); d2 = median(D2, NR); o1 = median(O1, NR)
+	o2 = median(O2, NR); sg = median(S, NR)
+	printf "shared store bench, history (16 writers per node; median of %d rounds of %s s)\n", rounds, s
+	printf "                              1 node      2 nodes    2/1\n"
+	printf "  appends/s, distinct objects %9.1f  %9.1f  %5.2fx (goal >= 1.6)\n", d1, d2, d2 / d1
+	printf "  appends/s, one object       %9.1f  %9.1f  %5.2fx\n", o1, o2, o2 / o1
+	printf "  HSM signatures/s (one thread, no daemon) %9.1f\n", sg
+}' "$T/arounds"
 echo "cpus: $(nproc); load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "note: both daemons, PostgreSQL, SoftHSM's signatures and the 32 writer"
+echo "processes share these CPUs: with 2 CPUs a second node adds no CPU, so"
+echo "2 nodes can only gain by overlapping database round trips and commits."
