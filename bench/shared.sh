@@ -124,7 +124,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 # Every node sees one history per object that verifies.
 for f in "$T"/mnt-shared/history/one-*; do
-	getfattr -n user.hsmfs.verify --only-values "$T/mnt-shared2/history/${f##*/}" |
+	getfattr --absolute-names -n user.hsmfs.verify --only-values "$T/mnt-shared2/history/${f##*/}" |
 		grep -q '^valid' || { echo "bench/shared.sh: ${f##*/} does not verify" >&2; exit 1; }
 done
 
