@@ -15,7 +15,6 @@ import collections
 import errno
 import os
 import secrets
-import socket
 import threading
 import time
 from pathlib import Path
@@ -364,7 +363,8 @@ def test_connections_killed_during_appends(nodes):
     """pg_terminate_backend of the daemons' sessions in a loop, also while
     a COMMIT is on its way: an append whose COMMIT outcome the node did
     not learn is looked up by its record id; acknowledged only if there,
-    never appended twice."""
+    never appended twice. (Both outcomes made deterministic by a relay:
+    tests/test_shared_history_commit.py.)"""
     a, b = nodes.mount("A"), nodes.mount("B")
     killed, stop = [], threading.Event()
 
@@ -403,132 +403,6 @@ def test_connections_killed_during_appends(nodes):
     must_append(a, "kc", b"after A\n")
     must_append(b, "kc", b"after B\n")
     assert read(a, "kc").endswith(b"after A\nafter B\n")
-
-
-# ---- e'. COMMIT's answer lost, COMMIT itself lost (deterministic) ---------------
-
-class CommitProxy:
-    """A TCP relay between a node and PostgreSQL that, once armed, breaks
-    the connection of the next append transaction at its COMMIT (the
-    "COMMIT" statement, extended or simple protocol, in a transaction
-    that ran an INSERT INTO hsmfs_history_records):
-    'lose-answer': COMMIT reaches the server, which commits; its answer
-    is dropped and both sides are closed (the node cannot know);
-    'lose-commit': COMMIT is dropped and both sides are closed (the server
-    rolls back)."""
-
-    def __init__(self, port):
-        self.target = port
-        self.ls = socket.create_server(("127.0.0.1", 0))
-        self.port = self.ls.getsockname()[1]
-        self.mode, self.fired = None, threading.Event()
-        self.mu = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def arm(self, mode):
-        self.fired.clear()
-        self.mode = mode
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            s = socket.create_connection(("127.0.0.1", self.target))
-            st = {"drop": False, "tx": b""}
-            threading.Thread(target=self._up, args=(c, s, st), daemon=True).start()
-            threading.Thread(target=self._down, args=(s, c, st), daemon=True).start()
-
-    @staticmethod
-    def _close(*socks):
-        for x in socks:
-            try:
-                x.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            x.close()
-
-    def _up(self, c, s, st):
-        while True:
-            try:
-                d = c.recv(65536)
-            except OSError:
-                d = b""
-            if not d:
-                return self._close(c, s)
-            st["tx"] = (st["tx"] + d)[-65536:]
-            if b"P\x00\x00\x00\x0e\x00COMMIT\x00" in d or \
-                    b"Q\x00\x00\x00\x0bCOMMIT\x00" in d:
-                with self.mu:
-                    mode = self.mode if b"INSERT INTO hsmfs_history_records" \
-                        in st["tx"] else None
-                    if mode:
-                        self.mode = None
-                st["tx"] = b""
-                if mode == "lose-commit":
-                    self._close(c, s)
-                    self.fired.set()
-                    return
-                st["drop"] = mode == "lose-answer"
-            try:
-                s.sendall(d)
-            except OSError:
-                return self._close(c, s)
-
-    def _down(self, s, c, st):
-        while True:
-            try:
-                d = s.recv(65536)
-            except OSError:
-                d = b""
-            if not d or st["drop"]:
-                if d:
-                    self.fired.set()
-                return self._close(c, s)
-            try:
-                c.sendall(d)
-            except OSError:
-                return self._close(c, s)
-
-    def close(self):
-        self.ls.close()
-
-
-def test_commit_outcome_unknown_resolved_by_record_id(nodes, pg):
-    """The connection breaks at COMMIT: when the server committed, the
-    node finds the record by its id and acknowledges it (once); when it
-    did not, close() fails and the record is not there. Either way the
-    node goes on without a remount."""
-    proxy = CommitProxy(pg.port)
-    try:
-        a = nodes.mount("A", extra={"shared": f"postgresql://{pgcluster.DAEMON}"
-                                    f"@127.0.0.1:{proxy.port}/{nodes.db}"})
-        b = nodes.mount("B")
-        must_append(a, "u", b"one\n")
-        proxy.arm("lose-answer")
-        e = append(a, "u", b"two\n")
-        assert proxy.fired.is_set(), "the proxy did not see the append's COMMIT"
-        assert e is None, f"committed but not acknowledged: " \
-            f"{errno.errorcode.get(e, e)}\n{a.log()}"
-        assert read(b, "u") == read(a, "u") == b"one\ntwo\n", a.log()
-        proxy.arm("lose-commit")
-        e = append(a, "u", b"three\n")
-        assert proxy.fired.is_set(), "the proxy did not see the append's COMMIT"
-        # Not committed: not acknowledged (or, had the node retried on a
-        # new connection, there once).
-        expect = b"one\ntwo\n" + (b"three\n" if e is None else b"")
-        assert e in (None, errno.EIO), errno.errorcode.get(e, e)
-        assert read(b, "u") == read(a, "u") == expect, a.log()
-        must_append(a, "u", b"four\n")
-        must_append(b, "u", b"five\n")
-        expect += b"four\nfive\n"
-        assert read(a, "u") == read(b, "u") == expect
-        w = Writer(a, "u", "x", count=0)
-        w.records = [(p + b"\n", None, 0) for p in expect.split(b"\n")[:-1]]
-        check_history(nodes, [a, b], "u", [w])
-    finally:
-        proxy.close()
 
 
 # ---- f. the database's own protection ----------------------------------------
