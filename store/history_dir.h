@@ -6,13 +6,20 @@
 
 #include <sys/types.h>
 
+#include "crypto/tlog.h"
+
+struct hpg;
+
 struct hstore {
 	int dirfd, objfd, cpfd, anchorfd;
 	char *anchor;                /* path, or NULL */
 	char store_id[17];
-	char prefix[64];
+	char prefix[TLOG_ORIGIN_MAX];
 	off_t cp_len;                /* good length of the index */
 	int index_lost;              /* objects exist but the index was missing */
+	struct hpg *pg;              /* shared store: the PostgreSQL backend
+	                                (store/history_pg.h); dirfd is then the
+	                                node-local part (spools, caches) */
 };
 
 /* The checkpoints appended to the index as one durable unit, then to
