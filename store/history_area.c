@@ -332,16 +332,20 @@ hstore_index_append(struct hstore *hs, const char *notes, size_t len)
 		return keep;
 	}
 	hs->cp_len += (off_t)len;
-	if (hs->anchorfd >= 0) {
-		/* The anchor is a second copy on another volume: if it fails
-		 * the records are still durable and signed here, so they are
-		 * acknowledged and the failure is logged. */
-		if (util_write_all(hs->anchorfd, notes, len) != 0 ||
-		    fdatasync(hs->anchorfd) < 0)
-			log_err("history: anchor %s: cannot append checkpoints: %s",
-			    hs->anchor, err_detail());
-	}
+	hstore_anchor_append(hs, notes, len);
 	return 0;
+}
+
+void
+hstore_anchor_append(struct hstore *hs, const char *notes, size_t len)
+{
+	/* The anchor is a second copy on another volume: if it fails the
+	 * records are still durable and signed in the store, so they are
+	 * acknowledged and the failure is logged. */
+	if (hs->anchorfd >= 0 && (util_write_all(hs->anchorfd, notes, len) != 0 ||
+	    fdatasync(hs->anchorfd) < 0))
+		log_err("history: anchor %s: cannot append checkpoints: %s",
+		    hs->anchor, err_detail());
 }
 
 int

@@ -290,8 +290,12 @@ hstore_batch_abort(struct hstore_batch *b, struct hstore_obj *ob)
 int
 hstore_batch_commit(struct hstore_batch *b, const char *notes, size_t len)
 {
-	if (b->pg != NULL)
-		return hpg_batch_commit(b->pg, b->hs->prefix, notes, len);
+	if (b->pg != NULL) {
+		int r = hpg_batch_commit(b->pg, b->hs->prefix, notes, len);
+		if (r == 0)
+			hstore_anchor_append(b->hs, notes, len);
+		return r;
+	}
 	return hstore_index_append(b->hs, notes, len);
 }
 

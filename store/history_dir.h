@@ -25,5 +25,7 @@ struct hstore {
 /* The checkpoints appended to the index as one durable unit, then to
  * the anchor (store/history_area.c). */
 int hstore_index_append(struct hstore *hs, const char *notes, size_t len);
+/* The same checkpoints to the anchor, if any (a failure is logged). */
+void hstore_anchor_append(struct hstore *hs, const char *notes, size_t len);
 
 #endif
