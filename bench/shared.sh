@@ -63,6 +63,7 @@ mount_node() {
 	mkdir -p "$m"
 	"$HSMFS" "$T/store-$1" "$m" -f -o "config=$CFG${2:+,$2}" 2>"$T/$1.log" &
 	PIDS="$PIDS $!"
+	eval "PID_$1=$!"
 	until grep -qs " $m fuse" /proc/mounts; do
 		i=$((i + 1))
 		[ $i -lt 200 ] || { cat "$T/$1.log" >&2; exit 1; }
@@ -90,9 +91,24 @@ done
 # the NODES (shared, or shared shared2) for SECS; MODE distinct: one
 # process per writer, each on its own object; one: one process of 16
 # threads per node, all on one object. Any failed append aborts the bench.
+# cpu: CPU ticks used so far by the shared daemons, by PostgreSQL (the
+# postmaster and its children) and by the whole machine (busy), so that
+# the appends say what they are limited by.
+cpu() {
+	local pm d=0 p=0 pid
+	pm=$(head -n 1 "$PGD/data/postmaster.pid")
+	for pid in $PID_shared $PID_shared2; do
+		d=$((d + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+	done
+	for pid in $pm $(ps -o pid= --ppid "$pm"); do
+		p=$((p + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+	done
+	echo "$d $p $(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat)"
+}
 appends() {
-	local nodes=$1 mode=$2 round=$3 n out=$T/appends.out pids=
+	local nodes=$1 mode=$2 round=$3 n out=$T/appends.out pids= c0
 	: > "$out"
+	c0=$(cpu)
 	for n in $nodes; do
 		if [ "$mode" = one ]; then
 			"$HISTBENCH" append "$T/mnt-$n/history/one-$round-${nodes// /}" 16 \
@@ -107,6 +123,7 @@ appends() {
 	for p in $pids; do
 		wait "$p" || { echo "bench/shared.sh: append errors:" >&2; cat "$out" >&2; exit 1; }
 	done
+	echo "$mode ${nodes// /+} $c0 $(cpu) $SECS" >> "$T/cpu"
 	awk '{ ops += $2; if ($3 > t) t = $3 } END { printf "%.1f", ops / t }' "$out"
 }
 "$HISTBENCH" append "$T/mnt-shared/history/warm-up" 4 1 >/dev/null
@@ -170,16 +187,30 @@ function median(a, n,    i, j, t) {
 			if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
 	return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 }
-{ D1[NR] = $1; D2[NR] = $2; O1[NR] = $3; O2[NR] = $4; S[NR] = $5 }
+{ D1[NR] = $1; D2[NR] = $2; O1[NR] = $3; O2[NR] = $4; S[NR] = $5
+  RD[NR] = $2 / $1; RO[NR] = $4 / $3 }
 END {
 	d1 = median(D1, NR); d2 = median(D2, NR); o1 = median(O1, NR)
-	o2 = median(O2, NR); sg = median(S, NR)
-	printf "shared store bench, history (16 writers per node; median of %d rounds of %s s)\n", rounds, s
+	o2 = median(O2, NR); sg = median(S, NR); rd = median(RD, NR); ro = median(RO, NR)
+	printf "shared store bench, history (16 writers per node; median of %d rounds of %s s;\n", rounds, s
+	printf "2/1: median of the rounds ratios, figures taken seconds apart)\n"
 	printf "                              1 node      2 nodes    2/1\n"
-	printf "  appends/s, distinct objects %9.1f  %9.1f  %5.2fx (goal >= 1.6)\n", d1, d2, d2 / d1
-	printf "  appends/s, one object       %9.1f  %9.1f  %5.2fx\n", o1, o2, o2 / o1
+	printf "  appends/s, distinct objects %9.1f  %9.1f  %5.2fx (goal >= 1.6)\n", d1, d2, rd
+	printf "  appends/s, one object       %9.1f  %9.1f  %5.2fx\n", o1, o2, ro
 	printf "  HSM signatures/s (one thread, no daemon) %9.1f\n", sg
 }' "$T/arounds"
+# CPU seconds per second of run (summed over the rounds): of the two daemons,
+# of PostgreSQL, and of the whole machine out of its CPUs.
+awk -v hz="$(getconf CLK_TCK)" -v ncpu="$(nproc)" '
+{ k = $1 " " $2; D[k] += $6 - $3; P[k] += $7 - $4; B[k] += $8 - $5; S[k] += $9
+  if (!(k in seen)) { seen[k] = 1; order[++n] = k } }
+END {
+	printf "  CPU use (CPU-s per s)       daemons  postgres  machine (of %d)\n", ncpu
+	for (i = 1; i <= n; i++) {
+		k = order[i]
+		printf "  %-26s %8.2f  %8.2f  %8.2f\n", k, D[k] / hz / S[k], P[k] / hz / S[k], B[k] / hz / S[k]
+	}
+}' "$T/cpu"
 echo "cpus: $(nproc); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "note: both daemons, PostgreSQL, SoftHSM's signatures and the 32 writer"
 echo "processes share these CPUs: with 2 CPUs a second node adds no CPU, so"

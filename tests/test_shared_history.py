@@ -272,6 +272,25 @@ def test_writers_on_both_nodes_distinct_objects(nodes):
         sorted([".journal"] + [w.obj for w in ws])
 
 
+def test_writers_start_together_on_new_objects(nodes):
+    """16 writers on A open a new object at the same instant, on several
+    objects in turn: a writer that looks the object up while the first
+    batch creating it commits must neither fail nor spoil the object on
+    this node (B reads what A acknowledged)."""
+    a, b = nodes.mount("A"), nodes.mount("B")
+    for r in range(8):
+        obj = f"fresh-{r}"
+        start = threading.Barrier(16)
+        ws = [Writer(a, obj, f"A{k}", count=3) for k in range(16)]
+        for w in ws:
+            w.run = (lambda w=w: (start.wait(), Writer.run(w)))
+        run_writers(ws)
+        failed = [errno.errorcode.get(e, e) for w in ws for _, e, _ in w.failed()]
+        assert not failed, f"{obj}: {len(failed)} appends failed ({set(failed)}): " \
+            f"{[ln for ln in a.log().splitlines() if obj in ln][:2]}"
+        check_history(nodes, [a, b], obj, ws)
+
+
 # ---- c. a node killed ---------------------------------------------------------
 
 def test_node_killed_during_appends(nodes):
