@@ -13,6 +13,7 @@ import email
 import errno
 import os
 import re
+import subprocess
 
 import pytest
 
@@ -314,6 +315,40 @@ def test_second_run_moves_only_what_is_new(nodes, mount_factory):
     assert hist[1].startswith("history other: moved, 1 records"), out
     assert [ln.split(" ")[3] for ln in lines(p, "mail ")] == ["moved"], out
     assert nodes.sql("SELECT count(*) FROM hsmfs_history_records") == "2"
+
+
+def test_run_killed_midway_completed_by_the_next(nodes, mount_factory):
+    """migrate-store killed (SIGKILL) once it reported its first field:
+    whatever it had committed stays, nothing is half there, and the next
+    run moves exactly the rest (moved + already there = everything)."""
+    loc = local_mount(nodes, mount_factory)
+    names = [f"f{i:03d}" for i in range(150)]
+    for n in names:
+        put(loc, "fields", n, n.encode())
+    for i in range(3):
+        append(loc, "obj", b"record %d\n" % i)
+    loc.unmount()
+    proc = subprocess.Popen(
+        [TOOL, "migrate-store", "-o", f"config={nodes.config},shared={nodes.uri},"
+         f"shared_password={nodes.pw}", loc.store],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert first.startswith("field f") and first.endswith(": moved\n"), first
+    before = int(nodes.sql("SELECT count(*) FROM hsmfs_fields"))
+    print(f"killed after {before} of {len(names)} fields")
+    assert 1 <= before <= len(names)
+    p = migrate(nodes, loc.store)
+    out = p.stdout + p.stderr
+    f = lines(p, "field ")
+    assert len(f) == len(names), out
+    assert sum(ln.endswith(": already there") for ln in f) == before, out
+    assert sum(ln.endswith(": moved") for ln in f) == len(names) - before, out
+    assert nodes.sql("SELECT count(*) FROM hsmfs_fields") == str(len(names))
+    assert nodes.sql("SELECT string_agg(name || '=' || size, ',') FROM "
+                     "hsmfs_history_objects") == "obj=3"
+    assert nodes.sql("SELECT count(*) FROM hsmfs_history_records") == "3"
 
 
 def test_refused_while_a_daemon_runs_on_store(nodes, mount_factory):

@@ -530,6 +530,8 @@ cmd_migrate_store(int argc, char **argv)
 		return TOOL_USAGE;
 	}
 	m.shared = o.shared;
+	/* One line per step as it is done (a run watched, or killed). */
+	setvbuf(stdout, NULL, _IOLBF, 0);
 	if ((m.storefd = open(m.store, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
 		fprintf(stderr, "hsmfs-tool migrate-store: %s: %s\n", m.store,
 		    strerror(errno));
