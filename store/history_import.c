@@ -20,8 +20,9 @@
  * before it is sent anyway. */
 #define ROWS 64
 #define BATCH_BYTES ((size_t)4 << 20)
-/* Records read back per SELECT by hstore_import_check_db. */
-#define CHECK_ROWS 1024
+/* Records read back per SELECT by hstore_import_check_db (leaves may be
+ * large: a bounded result). */
+#define CHECK_ROWS 256
 /* tlog_scan callback's "stop here, not an error". */
 #define SCAN_STOP 1
 
