@@ -49,7 +49,8 @@ struct history_state H = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.queue_cv = PTHREAD_COND_INITIALIZER,
 	.slot_cv = PTHREAD_COND_INITIALIZER,
-	.idle_cv = PTHREAD_COND_INITIALIZER };
+	.idle_cv = PTHREAD_COND_INITIALIZER,
+	.shared_mu = PTHREAD_MUTEX_INITIALIZER };
 
 /* ---- object table ---- */
 
@@ -257,6 +258,18 @@ parse_path(const char *path, const char **name)
 	return 2;
 }
 
+/* Shared store: name as the database has it now (loaded if another node
+ * created it, reloaded if it appended). 0 or -errno. */
+static int
+sync_errno(const char *name)
+{
+	int r = obj_sync_shared(name);
+	if (r == 0)
+		return 0;
+	fs_log_fail("history", name, NULL, "reading the shared store", r);
+	return -hsmfs_err_errno(r);
+}
+
 static int
 history_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
@@ -270,6 +283,9 @@ history_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 	}
 	if (kind < 0)
 		return -ENOENT;
+	if ((r = sync_errno(name)) != 0)
+		return r;
+	r = -ENOENT;
 	pthread_mutex_lock(&H.lock);
 	o = obj_find_locked(name);
 	if (o != NULL && obj_visible_locked(o)) {
@@ -291,6 +307,19 @@ history_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 	return r;
 }
 
+struct fill_ctx {
+	void *buf;
+	fuse_fill_dir_t fill;
+};
+
+static int
+fill_one(const char *name, void *arg)
+{
+	struct fill_ctx *f = arg;
+	f->fill(f->buf, name, NULL, 0, 0);
+	return 0;
+}
+
 static int
 history_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 {
@@ -302,6 +331,22 @@ history_readdir(const char *path, void *buf, fuse_fill_dir_t fill)
 	fill(buf, "..", NULL, 0, 0);
 	if (kind == 0)
 		fill(buf, JOURNAL, NULL, 0, 0);
+	if (H.shared) {
+		/* The cluster's objects, and this node's new ones being written. */
+		struct fill_ctx fc = { buf, fill };
+		int r = hstore_list_objects(H.hs, fill_one, &fc);
+		if (r != 0) {
+			fs_log_fail("history", "", NULL, "listing the shared store", r);
+			return -hsmfs_err_errno(r);
+		}
+		pthread_mutex_lock(&H.lock);
+		for (unsigned b = 0; b < NBUCKETS; b++)
+			for (struct hobj *o = H.buckets[b]; o; o = o->next)
+				if (o->nrec == 0 && (o->bad || (kind == 0 && o->opens > 0)))
+					fill(buf, o->name, NULL, 0, 0);
+		pthread_mutex_unlock(&H.lock);
+		return 0;
+	}
 	pthread_mutex_lock(&H.lock);
 	for (unsigned b = 0; b < NBUCKETS; b++)
 		for (struct hobj *o = H.buckets[b]; o; o = o->next)
@@ -354,6 +399,8 @@ open_object(const char *name, struct fuse_file_info *fi, int creating)
 	struct hobj *o;
 	struct hfh *h;
 
+	if ((r = sync_errno(name)) != 0)
+		return r;
 	pthread_mutex_lock(&H.lock);
 	o = creating ? obj_get_locked(name) : obj_find_locked(name);
 	if (o == NULL || (!creating && !obj_visible_locked(o))) {
@@ -422,6 +469,8 @@ history_open(const char *path, struct fuse_file_info *fi)
 		return open_object(name, fi, (fi->flags & O_ACCMODE) != O_RDONLY);
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
 		return -EACCES;
+	if ((r = sync_errno(name)) != 0)
+		return r;
 	pthread_mutex_lock(&H.lock);
 	o = obj_find_locked(name);
 	r = o && (o->nrec > 0 || o->bad) ? 0 : -ENOENT;
@@ -715,6 +764,8 @@ history_getxattr(const char *path, const char *name, char *value, size_t size)
 
 	if (kind != 2 || strcmp(name, XATTR_VERIFY) != 0)
 		return -ENODATA;
+	if ((r = sync_errno(obj)) != 0)
+		return r;
 	pthread_mutex_lock(&H.lock);
 	o = obj_find_locked(obj);
 	r = o && (o->nrec > 0 || o->bad) ? 0 : -ENODATA;

@@ -12,6 +12,7 @@
 #include "crypto/tlog.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -311,6 +312,60 @@ batch_answer_locked(struct batch *b, int err)
 		H.max_batch = b->nreq;
 }
 
+static int
+touched_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct touched *)a)->o->name,
+	    ((const struct touched *)b)->o->name);
+}
+
+/* Shared store: lock the batch's objects in name order (two nodes never
+ * wait for each other in a cycle) and frame after where the database
+ * says each one's records end: when another node appended since, this
+ * node's state of the object is reloaded first (it holds the row lock,
+ * so nothing moves meanwhile). H.shared_mu held. */
+static void
+lock_touched(struct hstore_batch *sb, struct touched *t, size_t nt)
+{
+	qsort(t, nt, sizeof(*t), touched_cmp);
+	for (size_t i = 0; i < nt; i++) {
+		struct touched *x = &t[i];
+		struct hobj *o = x->o;
+		uint64_t n;
+		off_t bytes;
+		int r, stale;
+
+		if (x->err)
+			continue;
+		if ((r = hstore_batch_lock(sb, o->so, &n, &bytes)) != 0) {
+			fs_log_fail("history", o->name, NULL, "locking the object", r);
+			x->err = r;
+			continue;
+		}
+		pthread_mutex_lock(&H.lock);
+		stale = n != o->nrec || bytes != o->file_len;
+		pthread_mutex_unlock(&H.lock);
+		if (stale && (r = obj_refresh_held(o)) != 0) {
+			if (r != HSMFS_ERR_BADMSG)
+				fs_log_fail("history", o->name, NULL,
+				    "reading other nodes' records", r);
+			x->err = r;
+			continue;
+		}
+		pthread_mutex_lock(&H.lock);
+		if (o->bad) {
+			x->err = HSMFS_ERR_BADMSG;
+		} else if (n != o->nrec || bytes != o->file_len) {
+			err_set("history/%s: the database holds %" PRIu64 " records, "
+			    "this node verified %" PRIu64, o->name, n, o->nrec);
+			log_err("%s", err_detail());
+			x->err = HSMFS_ERR_IO;
+		}
+		x->end = o->pend;
+		pthread_mutex_unlock(&H.lock);
+	}
+}
+
 /* Stage 1, in the committer: frames after everything written so far (the
  * batch before may still be on its way to the index), then each touched
  * object's new root signed while its file is fdatasynced. An object that
@@ -331,6 +386,8 @@ stage_frame_sign(struct batch *b)
 		}
 		return;
 	}
+	/* The objects first (locked in name order on a shared store), then
+	 * the frames, in the order the records came. */
 	for (struct hreq *q = b->reqs; q; q = q->next) {
 		struct touched *x = NULL;
 		b->nreq++;
@@ -369,7 +426,17 @@ stage_frame_sign(struct batch *b)
 				}
 			}
 		}
-		if (x->err)
+	}
+	if (H.shared)
+		lock_touched(b->sb, t, nt);
+	for (struct hreq *q = b->reqs; q; q = q->next) {
+		struct touched *x = NULL;
+		if (q->result != 0)
+			continue;
+		for (size_t i = 0; i < nt; i++)
+			if (t[i].o == q->o)
+				x = &t[i];
+		if (x == NULL || x->err)
 			continue;
 		if ((r = write_frame(b->sb, x, q)) != 0) {
 			fs_log_fail("history", x->o->name, NULL, "appending a record", r);
@@ -537,8 +604,16 @@ run_batch_locked(struct batch *b, int may_hand_off)
 	H.framing = 1;
 	pthread_mutex_unlock(&H.lock);
 	/* H.signer is swapped by a reload: sign under the configuration read
-	 * lock (taken without H.lock held; nested in a flush's own). */
+	 * lock (taken without H.lock held; nested in a flush's own). A
+	 * shared store's batch is one transaction holding its objects' rows:
+	 * framed, signed and committed by this thread, under H.shared_mu, and
+	 * never handed off (the next batch would frame after rows it cannot
+	 * see). */
 	fs_conf_rdlock();
+	if (H.shared) {
+		pthread_mutex_lock(&H.shared_mu);
+		may_hand_off = 0;
+	}
 	stage_frame_sign(b);
 	fs_conf_unlock();
 	pthread_mutex_lock(&H.lock);
@@ -556,6 +631,8 @@ run_batch_locked(struct batch *b, int may_hand_off)
 		pthread_cond_signal(&H.queue_cv);
 		pthread_mutex_unlock(&H.lock);
 		batch_free(b);
+		if (H.shared)
+			pthread_mutex_unlock(&H.shared_mu);
 		pthread_mutex_lock(&H.lock);
 		return;
 	}
@@ -574,6 +651,8 @@ run_batch_locked(struct batch *b, int may_hand_off)
 	}
 	pthread_mutex_unlock(&H.lock);
 	stage_index_publish(b);
+	if (H.shared)
+		pthread_mutex_unlock(&H.shared_mu);
 	index_maybe_compact();
 	pthread_mutex_lock(&H.lock);
 	H.index_busy = 0;

@@ -91,6 +91,9 @@ struct hreq {
 struct history_state {
 	int configured;
 	struct hstore *hs;                /* the history area of the store */
+	int shared;                       /* other nodes append too (store/history.h) */
+	pthread_mutex_t shared_mu;        /* shared: one batch or reload of an
+	                                     object's state at a time */
 	hsm_key *signer;                  /* newest ObjectHistorySigner */
 	EVP_PKEY **vkeys;                 /* every configured version */
 	X509 **vcerts;
@@ -132,6 +135,8 @@ void origin_of(const char *name, char *out, size_t outlen);
 /* fs/history_start.c */
 int obj_verify(struct hobj *o, int recover);
 int obj_check(struct hobj *o);
+int obj_refresh_held(struct hobj *o);
+int obj_sync_shared(const char *name);
 int history_start(void);
 void history_stop(void);
 int history_reload_prepare(const struct engine *e, struct keyring *kr,

@@ -129,8 +129,10 @@ obj_verify(struct hobj *o, int recover)
 	if (r != 0)
 		goto out;
 	if (recover) {
-		/* Everything after the signed size was never acknowledged. */
-		if (st.st_size > c.signed_end) {
+		/* Everything after the signed size was never acknowledged (a
+		 * shared store has none: rows after it are another node's
+		 * newer records, committed since its checkpoint was read). */
+		if (st.st_size > c.signed_end && !H.shared) {
 			log_warn("history/%s: cutting %lld unsigned byte(s) after "
 			    "record %" PRIu64 " (%s)", o->name,
 			    (long long)(st.st_size - c.signed_end), l.n,
@@ -176,6 +178,121 @@ out:
 	return r;
 }
 
+/* Shared store: o's newest checkpoint and frames from the database, then
+ * the full check and reload of obj_verify. H.shared_mu held (a batch
+ * holds it while it frames after o's state). */
+int
+obj_refresh_held(struct hobj *o)
+{
+	struct hstore_obj *so;
+	char *text = NULL;
+	size_t len = 0;
+	int r;
+
+	pthread_mutex_lock(&H.lock);
+	so = o->so;
+	pthread_mutex_unlock(&H.lock);
+	if (so == NULL) {
+		if ((r = hstore_obj_open(H.hs, o->name, 0, &so)) != 0)
+			return r;
+		pthread_mutex_lock(&H.lock);
+		if (o->so == NULL) {
+			o->so = so;
+			so = NULL;
+		}
+		pthread_mutex_unlock(&H.lock);
+		hstore_obj_close(so);
+	}
+	pthread_mutex_lock(&H.lock);
+	so = o->so;
+	pthread_mutex_unlock(&H.lock);
+	if ((r = hstore_obj_newest(so, &text, &len)) != 0)
+		return r;
+	pthread_mutex_lock(&H.lock);
+	if (text != NULL) {
+		free(o->cp_text);
+		o->cp_text = text;
+		o->cp_len = len;
+	}
+	pthread_mutex_unlock(&H.lock);
+	if (text == NULL && o->known_size == 0)
+		return 0;     /* a row without records yet */
+	return obj_verify(o, 1);
+}
+
+static int
+obj_refresh(struct hobj *o)
+{
+	int r;
+	pthread_mutex_lock(&H.shared_mu);
+	r = obj_refresh_held(o);
+	pthread_mutex_unlock(&H.shared_mu);
+	return r;
+}
+
+/* Shared store, before reads: reload o when the database holds more of it
+ * than this node has (another node appended). One statement when not. */
+static int
+obj_check_shared(struct hobj *o)
+{
+	struct stat st;
+	int r, fresh;
+
+	pthread_mutex_lock(&H.lock);
+	r = o->bad ? HSMFS_ERR_BADMSG : 0;
+	pthread_mutex_unlock(&H.lock);
+	if (r != 0)
+		return r;
+	r = hstore_object_stat(H.hs, o->name, &st);
+	if (r == HSMFS_ERR_NOTFOUND) {
+		pthread_mutex_lock(&H.lock);
+		if (o->nrec > 0 || o->known_size > 0) {
+			obj_set_bad_locked(o, "its records vanished from the database");
+			r = HSMFS_ERR_BADMSG;
+		} else {
+			r = 0;
+		}
+		pthread_mutex_unlock(&H.lock);
+		return r;
+	}
+	if (r != 0)
+		return r;
+	pthread_mutex_lock(&H.lock);
+	fresh = st.st_size == o->file_len && (o->so != NULL || st.st_size == 0);
+	pthread_mutex_unlock(&H.lock);
+	return fresh ? 0 : obj_refresh(o);
+}
+
+/* Shared store: before an op looks name up, load it from the database if
+ * another node created it, or bring it up to date. 0 or a code. */
+int
+obj_sync_shared(const char *name)
+{
+	struct hobj *o;
+	int r;
+
+	if (!H.shared)
+		return 0;
+	pthread_mutex_lock(&H.lock);
+	o = obj_find_locked(name);
+	pthread_mutex_unlock(&H.lock);
+	if (o == NULL) {
+		struct stat st;
+		r = hstore_object_stat(H.hs, name, &st);
+		if (r == HSMFS_ERR_NOTFOUND || (r == 0 && st.st_size == 0))
+			return 0;
+		if (r != 0)
+			return r;
+		pthread_mutex_lock(&H.lock);
+		o = obj_get_locked(name);
+		pthread_mutex_unlock(&H.lock);
+		if (o == NULL)
+			return HSMFS_ERR_NOMEM;
+	}
+	r = obj_check_shared(o);
+	return r == HSMFS_ERR_BADMSG ? 0 : r;   /* o->bad answers for it */
+}
+
 static int
 stamp_same(const struct stat *a, const struct stat *b)
 {
@@ -196,6 +313,8 @@ obj_check(struct hobj *o)
 	int ok;
 	struct hstore_obj *so;
 
+	if (H.shared)
+		return obj_check_shared(o);
 	pthread_mutex_lock(&H.lock);
 	if (o->bad) {
 		pthread_mutex_unlock(&H.lock);
@@ -409,6 +528,11 @@ start_area(void)
 
 	if ((r = hstore_open(&conf, hsmfs_ctx->opt.history_anchor, &H.hs)) != 0)
 		return r;
+	/* Shared: objects are loaded from the database when first used (their
+	 * rows are the index); the node-local anchor still says what this
+	 * node acknowledged. */
+	if ((H.shared = hstore_is_shared(H.hs)))
+		return load_notes(1);
 	if (hstore_index_lost(H.hs)) {
 		H.global_bad = strdup("the checkpoint index is missing");
 		log_err("history: %s/%s is missing but objects exist",
@@ -498,9 +622,10 @@ history_start(void)
 	int r;
 
 	if ((r = load_keys()) != 0 || (r = start_area()) != 0 ||
-	    (r = hstore_list_objects(H.hs, open_one, NULL)) != 0)
+	    (!H.shared && (r = hstore_list_objects(H.hs, open_one, NULL)) != 0))
 		goto fail;
-	start_recover();
+	if (!H.shared)
+		start_recover();
 	H.compact_at = 64 << 20;
 	{
 		/* Tests shrink the threshold to exercise compaction. */

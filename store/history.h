@@ -7,7 +7,10 @@
  *   STORE/history/checkpoints    append-only concatenation of every signed
  *                                checkpoint (the store-level index: the
  *                                last note per origin is the newest)
- * An anchor file (-o history_anchor) has the checkpoints' format. */
+ * An anchor file (-o history_anchor) has the checkpoints' format.
+ * Shared store (PostgreSQL, store/history_pg.c): the same frames, one row
+ * per record; origins name the cluster ("<cluster origin>/history/");
+ * STORE/history keeps only the node's spools and caches. */
 #ifndef HSMFS_STORE_HISTORY_H
 #define HSMFS_STORE_HISTORY_H
 
@@ -83,7 +86,7 @@ int hstore_check_object(int fd, struct hstore_check *c);
  * Returns 0: valid, v's out fields filled; HSMFS_ERR_BADMSG: the history
  * does not verify, v->reason says why (the text after "invalid: OBJECT: ");
  * HSMFS_ERR_NOTFOUND with err_set(): no such object (nothing signed for
- * it either); HSMFS_ERR_UNSUPPORTED for a shared store (not yet); other
+ * it either); a shared store is read from the database (conf->pg); other
  * codes with err_set() when the store, anchor or expected file cannot be
  * read. */
 struct hstore_verify {
@@ -112,21 +115,26 @@ int hstore_verify_object(const struct store_conf *conf, struct hstore_verify *v)
  * Until then a crash or hstore_batch_abort cuts them off (recovery at the
  * next open cuts what is after the signed size). A shared backend does a
  * batch as one transaction (prepare a flush or nothing, commit the
- * COMMIT). The caller keeps each object's tree, size and record table
- * (it is the only writer of the area while the store lock is held); a
- * shared backend will have to hand the object's state (size, record
- * count, frontier) read under a row lock to the caller at its first
- * frame of a batch -- not part of this interface yet. */
+ * COMMIT). The caller keeps each object's tree, size and record table.
+ * Directory: it is the only writer of the area while the store lock is
+ * held. Shared (hstore_is_shared): other nodes append too, so a batch
+ * locks each object before framing (hstore_batch_lock, in name order)
+ * and learns where its committed frames end; when that is not where the
+ * caller's state ends, the caller reloads the object (its newest
+ * checkpoint: hstore_obj_newest; its frames: hstore_obj_check) first. */
 struct hstore;
 struct hstore_obj;      /* one object of the area, open */
 struct hstore_batch;    /* frames on their way to the index */
 
 /* Open (creating for a new store) STORE/history, its store id and index,
- * and the anchor (NULL: none; an absolute path). HSMFS_ERR_UNSUPPORTED
- * for conf->shared (not yet). *out is NULL on failure, nothing left open. */
+ * and the anchor (NULL: none; an absolute path); for a shared store
+ * (conf->pg), the cluster's origin. *out is NULL on failure, nothing left
+ * open. */
 int hstore_open(const struct store_conf *conf, const char *anchor,
     struct hstore **out);
 void hstore_close(struct hstore *hs);
+/* 1: other nodes write the area too (see the batch notes above). */
+int hstore_is_shared(const struct hstore *hs);
 const char *hstore_prefix(const struct hstore *hs);     /* origin prefix */
 const char *hstore_anchor(const struct hstore *hs);     /* path or NULL */
 /* The index was missing while objects exist (never "nothing signed"). */
@@ -156,12 +164,22 @@ ssize_t hstore_obj_read(struct hstore_obj *ob, void *buf, size_t len,
     off_t off);
 /* hstore_check_object over its frames. */
 int hstore_obj_check(struct hstore_obj *ob, struct hstore_check *c);
+/* Shared store: the newest checkpoint the store holds for ob (*text
+ * malloc'd, NUL-terminated; NULL: none). Directory: HSMFS_ERR_UNSUPPORTED
+ * (the index is read at open). */
+int hstore_obj_newest(struct hstore_obj *ob, char **text, size_t *len);
 /* Cut its frames back to len bytes: never acknowledged, or found after
  * the signed size at recovery (durable = 1: made durable before return). */
 int hstore_obj_cut(struct hstore_obj *ob, off_t len, int durable);
 
 /* A new batch (directory: a list of the objects it touches). */
 int hstore_batch_begin(struct hstore *hs, struct hstore_batch **out);
+/* Shared store: lock ob until the batch ends and say where its
+ * committed frames end (*nrec records, *bytes bytes); frames of this
+ * batch start there. Lock a batch's objects in name order. Directory:
+ * HSMFS_ERR_UNSUPPORTED. */
+int hstore_batch_lock(struct hstore_batch *b, struct hstore_obj *ob,
+    uint64_t *nrec, off_t *bytes);
 /* Append part of a frame (iov[0..n), consumed) to ob at off, the end of
  * what was written before (the caller frames: crypto/tlog.h). The first
  * call for ob remembers off as where the batch began for it. */

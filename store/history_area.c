@@ -4,6 +4,7 @@
  * fs/history_commit.c; the daemon holds one struct hstore. */
 #include "store/history.h"
 #include "store/history_dir.h"
+#include "store/history_pg.h"
 #include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -147,16 +148,23 @@ hstore_open(const struct store_conf *conf, const char *anchor,
 	int r;
 
 	*out = NULL;
-	if (conf->shared != NULL) {
-		err_set("history: a shared store is not supported yet");
-		return HSMFS_ERR_UNSUPPORTED;
-	}
 	if ((hs = calloc(1, sizeof(*hs))) == NULL)
 		return HSMFS_ERR_NOMEM;
 	hs->dirfd = hs->objfd = hs->cpfd = hs->anchorfd = -1;
 	if ((r = store_dir(conf->dirfd, HSTORE_DIR)) < 0)
 		goto fail;
 	hs->dirfd = r;
+	if (conf->shared != NULL) {
+		/* Records, checkpoints and the origin are the cluster's; STORE
+		 * keeps the node's spools and caches (and the anchor, if any). */
+		store_cleanup_tmp(hs->dirfd);
+		if ((r = open_anchor(hs, anchor)) != 0 ||
+		    (r = hpg_open(conf, hs->dirfd, hs->prefix, sizeof(hs->prefix),
+		    &hs->pg)) != 0)
+			goto fail;
+		*out = hs;
+		return 0;
+	}
 	if ((r = store_dir(hs->dirfd, HSTORE_OBJECTS)) < 0)
 		goto fail;
 	hs->objfd = r;
@@ -190,7 +198,14 @@ hstore_close(struct hstore *hs)
 	if (hs->anchorfd >= 0)
 		close(hs->anchorfd);
 	free(hs->anchor);
+	hpg_close(hs->pg);
 	free(hs);
+}
+
+int
+hstore_is_shared(const struct hstore *hs)
+{
+	return hs->pg != NULL;
 }
 
 const char *
@@ -226,6 +241,8 @@ hstore_load_notes(struct hstore *hs, int anchor, hstore_note_cb cb, void *arg)
 	off_t good;
 	int r;
 
+	if (!anchor && hs->pg != NULL)
+		return hpg_load_notes(hs->pg, hs->prefix, cb, arg);
 	if (fd < 0)
 		return 0;
 	if ((r = hstore_read_notes(fd, hs->prefix, cb, arg, &good)) != 0) {
@@ -269,6 +286,8 @@ int
 hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg)
 {
 	struct list_ctx l = { cb, arg };
+	if (hs->pg != NULL)
+		return hpg_list_objects(hs->pg, cb, arg);
 	return util_foreach_dir(hs->objfd, list_one, &l);
 }
 
@@ -276,6 +295,8 @@ int
 hstore_object_stat(struct hstore *hs, const char *name, struct stat *st)
 {
 	char fn[300];
+	if (hs->pg != NULL)
+		return hpg_object_stat(hs->pg, name, st);
 	snprintf(fn, sizeof(fn), "%s" HSTORE_SUFFIX, name);
 	if (fstatat(hs->objfd, fn, st, 0) < 0)
 		return sys_fail(fn, errno);
@@ -285,6 +306,8 @@ hstore_object_stat(struct hstore *hs, const char *name, struct stat *st)
 int
 hstore_objects_sync(struct hstore *hs)
 {
+	if (hs->pg != NULL)
+		return 0;
 	return fsync(hs->objfd) < 0 ? sys_fail("history/objects", errno) : 0;
 }
 
@@ -309,16 +332,20 @@ hstore_index_append(struct hstore *hs, const char *notes, size_t len)
 		return keep;
 	}
 	hs->cp_len += (off_t)len;
-	if (hs->anchorfd >= 0) {
-		/* The anchor is a second copy on another volume: if it fails
-		 * the records are still durable and signed here, so they are
-		 * acknowledged and the failure is logged. */
-		if (util_write_all(hs->anchorfd, notes, len) != 0 ||
-		    fdatasync(hs->anchorfd) < 0)
-			log_err("history: anchor %s: cannot append checkpoints: %s",
-			    hs->anchor, err_detail());
-	}
+	hstore_anchor_append(hs, notes, len);
 	return 0;
+}
+
+void
+hstore_anchor_append(struct hstore *hs, const char *notes, size_t len)
+{
+	/* The anchor is a second copy on another volume: if it fails the
+	 * records are still durable and signed in the store, so they are
+	 * acknowledged and the failure is logged. */
+	if (hs->anchorfd >= 0 && (util_write_all(hs->anchorfd, notes, len) != 0 ||
+	    fdatasync(hs->anchorfd) < 0))
+		log_err("history: anchor %s: cannot append checkpoints: %s",
+		    hs->anchor, err_detail());
 }
 
 int
@@ -327,6 +354,8 @@ hstore_index_rewrite(struct hstore *hs, const char *notes, size_t len)
 	struct store_tmp tmp;
 	int r, fd;
 
+	if (hs->pg != NULL)
+		return 0;   /* no index: the objects' rows are it */
 	if ((r = store_tmp_create(hs->dirfd, &tmp)) != 0)
 		return r;
 	if ((r = util_write_all(tmp.fd, notes, len)) != 0) {

@@ -3,6 +3,7 @@
  * batch the list of objects it wrote to and where it began in each. */
 #include "store/history.h"
 #include "store/history_dir.h"
+#include "store/history_pg.h"
 #include "store/dirio.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -19,6 +20,7 @@
 struct hstore_obj {
 	int fd;
 	char name[256];
+	struct hpg_obj *pg;          /* shared store: the object there */
 };
 
 struct batch_obj {
@@ -30,6 +32,7 @@ struct hstore_batch {
 	struct hstore *hs;
 	struct batch_obj *o;
 	size_t n, cap;
+	struct hpg_batch *pg;        /* shared store: its transaction */
 };
 
 static int
@@ -52,9 +55,18 @@ hstore_obj_open(struct hstore *hs, const char *name, int create,
 		err_set("object name too long");
 		return HSMFS_ERR_INVALID;
 	}
-	if ((ob = malloc(sizeof(*ob))) == NULL)
+	if ((ob = calloc(1, sizeof(*ob))) == NULL)
 		return HSMFS_ERR_NOMEM;
 	snprintf(ob->name, sizeof(ob->name), "%s", name);
+	ob->fd = -1;
+	if (hs->pg != NULL) {
+		if ((e = hpg_obj_open(hs->pg, name, create, &ob->pg)) != 0) {
+			free(ob);
+			return e;
+		}
+		*out = ob;
+		return 0;
+	}
 	snprintf(fn, sizeof(fn), "%s" HSTORE_SUFFIX, name);
 	ob->fd = openat(hs->objfd, fn, O_RDWR | O_CLOEXEC |
 	    (create ? O_CREAT : 0), 0600);
@@ -73,18 +85,23 @@ hstore_obj_close(struct hstore_obj *ob)
 	if (ob == NULL)
 		return;
 	util_close_fd(&ob->fd);
+	hpg_obj_close(ob->pg);
 	free(ob);
 }
 
 int
 hstore_obj_stat(struct hstore_obj *ob, struct stat *st)
 {
+	if (ob->pg != NULL)
+		return hpg_obj_stat(ob->pg, st);
 	return fstat(ob->fd, st) < 0 ? obj_fail(ob, "stat", errno) : 0;
 }
 
 ssize_t
 hstore_obj_read(struct hstore_obj *ob, void *buf, size_t len, off_t off)
 {
+	if (ob->pg != NULL)
+		return hpg_obj_read(ob->pg, buf, len, off);
 	for (;;) {
 		ssize_t n = pread(ob->fd, buf, len, off);
 		if (n >= 0)
@@ -97,12 +114,29 @@ hstore_obj_read(struct hstore_obj *ob, void *buf, size_t len, off_t off)
 int
 hstore_obj_check(struct hstore_obj *ob, struct hstore_check *c)
 {
+	if (ob->pg != NULL)
+		return hpg_obj_check(ob->pg, c);
 	return hstore_check_object(ob->fd, c);
+}
+
+int
+hstore_obj_newest(struct hstore_obj *ob, char **text, size_t *len)
+{
+	if (ob->pg == NULL) {
+		err_set("history: the newest checkpoint of %s is in the index",
+		    ob->name);
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	return hpg_obj_newest(ob->pg, text, len);
 }
 
 int
 hstore_obj_cut(struct hstore_obj *ob, off_t len, int durable)
 {
+	/* A shared object's rows are committed with their checkpoint: there
+	 * is never anything unsigned to cut (its cache holds only rows). */
+	if (ob->pg != NULL)
+		return 0;
 	if (ftruncate(ob->fd, len) < 0 || (durable && fdatasync(ob->fd) < 0))
 		return obj_fail(ob, "cut", errno);
 	return 0;
@@ -174,10 +208,27 @@ hstore_spool_close(struct hstore_spool *sp)
 int
 hstore_batch_begin(struct hstore *hs, struct hstore_batch **out)
 {
+	int r;
 	if ((*out = calloc(1, sizeof(**out))) == NULL)
 		return HSMFS_ERR_NOMEM;
 	(*out)->hs = hs;
+	if (hs->pg != NULL && (r = hpg_batch_begin(hs->pg, &(*out)->pg)) != 0) {
+		free(*out);
+		*out = NULL;
+		return r;
+	}
 	return 0;
+}
+
+int
+hstore_batch_lock(struct hstore_batch *b, struct hstore_obj *ob,
+    uint64_t *nrec, off_t *bytes)
+{
+	if (b->pg == NULL) {
+		err_set("history: only a shared store locks objects");
+		return HSMFS_ERR_UNSUPPORTED;
+	}
+	return hpg_batch_lock(b->pg, ob->pg, nrec, bytes);
 }
 
 int
@@ -186,6 +237,8 @@ hstore_batch_frame(struct hstore_batch *b, struct hstore_obj *ob, off_t off,
 {
 	size_t i;
 
+	if (b->pg != NULL)
+		return hpg_batch_frame(b->pg, ob->pg, off, iov, n);
 	for (i = 0; i < b->n && b->o[i].ob != ob; i++)
 		;
 	if (i == b->n) {
@@ -208,6 +261,7 @@ int
 hstore_batch_prepare(struct hstore_batch *b, struct hstore_obj *ob)
 {
 	int r = 0;
+	/* Shared store: durable at COMMIT, nothing to do before. */
 	for (size_t i = 0; i < b->n; i++) {
 		if (ob != NULL && b->o[i].ob != ob)
 			continue;
@@ -220,6 +274,10 @@ hstore_batch_prepare(struct hstore_batch *b, struct hstore_obj *ob)
 void
 hstore_batch_abort(struct hstore_batch *b, struct hstore_obj *ob)
 {
+	if (b->pg != NULL) {
+		hpg_batch_abort(b->pg, ob ? ob->pg : NULL);
+		return;
+	}
 	for (size_t i = 0; i < b->n; i++) {
 		if (ob != NULL && b->o[i].ob != ob)
 			continue;
@@ -232,6 +290,12 @@ hstore_batch_abort(struct hstore_batch *b, struct hstore_obj *ob)
 int
 hstore_batch_commit(struct hstore_batch *b, const char *notes, size_t len)
 {
+	if (b->pg != NULL) {
+		int r = hpg_batch_commit(b->pg, b->hs->prefix, notes, len);
+		if (r == 0)
+			hstore_anchor_append(b->hs, notes, len);
+		return r;
+	}
 	return hstore_index_append(b->hs, notes, len);
 }
 
@@ -240,6 +304,7 @@ hstore_batch_end(struct hstore_batch *b)
 {
 	if (b == NULL)
 		return;
+	hpg_batch_end(b->pg);
 	free(b->o);
 	free(b);
 }

@@ -3,6 +3,7 @@
  * frames with the same hstore_check_object; this adds what an offline
  * verifier gathers first (index, anchor, expected checkpoint). */
 #include "store/history.h"
+#include "store/history_pg.h"
 #include "common/err.h"
 #include "common/util.h"
 
@@ -22,8 +23,9 @@ struct vstate {
 	uint64_t anchor_size;
 	uint8_t anchor_root[TLOG_HASH_LEN];
 	int in_anchor;
-	char prefix[64];
+	char prefix[TLOG_ORIGIN_MAX];
 	int dirfd;
+	int objfd;                          /* shared store: fetched frames */
 };
 
 static int
@@ -169,7 +171,13 @@ check_frames(struct vstate *s)
 	int fd, r;
 
 	snprintf(path, sizeof(path), HSTORE_OBJECTS "/%s" HSTORE_SUFFIX, v->object);
-	if ((fd = openat(s->dirfd, path, O_RDONLY | O_CLOEXEC)) < 0) {
+	if (s->objfd >= 0)
+		fd = dup(s->objfd);
+	else if (s->dirfd >= 0)
+		fd = openat(s->dirfd, path, O_RDONLY | O_CLOEXEC);
+	else
+		fd = -1, errno = ENOENT;
+	if (fd < 0) {
 		if (s->have_newest || s->c.nknown > 0)
 			return invalid(v, "history file is missing");
 		err_set("%s: no such object", v->object);
@@ -199,6 +207,44 @@ check_frames(struct vstate *s)
 	return 0;
 }
 
+/* The same policy over the database: the object's row is its index
+ * entry, its rows its frames (fetched into a memory file). */
+static int
+verify_shared(const struct store_conf *conf, struct vstate *s)
+{
+	char *newest = NULL;
+	size_t nlen = 0, used;
+	int r;
+
+	s->dirfd = -1;
+	r = hpg_verify_fetch(conf, s->v->object, s->prefix, sizeof(s->prefix),
+	    &newest, &nlen, &s->objfd);
+	if (r == HSMFS_ERR_NOTFOUND) {
+		err_set("%s: no such object", s->v->object);
+		return r;
+	}
+	if (r == HSMFS_ERR_BADMSG) {
+		r = invalid(s->v, "%s", err_detail());
+	} else if (r == 0 && newest != NULL) {
+		if (tlog_checkpoint_parse(newest, nlen, &s->newest, &used) != 0)
+			r = invalid(s->v, "newest checkpoint in the database: %s",
+			    err_detail());
+		else if (strncmp(s->newest.origin, s->prefix, strlen(s->prefix)) ||
+		    strcmp(s->newest.origin + strlen(s->prefix), s->v->object))
+			r = invalid(s->v, "newest checkpoint in the database names %s",
+			    s->newest.origin);
+		else
+			s->have_newest = 1;
+	}
+	free(newest);
+	if (r == 0 && (r = read_anchor(s)) == 0 && (r = read_expect(s)) == 0)
+		r = check_frames(s);
+	if (s->objfd >= 0)
+		close(s->objfd);
+	tlog_checkpoint_clear(&s->newest);
+	return r;
+}
+
 int
 hstore_verify_object(const struct store_conf *conf, struct hstore_verify *v)
 {
@@ -209,16 +255,15 @@ hstore_verify_object(const struct store_conf *conf, struct hstore_verify *v)
 	v->which_key = -1;
 	v->torn = NULL;
 	v->unsigned_after = 0;
-	if (conf->shared != NULL) {
-		err_set("history: a shared store is not supported yet");
-		return HSMFS_ERR_UNSUPPORTED;
-	}
 	if (!util_name_valid(v->object)) {
 		err_set("%s: not a valid object name", v->object);
 		return HSMFS_ERR_INVALID;
 	}
 	memset(&s, 0, sizeof(s));
 	s.v = v;
+	s.objfd = -1;
+	if (conf->shared != NULL)
+		return verify_shared(conf, &s);
 	s.dirfd = openat(conf->dirfd, HSTORE_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (s.dirfd < 0)
 		return sys_fail(HSTORE_DIR, errno);

@@ -25,7 +25,7 @@ static const struct tool_cmd cmds[] = {
 	{"verify-zip", cmd_verify_zip, "[-o config=FILE] [--truststore PEM] ZIP...",
 	    "verify a JAR-signed zip", 1},
 	{"verify-history", cmd_verify_history,
-	    "-o config=FILE STORE OBJECT [--expect CHECKPOINT]",
+	    "-o config=FILE[,shared=URI[,shared_password=FILE]] [STORE] OBJECT [--expect CHECKPOINT]",
 	    "verify an object's history offline", 1},
 	{"open-field", cmd_open_field, "-o config=FILE",
 	    "read an NX02 envelope on stdin, print the plaintext", 1},

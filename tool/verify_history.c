@@ -5,6 +5,7 @@
  * file (--anchor). Here: arguments, keys, printing. */
 #include "tool/tool.h"
 #include "store/history.h"
+#include "store/pg.h"
 #include "common/err.h"
 #include "common/util.h"
 #include "crypto/engine.h"
@@ -97,10 +98,15 @@ parse_args(int argc, char **argv, struct tool_opts *o, struct vh_args *a,
 			return -1;
 		}
 	}
-	if (a->store == NULL || v->object == NULL ||
+	if (o->shared != NULL && v->object == NULL) {
+		/* A shared store needs no STORE: the one name is the object. */
+		v->object = a->store;
+		a->store = NULL;
+	}
+	if ((a->store == NULL && o->shared == NULL) || v->object == NULL ||
 	    (o->config == NULL && a->npems == 0)) {
-		fprintf(stderr, "hsmfs-tool verify-history: need STORE, OBJECT and "
-		    "-o config=FILE (or --cert PEM)\n");
+		fprintf(stderr, "hsmfs-tool verify-history: need STORE (or "
+		    "shared=URI), OBJECT and -o config=FILE (or --cert PEM)\n");
 		tool_usage(stderr, "verify-history");
 		return -1;
 	}
@@ -126,6 +132,7 @@ cmd_verify_history(int argc, char **argv)
 	struct keyring *kr = NULL;
 	struct hstore_verify v;
 	struct store_conf conf = { .dirfd = -1 };
+	struct pg *pool = NULL;
 	int r, ret = TOOL_USAGE;
 
 	memset(&v, 0, sizeof(v));
@@ -169,7 +176,25 @@ cmd_verify_history(int argc, char **argv)
 		goto out;
 	}
 
-	if ((conf.dirfd = open(store, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+	if (o.shared != NULL) {
+		struct pg_conf pc = { .uri = o.shared,
+			.password_file = o.shared_password, .node = "verify-history",
+			.pool_size = 1 };
+		struct pg_conn *c;
+		if ((r = pg_open(&pc, &pool)) == 0 && (r = pg_acquire(pool, &c)) == 0) {
+			r = pg_schema_check(c);
+			pg_release(pool, c);
+		}
+		if (r != 0) {
+			fprintf(stderr, "hsmfs-tool verify-history: shared store: %s\n",
+			    err_detail());
+			goto out;
+		}
+		conf.shared = o.shared;
+		conf.shared_password = o.shared_password;
+		conf.pg = pool;
+	} else if ((conf.dirfd = open(store, O_RDONLY | O_DIRECTORY |
+	    O_CLOEXEC)) < 0) {
 		fprintf(stderr, "hsmfs-tool verify-history: %s: %s\n", store,
 		    strerror(errno));
 		goto out;
@@ -208,6 +233,7 @@ cmd_verify_history(int argc, char **argv)
 out:
 	if (conf.dirfd >= 0)
 		close(conf.dirfd);
+	pg_close(pool);
 	for (size_t i = 0; i < nowned; i++)
 		X509_free(owned[i]);
 	keyring_free(kr);
