@@ -5,10 +5,12 @@ PostgreSQL 15 database (tests/pgcluster.py, tests/shared_nodes.py), run
 twice (nothing moved the second time), then read back through a node
 mounted with shared= on an empty STORE: the fields, the histories with
 the same roots, the mail delivered from the database's queue to an SMTP
-sink. Also: a field of the same name with another envelope in the
-database (a conflict, not overwritten), a history that does not verify
+sink, verify-history on the shared store with the same roots. Also: a
+field and a history of the same names with other contents in the
+database (conflicts, not overwritten), a history that does not verify
 (not moved), a second run after the store grew (only the new things
-move), and a daemon on STORE (refused)."""
+move), a run killed midway (completed by the next), a record changed in
+the database (not verified), and a daemon on STORE (refused)."""
 import email
 import errno
 import os
@@ -64,8 +66,10 @@ def local_mount(nodes, mount_factory):
 
 
 def verify_history(config, store, obj, *extra):
-    p = run([TOOL, "verify-history", "-o", f"config={config}", *extra, store,
-             obj], check=False)
+    """(records, root) of `hsmfs-tool verify-history` (store None: the
+    shared store named in extra)."""
+    p = run([TOOL, "verify-history", "-o", f"config={config}", *extra,
+             *([store] if store else []), obj], check=False)
     m = re.match(r"valid: (\S+) records=(\d+) root=(\S+)", p.stdout)
     assert p.returncode == 0 and m, p.stdout + p.stderr
     return int(m.group(2)), m.group(3)
@@ -85,13 +89,6 @@ def summary(p):
     s = [ln for ln in p.stdout.splitlines() if ln.startswith("migrate-store: ")]
     assert len(s) == 1, p.stdout + p.stderr
     return s[0]
-
-
-def backend_missing(p):
-    """The shared history backend is not built in: migrate-store says the
-    histories were checked in the database but not verified through it,
-    and does not call that a success."""
-    return "backend missing" in p.stdout
 
 
 def build_local(nodes, mount_factory):
@@ -130,16 +127,13 @@ def test_migrate_then_mount_shared(nodes, mount_factory, relay):
     for o, (n, root) in roots.items():
         want = f"history {o}: moved, {n} records, root {root} ("
         assert any(ln.startswith(want) for ln in hist), out
-    if backend_missing(p):
-        assert p.returncode == 1, out
-        assert "not verified from the database (backend missing)" in summary(p)
-    else:
-        assert p.returncode == 0, out
-        assert all(ln.endswith("(verified before and after)") for ln in hist), out
-        assert summary(p).startswith(
-            "migrate-store: fields 3 moved, 0 already there, 0 conflicts; "
-            "histories 2 moved, 0 already there, 0 conflicts, 0 not valid "
-            "(roots verified); mail 2 moved, 0 already there, 0 conflicts"), out
+    assert p.returncode == 0, out
+    # Verified from the database by the history backend after the COMMIT.
+    assert all(ln.endswith("(verified before and after)") for ln in hist), out
+    assert summary(p).startswith(
+        "migrate-store: fields 3 moved, 0 already there, 0 conflicts; "
+        "histories 2 moved, 0 already there, 0 conflicts, 0 not valid "
+        "(roots verified); mail 2 moved, 0 already there, 0 conflicts"), out
 
     # In the database: the envelopes as they were, the same leaves at the
     # same offsets, a checkpoint naming the cluster.
@@ -205,34 +199,60 @@ def test_migrate_then_mount_shared(nodes, mount_factory, relay):
                  for _, _, d in relay.messages)
     assert got == sorted([("report", msgids["report"]),
                           ("welcome", msgids["welcome"])]), got
-    if not backend_missing(p):
-        for o in HISTORIES:
-            assert get(a, "history", o) == content[o]
-            append(a, o, b"after the move\n")
-            assert get(a, "history", o) == content[o] + b"after the move\n"
+    for o, (n, root) in roots.items():
+        assert get(a, "history", o) == content[o]
+        # verify-history on the shared store: the same root.
+        assert verify_history(nodes.config, None, o, "-o",
+                              f"shared={nodes.uri},shared_password={nodes.pw}") \
+            == (n, root)
+        append(a, o, b"after the move\n")
+        assert get(a, "history", o) == content[o] + b"after the move\n"
+        assert verify_history(nodes.config, None, o, "-o",
+                              f"shared={nodes.uri},shared_password={nodes.pw}") \
+            [0] == n + 1
+    # A third run after the cluster appended: still "already there".
+    p3 = migrate(nodes, loc.store)
+    assert p3.returncode == 0, p3.stdout + p3.stderr
+    assert sorted(ln.split(",")[0] for ln in lines(p3, "history ")) == \
+        [f"history {o}: already there" for o in sorted(HISTORIES)]
 
 
-def test_conflicting_field_not_overwritten(nodes, mount_factory):
+def test_conflicts_not_overwritten(nodes, mount_factory):
+    """A field and a history object of the same names, other contents,
+    already in the database: reported, left as they are, the rest moved."""
     loc = local_mount(nodes, mount_factory)
     put(loc, "fields", "dup", b"local value")
     put(loc, "fields", "solo", b"only here")
+    append(loc, "obj", b"local record\n")
+    append(loc, "mine", b"local only\n")
     loc.unmount()
     b = nodes.mount("B")
     put(b, "fields", "dup", b"cluster value")
+    append(b, "obj", b"cluster record 1\n")
+    append(b, "obj", b"cluster record 2\n")
     theirs = nodes.sql("SELECT envelope FROM hsmfs_fields WHERE name = 'dup'")
+    cluster_obj = get(b, "history", "obj")
     p = migrate(nodes, loc.store)
     out = p.stdout + p.stderr
     assert p.returncode == 1, out
     assert lines(p, "field ") == [
         "field dup: CONFLICT: the database holds another envelope under this "
         "name; not overwritten", "field solo: moved"], out
+    assert lines(p, "history ")[1] == (
+        "history obj: CONFLICT: the database holds another history of that "
+        "name (2 records, no checkpoint of 1 records with the local root); "
+        "left untouched"), out
+    assert lines(p, "history ")[0].startswith("history mine: moved"), out
     assert summary(p).startswith("migrate-store: fields 1 moved, 0 already "
-                                 "there, 1 conflicts; histories 0 moved"), out
+                                 "there, 1 conflicts; histories 1 moved, 0 "
+                                 "already there, 1 conflicts"), out
+    assert get(b, "history", "obj") == cluster_obj
+    assert get(b, "history", "mine").endswith(b"local only\n")
     assert nodes.sql("SELECT envelope FROM hsmfs_fields WHERE name = 'dup'") \
         == theirs
     assert get(b, "fields", "dup") == b"cluster value"
     assert get(b, "fields", "solo") == b"only here"
-    # Still a conflict the second time; solo is there.
+    # Still conflicts the second time; solo is there.
     p2 = migrate(nodes, loc.store)
     assert p2.returncode == 1 and lines(p2, "field ")[1] == \
         "field solo: already there", p2.stdout + p2.stderr
