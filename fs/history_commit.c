@@ -529,8 +529,11 @@ stage_index_publish(struct batch *b)
 		o->known_size = o->nrec;
 		tlog_tree_root(&o->tree, o->known_root);
 		/* Frames of the next batch may already follow: the stamp
-		 * vouches for the file, reads stop at file_len. */
-		o->stamp_ok = hstore_obj_stat(o->so, &o->stamp) == 0;
+		 * vouches for the file, reads stop at file_len. (A shared
+		 * store's freshness is its row's length, asked before reads:
+		 * no round trip to the database under H.lock.) */
+		if (!H.shared)
+			o->stamp_ok = hstore_obj_stat(o->so, &o->stamp) == 0;
 		H.signatures++;
 	}
 	batch_answer_locked(b, r);
