@@ -148,7 +148,12 @@ static void
 history_status(FILE *out)
 {
 	pthread_mutex_lock(&H.lock);
+	/* Shared: the objects this node has loaded (the cluster's are in the
+	 * database); catch-ups: reloads after other nodes' records. */
+	fprintf(out, "history.store: %s\n", H.shared ? "shared" : "directory");
 	fprintf(out, "history.objects: %" PRIu64 "\n", H.nobjects);
+	if (H.shared)
+		fprintf(out, "history.catchups: %" PRIu64 "\n", H.catchups);
 	fprintf(out, "history.records_committed: %" PRIu64 "\n", H.records);
 	fprintf(out, "history.batches: %" PRIu64 "\n", H.batches);
 	fprintf(out, "history.signatures: %" PRIu64 "\n", H.signatures);
@@ -181,6 +186,9 @@ history_metrics(struct metrics *m)
 	    (char *)NULL);
 	metrics_add(m, METRIC_COUNTER, "hsmfs_history_signatures_total",
 	    "Checkpoint signatures made", (double)H.signatures, (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_history_catchups_total",
+	    "Objects reloaded from the shared store after other nodes appended",
+	    (double)H.catchups, (char *)NULL);
 	metrics_add(m, METRIC_GAUGE, "hsmfs_history_max_batch",
 	    "Most records in one group commit so far", (double)H.max_batch,
 	    (char *)NULL);

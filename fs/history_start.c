@@ -217,6 +217,9 @@ obj_refresh_held(struct hobj *o)
 	pthread_mutex_unlock(&H.lock);
 	if (text == NULL && o->known_size == 0)
 		return 0;     /* a row without records yet */
+	pthread_mutex_lock(&H.lock);
+	H.catchups++;
+	pthread_mutex_unlock(&H.lock);
 	return obj_verify(o, 1);
 }
 
