@@ -64,6 +64,13 @@ struct hstore_check {
 	size_t nknown;
 	tlog_frame_cb cb;                   /* each signed frame, in order */
 	void *arg;
+	/* Optional: resume after records already verified by the caller --
+	 * the tree of its first from->size records, whose frames end at
+	 * from_off -- in a store whose frames before it cannot have changed
+	 * (a shared store's cache only grows). Frames from from_off on are
+	 * checked; the signed size must not be below from->size. */
+	const struct tlog_tree *from;
+	off_t from_off;
 	/* out */
 	uint64_t good;                      /* good frames in the file */
 	off_t signed_end;                   /* end of frame cp->size */

@@ -345,24 +345,17 @@ cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len)
 	return 0;
 }
 
-static void
-cache_reset(struct hpg_obj *o)
-{
-	if (ftruncate(o->fd, 0) < 0)
-		log_warn("history/%s: cache: %s", o->name, strerror(errno));
-	o->n = 0;
-	o->bytes = 0;
-}
-
-/* Bring the cache up to the committed rows. o->mu held. Rows that do
- * not continue the cache (offsets that do not add up) restart it once;
- * rows that do not add up from the start are a damaged history. */
+/* Bring the cache up to the committed rows. o->mu held. The cache only
+ * grows (callers resume verification where it ended before: struct
+ * hstore_check's from): rows that do not continue it -- rewritten, or a
+ * database restored to an older state -- are a damaged history, never a
+ * reason to refill it. */
 static int
 cache_sync_locked(struct hpg_obj *o)
 {
 	char nb[24];
 	const char *v[2] = { o->name, nb };
-	int restarted = 0, r = 0;
+	int r = 0;
 
 	for (;;) {
 		PGresult *res = NULL;
@@ -379,24 +372,15 @@ cache_sync_locked(struct hpg_obj *o)
 			size_t len = (size_t)PQgetlength(res, i, 2);
 			if (seq != o->n || off != (uint64_t)o->bytes ||
 			    len < TLOG_LEAF_HDR || len > TLOG_LEAF_MAX) {
-				if (restarted || o->n == 0) {
-					err_set("%s: record %" PRIu64 " in the database is "
-					    "not where the records before it end", o->name, seq);
-					r = HSMFS_ERR_BADMSG;
-					break;
-				}
-				restarted = 1;
-				cache_reset(o);
-				r = 1;
+				err_set("record %" PRIu64 " in the database does not "
+				    "continue the %" PRIu64 " records read before (rows "
+				    "rewritten or the database rolled back)", seq, o->n);
+				r = HSMFS_ERR_BADMSG;
 				break;
 			}
 			r = cache_put(o, seq, (const uint8_t *)PQgetvalue(res, i, 2), len);
 		}
 		PQclear(res);
-		if (r == 1) {
-			r = 0;
-			continue;
-		}
 		if (r != 0 || rows < FETCH_ROWS)
 			return r;
 	}
@@ -436,8 +420,11 @@ int
 hpg_obj_check(struct hpg_obj *o, struct hstore_check *c)
 {
 	int r;
-	if ((r = cache_sync(o)) != 0)
+	if ((r = cache_sync(o)) != 0) {
+		if (r == HSMFS_ERR_BADMSG)
+			snprintf(c->reason, sizeof(c->reason), "%s", err_detail());
 		return r;
+	}
 	return hstore_check_object(o->fd, c);
 }
 
@@ -818,11 +805,11 @@ cache_publish(struct hpg_batch *b)
 			continue;
 		pthread_mutex_lock(&o->mu);
 		if (o->n == x->n0 && o->bytes == x->b0) {
+			/* On failure the cache still ends at o->bytes: the rows
+			 * are fetched there at the next read. */
 			if (util_pwrite_all(o->fd, x->buf, x->len, o->bytes) == 0) {
 				o->n += frames;
 				o->bytes += (off_t)x->len;
-			} else {
-				cache_reset(o);
 			}
 		}
 		pthread_mutex_unlock(&o->mu);
