@@ -589,7 +589,11 @@ history_write(const char *path, const char *buf, size_t size, off_t off,
 			goto out;
 		}
 	}
-	if (h->pending + size + TLOG_LEAF_HDR > TLOG_LEAF_MAX) {
+	if (h->pending + size + TLOG_LEAF_HDR > hstore_leaf_max(H.hs)) {
+		if (H.shared)
+			log_err("history/%s: record refused: larger than the shared "
+			    "store's %llu MiB per record", h->o->name,
+			    (unsigned long long)(HSTORE_SHARED_LEAF_MAX >> 20));
 		r = -EFBIG;
 		goto out;
 	}

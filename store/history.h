@@ -142,6 +142,12 @@ int hstore_open(const struct store_conf *conf, const char *anchor,
 void hstore_close(struct hstore *hs);
 /* 1: other nodes write the area too (see the batch notes above). */
 int hstore_is_shared(const struct hstore *hs);
+/* The largest leaf (record header + payload) the area takes: the frame
+ * format's limit for a directory; HSTORE_SHARED_LEAF_MAX for a shared
+ * store, whose batch waits in memory and whose row is one bytea value
+ * written within the statement timeout. */
+#define HSTORE_SHARED_LEAF_MAX (UINT64_C(16) << 20)
+uint64_t hstore_leaf_max(const struct hstore *hs);
 const char *hstore_prefix(const struct hstore *hs);     /* origin prefix */
 const char *hstore_anchor(const struct hstore *hs);     /* path or NULL */
 /* The index was missing while objects exist (never "nothing signed"). */
