@@ -403,11 +403,19 @@ verify_errno(struct hobj *o)
 static int
 open_object(const char *name, struct fuse_file_info *fi, int creating)
 {
-	int acc = fi->flags & O_ACCMODE, r;
+	int acc = fi->flags & O_ACCMODE, r, known;
 	struct hobj *o;
 	struct hfh *h;
 
-	if ((r = sync_errno(name)) != 0)
+	/* An append to an object this node has records of needs nothing
+	 * fresher (the committer catches up under the row lock, and O_TRUNC
+	 * and O_EXCL are refused whatever the database adds); anything else
+	 * asks the database first. */
+	pthread_mutex_lock(&H.lock);
+	o = obj_find_locked(name);
+	known = o != NULL && o->nrec > 0 && o->bad == NULL;
+	pthread_mutex_unlock(&H.lock);
+	if ((acc != O_WRONLY || !known) && (r = sync_errno(name)) != 0)
 		return r;
 	pthread_mutex_lock(&H.lock);
 	o = creating ? obj_get_locked(name) : obj_find_locked(name);

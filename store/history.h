@@ -125,8 +125,7 @@ int hstore_verify_object(const struct store_conf *conf, struct hstore_verify *v)
  * COMMIT). The caller keeps each object's tree, size and record table.
  * Directory: it is the only writer of the area while the store lock is
  * held. Shared (hstore_is_shared): other nodes append too, so a batch
- * locks each object before framing (hstore_batch_lock, in name order)
- * and learns where its committed frames end; when that is not where the
+ * locks its objects before framing (hstore_batch_lock) and learns where its committed frames end; when that is not where the
  * caller's state ends, the caller reloads the object (its newest
  * checkpoint: hstore_obj_newest; its frames: hstore_obj_check) first. */
 struct hstore;
@@ -187,12 +186,13 @@ int hstore_obj_cut(struct hstore_obj *ob, off_t len, int durable);
 
 /* A new batch (directory: a list of the objects it touches). */
 int hstore_batch_begin(struct hstore *hs, struct hstore_batch **out);
-/* Shared store: lock ob until the batch ends and say where its
- * committed frames end (*nrec records, *bytes bytes); frames of this
- * batch start there. Lock a batch's objects in name order. Directory:
- * HSMFS_ERR_UNSUPPORTED. */
-int hstore_batch_lock(struct hstore_batch *b, struct hstore_obj *ob,
-    uint64_t *nrec, off_t *bytes);
+/* Shared store: lock the batch's objects obs[0..n) until it ends, all
+ * in one call (in name order, so two nodes' batches never wait for each
+ * other in a cycle; once per batch), and say where each one's committed
+ * frames end (nrec[i] records, bytes[i] bytes); its frames of this batch
+ * start there. Directory: HSMFS_ERR_UNSUPPORTED. */
+int hstore_batch_lock(struct hstore_batch *b, struct hstore_obj *const *obs,
+    size_t n, uint64_t *nrec, off_t *bytes);
 /* Append part of a frame (iov[0..n), consumed) to ob at off, the end of
  * what was written before (the caller frames: crypto/tlog.h). The first
  * call for ob remembers off as where the batch began for it. */
