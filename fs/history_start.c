@@ -314,24 +314,25 @@ static int
 obj_check_shared(struct hobj *o)
 {
 	struct stat st;
-	int r, fresh;
+	int r, fresh, had;
 
+	/* What this node had before asking: a batch of its own may commit
+	 * the object's first records while the query runs, and a row absent
+	 * then is no loss. */
 	pthread_mutex_lock(&H.lock);
 	r = o->bad ? HSMFS_ERR_BADMSG : 0;
+	had = o->nrec > 0 || o->known_size > 0;
 	pthread_mutex_unlock(&H.lock);
 	if (r != 0)
 		return r;
 	r = hstore_object_stat(H.hs, o->name, &st);
 	if (r == HSMFS_ERR_NOTFOUND) {
+		if (!had)
+			return 0;
 		pthread_mutex_lock(&H.lock);
-		if (o->nrec > 0 || o->known_size > 0) {
-			obj_set_bad_locked(o, "its records vanished from the database");
-			r = HSMFS_ERR_BADMSG;
-		} else {
-			r = 0;
-		}
+		obj_set_bad_locked(o, "its records vanished from the database");
 		pthread_mutex_unlock(&H.lock);
-		return r;
+		return HSMFS_ERR_BADMSG;
 	}
 	if (r != 0)
 		return r;
