@@ -208,6 +208,12 @@ hstore_is_shared(const struct hstore *hs)
 	return hs->pg != NULL;
 }
 
+uint64_t
+hstore_leaf_max(const struct hstore *hs)
+{
+	return hs->pg != NULL ? HSTORE_SHARED_LEAF_MAX : TLOG_LEAF_MAX;
+}
+
 const char *
 hstore_prefix(const struct hstore *hs)
 {
