@@ -35,6 +35,12 @@ int hstore_read_id(int dirfd, char **out);
 
 /* "hsmfs/<store id>/history/" */
 int hstore_origin_prefix(const char *store_id, char *out, size_t outlen);
+/* The origin prefix of every checkpoint of a shared store:
+ * "<hsmfs_cluster.origin>/history/" (an object's origin is the prefix and
+ * its name), for the PostgreSQL backend and migrate-store. 0, or
+ * HSMFS_ERR_INVALID (err_set) when it does not fit in len. */
+int hstore_pg_origin_prefix(const char *cluster_origin, char *out,
+    size_t len);
 
 /* Read the concatenated notes of fd. For each complete note whose origin
  * starts with prefix, cb gets the object name (origin minus prefix) and

@@ -26,17 +26,6 @@
 /* tlog_scan callback's "stop here, not an error". */
 #define SCAN_STOP 1
 
-int
-hstore_pg_origin_prefix(const char *cluster_origin, char *out, size_t len)
-{
-	int n = snprintf(out, len, "%s/history/", cluster_origin);
-	if (n <= 0 || (size_t)n >= len) {
-		err_set("cluster origin too long");
-		return HSMFS_ERR_INVALID;
-	}
-	return 0;
-}
-
 /* ---- the local objects ---- */
 
 struct list_ctx {

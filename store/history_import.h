@@ -22,14 +22,6 @@
 #include "store/history.h"
 #include "store/store.h"
 
-/* The origin prefix of every checkpoint of a shared store:
- * "<hsmfs_cluster.origin>/history/" (an object's origin is the prefix
- * and its name). The one definition, for the PostgreSQL backend of the
- * history area and for migrate-store. 0, or HSMFS_ERR_INVALID when it
- * does not fit in len. */
-int hstore_pg_origin_prefix(const char *cluster_origin, char *out,
-    size_t len);
-
 /* Every object of the local store (STORE/history/objects), by name; a
  * store without history has none. cb returning non-zero stops (returned). */
 int hstore_import_list(int storefd, hstore_name_cb cb, void *arg);

@@ -149,7 +149,7 @@ static int
 origin_prefix(struct hpg *p, char *prefix, size_t plen)
 {
 	PGresult *res = NULL;
-	int r, n;
+	int r;
 	if ((r = exec1(p, "SELECT origin FROM hsmfs_cluster", 0, NULL, 0,
 	    &res)) != 0)
 		return r;
@@ -158,13 +158,10 @@ origin_prefix(struct hpg *p, char *prefix, size_t plen)
 		err_set("the database has no cluster row; run hsmfs-tool db-init");
 		return HSMFS_ERR_CONFIG;
 	}
-	n = snprintf(prefix, plen, "%s/history/", PQgetvalue(res, 0, 0));
+	r = hstore_pg_origin_prefix(PQgetvalue(res, 0, 0), prefix,
+	    plen < TLOG_ORIGIN_MAX - 256 ? plen : TLOG_ORIGIN_MAX - 256);
 	PQclear(res);
-	if (n <= 0 || (size_t)n >= plen || (size_t)n >= TLOG_ORIGIN_MAX - 256) {
-		err_set("the cluster's origin is too long");
-		return HSMFS_ERR_CONFIG;
-	}
-	return 0;
+	return r;
 }
 
 int

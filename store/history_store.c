@@ -43,6 +43,17 @@ hstore_origin_prefix(const char *store_id, char *out, size_t outlen)
 }
 
 int
+hstore_pg_origin_prefix(const char *cluster_origin, char *out, size_t len)
+{
+	int n = snprintf(out, len, "%s/history/", cluster_origin);
+	if (n <= 0 || (size_t)n >= len) {
+		err_set("cluster origin too long");
+		return HSMFS_ERR_INVALID;
+	}
+	return 0;
+}
+
+int
 hstore_read_notes(int fd, const char *prefix, hstore_note_cb cb, void *arg,
     off_t *good_len)
 {
