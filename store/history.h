@@ -166,6 +166,9 @@ int hstore_load_notes(struct hstore *hs, int anchor, hstore_note_cb cb,
 /* Objects with a file, by name. cb returning non-zero stops (returned). */
 typedef int (*hstore_name_cb)(const char *object, void *arg);
 int hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg);
+/* The same over a directory store's objects directory (STORE/history/
+ * objects, open), without opening the area (migrate-store). */
+int hstore_list_dir(int objfd, hstore_name_cb cb, void *arg);
 
 /* An object by name (created, empty, if asked and missing: its entry is
  * durable after the next hstore_objects_sync). HSMFS_ERR_NOTFOUND when

@@ -28,36 +28,13 @@
 
 /* ---- the local objects ---- */
 
-struct list_ctx {
-	hstore_name_cb cb;
-	void *arg;
-};
-
-/* NAME.log with a valid NAME (as store/history_area.c lists them; that
- * listing needs an open area, which would create one in a store that
- * has none). */
-static int
-list_one(int dirfd, const char *ent, void *arg)
-{
-	struct list_ctx *l = arg;
-	size_t n = strlen(ent), sl = strlen(HSTORE_SUFFIX);
-	char name[256];
-
-	(void)dirfd;
-	if (n <= sl || n - sl >= sizeof(name) ||
-	    strcmp(ent + n - sl, HSTORE_SUFFIX) != 0)
-		return 0;
-	memcpy(name, ent, n - sl);
-	name[n - sl] = '\0';
-	return util_name_valid(name) ? l->cb(name, l->arg) : 0;
-}
-
 int
 hstore_import_list(int storefd, hstore_name_cb cb, void *arg)
 {
-	struct list_ctx l = { cb, arg };
 	int fd, r;
 
+	/* Not hstore_list_objects: that needs an open area, which would
+	 * create one in a store that has none. */
 	fd = openat(storefd, HSTORE_DIR "/" HSTORE_OBJECTS,
 	    O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0) {
@@ -66,7 +43,7 @@ hstore_import_list(int storefd, hstore_name_cb cb, void *arg)
 		err_set(HSTORE_DIR "/" HSTORE_OBJECTS ": %s", strerror(errno));
 		return hsmfs_errno_err(errno);
 	}
-	r = util_foreach_dir(fd, list_one, &l);
+	r = hstore_list_dir(fd, cb, arg);
 	close(fd);
 	return r;
 }
