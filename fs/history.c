@@ -148,7 +148,12 @@ static void
 history_status(FILE *out)
 {
 	pthread_mutex_lock(&H.lock);
+	/* Shared: the objects this node has loaded (the cluster's are in the
+	 * database); catch-ups: reloads after other nodes' records. */
+	fprintf(out, "history.store: %s\n", H.shared ? "shared" : "directory");
 	fprintf(out, "history.objects: %" PRIu64 "\n", H.nobjects);
+	if (H.shared)
+		fprintf(out, "history.catchups: %" PRIu64 "\n", H.catchups);
 	fprintf(out, "history.records_committed: %" PRIu64 "\n", H.records);
 	fprintf(out, "history.batches: %" PRIu64 "\n", H.batches);
 	fprintf(out, "history.signatures: %" PRIu64 "\n", H.signatures);
@@ -181,6 +186,9 @@ history_metrics(struct metrics *m)
 	    (char *)NULL);
 	metrics_add(m, METRIC_COUNTER, "hsmfs_history_signatures_total",
 	    "Checkpoint signatures made", (double)H.signatures, (char *)NULL);
+	metrics_add(m, METRIC_COUNTER, "hsmfs_history_catchups_total",
+	    "Objects reloaded from the shared store after other nodes appended",
+	    (double)H.catchups, (char *)NULL);
 	metrics_add(m, METRIC_GAUGE, "hsmfs_history_max_batch",
 	    "Most records in one group commit so far", (double)H.max_batch,
 	    (char *)NULL);
@@ -395,11 +403,19 @@ verify_errno(struct hobj *o)
 static int
 open_object(const char *name, struct fuse_file_info *fi, int creating)
 {
-	int acc = fi->flags & O_ACCMODE, r;
+	int acc = fi->flags & O_ACCMODE, r, known;
 	struct hobj *o;
 	struct hfh *h;
 
-	if ((r = sync_errno(name)) != 0)
+	/* An append to an object this node has records of needs nothing
+	 * fresher (the committer catches up under the row lock, and O_TRUNC
+	 * and O_EXCL are refused whatever the database adds); anything else
+	 * asks the database first. */
+	pthread_mutex_lock(&H.lock);
+	o = obj_find_locked(name);
+	known = o != NULL && o->nrec > 0 && o->bad == NULL;
+	pthread_mutex_unlock(&H.lock);
+	if ((acc != O_WRONLY || !known) && (r = sync_errno(name)) != 0)
 		return r;
 	pthread_mutex_lock(&H.lock);
 	o = creating ? obj_get_locked(name) : obj_find_locked(name);
@@ -581,7 +597,11 @@ history_write(const char *path, const char *buf, size_t size, off_t off,
 			goto out;
 		}
 	}
-	if (h->pending + size + TLOG_LEAF_HDR > TLOG_LEAF_MAX) {
+	if (h->pending + size + TLOG_LEAF_HDR > hstore_leaf_max(H.hs)) {
+		if (H.shared)
+			log_err("history/%s: record refused: larger than the shared "
+			    "store's %llu MiB per record", h->o->name,
+			    (unsigned long long)(HSTORE_SHARED_LEAF_MAX >> 20));
 		r = -EFBIG;
 		goto out;
 	}

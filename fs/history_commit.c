@@ -327,21 +327,35 @@ touched_cmp(const void *a, const void *b)
 static void
 lock_touched(struct hstore_batch *sb, struct touched *t, size_t nt)
 {
-	qsort(t, nt, sizeof(*t), touched_cmp);
-	for (size_t i = 0; i < nt; i++) {
-		struct touched *x = &t[i];
-		struct hobj *o = x->o;
-		uint64_t n;
-		off_t bytes;
-		int r, stale;
+	struct hstore_obj **obs = calloc(nt ? nt : 1, sizeof(*obs));
+	uint64_t *nrec = calloc(nt ? nt : 1, sizeof(*nrec));
+	off_t *end = calloc(nt ? nt : 1, sizeof(*end));
+	size_t *at = calloc(nt ? nt : 1, sizeof(*at)), k = 0;
+	int r = HSMFS_ERR_NOMEM;
 
-		if (x->err)
-			continue;
-		if ((r = hstore_batch_lock(sb, o->so, &n, &bytes)) != 0) {
-			fs_log_fail("history", o->name, NULL, "locking the object", r);
-			x->err = r;
-			continue;
-		}
+	qsort(t, nt, sizeof(*t), touched_cmp);
+	if (obs != NULL && nrec != NULL && end != NULL && at != NULL) {
+		for (size_t i = 0; i < nt; i++)
+			if (!t[i].err) {
+				at[k] = i;
+				obs[k++] = t[i].o->so;
+			}
+		r = hstore_batch_lock(sb, obs, k, nrec, end);
+	}
+	if (r != 0) {
+		fs_log_fail("history", "", NULL, "locking the batch's objects", r);
+		for (size_t i = 0; i < nt; i++)
+			if (!t[i].err)
+				t[i].err = r;
+		k = 0;
+	}
+	for (size_t j = 0; j < k; j++) {
+		struct touched *x = &t[at[j]];
+		struct hobj *o = x->o;
+		uint64_t n = nrec[j];
+		off_t bytes = end[j];
+		int stale;
+
 		pthread_mutex_lock(&H.lock);
 		stale = n != o->nrec || bytes != o->file_len;
 		pthread_mutex_unlock(&H.lock);
@@ -364,6 +378,10 @@ lock_touched(struct hstore_batch *sb, struct touched *t, size_t nt)
 		x->end = o->pend;
 		pthread_mutex_unlock(&H.lock);
 	}
+	free(obs);
+	free(nrec);
+	free(end);
+	free(at);
 }
 
 /* Stage 1, in the committer: frames after everything written so far (the
@@ -529,8 +547,11 @@ stage_index_publish(struct batch *b)
 		o->known_size = o->nrec;
 		tlog_tree_root(&o->tree, o->known_root);
 		/* Frames of the next batch may already follow: the stamp
-		 * vouches for the file, reads stop at file_len. */
-		o->stamp_ok = hstore_obj_stat(o->so, &o->stamp) == 0;
+		 * vouches for the file, reads stop at file_len. (A shared
+		 * store's freshness is its row's length, asked before reads:
+		 * no round trip to the database under H.lock.) */
+		if (!H.shared)
+			o->stamp_ok = hstore_obj_stat(o->so, &o->stamp) == 0;
 		H.signatures++;
 	}
 	batch_answer_locked(b, r);

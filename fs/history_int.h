@@ -116,6 +116,7 @@ struct history_state {
 	uint64_t nobjects;
 	/* stats */
 	uint64_t batches, records, signatures, max_batch, pipelined;
+	uint64_t catchups;                /* shared: reloads after other nodes' records */
 	double ack_ms;                    /* sum of enqueue-to-answer times */
 	uint64_t nacks;
 	time_t last_commit;         /* wall time of the last batch with a record */

@@ -178,8 +178,82 @@ out:
 	return r;
 }
 
+/* Shared store: o grew on other nodes. Check only the frames after what
+ * this node verified, from its tree (the store's frames before them only
+ * grow), against the newest checkpoint, and append their records. */
+static int
+obj_catch_up(struct hobj *o)
+{
+	struct tlog_checkpoint cp;
+	struct hstore_check c;
+	struct load_ctx l;
+	struct tlog_tree from;
+	struct hstore_obj *so;
+	char *cp_text;
+	size_t used;
+	off_t from_off;
+	int r;
+
+	memset(&cp, 0, sizeof(cp));
+	memset(&c, 0, sizeof(c));
+	memset(&l, 0, sizeof(l));
+	pthread_mutex_lock(&H.lock);
+	so = o->so;
+	cp_text = o->cp_text ? strdup(o->cp_text) : NULL;
+	from = o->tree;
+	from_off = o->file_len;
+	l.content = o->content_len;
+	l.tree = o->tree;
+	known_of_locked(o, &c);
+	pthread_mutex_unlock(&H.lock);
+	if (cp_text == NULL)
+		return HSMFS_ERR_NOMEM;
+	if (tlog_checkpoint_parse(cp_text, strlen(cp_text), &cp, &used) != 0) {
+		pthread_mutex_lock(&H.lock);
+		obj_set_bad_locked(o, "newest checkpoint does not parse");
+		pthread_mutex_unlock(&H.lock);
+		r = HSMFS_ERR_BADMSG;
+		goto out;
+	}
+	c.cp = &cp;
+	c.keys = H.vkeys;
+	c.nkeys = H.nvkeys;
+	c.cb = load_frame;
+	c.arg = &l;
+	c.from = &from;
+	c.from_off = from_off;
+	r = hstore_obj_check(so, &c);
+	if (r == 0 && l.err)
+		r = l.err;
+	pthread_mutex_lock(&H.lock);
+	if (r == HSMFS_ERR_BADMSG) {
+		obj_set_bad_locked(o, c.reason);
+	} else if (r == 0 && (o->nrec != from.size || o->file_len != from_off)) {
+		r = HSMFS_ERR_IO;     /* cannot happen under H.shared_mu */
+		err_set("history/%s: changed while catching up", o->name);
+	} else if (r == 0) {
+		for (uint64_t k = 0; k < l.n && r == 0; k++)
+			r = recs_push(&o->recs, &o->cap, o->nrec + k, &l.recs[k]);
+		if (r == 0) {
+			o->nrec += l.n;
+			o->content_len = l.content;
+			o->file_len = c.signed_end;
+			o->tree = l.tree;
+			o->signer = c.which_key;
+			obj_pend_reset_locked(o);
+		}
+	}
+	pthread_mutex_unlock(&H.lock);
+out:
+	free(l.recs);
+	free(cp_text);
+	tlog_checkpoint_clear(&cp);
+	return r;
+}
+
 /* Shared store: o's newest checkpoint and frames from the database, then
- * the full check and reload of obj_verify. H.shared_mu held (a batch
+ * the check and reload: of what is new (obj_catch_up) when this node
+ * has verified records of o before, else whole (obj_verify). H.shared_mu held (a batch
  * holds it while it frames after o's state). */
 int
 obj_refresh_held(struct hobj *o)
@@ -187,7 +261,7 @@ obj_refresh_held(struct hobj *o)
 	struct hstore_obj *so;
 	char *text = NULL;
 	size_t len = 0;
-	int r;
+	int r, incremental;
 
 	pthread_mutex_lock(&H.lock);
 	so = o->so;
@@ -217,7 +291,11 @@ obj_refresh_held(struct hobj *o)
 	pthread_mutex_unlock(&H.lock);
 	if (text == NULL && o->known_size == 0)
 		return 0;     /* a row without records yet */
-	return obj_verify(o, 1);
+	pthread_mutex_lock(&H.lock);
+	H.catchups++;
+	incremental = o->nrec > 0 && o->bad == NULL;
+	pthread_mutex_unlock(&H.lock);
+	return incremental ? obj_catch_up(o) : obj_verify(o, 1);
 }
 
 static int
@@ -236,24 +314,25 @@ static int
 obj_check_shared(struct hobj *o)
 {
 	struct stat st;
-	int r, fresh;
+	int r, fresh, had;
 
+	/* What this node had before asking: a batch of its own may commit
+	 * the object's first records while the query runs, and a row absent
+	 * then is no loss. */
 	pthread_mutex_lock(&H.lock);
 	r = o->bad ? HSMFS_ERR_BADMSG : 0;
+	had = o->nrec > 0 || o->known_size > 0;
 	pthread_mutex_unlock(&H.lock);
 	if (r != 0)
 		return r;
 	r = hstore_object_stat(H.hs, o->name, &st);
 	if (r == HSMFS_ERR_NOTFOUND) {
+		if (!had)
+			return 0;
 		pthread_mutex_lock(&H.lock);
-		if (o->nrec > 0 || o->known_size > 0) {
-			obj_set_bad_locked(o, "its records vanished from the database");
-			r = HSMFS_ERR_BADMSG;
-		} else {
-			r = 0;
-		}
+		obj_set_bad_locked(o, "its records vanished from the database");
 		pthread_mutex_unlock(&H.lock);
-		return r;
+		return HSMFS_ERR_BADMSG;
 	}
 	if (r != 0)
 		return r;

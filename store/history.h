@@ -35,6 +35,12 @@ int hstore_read_id(int dirfd, char **out);
 
 /* "hsmfs/<store id>/history/" */
 int hstore_origin_prefix(const char *store_id, char *out, size_t outlen);
+/* The origin prefix of every checkpoint of a shared store:
+ * "<hsmfs_cluster.origin>/history/" (an object's origin is the prefix and
+ * its name), for the PostgreSQL backend and migrate-store. 0, or
+ * HSMFS_ERR_INVALID (err_set) when it does not fit in len. */
+int hstore_pg_origin_prefix(const char *cluster_origin, char *out,
+    size_t len);
 
 /* Read the concatenated notes of fd. For each complete note whose origin
  * starts with prefix, cb gets the object name (origin minus prefix) and
@@ -64,6 +70,13 @@ struct hstore_check {
 	size_t nknown;
 	tlog_frame_cb cb;                   /* each signed frame, in order */
 	void *arg;
+	/* Optional: resume after records already verified by the caller --
+	 * the tree of its first from->size records, whose frames end at
+	 * from_off -- in a store whose frames before it cannot have changed
+	 * (a shared store's cache only grows). Frames from from_off on are
+	 * checked; the signed size must not be below from->size. */
+	const struct tlog_tree *from;
+	off_t from_off;
 	/* out */
 	uint64_t good;                      /* good frames in the file */
 	off_t signed_end;                   /* end of frame cp->size */
@@ -118,8 +131,7 @@ int hstore_verify_object(const struct store_conf *conf, struct hstore_verify *v)
  * COMMIT). The caller keeps each object's tree, size and record table.
  * Directory: it is the only writer of the area while the store lock is
  * held. Shared (hstore_is_shared): other nodes append too, so a batch
- * locks each object before framing (hstore_batch_lock, in name order)
- * and learns where its committed frames end; when that is not where the
+ * locks its objects before framing (hstore_batch_lock) and learns where its committed frames end; when that is not where the
  * caller's state ends, the caller reloads the object (its newest
  * checkpoint: hstore_obj_newest; its frames: hstore_obj_check) first. */
 struct hstore;
@@ -135,6 +147,12 @@ int hstore_open(const struct store_conf *conf, const char *anchor,
 void hstore_close(struct hstore *hs);
 /* 1: other nodes write the area too (see the batch notes above). */
 int hstore_is_shared(const struct hstore *hs);
+/* The largest leaf (record header + payload) the area takes: the frame
+ * format's limit for a directory; HSTORE_SHARED_LEAF_MAX for a shared
+ * store, whose batch waits in memory and whose row is one bytea value
+ * written within the statement timeout. */
+#define HSTORE_SHARED_LEAF_MAX (UINT64_C(16) << 20)
+uint64_t hstore_leaf_max(const struct hstore *hs);
 const char *hstore_prefix(const struct hstore *hs);     /* origin prefix */
 const char *hstore_anchor(const struct hstore *hs);     /* path or NULL */
 /* The index was missing while objects exist (never "nothing signed"). */
@@ -148,6 +166,9 @@ int hstore_load_notes(struct hstore *hs, int anchor, hstore_note_cb cb,
 /* Objects with a file, by name. cb returning non-zero stops (returned). */
 typedef int (*hstore_name_cb)(const char *object, void *arg);
 int hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg);
+/* The same over a directory store's objects directory (STORE/history/
+ * objects, open), without opening the area (migrate-store). */
+int hstore_list_dir(int objfd, hstore_name_cb cb, void *arg);
 
 /* An object by name (created, empty, if asked and missing: its entry is
  * durable after the next hstore_objects_sync). HSMFS_ERR_NOTFOUND when
@@ -174,12 +195,13 @@ int hstore_obj_cut(struct hstore_obj *ob, off_t len, int durable);
 
 /* A new batch (directory: a list of the objects it touches). */
 int hstore_batch_begin(struct hstore *hs, struct hstore_batch **out);
-/* Shared store: lock ob until the batch ends and say where its
- * committed frames end (*nrec records, *bytes bytes); frames of this
- * batch start there. Lock a batch's objects in name order. Directory:
- * HSMFS_ERR_UNSUPPORTED. */
-int hstore_batch_lock(struct hstore_batch *b, struct hstore_obj *ob,
-    uint64_t *nrec, off_t *bytes);
+/* Shared store: lock the batch's objects obs[0..n) until it ends, all
+ * in one call (in name order, so two nodes' batches never wait for each
+ * other in a cycle; once per batch), and say where each one's committed
+ * frames end (nrec[i] records, bytes[i] bytes); its frames of this batch
+ * start there. Directory: HSMFS_ERR_UNSUPPORTED. */
+int hstore_batch_lock(struct hstore_batch *b, struct hstore_obj *const *obs,
+    size_t n, uint64_t *nrec, off_t *bytes);
 /* Append part of a frame (iov[0..n), consumed) to ob at off, the end of
  * what was written before (the caller frames: crypto/tlog.h). The first
  * call for ob remembers off as where the batch began for it. */

@@ -208,6 +208,12 @@ hstore_is_shared(const struct hstore *hs)
 	return hs->pg != NULL;
 }
 
+uint64_t
+hstore_leaf_max(const struct hstore *hs)
+{
+	return hs->pg != NULL ? HSTORE_SHARED_LEAF_MAX : TLOG_LEAF_MAX;
+}
+
 const char *
 hstore_prefix(const struct hstore *hs)
 {
@@ -283,12 +289,18 @@ list_one(int dirfd, const char *ent, void *arg)
 }
 
 int
-hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg)
+hstore_list_dir(int objfd, hstore_name_cb cb, void *arg)
 {
 	struct list_ctx l = { cb, arg };
+	return util_foreach_dir(objfd, list_one, &l);
+}
+
+int
+hstore_list_objects(struct hstore *hs, hstore_name_cb cb, void *arg)
+{
 	if (hs->pg != NULL)
 		return hpg_list_objects(hs->pg, cb, arg);
-	return util_foreach_dir(hs->objfd, list_one, &l);
+	return hstore_list_dir(hs->objfd, cb, arg);
 }
 
 int

@@ -221,14 +221,23 @@ hstore_batch_begin(struct hstore *hs, struct hstore_batch **out)
 }
 
 int
-hstore_batch_lock(struct hstore_batch *b, struct hstore_obj *ob,
-    uint64_t *nrec, off_t *bytes)
+hstore_batch_lock(struct hstore_batch *b, struct hstore_obj *const *obs,
+    size_t n, uint64_t *nrec, off_t *bytes)
 {
+	struct hpg_obj **po;
+	int r;
+
 	if (b->pg == NULL) {
 		err_set("history: only a shared store locks objects");
 		return HSMFS_ERR_UNSUPPORTED;
 	}
-	return hpg_batch_lock(b->pg, ob->pg, nrec, bytes);
+	if ((po = calloc(n ? n : 1, sizeof(*po))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (size_t i = 0; i < n; i++)
+		po[i] = obs[i]->pg;
+	r = hpg_batch_lock(b->pg, po, n, nrec, bytes);
+	free(po);
+	return r;
 }
 
 int

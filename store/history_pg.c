@@ -149,7 +149,7 @@ static int
 origin_prefix(struct hpg *p, char *prefix, size_t plen)
 {
 	PGresult *res = NULL;
-	int r, n;
+	int r;
 	if ((r = exec1(p, "SELECT origin FROM hsmfs_cluster", 0, NULL, 0,
 	    &res)) != 0)
 		return r;
@@ -158,13 +158,10 @@ origin_prefix(struct hpg *p, char *prefix, size_t plen)
 		err_set("the database has no cluster row; run hsmfs-tool db-init");
 		return HSMFS_ERR_CONFIG;
 	}
-	n = snprintf(prefix, plen, "%s/history/", PQgetvalue(res, 0, 0));
+	r = hstore_pg_origin_prefix(PQgetvalue(res, 0, 0), prefix,
+	    plen < TLOG_ORIGIN_MAX - 256 ? plen : TLOG_ORIGIN_MAX - 256);
 	PQclear(res);
-	if (n <= 0 || (size_t)n >= plen || (size_t)n >= TLOG_ORIGIN_MAX - 256) {
-		err_set("the cluster's origin is too long");
-		return HSMFS_ERR_CONFIG;
-	}
-	return 0;
+	return r;
 }
 
 int
@@ -345,24 +342,17 @@ cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len)
 	return 0;
 }
 
-static void
-cache_reset(struct hpg_obj *o)
-{
-	if (ftruncate(o->fd, 0) < 0)
-		log_warn("history/%s: cache: %s", o->name, strerror(errno));
-	o->n = 0;
-	o->bytes = 0;
-}
-
-/* Bring the cache up to the committed rows. o->mu held. Rows that do
- * not continue the cache (offsets that do not add up) restart it once;
- * rows that do not add up from the start are a damaged history. */
+/* Bring the cache up to the committed rows. o->mu held. The cache only
+ * grows (callers resume verification where it ended before: struct
+ * hstore_check's from): rows that do not continue it -- rewritten, or a
+ * database restored to an older state -- are a damaged history, never a
+ * reason to refill it. */
 static int
 cache_sync_locked(struct hpg_obj *o)
 {
 	char nb[24];
 	const char *v[2] = { o->name, nb };
-	int restarted = 0, r = 0;
+	int r = 0;
 
 	for (;;) {
 		PGresult *res = NULL;
@@ -379,24 +369,15 @@ cache_sync_locked(struct hpg_obj *o)
 			size_t len = (size_t)PQgetlength(res, i, 2);
 			if (seq != o->n || off != (uint64_t)o->bytes ||
 			    len < TLOG_LEAF_HDR || len > TLOG_LEAF_MAX) {
-				if (restarted || o->n == 0) {
-					err_set("%s: record %" PRIu64 " in the database is "
-					    "not where the records before it end", o->name, seq);
-					r = HSMFS_ERR_BADMSG;
-					break;
-				}
-				restarted = 1;
-				cache_reset(o);
-				r = 1;
+				err_set("record %" PRIu64 " in the database does not "
+				    "continue the %" PRIu64 " records read before (rows "
+				    "rewritten or the database rolled back)", seq, o->n);
+				r = HSMFS_ERR_BADMSG;
 				break;
 			}
 			r = cache_put(o, seq, (const uint8_t *)PQgetvalue(res, i, 2), len);
 		}
 		PQclear(res);
-		if (r == 1) {
-			r = 0;
-			continue;
-		}
 		if (r != 0 || rows < FETCH_ROWS)
 			return r;
 	}
@@ -436,8 +417,11 @@ int
 hpg_obj_check(struct hpg_obj *o, struct hstore_check *c)
 {
 	int r;
-	if ((r = cache_sync(o)) != 0)
+	if ((r = cache_sync(o)) != 0) {
+		if (r == HSMFS_ERR_BADMSG)
+			snprintf(c->reason, sizeof(c->reason), "%s", err_detail());
 		return r;
+	}
 	return hstore_check_object(o->fd, c);
 }
 
@@ -521,54 +505,88 @@ frontier_decode(const char *name, uint64_t size, const char *f, size_t len,
 	return 0;
 }
 
+/* A text[] literal of the names: {"a","b"} with " and \ escaped. */
+static char *
+names_array(struct hpg_obj *const *obs, size_t n)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	if (f == NULL)
+		return NULL;
+	fputc('{', f);
+	for (size_t i = 0; i < n; i++) {
+		fputs(i ? ",\"" : "\"", f);
+		for (const char *c = obs[i]->name; *c; c++) {
+			if (*c == '"' || *c == '\\')
+				fputc('\\', f);
+			fputc(*c, f);
+		}
+		fputc('"', f);
+	}
+	fputc('}', f);
+	if (fclose(f) != 0) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
 int
-hpg_batch_lock(struct hpg_batch *b, struct hpg_obj *o, uint64_t *nrec,
-    off_t *bytes)
+hpg_batch_lock(struct hpg_batch *b, struct hpg_obj *const *obs, size_t n,
+    uint64_t *nrec, off_t *bytes)
 {
 	PGresult *res = NULL;
-	const char *v[1] = { o->name };
-	struct bobj *x;
-	int r;
+	const char *v[1];
+	char *names;
+	int r = 0, rows;
 
-	if ((x = bobj_of(b, o)) != NULL) {
-		*nrec = x->n0;
-		*bytes = x->b0;
+	if (b->n != 0) {
+		err_set("history: a batch locks its objects once");
+		return HSMFS_ERR_INVALID;
+	}
+	if (n == 0)
 		return 0;
-	}
-	if (b->n == b->cap) {
-		size_t nc = b->cap ? b->cap * 2 : 8;
-		struct bobj *p = realloc(b->v, nc * sizeof(*p));
-		if (p == NULL)
-			return HSMFS_ERR_NOMEM;
-		b->v = p;
-		b->cap = nc;
-	}
-	/* The row first (a new object), then its lock. */
-	if ((r = pg_exec(b->c, "INSERT INTO hsmfs_history_objects (name) VALUES "
-	    "($1) ON CONFLICT (name) DO NOTHING", 1, v, NULL, NULL, 0, NULL)) != 0 ||
-	    (r = pg_exec(b->c, "SELECT size, bytes, frontier FROM "
-	    "hsmfs_history_objects WHERE name = $1 FOR UPDATE", 1, v, NULL, NULL,
-	    1, &res)) != 0)
+	if ((b->v = calloc(n, sizeof(*b->v))) == NULL ||
+	    (names = names_array(obs, n)) == NULL)
+		return HSMFS_ERR_NOMEM;
+	b->cap = n;
+	v[0] = names;
+	/* New objects' rows first, then every lock, both in name order: two
+	 * nodes' batches never wait for each other in a cycle. */
+	if ((r = pg_exec(b->c, "INSERT INTO hsmfs_history_objects (name) SELECT "
+	    "x FROM unnest($1::text[]) AS x ORDER BY x ON CONFLICT (name) DO "
+	    "NOTHING", 1, v, NULL, NULL, 0, NULL)) != 0 ||
+	    (r = pg_exec(b->c, "SELECT name, size, bytes, frontier FROM "
+	    "hsmfs_history_objects WHERE name = ANY ($1::text[]) ORDER BY name "
+	    "FOR UPDATE", 1, v, NULL, NULL, 1, &res)) != 0) {
+		free(names);
 		return r;
-	if (PQntuples(res) != 1) {
-		PQclear(res);
-		err_set("%s: the object's row vanished", o->name);
-		return HSMFS_ERR_IO;
 	}
-	x = &b->v[b->n];
-	memset(x, 0, sizeof(*x));
-	x->o = o;
-	x->n0 = be64(PQgetvalue(res, 0, 0));
-	x->b0 = (off_t)be64(PQgetvalue(res, 0, 1));
-	r = frontier_decode(o->name, x->n0, PQgetvalue(res, 0, 2),
-	    (size_t)PQgetlength(res, 0, 2), &x->tree);
+	free(names);
+	rows = PQntuples(res);
+	for (size_t i = 0; i < n && r == 0; i++) {
+		struct bobj *x = &b->v[i];
+		int k;
+		for (k = 0; k < rows && strcmp(PQgetvalue(res, k, 0), obs[i]->name); k++)
+			;
+		if (k == rows) {
+			err_set("%s: the object's row vanished", obs[i]->name);
+			r = HSMFS_ERR_IO;
+			break;
+		}
+		x->o = obs[i];
+		x->n0 = be64(PQgetvalue(res, k, 1));
+		x->b0 = (off_t)be64(PQgetvalue(res, k, 2));
+		r = frontier_decode(obs[i]->name, x->n0, PQgetvalue(res, k, 3),
+		    (size_t)PQgetlength(res, k, 3), &x->tree);
+		nrec[i] = x->n0;
+		bytes[i] = x->b0;
+		b->n = i + 1;
+	}
 	PQclear(res);
-	if (r != 0)
-		return r;
-	b->n++;
-	*nrec = x->n0;
-	*bytes = x->b0;
-	return 0;
+	return r;
 }
 
 int
@@ -642,118 +660,152 @@ bad:
 	return HSMFS_ERR_INVALID;
 }
 
-/* Insert the rows of up to INSERT_ROWS frames of x from *pos (record
- * *seq on); the batch's first record id is kept for an unknown outcome. */
-static int
-insert_rows(struct hpg_batch *b, struct bobj *x, size_t *pos, uint64_t *seq,
-    off_t *off)
-{
-	enum { P = 4 };
-	const char *v[1 + P * INSERT_ROWS];
-	int lens[1 + P * INSERT_ROWS], fmts[1 + P * INSERT_ROWS];
+/* One statement's rows: up to INSERT_ROWS frames of an object, and, for
+ * the object's last statement, its checkpoint and new state. */
+enum { P = 4, NP = 1 + P * INSERT_ROWS + 4 };
+struct rows {
+	const char *v[NP];
+	int lens[NP], fmts[NP], np;
 	char nums[INSERT_ROWS][2][24], ids[INSERT_ROWS][37];
-	char *sql = NULL;
-	size_t sl = 0;
-	FILE *f = open_memstream(&sql, &sl);
-	int k = 0, r;
+	char size[24], bytes[24];
+	uint8_t frontier[64 * TLOG_HASH_LEN];
+};
 
-	if (f == NULL)
-		return HSMFS_ERR_NOMEM;
-	fputs("INSERT INTO hsmfs_history_records (object, seq, off, record_id, "
-	    "leaf) VALUES ", f);
-	v[0] = x->o->name;
-	lens[0] = 0;
-	fmts[0] = 0;
-	while (*pos < x->len && k < INSERT_ROWS) {
+static int
+param(struct rows *w, const void *p, int len, int binary)
+{
+	w->v[w->np] = p;
+	w->lens[w->np] = len;
+	w->fmts[w->np] = binary;
+	return ++w->np;     /* its $n */
+}
+
+/* The rows of x's frames from *pos (record *seq, frame offset *off), at
+ * most INSERT_ROWS, as a VALUES list into f; the batch's first record id
+ * is kept for an unknown outcome. */
+static int
+rows_of(struct hpg_batch *b, struct bobj *x, struct rows *w, FILE *f,
+    size_t *pos, uint64_t *seq, off_t *off)
+{
+	for (int k = 0; *pos < x->len && k < INSERT_ROWS; k++) {
 		const uint8_t *leaf, *hash;
 		size_t len;
-		int base = 1 + P * k;
-		if ((r = next_frame(x, pos, *seq, &leaf, &len, &hash)) != 0) {
-			fclose(f);
-			free(sql);
+		int r, a, c, d, e;
+		if ((r = next_frame(x, pos, *seq, &leaf, &len, &hash)) != 0)
 			return r;
-		}
-		snprintf(nums[k][0], 24, "%" PRIu64, *seq);
-		snprintf(nums[k][1], 24, "%lld", (long long)*off);
-		uuid_text(ids[k]);
+		snprintf(w->nums[k][0], 24, "%" PRIu64, *seq);
+		snprintf(w->nums[k][1], 24, "%lld", (long long)*off);
+		uuid_text(w->ids[k]);
 		if (b->rid[0] == '\0') {
-			memcpy(b->rid, ids[k], 37);
+			memcpy(b->rid, w->ids[k], 37);
 			snprintf(b->rid_obj, sizeof(b->rid_obj), "%s", x->o->name);
 		}
-		v[base] = nums[k][0];
-		v[base + 1] = nums[k][1];
-		v[base + 2] = ids[k];
-		v[base + 3] = (const char *)leaf;
-		for (int j = 0; j < P; j++) {
-			lens[base + j] = 0;
-			fmts[base + j] = 0;
-		}
-		lens[base + 3] = (int)len;
-		fmts[base + 3] = 1;
-		fprintf(f, "%s($1, $%d, $%d, $%d, $%d)", k ? ", " : "", base + 1,
-		    base + 2, base + 3, base + 4);
+		a = param(w, w->nums[k][0], 0, 0);
+		c = param(w, w->nums[k][1], 0, 0);
+		d = param(w, w->ids[k], 0, 0);
+		e = param(w, leaf, (int)len, 1);
+		fprintf(f, "%s($1, $%d, $%d, $%d, $%d)", k ? ", " : "", a, c, d, e);
 		tlog_tree_append(&x->tree, hash);
 		(*seq)++;
 		*off += (off_t)(TLOG_FRAME_OVERHEAD + len);
-		k++;
 	}
-	if (fclose(f) != 0) {
-		free(sql);
-		return HSMFS_ERR_NOMEM;
-	}
-	r = pg_exec(b->c, sql, 1 + P * k, v, lens, fmts, 0, NULL);
-	free(sql);
-	return r;
+	return 0;
 }
 
-/* x's rows, then its checkpoint and new state, after checking that the
- * frames extend the locked tree to exactly the signed size and root. */
+/* x's rows, its checkpoint and its new state, after checking that the
+ * frames extend the locked tree to exactly the signed size and root: one
+ * statement (data-modifying CTEs) for up to INSERT_ROWS records, plain
+ * INSERTs of INSERT_ROWS rows before it for more. */
 static int
 commit_object(struct hpg_batch *b, struct bobj *x,
     const struct tlog_checkpoint *cp)
 {
-	uint8_t root[TLOG_HASH_LEN], fr[64 * TLOG_HASH_LEN];
-	char nb[24], bb[24];
-	const char *v[5];
-	int lens[5] = { 0, 0, 0, 0, 0 }, fmts[5] = { 0, 0, 1, 0, 1 };
+	uint8_t root[TLOG_HASH_LEN];
 	uint64_t seq = x->n0;
 	off_t off = x->b0;
 	size_t pos = 0;
-	int r;
+	struct rows *w;
+	int r = 0;
 
 	if (x->aborted || x->done) {
 		err_set("%s: a checkpoint for frames that are not in the batch",
 		    x->o->name);
 		return HSMFS_ERR_INVALID;
 	}
-	while (pos < x->len)
-		if ((r = insert_rows(b, x, &pos, &seq, &off)) != 0)
-			return r;
-	tlog_tree_root(&x->tree, root);
-	if (cp->size != x->tree.size || memcmp(cp->root, root, TLOG_HASH_LEN) != 0) {
-		err_set("%s: the checkpoint (size %" PRIu64 ") does not sign the "
-		    "records framed after the locked end (size %" PRIu64 ")",
-		    x->o->name, cp->size, x->tree.size);
-		return HSMFS_ERR_INVALID;
+	if ((w = malloc(sizeof(*w))) == NULL)
+		return HSMFS_ERR_NOMEM;
+	for (;;) {
+		char *vals = NULL, *sql = NULL;
+		size_t vl = 0;
+		FILE *f = open_memstream(&vals, &vl);
+		int last, nm, ns, nc, nb, nf;
+
+		w->np = 0;
+		param(w, x->o->name, 0, 0);
+		if (f == NULL) {
+			r = HSMFS_ERR_NOMEM;
+			break;
+		}
+		r = rows_of(b, x, w, f, &pos, &seq, &off);
+		if (fclose(f) != 0 && r == 0)
+			r = HSMFS_ERR_NOMEM;
+		last = pos >= x->len;
+		if (r == 0 && !last) {
+			if (asprintf(&sql, "INSERT INTO hsmfs_history_records (object, "
+			    "seq, off, record_id, leaf) VALUES %s", vals) < 0)
+				r = HSMFS_ERR_NOMEM;
+			else
+				r = pg_exec(b->c, sql, w->np, w->v, w->lens, w->fmts, 0,
+				    NULL);
+			free(sql);
+			free(vals);
+			if (r != 0)
+				break;
+			continue;
+		}
+		if (r == 0) {
+			tlog_tree_root(&x->tree, root);
+			if (cp->size != x->tree.size ||
+			    memcmp(cp->root, root, TLOG_HASH_LEN) != 0) {
+				err_set("%s: the checkpoint (size %" PRIu64 ") does not "
+				    "sign the records framed after the locked end (size %"
+				    PRIu64 ")", x->o->name, cp->size, x->tree.size);
+				r = HSMFS_ERR_INVALID;
+			}
+		}
+		if (r != 0) {
+			free(vals);
+			break;
+		}
+		for (unsigned i = 0; i < x->tree.n; i++)
+			memcpy(w->frontier + (size_t)i * TLOG_HASH_LEN, x->tree.edge[i],
+			    TLOG_HASH_LEN);
+		snprintf(w->size, sizeof(w->size), "%" PRIu64, cp->size);
+		snprintf(w->bytes, sizeof(w->bytes), "%lld", (long long)off);
+		ns = param(w, w->size, 0, 0);
+		nc = param(w, cp->text, (int)cp->text_len, 1);
+		nb = param(w, w->bytes, 0, 0);
+		nf = param(w, w->frontier, (int)(x->tree.n * TLOG_HASH_LEN), 1);
+		nm = vl > 0 ? 1 : 0;
+		if (asprintf(&sql, "WITH %s%s%sc AS (INSERT INTO hsmfs_checkpoints "
+		    "(object, size, checkpoint) VALUES ($1, $%d::bigint, $%d)) "
+		    "UPDATE hsmfs_history_objects SET size = $%d::bigint, bytes = "
+		    "$%d::bigint, frontier = $%d, checkpoint = $%d, updated = "
+		    "clock_timestamp() WHERE name = $1",
+		    nm ? "r AS (INSERT INTO hsmfs_history_records (object, seq, "
+		    "off, record_id, leaf) VALUES " : "", nm ? vals : "",
+		    nm ? "), " : "", ns, nc, ns, nb, nf, nc) < 0)
+			r = HSMFS_ERR_NOMEM;
+		else
+			r = pg_exec(b->c, sql, w->np, w->v, w->lens, w->fmts, 0, NULL);
+		free(sql);
+		free(vals);
+		if (r == 0)
+			x->done = 1;
+		break;
 	}
-	for (unsigned i = 0; i < x->tree.n; i++)
-		memcpy(fr + (size_t)i * TLOG_HASH_LEN, x->tree.edge[i], TLOG_HASH_LEN);
-	snprintf(nb, sizeof(nb), "%" PRIu64, cp->size);
-	snprintf(bb, sizeof(bb), "%lld", (long long)off);
-	v[0] = x->o->name;
-	v[1] = nb;
-	v[2] = cp->text;
-	lens[2] = (int)cp->text_len;
-	v[3] = bb;
-	v[4] = (const char *)fr;
-	lens[4] = (int)(x->tree.n * TLOG_HASH_LEN);
-	if ((r = pg_exec(b->c, "WITH c AS (INSERT INTO hsmfs_checkpoints (object, "
-	    "size, checkpoint) VALUES ($1, $2, $3)) UPDATE hsmfs_history_objects "
-	    "SET size = $2, bytes = $4, frontier = $5, checkpoint = $3, updated = "
-	    "clock_timestamp() WHERE name = $1", 5, v, lens, fmts, 0, NULL)) != 0)
-		return r;
-	x->done = 1;
-	return 0;
+	free(w);
+	return r;
 }
 
 /* The connection died during COMMIT: did it commit? A new connection
@@ -818,11 +870,11 @@ cache_publish(struct hpg_batch *b)
 			continue;
 		pthread_mutex_lock(&o->mu);
 		if (o->n == x->n0 && o->bytes == x->b0) {
+			/* On failure the cache still ends at o->bytes: the rows
+			 * are fetched there at the next read. */
 			if (util_pwrite_all(o->fd, x->buf, x->len, o->bytes) == 0) {
 				o->n += frames;
 				o->bytes += (off_t)x->len;
-			} else {
-				cache_reset(o);
 			}
 		}
 		pthread_mutex_unlock(&o->mu);

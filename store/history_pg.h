@@ -40,8 +40,8 @@ int hpg_obj_check(struct hpg_obj *o, struct hstore_check *c);
 int hpg_obj_newest(struct hpg_obj *o, char **text, size_t *len);
 
 int hpg_batch_begin(struct hpg *p, struct hpg_batch **out);
-int hpg_batch_lock(struct hpg_batch *b, struct hpg_obj *o, uint64_t *nrec,
-    off_t *bytes);
+int hpg_batch_lock(struct hpg_batch *b, struct hpg_obj *const *obs, size_t n,
+    uint64_t *nrec, off_t *bytes);
 int hpg_batch_frame(struct hpg_batch *b, struct hpg_obj *o, off_t off,
     const struct iovec *iov, int n);
 void hpg_batch_abort(struct hpg_batch *b, struct hpg_obj *o);

@@ -43,6 +43,17 @@ hstore_origin_prefix(const char *store_id, char *out, size_t outlen)
 }
 
 int
+hstore_pg_origin_prefix(const char *cluster_origin, char *out, size_t len)
+{
+	int n = snprintf(out, len, "%s/history/", cluster_origin);
+	if (n <= 0 || (size_t)n >= len) {
+		err_set("cluster origin too long");
+		return HSMFS_ERR_INVALID;
+	}
+	return 0;
+}
+
+int
 hstore_read_notes(int fd, const char *prefix, hstore_note_cb cb, void *arg,
     off_t *good_len)
 {
@@ -149,8 +160,10 @@ hstore_check_object(int fd, struct hstore_check *c)
 	w.c = c;
 	w.limit = want;
 	tlog_tree_init(&w.tree);
-	c->good = 0;
-	c->signed_end = 0;
+	if (c->from != NULL)
+		w.tree = *c->from;
+	c->good = c->from ? c->from->size : 0;
+	c->signed_end = c->from ? c->from_off : 0;
 	c->torn = NULL;
 	c->which_key = -1;
 	c->reason[0] = '\0';
@@ -170,7 +183,14 @@ hstore_check_object(int fd, struct hstore_check *c)
 			goto bad;
 		}
 	}
-	r = tlog_scan(fd, 0, 0, check_frame, &w, &c->bad_off, &c->torn);
+	if (c->from != NULL && want < c->from->size) {
+		snprintf(c->reason, sizeof(c->reason), "rolled back: the signed "
+		    "history has %" PRIu64 " records, %" PRIu64 " were verified "
+		    "before", want, c->from->size);
+		goto bad;
+	}
+	r = tlog_scan(fd, c->from ? c->from_off : 0, c->from ? c->from->size : 0,
+	    check_frame, &w, &c->bad_off, &c->torn);
 	if (w.mismatch)
 		goto bad;
 	if (r != 0)

@@ -160,3 +160,31 @@ def test_commit_answer_lost(nodes, pg):
             p.stdout + p.stderr
     finally:
         cut.close()
+
+
+def test_large_records(nodes):
+    """A record past the 1 MiB spool threshold goes through the node-local
+    spool into one row and reads back on the other node byte for byte; one
+    past the shared store's 16 MiB per record is refused with EFBIG (one
+    log line), and the history is unchanged."""
+    a, b = nodes.mount("A"), nodes.mount("B")
+    big = os.urandom(3 << 20)
+    append(a, "big", big)
+    with open(b.path("history", "big"), "rb") as f:
+        assert f.read() == big
+    fd = os.open(a.path("history", "big"), os.O_WRONLY | os.O_APPEND)
+    try:
+        with pytest.raises(OSError) as e:
+            for _ in range(17):
+                os.write(fd, b"\0" * (1 << 20))
+        assert e.value.errno == errno.EFBIG
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    assert "larger than the shared store's 16 MiB per record" in a.log()
+    with open(b.path("history", "big"), "rb") as f:
+        assert f.read() == big
+    assert nodes.sql("SELECT size FROM hsmfs_history_objects "
+                     "WHERE name = 'big'") == "1"

@@ -35,6 +35,8 @@ static const struct tool_cmd cmds[] = {
 	    "rewrap every field to the newest EncryptedFields version", 1},
 	{"db-init", cmd_db_init, "[--check] -o config=FILE,shared=URL[,shared_password=FILE][,daemon_role=NAME][,origin=NAME]",
 	    "create or migrate the shared store's schema, record the configuration", 1},
+	{"migrate-store", cmd_migrate_store, "-o config=FILE,shared=URL[,shared_password=FILE] STORE",
+	    "move a local store's fields, histories and queued mail into the shared store", 1},
 	{"status", cmd_status, "MOUNTPOINT [--format=text|prometheus|json]",
 	    "show a mount's status (text), or its metrics (prometheus, json)", 0},
 	{"reload", cmd_reload, "MOUNTPOINT",

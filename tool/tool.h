@@ -47,5 +47,6 @@ int cmd_rekey_fields(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_reload(int argc, char **argv);
 int cmd_db_init(int argc, char **argv);
+int cmd_migrate_store(int argc, char **argv);
 
 #endif
