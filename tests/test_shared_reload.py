@@ -5,6 +5,7 @@ by the reload (the old one keeps serving), an accepted one is recorded in
 hsmfs_nodes, and in hsmfs_cluster during a rolling rotation. Two real
 nodes on one private PostgreSQL 15 (tests/pgcluster.py)."""
 import base64
+import os
 import errno
 import struct
 
@@ -202,3 +203,50 @@ def test_reload_with_database_down_keeps_old(nodes, hsm, pg, v2key, tmp_path):
     # With the database back, the same file is accepted and recorded.
     reload(a)
     assert "EncryptedFields v2 " in node_row(nodes, "A")[1]
+
+
+HS2 = "objectHistorySignerCertificateV2"
+
+
+def hs(version, key):
+    return {"name": "ObjectHistorySigner", "version": version,
+            "algorithm": "SHA-256", "key": key}
+
+
+def history_read(m, obj):
+    with open(m.path("history", obj), "rb") as f:
+        return f.read()
+
+
+def history_append(m, obj, data):
+    with open(m.path("history", obj), "ab") as f:
+        f.write(data)
+
+
+@pytest.mark.xfail(strict=True, reason="the history folder signs with a new "
+                   "ObjectHistorySigner version as soon as this node has it; "
+                   "nodes without it fail reads with EBADMSG (fs/history_start.c "
+                   "has no equivalent of /fields' cluster_newest)")
+def test_history_signer_rolling_rotation(nodes, hsm, tmp_path):
+    """The rolling rotation of ObjectHistorySigner by reload: as for
+    EncryptedFields, a node that has the new version before the others
+    keeps signing with the previous one, so every node reads every object
+    throughout; once every node has it, it is used."""
+    if HS2 not in hsm.keys:
+        hsm.make_key(HS2)
+    ca, cb = hsm.config(tmp_path / "a.xml"), hsm.config(tmp_path / "b.xml")
+    a, b = nodes.mount("A", config=ca), nodes.mount("B", config=cb)
+    history_append(a, "o", b"v1 era\n")
+    hsm.config(ca, descriptors=[hs(2, HS2)])
+    reload(a)
+    assert "ObjectHistorySigner v2 " in node_row(nodes, "A")[1]
+    history_append(a, "o", b"A has v2, B not yet\n")
+    assert history_read(b, "o") == b"v1 era\nA has v2, B not yet\n", \
+        os.getxattr(b.path("history", "o"), "user.hsmfs.verify")
+    hsm.config(cb, descriptors=[hs(2, HS2)])
+    reload(b)
+    reload(a)
+    history_append(a, "o", b"both have v2\n")
+    x = os.getxattr(a.path("history", "o"), "user.hsmfs.verify").decode()
+    assert HS2 in x, x
+    assert history_read(b, "o").endswith(b"both have v2\n")
