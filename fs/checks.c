@@ -476,3 +476,27 @@ node_name(void)
 		snprintf(host, sizeof(host), "unknown");
 	return host;
 }
+
+int
+fs_cluster_newest(const struct engine *e, const char *desc,
+    const char *folder, const struct engine_descriptor **d)
+{
+	const struct engine_descriptor *best = NULL;
+	int cv, r;
+
+	if ((r = pg_cluster_version(&hsmfs_ctx->sconf, desc, &cv)) != 0 ||
+	    cv <= 0 || (*d)->version <= cv)
+		return r;
+	for (size_t i = 0; i < e->ndescs; i++)
+		if (strcmp(e->descs[i].name, desc) == 0 &&
+		    e->descs[i].version <= cv &&
+		    (best == NULL || e->descs[i].version > best->version))
+			best = &e->descs[i];
+	if (best != NULL) {
+		log_info("%s: %s version %d is not on every node of the cluster "
+		    "yet; new work uses version %d", folder, desc, (*d)->version,
+		    best->version);
+		*d = best;
+	}
+	return 0;
+}

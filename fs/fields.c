@@ -375,33 +375,6 @@ struct fields_keys {
 	X509 *cert;
 };
 
-/* Shared store: seal only with a version every registered node has
- * (docs/scale.md, rolling rotation): a node that has the new version
- * before the others keeps sealing with the previous one until every
- * node has it (and it remounts or reloads). */
-static int
-cluster_newest(const struct engine *e, const struct engine_descriptor **d)
-{
-	const struct engine_descriptor *best = NULL;
-	int cv, r;
-
-	if ((r = fields_store_cluster_version(&hsmfs_ctx->sconf,
-	    ENGINE_ENCRYPTED_FIELDS, &cv)) != 0 || cv <= 0 || (*d)->version <= cv)
-		return r;
-	for (size_t i = 0; i < e->ndescs; i++)
-		if (strcmp(e->descs[i].name, ENGINE_ENCRYPTED_FIELDS) == 0 &&
-		    e->descs[i].version <= cv &&
-		    (best == NULL || e->descs[i].version > best->version))
-			best = &e->descs[i];
-	if (best != NULL) {
-		log_info("fields: EncryptedFields version %d is not on every node "
-		    "of the cluster yet; new values use version %d",
-		    (*d)->version, best->version);
-		*d = best;
-	}
-	return 0;
-}
-
 static int
 fields_keys_of(const struct engine *e, struct keyring *kr,
     struct fields_keys *out)
@@ -417,7 +390,9 @@ fields_keys_of(const struct engine *e, struct keyring *kr,
 		err_set("no EncryptedFields descriptor in %s", e->path);
 		return HSMFS_ERR_UNSUPPORTED;
 	}
-	if ((r = cluster_newest(e, &out->newest)) != 0)
+	/* Seal only with a version every node can open. */
+	if ((r = fs_cluster_newest(e, ENGINE_ENCRYPTED_FIELDS, "fields",
+	    &out->newest)) != 0)
 		return r;
 	if (keyring_signer_of(kr, out->newest, &s) != 0)
 		return HSMFS_ERR_CONFIG;

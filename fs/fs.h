@@ -137,5 +137,12 @@ int fs_xattr_reply(const char *val, size_t len, char *buf, size_t size);
 /* Log one failure line: "folder/object: key K: what: detail". */
 void fs_log_fail(const char *folder, const char *object, const char *key,
     const char *what, int r);
+/* The descriptor new work of desc uses (fs/checks.c): e's newest version,
+ * or on a shared store the newest one every node of the cluster has (the
+ * rolling rotation: a node that has a new version before the others
+ * keeps using the previous one, logged once with folder). *d untouched
+ * on failure (a code). */
+int fs_cluster_newest(const struct engine *e, const char *desc,
+    const char *folder, const struct engine_descriptor **d);
 
 #endif

@@ -478,8 +478,9 @@ load_notes(int is_anchor)
 }
 
 /* The signer and verification keys of a configuration: the newest
- * ObjectHistorySigner first (index 0 signs, o->signer = 0), then every
- * other configured version. */
+ * ObjectHistorySigner (on a shared store the newest every node has, so
+ * that every node verifies what this one signs) first (index 0 signs,
+ * o->signer = 0), then every other configured version. */
 struct hkeys {
 	hsm_key *signer;
 	EVP_PKEY **vkeys;
@@ -501,7 +502,8 @@ hkeys_of(const struct engine *e, struct keyring *kr, struct hkeys *hk)
 		err_set("no ObjectHistorySigner descriptor in the config");
 		return HSMFS_ERR_UNSUPPORTED;
 	}
-	if ((r = keyring_signer_of(kr, newest, &s)) != 0)
+	if ((r = fs_cluster_newest(e, ENGINE_OBJECT_HISTORY_SIGNER, "history",
+	    &newest)) != 0 || (r = keyring_signer_of(kr, newest, &s)) != 0)
 		return r;
 	hk->signer = s.key;
 	if ((r = keyring_verifiers(kr, ENGINE_OBJECT_HISTORY_SIGNER, &v, &n)) != 0)
@@ -514,7 +516,12 @@ hkeys_of(const struct engine *e, struct keyring *kr, struct hkeys *hk)
 		free(v);
 		return HSMFS_ERR_NOMEM;
 	}
+	/* The signer's certificate first (o->signer = 0 after a commit). */
+	hk->vkeys[hk->nvkeys] = s.pubkey;
+	hk->vcerts[hk->nvkeys++] = s.cert;
 	for (size_t i = 0; i < n; i++) {
+		if (X509_cmp(v[i].cert, s.cert) == 0)
+			continue;
 		hk->vkeys[hk->nvkeys] = v[i].pubkey;
 		hk->vcerts[hk->nvkeys++] = v[i].cert;
 	}

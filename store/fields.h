@@ -27,11 +27,6 @@ struct fields_lock;
 int fields_store_open(const struct store_conf *c, struct fields_store **out);
 /* The PostgreSQL backend itself (fields_store_open picks it). */
 int fields_store_open_pg(const struct store_conf *c, struct fields_store **out);
-/* Shared store: the newest version of descriptor desc that every node
- * registered in the cluster has (0: none, or not shared), so that new
- * values are sealed only with a version every node can open. */
-int fields_store_cluster_version(const struct store_conf *c, const char *desc,
-    int *version);
 /* A node-local directory store over dirfd (kept open by the caller):
  * writers' temporaries (fs/temp.c's area), whatever the shared store. */
 int fields_store_open_dir(int dirfd, struct fields_store **out);

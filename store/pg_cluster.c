@@ -67,3 +67,39 @@ pg_cluster_config(struct pg_conn *c, enum pg_cluster_mode mode,
 		return r;
 	return node ? register_node(c, node, out->fingerprint, lines) : 0;
 }
+
+int
+pg_cluster_version(const struct store_conf *c, const char *desc,
+    int *version)
+{
+	PGresult *res = NULL;
+	struct pg_conn *pc;
+	size_t dl = strlen(desc);
+	int r, low = -1;
+
+	*version = 0;
+	if (c->pg == NULL)
+		return 0;
+	if ((r = pg_acquire(c->pg, &pc)) != 0)
+		return r;
+	r = pg_exec(pc, "SELECT config_lines FROM hsmfs_nodes", 0, NULL, NULL,
+	    NULL, 0, &res);
+	pg_release(c->pg, pc);
+	if (r != 0)
+		return r;
+	for (int i = 0; i < PQntuples(res); i++) {
+		const char *p = PQgetvalue(res, i, 0);
+		int high = 0;
+		for (; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+			int v;
+			if (strncmp(p, desc, dl) == 0 && p[dl] == ' ' &&
+			    sscanf(p + dl, " v%d", &v) == 1 && v > high)
+				high = v;
+		}
+		if (low < 0 || high < low)
+			low = high;
+	}
+	PQclear(res);
+	*version = low < 0 ? 0 : low;
+	return 0;
+}

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include "store/pg.h"
+#include "store/store.h"
 
 enum pg_cluster_mode {
 	PG_CLUSTER_CHECK,   /* compare only, change nothing */
@@ -32,6 +33,15 @@ struct pg_cluster_info {
  * the node's name (JOIN, INIT: may be NULL, then no hsmfs_nodes row);
  * origin: INIT only, NULL for "hsmfs/DBNAME". Refused: HSMFS_ERR_CONFIG
  * with err_detail() naming the difference (or the missing cluster row). */
+/* Shared store (c->pg): the newest version of descriptor desc that every
+ * node registered in hsmfs_nodes has in its configuration lines ("NAME
+ * vN ..."), into *version (0: some node has none, no node is registered,
+ * or the store is not shared). New work (a sealed field, a signed
+ * checkpoint) uses only a version every node can open (the rolling
+ * rotation, docs/scale.md). */
+int pg_cluster_version(const struct store_conf *c, const char *desc,
+    int *version);
+
 int pg_cluster_config(struct pg_conn *c, enum pg_cluster_mode mode,
     const char *node, const char *lines, const char *origin,
     struct pg_cluster_info *out);

@@ -223,10 +223,6 @@ def history_append(m, obj, data):
         f.write(data)
 
 
-@pytest.mark.xfail(strict=True, reason="the history folder signs with a new "
-                   "ObjectHistorySigner version as soon as this node has it; "
-                   "nodes without it fail reads with EBADMSG (fs/history_start.c "
-                   "has no equivalent of /fields' cluster_newest)")
 def test_history_signer_rolling_rotation(nodes, hsm, tmp_path):
     """The rolling rotation of ObjectHistorySigner by reload: as for
     EncryptedFields, a node that has the new version before the others
