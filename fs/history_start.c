@@ -280,8 +280,14 @@ obj_refresh_held(struct hobj *o)
 	pthread_mutex_lock(&H.lock);
 	so = o->so;
 	pthread_mutex_unlock(&H.lock);
-	if ((r = hstore_obj_newest(so, &text, &len)) != 0)
+	if ((r = hstore_obj_newest(so, &text, &len)) != 0) {
+		if (r == HSMFS_ERR_BADMSG) {
+			pthread_mutex_lock(&H.lock);
+			obj_set_bad_locked(o, err_detail());
+			pthread_mutex_unlock(&H.lock);
+		}
 		return r;
+	}
 	pthread_mutex_lock(&H.lock);
 	if (text != NULL) {
 		free(o->cp_text);

@@ -437,9 +437,22 @@ hpg_obj_newest(struct hpg_obj *o, char **text, size_t *len)
 
 	*text = NULL;
 	*len = 0;
-	if ((r = exec1(o->p, "SELECT checkpoint FROM hsmfs_history_objects WHERE "
-	    "name = $1 AND checkpoint IS NOT NULL", 1, v, 1, &res)) != 0)
+	/* The row's checkpoint must be the newest of hsmfs_checkpoints (one
+	 * statement: one snapshot; a commit writes both at once). The daemon
+	 * role can UPDATE the row, not that table: a row set back to an
+	 * older, validly signed state is a damaged history. */
+	if ((r = exec1(o->p, "SELECT o.checkpoint, o.checkpoint = (SELECT "
+	    "c.checkpoint FROM hsmfs_checkpoints c WHERE c.object = o.name ORDER "
+	    "BY c.size DESC LIMIT 1) FROM hsmfs_history_objects o WHERE o.name = "
+	    "$1 AND o.checkpoint IS NOT NULL", 1, v, 1, &res)) != 0)
 		return r;
+	if (PQntuples(res) == 1 && (PQgetisnull(res, 0, 1) ||
+	    PQgetlength(res, 0, 1) != 1 || PQgetvalue(res, 0, 1)[0] != 1)) {
+		PQclear(res);
+		err_set("the checkpoint in the object's row is not its newest in "
+		    "hsmfs_checkpoints (the row was rewritten)");
+		return HSMFS_ERR_BADMSG;
+	}
 	if (PQntuples(res) == 1) {
 		size_t n = (size_t)PQgetlength(res, 0, 0);
 		if ((*text = malloc(n + 1)) == NULL) {
