@@ -416,6 +416,39 @@ hpg_obj_read(struct hpg_obj *o, void *buf, size_t len, off_t off)
 	}
 }
 
+/* Frames after the signed size: on a directory store an unacknowledged
+ * tail, on the database only another node's newer commit (its rows were
+ * read after the checkpoint was). Asked after the rows were read, the
+ * newest of hsmfs_checkpoints covers every committed row: rows past it,
+ * or rows that are not records of the object, were written outside a
+ * commit. */
+static int
+check_rows_after(struct hpg_obj *o, struct hstore_check *c)
+{
+	PGresult *res = NULL;
+	const char *v[1] = { o->name };
+	uint64_t newest;
+	int r;
+
+	if ((r = exec1(o->p, "SELECT coalesce(max(size), 0) FROM "
+	    "hsmfs_checkpoints WHERE object = $1", 1, v, 0, &res)) != 0)
+		return r;
+	newest = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	if (c->torn != NULL)
+		snprintf(c->reason, sizeof(c->reason), "a row after record %"
+		    PRIu64 " in the database is not a record of the object (%s)",
+		    c->good, c->torn);
+	else if (c->good > newest)
+		snprintf(c->reason, sizeof(c->reason), "%" PRIu64 " row(s) in the "
+		    "database after its newest checkpoint (size %" PRIu64 "): "
+		    "written outside a commit", c->good - newest, newest);
+	else
+		return 0;
+	err_set("%s", c->reason);
+	return HSMFS_ERR_BADMSG;
+}
+
 int
 hpg_obj_check(struct hpg_obj *o, struct hstore_check *c)
 {
@@ -425,7 +458,10 @@ hpg_obj_check(struct hpg_obj *o, struct hstore_check *c)
 			snprintf(c->reason, sizeof(c->reason), "%s", err_detail());
 		return r;
 	}
-	return hstore_check_object(o->fd, c);
+	r = hstore_check_object(o->fd, c);
+	if (r == 0 && c->cp != NULL && (c->good > c->cp->size || c->torn))
+		r = check_rows_after(o, c);
+	return r;
 }
 
 int
@@ -905,9 +941,12 @@ hpg_verify_fetch(const struct store_conf *conf, const char *object,
 	*fd = -1;
 	if ((r = hpg_open(conf, -1, prefix, plen, &p)) != 0)
 		return r;
+	/* The rows first, then the newest checkpoint: it covers every row
+	 * read (a commit writes both), so a row after it is a damaged history
+	 * (hstore_verify_object). */
 	if ((r = hpg_obj_open(p, object, 0, &o)) == 0 &&
-	    (r = hpg_obj_newest(o, newest, newest_len)) == 0 &&
-	    (r = cache_sync(o)) == 0) {
+	    (r = cache_sync(o)) == 0 &&
+	    (r = hpg_obj_newest(o, newest, newest_len)) == 0) {
 		*fd = o->fd;
 		o->fd = -1;
 	}
