@@ -766,11 +766,20 @@ commit_object(struct hpg_batch *b, struct bobj *x,
 		if ((r = insert_rows(b, x, &pos, &seq, &off)) != 0)
 			return r;
 	tlog_tree_root(&x->tree, root);
-	if (cp->size != x->tree.size || memcmp(cp->root, root, TLOG_HASH_LEN) != 0) {
+	if (cp->size != x->tree.size) {
 		err_set("%s: the checkpoint (size %" PRIu64 ") does not sign the "
 		    "records framed after the locked end (size %" PRIu64 ")",
 		    x->o->name, cp->size, x->tree.size);
 		return HSMFS_ERR_INVALID;
+	}
+	/* The node signed the root of the records it verified: the locked
+	 * frontier extends to another root only when the object's row was
+	 * rewritten (the daemon role can UPDATE it). */
+	if (memcmp(cp->root, root, TLOG_HASH_LEN) != 0) {
+		err_set("%s: the frontier in the database does not extend the "
+		    "verified records to the signed root (the object's row was "
+		    "rewritten)", x->o->name);
+		return HSMFS_ERR_BADMSG;
 	}
 	for (unsigned i = 0; i < x->tree.n; i++)
 		memcpy(fr + (size_t)i * TLOG_HASH_LEN, x->tree.edge[i], TLOG_HASH_LEN);
