@@ -328,6 +328,12 @@ obj_check_shared(struct hobj *o)
 	if (r != 0)
 		return r;
 	r = hstore_object_stat(H.hs, o->name, &st);
+	if (r == HSMFS_ERR_BADMSG) {
+		pthread_mutex_lock(&H.lock);
+		obj_set_bad_locked(o, err_detail());
+		pthread_mutex_unlock(&H.lock);
+		return r;
+	}
 	if (r == HSMFS_ERR_NOTFOUND) {
 		pthread_mutex_lock(&H.lock);
 		if (o->nrec > 0 || o->known_size > 0) {
@@ -365,8 +371,8 @@ obj_sync_shared(const char *name)
 		r = hstore_object_stat(H.hs, name, &st);
 		if (r == HSMFS_ERR_NOTFOUND || (r == 0 && st.st_size == 0))
 			return 0;
-		if (r != 0)
-			return r;
+		if (r != 0 && r != HSMFS_ERR_BADMSG)
+			return r;   /* a damaged row: o->bad answers, below */
 		pthread_mutex_lock(&H.lock);
 		o = obj_get_locked(name);
 		pthread_mutex_unlock(&H.lock);

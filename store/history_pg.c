@@ -255,14 +255,25 @@ hpg_object_stat(struct hpg *p, const char *name, struct stat *st)
 	uint64_t us, h = 1469598103934665603u;
 	int r;
 
+	/* A commit moves the row's size and inserts the rows at once: rows
+	 * at or after the size it says (one statement, one snapshot) mean the
+	 * row was rewritten (the daemon role can UPDATE it). */
 	if ((r = exec1(p, "SELECT bytes, size, (extract(epoch FROM updated) * "
-	    "1000000)::bigint FROM hsmfs_history_objects WHERE name = $1", 1, v,
-	    0, &res)) != 0)
+	    "1000000)::bigint, EXISTS (SELECT 1 FROM hsmfs_history_records r "
+	    "WHERE r.object = o.name AND r.seq >= o.size) FROM "
+	    "hsmfs_history_objects o WHERE o.name = $1", 1, v, 0, &res)) != 0)
 		return r;
 	if (PQntuples(res) != 1) {
 		PQclear(res);
 		err_set("%s: no such object", name);
 		return HSMFS_ERR_NOTFOUND;
+	}
+	if (PQgetvalue(res, 0, 3)[0] == 't') {
+		err_set("the database holds rows of %s after the %s records its "
+		    "row counts (the row was rewritten)", name,
+		    PQgetvalue(res, 0, 1));
+		PQclear(res);
+		return HSMFS_ERR_BADMSG;
 	}
 	memset(st, 0, sizeof(*st));
 	for (const unsigned char *s = (const unsigned char *)name; *s; s++)
@@ -477,19 +488,19 @@ hpg_obj_newest(struct hpg_obj *o, char **text, size_t *len)
 	 * statement: one snapshot; a commit writes both at once). The daemon
 	 * role can UPDATE the row, not that table: a row set back to an
 	 * older, validly signed state is a damaged history. */
-	if ((r = exec1(o->p, "SELECT o.checkpoint, o.checkpoint = (SELECT "
-	    "c.checkpoint FROM hsmfs_checkpoints c WHERE c.object = o.name ORDER "
-	    "BY c.size DESC LIMIT 1) FROM hsmfs_history_objects o WHERE o.name = "
-	    "$1 AND o.checkpoint IS NOT NULL", 1, v, 1, &res)) != 0)
+	if ((r = exec1(o->p, "SELECT o.checkpoint, o.checkpoint IS NOT DISTINCT "
+	    "FROM (SELECT c.checkpoint FROM hsmfs_checkpoints c WHERE c.object = "
+	    "o.name ORDER BY c.size DESC LIMIT 1) FROM hsmfs_history_objects o "
+	    "WHERE o.name = $1", 1, v, 1, &res)) != 0)
 		return r;
-	if (PQntuples(res) == 1 && (PQgetisnull(res, 0, 1) ||
-	    PQgetlength(res, 0, 1) != 1 || PQgetvalue(res, 0, 1)[0] != 1)) {
+	if (PQntuples(res) == 1 && (PQgetlength(res, 0, 1) != 1 ||
+	    PQgetvalue(res, 0, 1)[0] != 1)) {
 		PQclear(res);
 		err_set("the checkpoint in the object's row is not its newest in "
 		    "hsmfs_checkpoints (the row was rewritten)");
 		return HSMFS_ERR_BADMSG;
 	}
-	if (PQntuples(res) == 1) {
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
 		size_t n = (size_t)PQgetlength(res, 0, 0);
 		if ((*text = malloc(n + 1)) == NULL) {
 			PQclear(res);
