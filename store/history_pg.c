@@ -62,6 +62,7 @@ struct hpg_obj {
 	int fd;                     /* cache of committed frames */
 	uint64_t n;
 	off_t bytes;
+	struct tlog_tree tree;      /* of the cache's n records */
 };
 
 /* An object of a batch: where its committed frames ended when locked,
@@ -317,6 +318,7 @@ hpg_obj_open(struct hpg *p, const char *name, int create, struct hpg_obj **out)
 		free(o);
 		return r;
 	}
+	tlog_tree_init(&o->tree);
 	pthread_mutex_init(&o->mu, NULL);
 	*out = o;
 	return 0;
@@ -351,6 +353,7 @@ cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len)
 	tlog_leaf_hash(leaf, len, hash);
 	if ((r = util_pwritev_all(o->fd, iov, 3, o->bytes)) != 0)
 		return r;
+	tlog_tree_append(&o->tree, hash);
 	o->n++;
 	o->bytes += (off_t)(TLOG_FRAME_OVERHEAD + len);
 	return 0;
@@ -624,11 +627,26 @@ hpg_batch_frame(struct hpg_batch *b, struct hpg_obj *o, off_t off,
 {
 	struct bobj *x = bobj_of(b, o);
 	size_t add = 0;
+	int same = 1;
 
 	if (x == NULL || off != x->b0 + (off_t)x->len) {
 		err_set("%s: frames at %lld do not follow the locked end",
 		    o->name, (long long)off);
 		return HSMFS_ERR_INVALID;
+	}
+	/* The locked frontier against the cache's records (the caller has
+	 * verified them by now): a rewritten row fails this object here, not
+	 * the whole batch at commit (commit_object checks the root again). */
+	pthread_mutex_lock(&o->mu);
+	if (x->len == 0 && o->n == x->n0 && o->bytes == x->b0)
+		same = o->tree.size == x->tree.size && o->tree.n == x->tree.n &&
+		    memcmp(o->tree.edge, x->tree.edge,
+		    (size_t)x->tree.n * TLOG_HASH_LEN) == 0;
+	pthread_mutex_unlock(&o->mu);
+	if (!same) {
+		err_set("%s: the frontier in the database does not match the "
+		    "object's records (the object's row was rewritten)", o->name);
+		return HSMFS_ERR_BADMSG;
 	}
 	for (int i = 0; i < n; i++)
 		add += iov[i].iov_len;
@@ -879,6 +897,7 @@ cache_publish(struct hpg_batch *b)
 			if (util_pwrite_all(o->fd, x->buf, x->len, o->bytes) == 0) {
 				o->n += frames;
 				o->bytes += (off_t)x->len;
+				o->tree = x->tree;
 			}
 		}
 		pthread_mutex_unlock(&o->mu);
