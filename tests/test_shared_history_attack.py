@@ -302,6 +302,39 @@ def test_daemon_bogus_frontier(nodes):
         p.stdout + p.stderr
 
 
+def test_damaged_row_spares_other_objects(nodes):
+    """Appends to u, whose frontier the daemons' credential replaced, run
+    at once with appends to v on the same node (so group commit puts both
+    objects in one batch): u's are refused, every one of v's succeeds --
+    one damaged object's row must not fail other objects' writers."""
+    a = nodes.mount("A")
+    append(a, "u", b"u0\n")
+    append(a, "v", b"v0\n")
+    p = as_daemon(nodes, "UPDATE hsmfs_history_objects SET frontier = "
+                  "decode(repeat('00', 32), 'hex') WHERE name = 'u'")
+    assert p.returncode == 0, p.stderr
+    verr, uerr = [], []
+
+    def writer(obj, out, n):
+        for i in range(n):
+            e = append_errno(a, obj, f"{obj}-{i}\n".encode())
+            if e is not None:
+                out.append(e)
+
+    ts = [threading.Thread(target=writer, args=("v", verr, 8)) for _ in range(6)]
+    ts += [threading.Thread(target=writer, args=("u", uerr, 8)) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in ts)
+    assert verr == [], f"{len(verr)} appends to v failed: {set(verr)}"
+    assert len(uerr) == 32 and set(uerr) <= {errno.EBADMSG, errno.EIO}, uerr
+    assert rows(nodes, "v") == "49|49|48"
+    assert rows(nodes, "u") == "1|1|0"
+    assert read(a, "u") == b"u0\n"
+
+
 def test_daemon_cannot_touch_records(nodes):
     """The daemon role cannot UPDATE, DELETE or TRUNCATE history rows or
     checkpoints (GRANTs and the trigger), and an extra row it INSERTs
