@@ -115,8 +115,14 @@ obj_verify(struct hobj *o, int recover)
 		}
 		goto out;
 	}
-	if ((r = hstore_obj_stat(so, &st)) != 0)
+	if ((r = hstore_obj_stat(so, &st)) != 0) {
+		if (r == HSMFS_ERR_BADMSG) {
+			pthread_mutex_lock(&H.lock);
+			obj_set_bad_locked(o, err_detail());
+			pthread_mutex_unlock(&H.lock);
+		}
 		goto out;
+	}
 	r = hstore_obj_check(so, &c);
 	if (r == 0 && l.err)
 		r = l.err;
@@ -320,14 +326,18 @@ static int
 obj_check_shared(struct hobj *o)
 {
 	struct stat st;
+	struct hstore_obj *so;
 	int r, fresh;
 
 	pthread_mutex_lock(&H.lock);
 	r = o->bad ? HSMFS_ERR_BADMSG : 0;
+	so = o->so;
 	pthread_mutex_unlock(&H.lock);
 	if (r != 0)
 		return r;
-	r = hstore_object_stat(H.hs, o->name, &st);
+	/* By its cache when it has one: a row that contradicts the records
+	 * this node verified fails too, not only a longer one. */
+	r = so ? hstore_obj_stat(so, &st) : hstore_object_stat(H.hs, o->name, &st);
 	if (r == HSMFS_ERR_BADMSG) {
 		pthread_mutex_lock(&H.lock);
 		obj_set_bad_locked(o, err_detail());

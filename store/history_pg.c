@@ -63,6 +63,7 @@ struct hpg_obj {
 	uint64_t n;
 	off_t bytes;
 	struct tlog_tree tree;      /* of the cache's n records */
+	char last_id[37];           /* record_id of its last row */
 };
 
 /* An object of a batch: where its committed frames ended when locked,
@@ -76,6 +77,7 @@ struct bobj {
 	size_t len, cap;
 	int aborted;
 	int done;                   /* its rows went into the transaction */
+	char last_id[37];           /* record_id of its last row */
 };
 
 struct hpg_batch {
@@ -248,21 +250,41 @@ hpg_list_objects(struct hpg *p, hstore_name_cb cb, void *arg)
 	return r;
 }
 
-int
-hpg_object_stat(struct hpg *p, const char *name, struct stat *st)
+/* The object's row as a stat (st_size: its frames' length, st_blocks:
+ * its records). With o: also whether the row contradicts the o->n records
+ * of o's cache (same count, another last record). */
+static int
+stat_row(struct hpg *p, const char *name, struct hpg_obj *o, struct stat *st)
 {
 	PGresult *res = NULL;
-	const char *v[1] = { name };
+	struct pg_conn *c;
+	char nb[24] = "-1", id[37] = "00000000-0000-0000-0000-000000000000";
+	const char *v[3] = { name, nb, id };
 	uint64_t us, h = 1469598103934665603u;
 	int r;
 
+	if (o != NULL) {
+		pthread_mutex_lock(&o->mu);
+		if (o->n > 0) {
+			snprintf(nb, sizeof(nb), "%" PRIu64, o->n);
+			memcpy(id, o->last_id, sizeof(id));
+		}
+		pthread_mutex_unlock(&o->mu);
+	}
 	/* A commit moves the row's size and inserts the rows at once: rows
 	 * at or after the size it says (one statement, one snapshot) mean the
 	 * row was rewritten (the daemon role can UPDATE it). */
-	if ((r = exec1(p, "SELECT bytes, size, (extract(epoch FROM updated) * "
+	if ((r = pg_acquire(p->pg, &c)) != 0)
+		return r;
+	r = pg_exec(c, "SELECT bytes, size, (extract(epoch FROM updated) * "
 	    "1000000)::bigint, EXISTS (SELECT 1 FROM hsmfs_history_records r "
-	    "WHERE r.object = o.name AND r.seq >= o.size) FROM "
-	    "hsmfs_history_objects o WHERE o.name = $1", 1, v, 0, &res)) != 0)
+	    "WHERE r.object = o.name AND r.seq >= o.size), o.size = $2::bigint "
+	    "AND NOT EXISTS (SELECT 1 FROM hsmfs_history_records r WHERE "
+	    "r.object = o.name AND r.seq = $2::bigint - 1 AND r.record_id = "
+	    "$3::uuid) FROM hsmfs_history_objects o WHERE o.name = $1", 3, v,
+	    NULL, NULL, 0, &res);
+	pg_release(p->pg, c);
+	if (r != 0)
 		return r;
 	if (PQntuples(res) != 1) {
 		PQclear(res);
@@ -273,6 +295,16 @@ hpg_object_stat(struct hpg *p, const char *name, struct stat *st)
 		err_set("the database holds rows of %s after the %s records its "
 		    "row counts (the row was rewritten)", name,
 		    PQgetvalue(res, 0, 1));
+		PQclear(res);
+		return HSMFS_ERR_BADMSG;
+	}
+	/* The cache holds committed rows only: the same count whose last row
+	 * is not the cache's (by record_id) is another history (the database
+	 * restored to an older state and appended to since). */
+	if (PQgetvalue(res, 0, 4)[0] == 't') {
+		err_set("the database's %s records of %s are not the ones this node "
+		    "verified (rows replaced, or the database restored and "
+		    "appended to)", PQgetvalue(res, 0, 1), name);
 		PQclear(res);
 		return HSMFS_ERR_BADMSG;
 	}
@@ -291,6 +323,12 @@ hpg_object_stat(struct hpg *p, const char *name, struct stat *st)
 	st->st_ctim = st->st_mtim;
 	PQclear(res);
 	return 0;
+}
+
+int
+hpg_object_stat(struct hpg *p, const char *name, struct stat *st)
+{
+	return stat_row(p, name, NULL, st);
 }
 
 int
@@ -337,12 +375,13 @@ hpg_obj_close(struct hpg_obj *o)
 int
 hpg_obj_stat(struct hpg_obj *o, struct stat *st)
 {
-	return hpg_object_stat(o->p, o->name, st);
+	return stat_row(o->p, o->name, o, st);
 }
 
 /* Append one record's frame to the cache at its end. o->mu held. */
 static int
-cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len)
+cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len,
+    const char *id, size_t idlen)
 {
 	uint8_t hdr[TLOG_FRAME_HDR], hash[TLOG_HASH_LEN];
 	struct iovec iov[3] = { { hdr, sizeof(hdr) }, { (void *)leaf, len },
@@ -354,6 +393,7 @@ cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len)
 	if ((r = util_pwritev_all(o->fd, iov, 3, o->bytes)) != 0)
 		return r;
 	tlog_tree_append(&o->tree, hash);
+	snprintf(o->last_id, sizeof(o->last_id), "%.*s", (int)idlen, id);
 	o->n++;
 	o->bytes += (off_t)(TLOG_FRAME_OVERHEAD + len);
 	return 0;
@@ -375,7 +415,7 @@ cache_sync_locked(struct hpg_obj *o)
 		PGresult *res = NULL;
 		int rows;
 		snprintf(nb, sizeof(nb), "%" PRIu64, o->n);
-		if ((r = exec1(o->p, "SELECT seq, off, leaf FROM "
+		if ((r = exec1(o->p, "SELECT seq, off, leaf, record_id::text FROM "
 		    "hsmfs_history_records WHERE object = $1 AND seq >= $2 "
 		    "ORDER BY seq LIMIT " "256", 2, v, 1, &res)) != 0)
 			return r;
@@ -392,7 +432,8 @@ cache_sync_locked(struct hpg_obj *o)
 				r = HSMFS_ERR_BADMSG;
 				break;
 			}
-			r = cache_put(o, seq, (const uint8_t *)PQgetvalue(res, i, 2), len);
+			r = cache_put(o, seq, (const uint8_t *)PQgetvalue(res, i, 2), len,
+			    PQgetvalue(res, i, 3), (size_t)PQgetlength(res, i, 3));
 		}
 		PQclear(res);
 		if (r != 0 || rows < FETCH_ROWS)
@@ -741,6 +782,7 @@ insert_rows(struct hpg_batch *b, struct bobj *x, size_t *pos, uint64_t *seq,
 		snprintf(nums[k][0], 24, "%" PRIu64, *seq);
 		snprintf(nums[k][1], 24, "%lld", (long long)*off);
 		uuid_text(ids[k]);
+		memcpy(x->last_id, ids[k], sizeof(x->last_id));
 		if (b->rid[0] == '\0') {
 			memcpy(b->rid, ids[k], 37);
 			snprintf(b->rid_obj, sizeof(b->rid_obj), "%s", x->o->name);
@@ -898,6 +940,7 @@ cache_publish(struct hpg_batch *b)
 				o->n += frames;
 				o->bytes += (off_t)x->len;
 				o->tree = x->tree;
+				memcpy(o->last_id, x->last_id, sizeof(o->last_id));
 			}
 		}
 		pthread_mutex_unlock(&o->mu);
