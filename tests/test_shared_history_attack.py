@@ -415,6 +415,32 @@ def test_database_rolled_back(nodes, tmp_path):
         p.stdout + p.stderr
 
 
+def test_database_rolled_back_then_forked(nodes):
+    """The database goes back to 3 records after A and B acknowledged 5,
+    then a fresh node C appends two other records of the same length (the
+    rows now say 5 records and as many bytes, with another root): A and B
+    must not go on serving, as the cluster's one history, records the
+    database contradicts -- their reads fail with EBADMSG -- and their
+    appends are refused."""
+    a, b = nodes.mount("A"), nodes.mount("B")
+    for i in range(3):
+        append(a, "u", f"r{i}\n".encode())
+    old = row_of(nodes, "u")
+    append(a, "u", b"x3\n")
+    append(b, "u", b"x4\n")
+    assert read(a, "u") == read(b, "u") == b"r0\nr1\nr2\nx3\nx4\n"
+    rollback_to(nodes, "u", 3, old)
+    c = nodes.mount("C")
+    append(c, "u", b"y3\n")
+    append(c, "u", b"y4\n")
+    assert read(c, "u") == b"r0\nr1\nr2\ny3\ny4\n"
+    for m in (a, b):
+        e, got = read_errno(m, "u")
+        assert e == errno.EBADMSG, f"{m.mnt} served {got!r}"
+    assert_refused(nodes, [(m, append_errno(m, "u", b"z\n")) for m in (a, b)],
+                   "u", 5)
+
+
 # ---- names ----------------------------------------------------------------
 
 def test_names(nodes):
