@@ -57,6 +57,20 @@ known_of_locked(const struct hobj *o, struct hstore_check *c)
 	}
 }
 
+/* Shared store: the database's rows of o were found damaged (r is
+ * HSMFS_ERR_BADMSG, err_detail() says how): o fails with EBADMSG and
+ * user.hsmfs.verify says why. Returns r. */
+static int
+bad_row(struct hobj *o, int r)
+{
+	if (r == HSMFS_ERR_BADMSG) {
+		pthread_mutex_lock(&H.lock);
+		obj_set_bad_locked(o, err_detail());
+		pthread_mutex_unlock(&H.lock);
+	}
+	return r;
+}
+
 /* Full check of o's file against its newest checkpoint, at mount
  * (recover = 1: cut unsigned or torn frames after the signed size, load
  * the record table) or when the file changed behind our back. */
@@ -116,11 +130,7 @@ obj_verify(struct hobj *o, int recover)
 		goto out;
 	}
 	if ((r = hstore_obj_stat(so, &st)) != 0) {
-		if (r == HSMFS_ERR_BADMSG) {
-			pthread_mutex_lock(&H.lock);
-			obj_set_bad_locked(o, err_detail());
-			pthread_mutex_unlock(&H.lock);
-		}
+		bad_row(o, r);
 		goto out;
 	}
 	r = hstore_obj_check(so, &c);
@@ -286,14 +296,8 @@ obj_refresh_held(struct hobj *o)
 	pthread_mutex_lock(&H.lock);
 	so = o->so;
 	pthread_mutex_unlock(&H.lock);
-	if ((r = hstore_obj_newest(so, &text, &len)) != 0) {
-		if (r == HSMFS_ERR_BADMSG) {
-			pthread_mutex_lock(&H.lock);
-			obj_set_bad_locked(o, err_detail());
-			pthread_mutex_unlock(&H.lock);
-		}
-		return r;
-	}
+	if ((r = hstore_obj_newest(so, &text, &len)) != 0)
+		return bad_row(o, r);
 	pthread_mutex_lock(&H.lock);
 	if (text != NULL) {
 		free(o->cp_text);
@@ -338,12 +342,8 @@ obj_check_shared(struct hobj *o)
 	/* By its cache when it has one: a row that contradicts the records
 	 * this node verified fails too, not only a longer one. */
 	r = so ? hstore_obj_stat(so, &st) : hstore_object_stat(H.hs, o->name, &st);
-	if (r == HSMFS_ERR_BADMSG) {
-		pthread_mutex_lock(&H.lock);
-		obj_set_bad_locked(o, err_detail());
-		pthread_mutex_unlock(&H.lock);
-		return r;
-	}
+	if (r == HSMFS_ERR_BADMSG)
+		return bad_row(o, r);
 	if (r == HSMFS_ERR_NOTFOUND) {
 		pthread_mutex_lock(&H.lock);
 		if (o->nrec > 0 || o->known_size > 0) {

@@ -250,9 +250,8 @@ hpg_list_objects(struct hpg *p, hstore_name_cb cb, void *arg)
 	return r;
 }
 
-/* The object's row as a stat (st_size: its frames' length, st_blocks:
- * its records). With o: also whether the row contradicts the o->n records
- * of o's cache (same count, another last record). */
+/* The object's row as a stat (st_size: frames' length, st_blocks: records);
+ * with o, also whether it contradicts o's cache (see below). */
 static int
 stat_row(struct hpg *p, const char *name, struct hpg_obj *o, struct stat *st)
 {
@@ -271,14 +270,17 @@ stat_row(struct hpg *p, const char *name, struct hpg_obj *o, struct stat *st)
 		}
 		pthread_mutex_unlock(&o->mu);
 	}
-	/* A commit moves the row's size and inserts the rows at once: rows
-	 * at or after the size it says (one statement, one snapshot) mean the
-	 * row was rewritten (the daemon role can UPDATE it). */
+	/* A commit inserts the rows and the checkpoint and moves the row's
+	 * size at once: rows at or after that size or the newest checkpoint's
+	 * (one statement, one snapshot) were written outside a commit or the
+	 * row rewritten (the daemon role can UPDATE it). */
 	if ((r = pg_acquire(p->pg, &c)) != 0)
 		return r;
 	r = pg_exec(c, "SELECT bytes, size, (extract(epoch FROM updated) * "
 	    "1000000)::bigint, EXISTS (SELECT 1 FROM hsmfs_history_records r "
-	    "WHERE r.object = o.name AND r.seq >= o.size), o.size = $2::bigint "
+	    "WHERE r.object = o.name AND r.seq >= LEAST(o.size, (SELECT "
+	    "coalesce(max(c.size), 0) FROM hsmfs_checkpoints c WHERE c.object = "
+	    "o.name))), o.size = $2::bigint "
 	    "AND NOT EXISTS (SELECT 1 FROM hsmfs_history_records r WHERE "
 	    "r.object = o.name AND r.seq = $2::bigint - 1 AND r.record_id = "
 	    "$3::uuid) FROM hsmfs_history_objects o WHERE o.name = $1", 3, v,
@@ -293,14 +295,13 @@ stat_row(struct hpg *p, const char *name, struct hpg_obj *o, struct stat *st)
 	}
 	if (PQgetvalue(res, 0, 3)[0] == 't') {
 		err_set("the database holds rows of %s after the %s records its "
-		    "row counts (the row was rewritten)", name,
-		    PQgetvalue(res, 0, 1));
+		    "row counts or its newest checkpoint signs (written outside a "
+		    "commit, or the row rewritten)", name, PQgetvalue(res, 0, 1));
 		PQclear(res);
 		return HSMFS_ERR_BADMSG;
 	}
-	/* The cache holds committed rows only: the same count whose last row
-	 * is not the cache's (by record_id) is another history (the database
-	 * restored to an older state and appended to since). */
+	/* The cache holds committed rows only: as many rows not ending with
+	 * the cache's last (record_id) are another history. */
 	if (PQgetvalue(res, 0, 4)[0] == 't') {
 		err_set("the database's %s records of %s are not the ones this node "
 		    "verified (rows replaced, or the database restored and "
@@ -471,39 +472,6 @@ hpg_obj_read(struct hpg_obj *o, void *buf, size_t len, off_t off)
 	}
 }
 
-/* Frames after the signed size: on a directory store an unacknowledged
- * tail, on the database only another node's newer commit (its rows were
- * read after the checkpoint was). Asked after the rows were read, the
- * newest of hsmfs_checkpoints covers every committed row: rows past it,
- * or rows that are not records of the object, were written outside a
- * commit. */
-static int
-check_rows_after(struct hpg_obj *o, struct hstore_check *c)
-{
-	PGresult *res = NULL;
-	const char *v[1] = { o->name };
-	uint64_t newest;
-	int r;
-
-	if ((r = exec1(o->p, "SELECT coalesce(max(size), 0) FROM "
-	    "hsmfs_checkpoints WHERE object = $1", 1, v, 0, &res)) != 0)
-		return r;
-	newest = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
-	PQclear(res);
-	if (c->torn != NULL)
-		snprintf(c->reason, sizeof(c->reason), "a row after record %"
-		    PRIu64 " in the database is not a record of the object (%s)",
-		    c->good, c->torn);
-	else if (c->good > newest)
-		snprintf(c->reason, sizeof(c->reason), "%" PRIu64 " row(s) in the "
-		    "database after its newest checkpoint (size %" PRIu64 "): "
-		    "written outside a commit", c->good - newest, newest);
-	else
-		return 0;
-	err_set("%s", c->reason);
-	return HSMFS_ERR_BADMSG;
-}
-
 int
 hpg_obj_check(struct hpg_obj *o, struct hstore_check *c)
 {
@@ -513,10 +481,7 @@ hpg_obj_check(struct hpg_obj *o, struct hstore_check *c)
 			snprintf(c->reason, sizeof(c->reason), "%s", err_detail());
 		return r;
 	}
-	r = hstore_check_object(o->fd, c);
-	if (r == 0 && c->cp != NULL && (c->good > c->cp->size || c->torn))
-		r = check_rows_after(o, c);
-	return r;
+	return hstore_check_object(o->fd, c);
 }
 
 int
@@ -529,9 +494,8 @@ hpg_obj_newest(struct hpg_obj *o, char **text, size_t *len)
 	*text = NULL;
 	*len = 0;
 	/* The row's checkpoint must be the newest of hsmfs_checkpoints (one
-	 * statement: one snapshot; a commit writes both at once). The daemon
-	 * role can UPDATE the row, not that table: a row set back to an
-	 * older, validly signed state is a damaged history. */
+	 * snapshot; a commit writes both): the daemon role can UPDATE the row,
+	 * not that table, e.g. set it back to an older, signed state. */
 	if ((r = exec1(o->p, "SELECT o.checkpoint, o.checkpoint IS NOT DISTINCT "
 	    "FROM (SELECT c.checkpoint FROM hsmfs_checkpoints c WHERE c.object = "
 	    "o.name ORDER BY c.size DESC LIMIT 1) FROM hsmfs_history_objects o "
@@ -675,9 +639,8 @@ hpg_batch_frame(struct hpg_batch *b, struct hpg_obj *o, off_t off,
 		    o->name, (long long)off);
 		return HSMFS_ERR_INVALID;
 	}
-	/* The locked frontier against the cache's records (the caller has
-	 * verified them by now): a rewritten row fails this object here, not
-	 * the whole batch at commit (commit_object checks the root again). */
+	/* The locked frontier against the cache's (verified) records: a
+	 * rewritten row fails this object here, not the batch at commit. */
 	pthread_mutex_lock(&o->mu);
 	if (x->len == 0 && o->n == x->n0 && o->bytes == x->b0)
 		same = o->tree.size == x->tree.size && o->tree.n == x->tree.n &&
@@ -843,9 +806,8 @@ commit_object(struct hpg_batch *b, struct bobj *x,
 		    x->o->name, cp->size, x->tree.size);
 		return HSMFS_ERR_INVALID;
 	}
-	/* The node signed the root of the records it verified: the locked
-	 * frontier extends to another root only when the object's row was
-	 * rewritten (the daemon role can UPDATE it). */
+	/* The node signed the root of the records it verified: another root
+	 * means the object's row (its frontier) was rewritten. */
 	if (memcmp(cp->root, root, TLOG_HASH_LEN) != 0) {
 		err_set("%s: the frontier in the database does not extend the "
 		    "verified records to the signed root (the object's row was "
