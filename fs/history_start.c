@@ -331,11 +331,14 @@ obj_check_shared(struct hobj *o)
 {
 	struct stat st;
 	struct hstore_obj *so;
-	int r, fresh;
+	int r, fresh, had;
 
+	/* What o held before asking: a commit published while the question
+	 * is on its way is not in the answer. */
 	pthread_mutex_lock(&H.lock);
 	r = o->bad ? HSMFS_ERR_BADMSG : 0;
 	so = o->so;
+	had = o->nrec > 0 || o->known_size > 0;
 	pthread_mutex_unlock(&H.lock);
 	if (r != 0)
 		return r;
@@ -346,7 +349,7 @@ obj_check_shared(struct hobj *o)
 		return bad_row(o, r);
 	if (r == HSMFS_ERR_NOTFOUND) {
 		pthread_mutex_lock(&H.lock);
-		if (o->nrec > 0 || o->known_size > 0) {
+		if (had) {
 			obj_set_bad_locked(o, "its records vanished from the database");
 			r = HSMFS_ERR_BADMSG;
 		} else {
