@@ -368,6 +368,34 @@ def test_daemon_cannot_touch_records(nodes):
         p.stdout + p.stderr
 
 
+def test_owner_rewrites_a_record(nodes):
+    """The schema owner drops the append-only trigger and changes one byte
+    of record 1's payload in its row. A node that verified the records
+    keeps serving its verified copy (docs/scale.md); a node loading the
+    object afresh fails it with EBADMSG and says why in
+    user.hsmfs.verify, and verify-history reports it invalid."""
+    a = nodes.mount("A")
+    for i in range(3):
+        append(a, "u", f"rec{i}\n".encode())
+    want = b"rec0\nrec1\nrec2\n"
+    assert read(a, "u") == want
+    p = nodes.pg.psql_as(
+        pgcluster.OWNER, pgcluster.OWNER_PW, nodes.db,
+        "DROP TRIGGER hsmfs_history_records_append_only ON hsmfs_history_records;"
+        "UPDATE hsmfs_history_records SET leaf = overlay(leaf placing "
+        "'\\x58'::bytea from length(leaf) - 1 for 1) "
+        "WHERE object = 'u' AND seq = 1")
+    assert p.returncode == 0, p.stderr
+    assert read(a, "u") == want
+    b = nodes.mount("B")
+    assert read_errno(b, "u")[0] == errno.EBADMSG
+    why = os.getxattr(b.path("history", "u"), "user.hsmfs.verify").decode()
+    assert why.startswith("invalid: "), why
+    p = verify_tool(nodes, "u")
+    assert p.returncode != 0 and p.stdout.startswith("invalid: u: "), \
+        p.stdout + p.stderr
+
+
 # ---- the database rolled back below what a node acknowledged --------------
 
 def rollback_to(nodes, obj, nrec, row):
