@@ -48,6 +48,7 @@
 #include <openssl/rand.h>
 
 #define FETCH_ROWS 256          /* rows per statement when filling a cache */
+#define FETCH_BYTES (32 << 20)  /* not 256 rows of 16 MiB in one result */
 #define INSERT_ROWS 100         /* rows per INSERT statement */
 
 struct hpg {
@@ -300,8 +301,7 @@ stat_row(struct hpg *p, const char *name, struct hpg_obj *o, struct stat *st)
 		PQclear(res);
 		return HSMFS_ERR_BADMSG;
 	}
-	/* The cache holds committed rows only: as many rows not ending with
-	 * the cache's last (record_id) are another history. */
+	/* As many rows as the cache, not ending with its last: another history. */
 	if (PQgetvalue(res, 0, 4)[0] == 't') {
 		err_set("the database's %s records of %s are not the ones this node "
 		    "verified (rows replaced, or the database restored and "
@@ -408,17 +408,21 @@ cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len,
 static int
 cache_sync_locked(struct hpg_obj *o)
 {
-	char nb[24];
-	const char *v[2] = { o->name, nb };
+	char nb[24], wb[24];
+	const char *v[3] = { o->name, nb, wb };
 	int r = 0;
 
 	for (;;) {
 		PGresult *res = NULL;
+		off_t window = o->bytes + FETCH_BYTES;
 		int rows;
 		snprintf(nb, sizeof(nb), "%" PRIu64, o->n);
+		snprintf(wb, sizeof(wb), "%lld", (long long)window);
+		/* After the first row, only rows starting in the window. */
 		if ((r = exec1(o->p, "SELECT seq, off, leaf, record_id::text FROM "
-		    "hsmfs_history_records WHERE object = $1 AND seq >= $2 "
-		    "ORDER BY seq LIMIT " "256", 2, v, 1, &res)) != 0)
+		    "hsmfs_history_records WHERE object = $1 AND seq >= $2 AND "
+		    "(seq = $2 OR off < $3) ORDER BY seq LIMIT " "256", 3, v, 1,
+		    &res)) != 0)
 			return r;
 		rows = PQntuples(res);
 		for (int i = 0; i < rows && r == 0; i++) {
@@ -437,7 +441,7 @@ cache_sync_locked(struct hpg_obj *o)
 			    PQgetvalue(res, i, 3), (size_t)PQgetlength(res, i, 3));
 		}
 		PQclear(res);
-		if (r != 0 || rows < FETCH_ROWS)
+		if (r != 0 || rows == 0 || (rows < FETCH_ROWS && o->bytes < window))
 			return r;
 	}
 }
@@ -493,9 +497,8 @@ hpg_obj_newest(struct hpg_obj *o, char **text, size_t *len)
 
 	*text = NULL;
 	*len = 0;
-	/* The row's checkpoint must be the newest of hsmfs_checkpoints (one
-	 * snapshot; a commit writes both): the daemon role can UPDATE the row,
-	 * not that table, e.g. set it back to an older, signed state. */
+	/* The row's checkpoint must be hsmfs_checkpoints' newest (a commit
+	 * writes both; the daemon role can UPDATE only the row). */
 	if ((r = exec1(o->p, "SELECT o.checkpoint, o.checkpoint IS NOT DISTINCT "
 	    "FROM (SELECT c.checkpoint FROM hsmfs_checkpoints c WHERE c.object = "
 	    "o.name ORDER BY c.size DESC LIMIT 1) FROM hsmfs_history_objects o "
@@ -639,8 +642,7 @@ hpg_batch_frame(struct hpg_batch *b, struct hpg_obj *o, off_t off,
 		    o->name, (long long)off);
 		return HSMFS_ERR_INVALID;
 	}
-	/* The locked frontier against the cache's (verified) records: a
-	 * rewritten row fails this object here, not the batch at commit. */
+	/* A rewritten frontier fails this object here, not the batch at commit. */
 	pthread_mutex_lock(&o->mu);
 	if (x->len == 0 && o->n == x->n0 && o->bytes == x->b0)
 		same = o->tree.size == x->tree.size && o->tree.n == x->tree.n &&
@@ -806,8 +808,7 @@ commit_object(struct hpg_batch *b, struct bobj *x,
 		    x->o->name, cp->size, x->tree.size);
 		return HSMFS_ERR_INVALID;
 	}
-	/* The node signed the root of the records it verified: another root
-	 * means the object's row (its frontier) was rewritten. */
+	/* The node signed its verified records' root: the frontier was rewritten. */
 	if (memcmp(cp->root, root, TLOG_HASH_LEN) != 0) {
 		err_set("%s: the frontier in the database does not extend the "
 		    "verified records to the signed root (the object's row was "
@@ -985,9 +986,8 @@ hpg_verify_fetch(const struct store_conf *conf, const char *object,
 	*fd = -1;
 	if ((r = hpg_open(conf, -1, prefix, plen, &p)) != 0)
 		return r;
-	/* The rows first, then the newest checkpoint: it covers every row
-	 * read (a commit writes both), so a row after it is a damaged history
-	 * (hstore_verify_object). */
+	/* The rows, then the newest checkpoint: it covers every committed row
+	 * read, a row after it is a damaged history (hstore_verify_object). */
 	if ((r = hpg_obj_open(p, object, 0, &o)) == 0 &&
 	    (r = cache_sync(o)) == 0 &&
 	    (r = hpg_obj_newest(o, newest, newest_len)) == 0) {
