@@ -57,6 +57,20 @@ known_of_locked(const struct hobj *o, struct hstore_check *c)
 	}
 }
 
+/* Shared store: the database's rows of o were found damaged (r is
+ * HSMFS_ERR_BADMSG, err_detail() says how): o fails with EBADMSG and
+ * user.hsmfs.verify says why. Returns r. */
+static int
+bad_row(struct hobj *o, int r)
+{
+	if (r == HSMFS_ERR_BADMSG) {
+		pthread_mutex_lock(&H.lock);
+		obj_set_bad_locked(o, err_detail());
+		pthread_mutex_unlock(&H.lock);
+	}
+	return r;
+}
+
 /* Full check of o's file against its newest checkpoint, at mount
  * (recover = 1: cut unsigned or torn frames after the signed size, load
  * the record table) or when the file changed behind our back. */
@@ -115,8 +129,10 @@ obj_verify(struct hobj *o, int recover)
 		}
 		goto out;
 	}
-	if ((r = hstore_obj_stat(so, &st)) != 0)
+	if ((r = hstore_obj_stat(so, &st)) != 0) {
+		bad_row(o, r);
 		goto out;
+	}
 	r = hstore_obj_check(so, &c);
 	if (r == 0 && l.err)
 		r = l.err;
@@ -281,7 +297,7 @@ obj_refresh_held(struct hobj *o)
 	so = o->so;
 	pthread_mutex_unlock(&H.lock);
 	if ((r = hstore_obj_newest(so, &text, &len)) != 0)
-		return r;
+		return bad_row(o, r);
 	pthread_mutex_lock(&H.lock);
 	if (text != NULL) {
 		free(o->cp_text);
@@ -314,18 +330,23 @@ static int
 obj_check_shared(struct hobj *o)
 {
 	struct stat st;
+	struct hstore_obj *so;
 	int r, fresh, had;
 
-	/* What this node had before asking: a batch of its own may commit
-	 * the object's first records while the query runs, and a row absent
-	 * then is no loss. */
+	/* What o held before asking: a commit published while the question
+	 * is on its way is not in the answer. */
 	pthread_mutex_lock(&H.lock);
 	r = o->bad ? HSMFS_ERR_BADMSG : 0;
+	so = o->so;
 	had = o->nrec > 0 || o->known_size > 0;
 	pthread_mutex_unlock(&H.lock);
 	if (r != 0)
 		return r;
-	r = hstore_object_stat(H.hs, o->name, &st);
+	/* By its cache when it has one: a row that contradicts the records
+	 * this node verified fails too, not only a longer one. */
+	r = so ? hstore_obj_stat(so, &st) : hstore_object_stat(H.hs, o->name, &st);
+	if (r == HSMFS_ERR_BADMSG)
+		return bad_row(o, r);
 	if (r == HSMFS_ERR_NOTFOUND) {
 		if (!had)
 			return 0;
@@ -360,8 +381,8 @@ obj_sync_shared(const char *name)
 		r = hstore_object_stat(H.hs, name, &st);
 		if (r == HSMFS_ERR_NOTFOUND || (r == 0 && st.st_size == 0))
 			return 0;
-		if (r != 0)
-			return r;
+		if (r != 0 && r != HSMFS_ERR_BADMSG)
+			return r;   /* a damaged row: o->bad answers, below */
 		pthread_mutex_lock(&H.lock);
 		o = obj_get_locked(name);
 		pthread_mutex_unlock(&H.lock);

@@ -48,6 +48,7 @@
 #include <openssl/rand.h>
 
 #define FETCH_ROWS 256          /* rows per statement when filling a cache */
+#define FETCH_BYTES (32 << 20)  /* not 256 rows of 16 MiB in one result */
 #define INSERT_ROWS 100         /* rows per INSERT statement */
 
 struct hpg {
@@ -62,6 +63,8 @@ struct hpg_obj {
 	int fd;                     /* cache of committed frames */
 	uint64_t n;
 	off_t bytes;
+	struct tlog_tree tree;      /* of the cache's n records */
+	char last_id[37];           /* record_id of its last row */
 };
 
 /* An object of a batch: where its committed frames ended when locked,
@@ -75,6 +78,7 @@ struct bobj {
 	size_t len, cap;
 	int aborted;
 	int done;                   /* its rows went into the transaction */
+	char last_id[37];           /* record_id of its last row */
 };
 
 struct hpg_batch {
@@ -244,22 +248,63 @@ hpg_list_objects(struct hpg *p, hstore_name_cb cb, void *arg)
 	return r;
 }
 
-int
-hpg_object_stat(struct hpg *p, const char *name, struct stat *st)
+/* The object's row as a stat (st_size: frames' length, st_blocks: records);
+ * with o, also whether it contradicts o's cache (see below). */
+static int
+stat_row(struct hpg *p, const char *name, struct hpg_obj *o, struct stat *st)
 {
 	PGresult *res = NULL;
-	const char *v[1] = { name };
+	struct pg_conn *c;
+	char nb[24] = "-1", id[37] = "00000000-0000-0000-0000-000000000000";
+	const char *v[3] = { name, nb, id };
 	uint64_t us, h = 1469598103934665603u;
 	int r;
 
-	if ((r = exec1(p, "SELECT bytes, size, (extract(epoch FROM updated) * "
-	    "1000000)::bigint FROM hsmfs_history_objects WHERE name = $1", 1, v,
-	    0, &res)) != 0)
+	if (o != NULL) {
+		pthread_mutex_lock(&o->mu);
+		if (o->n > 0) {
+			snprintf(nb, sizeof(nb), "%" PRIu64, o->n);
+			memcpy(id, o->last_id, sizeof(id));
+		}
+		pthread_mutex_unlock(&o->mu);
+	}
+	/* A commit inserts the rows and the checkpoint and moves the row's
+	 * size at once: rows at or after that size or the newest checkpoint's
+	 * (one statement, one snapshot) were written outside a commit or the
+	 * row rewritten (the daemon role can UPDATE it). */
+	if ((r = pg_acquire(p->pg, &c)) != 0)
+		return r;
+	r = pg_exec(c, "SELECT bytes, size, (extract(epoch FROM updated) * "
+	    "1000000)::bigint, EXISTS (SELECT 1 FROM hsmfs_history_records r "
+	    "WHERE r.object = o.name AND r.seq >= LEAST(o.size, (SELECT "
+	    "coalesce(max(c.size), 0) FROM hsmfs_checkpoints c WHERE c.object = "
+	    "o.name))), o.size = $2::bigint "
+	    "AND NOT EXISTS (SELECT 1 FROM hsmfs_history_records r WHERE "
+	    "r.object = o.name AND r.seq = $2::bigint - 1 AND r.record_id = "
+	    "$3::uuid) FROM hsmfs_history_objects o WHERE o.name = $1", 3, v,
+	    NULL, NULL, 0, &res);
+	pg_release(p->pg, c);
+	if (r != 0)
 		return r;
 	if (PQntuples(res) != 1) {
 		PQclear(res);
 		err_set("%s: no such object", name);
 		return HSMFS_ERR_NOTFOUND;
+	}
+	if (PQgetvalue(res, 0, 3)[0] == 't') {
+		err_set("the database holds rows of %s after the %s records its "
+		    "row counts or its newest checkpoint signs (written outside a "
+		    "commit, or the row rewritten)", name, PQgetvalue(res, 0, 1));
+		PQclear(res);
+		return HSMFS_ERR_BADMSG;
+	}
+	/* As many rows as the cache, not ending with its last: another history. */
+	if (PQgetvalue(res, 0, 4)[0] == 't') {
+		err_set("the database's %s records of %s are not the ones this node "
+		    "verified (rows replaced, or the database restored and "
+		    "appended to)", PQgetvalue(res, 0, 1), name);
+		PQclear(res);
+		return HSMFS_ERR_BADMSG;
 	}
 	memset(st, 0, sizeof(*st));
 	for (const unsigned char *s = (const unsigned char *)name; *s; s++)
@@ -276,6 +321,12 @@ hpg_object_stat(struct hpg *p, const char *name, struct stat *st)
 	st->st_ctim = st->st_mtim;
 	PQclear(res);
 	return 0;
+}
+
+int
+hpg_object_stat(struct hpg *p, const char *name, struct stat *st)
+{
+	return stat_row(p, name, NULL, st);
 }
 
 int
@@ -303,6 +354,7 @@ hpg_obj_open(struct hpg *p, const char *name, int create, struct hpg_obj **out)
 		free(o);
 		return r;
 	}
+	tlog_tree_init(&o->tree);
 	pthread_mutex_init(&o->mu, NULL);
 	*out = o;
 	return 0;
@@ -321,12 +373,13 @@ hpg_obj_close(struct hpg_obj *o)
 int
 hpg_obj_stat(struct hpg_obj *o, struct stat *st)
 {
-	return hpg_object_stat(o->p, o->name, st);
+	return stat_row(o->p, o->name, o, st);
 }
 
 /* Append one record's frame to the cache at its end. o->mu held. */
 static int
-cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len)
+cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len,
+    const char *id, size_t idlen)
 {
 	uint8_t hdr[TLOG_FRAME_HDR], hash[TLOG_HASH_LEN];
 	struct iovec iov[3] = { { hdr, sizeof(hdr) }, { (void *)leaf, len },
@@ -337,6 +390,8 @@ cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len)
 	tlog_leaf_hash(leaf, len, hash);
 	if ((r = util_pwritev_all(o->fd, iov, 3, o->bytes)) != 0)
 		return r;
+	tlog_tree_append(&o->tree, hash);
+	snprintf(o->last_id, sizeof(o->last_id), "%.*s", (int)idlen, id);
 	o->n++;
 	o->bytes += (off_t)(TLOG_FRAME_OVERHEAD + len);
 	return 0;
@@ -350,17 +405,21 @@ cache_put(struct hpg_obj *o, uint64_t seq, const uint8_t *leaf, size_t len)
 static int
 cache_sync_locked(struct hpg_obj *o)
 {
-	char nb[24];
-	const char *v[2] = { o->name, nb };
+	char nb[24], wb[24];
+	const char *v[3] = { o->name, nb, wb };
 	int r = 0;
 
 	for (;;) {
 		PGresult *res = NULL;
+		off_t window = o->bytes + FETCH_BYTES;
 		int rows;
 		snprintf(nb, sizeof(nb), "%" PRIu64, o->n);
-		if ((r = exec1(o->p, "SELECT seq, off, leaf FROM "
-		    "hsmfs_history_records WHERE object = $1 AND seq >= $2 "
-		    "ORDER BY seq LIMIT " "256", 2, v, 1, &res)) != 0)
+		snprintf(wb, sizeof(wb), "%lld", (long long)window);
+		/* After the first row, only rows starting in the window. */
+		if ((r = exec1(o->p, "SELECT seq, off, leaf, record_id::text FROM "
+		    "hsmfs_history_records WHERE object = $1 AND seq >= $2 AND "
+		    "(seq = $2 OR off < $3) ORDER BY seq LIMIT " "256", 3, v, 1,
+		    &res)) != 0)
 			return r;
 		rows = PQntuples(res);
 		for (int i = 0; i < rows && r == 0; i++) {
@@ -375,10 +434,11 @@ cache_sync_locked(struct hpg_obj *o)
 				r = HSMFS_ERR_BADMSG;
 				break;
 			}
-			r = cache_put(o, seq, (const uint8_t *)PQgetvalue(res, i, 2), len);
+			r = cache_put(o, seq, (const uint8_t *)PQgetvalue(res, i, 2), len,
+			    PQgetvalue(res, i, 3), (size_t)PQgetlength(res, i, 3));
 		}
 		PQclear(res);
-		if (r != 0 || rows < FETCH_ROWS)
+		if (r != 0 || rows == 0 || (rows < FETCH_ROWS && o->bytes < window))
 			return r;
 	}
 }
@@ -434,10 +494,21 @@ hpg_obj_newest(struct hpg_obj *o, char **text, size_t *len)
 
 	*text = NULL;
 	*len = 0;
-	if ((r = exec1(o->p, "SELECT checkpoint FROM hsmfs_history_objects WHERE "
-	    "name = $1 AND checkpoint IS NOT NULL", 1, v, 1, &res)) != 0)
+	/* The row's checkpoint must be hsmfs_checkpoints' newest (a commit
+	 * writes both; the daemon role can UPDATE only the row). */
+	if ((r = exec1(o->p, "SELECT o.checkpoint, o.checkpoint IS NOT DISTINCT "
+	    "FROM (SELECT c.checkpoint FROM hsmfs_checkpoints c WHERE c.object = "
+	    "o.name ORDER BY c.size DESC LIMIT 1) FROM hsmfs_history_objects o "
+	    "WHERE o.name = $1", 1, v, 1, &res)) != 0)
 		return r;
-	if (PQntuples(res) == 1) {
+	if (PQntuples(res) == 1 && (PQgetlength(res, 0, 1) != 1 ||
+	    PQgetvalue(res, 0, 1)[0] != 1)) {
+		PQclear(res);
+		err_set("the checkpoint in the object's row is not its newest in "
+		    "hsmfs_checkpoints (the row was rewritten)");
+		return HSMFS_ERR_BADMSG;
+	}
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
 		size_t n = (size_t)PQgetlength(res, 0, 0);
 		if ((*text = malloc(n + 1)) == NULL) {
 			PQclear(res);
@@ -595,11 +666,24 @@ hpg_batch_frame(struct hpg_batch *b, struct hpg_obj *o, off_t off,
 {
 	struct bobj *x = bobj_of(b, o);
 	size_t add = 0;
+	int same = 1;
 
 	if (x == NULL || off != x->b0 + (off_t)x->len) {
 		err_set("%s: frames at %lld do not follow the locked end",
 		    o->name, (long long)off);
 		return HSMFS_ERR_INVALID;
+	}
+	/* A rewritten frontier fails this object here, not the batch at commit. */
+	pthread_mutex_lock(&o->mu);
+	if (x->len == 0 && o->n == x->n0 && o->bytes == x->b0)
+		same = o->tree.size == x->tree.size && o->tree.n == x->tree.n &&
+		    memcmp(o->tree.edge, x->tree.edge,
+		    (size_t)x->tree.n * TLOG_HASH_LEN) == 0;
+	pthread_mutex_unlock(&o->mu);
+	if (!same) {
+		err_set("%s: the frontier in the database does not match the "
+		    "object's records (the object's row was rewritten)", o->name);
+		return HSMFS_ERR_BADMSG;
 	}
 	for (int i = 0; i < n; i++)
 		add += iov[i].iov_len;
@@ -696,6 +780,7 @@ rows_of(struct hpg_batch *b, struct bobj *x, struct rows *w, FILE *f,
 		snprintf(w->nums[k][0], 24, "%" PRIu64, *seq);
 		snprintf(w->nums[k][1], 24, "%lld", (long long)*off);
 		uuid_text(w->ids[k]);
+		memcpy(x->last_id, w->ids[k], sizeof(x->last_id));
 		if (b->rid[0] == '\0') {
 			memcpy(b->rid, w->ids[k], 37);
 			snprintf(b->rid_obj, sizeof(b->rid_obj), "%s", x->o->name);
@@ -765,12 +850,18 @@ commit_object(struct hpg_batch *b, struct bobj *x,
 		}
 		if (r == 0) {
 			tlog_tree_root(&x->tree, root);
-			if (cp->size != x->tree.size ||
-			    memcmp(cp->root, root, TLOG_HASH_LEN) != 0) {
+			if (cp->size != x->tree.size) {
 				err_set("%s: the checkpoint (size %" PRIu64 ") does not "
 				    "sign the records framed after the locked end (size %"
 				    PRIu64 ")", x->o->name, cp->size, x->tree.size);
 				r = HSMFS_ERR_INVALID;
+			} else if (memcmp(cp->root, root, TLOG_HASH_LEN) != 0) {
+				/* The node signed its verified records' root: the
+				 * frontier was rewritten. */
+				err_set("%s: the frontier in the database does not extend "
+				    "the verified records to the signed root (the "
+				    "object's row was rewritten)", x->o->name);
+				r = HSMFS_ERR_BADMSG;
 			}
 		}
 		if (r != 0) {
@@ -875,6 +966,8 @@ cache_publish(struct hpg_batch *b)
 			if (util_pwrite_all(o->fd, x->buf, x->len, o->bytes) == 0) {
 				o->n += frames;
 				o->bytes += (off_t)x->len;
+				o->tree = x->tree;
+				memcpy(o->last_id, x->last_id, sizeof(o->last_id));
 			}
 		}
 		pthread_mutex_unlock(&o->mu);
@@ -957,9 +1050,11 @@ hpg_verify_fetch(const struct store_conf *conf, const char *object,
 	*fd = -1;
 	if ((r = hpg_open(conf, -1, prefix, plen, &p)) != 0)
 		return r;
+	/* The rows, then the newest checkpoint: it covers every committed row
+	 * read, a row after it is a damaged history (hstore_verify_object). */
 	if ((r = hpg_obj_open(p, object, 0, &o)) == 0 &&
-	    (r = hpg_obj_newest(o, newest, newest_len)) == 0 &&
-	    (r = cache_sync(o)) == 0) {
+	    (r = cache_sync(o)) == 0 &&
+	    (r = hpg_obj_newest(o, newest, newest_len)) == 0) {
 		*fd = o->fd;
 		o->fd = -1;
 	}

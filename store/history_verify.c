@@ -8,6 +8,7 @@
 #include "common/util.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -198,6 +199,15 @@ check_frames(struct vstate *s)
 	}
 	if (!s->have_newest)
 		return invalid(v, "no signed checkpoint for this object");
+	/* Shared store: the rows were read before the newest checkpoint
+	 * (hpg_verify_fetch), which covers every committed row. */
+	if (s->objfd >= 0 && s->c.torn)
+		return invalid(v, "a row after record %" PRIu64 " in the database "
+		    "is not a record of the object (%s)", s->c.good, s->c.torn);
+	if (s->objfd >= 0 && s->c.good > s->newest.size)
+		return invalid(v, "%" PRIu64 " row(s) in the database after its "
+		    "newest checkpoint (size %" PRIu64 "): written outside a commit",
+		    s->c.good - s->newest.size, s->newest.size);
 	v->records = s->newest.size;
 	memcpy(v->root, s->newest.root, TLOG_HASH_LEN);
 	v->which_key = s->c.which_key;

@@ -69,14 +69,19 @@ static int
 parse_args(int argc, char **argv, struct tool_opts *o, struct vh_args *a,
     struct hstore_verify *v)
 {
+	int opts = 1;                       /* until "--": names may start with - */
+
 	memset(a, 0, sizeof(*a));
 	for (int i = 1; i < argc; i++) {
-		int k = tool_common_opt(argc, argv, &i, o);
+		int k = opts ? tool_common_opt(argc, argv, &i, o) : 0;
 		if (k < 0)
 			return -1;
 		if (k > 0)
 			continue;
-		if ((strcmp(argv[i], "--expect") == 0 || strcmp(argv[i], "--anchor") == 0 ||
+		if (opts && strcmp(argv[i], "--") == 0) {
+			opts = 0;
+		} else if (opts && (strcmp(argv[i], "--expect") == 0 ||
+		    strcmp(argv[i], "--anchor") == 0 ||
 		    strcmp(argv[i], "--cert") == 0) && i + 1 < argc) {
 			if (argv[i][2] == 'e')
 				a->expect = argv[++i];
@@ -84,7 +89,7 @@ parse_args(int argc, char **argv, struct tool_opts *o, struct vh_args *a,
 				a->anchor = argv[++i];
 			else if (a->npems < 8)
 				a->pems[a->npems++] = argv[++i];
-		} else if (argv[i][0] == '-') {
+		} else if (opts && argv[i][0] == '-') {
 			fprintf(stderr, "hsmfs-tool verify-history: unknown option %s\n",
 			    argv[i]);
 			tool_usage(stderr, "verify-history");
