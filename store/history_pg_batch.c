@@ -20,6 +20,7 @@
 #include <openssl/rand.h>
 
 #define INSERT_ROWS 100         /* rows per INSERT statement */
+#define INSERT_BYTES (64 << 20) /* leaves per INSERT statement */
 
 /* An object of a batch: where its committed frames ended when locked,
  * its frontier then, and the frames framed after it. */
@@ -313,12 +314,25 @@ static int
 rows_of(struct hpg_batch *b, struct bobj *x, struct rows *w, FILE *f,
     size_t *pos, uint64_t *seq, off_t *off)
 {
+	size_t bytes = 0;
+
 	for (int k = 0; *pos < x->len && k < INSERT_ROWS; k++) {
 		const uint8_t *leaf, *hash;
 		size_t len;
 		int r, a, c, d, e;
+		/* Large records: a statement carries at most INSERT_BYTES of
+		 * leaves (beyond its first), far below the server's 1 GB
+		 * message limit and libpq's copy of it. */
+		if (k > 0 && x->len - *pos >= TLOG_FRAME_HDR) {
+			const uint8_t *h = x->buf + *pos;
+			size_t l = (size_t)h[4] << 24 | (size_t)h[5] << 16 |
+			    (size_t)h[6] << 8 | h[7];
+			if (bytes + l > INSERT_BYTES)
+				break;
+		}
 		if ((r = next_frame(x, pos, *seq, &leaf, &len, &hash)) != 0)
 			return r;
+		bytes += len;
 		snprintf(w->nums[k][0], 24, "%" PRIu64, *seq);
 		snprintf(w->nums[k][1], 24, "%lld", (long long)*off);
 		uuid_text(w->ids[k]);
