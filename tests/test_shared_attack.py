@@ -17,7 +17,7 @@ import pgcluster
 from pgcluster import pg  # noqa: F401 (fixture)
 from folderops import read as fread, write as fwrite
 from helpers import wait_for
-from shared_nodes import nodes  # noqa: F401 (fixture)
+from shared_nodes import SessionKiller, nodes  # noqa: F401 (fixture)
 from test_mail import Relay, message
 
 pytestmark = pgcluster.requires_pg
@@ -51,21 +51,8 @@ def test_backend_killed_during_writes(nodes):
     """The server ends node A's sessions again and again while A writes:
     each write fails (EIO) or is on B afterwards; A keeps working."""
     a, b = nodes.mount("A"), nodes.mount("B")
-    acked, failed, killed = {}, [], []
-    stop = threading.Event()
-
-    def killer():
-        while not stop.is_set():
-            out = nodes.sql("SELECT pg_terminate_backend(pid) FROM "
-                            "pg_stat_activity WHERE usename = "
-                            f"'{pgcluster.DAEMON}' AND application_name "
-                            "NOT LIKE 'psql%'")
-            killed.extend(x for x in out.split() if x == "t")
-            stop.wait(0.05)
-
-    t = threading.Thread(target=killer)
-    t.start()
-    try:
+    acked, failed = {}, []
+    with SessionKiller(nodes) as k:
         for i in range(150):
             name, value = f"k{i}", b"value %d" % i
             e = fwrite(a.path("fields", name), value)
@@ -74,10 +61,7 @@ def test_backend_killed_during_writes(nodes):
             else:
                 assert e == errno.EIO, (name, errno.errorcode.get(e, e), a.log())
                 failed.append(name)
-    finally:
-        stop.set()
-        t.join()
-    assert killed and acked, (len(killed), len(acked))
+    assert k.killed and acked, (k.killed, len(acked))
     for name, value in acked.items():
         data, e = fread(b.path("fields", name))
         assert e is None and data == value, (name, e, data)

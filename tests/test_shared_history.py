@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
+import folderops
 import pgcluster
 from pgcluster import pg  # noqa: F401 (fixture)
 from conftest import TOOL
 from helpers import run, wait_for
-from shared_nodes import nodes  # noqa: F401 (fixture)
+from shared_nodes import SessionKiller, nodes  # noqa: F401 (fixture)
 
 pytestmark = pgcluster.requires_pg
 
@@ -54,22 +55,7 @@ def journal(m, name):
 def append(m, name, data):
     """One record; None when close() returned 0, else the errno of the
     first step that failed (open, write or close)."""
-    try:
-        fd = os.open(hpath(m, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                     0o644)
-    except OSError as e:
-        return e.errno
-    err = None
-    try:
-        if os.write(fd, data) != len(data):
-            err = errno.EIO
-    except OSError as e:
-        err = e.errno
-    try:
-        os.close(fd)
-    except OSError as e:
-        err = err or e.errno
-    return err
+    return folderops.append(hpath(m, name), data)
 
 
 def must_append(m, name, data):
@@ -385,34 +371,18 @@ def test_connections_killed_during_appends(nodes):
     never appended twice. (Both outcomes made deterministic by a relay:
     tests/test_shared_history_commit.py.)"""
     a, b = nodes.mount("A"), nodes.mount("B")
-    killed, stop = [], threading.Event()
-
-    def killer():
-        while not stop.is_set():
-            out = nodes.sql("SELECT pg_terminate_backend(pid) FROM "
-                            "pg_stat_activity WHERE usename = "
-                            f"'{pgcluster.DAEMON}' AND application_name "
-                            "NOT LIKE 'psql%'")
-            killed.extend(x for x in out.split() if x == "t")
-            stop.wait(0.05)
-
     ws = [Writer(m, "kc", f"{m is a and 'A' or 'B'}{k}", count=30, pause_on_error=0)
           for m in (a, b) for k in range(4)]
     ws += [Writer(m, f"kc-{k}", f"{m is a and 'A' or 'B'}x{k}", count=20,
                   pause_on_error=0) for m in (a, b) for k in range(2)]
-    t = threading.Thread(target=killer)
-    t.start()
-    try:
+    with SessionKiller(nodes) as k:
         run_writers(ws)
-    finally:
-        stop.set()
-        t.join()
-    assert killed
+    assert k.killed
     failed = [f for w in ws for f in w.failed()]
     bad = [(p, errno.errorcode.get(e, e)) for p, e, _ in failed if e != errno.EIO]
     assert not bad, bad[:5]
     acked = sum(len(w.acked()) for w in ws)
-    print(f"{len(killed)} sessions killed; {acked} appends acknowledged, "
+    print(f"{k.killed} sessions killed; {acked} appends acknowledged, "
           f"{len(failed)} failed (EIO)")
     assert acked > 0
     for obj in ("kc", "kc-0", "kc-1"):

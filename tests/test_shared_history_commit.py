@@ -18,7 +18,7 @@ import pgcluster
 from pgcluster import pg  # noqa: F401 (fixture)
 from conftest import TOOL
 from helpers import run
-from shared_nodes import nodes  # noqa: F401 (fixture)
+from shared_nodes import history_append, nodes  # noqa: F401 (fixture)
 
 pytestmark = pgcluster.requires_pg
 
@@ -112,13 +112,7 @@ class CommitCutter:
         self.lsock.close()
 
 
-def append(m, obj, data):
-    fd = os.open(m.path("history", obj), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+append = history_append
 
 
 def test_commit_answer_lost(nodes, pg):

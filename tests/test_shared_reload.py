@@ -6,44 +6,16 @@ hsmfs_nodes, and in hsmfs_cluster during a rolling rotation. Two real
 nodes on one private PostgreSQL 15 (tests/pgcluster.py)."""
 import base64
 import os
-import errno
 import struct
-
-import pytest
 
 import pgcluster
 from pgcluster import pg  # noqa: F401 (fixture)
 from conftest import TOOL
-from folderops import read as fread, write as fwrite
 from helpers import run
-from shared_nodes import nodes  # noqa: F401 (fixture)
+from shared_nodes import V1, V2, ef, get, nodes, put, v2key  # noqa: F401 (fixtures)
 
-V1 = "encryptedFieldsCertificateV1"
-V2 = "encryptedFieldsCertificateV2"
 
 pytestmark = pgcluster.requires_pg
-
-
-@pytest.fixture(scope="module")
-def v2key(hsm):
-    return hsm.keys.get(V2) or hsm.make_key(V2, method="pkcs11-tool")
-
-
-def ef(version, key, oaep):
-    return {"name": "EncryptedFields", "version": version,
-            "algorithm": "AES/CBC/PKCS7Padding", "size": 256, "result": "NX02",
-            "key": key, "asymCipher": f"RSA/ECB/OAEPWith{oaep}AndMGF1Padding"}
-
-
-def put(m, name, value):
-    e = fwrite(m.path("fields", name), value)
-    assert e is None, f"write {name}: {errno.errorcode.get(e, e)}\n{m.log()}"
-
-
-def get(m, name):
-    data, e = fread(m.path("fields", name))
-    assert e is None, f"read {name}: {errno.errorcode.get(e, e)}\n{m.log()}"
-    return data
 
 
 def sealed_version(m, name):
