@@ -145,3 +145,33 @@ fieldtool_read_stdin(const char *cmd, size_t max, uint8_t **buf, size_t *len,
 	*cap = c;
 	return TOOL_OK;
 }
+
+int
+names_add(void *arg, const char *name)
+{
+	struct names *ns = arg;
+
+	if (ns->err)
+		return ns->err;
+	if (ns->n == ns->cap) {
+		size_t cap = ns->cap ? ns->cap * 2 : 64;
+		char **nv = realloc(ns->v, cap * sizeof(*nv));
+		if (nv == NULL)
+			return ns->err = HSMFS_ERR_NOMEM;
+		ns->v = nv;
+		ns->cap = cap;
+	}
+	if ((ns->v[ns->n] = strdup(name)) == NULL)
+		return ns->err = HSMFS_ERR_NOMEM;
+	ns->n++;
+	return 0;
+}
+
+void
+names_free(struct names *ns)
+{
+	for (size_t i = 0; i < ns->n; i++)
+		free(ns->v[i]);
+	free(ns->v);
+	memset(ns, 0, sizeof(*ns));
+}

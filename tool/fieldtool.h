@@ -24,6 +24,16 @@ int fieldtool_open(const char *cmd, const char *config, struct fieldtool *t);
 void fieldtool_close(struct fieldtool *t);
 /* shared= and shared_password= of the last fieldtool_args (NULL: none). */
 void fieldtool_shared(const char **uri, const char **password);
+/* A list of names collected from a store listing (a listing callback may
+ * not change what it lists): names_add keeps a copy (HSMFS_ERR_NOMEM also
+ * remembered in err, so a void callback can ignore it). */
+struct names {
+	char **v;
+	size_t n, cap;
+	int err;
+};
+int names_add(void *arg, const char *name);
+void names_free(struct names *ns);
 /* All of stdin (at most max bytes) into secure memory; *cap is the
  * allocation size for secmem_free. */
 int fieldtool_read_stdin(const char *cmd, size_t max, uint8_t **buf,

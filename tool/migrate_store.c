@@ -18,6 +18,7 @@
  * STORE keeps its fields and histories (untouched): from now on it is
  * mounted with shared= only. Exit status 1 when anything was refused. */
 #include "tool/tool.h"
+#include "tool/fieldtool.h"
 #include "crypto/engine.h"
 #include "crypto/fingerprint.h"
 #include "crypto/keyring.h"
@@ -68,54 +69,19 @@ fail_line(const char *what, const char *name, const char *why)
 
 /* ---- names (a listing callback may not change what it lists) ---- */
 
-struct names {
-	char **v;
-	size_t n, cap;
-	int err;
-};
-
-static void
-names_push(struct names *ns, const char *name)
-{
-	if (ns->err)
-		return;
-	if (ns->n == ns->cap) {
-		size_t cap = ns->cap ? ns->cap * 2 : 64;
-		char **nv = realloc(ns->v, cap * sizeof(*nv));
-		if (nv == NULL) {
-			ns->err = HSMFS_ERR_NOMEM;
-			return;
-		}
-		ns->v = nv;
-		ns->cap = cap;
-	}
-	if ((ns->v[ns->n] = strdup(name)) == NULL)
-		ns->err = HSMFS_ERR_NOMEM;
-	else
-		ns->n++;
-}
-
 static void
 names_cb(void *arg, const char *name)
 {
-	names_push(arg, name);
+	names_add(arg, name);
 }
 
 static int
 names_obj_cb(const char *name, void *arg)
 {
-	names_push(arg, name);
+	names_add(arg, name);
 	return 0;
 }
 
-static void
-names_free(struct names *ns)
-{
-	for (size_t i = 0; i < ns->n; i++)
-		free(ns->v[i]);
-	free(ns->v);
-	memset(ns, 0, sizeof(*ns));
-}
 
 /* ---- fields ---- */
 

@@ -28,38 +28,6 @@
 /* Fields read per batch (one round trip to a shared store). */
 #define BATCH 32
 
-struct names {
-	char **v;
-	size_t n, cap;
-};
-
-static void
-names_free(struct names *ns)
-{
-	for (size_t i = 0; i < ns->n; i++)
-		free(ns->v[i]);
-	free(ns->v);
-	memset(ns, 0, sizeof(*ns));
-}
-
-static int
-names_add(void *arg, const char *name)
-{
-	struct names *ns = arg;
-	if (ns->n == ns->cap) {
-		size_t cap = ns->cap ? ns->cap * 2 : 64;
-		char **nv = realloc(ns->v, cap * sizeof(*nv));
-		if (nv == NULL)
-			return HSMFS_ERR_NOMEM;
-		ns->v = nv;
-		ns->cap = cap;
-	}
-	if ((ns->v[ns->n] = strdup(name)) == NULL)
-		return HSMFS_ERR_NOMEM;
-	ns->n++;
-	return 0;
-}
-
 enum outcome { DONE_CURRENT, DONE_REWRAPPED, DONE_CHANGED, DONE_GONE,
 	DONE_FAILED };
 
