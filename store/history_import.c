@@ -60,15 +60,6 @@ reason(struct hstore_import *im, enum hstore_import_outcome o,
 	return 0;
 }
 
-static uint64_t
-be64(const char *p)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | (uint8_t)p[i];
-	return v;
-}
-
 /* ---- the frames of the local object ---- */
 
 struct leaf {
@@ -348,8 +339,8 @@ check_rows(struct pg_conn *c, const char *object, uint64_t from, uint64_t to,
 		return r;
 	n = PQntuples(res);
 	for (int i = 0; i < n && r == 0; i++) {
-		uint64_t seq = be64(PQgetvalue(res, i, 0));
-		off_t off = (off_t)be64(PQgetvalue(res, i, 1));
+		uint64_t seq = (uint64_t)pg_get_i64(res, i, 0);
+		off_t off = (off_t)pg_get_i64(res, i, 1);
 		size_t ll = (size_t)PQgetlength(res, i, 2);
 
 		if (seq != t->size)
@@ -394,8 +385,8 @@ check_row_and_checkpoint(struct pg_conn *c, const char *prefix,
 		return r;
 	if (PQntuples(res) != 1)
 		r = bad(why, whylen, "no object row");
-	else if (be64(PQgetvalue(res, 0, 0)) == t->size &&
-	    ((off_t)be64(PQgetvalue(res, 0, 1)) != end ||
+	else if ((uint64_t)pg_get_i64(res, 0, 0) == t->size &&
+	    ((off_t)pg_get_i64(res, 0, 1) != end ||
 	    (size_t)PQgetlength(res, 0, 2) != t->n * TLOG_HASH_LEN ||
 	    memcmp(PQgetvalue(res, 0, 2), t->edge, t->n * TLOG_HASH_LEN) != 0))
 		r = bad(why, whylen, "the object row's frontier or length does not "

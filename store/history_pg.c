@@ -355,8 +355,8 @@ cache_sync_locked(struct hpg_obj *o)
 			return r;
 		rows = PQntuples(res);
 		for (int i = 0; i < rows && r == 0; i++) {
-			uint64_t seq = be64(PQgetvalue(res, i, 0));
-			uint64_t off = be64(PQgetvalue(res, i, 1));
+			uint64_t seq = (uint64_t)pg_get_i64(res, i, 0);
+			uint64_t off = (uint64_t)pg_get_i64(res, i, 1);
 			size_t len = (size_t)PQgetlength(res, i, 2);
 			if (seq != o->n || off != (uint64_t)o->bytes ||
 			    len < TLOG_LEAF_HDR || len > TLOG_LEAF_MAX) {

@@ -191,8 +191,8 @@ hpg_batch_lock(struct hpg_batch *b, struct hpg_obj *const *obs, size_t n,
 			break;
 		}
 		x->o = obs[i];
-		x->n0 = be64(PQgetvalue(res, k, 1));
-		x->b0 = (off_t)be64(PQgetvalue(res, k, 2));
+		x->n0 = (uint64_t)pg_get_i64(res, k, 1);
+		x->b0 = (off_t)pg_get_i64(res, k, 2);
 		r = frontier_decode(obs[i]->name, x->n0, PQgetvalue(res, k, 3),
 		    (size_t)PQgetlength(res, k, 3), &x->tree);
 		nrec[i] = x->n0;

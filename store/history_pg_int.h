@@ -28,14 +28,4 @@ struct hpg_obj {
 	char last_id[37];           /* record_id of its last row */
 };
 
-/* A big-endian int8 of a binary result. */
-static inline uint64_t
-be64(const char *p)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | (uint8_t)p[i];
-	return v;
-}
-
 #endif

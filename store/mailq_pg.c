@@ -71,27 +71,6 @@ now_s(void)
 	return (long long)time(NULL);
 }
 
-/* Binary result columns (all queries ask for binary results). */
-static long long
-col_i64(const PGresult *res, int row, int col)
-{
-	uint64_t v;
-	if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
-		return -1;
-	memcpy(&v, PQgetvalue(res, row, col), 8);
-	return (long long)be64toh(v);
-}
-
-static long long
-col_i32(const PGresult *res, int row, int col)
-{
-	uint32_t v;
-	if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 4)
-		return -1;
-	memcpy(&v, PQgetvalue(res, row, col), 4);
-	return (long long)(int32_t)be32toh(v);
-}
-
 static void
 col_str(const PGresult *res, int row, int col, char *buf, size_t size)
 {
@@ -389,7 +368,7 @@ soonest_time(struct mailq *q)
 	PGresult *res;
 
 	if (q_exec(q, sql, 0, NULL, NULL, NULL, &res) == 0) {
-		t = col_i64(res, 0, 0);
+		t = pg_get_i64(res, 0, 0);
 		PQclear(res);
 	}
 	return t >= 0 && t < poll ? t : poll;
@@ -432,13 +411,13 @@ mailq_lease(struct mailq *q, long long now, long long lease_s,
 	}
 	memset(out, 0, sizeof(*out));
 	col_str(res, 0, 0, out->name, sizeof(out->name));
-	out->st.queued = col_i64(res, 0, 1);
-	out->st.next = col_i64(res, 0, 2);
-	out->st.attempts = (unsigned)col_i32(res, 0, 3);
+	out->st.queued = pg_get_i64(res, 0, 1);
+	out->st.next = pg_get_i64(res, 0, 2);
+	out->st.attempts = (unsigned)pg_get_i32(res, 0, 3);
 	col_str(res, 0, 4, out->st.last, sizeof(out->st.last));
-	out->msglen = (size_t)col_i64(res, 0, 5);
+	out->msglen = (size_t)pg_get_i64(res, 0, 5);
 	out->leased = 1;
-	held_add(q, out, col_i64(res, 0, 6));
+	held_add(q, out, pg_get_i64(res, 0, 6));
 	PQclear(res);
 	if (soonest)
 		*soonest = -1;
@@ -595,12 +574,12 @@ mailq_find(struct mailq *q, const char *name, struct mailq_item *out)
 	if ((found = PQntuples(res) == 1) && out != NULL) {
 		memset(out, 0, sizeof(*out));
 		snprintf(out->name, sizeof(out->name), "%s", name);
-		out->st.queued = col_i64(res, 0, 0);
-		out->st.next = col_i64(res, 0, 1);
-		out->st.attempts = (unsigned)col_i32(res, 0, 2);
+		out->st.queued = pg_get_i64(res, 0, 0);
+		out->st.next = pg_get_i64(res, 0, 1);
+		out->st.attempts = (unsigned)pg_get_i32(res, 0, 2);
 		col_str(res, 0, 3, out->st.last, sizeof(out->st.last));
-		out->msglen = (size_t)col_i64(res, 0, 4);
-		out->leased = col_i32(res, 0, 5) == 1;
+		out->msglen = (size_t)pg_get_i64(res, 0, 4);
+		out->leased = pg_get_i32(res, 0, 5) == 1;
 	}
 	PQclear(res);
 	return found;
@@ -639,10 +618,10 @@ mailq_summary(struct mailq *q, size_t *nqueued, long long *oldest,
 	/* Unreachable: the last summary that worked. */
 	if (q_exec(q, sql, 0, NULL, NULL, NULL, &res) == 0) {
 		pthread_mutex_lock(&q->lock);
-		q->nq = (size_t)col_i64(res, 0, 0);
-		q->oldest = col_i64(res, 0, 1);
-		q->next = col_i64(res, 0, 2);
-		q->nfailed = (size_t)col_i64(res, 0, 3);
+		q->nq = (size_t)pg_get_i64(res, 0, 0);
+		q->oldest = pg_get_i64(res, 0, 1);
+		q->next = pg_get_i64(res, 0, 2);
+		q->nfailed = (size_t)pg_get_i64(res, 0, 3);
 		pthread_mutex_unlock(&q->lock);
 		PQclear(res);
 	}
@@ -735,8 +714,8 @@ mailq_read(struct mailq *q, enum mailq_box box, const char *name,
 		return HSMFS_ERR_NOMEM;
 	}
 	col_str(res, 0, 0, e->h.msgid, sizeof(e->h.msgid));
-	e->h.queued = col_i64(res, 0, 1);
-	e->h.date = col_i64(res, 0, 2);
+	e->h.queued = pg_get_i64(res, 0, 1);
+	e->h.date = pg_get_i64(res, 0, 2);
 	e->h.msglen = ml;
 	e->h.siglen = sl;
 	memcpy(e->buf, PQgetvalue(res, 0, 3), ml);
@@ -775,7 +754,7 @@ mailq_reader_open(struct mailq *q, enum mailq_box box, const char *name,
 				memcpy(r->buf, PQgetvalue(res, 0, col), r->len);
 			*len = r->len;
 			if (mtime)
-				*mtime = col_i64(res, 0, 6);
+				*mtime = pg_get_i64(res, 0, 6);
 		}
 		PQclear(res);
 	}

@@ -3,6 +3,7 @@
 #include "common/err.h"
 #include "common/util.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -381,6 +382,26 @@ PGconn *
 pg_conn_raw(struct pg_conn *c)
 {
 	return c->conn;
+}
+
+long long
+pg_get_i64(const PGresult *res, int row, int col)
+{
+	uint64_t v;
+	if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
+		return -1;
+	memcpy(&v, PQgetvalue(res, row, col), 8);
+	return (long long)be64toh(v);
+}
+
+long long
+pg_get_i32(const PGresult *res, int row, int col)
+{
+	uint32_t v;
+	if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 4)
+		return -1;
+	memcpy(&v, PQgetvalue(res, row, col), 4);
+	return (long long)(int32_t)be32toh(v);
 }
 
 const char *

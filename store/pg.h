@@ -76,6 +76,10 @@ int pg_exec(struct pg_conn *c, const char *sql, int nparams,
     int result_binary, PGresult **res);
 /* A constant SQL script (several statements, no parameters): db-init. */
 int pg_exec_script(struct pg_conn *c, const char *sql);
+/* A bigint (int8) / integer (int4) column of a binary result (result_binary
+ * 1), row and col; -1 when NULL or not of that width. */
+long long pg_get_i64(const PGresult *res, int row, int col);
+long long pg_get_i32(const PGresult *res, int row, int col);
 /* SQLSTATE of the last failed statement on c ("" when none or when the
  * connection was lost before a server answer), e.g. "23505". */
 const char *pg_sqlstate(const struct pg_conn *c);
